@@ -1,0 +1,43 @@
+# lacrima: one venv, pinned dependencies from requirements.lock, no global state.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export MPLBACKEND := Agg
+
+.PHONY: install demo test bench lock expectations clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(UV) pip sync -q --python $(PY) requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+## demo: synthetic drops for every site into the local landing zone, then one pipeline run
+demo: install
+	$(VENV)/bin/lacrima demo
+
+## test: the whole test suite
+test: install
+	$(PY) -m pytest -q
+
+## bench: speed and memory benchmark (not part of test)
+bench: install
+	$(PY) -m lacrima.bench
+
+## lock: re-resolve requirements.in into requirements.lock
+lock:
+	$(UV) pip compile requirements.in --python-version 3.11 -o requirements.lock
+
+## expectations: regenerate the Great Expectations suites from the codebooks
+expectations: install
+	$(VENV)/bin/lacrima expectations --write
+
+clean:
+	rm -rf $(VENV) .prefect data

@@ -1,0 +1,3 @@
+from lacrima.cli import main
+
+main()
