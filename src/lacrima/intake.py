@@ -1,0 +1,248 @@
+"""Intake: landing -> raw (immutable, content-addressed) -> curated | quarantine.
+
+A drop is accepted whole or quarantined whole. The same bytes uploaded twice are processed
+once (the raw key is their SHA-256). A batch may replace an earlier one only when the upload
+says so explicitly (metadata ``replaces``). The pipeline never overwrites or deletes data.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from lacrima.findings import DropError, Finding
+from lacrima.privacy import pseudonymise
+from lacrima.storage import Storage, iter_json, sha256_bytes, write_json
+from lacrima.study import Site, Study
+from lacrima.validate import ValidationReport, validate_drop
+
+ACCEPTED, QUARANTINED, SUPERSEDED, LANDED = "accepted", "quarantined", "superseded", "landed"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file name fit for display and metadata: base name only, odd characters replaced."""
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    return (_SAFE.sub("_", base).strip("._") or "drop")[:120]
+
+
+def extension(name: str) -> str:
+    suffix = PurePosixPath(safe_name(name)).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix or "") else ".bin"
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The ledger entry of one batch (one distinct file) of one site."""
+
+    site: str
+    sha256: str
+    state: str
+    original_name: str
+    raw_key: str
+    received_at: str
+    processed_at: str
+    rows: int = 0
+    reason: str = ""
+    uploader: str = ""
+    replaces: str = ""
+    superseded_by: str = ""
+    identifying_dropped: tuple[str, ...] = ()
+    curated_key: str = ""
+    quarantine_key: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["identifying_dropped"] = list(self.identifying_dropped)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BatchRecord":
+        d = dict(d)
+        d["identifying_dropped"] = tuple(d.get("identifying_dropped", ()))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    site: str
+    seen: int
+    accepted: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()
+    skipped_duplicates: int = 0
+    reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.accepted)
+
+
+def ledger_key(site: str, sha: str) -> str:
+    return f"ledger/{site}/{sha}.json"
+
+
+def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
+    """Every batch in the ledger (of one site, or all), oldest first."""
+    prefix = f"ledger/{site}" if site else "ledger"
+    recs = [BatchRecord.from_dict(d) for d in iter_json(storage, prefix) if "sha256" in d]
+    return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
+
+
+def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
+    """A batch of ``site`` by SHA-256 prefix (at least 8 characters) or original file name."""
+    matches = [r for r in batches(storage, site)
+               if (len(ref) >= 8 and r.sha256.startswith(ref)) or r.original_name == safe_name(ref)]
+    if len(matches) != 1:
+        raise LookupError(f"batch {ref!r} of site {site}: {len(matches)} matches in the ledger "
+                          "(give a SHA-256 prefix of 8+ characters; see `lacrima status`)")
+    return matches[0]
+
+
+def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
+    """The site's curated data: every accepted, not superseded batch, re-sent records once."""
+    frames = [pd.read_parquet(io.BytesIO(storage.read_bytes(r.curated_key)))
+              for r in batches(storage, site) if r.state == ACCEPTED and r.curated_key]
+    if not frames:
+        return pd.DataFrame()
+    data = pd.concat(frames, ignore_index=True)
+    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
+
+
+def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
+                report: ValidationReport) -> str:
+    from lacrima.dropreport import render_html
+
+    prefix = f"quarantine/{site}/{sha}"
+    storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
+    write_json(storage, f"{prefix}/report.json", report.to_dict())
+    storage.write_bytes(f"{prefix}/report.html", render_html(report).encode())
+    return prefix
+
+
+def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
+                      accepted: pd.DataFrame | None = None, size_mb: float = 0.0):
+    """Read a native drop and validate it. Returns (report, canonical frame or None).
+
+    Never raises for bad data: an unreadable file becomes a report with one finding.
+    """
+    from lacrima.codebook import load_codebook
+    from lacrima.native import read_drop
+
+    codebook = load_codebook(site)
+    max_mb = float(study.section("validation").get("max_file_mb", 200))
+    if size_mb > max_mb:
+        f = Finding("file_too_large", f"{name} is {size_mb:.0f} MB; drops up to {max_mb:.0f} MB are read",
+                    expected=f"at most {max_mb:.0f} MB", found=f"{size_mb:.0f} MB")
+        return ValidationReport(site.code, name, sha, 0, (f,)), None
+    if not codebook.accepts(path):
+        f = Finding("file_format", f"{name}: site {site.code} sends {codebook.format} files; "
+                    f"this file's type ({path.suffix or 'none'}) is not one of them",
+                    expected=codebook.format, found=path.suffix or "no extension")
+        return ValidationReport(site.code, name, sha, 0, (f,)), None
+    try:
+        drop = read_drop(path, site, study)
+    except DropError as err:
+        findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
+        return ValidationReport(site.code, name, sha, 0, tuple(findings)), None
+    frame = drop.frame.copy()
+    ids = frame["participant_id"]
+    frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
+    frame["site"] = site.code
+    drop = replace(drop, frame=frame)
+    report = validate_drop(drop, study, codebook, site.code, name, sha, accepted=accepted)
+    return report, frame
+
+
+def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
+                now: datetime | None = None) -> IntakeResult:
+    """Process every new object in ``landing/<site>/``.
+
+    Parameters
+    ----------
+    storage : Storage
+    site : Site
+        Drops are processed only under the site whose landing zone they came from.
+    study : Study
+    key : bytes
+        Pseudonymisation key: IDs are replaced before anything reaches curated.
+    now : datetime, optional
+        Clock for the ledger (tests pass a fixed one).
+
+    Returns
+    -------
+    IntakeResult
+        Counts of drops seen, accepted, quarantined and skipped as already processed.
+    """
+    now = now or datetime.now(timezone.utc)
+    stamp = now.isoformat(timespec="seconds")
+    known = {r.sha256 for r in batches(storage, site.code)}
+    accepted, quarantined, reports, skipped = [], [], [], 0
+    landing = storage.list(f"landing/{site.code}")
+    for obj in landing:
+        data = storage.read_bytes(obj.key)
+        sha = sha256_bytes(data)
+        if sha in known:
+            skipped += 1
+            continue
+        known.add(sha)
+        report = _process(storage, site, study, key, obj.key, data, sha, stamp)
+        reports.append(report)
+        (accepted if report.valid else quarantined).append(sha)
+    return IntakeResult(site.code, len(landing), tuple(accepted), tuple(quarantined), skipped,
+                        tuple(reports))
+
+
+def _process(storage: Storage, site: Site, study: Study, key: bytes, landing_key: str,
+             data: bytes, sha: str, stamp: str) -> ValidationReport:
+    """Keep one new drop in raw, validate it, then curate or quarantine it and write its ledger entry."""
+    meta = storage.metadata(landing_key)
+    name = safe_name(meta.get("original_name") or landing_key.rsplit("/", 1)[-1])
+    raw_key = f"raw/{site.code}/{sha}{extension(name)}"
+    storage.write_bytes(raw_key, data, if_absent=True, metadata={
+        "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
+        "sha256": sha, "received_at": stamp})
+    current = curated_frame(storage, site.code)
+    replaced, extra = None, ()
+    if meta.get("replaces"):
+        try:
+            replaced = resolve_batch(storage, site.code, meta["replaces"])
+        except LookupError as err:
+            extra = (Finding("replaces", str(err), expected="an existing accepted batch",
+                             found=safe_name(meta["replaces"])),)
+    if replaced is not None and replaced.curated_key and not current.empty:
+        old = pd.read_parquet(io.BytesIO(storage.read_bytes(replaced.curated_key)))
+        current = current[~current["participant_id"].isin(old["participant_id"])]
+    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
+        path = Path(tmp) / f"drop{extension(name)}"   # never the uploaded name: no path tricks
+        path.write_bytes(data)
+        report, frame = read_and_validate(path, site, study, key, name, sha, accepted=current,
+                                          size_mb=len(data) / 1e6)
+    if extra:
+        report = replace(report, findings=report.findings + extra)
+    rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=raw_key, received_at=stamp,
+               processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               rows=report.n_rows, uploader=meta.get("uploader", ""),
+               replaces=replaced.sha256 if replaced else "",
+               identifying_dropped=report.identifying_dropped)
+    if report.valid and frame is not None:
+        curated_key = f"curated/{site.code}/{sha}.parquet"
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        storage.write_bytes(curated_key, buf.getvalue(), if_absent=True)
+        write_json(storage, ledger_key(site.code, sha),
+                   BatchRecord(state=ACCEPTED, curated_key=curated_key, **rec).to_dict())
+        if replaced is not None:
+            write_json(storage, ledger_key(site.code, replaced.sha256),
+                       replace(replaced, state=SUPERSEDED, superseded_by=sha).to_dict())
+    else:
+        qkey = _quarantine(storage, site.code, sha, data, name, report)
+        reason = "; ".join(sorted({f.check for f in report.errors}))
+        write_json(storage, ledger_key(site.code, sha),
+                   BatchRecord(state=QUARANTINED, reason=reason, quarantine_key=qkey, **rec).to_dict())
+    return report

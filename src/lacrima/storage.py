@@ -1,0 +1,228 @@
+"""Storage behind one small interface: a local folder (default ``./data``) or S3.
+
+``LACRIMA_STORAGE`` chooses: a path, or ``s3://bucket/prefix``. The S3 endpoint comes from the
+standard ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` settings (boto3 reads them itself), so the
+same code runs against AWS, MinIO or a moto server. Keys are the same on both backends::
+
+    landing/<site>/<name>              what data managers upload
+    raw/<site>/<sha256>.<ext>          immutable, content-addressed copy of every drop
+    curated/<site>/<sha256>.parquet    canonical, typed, pseudonymised data of accepted drops
+    quarantine/<site>/<sha256>/        original file + validation report of rejected drops
+    ledger/<site>/<sha256>.json        state of each batch (accepted, quarantined, superseded)
+    reports/<run_id>/ and reports/latest/
+
+Raw writes are conditional (never overwrite); the pipeline never deletes anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+STORAGE_ENV = "LACRIMA_STORAGE"
+DEFAULT_ROOT = "data"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str          # a change marker: S3 ETag, or mtime_ns-size locally
+
+
+class Storage(Protocol):
+    """What lacrima needs from a store. Keys are '/'-separated, relative to the root."""
+
+    location: str
+
+    def list(self, prefix: str) -> list[ObjectInfo]: ...
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def download(self, key: str, path: Path) -> Path: ...
+    def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
+                    if_absent: bool = False) -> bool: ...
+    def metadata(self, key: str) -> dict: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}: relative '/'-separated parts only")
+    return key
+
+
+class LocalStorage:
+    """A folder. Object metadata sits beside the data in ``.meta/<key>.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.location = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _meta_path(self, key: str) -> Path:
+        return self.root / ".meta" / (_check_key(key) + ".json")
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        out = []
+        for p in sorted(base.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                st = p.stat()
+                key = p.relative_to(self.root).as_posix()
+                out.append(ObjectInfo(key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}"))
+        return out
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def download(self, key: str, path: Path) -> Path:
+        shutil.copyfile(self._path(key), path)
+        return path
+
+    def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
+                    if_absent: bool = False) -> bool:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if if_absent and target.exists():
+            return False
+        # Write to a temp file then rename: readers never see half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if if_absent:
+            try:
+                os.link(tmp, target)      # atomic create-if-absent
+            except FileExistsError:
+                os.unlink(tmp)
+                return False
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
+        if metadata:
+            meta = self._meta_path(key)
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps(metadata, sort_keys=True))
+        return True
+
+    def metadata(self, key: str) -> dict:
+        meta = self._meta_path(key)
+        return json.loads(meta.read_text()) if meta.exists() else {}
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+class S3Storage:
+    """An S3 bucket and prefix through boto3, with retries on throttling and 5xx answers."""
+
+    def __init__(self, url: str, client=None):
+        rest = url[len("s3://"):]
+        self.bucket, _, prefix = rest.partition("/")
+        if not self.bucket:
+            raise ValueError(f"{STORAGE_ENV}={url!r}: expected s3://bucket/prefix")
+        self.prefix = prefix.strip("/")
+        self.location = url.rstrip("/")
+        if client is None:
+            import boto3
+            from botocore.config import Config
+            client = boto3.client("s3", config=Config(
+                retries={"max_attempts": 8, "mode": "standard"},
+                connect_timeout=10, read_timeout=60))
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        full = self._key(prefix.rstrip("/")) + "/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                out.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["ETag"].strip('"')))
+        return sorted(out, key=lambda o: o.key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def download(self, key: str, path: Path) -> Path:
+        self.client.download_file(self.bucket, self._key(key), str(path))
+        return path
+
+    def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
+                    if_absent: bool = False) -> bool:
+        from botocore.exceptions import ClientError
+        args = dict(Bucket=self.bucket, Key=self._key(key), Body=data,
+                    ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                    Metadata={k: str(v) for k, v in (metadata or {}).items()})
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**args)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
+                                                              "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def metadata(self, key: str) -> dict:
+        return self.client.head_object(Bucket=self.bucket, Key=self._key(key)).get("Metadata", {})
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def open_storage(location: str | None = None) -> Storage:
+    """The configured store: ``location``, else ``LACRIMA_STORAGE``, else ``./data``."""
+    loc = location or os.environ.get(STORAGE_ENV) or DEFAULT_ROOT
+    if loc.startswith("s3://"):
+        return S3Storage(loc)
+    return LocalStorage(loc)
+
+
+def write_json(storage: Storage, key: str, obj, **kw) -> bool:
+    return storage.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), **kw)
+
+
+def read_json(storage: Storage, key: str):
+    return json.loads(storage.read_bytes(key))
+
+
+def iter_json(storage: Storage, prefix: str) -> Iterator[dict]:
+    for obj in storage.list(prefix):
+        if obj.key.endswith(".json"):
+            yield read_json(storage, obj.key)
