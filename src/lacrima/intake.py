@@ -246,3 +246,22 @@ def _process(storage: Storage, site: Site, study: Study, key: bytes, landing_key
         write_json(storage, ledger_key(site.code, sha),
                    BatchRecord(state=QUARANTINED, reason=reason, quarantine_key=qkey, **rec).to_dict())
     return report
+
+
+def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
+           replaces: str = "") -> str:
+    """Put a file into ``landing/<site>/`` with its checksum and metadata; returns the key.
+
+    The landing name carries the content hash, so two different files with the same name never
+    overwrite each other. ``replaces`` marks an explicit correction of an earlier batch.
+    """
+    data = Path(path).read_bytes()
+    sha = sha256_bytes(data)
+    name = safe_name(Path(path).name)
+    if replaces:
+        resolve_batch(storage, site.code, replaces)   # fail early on an unknown batch
+    key = f"landing/{site.code}/{sha[:12]}-{name}"
+    storage.write_bytes(key, data, if_absent=True, metadata={
+        "site": site.code, "original_name": name, "uploader": safe_name(uploader) if uploader else "",
+        "sha256": sha, "replaces": replaces})
+    return key

@@ -59,7 +59,7 @@ def suite_dict(study: Study) -> dict:
     exps.append({"type": "expect_column_values_to_be_between",
                  "kwargs": {"column": "cry_sessions", "min_value": 0, "max_value": 0,
                             "row_condition": non_crier, "condition_parser": "pandas"}})
-    return {"name": SUITE_NAME, "plan_sha256": study.sha256, "expectations": exps}
+    return {"name": SUITE_NAME, "expectations": exps}
 
 
 def write_suite(study: Study, folder: Path = EXPECTATIONS_DIR) -> Path:

@@ -1,0 +1,1 @@
+"""Prefect wiring of lacrima: flows and tasks only; the logic lives in ``lacrima``."""

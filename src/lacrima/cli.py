@@ -1,0 +1,213 @@
+"""The ``lacrima`` command line: data managers (check, upload, status), operators (run, serve),
+analysts and developers (synth, demo, expectations).
+
+Exit codes: 0 success / valid, 1 invalid data, 2 usage error or unreadable input.
+Bad data never produces a Python traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="lacrima: three-site replication data platform.")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2):
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _site(code: str):
+    from lacrima.study import load_site
+    try:
+        return load_site(code)
+    except KeyError as err:
+        _fail(str(err.args[0]))
+
+
+@app.command()
+def synth(site: str = typer.Option(..., help="site code, e.g. us"),
+          n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
+          out: Path = typer.Option(..., help="output file or folder"),
+          mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
+    """Write a synthetic drop in the site's native format."""
+    from lacrima.study import load_study
+    from lacrima.synth import write_drop
+    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
+    typer.echo(str(path))
+
+
+@app.command()
+def check(file: Path = typer.Argument(..., help="the drop to validate"),
+          site: str = typer.Option(..., help="site code"),
+          report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
+    """Validate a drop locally without uploading it."""
+    from lacrima.dropreport import render_html, rich_table
+    from lacrima.intake import extension, read_and_validate, safe_name
+    from lacrima.privacy import DEMO_KEY
+    from lacrima.storage import sha256_bytes
+    from lacrima.study import load_study
+
+    s = _site(site)
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        _fail(f"{file}: cannot read ({err.strerror})")
+    name = safe_name(file.name)
+    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
+        path = Path(tmp) / f"drop{extension(name)}"
+        path.write_bytes(data)
+        # Only the shape of IDs matters for a local check; the key never leaves this process.
+        rep, _ = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
+                                   size_mb=len(data) / 1e6)
+    Console().print(rich_table(rep))
+    if report:
+        text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
+            json.dumps(rep.to_dict(), indent=2)
+        report.write_text(text)
+        console.print(f"report written to {report}", markup=False)
+    unreadable = {"empty_file", "unreadable", "encoding", "file_format", "password_protected",
+                  "file_too_large"}
+    if not rep.valid and all(f.check in unreadable for f in rep.errors) and rep.n_rows == 0:
+        raise typer.Exit(2)
+    raise typer.Exit(0 if rep.valid else 1)
+
+
+@app.command()
+def upload(file: Path = typer.Argument(..., help="the drop to upload"),
+           site: str = typer.Option(..., help="site code"),
+           replaces: str = typer.Option("", help="batch (SHA-256 prefix) this file corrects"),
+           uploader: str = typer.Option("", help="who uploads (recorded as metadata)")):
+    """Put a drop into the site's landing zone."""
+    from lacrima import intake
+    from lacrima.storage import open_storage
+
+    s = _site(site)
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    try:
+        key = intake.upload(open_storage(), s, file, uploader=uploader, replaces=replaces)
+    except LookupError as err:
+        _fail(str(err))
+    typer.echo(key)
+
+
+@app.command()
+def status(site: Optional[str] = typer.Option(None, help="only this site"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Every batch with its state, rows, date and reason."""
+    from rich.table import Table
+
+    from lacrima.intake import LANDED, batches
+    from lacrima.storage import open_storage, sha256_bytes
+
+    storage = open_storage()
+    if site:
+        _site(site)
+    recs = [r.to_dict() for r in batches(storage, site)]
+    known = {r["sha256"] for r in recs}
+    prefix = f"landing/{site}" if site else "landing"
+    for obj in storage.list(prefix):
+        sha = sha256_bytes(storage.read_bytes(obj.key))
+        if sha not in known:
+            known.add(sha)
+            recs.append({"site": obj.key.split("/")[1], "sha256": sha, "state": LANDED,
+                         "original_name": obj.key.rsplit("/", 1)[-1], "rows": "",
+                         "received_at": "", "reason": "waiting for the next run"})
+    if as_json:
+        typer.echo(json.dumps(recs, indent=2))
+        return
+    table = Table(title=f"Batches in {storage.location}")
+    for col in ("site", "batch", "state", "rows", "received", "file", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in recs:
+        table.add_row(r["site"], r["sha256"][:12], r["state"], str(r["rows"]), r["received_at"],
+                      r["original_name"], r.get("reason") or
+                      (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))
+    Console().print(table)
+
+
+def _run(storage: Optional[str], demo: bool) -> dict:
+    from flows.pipeline import lacrima_pipeline
+    return lacrima_pipeline(storage_location=storage, demo=demo)
+
+
+@app.command()
+def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
+        storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+        demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key")):
+    """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
+    from lacrima.privacy import MissingKeyError
+    try:
+        summary = _run(storage, demo)
+    except MissingKeyError as err:
+        _fail(str(err))
+    _print_summary(summary, as_json)
+
+
+def _print_summary(summary: dict, as_json: bool):
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+                      f"{summary['quarantined']} quarantined, "
+                      f"{summary['skipped_duplicates']} already processed", markup=False)
+        typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
+
+
+@app.command()
+def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
+         as_json: bool = typer.Option(False, "--json")):
+    """Synthetic drops for every site into the landing zone, then one pipeline run."""
+    from lacrima import intake
+    from lacrima.storage import open_storage
+    from lacrima.study import load_sites, load_study
+    from lacrima.synth import write_drop
+
+    study, store = load_study(), open_storage(storage)
+    with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
+        for s in load_sites():
+            path = write_drop(s, study, Path(tmp) / s.code)
+            key = intake.upload(store, s, path, uploader="demo")
+            console.print(f"synthetic drop for {s.code}: {key}", markup=False)
+    _print_summary(_run(storage, True), as_json)
+
+
+@app.command()
+def expectations(write: bool = typer.Option(False, help="regenerate expectations/ from the plan")):
+    """Check (or regenerate) the Great Expectations suite against the study plan."""
+    from lacrima.study import load_study
+    from lacrima.validate import EXPECTATIONS_DIR, SUITE_NAME, suite_dict, write_suite
+
+    study = load_study()
+    if write:
+        typer.echo(str(write_suite(study)))
+        return
+    path = EXPECTATIONS_DIR / f"{SUITE_NAME}.json"
+    if not path.exists() or json.loads(path.read_text()) != suite_dict(study):
+        _fail(f"{path} is out of date with {study.path}: run `make expectations`", 1)
+    typer.echo(f"{path} matches the plan")
+
+
+def main():
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    app()
+
+
+if __name__ == "__main__":
+    main()
