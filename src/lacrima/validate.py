@@ -91,7 +91,8 @@ def _batch_definition():
 
 
 @cache
-def _suite_for(plan_sha: str, suite_json: str):
+def _suite_for(suite_json: str):
+    _batch_definition()          # GX builds suites only inside an active context
     return _gx_suite(json.loads(suite_json))
 
 
@@ -140,7 +141,7 @@ def _native(codebook, canonical: str) -> str:
 def run_suite(frame: pd.DataFrame, study: Study, row_numbers, codebook) -> list[Finding]:
     """Run the canonical GX suite on a canonical frame; one Finding per failed expectation."""
     suite = suite_dict(study)
-    gx_suite = _suite_for(study.sha256, json.dumps(suite, sort_keys=True))
+    gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
     data = frame.reset_index(drop=True)
     batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
     result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})

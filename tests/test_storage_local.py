@@ -1,0 +1,48 @@
+"""The local storage backend and the privacy helpers."""
+
+import pandas as pd
+import pytest
+
+from lacrima.privacy import MissingKeyError, pseudonym_key, pseudonymise, suppress_small
+from lacrima.storage import LocalStorage, open_storage
+
+
+def test_conditional_write_never_overwrites(tmp_path):
+    st = LocalStorage(tmp_path)
+    assert st.write_bytes("raw/us/abc.csv", b"one", if_absent=True, metadata={"site": "us"})
+    assert not st.write_bytes("raw/us/abc.csv", b"two", if_absent=True)
+    assert st.read_bytes("raw/us/abc.csv") == b"one"
+    assert st.metadata("raw/us/abc.csv") == {"site": "us"}
+    assert [o.key for o in st.list("raw")] == ["raw/us/abc.csv"]     # metadata is not listed
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "raw//x", "raw/../../x", "raw/./x"])
+def test_keys_cannot_escape_the_root(tmp_path, key):
+    with pytest.raises(ValueError, match="invalid storage key"):
+        LocalStorage(tmp_path).write_bytes(key, b"x")
+
+
+def test_open_storage_reads_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LACRIMA_STORAGE", str(tmp_path / "store"))
+    assert open_storage().location == str((tmp_path / "store").resolve())
+
+
+def test_pseudonyms_are_keyed_stable_and_site_specific():
+    ids = pd.Series(["IT-0042", "IT-0043", "IT-0042"])
+    a = pseudonymise("it", ids, b"k1")
+    assert a[0] == a[2] and a[0] != a[1]
+    assert pseudonymise("it", ids, b"k2")[0] != a[0]
+    assert pseudonymise("us", ids, b"k1")[0] != a[0]
+    assert not a.str.contains("0042").any()
+
+
+def test_missing_key_is_a_clear_error_outside_demo(monkeypatch):
+    monkeypatch.delenv("LACRIMA_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("LACRIMA_PSEUDONYM_KEY_FILE", raising=False)
+    with pytest.raises(MissingKeyError, match="LACRIMA_PSEUDONYM_KEY"):
+        pseudonym_key()
+    assert pseudonym_key(demo=True)
+
+
+def test_small_cells_suppressed():
+    assert [suppress_small(n) for n in (0, 1, 4, 5, 120)] == ["0", "<5", "<5", "5", "120"]
