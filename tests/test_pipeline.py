@@ -1,0 +1,119 @@
+"""The walking skeleton end to end: native drops -> intake -> analysis -> pooled report.
+
+Plain ``src`` calls first (fast), then the Prefect flow under the session harness.
+"""
+
+import csv
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from lacrima import intake, pipeline, report
+from lacrima.storage import LocalStorage
+from lacrima.vocabulary import RESULTS_COLUMNS
+
+KEY = b"test-key"
+
+
+def _land_all(storage, sites, drops):
+    for s in sites:
+        intake.upload(storage, s, drops[s.code], uploader="test")
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory, study, sites, demo_drops):
+    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    _land_all(storage, sites, demo_drops)
+    intakes = [intake.ingest_site(storage, s, study, KEY) for s in sites]
+    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, list(sites), prov)
+    return storage, intakes, analyses, comparison, outputs
+
+
+def test_every_clean_drop_is_accepted(completed_run, sites):
+    _, intakes, *_ = completed_run
+    for res in intakes:
+        assert res.accepted and not res.quarantined, [r.to_dict() for r in res.reports]
+
+
+def test_results_csv_has_the_exact_header_and_all_sites(completed_run):
+    storage, *_ = completed_run
+    text = storage.read_bytes("reports/run-1/results.csv").decode()
+    header = next(csv.reader(io.StringIO(text)))
+    assert tuple(header) == RESULTS_COLUMNS
+    res = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    assert {"us", "it", "il", "pooled"} <= set(res["site"])
+    assert set(res["analysis"]) >= {"correlation", "spearman", "partial_correlation", "t_test",
+                                    "chi_square", "meta_analysis"}
+    assert (res["run_id"] == "run-1").all()
+
+
+def test_latest_is_a_copy_of_the_run(completed_run):
+    storage, *_ = completed_run
+    for name in ("results.csv", "report.html", "participant_flow.csv", "provenance.json"):
+        assert storage.read_bytes(f"reports/latest/{name}") == storage.read_bytes(f"reports/run-1/{name}")
+
+
+def test_analysis_ready_data_carries_pseudonyms_only(completed_run, demo_drops, sites):
+    storage, _, analyses, *_ = completed_run
+    for a in analyses:
+        data = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/data/{a.site}.csv")))
+        assert data["participant_id"].str.fullmatch(rf"{a.site}-[0-9a-f]{{16}}").all()
+        assert len(data) == a.flow.analysed
+
+
+def test_provenance_names_inputs_plan_and_versions(completed_run, study):
+    storage, _, analyses, *_ = completed_run
+    prov = json.loads(storage.read_bytes("reports/run-1/provenance.json"))
+    assert prov["plan"]["sha256"] == study.sha256
+    assert set(prov["inputs"]) == {a.site for a in analyses}
+    assert prov["packages"]["pandas"] and prov["sites"]["us"]["codebook_sha256"]
+
+
+def test_same_file_twice_is_processed_once(completed_run, study, sites, demo_drops, tmp_path):
+    storage, *_ = completed_run
+    us = next(s for s in sites if s.code == "us")
+    renamed = tmp_path / "again.csv"
+    renamed.write_bytes(demo_drops["us"].read_bytes())
+    intake.upload(storage, us, renamed)
+    res = intake.ingest_site(storage, us, study, KEY)
+    assert res.skipped_duplicates == res.seen and not res.accepted and not res.quarantined
+    assert len([r for r in intake.batches(storage, "us")]) == 1
+
+
+def test_messy_drop_is_quarantined_whole_with_a_report(study, sites, tmp_path):
+    from lacrima.synth import write_drop
+
+    storage = LocalStorage(tmp_path / "store")
+    it = next(s for s in sites if s.code == "it")
+    path = write_drop(it, study, tmp_path / "messy", mess=True, seed=7)
+    intake.upload(storage, it, path)
+    res = intake.ingest_site(storage, it, study, KEY)
+    assert res.quarantined and not res.accepted
+    sha = res.quarantined[0]
+    assert storage.exists(f"quarantine/it/{sha}/{path.name}")
+    assert storage.read_bytes(f"quarantine/it/{sha}/{path.name}") == path.read_bytes()
+    rep = json.loads(storage.read_bytes(f"quarantine/it/{sha}/report.json"))
+    assert not rep["valid"] and all(f["check"] and f["message"] for f in rep["findings"])
+    assert any(f["rows"] for f in rep["findings"]) and any(f["columns"] for f in rep["findings"])
+    assert not storage.list("curated/it")
+    (rec,) = intake.batches(storage, "it")
+    assert rec.state == "quarantined" and rec.reason
+
+
+@pytest.mark.prefect
+def test_flow_runs_end_to_end_under_prefect(prefect_harness, tmp_path, sites, demo_drops):
+    from flows.pipeline import lacrima_pipeline
+
+    storage = LocalStorage(tmp_path / "store")
+    _land_all(storage, sites, demo_drops)
+    summary = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r1")
+    assert summary["accepted"] == 3 and summary["quarantined"] == 0
+    assert sorted(summary["sites_analysed"]) == ["il", "it", "us"]
+    assert summary["report"].endswith("reports/r1/report.html")
+    again = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r2")
+    assert again["skipped_duplicates"] == 3 and again["accepted"] == 0
