@@ -88,7 +88,8 @@ def pearson(x, y, level: float = 0.95) -> Estimate:
     bad = _degenerate("pearson", n, MIN_N, level, xa, ya)
     if bad is not None:
         return bad
-    r = float(np.corrcoef(xa, ya)[0, 1])
+    # rounding can put |r| a hair above 1 for (nearly) collinear data
+    r = float(np.clip(np.corrcoef(xa, ya)[0, 1], -1.0, 1.0))
     se_z, lo, hi = _fisher_interval(r, 1.0 / np.sqrt(n - 3), level)
     t, p = _t_from_r(r, n - 2)
     return Estimate("pearson", n, r, se_z, lo, hi, t, float(n - 2), p, level)
