@@ -47,7 +47,7 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
     futures = [analyse_site.submit(ctx, s, wait_for=[i]) for s, i in zip(ctx.sites, intakes)]
     analyses = [a for a in (f.result() for f in futures) if a is not None]
     outputs = None
-    if analyses:
+    if pipeline.needs_report(ctx.storage, analyses, ctx.study):
         comparison = compare_sites(ctx, analyses)
         outputs = write_report(ctx, run_id, analyses, comparison)
     summary = pipeline.summarise(run_id, [i.result() for i in intakes], analyses, outputs)

@@ -8,6 +8,7 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 from __future__ import annotations
 
 import io
+import json
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -182,11 +183,19 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
     known = {r.sha256 for r in batches(storage, site.code)}
-    accepted, quarantined, reports, skipped = [], [], [], 0
+    index_key = f"ledger/{site.code}/_landing-index.json"
+    index = json.loads(storage.read_bytes(index_key)) if storage.exists(index_key) else {}
+    accepted, quarantined, reports, skipped, index_changed = [], [], [], 0, False
     landing = storage.list(f"landing/{site.code}")
     for obj in landing:
+        seen = index.get(obj.key)
+        if seen and seen["etag"] == obj.etag and seen["sha256"] in known:
+            skipped += 1                  # unchanged object already processed: not even read
+            continue
         data = storage.read_bytes(obj.key)
         sha = sha256_bytes(data)
+        index[obj.key] = {"etag": obj.etag, "sha256": sha}
+        index_changed = True
         if sha in known:
             skipped += 1
             continue
@@ -194,6 +203,8 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
         report = _process(storage, site, study, key, obj.key, data, sha, stamp)
         reports.append(report)
         (accepted if report.valid else quarantined).append(sha)
+    if index_changed:
+        write_json(storage, index_key, index)
     return IntakeResult(site.code, len(landing), tuple(accepted), tuple(quarantined), skipped,
                         tuple(reports))
 

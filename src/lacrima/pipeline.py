@@ -60,18 +60,73 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
 
 def analyse_site_data(storage: Storage, site: Site, study: Study) -> SiteAnalysis | None:
-    """Score, exclude and analyse one site's curated data; ``None`` when it has none yet."""
+    """Score, exclude and analyse one site's curated data; ``None`` when it has none yet.
+
+    Results are kept under ``results/<site>/<input_key>/`` and reused while the site's accepted
+    batches, codebook, site file and plan are unchanged (the key is a SHA-256 of those, never of
+    pickled frames).
+    """
+    key, accepted = site_input_key(storage, site, study)
+    if not accepted:
+        return None
+    cached = load_site_analysis(storage, site.code, key, accepted)
+    if cached is not None:
+        return cached
     from lacrima.analysis import analyse_site, describe_site
 
-    key, accepted = site_input_key(storage, site, study)
-    curated = curated_frame(storage, site.code)
-    if curated.empty:
+    data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
+    results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
+    result = SiteAnalysis(site.code, key, accepted, data, flow, results,
+                          describe_site(data, study, site.code))
+    save_site_analysis(storage, result)
+    return result
+
+
+_CACHE_FRAMES = ("data", "results", "descriptives")
+
+
+def _cache_prefix(site: str, key: str) -> str:
+    return f"results/{site}/{key}"
+
+
+def save_site_analysis(storage: Storage, a: SiteAnalysis) -> None:
+    prefix = _cache_prefix(a.site, a.input_key)
+    for name in _CACHE_FRAMES:
+        buf = io.BytesIO()
+        getattr(a, name).to_parquet(buf, index=False)
+        storage.write_bytes(f"{prefix}/{name}.parquet", buf.getvalue(), if_absent=True)
+    flow = {"site": a.flow.site, "received": a.flow.received, "analysed": a.flow.analysed,
+            "excluded": [list(e) for e in a.flow.excluded]}
+    # written last: its presence means the entry is complete
+    storage.write_bytes(f"{prefix}/flow.json", json.dumps(flow).encode(), if_absent=True)
+
+
+def load_site_analysis(storage: Storage, site: str, key: str,
+                       accepted: tuple[str, ...]) -> SiteAnalysis | None:
+    prefix = _cache_prefix(site, key)
+    if not storage.exists(f"{prefix}/flow.json"):
         return None
-    data, flow = analysis_ready(curated, study, site.code)
-    results = analyse_site(data, study, site.code)
-    return SiteAnalysis(site.code, key, accepted, data, flow,
-                        results.reindex(columns=list(RESULTS_COLUMNS)),
-                        describe_site(data, study, site.code))
+    f = json.loads(storage.read_bytes(f"{prefix}/flow.json"))
+    flow = Flow(f["site"], f["received"], tuple(tuple(e) for e in f["excluded"]), f["analysed"])
+    frames = {name: pd.read_parquet(io.BytesIO(storage.read_bytes(f"{prefix}/{name}.parquet")))
+              for name in _CACHE_FRAMES}
+    return SiteAnalysis(site, key, accepted, frames["data"], flow, frames["results"],
+                        frames["descriptives"], reused=True)
+
+
+def comparison_key(analyses: list["SiteAnalysis"], study: Study) -> str:
+    """Content key of the cross-site step: the sites' input keys and the plan."""
+    h = hashlib.sha256(study.sha256.encode())
+    for a in sorted(analyses, key=lambda a: a.site):
+        h.update(f"{a.site}:{a.input_key}".encode())
+    return h.hexdigest()
+
+
+def last_comparison_key(storage: Storage) -> str | None:
+    """The comparison key of the latest report, if any."""
+    if not storage.exists("reports/latest/provenance.json"):
+        return None
+    return json.loads(storage.read_bytes("reports/latest/provenance.json")).get("comparison_key")
 
 
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:
@@ -89,6 +144,11 @@ def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site])
                         ignore_index=True)
     present = [s for s in sites if s.code in set(per_site["site"])]
     return Comparison(results, replication_table(per_site, study, present))
+
+
+def needs_report(storage: Storage, analyses: list[SiteAnalysis], study: Study) -> bool:
+    """False when the latest report was made from exactly these inputs: nothing new to say."""
+    return bool(analyses) and comparison_key(analyses, study) != last_comparison_key(storage)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -145,6 +205,7 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
             versions[p] = None
     return {
         "run_id": run_id,
+        "comparison_key": comparison_key(analyses, study),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": {"path": study.path.name, "sha256": study.sha256},
         "sites": {s.code: {"role": s.role, "site_sha256": s.sha256,
@@ -191,4 +252,5 @@ def summarise(run_id: str, intakes, analyses: list[SiteAnalysis], outputs) -> di
         "sites_analysed": [a.site for a in analyses],
         "sites_reused": [a.site for a in analyses if a.reused],
         "report": outputs.location if outputs else None,
+        "nothing_new": outputs is None and bool(analyses),
     }
