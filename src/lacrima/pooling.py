@@ -1,0 +1,229 @@
+"""Pool the per-site estimates across sites (protocol section 7, first point).
+
+The tidy per-site table (``vocabulary.RESULTS_COLUMNS``) is the only input: pooling is
+recomputed from it without touching any site's data. Each pooled effect gets two rows,
+``method = "<estimator>+<test>"`` (random effects, e.g. ``REML+knha``) and
+``method = "FE"`` (fixed effect), both with ``site = "pooled"`` and
+``analysis = "meta_analysis"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.multitest import multipletests
+
+from lacrima import vocabulary as voc
+from lacrima.meta.effects import fisher_z, from_symmetric_ci
+from lacrima.meta.rma import FRAME_COLUMNS, random_effects
+from lacrima.study import Study
+
+__all__ = ["pool_estimates", "pool_details", "EFFECT_KEY", "POOLED_ANALYSES"]
+
+EFFECT_KEY = ("family", "analysis", "x", "y", "covariates")
+
+# analysis -> (per-site method, pooling scale). Spearman rows and robustness tests are
+# deliberately absent: they are reported per site, never pooled.
+POOLED_ANALYSES = {
+    "correlation": ("pearson", "fisher_z"),
+    "partial_correlation": ("pearson_partial", "fisher_z"),
+    "t_test": ("hedges_g", "identity"),
+    "chi_square": ("odds_ratio", "log"),
+}
+_BACK = {"fisher_z": np.tanh, "identity": lambda a: a, "log": np.exp}
+
+# A single site is not a pooled estimate (sites/study.toml [pooling], k = 1 rule).
+MIN_K_POOLED = 2
+
+DETAIL_COLUMNS = EFFECT_KEY + ("scale", "n", "sites") + FRAME_COLUMNS
+
+
+@dataclass(frozen=True)
+class _EffectInput:
+    key: tuple
+    scale: str
+    yi: np.ndarray
+    vi: np.ndarray
+    n: float
+    sites: tuple[str, ...]
+
+
+def _covariate_count(covariates: str) -> int:
+    text = "" if covariates is None or (isinstance(covariates, float) and np.isnan(covariates)) \
+        else str(covariates)
+    return len([c for c in text.split(voc.COVARIATE_SEPARATOR) if c]) if text else 0
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(frame[column], errors="coerce").astype(float).to_numpy()
+
+
+def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInput]:
+    missing = [c for c in EFFECT_KEY + ("site", "n", "estimate", "ci_low", "ci_high", "method")
+               if c not in site_results.columns]
+    if missing:
+        raise ValueError(f"site results lack columns {missing}; expected vocabulary.RESULTS_COLUMNS")
+    families = tuple(study.section("pooling").get("families", ()))
+    level = study.level
+    rows = site_results.loc[
+        site_results["family"].isin(families)
+        & site_results["analysis"].isin(tuple(POOLED_ANALYSES))
+        & (site_results["site"] != voc.POOLED)
+    ].copy()
+    rows["covariates"] = rows["covariates"].fillna("").astype(str)
+    out = []
+    for key, grp in rows.groupby(list(EFFECT_KEY), sort=True, dropna=False):
+        analysis = key[1]
+        method, scale = POOLED_ANALYSES[analysis]
+        grp = grp.loc[grp["method"] == method].sort_values("site")
+        est = _numeric(grp, "estimate")
+        n = _numeric(grp, "n")
+        if scale == "fisher_z":
+            ok = np.isfinite(est) & np.isfinite(n) & (np.abs(est) < 1)
+            g = _covariate_count(key[4])
+            ok &= n - 3 - g > 0
+            if not ok.any():
+                continue
+            yi, vi = fisher_z(est[ok], n[ok], g)
+        else:
+            lo, hi = _numeric(grp, "ci_low"), _numeric(grp, "ci_high")
+            ok = np.isfinite(est) & np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+            if scale == "log":
+                ok &= (est > 0) & (lo > 0)
+            if not ok.any():
+                continue
+            yi, vi = from_symmetric_ci(est[ok], lo[ok], hi[ok], level, log=scale == "log")
+        out.append(_EffectInput(key=tuple(key), scale=scale, yi=yi, vi=vi,
+                                n=float(np.nansum(n[ok])), sites=tuple(grp["site"].to_numpy()[ok])))
+    return out
+
+
+def _settings(study: Study) -> tuple[str, str]:
+    cfg = study.section("pooling")
+    return str(cfg.get("method", "REML")), str(cfg.get("test", "knha"))
+
+
+def pool_details(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """Full random- and fixed-effect results per effect, on the pooling scale.
+
+    Parameters
+    ----------
+    site_results : DataFrame
+        Per-site tidy rows (``vocabulary.RESULTS_COLUMNS``) from all sites.
+    study : Study
+        The study plan; ``[pooling]`` gives the families, estimator and test.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``DETAIL_COLUMNS``: the effect key (family, analysis, x, y, covariates),
+        ``scale`` (``fisher_z``, ``identity`` for Hedges' g, ``log`` for the odds
+        ratio), ``n`` (total), ``sites`` (codes joined with "+"), then
+        :data:`lacrima.meta.rma.FRAME_COLUMNS` (estimate, se, CI, test, prediction
+        interval, tau2 with its Q-profile CI, tau, I2, H2, Q, convergence, note) for
+        ``model = random`` and ``model = fixed``. Effects with a single site are
+        included here with the k = 1 note, for the report to show why they are not pooled.
+
+    Notes
+    -----
+    Estimates stay on the pooling scale here; :func:`pool_estimates` back-transforms.
+    """
+    method, test = _settings(study)
+    frames = []
+    for eff in _effect_inputs(site_results, study):
+        res = random_effects(eff.yi, eff.vi, method=method, test=test, level=study.level)
+        frame = res.to_frame()
+        for col, val in zip(EFFECT_KEY, eff.key):
+            frame[col] = val
+        frame["scale"] = eff.scale
+        frame["n"] = eff.n
+        frame["sites"] = "+".join(eff.sites)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(DETAIL_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(DETAIL_COLUMNS)]
+
+
+def _run_id(site_results: pd.DataFrame) -> str:
+    if "run_id" not in site_results.columns:
+        return ""
+    ids = site_results["run_id"].dropna().astype(str).unique()
+    return str(ids[0]) if len(ids) == 1 else ""
+
+
+def pool_estimates(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """Pooled estimate of every correlation, partial correlation, Hedges' g and odds ratio.
+
+    Parameters
+    ----------
+    site_results : DataFrame
+        Per-site tidy rows (``vocabulary.RESULTS_COLUMNS``). Used: correlation rows
+        (method ``pearson``), partial correlation rows (``pearson_partial``; the number
+        of covariates is the count of names in ``covariates``), ``t_test`` rows
+        (``hedges_g`` with a symmetric normal CI) and ``chi_square`` rows
+        (``odds_ratio`` with a CI symmetric on the log scale), of the families in
+        ``study.section("pooling")["families"]``. Rows with a missing estimate are skipped.
+    study : Study
+        The study plan (``[pooling]``: families, ``method``, ``test``; ``[study].level``).
+
+    Returns
+    -------
+    DataFrame
+        Columns exactly ``vocabulary.RESULTS_COLUMNS``, two rows per pooled effect:
+
+        - ``method = "<method>+<test>"`` (e.g. ``REML+knha``): random-effects estimate,
+          CI and prediction interval back-transformed (r for correlations via tanh, g
+          as is, odds ratio via exp); ``statistic``/``df``/``p_value`` the t test on
+          k - 1 df (``df`` blank under ``test = "z"``); ``tau2`` on the pooling scale
+          (Fisher z, g or log OR); ``i2`` in percent; ``q``/``q_p`` Cochran's Q test.
+        - ``method = "FE"``: fixed-effect estimate and normal CI back-transformed, its z
+          test (``df`` blank), ``tau2 = 0``, the same ``q``/``q_p``; no prediction
+          interval or I2.
+
+        Both: ``site = "pooled"``, ``analysis = "meta_analysis"``, the effect's family, x,
+        y, covariates; ``k`` sites pooled; ``n`` their total n; ``p_adjusted`` Holm
+        within family, separately for random-effects and fixed-effect rows (the
+        per-site convention of protocol section 6 applied to the pooled site).
+
+    Notes
+    -----
+    k = 1: no row (a single site is not a pooled estimate; ``pool_details`` keeps it
+    with a note). k = 2: pooled, prediction interval blank. The estimator and
+    formulas are those of :func:`lacrima.meta.rma.random_effects`; Fisher z uses
+    variance 1/(n - 3 - g) for g covariates.
+
+    References
+    ----------
+    Borenstein, M., Hedges, L. V., Higgins, J. P. T., & Rothstein, H. R. (2009).
+    Introduction to meta-analysis. Wiley. (Chapter 6: correlations via Fisher z.)
+    """
+    details = pool_details(site_results, study)
+    method, test = _settings(study)
+    rows = []
+    for rec in details.to_dict("records"):
+        if rec["k"] < MIN_K_POOLED:
+            continue
+        back = _BACK[rec["scale"]]
+        rows.append({
+            "run_id": _run_id(site_results), "family": rec["family"],
+            "analysis": "meta_analysis", "site": voc.POOLED, "x": rec["x"], "y": rec["y"],
+            "covariates": rec["covariates"], "n": rec["n"],
+            "estimate": float(back(rec["estimate"])), "ci_low": float(back(rec["ci_low"])),
+            "ci_high": float(back(rec["ci_high"])), "statistic": rec["statistic"],
+            "df": rec["df"], "p_value": rec["p_value"], "p_adjusted": np.nan,
+            "method": f"{method}+{test}" if rec["model"] == "random" else "FE",
+            "k": rec["k"], "tau2": rec["tau2"], "i2": rec["i2"], "q": rec["q"],
+            "q_p": rec["q_p"], "pi_low": float(back(rec["pi_low"])),
+            "pi_high": float(back(rec["pi_high"])),
+        })
+    out = pd.DataFrame(rows, columns=list(voc.RESULTS_COLUMNS))
+    if out.empty:
+        return out
+    for _, idx in out.groupby(["family", "method"]).groups.items():
+        p = out.loc[idx, "p_value"].astype(float)
+        ok = p.notna()
+        if ok.any():
+            out.loc[p[ok].index, "p_adjusted"] = multipletests(p[ok].to_numpy(), method="holm")[1]
+    return out
