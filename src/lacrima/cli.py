@@ -169,6 +169,19 @@ def _print_summary(summary: dict, as_json: bool):
 
 
 @app.command()
+def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, server time zone)"),
+          sweep_minutes: float = typer.Option(5.0, help="minutes between landing-zone sweeps"),
+          storage: Optional[str] = typer.Option(None, help="storage root"),
+          demo: bool = typer.Option(False, help="synthetic data: allow the public demo key")):
+    """Register the nightly and sweep deployments on the Prefect server and serve them."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("schedules need a Prefect server: start one with `prefect server start` and set "
+              "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    from flows.deployments import serve_forever
+    serve_forever(cron=cron, sweep_minutes=sweep_minutes, storage_location=storage, demo=demo)
+
+
+@app.command()
 def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
          as_json: bool = typer.Option(False, "--json")):
     """Synthetic drops for every site into the landing zone, then one pipeline run."""

@@ -276,3 +276,14 @@ def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
         "site": site.code, "original_name": name, "uploader": safe_name(uploader) if uploader else "",
         "sha256": sha, "replaces": replaces})
     return key
+
+
+def pending_drops(storage: Storage, site: Site) -> int:
+    """Landing objects of a site not yet processed (new or changed since the last run).
+
+    Cheap: compares object listings with the landing index; reads no file.
+    """
+    index_key = f"ledger/{site.code}/_landing-index.json"
+    index = json.loads(storage.read_bytes(index_key)) if storage.exists(index_key) else {}
+    return sum(1 for obj in storage.list(f"landing/{site.code}")
+               if index.get(obj.key, {}).get("etag") != obj.etag)
