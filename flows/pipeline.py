@@ -54,3 +54,24 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
     get_run_logger().info("run %s: %d accepted, %d quarantined, report %s", run_id,
                           summary["accepted"], summary["quarantined"], summary["report"])
     return summary
+
+
+def task_runner(name: str = "thread", dask_address: str | None = None, workers: int = 4):
+    """The task runner by name: Prefect's thread pool (default) or Dask (local cluster or address)."""
+    if name == "thread":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if name == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    raise ValueError(f"unknown runner {name!r}: expected 'thread' or 'dask'")
+
+
+def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
+                 dask_address: str | None = None, run_id: str | None = None) -> dict:
+    """Run the pipeline flow now with the chosen task runner."""
+    flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address))
+    return flow_(storage_location=storage_location, demo=demo, run_id=run_id)

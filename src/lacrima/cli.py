@@ -140,19 +140,25 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     Console().print(table)
 
 
-def _run(storage: Optional[str], demo: bool) -> dict:
-    from flows.pipeline import lacrima_pipeline
-    return lacrima_pipeline(storage_location=storage, demo=demo)
+def _run(storage: Optional[str], demo: bool, runner: str = "thread",
+         dask_address: Optional[str] = None) -> dict:
+    from flows.pipeline import run_pipeline
+    return run_pipeline(storage_location=storage, demo=demo, runner=runner,
+                        dask_address=dask_address)
 
 
 @app.command()
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
-        demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key")):
+        demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
+        runner: str = typer.Option("thread", help="task runner: thread (default) or dask"),
+        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
     """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
     from lacrima.privacy import MissingKeyError
+    if runner not in ("thread", "dask"):
+        _fail(f"--runner {runner!r}: expected thread or dask")
     try:
-        summary = _run(storage, demo)
+        summary = _run(storage, demo, runner, dask_address)
     except MissingKeyError as err:
         _fail(str(err))
     _print_summary(summary, as_json)
@@ -162,6 +168,8 @@ def _print_summary(summary: dict, as_json: bool):
     if as_json:
         typer.echo(json.dumps(summary))
     else:
+        if summary.get("nothing_new"):
+            console.print("nothing new since the latest report: no report written", markup=False)
         console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
                       f"{summary['quarantined']} quarantined, "
                       f"{summary['skipped_duplicates']} already processed", markup=False)
