@@ -128,7 +128,8 @@ def hedges_g_from_stats(mean1: float, sd1: float, n1: int, mean2: float, sd2: fl
     g = float(j * (mean1 - mean2) / sp)
     se = float(np.sqrt(1 / n1 + 1 / n2 + g * g / (2 * (n1 + n2))))
     z = stats.norm.ppf(0.5 + level / 2)
-    return Estimate("hedges_g", n, g, se, g - z * se, g + z * se, df=float(m), level=level)
+    return Estimate("hedges_g", n, g, se, float(g - z * se), float(g + z * se), df=float(m),
+                    level=level)
 
 
 def hedges_g(x1, x2, level: float = 0.95) -> Estimate:
