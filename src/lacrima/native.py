@@ -1,0 +1,798 @@
+"""Read a site's native drop and map it onto the canonical variables.
+
+A drop arrives exactly as the site's own tool wrote it (Qualtrics CSV, Italian
+workbook or semicolon CSV, SPSS .sav). ``read_drop`` reads it with the site's codebook
+and returns the canonical frame with the row numbers a data manager can find, plus
+mapping-level findings. A file that cannot be read at all raises ``DropError``; every
+other problem is a ``Finding``, so a bad drop never ends in a traceback.
+
+Row numbers
+-----------
+``NativeDrop.row_numbers`` and every ``Finding.rows`` use the *spreadsheet row*: the
+line number the data manager sees when opening the file in Excel or LibreOffice,
+header rows included. For a Qualtrics CSV (three header rows) the first answer is
+row 4; for a workbook or CSV with one header row it is row 2; for an SPSS file (no
+header rows) it is the case number shown in Data View, starting at 1. In general
+``row = header_rows + k`` for the k-th record of data (1-based), blank rows counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+import re
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
+from lacrima.findings import DropError, Finding, findings_frame
+from lacrima.study import Site, Study
+
+IDENTIFYING_NAME = re.compile(
+    r"name|nome|e-?mail|^ip$|ip[ _.-]?addr|latitud|longitud|phone|telefon|cellular|mobile"
+    r"|address|indirizzo|postcode|zip ?code|birth ?date|^dob$|ssn|social ?security"
+    r"|טלפון|כתובת|מייל|דוא\"ל",
+    re.IGNORECASE,
+)
+"""Generic pattern of column names that look identifying, whatever the site.
+
+Applied only to columns the codebook does not map, so a canonical column can never be
+dropped by accident; codebooks list their known identifying columns explicitly.
+"""
+
+DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
+SNIFF_BYTES = 1 << 16
+DELIMITERS = (",", ";", "\t", "|")
+NUMBER = re.compile(r"^[+-]?\d+(?:[.,]\d+)?$")
+DEFAULT_FORMATS = {
+    # How a file is read when its extension is not one the site sends: enough to list
+    # what is missing; the drop is never re-routed to another site.
+    "xlsx": FileFormat(kind="xlsx", extensions=(), header_rows=1, values="labels"),
+    "sav": FileFormat(kind="sav", extensions=(), header_rows=0, values="codes"),
+    "csv": FileFormat(kind="csv", extensions=(), encodings=("utf-8-sig", "cp1252"), header_rows=1),
+}
+
+
+@dataclass(frozen=True)
+class NativeDrop:
+    """One native drop mapped onto the canonical variables.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        ``site`` then every canonical variable of the study plan, one row per data row
+        of the file. integer/likert -> ``Int64``; bool -> ``boolean``; date ->
+        ``datetime64[ns]`` (normalised to midnight); category/string -> ``str``.
+        Missing is ``pd.NA``/``NaT``/NaN (``str`` dtype).
+    row_numbers : tuple of int
+        Spreadsheet row of each frame row (module docstring).
+    findings : tuple of Finding
+        Mapping-level problems; any ``severity == "error"`` quarantines the drop.
+    identifying_dropped : tuple of str
+        Native names of identifying columns removed unread (names only, never values).
+    n_rows : int
+        Number of data rows read.
+    source : str
+        File name of the drop.
+    format : str
+        Format kind the file was read as.
+    """
+
+    frame: pd.DataFrame = field(repr=False)
+    row_numbers: tuple[int, ...]
+    findings: tuple[Finding, ...]
+    identifying_dropped: tuple[str, ...]
+    n_rows: int
+    source: str = ""
+    format: str = ""
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is an error (the drop may proceed to validation)."""
+        return not self.errors
+
+    def to_frame(self) -> pd.DataFrame:
+        """The canonical frame with a leading ``row_number`` column (a copy).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``row_number`` (spreadsheet row, see module notes), ``site`` and the
+            canonical variables.
+        """
+        out = self.frame.copy()
+        out.insert(0, "row_number", pd.array(self.row_numbers, dtype="Int64"))
+        return out
+
+    def findings_frame(self) -> pd.DataFrame:
+        """Tidy findings table (``lacrima.findings.FINDING_COLUMNS``)."""
+        return findings_frame(self.findings)
+
+
+@dataclass
+class _Table:
+    """Cells as read, before mapping: names row, data rows, spreadsheet row numbers."""
+
+    names: list[str]
+    rows: list[list[Any]]
+    row_numbers: list[int]
+    fmt: FileFormat
+    formula_cells: set[tuple[int, int]] = field(default_factory=set)   # (data row idx, col idx)
+    declared_missing: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def read_drop(path: str | Path, site: Site, study: Study, *, today: dt.date | None = None) -> NativeDrop:
+    """Read one native drop of ``site`` and map it onto the canonical variables.
+
+    Parameters
+    ----------
+    path : str or Path
+        The drop as uploaded (never modified).
+    site : lacrima.study.Site
+        The site that sent it; its codebook says how to read it.
+    study : lacrima.study.Study
+        The study plan (canonical variables and their types).
+    today : datetime.date, optional
+        Reference date for ``future_dates`` (default: today's date).
+
+    Returns
+    -------
+    NativeDrop
+
+    Raises
+    ------
+    lacrima.findings.DropError
+        When the file cannot be read at all. ``check`` is one of ``missing_file``,
+        ``empty_file``, ``no_data_rows``, ``binary_file``, ``bad_encoding``,
+        ``encrypted_file``, ``unreadable_workbook``, ``unreadable_sav``,
+        ``unreadable_csv``. The message names the file and says what was expected.
+    lacrima.codebook.CodebookError
+        When the site's codebook itself is inconsistent with the plan.
+
+    Notes
+    -----
+    Finding checks: ``missing_columns``, ``duplicate_columns``, ``unknown_labels``,
+    ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
+    ``ragged_rows``, ``unexpected_format`` (errors); ``unexpected_columns``,
+    ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet`` (warnings).
+    Declared missing codes (codebook ``missing_codes`` and SPSS user-missing values)
+    become missing; other numeric codes pass through (range checks are validation's).
+    Formula-like cells are never evaluated: workbooks are read with
+    ``openpyxl.load_workbook(data_only=True)`` and a second pass only looks at cell
+    types; CSV cells are plain text. Findings never show a participant's values.
+    """
+    path = Path(path)
+    codebook = load_codebook(site)
+    codebook.check_against(study)
+    table = _read_table(path, codebook)
+    return _map(table, codebook, study, site, path, today or dt.date.today())
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _shown(path: Path) -> str:
+    # repr() escapes control characters and quotes odd names unambiguously.
+    return repr(path.name)
+
+
+def _sniff(head: bytes) -> str:
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "ole"
+    if head.startswith(b"$FL2") or head.startswith(b"$FL3"):
+        return "sav"
+    return "text"
+
+
+def _read_table(path: Path, codebook: Codebook) -> _Table:
+    name = _shown(path)
+    if not path.is_file():
+        raise DropError("missing_file", f"drop {name} does not exist or is not a file ({path})")
+    if path.stat().st_size == 0:
+        raise DropError("empty_file", f"drop {name} is empty (0 bytes); expected a "
+                        f"{_kinds(codebook)} export from site {codebook.site!r}")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    sniffed = _sniff(head)
+    findings: list[Finding] = []
+    fmt = codebook.format_for(path)
+    if fmt is None:
+        accepted = ", ".join(e for f in codebook.formats for e in f.extensions)
+        if sniffed == "ole":
+            _raise_ole(path)
+        fmt = DEFAULT_FORMATS["xlsx" if sniffed == "zip" else "sav" if sniffed == "sav" else "csv"]
+        findings.append(Finding(
+            check="unexpected_format",
+            message=(f"drop {name} has extension {path.suffix or '(none)'!r}, but site "
+                     f"{codebook.site!r} sends {accepted} files; it was read as {fmt.kind} only to "
+                     "list what does not match, and is not re-routed to another site"),
+            expected=accepted, found=path.suffix or "no extension",
+        ))
+    if fmt.kind == "xlsx":
+        table = _read_xlsx(path, fmt, sniffed, codebook)
+    elif fmt.kind == "sav":
+        table = _read_sav(path, fmt, sniffed)
+    else:
+        table = _read_text(path, fmt, sniffed, codebook)
+    table.findings[:0] = findings
+    if not any(n for n in table.names):
+        raise DropError("empty_file", f"drop {name} has no column names; expected a {_kinds(codebook)} "
+                        f"export from site {codebook.site!r}")
+    if not table.rows:
+        raise DropError("no_data_rows", f"drop {name} has column names but no data rows "
+                        f"(expected {fmt.header_rows} header row(s) then one row per participant)")
+    return table
+
+
+def _kinds(codebook: Codebook) -> str:
+    return " or ".join(f.kind for f in codebook.formats)
+
+
+def _raise_ole(path: Path) -> None:
+    raise DropError(
+        "encrypted_file",
+        f"drop {_shown(path)} is a password-protected (encrypted) workbook or a legacy .xls file; "
+        "remove the password and save it as .xlsx, then upload again",
+    )
+
+
+def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+    name = _shown(path)
+    if sniffed != "text":
+        what = {"zip": "an Excel workbook", "ole": "an encrypted or legacy Excel file",
+                "sav": "an SPSS file"}[sniffed]
+        raise DropError("binary_file", f"drop {name} should be a {fmt.kind} text file but is {what}; "
+                        f"site {codebook.site!r} sends {_kinds(codebook)}")
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DropError("bad_encoding", f"drop {name} is UTF-16 text; expected "
+                        f"{' or '.join(fmt.encodings)} (save as 'CSV UTF-8')")
+    sample = data[:SNIFF_BYTES]
+    if b"\x00" in sample:
+        raise DropError("binary_file", f"drop {name} contains binary data (NUL bytes), "
+                        f"not {fmt.kind} text")
+    text = _decode(data, fmt, name)
+    controls = sum(1 for ch in text[:SNIFF_BYTES] if unicodedata.category(ch) == "Cc" and ch not in "\r\n\t")
+    if controls > max(3, len(text[:SNIFF_BYTES]) // 100):
+        raise DropError("binary_file", f"drop {name} is not text ({controls} control characters "
+                        f"in its first {min(len(text), SNIFF_BYTES)} characters)")
+    text = text.lstrip("\ufeff")
+    findings: list[Finding] = []
+    delimiter = _delimiter(text, fmt, name, findings)
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as exc:
+        raise DropError("unreadable_csv", f"drop {name} is not a readable CSV file ({exc})") from None
+    if not records:
+        raise DropError("empty_file", f"drop {name} holds no text")
+    names = [c.strip() for c in records[0]]
+    rows, numbers, long_rows = [], [], []
+    for idx in range(fmt.header_rows, len(records)):
+        rec = records[idx]
+        if not any(c.strip() for c in rec):
+            continue
+        if len(rec) > len(names) and any(c.strip() for c in rec[len(names):]):
+            long_rows.append(idx + 1)
+        cells = [c if c.strip() else None for c in rec[: len(names)]]
+        rows.append(cells + [None] * (len(names) - len(cells)))
+        numbers.append(idx + 1)   # record k (0-based) is spreadsheet row k + 1
+    if long_rows:
+        findings.append(Finding(
+            check="ragged_rows", rows=tuple(long_rows),
+            message=(f"{len(long_rows)} row(s) of {name} have more fields than the header "
+                     f"({len(names)}); the columns may be shifted"),
+            expected=f"{len(names)} fields per row", found="more fields than column names",
+        ))
+    return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _decode(data: bytes, fmt: FileFormat, name: str) -> str:
+    first_error: UnicodeDecodeError | None = None
+    for enc in fmt.encodings:
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError as exc:
+            first_error = first_error or exc
+        except LookupError:
+            raise DropError("bad_encoding", f"codebook encoding {enc!r} is unknown (reading {name})") from None
+    line = data[: first_error.start].count(b"\n") + 1 if first_error else 0
+    raise DropError(
+        "bad_encoding",
+        f"drop {name} is not in the expected text encoding {' or '.join(fmt.encodings)}: "
+        f"undecodable byte on line {line}; export it again as {fmt.encodings[0]}",
+    )
+
+
+def _delimiter(text: str, fmt: FileFormat, name: str, findings: list[Finding]) -> str:
+    first = text.split("\n", 1)[0]
+    counts = {d: len(next(csv.reader([first], delimiter=d), [])) for d in DELIMITERS}
+    if counts.get(fmt.delimiter, 0) > 1:
+        return fmt.delimiter
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    if counts[best] > 1:
+        findings.append(Finding(
+            check="delimiter", severity="warning",
+            message=(f"drop {name} separates fields with {best!r}, not {fmt.delimiter!r} as the "
+                     f"codebook says; it was read with {best!r}"),
+            expected=repr(fmt.delimiter), found=repr(best),
+        ))
+        return best
+    return fmt.delimiter
+
+
+def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+    import openpyxl  # heavy; only when a workbook arrives
+
+    name = _shown(path)
+    if sniffed == "ole":
+        _raise_ole(path)
+    if sniffed != "zip":
+        raise DropError("unreadable_workbook", f"drop {name} is not an .xlsx workbook (it is not a "
+                        "zip container); save it from Excel as .xlsx and upload again")
+    findings: list[Finding] = []
+    try:
+        # data_only=True: cached values only, formulas are never evaluated.
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            ws, sheet = _sheet(wb, fmt)
+            values = [list(r) for r in ws.iter_rows(values_only=True)]
+        finally:
+            wb.close()
+        # Second pass reads cell types only, to find formula cells (never computed).
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=False)
+        try:
+            ws2 = wb[sheet]
+            formula_at = {
+                (r, c)
+                for r, row in enumerate(ws2.iter_rows())
+                for c, cell in enumerate(row)
+                if getattr(cell, "data_type", None) == "f"
+            }
+        finally:
+            wb.close()
+    except DropError:
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, TypeError, IndexError) as exc:
+        raise DropError(
+            "unreadable_workbook",
+            f"drop {name} could not be read as an .xlsx workbook ({type(exc).__name__}); it may be "
+            "truncated or damaged: save it again from Excel and upload again",
+        ) from None
+    except Exception as exc:  # openpyxl's InvalidFileException and parser errors
+        raise DropError(
+            "unreadable_workbook",
+            f"drop {name} could not be read as an .xlsx workbook ({type(exc).__name__})",
+        ) from None
+    if fmt.sheet and sheet != fmt.sheet:
+        findings.append(Finding(
+            check="sheet", severity="warning",
+            message=f"workbook {name} has no sheet {fmt.sheet!r}; the first sheet {sheet!r} was read",
+            expected=fmt.sheet, found=sheet,
+        ))
+    if not values:
+        raise DropError("empty_file", f"workbook {name} has an empty sheet {sheet!r}")
+    names = ["" if v is None else str(v).strip() for v in values[0]]
+    while names and not names[-1]:
+        names.pop()
+    rows, numbers, formulas = [], [], set()
+    for idx in range(fmt.header_rows, len(values)):
+        cells = [None if (isinstance(v, str) and not v.strip()) else v for v in values[idx][: len(names)]]
+        if all(v is None for v in cells) and not any((idx, c) in formula_at for c in range(len(names))):
+            continue
+        k = len(rows)
+        formulas.update((k, c) for c in range(len(names)) if (idx, c) in formula_at)
+        rows.append(cells + [None] * (len(names) - len(cells)))
+        numbers.append(idx + 1)
+    return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, formula_cells=formulas,
+                  findings=findings)
+
+
+def _sheet(wb, fmt: FileFormat):
+    if fmt.sheet and fmt.sheet in wb.sheetnames:
+        return wb[fmt.sheet], fmt.sheet
+    first = wb.sheetnames[0]
+    return wb[first], first
+
+
+def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
+    import pyreadstat
+
+    name = _shown(path)
+    if sniffed != "sav":
+        raise DropError("unreadable_sav", f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
+    try:
+        # user_missing=True keeps 99/999 visible so declared codes are recognised here.
+        df, meta = pyreadstat.read_sav(str(path), user_missing=True)
+    except Exception as exc:  # pyreadstat raises its own error classes for damaged files
+        raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
+                        f"({type(exc).__name__}); it may be truncated or damaged") from None
+    declared = {
+        col: [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
+        for col, ranges in (meta.missing_ranges or {}).items()
+    }
+    names = [str(c) for c in df.columns]
+    columns = [df[c].tolist() for c in df.columns]
+    rows = []
+    for i in range(len(df)):
+        rows.append([_clean_cell(col[i]) for col in columns])
+    numbers = [i + 1 for i in range(len(rows))]
+    keep = [k for k, r in enumerate(rows) if any(v is not None for v in r)]
+    return _Table(names=names, rows=[rows[k] for k in keep], row_numbers=[numbers[k] for k in keep],
+                  fmt=fmt, declared_missing=declared)
+
+
+def _clean_cell(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, str) and not v.strip():
+        return None
+    if v is pd.NaT:
+        return None
+    return v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+@dataclass
+class _Issues:
+    """Problems found in one column, by check: spreadsheet rows and what was found."""
+
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    found: dict[str, list[str]] = field(default_factory=dict)
+    other_decimal: bool = False
+
+    def add(self, check: str, row: int, found: str = "") -> None:
+        self.rows.setdefault(check, []).append(row)
+        if found and found not in self.found.setdefault(check, []):
+            self.found[check].append(found)
+
+
+def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path,
+         today: dt.date) -> NativeDrop:
+    name = _shown(path)
+    findings = list(table.findings)
+    fmt = table.fmt
+    position: dict[str, int] = {}
+    duplicated = []
+    for i, n in enumerate(table.names):
+        if n in position:
+            duplicated.append(n)
+        else:
+            position[n] = i
+    mapped = {spec.column for spec in codebook.columns.values()}
+    dup_mapped = sorted({d for d in duplicated if d in mapped})
+    if dup_mapped:
+        findings.append(Finding(
+            check="duplicate_columns", columns=tuple(dup_mapped),
+            message=f"drop {name} has column(s) {_names(dup_mapped)} more than once; the first was read",
+            expected="each column once", found=f"{len(dup_mapped)} repeated column name(s)",
+        ))
+
+    declared_ident = set(codebook.identifying_columns)
+    known_extra = set(codebook.extra_names)
+    ident_declared, ident_other, unexpected, unexpected_idx = [], [], [], []
+    for i, n in enumerate(table.names):
+        if n in mapped or position.get(n) != i:
+            continue
+        if n in declared_ident:
+            ident_declared.append(n)
+        elif n and IDENTIFYING_NAME.search(n):
+            ident_other.append(n)
+        elif n in known_extra:
+            continue
+        elif n or any(r[i] is not None for r in table.rows):
+            unexpected.append(n or f"(column {i + 1}, no name)")
+            unexpected_idx.append(i)
+    if ident_declared:
+        findings.append(Finding(
+            check="identifying_columns", severity="warning", columns=tuple(ident_declared),
+            message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the codebook "
+                     f"were removed unread at intake: {_names(ident_declared)}"),
+            expected="identifying columns never enter curated data", found="columns removed",
+        ))
+    if ident_other:
+        findings.append(Finding(
+            check="identifying_columns", severity="warning", columns=tuple(ident_other),
+            message=(f"{len(ident_other)} column(s) of {name} look identifying and are not in the "
+                     f"codebook; they were removed unread at intake: {_names(ident_other)}"),
+            expected="no identifying columns beyond those the codebook lists",
+            found="unexpected identifying column names",
+        ))
+    if unexpected:
+        findings.append(Finding(
+            check="unexpected_columns", severity="warning", columns=tuple(unexpected),
+            message=(f"{len(unexpected)} column(s) of {name} are not in the codebook of site "
+                     f"{codebook.site!r} and were ignored: {_names(unexpected)}"),
+            expected="only the codebook's columns", found=f"{len(unexpected)} extra column(s)",
+        ))
+    formula_rows: dict[str, list[int]] = {}
+    for i in unexpected_idx:
+        label = table.names[i] or f"(column {i + 1}, no name)"
+        for k, row in enumerate(table.rows):
+            v = row[i]
+            if (k, i) in table.formula_cells or (isinstance(v, str) and _looks_like_formula(v)):
+                formula_rows.setdefault(label, []).append(table.row_numbers[k])
+
+    n = len(table.rows)
+    columns: dict[str, Any] = {"site": pd.Series([site.code] * n, dtype="str")}
+    missing = []
+    decimal_cols = []
+    for var, meta in study.variables.items():
+        spec = codebook.columns[var]
+        vtype = meta["type"]
+        idx = position.get(spec.column)
+        if idx is None:
+            missing.append(spec.column)
+            columns[var] = canonical_series([None] * n, vtype)
+            continue
+        scale = codebook.scale_of(var)
+        codes = set(spec.missing_codes) | set(scale.missing_codes if scale else ())
+        ranges = table.declared_missing.get(spec.column, [])
+        issues = _Issues()
+        values = []
+        for k, row in enumerate(table.rows):
+            cell = row[idx]
+            rownum = table.row_numbers[k]
+            if (k, idx) in table.formula_cells:
+                issues.add("formula_cells", rownum)
+                values.append(None)
+                continue
+            values.append(_convert(cell, vtype, scale, fmt, codes, ranges, today, rownum, issues))
+        columns[var] = canonical_series(values, vtype)
+        if issues.other_decimal:
+            decimal_cols.append(spec.column)
+        findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today))
+    for label, rows in formula_rows.items():
+        findings.append(_formula_finding(label, rows, name))
+    if missing:
+        findings.insert(0, Finding(
+            check="missing_columns", columns=tuple(missing),
+            message=(f"{len(missing)} expected column(s) are missing from {name} (site "
+                     f"{codebook.site!r}): {_names(missing)}"),
+            expected=f"columns {_names(missing)} as named in the codebook",
+            found=f"{len(table.names)} column(s), none with these names",
+        ))
+    if decimal_cols:
+        other = "," if fmt.decimal == "." else "."
+        findings.append(Finding(
+            check="decimal_mark", severity="warning", columns=tuple(decimal_cols),
+            message=(f"numbers in {_names(decimal_cols)} of {name} use {other!r} as the decimal mark, "
+                     f"not {fmt.decimal!r} as the codebook says; they were read as decimals"),
+            expected=repr(fmt.decimal), found=repr(other),
+        ))
+    frame = pd.DataFrame(columns)
+    return NativeDrop(frame=frame, row_numbers=tuple(table.row_numbers), findings=tuple(findings),
+                      identifying_dropped=tuple(ident_declared + ident_other), n_rows=n,
+                      source=path.name, format=fmt.kind)
+
+
+def _names(names: Iterable[str], limit: int = 8) -> str:
+    names = list(names)
+    head = ", ".join(repr(x) for x in names[:limit])
+    return head + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _looks_like_formula(text: str) -> bool:
+    """Text a spreadsheet would evaluate: starts with =, @, or +/- not followed by a number.
+
+    Notes
+    -----
+    OWASP "CSV injection": cells beginning ``=``, ``+``, ``-`` or ``@`` are formulas in
+    Excel and LibreOffice. A signed number (``-3``) is data, not a formula.
+    """
+    s = text.strip()
+    if len(s) < 2 or s[0] not in "=+-@":
+        return False
+    if s[0] in "+-" and NUMBER.match(s):
+        return False
+    return True
+
+
+def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes: set[float],
+             ranges: list[tuple[float, float]], today: dt.date, rownum: int, issues: _Issues) -> Any:
+    """One native cell -> canonical value (None when missing); problems go to ``issues``."""
+    if cell is None:
+        return None
+    if isinstance(cell, str):
+        text = cell.strip()
+        if not text:
+            return None
+        if _looks_like_formula(text):
+            issues.add("formula_cells", rownum)
+            # Neutralised: kept as inert text where text is kept, else missing.
+            return "'" + text if vtype == "string" else None
+    if vtype == "string":
+        if _is_number(cell):
+            return str(int(cell)) if float(cell).is_integer() else str(cell)
+        return str(cell).strip()
+    if vtype == "date":
+        return _convert_date(cell, fmt, today, rownum, issues)
+    number = _as_number(cell, fmt, issues)
+    if number is not None and _is_missing_code(number, codes, ranges):
+        return None
+    if vtype in ("bool", "category"):
+        if isinstance(cell, bool) and vtype == "bool":
+            return cell
+        if scale is not None and isinstance(cell, str):
+            try:
+                return scale.value_of_label(cell)
+            except KeyError:
+                pass
+        if scale is not None and number is not None:
+            try:
+                return scale.value_of_code(number)
+            except KeyError:
+                issues.add("unknown_labels", rownum, f"code {_fmt_number(number)}")
+                return None
+        if scale is None and vtype == "bool" and number in (0.0, 1.0):
+            return bool(number)
+        issues.add("unknown_labels", rownum, _label_shown(cell))
+        return None
+    # integer and likert
+    if isinstance(cell, str) and scale is not None:
+        try:
+            return scale.value_of_label(cell)
+        except KeyError:
+            if number is None:
+                issues.add("unknown_labels", rownum, _label_shown(cell))
+                return None
+    if number is None:
+        issues.add("non_numeric", rownum, "text" if isinstance(cell, str) else type(cell).__name__)
+        return None
+    if fmt.values == "codes" and scale is not None:
+        try:
+            return int(scale.value_of_code(number))
+        except (KeyError, TypeError, ValueError):
+            pass
+    if not float(number).is_integer():
+        issues.add("non_numeric", rownum, "a number with decimals")
+        return None
+    return int(number)
+
+
+def _as_number(cell: Any, fmt: FileFormat, issues: _Issues) -> float | None:
+    if isinstance(cell, bool):
+        return None
+    if _is_number(cell):
+        return None if math.isnan(float(cell)) else float(cell)
+    if isinstance(cell, str):
+        text = cell.strip()
+        if NUMBER.match(text):
+            other = "," if fmt.decimal == "." else "."
+            if other in text:
+                issues.other_decimal = True
+            return float(text.replace(",", "."))
+    return None
+
+
+def _is_missing_code(number: float, codes: set[float], ranges: list[tuple[float, float]]) -> bool:
+    return number in codes or any(lo <= number <= hi for lo, hi in ranges)
+
+
+def _convert_date(cell: Any, fmt: FileFormat, today: dt.date, rownum: int, issues: _Issues):
+    if isinstance(cell, (dt.datetime, dt.date, pd.Timestamp)):
+        value = pd.Timestamp(cell).normalize()
+    elif isinstance(cell, str):
+        try:
+            value = pd.Timestamp(dt.datetime.strptime(cell.strip(), fmt.date_format)).normalize()
+        except ValueError:
+            issues.add("bad_dates", rownum, "text in another date format")
+            return None
+    else:
+        issues.add("bad_dates", rownum, "a number, not a date" if _is_number(cell) else type(cell).__name__)
+        return None
+    if value.date() > today:
+        issues.add("future_dates", rownum, "dates after today")
+    return value
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _label_shown(cell: Any) -> str:
+    # Answer labels are not identifying; long free text is cut so nothing personal leaks.
+    text = str(cell).strip()
+    return repr(text if len(text) <= 30 else text[:27] + "...")
+
+
+def _human_date(fmt: str) -> str:
+    for token, word in DATE_TOKENS.items():
+        fmt = fmt.replace(token, word)
+    return fmt
+
+
+def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | None, fmt: FileFormat,
+                     today: dt.date) -> list[Finding]:
+    out = []
+    for check, rows in issues.rows.items():
+        found = issues.found.get(check, [])
+        k = len(rows)
+        if check == "formula_cells":
+            out.append(_formula_finding(column, rows, name))
+        elif check == "unknown_labels":
+            expected = ", ".join(scale.labels) if scale else "a value from the codebook"
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the codebook: "
+                         f"{', '.join(found[:5])}; they were read as missing"),
+                expected=f"one of: {expected}", found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
+            ))
+        elif check == "non_numeric":
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=f"{k} cell(s) in column {column!r} of {name} are not whole numbers; read as missing",
+                expected="a whole number", found=", ".join(found),
+            ))
+        elif check == "bad_dates":
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=(f"{k} date(s) in column {column!r} of {name} are not in the format "
+                         f"{_human_date(fmt.date_format)}; read as missing"),
+                expected=_human_date(fmt.date_format), found=", ".join(found),
+            ))
+        elif check == "future_dates":
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=f"{k} date(s) in column {column!r} of {name} lie in the future (after {today:%Y-%m-%d})",
+                expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
+            ))
+    return out
+
+
+def _formula_finding(column: str, rows: list[int], name: str) -> Finding:
+    return Finding(
+        check="formula_cells", columns=(column,), rows=tuple(rows),
+        message=(f"{len(rows)} cell(s) in column {column!r} of {name} look like spreadsheet formulas "
+                 "(start with =, +, -, @); they were not evaluated and were kept only as inert text"),
+        expected="plain values", found="formula-like cells",
+    )
+
+
+def canonical_series(values: list[Any], vtype: str) -> pd.Series:
+    """Canonical dtype for one variable: the one place that decides it.
+
+    Parameters
+    ----------
+    values : list
+        Python values, ``None`` for missing.
+    vtype : str
+        Variable type from the study plan.
+
+    Returns
+    -------
+    pandas.Series
+        ``Int64`` (integer, likert), ``boolean`` (bool), ``datetime64[ns]`` (date) or
+        ``str`` (string, category).
+    """
+    if vtype in ("integer", "likert"):
+        return pd.Series(pd.array(values, dtype="Int64"))
+    if vtype == "bool":
+        return pd.Series(pd.array(values, dtype="boolean"))
+    if vtype == "date":
+        return pd.Series([pd.NaT if v is None else v for v in values], dtype="datetime64[ns]")
+    return pd.Series(values, dtype="str")
