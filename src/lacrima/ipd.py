@@ -1,0 +1,199 @@
+"""Individual-participant-data models on the stacked sites (protocol section 7, second point).
+
+For every (x, y) pair of the families in ``study.section("ipd")["families"]``:
+
+- OLS ``y ~ x * C(site)`` against ``y ~ x + C(site)``: the F test of the x-by-site
+  interaction is the heterogeneity test (rows ``analysis = "ipd_interaction"``);
+- MixedLM ``y ~ x`` with a random intercept and a random slope of x by site, fitted by
+  REML, for the pooled slope (rows ``analysis = "mixed_model"``). With three sites the
+  random-slope variance is often on the boundary; every warning or failure is written
+  into ``method`` rather than hidden.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+
+from lacrima import vocabulary as voc
+from lacrima.study import Study
+
+__all__ = ["ipd_models", "interaction_test", "mixed_slope"]
+
+MIN_SITES = 2
+MIN_ROWS_PER_SITE = 3  # an intercept, a slope and one residual degree of freedom per site
+
+
+def _float(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _pair_frame(stacked: pd.DataFrame, x: str, y: str, subset: pd.Series | None) -> pd.DataFrame:
+    for col in (x, y, "site"):
+        if col not in stacked.columns:
+            raise ValueError(f"stacked data lack column {col!r} needed by the IPD models")
+    data = pd.DataFrame({"x": _float(stacked[x]), "y": _float(stacked[y]),
+                         "site": stacked["site"].astype(str).to_numpy()})
+    if subset is not None:
+        data = data.loc[subset.to_numpy()]
+    data = data.dropna()
+    counts = data["site"].value_counts()
+    # Sites too small for their own slope cannot enter an interaction model.
+    keep = counts.index[counts >= MIN_ROWS_PER_SITE]
+    return data[data["site"].isin(keep)].reset_index(drop=True)
+
+
+def _short(messages: list[str]) -> str:
+    seen = []
+    for m in messages:
+        first = str(m).strip().split("\n")[0].rstrip(".")
+        if first and first not in seen:
+            seen.append(first)
+    return "; ".join(seen)
+
+
+def interaction_test(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
+    """F test of the x-by-site interaction and the common within-site slope.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Columns ``x``, ``y`` (float) and ``site`` (str), no missing values.
+    level : float
+        Confidence level of the slope's interval.
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``ci_low``, ``ci_high``: slope of x in ``y ~ x + C(site)``;
+        ``statistic``, ``df``, ``p_value``: F of the interaction with numerator df
+        ``k - 1`` (denominator df ``n - 2k``); ``n``, ``k``.
+
+    Notes
+    -----
+    Nested-model F test: :math:`F = ((RSS_0 - RSS_1)/(k-1)) / (RSS_1/(n-2k))`, with
+    :math:`RSS_1` from ``y ~ x * C(site)`` and :math:`RSS_0` from ``y ~ x + C(site)``
+    (statsmodels ``OLSResults.compare_f_test``; Cooper & Patall 2009 on IPD
+    heterogeneity).
+    """
+    full = smf.ols("y ~ x * C(site)", data=data).fit()
+    reduced = smf.ols("y ~ x + C(site)", data=data).fit()
+    f, p, df_diff = full.compare_f_test(reduced)
+    lo, hi = reduced.conf_int(alpha=1 - level).loc["x"]
+    return {"estimate": float(reduced.params["x"]), "ci_low": float(lo), "ci_high": float(hi),
+            "statistic": float(f), "df": float(df_diff), "p_value": float(p),
+            "n": int(full.nobs), "k": int(data["site"].nunique()),
+            "method": f"ols_interaction_F(df2={int(full.df_resid)})"}
+
+
+def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
+    """Pooled slope of x from a mixed model with random intercept and slope by site.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Columns ``x``, ``y`` (float) and ``site`` (str), no missing values.
+    level : float
+        Confidence level of the slope's Wald interval.
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``ci_low``, ``ci_high``, ``statistic`` (z), ``p_value`` of the
+        fixed slope; ``tau2``: variance of the random slope across sites; ``n``, ``k``;
+        ``method``: ``mixedlm_reml`` with any warning appended in brackets, or
+        ``mixedlm_reml_intercept_only`` with the reason when the random slope could not
+        be fitted, or ``mixedlm_reml [failed: ...]`` with missing estimates.
+
+    Notes
+    -----
+    :math:`y_{ij} = (\\beta_0 + u_{0j}) + (\\beta_1 + u_{1j}) x_{ij} + e_{ij}`,
+    :math:`(u_{0j}, u_{1j}) \\sim N(0, \\Sigma)`, REML (statsmodels ``MixedLM``;
+    Riley, Lambert & Abo-Zaid 2010 on one-stage IPD meta-analysis).
+    """
+    base = {"n": len(data), "k": int(data["site"].nunique()), "df": np.nan}
+    attempts = (("~x", "mixedlm_reml"), ("~1", "mixedlm_reml_intercept_only"))
+    reasons: list[str] = []
+    for re_formula, label in attempts:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                fit = smf.mixedlm("y ~ x", data, groups=data["site"], re_formula=re_formula).fit(
+                    reml=True)
+                if not np.all(np.isfinite(fit.bse)):
+                    raise np.linalg.LinAlgError("standard errors are not finite")
+            except (np.linalg.LinAlgError, ValueError) as err:
+                reasons.append(f"{label} failed: {err}")
+                continue
+        notes = [str(w.message) for w in caught]
+        if not fit.converged:
+            notes.insert(0, "did not converge")
+        if reasons:
+            notes.insert(0, reasons[0])
+        lo, hi = fit.conf_int(alpha=1 - level).loc["x"]
+        tau2 = float(fit.cov_re.loc["x", "x"]) if "x" in fit.cov_re.index else np.nan
+        note = _short(notes)
+        return dict(base, estimate=float(fit.fe_params["x"]), ci_low=float(lo), ci_high=float(hi),
+                    statistic=float(fit.tvalues["x"]), p_value=float(fit.pvalues["x"]), tau2=tau2,
+                    method=f"{label} [{note}]" if note else label)
+    return dict(base, estimate=np.nan, ci_low=np.nan, ci_high=np.nan, statistic=np.nan,
+                p_value=np.nan, tau2=np.nan, method=f"mixedlm_reml [{_short(reasons)}]")
+
+
+def _criers_mask(stacked: pd.DataFrame, column: str) -> pd.Series:
+    if column not in stacked.columns:
+        raise ValueError(f"stacked data lack the criers column {column!r}")
+    return stacked[column].astype("boolean").fillna(False).astype(bool)
+
+
+def ipd_models(stacked: pd.DataFrame, study: Study, run_id: str = "") -> pd.DataFrame:
+    """IPD interaction tests and mixed models for every (x, y) of the IPD families.
+
+    Parameters
+    ----------
+    stacked : DataFrame
+        The sites' analysis-ready frames concatenated, with ``site`` and the canonical
+        variables and scores (nullable Int64/Float64 columns are fine).
+    study : Study
+        The plan: ``[ipd]`` families and ``mixed_model``; each family's ``x``, ``y`` and
+        ``subset``; ``[analysis].criers``; ``[study].level``.
+    run_id : str, default ""
+        Written into the ``run_id`` column.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``vocabulary.RESULTS_COLUMNS``, ``site = "pooled"``, per (family, x, y):
+
+        - ``analysis = "ipd_interaction"``: ``estimate``/``ci_low``/``ci_high`` the
+          common within-site slope of x (``y ~ x + C(site)``, raw units);
+          ``statistic`` F of the interaction, ``df`` its numerator df (k - 1; the
+          denominator df is in ``method`` as ``df2``), ``p_value`` its p; ``k`` sites; ``n``.
+        - ``analysis = "mixed_model"`` (when ``mixed_model`` is true): fixed slope of x
+          with Wald CI and z test (``df`` blank); ``tau2`` the random-slope variance;
+          ``method`` names the model and states any convergence problem.
+
+        Pairs with fewer than two sites of at least three complete rows are skipped.
+    """
+    cfg = study.section("ipd")
+    criers_col = study.section("analysis").get("criers", "cried_in_therapy")
+    level = study.level
+    rows = []
+    for family_id in cfg.get("families", ()):
+        fam = study.family(family_id)
+        subset = _criers_mask(stacked, criers_col) if fam.get("subset") == "criers" else None
+        for x in fam["x"]:
+            for y in fam["y"]:
+                data = _pair_frame(stacked, x, y, subset)
+                if data["site"].nunique() < MIN_SITES:
+                    continue
+                common = {"run_id": run_id, "family": family_id, "site": voc.POOLED, "x": x,
+                          "y": y, "covariates": "", "p_adjusted": np.nan}
+                rows.append(dict(common, analysis="ipd_interaction", **interaction_test(data, level)))
+                if cfg.get("mixed_model", True):
+                    rows.append(dict(common, analysis="mixed_model", **mixed_slope(data, level)))
+    return pd.DataFrame(rows, columns=list(voc.RESULTS_COLUMNS))

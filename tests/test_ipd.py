@@ -1,0 +1,110 @@
+"""lacrima.ipd: interaction F test and mixed model on stacked synthetic sites."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lacrima import vocabulary as voc
+from lacrima.ipd import interaction_test, ipd_models, mixed_slope
+
+SLOPE_TOL = 0.1  # planted slope, n = 600: its SE is about 0.04
+
+
+def _pair(slopes, n=200, seed=1):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, b in enumerate(slopes):
+        x = rng.normal(0, 1, n)
+        parts.append(pd.DataFrame({"x": x, "y": 1.0 + 0.3 * i + b * x + rng.normal(0, 1, n),
+                                   "site": f"s{i}"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_f_test_matches_residual_sums_of_squares():
+    data = _pair([0.5, 0.2, 0.6])
+    res = interaction_test(data)
+    # Second implementation: least squares by hand on the two design matrices.
+    dummies = pd.get_dummies(data["site"], drop_first=True).to_numpy(float)
+    x = data[["x"]].to_numpy()
+    ones = np.ones((len(data), 1))
+    reduced = np.hstack([ones, x, dummies])
+    full = np.hstack([reduced, x * dummies])
+    rss = [np.sum((data["y"] - m @ np.linalg.lstsq(m, data["y"], rcond=None)[0]) ** 2)
+           for m in (reduced, full)]
+    df1, df2 = 2, len(data) - 6
+    f = ((rss[0] - rss[1]) / df1) / (rss[1] / df2)
+    assert res["statistic"] == pytest.approx(f, rel=1e-9)
+    assert res["p_value"] == pytest.approx(stats.f.sf(f, df1, df2), rel=1e-9)
+    assert res["df"] == 2 and res["k"] == 3 and res["method"] == f"ols_interaction_F(df2={df2})"
+
+
+def test_heterogeneous_slopes_are_detected():
+    assert interaction_test(_pair([0.5, 0.5, -0.5]))["p_value"] < 1e-6
+
+
+def test_mixed_model_recovers_planted_slope():
+    res = mixed_slope(_pair([0.5, 0.5, 0.5], seed=3))
+    assert res["estimate"] == pytest.approx(0.5, abs=SLOPE_TOL)
+    assert res["ci_low"] < res["estimate"] < res["ci_high"]
+    assert res["method"].startswith("mixedlm_reml")
+    assert res["n"] == 600 and res["k"] == 3
+
+
+def test_mixed_model_states_problems_plainly():
+    # Identical slopes and intercepts: the random-effect variances sit on the boundary.
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, 300)
+    data = pd.DataFrame({"x": x, "y": 0.4 * x + rng.normal(0, 1, 300),
+                         "site": np.repeat(["a", "b", "c"], 100)})
+    res = mixed_slope(data)
+    assert np.isfinite(res["estimate"]) or "failed" in res["method"]
+    if res["method"] not in ("mixedlm_reml", "mixedlm_reml_intercept_only"):
+        assert "[" in res["method"]  # a warning or failure reason is written out
+
+
+def _stacked(study):
+    rng = np.random.default_rng(11)
+    frames = []
+    for site, b in (("us", 0.4), ("it", 0.4), ("il", -0.3)):
+        n = 150
+        cried = rng.random(n) < 0.8
+        frame = pd.DataFrame({"site": site, "cried_in_therapy": pd.array(cried, dtype="boolean")})
+        for fam in ("H1", "H2", "H3", "H4"):
+            for x in study.family(fam)["x"]:
+                frame[x] = pd.array(rng.integers(1, 6, n), dtype="Int64")
+        frame["change"] = 3 + b * (frame["after_in_control"].astype(float) - 3) + rng.normal(0, 1, n)
+        frame["alliance"] = rng.normal(3.5, 0.6, n)
+        frame["discomfort_tears"] = pd.array(rng.integers(1, 6, n), dtype="Int64")
+        frame["understood_better"] = pd.array(rng.integers(1, 6, n), dtype="Int64")
+        frame.loc[~cried, "after_relaxed"] = pd.NA
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["change"] = out["change"].astype("Float64")
+    out.loc[3, "change"] = pd.NA
+    return out
+
+
+def test_ipd_models_table(study):
+    stacked = _stacked(study)
+    before = stacked.copy()
+    table = ipd_models(stacked, study, run_id="run-7")
+    pd.testing.assert_frame_equal(stacked, before)
+    assert list(table.columns) == list(voc.RESULTS_COLUMNS)
+    pairs = sum(len(study.family(f)["x"]) * len(study.family(f)["y"])
+                for f in study.section("ipd")["families"])
+    assert len(table) == 2 * pairs
+    assert set(table["analysis"]) == {"ipd_interaction", "mixed_model"}
+    assert (table["site"] == voc.POOLED).all() and (table["run_id"] == "run-7").all()
+    row = table[(table["x"] == "after_in_control") & (table["analysis"] == "ipd_interaction")].iloc[0]
+    assert row["p_value"] < 1e-3  # planted: Israel's slope has the other sign
+    assert row["k"] == 3
+    n_criers = int(stacked.loc[stacked["cried_in_therapy"], "change"].notna().sum())
+    assert row["n"] == n_criers  # criers subset, missing change dropped
+
+
+def test_missing_column_is_named(study):
+    with pytest.raises(ValueError, match="criers column"):
+        ipd_models(pd.DataFrame({"site": ["us"]}), study)
