@@ -77,14 +77,16 @@ class LocalStorage:
         return self.root / ".meta" / (_check_key(key) + ".json")
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        base = self.root / prefix
+        prefix = prefix.strip("/")
+        base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return []
         out = []
         for p in sorted(base.rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
+            key = p.relative_to(self.root).as_posix()
+            # Dot-names are ours (.meta/, .tmp- files being written), not objects.
+            if p.is_file() and not any(part.startswith(".") for part in key.split("/")):
                 st = p.stat()
-                key = p.relative_to(self.root).as_posix()
                 out.append(ObjectInfo(key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}"))
         return out
 
@@ -131,10 +133,50 @@ class LocalStorage:
         return self._path(key)
 
 
+class StorageError(OSError):
+    """A storage operation failed after retries (S3 error answer, endpoint unreachable, no credentials)."""
+
+
+# S3 answers meaning "the key is not there" (HEAD has no body, so only the status is left).
+_MISSING = ("404", "NoSuchKey", "NotFound")
+# S3 answers to a conditional write whose key already exists. 409 ConditionalRequestConflict
+# means a concurrent conditional write of the same key is in flight; keys written with
+# if_absent are content-addressed, so the other writer is storing the same bytes.
+_EXISTS = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
 class S3Storage:
-    """An S3 bucket and prefix through boto3, with retries on throttling and 5xx answers."""
+    """An S3 bucket and prefix through boto3, with retries on throttling and 5xx answers.
+
+    Parameters
+    ----------
+    url : str
+        ``s3://bucket`` or ``s3://bucket/prefix``.
+    client : botocore client, optional
+        Default: ``boto3.client("s3")`` with standard-mode retries (8 attempts). The endpoint,
+        credentials and region come from the usual AWS settings (``AWS_ENDPOINT_URL_S3`` or
+        ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``, profiles...).
+
+    Notes
+    -----
+    Retries: botocore's standard mode retries throttling answers (503 SlowDown, Throttling...)
+    and transient faults (500, 502, 503, 504, connection errors) with exponential backoff and
+    jitter, on every call here. Whatever still fails is raised as :class:`StorageError`.
+
+    Conditional writes (``if_absent=True``) send ``If-None-Match: *``; S3 (since 2024-08), MinIO
+    and moto (checked with moto 5.2.5 in tests/test_s3.py) refuse to overwrite an existing key
+    with 412 PreconditionFailed, atomically, so no head-then-put race is needed. If a retried
+    conditional write gets 412 because its own first attempt had landed, the object holds the
+    same bytes: the key is content-addressed.
+
+    Every write carries its SHA-256 (``ChecksumSHA256``); S3 rejects a body that does not match.
+    Reads ask for checksum validation (``ChecksumMode``), which botocore performs whenever the
+    object has a full-object checksum.
+    """
 
     def __init__(self, url: str, client=None):
+        if not url.startswith("s3://"):
+            raise ValueError(f"{url!r}: expected s3://bucket/prefix")
         rest = url[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
         if not self.bucket:
@@ -145,7 +187,7 @@ class S3Storage:
             import boto3
             from botocore.config import Config
             client = boto3.client("s3", config=Config(
-                retries={"max_attempts": 8, "mode": "standard"},
+                retries={"total_max_attempts": 8, "mode": "standard"},
                 connect_timeout=10, read_timeout=60))
         self.client = client
 
@@ -156,51 +198,103 @@ class S3Storage:
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
 
+    def _error(self, op: str, key: str, err: Exception) -> StorageError:
+        from botocore.exceptions import ClientError
+
+        where = f"s3://{self.bucket}/{key}"
+        if isinstance(err, ClientError):
+            e = err.response.get("Error", {})
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+            return StorageError(f"{op} {where}: {e.get('Code', status)} "
+                                f"({e.get('Message') or 'no message'}; HTTP {status})")
+        return StorageError(f"{op} {where}: {err}")
+
+    @staticmethod
+    def _code(err) -> str:
+        return str(err.response.get("Error", {}).get("Code", ""))
+
     def list(self, prefix: str) -> list[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = prefix.strip("/")
+        full = self._key(prefix) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
         out = []
-        full = self._key(prefix.rstrip("/")) + "/"
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full):
-            for obj in page.get("Contents", []):
-                out.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["ETag"].strip('"')))
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"],
+                                          obj["ETag"].strip('"')))
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("list", full, err) from None
         return sorted(out, key=lambda o: o.key)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.head_object(Bucket=self.bucket, Key=full)
             return True
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if self._code(err) in _MISSING:
                 return False
-            raise
+            raise self._error("head", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("head", full, err) from None
 
     def read_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
+            return obj["Body"].read()
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("read", full, err) from None
 
     def download(self, key: str, path: Path) -> Path:
-        self.client.download_file(self.bucket, self._key(key), str(path))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            self.client.download_file(self.bucket, full, str(path))
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("download", full, err) from None
         return path
 
     def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
                     if_absent: bool = False) -> bool:
-        from botocore.exceptions import ClientError
-        args = dict(Bucket=self.bucket, Key=self._key(key), Body=data,
-                    ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                    Metadata={k: str(v) for k, v in (metadata or {}).items()})
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        odd = sorted(k for k, v in meta.items() if not (k + v).isascii())
+        if odd:
+            # S3 sends metadata as HTTP headers: ASCII only.
+            raise ValueError(f"metadata {odd} of {key!r} is not ASCII; S3 object metadata must be")
+        args = dict(Bucket=self.bucket, Key=full, Body=data, Metadata=meta,
+                    ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
         if if_absent:
             args["IfNoneMatch"] = "*"
         try:
             self.client.put_object(**args)
             return True
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
-                                                              "ConditionalRequestConflict"):
+            if if_absent and self._code(err) in _EXISTS:
                 return False
-            raise
+            raise self._error("write", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("write", full, err) from None
 
     def metadata(self, key: str) -> dict:
-        return self.client.head_object(Bucket=self.bucket, Key=self._key(key)).get("Metadata", {})
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=full).get("Metadata", {})
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("head", full, err) from None
 
     def local_path(self, key: str) -> Path | None:
         return None

@@ -1,0 +1,200 @@
+"""The S3 backend against a real HTTP S3 endpoint: moto in server mode, on loopback.
+
+Every request goes through ``FaultProxy`` (tests/s3util.py), which forwards to moto and, when
+a test asks, answers requests itself with the errors S3 sends when it throttles (503 SlowDown)
+or fails transiently (500 InternalError, 503 ServiceUnavailable). boto3 and the AWS CLI find
+the endpoint through ``AWS_ENDPOINT_URL_S3``, exactly as they would find MinIO or AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from s3util import (INTERNAL_ERROR, SERVICE_UNAVAILABLE, SLOW_DOWN, FaultProxy, MotoServer,
+                    aws_env, new_bucket, run_aws)
+
+from lacrima.storage import LocalStorage, S3Storage, StorageError, open_storage
+
+pytestmark = pytest.mark.s3
+
+KEY = b"test-key"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """One moto server and one fault proxy in front of it for the whole module."""
+    server = MotoServer()
+    proxy = FaultProxy(server.url)
+    yield SimpleNamespace(server=server, proxy=proxy)
+    proxy.stop()
+    server.stop()
+
+
+@pytest.fixture
+def s3(endpoint, monkeypatch, tmp_path):
+    """A fresh bucket; boto3 and the AWS CLI pointed at it through the proxy; LACRIMA_STORAGE set."""
+    endpoint.proxy.reset()
+    env = aws_env(endpoint.proxy.url, tmp_path)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = new_bucket(endpoint.server.url)
+    url = f"s3://{bucket}/lacrima"
+    monkeypatch.setenv("LACRIMA_STORAGE", url)
+    yield SimpleNamespace(storage=S3Storage(url), url=url, bucket=bucket, env=env,
+                          proxy=endpoint.proxy)
+    assert endpoint.proxy.pending() == 0, "a test queued faults that no request consumed"
+
+
+def _raw_client():
+    import boto3
+    return boto3.client("s3")
+
+
+# ----------------------------------------------------------------------------------------------
+# The storage interface on S3
+# ----------------------------------------------------------------------------------------------
+
+def test_endpoint_refuses_to_overwrite_with_412(s3):
+    """The premise of S3Storage's conditional writes: If-None-Match: * is honoured (moto 5.2.5)."""
+    from botocore.exceptions import ClientError
+
+    client, key = _raw_client(), "lacrima/raw/us/probe.csv"
+    client.put_object(Bucket=s3.bucket, Key=key, Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as err:
+        client.put_object(Bucket=s3.bucket, Key=key, Body=b"second", IfNoneMatch="*")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert err.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == b"first"
+
+
+def test_conditional_write_never_overwrites_and_keeps_metadata(s3):
+    st = s3.storage
+    meta = {"site": "us", "uploader": "dm_us", "original_name": "export_2024-05.csv"}
+    assert st.write_bytes("raw/us/abc.csv", b"one", metadata=meta, if_absent=True)
+    assert not st.write_bytes("raw/us/abc.csv", b"two", metadata={"site": "it"}, if_absent=True)
+    assert st.read_bytes("raw/us/abc.csv") == b"one"
+    assert st.metadata("raw/us/abc.csv") == meta
+    assert st.exists("raw/us/abc.csv") and not st.exists("raw/us/other.csv")
+
+
+def test_writes_carry_their_sha256_checksum(s3):
+    """S3 checks the body against x-amz-checksum-sha256 (moto does not, so check what is sent)."""
+    sent = []
+    s3.storage.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **kw: sent.append(dict(request.headers)))
+    data = b"participant,answer\n1,5\n"
+    s3.storage.write_bytes("raw/us/x.csv", data, if_absent=True)
+    (headers,) = sent
+    want = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    assert headers["x-amz-checksum-sha256"].decode() == want
+    assert headers["If-None-Match"].decode() == "*"
+
+
+def test_same_key_layout_as_the_local_folder(s3, tmp_path):
+    keys = ["landing/us/0a1b-export.csv", "raw/us/0a1b.csv", "ledger/us/0a1b.json",
+            "curated/us/0a1b.parquet", "reports/r1/results.csv"]
+    local = LocalStorage(tmp_path / "local")
+    for st in (local, s3.storage):
+        for k in keys:
+            st.write_bytes(k, k.encode(), metadata={"site": "us"}, if_absent=True)
+    for prefix in ("", "landing", "landing/us", "raw/", "reports/r1", "nothing"):
+        assert [o.key for o in s3.storage.list(prefix)] == [o.key for o in local.list(prefix)]
+    assert [o.key for o in s3.storage.list("")] == sorted(keys)
+    assert [o.size for o in s3.storage.list("raw")] == [len(b"raw/us/0a1b.csv")]
+    # The prefix is the store's root: nothing is written outside it.
+    listed = _raw_client().list_objects_v2(Bucket=s3.bucket)["Contents"]
+    assert all(o["Key"].startswith("lacrima/") for o in listed)
+
+
+def test_download_to_a_local_path(s3, tmp_path):
+    s3.storage.write_bytes("raw/il/a.sav", b"\x00\x01binary", if_absent=True)
+    out = s3.storage.download("raw/il/a.sav", tmp_path / "a.sav")
+    assert out.read_bytes() == b"\x00\x01binary"
+    assert s3.storage.local_path("raw/il/a.sav") is None
+
+
+def test_open_storage_chooses_s3_from_the_environment(s3):
+    st = open_storage()
+    assert isinstance(st, S3Storage)
+    assert (st.bucket, st.prefix, st.location) == (s3.bucket, "lacrima", s3.url)
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///prefix"])
+def test_bad_s3_url_is_a_clear_error(url):
+    with pytest.raises(ValueError, match="expected s3://bucket/prefix"):
+        S3Storage(url, client=object())
+
+
+def test_non_ascii_metadata_is_refused_before_sending(s3):
+    with pytest.raises(ValueError, match="not ASCII"):
+        s3.storage.write_bytes("raw/it/x.xlsx", b"x", metadata={"original_name": "città.xlsx"})
+    assert not s3.storage.exists("raw/it/x.xlsx")
+
+
+def test_missing_bucket_is_a_storage_error_not_a_botocore_trace(s3):
+    st = S3Storage(f"s3://{s3.bucket}-absent/lacrima")
+    with pytest.raises(StorageError, match="NoSuchBucket"):
+        st.list("landing")
+    with pytest.raises(OSError, match="NoSuchBucket"):     # StorageError is an OSError
+        st.write_bytes("raw/us/a.csv", b"a")
+
+
+def test_missing_key_read_names_the_key(s3):
+    with pytest.raises(StorageError, match=r"lacrima/raw/us/none\.csv.*NoSuchKey"):
+        s3.storage.read_bytes("raw/us/none.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Throttling and 5xx answers, survived by botocore's standard-mode retries
+# ----------------------------------------------------------------------------------------------
+
+def test_every_operation_survives_throttling_and_server_errors(s3, tmp_path):
+    st, proxy = s3.storage, s3.proxy
+    proxy.inject(SLOW_DOWN, INTERNAL_ERROR, method="PUT")
+    assert st.write_bytes("raw/us/a.csv", b"abc", metadata={"site": "us"}, if_absent=True)
+    proxy.inject(SERVICE_UNAVAILABLE, method="HEAD")
+    assert st.exists("raw/us/a.csv")
+    proxy.inject(SLOW_DOWN, method="HEAD")
+    assert st.metadata("raw/us/a.csv") == {"site": "us"}
+    proxy.inject(INTERNAL_ERROR, method="GET")
+    assert st.read_bytes("raw/us/a.csv") == b"abc"
+    proxy.inject(SLOW_DOWN, method="GET")                  # ListObjectsV2 is a GET
+    assert [o.key for o in st.list("raw")] == ["raw/us/a.csv"]
+    proxy.inject(SERVICE_UNAVAILABLE, method="GET")
+    assert st.download("raw/us/a.csv", tmp_path / "a.csv").read_bytes() == b"abc"
+    proxy.inject(SLOW_DOWN, method="PUT")
+    assert not st.write_bytes("raw/us/a.csv", b"xyz", if_absent=True)   # still refused after a retry
+    assert proxy.pending() == 0
+    assert [code for _, code, _ in proxy.served] == [
+        "SlowDown", "InternalError", "ServiceUnavailable", "SlowDown", "InternalError",
+        "SlowDown", "ServiceUnavailable", "SlowDown"]
+    assert st.read_bytes("raw/us/a.csv") == b"abc"
+
+
+def test_retry_of_a_write_whose_answer_was_lost_keeps_the_object(s3):
+    """A conditional write lands but its answer is lost: the retry gets 412 and nothing is overwritten."""
+    s3.proxy.inject(INTERNAL_ERROR, method="PUT", after=True)
+    assert not s3.storage.write_bytes("raw/us/b.csv", b"bytes", if_absent=True)
+    assert s3.proxy.forwarded == 2 and s3.proxy.served == [("PUT", "InternalError", 500)]
+    assert s3.storage.read_bytes("raw/us/b.csv") == b"bytes"
+
+
+def test_faults_beyond_the_retry_budget_raise_a_clear_storage_error(s3):
+    import boto3
+    from botocore.config import Config
+
+    # Two attempts in all, so the test does not wait through eight backoffs.
+    client = boto3.client("s3", config=Config(retries={"total_max_attempts": 2,
+                                                       "mode": "standard"}))
+    st = S3Storage(s3.url, client=client)
+    s3.proxy.inject(SLOW_DOWN, SLOW_DOWN, method="PUT")
+    with pytest.raises(StorageError, match=r"write s3://.*/lacrima/raw/us/c\.csv: SlowDown.*HTTP 503"):
+        st.write_bytes("raw/us/c.csv", b"c", if_absent=True)
+    assert not st.exists("raw/us/c.csv")
