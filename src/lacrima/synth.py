@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from lacrima.codebook import Codebook, FileFormat, load_codebook
 from lacrima.native import canonical_series
@@ -164,7 +164,7 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     # The order of draws is fixed so a seed means the same data whatever the config.
     gender = np.array(genders)[rng.choice(len(genders), size=n, p=shares / shares.sum())]
     cried = rng.random(n) < np.array([cried_share[g] for g in gender])
-    age = np.clip(np.round(rng.normal(config["age_mean"], config["age_sd"], n)), *AGE_LIMITS)
+    age = np.round(_truncated_normal(float(config["age_mean"]), float(config["age_sd"]), rng.random(n)))
     z = rng.standard_normal((n, 3))
     t_alliance = z[:, 0]
     t_change = rho * z[:, 0] + np.sqrt(1 - rho**2) * z[:, 1] - np.where(cried, 0.0, d / validity["change"])
@@ -239,6 +239,31 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
             raise ValueError(f"the synthetic model does not generate {var!r}, which the plan defines")
         frame[var] = canonical_series(values[var], meta["type"])
     return pd.DataFrame(frame)
+
+
+def _truncated_normal(mean: float, sd: float, u: np.ndarray) -> np.ndarray:
+    """Quantiles ``u`` of a normal truncated to ``AGE_LIMITS`` whose *truncated* mean and SD
+    are ``mean`` and ``sd`` (the published sample moments), not those of the parent.
+
+    Notes
+    -----
+    The parent (mu, sigma) solve E[X | lo < X < hi] = mean and SD[X | lo < X < hi] = sd
+    with the moments of ``scipy.stats.truncnorm``; clipping instead would shift the
+    mean up (a sample cannot be younger than 18).
+    """
+    lo, hi = AGE_LIMITS
+
+    def moments(params: np.ndarray) -> np.ndarray:
+        mu, log_sigma = params
+        sigma = np.exp(log_sigma)
+        a, b = (lo - mu) / sigma, (hi - mu) / sigma
+        m, v = stats.truncnorm.stats(a, b, loc=mu, scale=sigma, moments="mv")
+        return np.array([float(m) - mean, np.sqrt(float(v)) - sd])
+
+    mu, log_sigma = optimize.fsolve(moments, x0=np.array([mean, np.log(sd)]), xtol=1e-10)
+    sigma = float(np.exp(log_sigma))
+    a, b = (lo - mu) / sigma, (hi - mu) / sigma
+    return stats.truncnorm.ppf(u, a, b, loc=mu, scale=sigma)
 
 
 def _check_r(r: float, what: str) -> None:
