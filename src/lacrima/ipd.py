@@ -47,12 +47,26 @@ def _pair_frame(stacked: pd.DataFrame, x: str, y: str, subset: pd.Series | None)
     return data[data["site"].isin(keep)].reset_index(drop=True)
 
 
+# statsmodels' MixedLM warnings, shortened to the fact a reader needs.
+_PLAIN = (
+    ("boundary of the parameter space", "random-effect variance on the boundary (estimated as 0)"),
+    ("covariance is singular", "random-effect covariance singular"),
+    ("not positive definite", "Hessian not positive definite"),
+    ("failed to converge", "optimizer did not converge at first try"),
+    ("Gradient optimization failed", "optimizer failed"),
+)
+_DROP = ("Retrying MixedLM optimization", "trying a different optimizer")
+
+
 def _short(messages: list[str]) -> str:
-    seen = []
+    seen: list[str] = []
     for m in messages:
-        first = str(m).strip().split("\n")[0].rstrip(".")
-        if first and first not in seen:
-            seen.append(first)
+        text = str(m).strip().split("\n")[0].rstrip(".")
+        if not text or any(d in text for d in _DROP):
+            continue
+        text = next((plain for key, plain in _PLAIN if key in text), text[:80])
+        if text not in seen:
+            seen.append(text)
     return "; ".join(seen)
 
 
@@ -106,8 +120,8 @@ def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
         ``estimate``, ``ci_low``, ``ci_high``, ``statistic`` (z), ``p_value`` of the
         fixed slope; ``tau2``: variance of the random slope across sites; ``n``, ``k``;
         ``method``: ``mixedlm_reml`` with any warning appended in brackets, or
-        ``mixedlm_reml_intercept_only`` with the reason when the random slope could not
-        be fitted, or ``mixedlm_reml [failed: ...]`` with missing estimates.
+        ``mixedlm_reml_intercept_only`` with the reason when the random-slope model
+        failed or did not converge (then ``tau2`` is NaN), or ``mixedlm_reml [failed: ...]`` with missing estimates.
 
     Notes
     -----
@@ -124,24 +138,28 @@ def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
             try:
                 fit = smf.mixedlm("y ~ x", data, groups=data["site"], re_formula=re_formula).fit(
                     reml=True)
-                if not np.all(np.isfinite(fit.bse)):
-                    raise np.linalg.LinAlgError("standard errors are not finite")
+                # Only the slope's standard error matters for the reported row; the
+                # variance parameters' may be undefined on the boundary.
+                if not np.isfinite(fit.bse_fe["x"]):
+                    raise np.linalg.LinAlgError("the slope's standard error is not finite")
             except (np.linalg.LinAlgError, ValueError) as err:
-                reasons.append(f"{label} failed: {err}")
+                reasons.append(f"random slope dropped, {label} failed: {_short([str(err)])}")
                 continue
         notes = [str(w.message) for w in caught]
         if not fit.converged:
-            notes.insert(0, "did not converge")
-        if reasons:
-            notes.insert(0, reasons[0])
+            if re_formula != attempts[-1][0]:
+                # A non-converged random-slope fit is not reported; the simpler model is.
+                reasons.append(f"random slope dropped, {label} did not converge")
+                continue
+            notes.insert(0, "NOT CONVERGED")
+        note = "; ".join(reasons + ([_short(notes)] if _short(notes) else []))
         lo, hi = fit.conf_int(alpha=1 - level).loc["x"]
         tau2 = float(fit.cov_re.loc["x", "x"]) if "x" in fit.cov_re.index else np.nan
-        note = _short(notes)
         return dict(base, estimate=float(fit.fe_params["x"]), ci_low=float(lo), ci_high=float(hi),
                     statistic=float(fit.tvalues["x"]), p_value=float(fit.pvalues["x"]), tau2=tau2,
                     method=f"{label} [{note}]" if note else label)
     return dict(base, estimate=np.nan, ci_low=np.nan, ci_high=np.nan, statistic=np.nan,
-                p_value=np.nan, tau2=np.nan, method=f"mixedlm_reml [{_short(reasons)}]")
+                p_value=np.nan, tau2=np.nan, method=f"mixedlm_reml [{'; '.join(reasons)}]")
 
 
 def _criers_mask(stacked: pd.DataFrame, column: str) -> pd.Series:
