@@ -128,7 +128,8 @@ class _Table:
     rows: list[list[Any]]
     row_numbers: list[int]
     fmt: FileFormat
-    formula_cells: set[tuple[int, int]] = field(default_factory=set)   # (data row idx, col idx)
+    # (data row idx, col idx) -> formula text, never evaluated
+    formula_cells: dict[tuple[int, int], str] = field(default_factory=dict)
     declared_missing: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
@@ -360,7 +361,7 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
         try:
             ws2 = wb[sheet]
             formula_at = {
-                (r, c)
+                (r, c): str(cell.value)
                 for r, row in enumerate(ws2.iter_rows())
                 for c, cell in enumerate(row)
                 if getattr(cell, "data_type", None) == "f"
@@ -391,13 +392,13 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     names = ["" if v is None else str(v).strip() for v in values[0]]
     while names and not names[-1]:
         names.pop()
-    rows, numbers, formulas = [], [], set()
+    rows, numbers, formulas = [], [], {}
     for idx in range(fmt.header_rows, len(values)):
         cells = [None if (isinstance(v, str) and not v.strip()) else v for v in values[idx][: len(names)]]
         if all(v is None for v in cells) and not any((idx, c) in formula_at for c in range(len(names))):
             continue
         k = len(rows)
-        formulas.update((k, c) for c in range(len(names)) if (idx, c) in formula_at)
+        formulas.update({(k, c): formula_at[idx, c] for c in range(len(names)) if (idx, c) in formula_at})
         rows.append(cells + [None] * (len(names) - len(cells)))
         numbers.append(idx + 1)
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, formula_cells=formulas,
@@ -559,7 +560,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             rownum = table.row_numbers[k]
             if (k, idx) in table.formula_cells:
                 issues.add("formula_cells", rownum)
-                values.append(None)
+                # Neutralised: inert text where text is kept, else missing.
+                values.append("'" + table.formula_cells[k, idx] if vtype == "string" else None)
                 continue
             values.append(_convert(cell, vtype, scale, fmt, codes, ranges, today, rownum, issues))
         columns[var] = canonical_series(values, vtype)
