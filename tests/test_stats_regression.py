@@ -13,7 +13,8 @@ from scipy import stats
 
 from lacrima.stats import ols_hc3
 
-REF = json.loads((Path(__file__).parent / "reference" / "stats_reference.json").read_text())["regression"]
+REF_FILE = Path(__file__).parent / "reference" / "stats_reference.json"
+REF = json.loads(REF_FILE.read_text())["regression"]
 DATA = pd.DataFrame(REF["data"])
 NAMES = ["p1", "p2", "p3"]
 
@@ -27,7 +28,8 @@ def fit():
 
 
 def test_coefficients_match_r_coeftest_hc3(fit):
-    # fit <- lm(y ~ p1 + p2 + p3, d); lmtest::coeftest(fit, vcov. = sandwich::vcovHC(fit, type = 'HC3'))
+    # fit <- lm(y ~ p1 + p2 + p3, d)
+    # lmtest::coeftest(fit, vcov. = sandwich::vcovHC(fit, type = 'HC3'))
     # lmtest::coefci(fit, vcov. = sandwich::vcovHC(fit, type = 'HC3'))
     assert fit.terms == ("Intercept", *NAMES)
     got = np.array([[e.estimate, e.se, e.statistic, e.p_value, e.ci_low, e.ci_high]

@@ -129,7 +129,8 @@ def _subset(data: pd.DataFrame, family: Mapping[str, Any], study: Study) -> pd.D
 def _correlation(data, fam, study, site, level):
     robust = study.section("analysis").get("robustness_correlation", "spearman")
     if robust != "spearman":
-        raise ValueError(f"robustness_correlation {robust!r} is not implemented; expected 'spearman'")
+        raise ValueError(f"robustness_correlation {robust!r} is not implemented; "
+                         "expected 'spearman'")
     _require(data, [*fam["x"], *fam["y"]], f"family {fam['id']}")
     sub = _subset(data, fam, study)
     for x in fam["x"]:
@@ -163,7 +164,8 @@ def _group_comparison(data, fam, study, site, level):
     welch = welch_t(y[yes], y[no], level)
     test = {"statistic": welch.statistic, "df": welch.df, "p_value": welch.p_value}
     yield _row(fam["id"], "t_test", site, group, outcome, "", welch)
-    yield _row(fam["id"], "t_test", site, group, outcome, "", hedges_g(y[yes], y[no], level), **test)
+    yield _row(fam["id"], "t_test", site, group, outcome, "", hedges_g(y[yes], y[no], level),
+               **test)
     yield _row(fam["id"], "mann_whitney", site, group, outcome, "", mann_whitney(y[yes], y[no]))
 
 
@@ -178,8 +180,8 @@ def _contingency(data, fam, study, site, level):
     col = sub[col_var].astype("boolean")
     event = col.to_numpy(dtype=bool, na_value=False)
     known = col.notna().to_numpy()
-    counts = [[int(((rows == lev) & known & event).sum()), int(((rows == lev) & known & ~event).sum())]
-              for lev in levels]
+    counts = [[int(((rows == lev) & known & event).sum()),
+               int(((rows == lev) & known & ~event).sum())] for lev in levels]
     table = TwoByTwo.from_counts(counts)
     chi2 = chi_square_2x2(table)
     test = {"statistic": chi2.statistic, "df": chi2.df, "p_value": chi2.p_value}
@@ -194,7 +196,8 @@ def _contingency(data, fam, study, site, level):
 def _regression(data, fam, study, site, level):
     cov_type = fam.get("cov_type", "HC3")
     if cov_type != "HC3":
-        raise ValueError(f"family {fam['id']}: cov_type {cov_type!r} is not implemented; expected 'HC3'")
+        raise ValueError(f"family {fam['id']}: cov_type {cov_type!r} is not implemented; "
+                         "expected 'HC3'")
     y, xs = fam["y"], list(fam["x"])
     _require(data, [y, *xs], f"family {fam['id']}")
     sub = _subset(data, fam, study)
@@ -222,7 +225,8 @@ def _reliability(data, study, site, level):
         raise ValueError(f"[reliability] ci {ci!r} is not implemented; expected 'feldt'")
     for score in section.get("scores", ()):
         if score not in study.scores or "items" not in study.scores[score]:
-            raise KeyError(f"[reliability] score {score!r} is not a mean score with items in [scores]")
+            raise KeyError(f"[reliability] score {score!r} is not a mean score with items "
+                           "in [scores]")
         items = list(study.scores[score]["items"])
         _require(data, items, f"reliability of {score}")
         est = cronbach_alpha(np.column_stack([_num(data, c) for c in items]), level)
@@ -246,7 +250,8 @@ def _adjust(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
     method = study.section("analysis").get("p_adjust", "holm")
     adjusted = {f["id"] for f in study.families if f["kind"] in ADJUSTED_KINDS}
     out = frame.copy()
-    for _, idx in out.loc[out["family"].isin(adjusted)].groupby(["family", "analysis"]).groups.items():
+    sets = out.loc[out["family"].isin(adjusted)].groupby(["family", "analysis"]).groups
+    for idx in sets.values():
         out.loc[idx, "p_adjusted"] = adjust_pvalues(out.loc[idx, "p_value"].to_numpy(), method)
     return out
 
@@ -340,9 +345,11 @@ def describe_site(data: pd.DataFrame, study: Study, site: str) -> pd.DataFrame:
     numeric = [v for v, spec in study.variables.items() if spec["type"] in ("likert", "integer")]
     numeric += [s for s, spec in study.scores.items() if spec["kind"] in ("mean", "linear")]
     categorical: list[tuple[str, list]] = [
-        (v, list(spec["levels"])) for v, spec in study.variables.items() if spec["type"] == "category"]
+        (v, list(spec["levels"])) for v, spec in study.variables.items()
+        if spec["type"] == "category"]
     categorical.append((criers_col, [True, False]))
-    categorical += [(s, [True, False]) for s, spec in study.scores.items() if spec["kind"] == "not_equal"]
+    categorical += [(s, [True, False]) for s, spec in study.scores.items()
+                    if spec["kind"] == "not_equal"]
     _require(data, [*numeric, *(v for v, _ in categorical)], "describe_site")
     criers = data.loc[_truth(data, criers_col)]
 

@@ -22,7 +22,8 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     return xa[keep], ya[keep]
 
 
-def _degenerate(method: str, n: int, min_n: int, level: float, *columns: np.ndarray) -> Estimate | None:
+def _degenerate(method: str, n: int, min_n: int, level: float,
+                *columns: np.ndarray) -> Estimate | None:
     if n < min_n:
         return not_estimable(method, n, f"n = {n}, fewer than {min_n} complete cases", level)
     for col in columns:
@@ -34,9 +35,9 @@ def _degenerate(method: str, n: int, min_n: int, level: float, *columns: np.ndar
 def _fisher_interval(r: float, se_z: float, level: float) -> tuple[float, float, float]:
     """(se on the z scale, ci_low, ci_high) for ``r`` with Fisher z standard error ``se_z``."""
     zcrit = stats.norm.ppf(0.5 + level / 2)
-    # |r| = 1 gives z = +/-inf and a degenerate interval at r; clip keeps the warning away
-    z = np.arctanh(np.clip(r, -1.0, 1.0))
-    with np.errstate(invalid="ignore"):
+    # |r| = 1 gives z = +/-inf and a degenerate interval [r, r]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.arctanh(np.clip(r, -1.0, 1.0))
         lo, hi = np.tanh(z - zcrit * se_z), np.tanh(z + zcrit * se_z)
     return float(se_z), float(lo), float(hi)
 
@@ -88,8 +89,14 @@ def pearson(x, y, level: float = 0.95) -> Estimate:
     bad = _degenerate("pearson", n, MIN_N, level, xa, ya)
     if bad is not None:
         return bad
+    with np.errstate(all="ignore"):
+        # r is scale-free; dividing by the largest |value| keeps tiny variances from underflowing
+        r = float(np.corrcoef(xa / np.abs(xa).max(), ya / np.abs(ya).max())[0, 1])
+    if not np.isfinite(r):
+        # values so close together that their variance underflows
+        return not_estimable("pearson", n, "a variable has (numerically) zero variance", level)
     # rounding can put |r| a hair above 1 for (nearly) collinear data
-    r = float(np.clip(np.corrcoef(xa, ya)[0, 1], -1.0, 1.0))
+    r = float(np.clip(r, -1.0, 1.0))
     se_z, lo, hi = _fisher_interval(r, 1.0 / np.sqrt(n - 3), level)
     t, p = _t_from_r(r, n - 2)
     return Estimate("pearson", n, r, se_z, lo, hi, t, float(n - 2), p, level)

@@ -290,8 +290,8 @@ def odds_ratio_woolf(table: TwoByTwo, level: float = 0.95) -> Estimate:
     log_or = np.log(a * d / (b * c))
     se = float(np.sqrt((1 / cells).sum()))
     z = stats.norm.ppf(0.5 + level / 2)
-    return Estimate("odds_ratio", table.n, float(np.exp(log_or)), se, float(np.exp(log_or - z * se)),
-                    float(np.exp(log_or + z * se)), level=level)
+    return Estimate("odds_ratio", table.n, float(np.exp(log_or)), se,
+                    float(np.exp(log_or - z * se)), float(np.exp(log_or + z * se)), level=level)
 
 
 def fisher_exact_2x2(table: TwoByTwo, level: float = 0.95) -> Estimate:
@@ -311,7 +311,8 @@ def fisher_exact_2x2(table: TwoByTwo, level: float = 0.95) -> Estimate:
     """
     level = check_level(level)
     if table.empty_margin():
-        return not_estimable("fisher_exact", table.n, "a row or column of the table is empty", level)
+        return not_estimable("fisher_exact", table.n, "a row or column of the table is empty",
+                             level)
     arr = table.as_array()
     p = float(stats.fisher_exact(arr).pvalue)
     res = _scipy_odds_ratio(arr, kind="conditional")

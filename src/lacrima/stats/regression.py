@@ -57,7 +57,8 @@ def _fit(y: np.ndarray, x: np.ndarray):
     return sm.OLS(y, sm.add_constant(x, has_constant="add")).fit(cov_type="HC3", use_t=True)
 
 
-def _estimates(fit, method: str, n: int, level: float, skip_intercept: bool) -> tuple[Estimate, ...]:
+def _estimates(fit, method: str, n: int, level: float,
+               skip_intercept: bool) -> tuple[Estimate, ...]:
     ci = np.asarray(fit.conf_int(alpha=1 - level))
     params, bse = np.asarray(fit.params), np.asarray(fit.bse)
     tvals, pvals = np.asarray(fit.tvalues), np.asarray(fit.pvalues)
