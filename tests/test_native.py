@@ -404,3 +404,55 @@ def test_messy_drop_reads_with_findings(study, sites, tmp_path, code):
     noncrier = frame["cried_in_therapy"] == False  # noqa: E712
     assert frame.loc[noncrier, "after_relaxed"].notna().any()
     assert frame[[c for c in frame if c.startswith(("wai_", "ctsc_"))]].isna().any().any()
+
+
+def test_qualtrics_export_without_import_id_row_loses_no_answers(study, sites, drops, tmp_path):
+    rows = read_rows(drops["us"])
+    path = write_rows(tmp_path / "legacy.csv", rows[:2] + rows[3:])       # names, question text, data
+    drop = read_drop(path, sites["us"], study)
+    f = finding(drop, "header_rows")
+    assert f.severity == "warning" and "legacy.csv" in f.message
+    assert drop.n_rows == N and drop.row_numbers[0] == 3
+    pd.testing.assert_frame_equal(drop.frame, simulate(sites["us"], study, N, SEED))
+
+
+def test_decomposed_unicode_header_is_the_same_column(study, sites, drops, tmp_path):
+    path = edit_xlsx(drops["it"], tmp_path / "mac.xlsx",
+                     lambda ws: setattr(ws.cell(row=1, column=6), "value", "Eta\u0300"))
+    drop = read_drop(path, sites["it"], study)
+    assert drop.ok and drop.frame["age"].notna().all()
+
+
+# -- never a traceback: arbitrary bytes and arbitrary cells ----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.binary(min_size=0, max_size=600), suffix=st.sampled_from([".csv", ".xlsx", ".sav", ".txt", ""]),
+       code=st.sampled_from(["us", "it", "il"]))
+def test_arbitrary_bytes_never_escape(study, sites, tmp_path, data, suffix, code):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(data)
+    try:
+        drop = read_drop(path, sites[code], study)
+    except DropError as exc:
+        assert exc.check and path.name in exc.message
+    else:
+        assert drop.n_rows == len(drop.frame) == len(drop.row_numbers)
+
+
+@FUZZ
+@given(cells=st.lists(st.text(max_size=12), min_size=3, max_size=3), row=st.integers(0, N - 1))
+def test_arbitrary_cells_become_findings(study, sites, drops, tmp_path, cells, row):
+    rows = read_rows(drops["us"])
+    for name, value in zip(("Q4", "Q3", "RecordedDate"), cells):
+        rows[3 + row][col(rows, name)] = value.replace("\x00", "")
+    path = write_rows(tmp_path / "cells.csv", rows)
+    drop = read_drop(path, sites["us"], study)
+    assert drop.n_rows >= N - 1          # a cell of only line breaks may blank a whole row
+    for f in drop.findings:
+        assert f.columns and (f.severity == "warning" or f.rows or f.check == "missing_columns")

@@ -117,7 +117,10 @@ class Scale:
 
     @property
     def _by_code(self) -> Mapping[float, Any]:
-        return {float(c): v for c, v in zip(self.native_codes, self.values)}
+        # Only numeric codes: a labels-only scale (codes default to its values, such as
+        # "woman" or true) has no numeric code, so a stray 1 is an unknown answer.
+        return {float(c): v for c, v in zip(self.native_codes, self.values)
+                if isinstance(c, (int, float)) and not isinstance(c, bool)}
 
 
 def _same(a: Any, b: Any) -> bool:

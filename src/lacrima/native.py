@@ -170,7 +170,8 @@ def read_drop(path: str | Path, site: Site, study: Study, *, today: dt.date | No
     Finding checks: ``missing_columns``, ``duplicate_columns``, ``unknown_labels``,
     ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
     ``ragged_rows``, ``unexpected_format`` (errors); ``unexpected_columns``,
-    ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet`` (warnings).
+    ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet``,
+    ``header_rows`` (warnings).
     Declared missing codes (codebook ``missing_codes`` and SPSS user-missing values)
     become missing; other numeric codes pass through (range checks are validation's).
     Formula-like cells are never evaluated: workbooks are read with
@@ -283,9 +284,10 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
         raise DropError("unreadable_csv", f"drop {name} is not a readable CSV file ({exc})") from None
     if not records:
         raise DropError("empty_file", f"drop {name} holds no text")
-    names = [c.strip() for c in records[0]]
+    names = [_column_key(c) for c in records[0]]
+    header_rows = _qualtrics_header_rows(records, fmt, codebook, name, findings)
     rows, numbers, long_rows = [], [], []
-    for idx in range(fmt.header_rows, len(records)):
+    for idx in range(header_rows, len(records)):
         rec = records[idx]
         if not any(c.strip() for c in rec):
             continue
@@ -302,6 +304,48 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             expected=f"{len(names)} fields per row", found="more fields than column names",
         ))
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _column_key(name: Any) -> str:
+    # Excel on macOS may store "Età" decomposed; a header is the same column either way.
+    return "" if name is None else unicodedata.normalize("NFC", str(name)).strip()
+
+
+def _qualtrics_header_rows(records: list[list[str]], fmt: FileFormat, codebook: Codebook, name: str,
+                           findings: list[Finding]) -> int:
+    """Header rows actually present in a Qualtrics export.
+
+    A current export has names, question text and ``{"ImportId": ...}`` rows. A legacy
+    or hand-trimmed export may lack the last one(s); skipping a fixed three rows would
+    then silently lose answers, so a row counts as a header only when it holds ImportId
+    JSON or mostly repeats the codebook's question texts.
+    """
+    if fmt.kind != "qualtrics_csv" or fmt.header_rows < 2:
+        return fmt.header_rows
+    texts = {_column_key(s.column): s.text for s in codebook.columns.values() if s.text}
+    texts.update({_column_key(e.column): e.text for e in codebook.extra_columns if e.text})
+    names = [_column_key(c) for c in records[0]]
+
+    def is_header(k: int) -> bool:
+        if k >= len(records):
+            return False
+        rec = records[k]
+        if any(c.lstrip().startswith('{"ImportId"') for c in rec):
+            return True
+        pairs = [(texts[n], rec[i]) for i, n in enumerate(names) if n in texts and i < len(rec)]
+        return bool(pairs) and 2 * sum(a.strip() == b.strip() for a, b in pairs) >= len(pairs)
+
+    found = 1
+    while found < fmt.header_rows and is_header(found):
+        found += 1
+    if found != fmt.header_rows and len(records) > found:
+        findings.append(Finding(
+            check="header_rows", severity="warning",
+            message=(f"Qualtrics export {name} has {found} header row(s), not {fmt.header_rows} "
+                     f"(names, question text, ImportId JSON); data were read from row {found + 1}"),
+            expected=f"{fmt.header_rows} header rows", found=f"{found} header row(s)",
+        ))
+    return found
 
 
 def _decode(data: bytes, fmt: FileFormat, name: str) -> str:
@@ -389,7 +433,7 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
         ))
     if not values:
         raise DropError("empty_file", f"workbook {name} has an empty sheet {sheet!r}")
-    names = ["" if v is None else str(v).strip() for v in values[0]]
+    names = [_column_key(v) for v in values[0]]
     while names and not names[-1]:
         names.pop()
     rows, numbers, formulas = [], [], {}
@@ -428,7 +472,7 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
         col: [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
         for col, ranges in (meta.missing_ranges or {}).items()
     }
-    names = [str(c) for c in df.columns]
+    names = [_column_key(c) for c in df.columns]
     columns = [df[c].tolist() for c in df.columns]
     rows = []
     for i in range(len(df)):
@@ -484,7 +528,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             duplicated.append(n)
         else:
             position[n] = i
-    mapped = {spec.column for spec in codebook.columns.values()}
+    mapped = {_column_key(spec.column) for spec in codebook.columns.values()}
     dup_mapped = sorted({d for d in duplicated if d in mapped})
     if dup_mapped:
         findings.append(Finding(
@@ -493,8 +537,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             expected="each column once", found=f"{len(dup_mapped)} repeated column name(s)",
         ))
 
-    declared_ident = set(codebook.identifying_columns)
-    known_extra = set(codebook.extra_names)
+    declared_ident = {_column_key(c) for c in codebook.identifying_columns}
+    known_extra = {_column_key(c) for c in codebook.extra_names}
     ident_declared, ident_other, unexpected, unexpected_idx = [], [], [], []
     for i, n in enumerate(table.names):
         if n in mapped or position.get(n) != i:
@@ -545,7 +589,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     for var, meta in study.variables.items():
         spec = codebook.columns[var]
         vtype = meta["type"]
-        idx = position.get(spec.column)
+        idx = position.get(_column_key(spec.column))
         if idx is None:
             missing.append(spec.column)
             columns[var] = canonical_series([None] * n, vtype)
