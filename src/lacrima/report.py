@@ -76,7 +76,8 @@ def _descriptives_table(analyses: list[SiteAnalysis], study: Study) -> str:
         d = a.descriptives
         if "variable" not in d.columns:
             continue
-        d = d[d["variable"].isin(keep)]
+        numeric_rows = d["mean"].notna() if "mean" in d else True
+        d = d[d["variable"].isin(keep) & numeric_rows]
         for _, r in d.iterrows():
             rows.append({"site": a.site, "variable": r["variable"],
                          "cell": f"{fmt(r.get('mean'))} ({fmt(r.get('sd'))}), n = {suppress_small(r.get('n'))}"})
