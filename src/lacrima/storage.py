@@ -110,6 +110,7 @@ class LocalStorage:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)          # mkstemp makes 0600; outputs are for every reader
         if if_absent:
             try:
                 os.link(tmp, target)      # atomic create-if-absent
