@@ -17,6 +17,9 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 LOOPBACK = "127.0.0.1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -230,3 +233,38 @@ def run_aws(args: list[str], env: dict[str, str]):
     full.update(env)
     return subprocess.run([aws_cli(), *args], env=full, capture_output=True, text=True,
                           timeout=120)
+
+
+# Fixtures, imported by the test modules that use S3 (``from s3util import s3, s3_endpoint``).
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """One moto server and one fault proxy in front of it for the whole module."""
+    server = MotoServer()
+    proxy = FaultProxy(server.url)
+    yield SimpleNamespace(server=server, proxy=proxy)
+    proxy.stop()
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, tmp_path):
+    """A fresh bucket; boto3 and the AWS CLI pointed at it through the proxy; LACRIMA_STORAGE set.
+
+    Yields a namespace: ``storage`` (S3Storage), ``url`` (s3://bucket/lacrima), ``bucket``,
+    ``env`` (the AWS settings, for subprocesses) and ``proxy`` (to inject faults).
+    """
+    from lacrima.storage import S3Storage
+
+    s3_endpoint.proxy.reset()
+    env = aws_env(s3_endpoint.proxy.url, tmp_path)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = new_bucket(s3_endpoint.server.url)
+    url = f"s3://{bucket}/lacrima"
+    monkeypatch.setenv("LACRIMA_STORAGE", url)
+    yield SimpleNamespace(storage=S3Storage(url), url=url, bucket=bucket, env=env,
+                          proxy=s3_endpoint.proxy)
+    assert s3_endpoint.proxy.pending() == 0, "a test queued faults that no request consumed"

@@ -15,41 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from s3util import (INTERNAL_ERROR, SERVICE_UNAVAILABLE, SLOW_DOWN, FaultProxy, MotoServer,
-                    aws_env, new_bucket, run_aws)
+from s3util import INTERNAL_ERROR, SERVICE_UNAVAILABLE, SLOW_DOWN, run_aws
+from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lacrima.storage import LocalStorage, S3Storage, StorageError, open_storage
 
 pytestmark = pytest.mark.s3
 
 KEY = b"test-key"
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    """One moto server and one fault proxy in front of it for the whole module."""
-    server = MotoServer()
-    proxy = FaultProxy(server.url)
-    yield SimpleNamespace(server=server, proxy=proxy)
-    proxy.stop()
-    server.stop()
-
-
-@pytest.fixture
-def s3(endpoint, monkeypatch, tmp_path):
-    """A fresh bucket; boto3 and the AWS CLI pointed at it through the proxy; LACRIMA_STORAGE set."""
-    endpoint.proxy.reset()
-    env = aws_env(endpoint.proxy.url, tmp_path)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    bucket = new_bucket(endpoint.server.url)
-    url = f"s3://{bucket}/lacrima"
-    monkeypatch.setenv("LACRIMA_STORAGE", url)
-    yield SimpleNamespace(storage=S3Storage(url), url=url, bucket=bucket, env=env,
-                          proxy=endpoint.proxy)
-    assert endpoint.proxy.pending() == 0, "a test queued faults that no request consumed"
 
 
 def _raw_client():
@@ -198,3 +171,102 @@ def test_faults_beyond_the_retry_budget_raise_a_clear_storage_error(s3):
     with pytest.raises(StorageError, match=r"write s3://.*/lacrima/raw/us/c\.csv: SlowDown.*HTTP 503"):
         st.write_bytes("raw/us/c.csv", b"c", if_absent=True)
     assert not st.exists("raw/us/c.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Intake on S3: boto3 and AWS CLI uploads, quarantine, duplicates, corrections, status
+# ----------------------------------------------------------------------------------------------
+
+N = 40      # small drops: these tests are about storage, not statistics
+
+
+@pytest.fixture(scope="module")
+def drops(tmp_path_factory, study, sites):
+    from lacrima.synth import write_drop
+
+    by = {s.code: s for s in sites}
+    out = tmp_path_factory.mktemp("s3drops")
+    return SimpleNamespace(
+        us=write_drop(by["us"], study, out / "us", n=N, seed=3),
+        # Same IDs (they do not depend on the seed), different answers: a correction.
+        us_fixed=write_drop(by["us"], study, out / "us_fixed", n=N, seed=4),
+        it=write_drop(by["it"], study, out / "it", n=N, seed=3),
+        it_messy=write_drop(by["it"], study, out / "it_messy", n=N, seed=5, mess=True))
+
+
+def _site(sites, code):
+    return next(s for s in sites if s.code == code)
+
+
+def _aws_cp(s3, path, site):
+    res = run_aws(["s3", "cp", str(path), f"{s3.url}/landing/{site}/"], s3.env)
+    assert res.returncode == 0, res.stderr
+    return f"landing/{site}/{path.name}"
+
+
+def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops, study, sites,
+                                                                      tmp_path):
+    from lacrima import intake
+
+    st, us, it = s3.storage, _site(sites, "us"), _site(sites, "it")
+    us_key = intake.upload(st, us, drops.us, uploader="dm_us")
+    it_key = _aws_cp(s3, drops.it, "it")
+    assert [o.key for o in st.list("landing")] == sorted([it_key, us_key])
+    # Throttling and server errors on every kind of request while intake runs.
+    s3.proxy.inject(SLOW_DOWN, method="GET")
+    s3.proxy.inject(SERVICE_UNAVAILABLE, method="HEAD")
+    s3.proxy.inject(INTERNAL_ERROR, method="PUT")
+    res = {code: intake.ingest_site(st, _site(sites, code), study, KEY) for code in ("us", "it")}
+    assert s3.proxy.pending() == 0 and len(s3.proxy.served) == 3
+    for code, path in (("us", drops.us), ("it", drops.it)):
+        assert len(res[code].accepted) == 1 and not res[code].quarantined, res[code].reports
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert res[code].accepted == (sha,)
+        raw = f"raw/{code}/{sha}{path.suffix}"
+        assert st.read_bytes(raw) == path.read_bytes()
+        meta = st.metadata(raw)
+        assert (meta["site"], meta["original_name"], meta["sha256"]) == (code, path.name, sha)
+        (rec,) = intake.batches(st, code)
+        assert (rec.state, rec.rows, rec.raw_key) == ("accepted", N, raw)
+        assert st.exists(f"curated/{code}/{sha}.parquet")
+    assert st.metadata(f"raw/us/{res['us'].accepted[0]}.csv")["uploader"] == "dm_us"
+    # Nothing was moved or deleted: landing still holds both uploads as sent.
+    assert [o.key for o in st.list("landing")] == sorted([it_key, us_key])
+
+    # The AWS CLI upload gets exactly the processing of a `lacrima upload` (here: locally).
+    local = LocalStorage(tmp_path / "local")
+    intake.upload(local, it, drops.it)
+    intake.ingest_site(local, it, study, KEY)
+    import pandas as pd
+    pd.testing.assert_frame_equal(intake.curated_frame(st, "it"), intake.curated_frame(local, "it"))
+    (a,), (b,) = intake.batches(st, "it"), intake.batches(local, "it")
+    same = ("sha256", "state", "original_name", "raw_key", "rows", "curated_key", "reason",
+            "identifying_dropped")
+    assert {k: getattr(a, k) for k in same} == {k: getattr(b, k) for k in same}
+
+
+def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, drops, study, sites):
+    from lacrima import intake
+
+    st, it = s3.storage, _site(sites, "it")
+    _aws_cp(s3, drops.it_messy, "it")
+    res = intake.ingest_site(st, it, study, KEY)
+    assert res.quarantined and not res.accepted
+    sha = res.quarantined[0]
+    prefix = f"quarantine/it/{sha}"
+    assert st.read_bytes(f"{prefix}/{drops.it_messy.name}") == drops.it_messy.read_bytes()
+    report = json.loads(st.read_bytes(f"{prefix}/report.json"))
+    assert not report["valid"] and {f["check"] for f in report["findings"]} >= {"unique_ids"}
+    assert st.read_bytes(f"{prefix}/report.html").startswith(b"<!")
+    assert not st.list("curated/it")
+    (rec,) = intake.batches(st, "it")
+    assert rec.state == "quarantined" and "unique_ids" in rec.reason
+
+    # The same bytes again, through lacrima upload under another name: seen, not processed.
+    again = drops.it_messy.with_name("resent.xlsx")
+    again.write_bytes(drops.it_messy.read_bytes())
+    intake.upload(st, it, again, uploader="dm_it")
+    res2 = intake.ingest_site(st, it, study, KEY)
+    assert (res2.seen, res2.skipped_duplicates, res2.accepted, res2.quarantined) == (2, 2, (), ())
+    assert len(intake.batches(st, "it")) == 1
+    assert len(st.list("quarantine/it")) == 3        # the file, report.json, report.html
