@@ -182,7 +182,8 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
     """
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
-    known = {r.sha256 for r in batches(storage, site.code)}
+    records = {r.sha256: r for r in batches(storage, site.code)}
+    known = set(records)
     index_key = f"ledger/{site.code}/_landing-index.json"
     index = json.loads(storage.read_bytes(index_key)) if storage.exists(index_key) else {}
     accepted, quarantined, reports, skipped, index_changed = [], [], [], 0, False
@@ -196,7 +197,7 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
         sha = sha256_bytes(data)
         index[obj.key] = {"etag": obj.etag, "sha256": sha}
         index_changed = True
-        if sha in known:
+        if sha in known and not _resent_as_correction(storage, obj.key, records.get(sha)):
             skipped += 1
             continue
         known.add(sha)
@@ -207,6 +208,16 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
         write_json(storage, index_key, index)
     return IntakeResult(site.code, len(landing), tuple(accepted), tuple(quarantined), skipped,
                         tuple(reports))
+
+
+def _resent_as_correction(storage: Storage, landing_key: str, rec: BatchRecord | None) -> bool:
+    """A quarantined batch sent again with ``--replaces``, as its id_clash finding asks.
+
+    The same bytes are otherwise processed once; this is the one case where they are
+    processed again, because the data manager has now said which batch they correct.
+    """
+    return (rec is not None and rec.state == QUARANTINED and not rec.replaces
+            and bool(storage.metadata(landing_key).get("replaces")))
 
 
 def _process(storage: Storage, site: Site, study: Study, key: bytes, landing_key: str,
@@ -269,9 +280,12 @@ def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
     name = safe_name(Path(path).name)
-    if replaces:
-        resolve_batch(storage, site.code, replaces)   # fail early on an unknown batch
     key = f"landing/{site.code}/{sha[:12]}-{name}"
+    if replaces:
+        # Fail early on an unknown batch; record its full SHA-256 (ASCII, unambiguous later).
+        replaces = resolve_batch(storage, site.code, replaces).sha256
+        # Its own landing key: the same bytes sent earlier without --replaces keep theirs.
+        key = f"landing/{site.code}/{sha[:12]}-replaces-{replaces[:12]}-{name}"
     storage.write_bytes(key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": safe_name(uploader) if uploader else "",
         "sha256": sha, "replaces": replaces})
