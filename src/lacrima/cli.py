@@ -23,8 +23,20 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2):
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # Messages quote file names and column lists: '[...]' in them is text, not markup.
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
+
+
+def _storage():
+    """The configured store, or a clean usage error (a bad LACRIMA_STORAGE value)."""
+    from lacrima.storage import open_storage
+    try:
+        return open_storage()
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _site(code: str):
@@ -71,17 +83,20 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         path = Path(tmp) / f"drop{extension(name)}"
         path.write_bytes(data)
         # Only the shape of IDs matters for a local check; the key never leaves this process.
-        rep, _ = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
-                                   size_mb=len(data) / 1e6)
+        rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
+                                       size_mb=len(data) / 1e6)
     Console().print(rich_table(rep))
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)
-        report.write_text(text)
+        try:
+            report.write_text(text)
+        except OSError as err:
+            _fail(f"{report}: cannot write the report ({err.strerror})")
         console.print(f"report written to {report}", markup=False)
-    unreadable = {"empty_file", "unreadable", "encoding", "file_format", "password_protected",
-                  "file_too_large"}
-    if not rep.valid and all(f.check in unreadable for f in rep.errors) and rep.n_rows == 0:
+    if frame is None:
+        # read_and_validate gives no frame exactly when the file could not be read at all
+        # (wrong type, too large, damaged, binary, bad encoding...): exit 2, not 1.
         raise typer.Exit(2)
     raise typer.Exit(0 if rep.valid else 1)
 
@@ -93,15 +108,17 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
            uploader: str = typer.Option("", help="who uploads (recorded as metadata)")):
     """Put a drop into the site's landing zone."""
     from lacrima import intake
-    from lacrima.storage import open_storage
 
     s = _site(site)
     if not file.is_file():
         _fail(f"{file}: no such file")
+    storage = _storage()
     try:
-        key = intake.upload(open_storage(), s, file, uploader=uploader, replaces=replaces)
+        key = intake.upload(storage, s, file, uploader=uploader, replaces=replaces)
     except LookupError as err:
         _fail(str(err))
+    except OSError as err:          # unreadable file, or the store failed after its retries
+        _fail(f"upload to {storage.location} failed: {err}")
     typer.echo(key)
 
 
@@ -111,22 +128,13 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     """Every batch with its state, rows, date and reason."""
     from rich.table import Table
 
-    from lacrima.intake import LANDED, batches
-    from lacrima.storage import open_storage, sha256_bytes
-
-    storage = open_storage()
     if site:
         _site(site)
-    recs = [r.to_dict() for r in batches(storage, site)]
-    known = {r["sha256"] for r in recs}
-    prefix = f"landing/{site}" if site else "landing"
-    for obj in storage.list(prefix):
-        sha = sha256_bytes(storage.read_bytes(obj.key))
-        if sha not in known:
-            known.add(sha)
-            recs.append({"site": obj.key.split("/")[1], "sha256": sha, "state": LANDED,
-                         "original_name": obj.key.rsplit("/", 1)[-1], "rows": "",
-                         "received_at": "", "reason": "waiting for the next run"})
+    storage = _storage()
+    try:
+        recs = _status_records(storage, site)
+    except OSError as err:          # the store failed after its retries
+        _fail(f"status of {storage.location} failed: {err}")
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
         return
@@ -138,6 +146,34 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
                       r["original_name"], r.get("reason") or
                       (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))
     Console().print(table)
+
+
+def _status_records(storage, site: Optional[str]) -> list[dict]:
+    """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
+    from lacrima.intake import LANDED, batches
+    from lacrima.storage import read_json, sha256_bytes
+
+    recs = [r.to_dict() for r in batches(storage, site)]
+    known = {r["sha256"] for r in recs}
+    indexes: dict[str, dict] = {}
+    prefix = f"landing/{site}" if site else "landing"
+    for obj in storage.list(prefix):
+        code = obj.key.split("/")[1]
+        if code not in indexes:
+            index_key = f"ledger/{code}/_landing-index.json"
+            indexes[code] = read_json(storage, index_key) if storage.exists(index_key) else {}
+        seen = indexes[code].get(obj.key)
+        # Objects a run has already hashed are not downloaded again (S3: every byte costs).
+        if seen and seen.get("etag") == obj.etag:
+            sha = seen["sha256"]
+        else:
+            sha = sha256_bytes(storage.read_bytes(obj.key))
+        if sha not in known:
+            known.add(sha)
+            recs.append({"site": code, "sha256": sha, "state": LANDED,
+                         "original_name": obj.key.rsplit("/", 1)[-1], "rows": "",
+                         "received_at": "", "reason": "waiting for the next run"})
+    return recs
 
 
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
