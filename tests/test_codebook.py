@@ -91,8 +91,8 @@ def test_inconsistent_codebook_is_a_clear_error(tmp_path):
     root = _copy_sites(tmp_path)
     path = root / "us" / "codebook.toml"
     text = path.read_text(encoding="utf-8")
-    path.write_text(text.replace('labels = ["Seldom", "Sometimes", "Fairly often", "Very often", "Always"]',
-                                 'labels = ["Seldom", "Sometimes"]'), encoding="utf-8")
+    wai = 'labels = ["Seldom", "Sometimes", "Fairly often", "Very often", "Always"]'
+    path.write_text(text.replace(wai, 'labels = ["Seldom", "Sometimes"]'), encoding="utf-8")
     with pytest.raises(CodebookError, match="scale 'wai' has 5 values, 2 labels"):
         load_codebook(load_site("us", root))
 

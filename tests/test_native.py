@@ -57,7 +57,8 @@ def finding(drop, check):
 
 
 def read_rows(path, encoding="utf-8-sig", delimiter=","):
-    return list(csv.reader(io.StringIO(path.read_bytes().decode(encoding), newline=""), delimiter=delimiter))
+    text = path.read_bytes().decode(encoding)
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def write_rows(path, rows, encoding="utf-8-sig", delimiter=","):
@@ -96,8 +97,9 @@ def test_round_trip_equals_simulate(study, sites, drops, key, code):
     assert drop.n_rows == N
 
 
-@pytest.mark.parametrize("key, code, first_row", [("us", "us", 4), ("it", "it", 2), ("it_csv", "it", 2),
-                                                  ("il", "il", 1)])
+@pytest.mark.parametrize("key, code, first_row", [
+    ("us", "us", 4), ("it", "it", 2), ("it_csv", "it", 2), ("il", "il", 1),
+])
 def test_row_numbers_are_spreadsheet_rows(study, sites, drops, key, code, first_row):
     # Qualtrics: 3 header rows, so the first answer is Excel row 4; workbook/CSV row 2;
     # SPSS: case number 1.
@@ -209,7 +211,8 @@ def test_utf16_is_an_encoding_error(study, sites, drops, tmp_path):
 def test_bom_optional(study, sites, drops, tmp_path):
     no_bom = tmp_path / "no_bom.csv"
     no_bom.write_bytes(drops["us"].read_bytes().removeprefix(b"\xef\xbb\xbf"))
-    assert read_drop(no_bom, sites["us"], study).frame.equals(read_drop(drops["us"], sites["us"], study).frame)
+    with_bom = read_drop(drops["us"], sites["us"], study).frame
+    assert read_drop(no_bom, sites["us"], study).frame.equals(with_bom)
     # Italian CSV saved as "CSV UTF-8" (with BOM) instead of cp1252: still read.
     rows = read_rows(drops["it_csv"], encoding="cp1252", delimiter=";")
     utf8 = write_rows(tmp_path / "utf8.csv", rows, encoding="utf-8-sig", delimiter=";")
@@ -328,7 +331,8 @@ def test_sav_code_outside_value_labels_and_user_missing(study, sites, drops, tmp
     f = finding(drop, "unknown_labels")
     assert f.columns == ("gender",) and f.rows == (1,) and "code 4" in f.message
     frame = drop.frame
-    assert pd.isna(frame.loc[0, "gender"]) and pd.isna(frame.loc[1, "wai_01"]) and pd.isna(frame.loc[2, "age"])
+    assert pd.isna(frame.loc[0, "gender"]) and pd.isna(frame.loc[1, "wai_01"])
+    assert pd.isna(frame.loc[2, "age"])
     assert frame.loc[3, "wai_02"] == 6
     assert {f.check for f in drop.errors} == {"unknown_labels"}
 
@@ -341,7 +345,8 @@ def test_dates_in_the_wrong_format_or_future(study, sites, drops, tmp_path):
     path = write_rows(tmp_path / "date.csv", rows, encoding="cp1252", delimiter=";")
     drop = read_drop(path, sites["it"], study, today=dt.date(2025, 1, 1))
     bad = finding(drop, "bad_dates")
-    assert bad.rows == (2,) and bad.columns == ("Data compilazione",) and bad.expected == "dd/mm/yyyy"
+    assert bad.rows == (2,) and bad.columns == ("Data compilazione",)
+    assert bad.expected == "dd/mm/yyyy"
     future = finding(drop, "future_dates")
     assert future.rows == (3,) and "2025-01-01" in future.message
     assert pd.isna(drop.frame.loc[0, "completed_at"])
@@ -374,7 +379,9 @@ def test_formula_cells_in_csv(study, sites, drops, tmp_path):
     assert drop.frame.loc[2, "therapy_months"] == -3
 
 
-@pytest.mark.parametrize("name", ["drop (copy) 'final' – é #1.csv", "  spaces  .csv", "dati;v2,ok.csv"])
+@pytest.mark.parametrize("name", [
+    "drop (copy) 'final' – é #1.csv", "  spaces  .csv", "dati;v2,ok.csv",
+])
 def test_odd_file_names(study, sites, drops, tmp_path, name):
     path = tmp_path / name
     shutil.copy(drops["us"], path)
@@ -400,7 +407,7 @@ def test_messy_drop_reads_with_findings(study, sites, tmp_path, code):
     assert "identifying_columns" in checks(drop)
     frame = drop.frame
     assert frame["participant_id"].duplicated().any()                  # for validation to catch
-    assert (frame["wai_03"] == 7).any()                                  # out of range, passed through
+    assert (frame["wai_03"] == 7).any()                   # out of range, passed through
     noncrier = frame["cried_in_therapy"] == False  # noqa: E712
     assert frame.loc[noncrier, "after_relaxed"].notna().any()
     assert frame[[c for c in frame if c.startswith(("wai_", "ctsc_"))]].isna().any().any()
@@ -408,7 +415,8 @@ def test_messy_drop_reads_with_findings(study, sites, tmp_path, code):
 
 def test_qualtrics_export_without_import_id_row_loses_no_answers(study, sites, drops, tmp_path):
     rows = read_rows(drops["us"])
-    path = write_rows(tmp_path / "legacy.csv", rows[:2] + rows[3:])       # names, question text, data
+    # names, question text, data: no ImportId row
+    path = write_rows(tmp_path / "legacy.csv", rows[:2] + rows[3:])
     drop = read_drop(path, sites["us"], study)
     f = finding(drop, "header_rows")
     assert f.severity == "warning" and "legacy.csv" in f.message
@@ -428,11 +436,13 @@ def test_decomposed_unicode_header_is_the_same_column(study, sites, drops, tmp_p
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
-@given(data=st.binary(min_size=0, max_size=600), suffix=st.sampled_from([".csv", ".xlsx", ".sav", ".txt", ""]),
+@given(data=st.binary(min_size=0, max_size=600),
+       suffix=st.sampled_from([".csv", ".xlsx", ".sav", ".txt", ""]),
        code=st.sampled_from(["us", "it", "il"]))
 def test_arbitrary_bytes_never_escape(study, sites, tmp_path, data, suffix, code):
     path = tmp_path / f"fuzz{suffix}"

@@ -18,10 +18,12 @@ import pytest
 
 from lacrima.native import read_drop
 from lacrima.study import load_site
-from lacrima.synth import discretise, item_validity, score_validity, simulate, thresholds, write_drop
+from lacrima.synth import (
+    discretise, item_validity, score_validity, simulate, thresholds, write_drop,
+)
 
 R_TOL = 0.03          # item-score r at >= 20,000 criers: the tolerance (SE of r is ~.007)
-D_TOL = 0.05          # Cohen d (pooled SD), n = 24,500: SE ~.016; the latent shift is linearised (seed 11: .520)
+D_TOL = 0.05          # Cohen d at n = 24,500: SE ~.016, latent shift linearised (seed 11: .520)
 SHARE_TOL = 0.02      # proportions at n = 24,500 (SE ~ .003)
 AGE_TOL = 0.3         # age mean and SD in years
 VALIDITY_TOL = 0.005  # analytic attenuation vs Monte Carlo at n = 400,000
@@ -68,7 +70,8 @@ def test_israel_has_the_heterogeneous_effect(study, large):
 def test_alliance_change_and_crier_difference(study, large):
     site, frame = large
     config = site.synthetic(study)
-    assert frame["alliance"].corr(frame["change"]) == pytest.approx(config["alliance_change_r"], abs=R_TOL)
+    r = frame["alliance"].corr(frame["change"])
+    assert r == pytest.approx(config["alliance_change_r"], abs=R_TOL)
     cried = frame["cried_in_therapy"].astype(bool)
     a, b = frame.loc[cried, "change"], frame.loc[~cried, "change"]
     pooled = np.sqrt(((len(a) - 1) * a.var() + (len(b) - 1) * b.var()) / (len(a) + len(b) - 2))
@@ -102,7 +105,8 @@ def test_score_validity_matches_monte_carlo(loading, k):
     rng = np.random.default_rng(3)
     n = 400_000
     t = rng.standard_normal(n)
-    items = discretise(loading * t[:, None] + np.sqrt(1 - loading**2) * rng.standard_normal((n, k)), thresholds(5))
+    latent = loading * t[:, None] + np.sqrt(1 - loading**2) * rng.standard_normal((n, k))
+    items = discretise(latent, thresholds(5))
     mc = np.corrcoef(items.mean(axis=1), t)[0, 1]
     assert score_validity(thresholds(5), loading, k) == pytest.approx(mc, abs=VALIDITY_TOL)
 
@@ -116,7 +120,8 @@ def test_simulate_structure(study, code):
     episode = list(study.variables_in("episode"))
     assert frame.loc[~criers, episode].isna().all().all()
     assert frame.loc[criers, episode].notna().all().all()
-    assert (frame.loc[~criers, "cry_sessions"] == 0).all() and (frame.loc[criers, "cry_sessions"] >= 1).all()
+    assert (frame.loc[~criers, "cry_sessions"] == 0).all()
+    assert (frame.loc[criers, "cry_sessions"] >= 1).all()
     assert frame["consent"].all() and frame["in_therapy"].all()
     assert frame["participant_id"].is_unique
     for var, meta in study.variables.items():
@@ -133,7 +138,9 @@ def test_same_seed_same_frame_other_seed_other_frame(study):
     assert not simulate(site, study, 50, 9).equals(simulate(site, study, 50, 10))
 
 
-@pytest.mark.parametrize("code, pattern", [("us", r"R_[0-9A-Za-z]{15}"), ("it", r"IT-\d{4}"), ("il", r"\d+")])
+@pytest.mark.parametrize("code, pattern", [
+    ("us", r"R_[0-9A-Za-z]{15}"), ("it", r"IT-\d{4}"), ("il", r"\d+"),
+])
 def test_id_shapes_and_offsets(study, code, pattern):
     site = load_site(code)
     first = simulate(site, study, 30, 1)["participant_id"]
@@ -177,16 +184,20 @@ def test_qualtrics_export_shape(study, tmp_path):
     assert raw.startswith(b"\xef\xbb\xbf")
     lines = raw.decode("utf-8-sig").split("\r\n")
     names = lines[0].split(",")
-    assert names[:17] == ["StartDate", "EndDate", "Status", "IPAddress", "Progress", "Duration (in seconds)",
-                          "Finished", "RecordedDate", "ResponseId", "RecipientLastName", "RecipientFirstName",
-                          "RecipientEmail", "ExternalReference", "LocationLatitude", "LocationLongitude",
-                          "DistributionChannel", "UserLanguage"]
+    assert names[:17] == [
+        "StartDate", "EndDate", "Status", "IPAddress", "Progress", "Duration (in seconds)",
+        "Finished", "RecordedDate", "ResponseId", "RecipientLastName", "RecipientFirstName",
+        "RecipientEmail", "ExternalReference", "LocationLatitude", "LocationLongitude",
+        "DistributionChannel", "UserLanguage",
+    ]
     assert "Q14_12" in names
-    third = pd.read_csv(path, header=None, skiprows=2, nrows=1, encoding="utf-8-sig").iloc[0].tolist()
+    third = pd.read_csv(path, header=None, skiprows=2, nrows=1, encoding="utf-8-sig")
+    third = third.iloc[0].tolist()
     assert json.loads(third[names.index("Q14_1")]) == {"ImportId": "QID14_1"}
     first = pd.read_csv(path, header=0, skiprows=[1, 2], encoding="utf-8-sig", dtype=str)
     assert first["RecordedDate"].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
-    assert set(first["Q14_1"].dropna()) <= {"Seldom", "Sometimes", "Fairly often", "Very often", "Always"}
+    wai = {"Seldom", "Sometimes", "Fairly often", "Very often", "Always"}
+    assert set(first["Q14_1"].dropna()) <= wai
     assert first["IPAddress"].str.fullmatch(r"(192\.0\.2|198\.51\.100|203\.0\.113)\.\d+").all()
 
 

@@ -300,16 +300,19 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
     head = need(raw, "codebook", "top level")
     site = str(need(head, "site", "codebook"))
     if site != code:
-        raise CodebookError(f"codebook {path} says site = {site!r} but sits in the folder of site {code!r}")
+        raise CodebookError(f"codebook {path} says site = {site!r} but sits in the folder of "
+                            f"site {code!r}")
 
     formats = []
     for i, f in enumerate(need(raw, "formats", "top level")):
         kind = need(f, "kind", f"formats #{i + 1}")
         if kind not in FORMAT_KINDS:
-            raise CodebookError(f"codebook {path}: format kind {kind!r} is not one of {FORMAT_KINDS}")
+            raise CodebookError(
+                f"codebook {path}: format kind {kind!r} is not one of {FORMAT_KINDS}")
         values = f.get("values", "codes" if kind == "sav" else "labels")
         if values not in VALUE_STYLES:
-            raise CodebookError(f"codebook {path}: values = {values!r} is not one of {VALUE_STYLES}")
+            raise CodebookError(
+                f"codebook {path}: values = {values!r} is not one of {VALUE_STYLES}")
         encodings = tuple(f.get("encodings", ("utf-8-sig",)))
         formats.append(FileFormat(
             kind=kind,
@@ -343,7 +346,8 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
     for canonical, c in need(raw, "columns", "top level").items():
         scale = c.get("scale", "")
         if scale and scale not in scales:
-            raise CodebookError(f"codebook {path}: column {canonical!r} uses unknown scale {scale!r}")
+            raise CodebookError(
+                f"codebook {path}: column {canonical!r} uses unknown scale {scale!r}")
         columns[canonical] = ColumnSpec(
             canonical=canonical, column=str(need(c, "column", f"columns.{canonical}")), scale=scale,
             text=c.get("text", ""), import_id=c.get("import_id", ""),
@@ -366,15 +370,17 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
         raise CodebookError(f"codebook {path}: {clash} are both canonical and identifying")
 
     extras = tuple(
-        ExtraColumn(column=str(e["column"]), text=e.get("text", ""), import_id=e.get("import_id", ""),
-                    synth=e.get("synth", "blank"))
+        ExtraColumn(column=str(e["column"]), text=e.get("text", ""),
+                    import_id=e.get("import_id", ""), synth=e.get("synth", "blank"))
         for e in raw.get("extra_columns", ())
     )
     return Codebook(
         site=site, format=formats[0].kind, id_column=id_column, identifying_columns=identifying,
         sha256=sha256_file(path), formats=tuple(formats), columns=MappingProxyType(columns),
         scales=MappingProxyType(scales), extra_columns=extras,
-        file_order=tuple(head.get("file_order", ())), ids=MappingProxyType(dict(raw.get("ids", {}))),
-        synthetic=MappingProxyType(dict(raw.get("synthetic", {}))), language=head.get("language", ""),
+        file_order=tuple(head.get("file_order", ())),
+        ids=MappingProxyType(dict(raw.get("ids", {}))),
+        synthetic=MappingProxyType(dict(raw.get("synthetic", {}))),
+        language=head.get("language", ""),
         path=path,
     )

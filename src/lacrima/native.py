@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
+from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook
 from lacrima.findings import DropError, Finding, findings_frame
 from lacrima.study import Site, Study
 
@@ -137,7 +137,9 @@ class _Table:
 # --------------------------------------------------------------------------- public
 
 
-def read_drop(path: str | Path, site: Site, study: Study, *, today: dt.date | None = None) -> NativeDrop:
+def read_drop(
+    path: str | Path, site: Site, study: Study, *, today: dt.date | None = None
+) -> NativeDrop:
     """Read one native drop of ``site`` and map it onto the canonical variables.
 
     Parameters
@@ -235,8 +237,8 @@ def _read_table(path: Path, codebook: Codebook) -> _Table:
         table = _read_text(path, fmt, sniffed, codebook)
     table.findings[:0] = findings
     if not any(n for n in table.names):
-        raise DropError("empty_file", f"drop {name} has no column names; expected a {_kinds(codebook)} "
-                        f"export from site {codebook.site!r}")
+        raise DropError("empty_file", f"drop {name} has no column names; expected a "
+                        f"{_kinds(codebook)} export from site {codebook.site!r}")
     if not table.rows:
         raise DropError("no_data_rows", f"drop {name} has column names but no data rows "
                         f"(expected {fmt.header_rows} header row(s) then one row per participant)")
@@ -260,8 +262,8 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     if sniffed != "text":
         what = {"zip": "an Excel workbook", "ole": "an encrypted or legacy Excel file",
                 "sav": "an SPSS file"}[sniffed]
-        raise DropError("binary_file", f"drop {name} should be a {fmt.kind} text file but is {what}; "
-                        f"site {codebook.site!r} sends {_kinds(codebook)}")
+        raise DropError("binary_file", f"drop {name} should be a {fmt.kind} text file but is "
+                        f"{what}; site {codebook.site!r} sends {_kinds(codebook)}")
     data = path.read_bytes()
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DropError("bad_encoding", f"drop {name} is UTF-16 text; expected "
@@ -271,7 +273,9 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
         raise DropError("binary_file", f"drop {name} contains binary data (NUL bytes), "
                         f"not {fmt.kind} text")
     text = _decode(data, fmt, name)
-    controls = sum(1 for ch in text[:SNIFF_BYTES] if unicodedata.category(ch) == "Cc" and ch not in "\r\n\t")
+    controls = sum(
+        1 for ch in text[:SNIFF_BYTES] if unicodedata.category(ch) == "Cc" and ch not in "\r\n\t"
+    )
     if controls > max(3, len(text[:SNIFF_BYTES]) // 100):
         raise DropError("binary_file", f"drop {name} is not text ({controls} control characters "
                         f"in its first {min(len(text), SNIFF_BYTES)} characters)")
@@ -281,7 +285,8 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     try:
         records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as exc:
-        raise DropError("unreadable_csv", f"drop {name} is not a readable CSV file ({exc})") from None
+        raise DropError("unreadable_csv",
+                        f"drop {name} is not a readable CSV file ({exc})") from None
     if not records:
         raise DropError("empty_file", f"drop {name} holds no text")
     names = [_column_key(c) for c in records[0]]
@@ -356,7 +361,8 @@ def _decode(data: bytes, fmt: FileFormat, name: str) -> str:
         except UnicodeDecodeError as exc:
             first_error = first_error or exc
         except LookupError:
-            raise DropError("bad_encoding", f"codebook encoding {enc!r} is unknown (reading {name})") from None
+            raise DropError("bad_encoding",
+                            f"codebook encoding {enc!r} is unknown (reading {name})") from None
     line = data[: first_error.start].count(b"\n") + 1 if first_error else 0
     raise DropError(
         "bad_encoding",
@@ -414,7 +420,8 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             wb.close()
     except DropError:
         raise
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, TypeError, IndexError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, TypeError,
+            IndexError) as exc:
         raise DropError(
             "unreadable_workbook",
             f"drop {name} could not be read as an .xlsx workbook ({type(exc).__name__}); it may be "
@@ -428,7 +435,8 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     if fmt.sheet and sheet != fmt.sheet:
         findings.append(Finding(
             check="sheet", severity="warning",
-            message=f"workbook {name} has no sheet {fmt.sheet!r}; the first sheet {sheet!r} was read",
+            message=(f"workbook {name} has no sheet {fmt.sheet!r}; the first sheet {sheet!r} "
+                     "was read"),
             expected=fmt.sheet, found=sheet,
         ))
     if not values:
@@ -438,11 +446,13 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
         names.pop()
     rows, numbers, formulas = [], [], {}
     for idx in range(fmt.header_rows, len(values)):
-        cells = [None if (isinstance(v, str) and not v.strip()) else v for v in values[idx][: len(names)]]
-        if all(v is None for v in cells) and not any((idx, c) in formula_at for c in range(len(names))):
+        cells = [None if (isinstance(v, str) and not v.strip()) else v
+                 for v in values[idx][: len(names)]]
+        here = {c: formula_at[idx, c] for c in range(len(names)) if (idx, c) in formula_at}
+        if all(v is None for v in cells) and not here:
             continue
         k = len(rows)
-        formulas.update({(k, c): formula_at[idx, c] for c in range(len(names)) if (idx, c) in formula_at})
+        formulas.update({(k, c): text for c, text in here.items()})
         rows.append(cells + [None] * (len(names) - len(cells)))
         numbers.append(idx + 1)
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, formula_cells=formulas,
@@ -461,7 +471,8 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
 
     name = _shown(path)
     if sniffed != "sav":
-        raise DropError("unreadable_sav", f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
+        raise DropError("unreadable_sav",
+                        f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
     try:
         # user_missing=True keeps 99/999 visible so declared codes are recognised here.
         df, meta = pyreadstat.read_sav(str(path), user_missing=True)
@@ -533,7 +544,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     if dup_mapped:
         findings.append(Finding(
             check="duplicate_columns", columns=tuple(dup_mapped),
-            message=f"drop {name} has column(s) {_names(dup_mapped)} more than once; the first was read",
+            message=(f"drop {name} has column(s) {_names(dup_mapped)} more than once; "
+                     "the first was read"),
             expected="each column once", found=f"{len(dup_mapped)} repeated column name(s)",
         ))
 
@@ -555,8 +567,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     if ident_declared:
         findings.append(Finding(
             check="identifying_columns", severity="warning", columns=tuple(ident_declared),
-            message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the codebook "
-                     f"were removed unread at intake: {_names(ident_declared)}"),
+            message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
+                     f"codebook were removed unread at intake: {_names(ident_declared)}"),
             expected="identifying columns never enter curated data", found="columns removed",
         ))
     if ident_other:
@@ -626,8 +638,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         other = "," if fmt.decimal == "." else "."
         findings.append(Finding(
             check="decimal_mark", severity="warning", columns=tuple(decimal_cols),
-            message=(f"numbers in {_names(decimal_cols)} of {name} use {other!r} as the decimal mark, "
-                     f"not {fmt.decimal!r} as the codebook says; they were read as decimals"),
+            message=(f"numbers in {_names(decimal_cols)} of {name} use {other!r} as the decimal "
+                     f"mark, not {fmt.decimal!r} as the codebook says; they were read as decimals"),
             expected=repr(fmt.decimal), found=repr(other),
         ))
     frame = pd.DataFrame(columns)
@@ -659,7 +671,8 @@ def _looks_like_formula(text: str) -> bool:
 
 
 def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes: set[float],
-             ranges: list[tuple[float, float]], today: dt.date, rownum: int, issues: _Issues) -> Any:
+             ranges: list[tuple[float, float]], today: dt.date, rownum: int,
+             issues: _Issues) -> Any:
     """One native cell -> canonical value (None when missing); problems go to ``issues``."""
     if cell is None:
         return None
@@ -749,7 +762,8 @@ def _convert_date(cell: Any, fmt: FileFormat, today: dt.date, rownum: int, issue
             issues.add("bad_dates", rownum, "text in another date format")
             return None
     else:
-        issues.add("bad_dates", rownum, "a number, not a date" if _is_number(cell) else type(cell).__name__)
+        what = "a number, not a date" if _is_number(cell) else type(cell).__name__
+        issues.add("bad_dates", rownum, what)
         return None
     if value.date() > today:
         issues.add("future_dates", rownum, "dates after today")
@@ -784,14 +798,16 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             expected = ", ".join(scale.labels) if scale else "a value from the codebook"
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the codebook: "
-                         f"{', '.join(found[:5])}; they were read as missing"),
-                expected=f"one of: {expected}", found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
+                message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the "
+                         f"codebook: {', '.join(found[:5])}; they were read as missing"),
+                expected=f"one of: {expected}",
+                found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
             ))
         elif check == "non_numeric":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=f"{k} cell(s) in column {column!r} of {name} are not whole numbers; read as missing",
+                message=(f"{k} cell(s) in column {column!r} of {name} are not whole numbers; "
+                         "read as missing"),
                 expected="a whole number", found=", ".join(found),
             ))
         elif check == "bad_dates":
@@ -804,7 +820,8 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
         elif check == "future_dates":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=f"{k} date(s) in column {column!r} of {name} lie in the future (after {today:%Y-%m-%d})",
+                message=(f"{k} date(s) in column {column!r} of {name} lie in the future "
+                         f"(after {today:%Y-%m-%d})"),
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
     return out
@@ -813,8 +830,9 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
 def _formula_finding(column: str, rows: list[int], name: str) -> Finding:
     return Finding(
         check="formula_cells", columns=(column,), rows=tuple(rows),
-        message=(f"{len(rows)} cell(s) in column {column!r} of {name} look like spreadsheet formulas "
-                 "(start with =, +, -, @); they were not evaluated and were kept only as inert text"),
+        message=(f"{len(rows)} cell(s) in column {column!r} of {name} look like spreadsheet "
+                 "formulas (start with =, +, -, @); they were not evaluated and were kept only "
+                 "as inert text"),
         expected="plain values", found="formula-like cells",
     )
 

@@ -34,7 +34,9 @@ CATEGORY_PROBS: Mapping[int, tuple[float, ...]] = {
 }
 """Marginal answer shares at the latent mean (mildly left-skewed, as clinical ratings are)."""
 
-TARGETS: Mapping[str, str] = {"r_change": "change", "r_alliance": "alliance", "r_security": "attachment_security"}
+TARGETS: Mapping[str, str] = {
+    "r_change": "change", "r_alliance": "alliance", "r_security": "attachment_security",
+}
 """Sections of [synthetic] holding item-score correlations, and the score each refers to."""
 
 ATTENTION_FAIL_SHARE = 0.03
@@ -164,10 +166,13 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     # The order of draws is fixed so a seed means the same data whatever the config.
     gender = np.array(genders)[rng.choice(len(genders), size=n, p=shares / shares.sum())]
     cried = rng.random(n) < np.array([cried_share[g] for g in gender])
-    age = np.round(_truncated_normal(float(config["age_mean"]), float(config["age_sd"]), rng.random(n)))
+    age = np.round(
+        _truncated_normal(float(config["age_mean"]), float(config["age_sd"]), rng.random(n))
+    )
     z = rng.standard_normal((n, 3))
     t_alliance = z[:, 0]
-    t_change = rho * z[:, 0] + np.sqrt(1 - rho**2) * z[:, 1] - np.where(cried, 0.0, d / validity["change"])
+    shift = np.where(cried, 0.0, d / validity["change"])
+    t_change = rho * z[:, 0] + np.sqrt(1 - rho**2) * z[:, 1] - shift
     t_security = z[:, 2]
     latent = {"alliance": t_alliance, "change": t_change, "attachment_security": t_security}
 
@@ -236,7 +241,8 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     frame = {"site": canonical_series([site.code] * n, "str")}
     for var, meta in variables.items():
         if var not in values:
-            raise ValueError(f"the synthetic model does not generate {var!r}, which the plan defines")
+            raise ValueError(
+                f"the synthetic model does not generate {var!r}, which the plan defines")
         frame[var] = canonical_series(values[var], meta["type"])
     return pd.DataFrame(frame)
 
@@ -289,7 +295,8 @@ def participant_ids(codebook: Codebook, n: int, id_offset: int = 0) -> list[str]
         length = int(ids.get("length", 15))
         out = [ids.get("prefix", "") + _hash_id(f"{codebook.site}:{k}", length) for k in numbers]
     else:
-        raise ValueError(f"codebook {codebook.path}: [ids] kind {kind!r} is not 'sequence' or 'random'")
+        raise ValueError(
+            f"codebook {codebook.path}: [ids] kind {kind!r} is not 'sequence' or 'random'")
     if len(set(out)) != len(out):
         raise ValueError(f"synthetic IDs of site {codebook.site!r} collide; lengthen [ids] length")
     return out
@@ -434,9 +441,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
             if v is None or v is pd.NA or (not isinstance(v, str) and pd.isna(v)):
                 cells.append(None)
             elif vtype == "date":
-                stamp = ended[k]
-                cells.append(stamp.strftime(fmt.date_format) if text else
-                             stamp.date() if fmt.kind == "sav" else stamp.to_pydatetime().replace(hour=0, minute=0, second=0))
+                cells.append(_date_cell(ended[k], fmt))
             elif vtype == "string":
                 cells.append(float(int(v)) if spec.numeric and not labels else str(v))
             elif scale is not None and scale.has_value(_py(v)):
@@ -449,6 +454,15 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
     return native
 
 
+def _date_cell(stamp: pd.Timestamp, fmt: FileFormat) -> Any:
+    """Text in the codebook's format (CSV), a date (SPSS) or a midnight datetime (Excel)."""
+    if fmt.kind in ("qualtrics_csv", "csv"):
+        return stamp.strftime(fmt.date_format)
+    if fmt.kind == "sav":
+        return stamp.date()
+    return stamp.normalize().to_pydatetime()
+
+
 def _py(v: Any) -> Any:
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
@@ -457,21 +471,23 @@ def _py(v: Any) -> Any:
     return v
 
 
-def _fake(kind: str, ended: list, duration: np.ndarray, fmt: FileFormat, rng: np.random.Generator) -> list:
+def _fake(kind: str, ended: list, duration: np.ndarray, fmt: FileFormat,
+          rng: np.random.Generator) -> list:
     n = len(ended)
     if kind.startswith("constant:"):
         return [kind.split(":", 1)[1]] * n
     if kind == "end_datetime":
         return [e.strftime(fmt.date_format) if e is not None else None for e in ended]
     if kind == "start_datetime":
-        return [(e - pd.Timedelta(seconds=int(d))).strftime(fmt.date_format) if e is not None else None
+        return [None if e is None else (e - pd.Timedelta(seconds=int(d))).strftime(fmt.date_format)
                 for e, d in zip(ended, duration)]
     if kind == "duration":
         return [str(int(d)) for d in duration]
     if kind == "ip":
         # RFC 5737 documentation ranges: never a real address.
         nets = ("192.0.2", "198.51.100", "203.0.113")
-        return [f"{nets[int(a)]}.{int(b)}" for a, b in zip(rng.integers(0, 3, n), rng.integers(1, 255, n))]
+        net, host = rng.integers(0, 3, n), rng.integers(1, 255, n)
+        return [f"{nets[int(a)]}.{int(b)}" for a, b in zip(net, host)]
     if kind == "latitude":
         return [f"{x:.4f}" for x in rng.uniform(25.0, 48.0, n)]
     if kind == "longitude":
@@ -482,26 +498,28 @@ def _fake(kind: str, ended: list, duration: np.ndarray, fmt: FileFormat, rng: np
 
 
 def _header_rows(codebook: Codebook, fmt: FileFormat, columns: list[str]) -> list[list[str]]:
-    by_column = {spec.column: spec for spec in codebook.columns.values()}
-    extras = {e.column: e for e in codebook.extra_columns}
+    """Names row, then (Qualtrics) question text and ``{"ImportId": ...}`` rows."""
+    described = {spec.column: spec for spec in codebook.columns.values()}
+    described.update({e.column: e for e in codebook.extra_columns})
     rows = [list(columns)]
     if fmt.header_rows >= 2:
-        rows.append([(by_column.get(c) or extras.get(c)).text or c if (c in by_column or c in extras) else c
-                     for c in columns])
+        rows.append([(described[c].text if c in described else "") or c for c in columns])
     if fmt.header_rows >= 3:
         third = []
         for c in columns:
-            imp = (by_column.get(c) or extras.get(c)).import_id if (c in by_column or c in extras) else ""
-            imp = imp or c
-            third.append(imp if imp.startswith("{") else json.dumps({"ImportId": imp}, separators=(",", ":")))
+            imp = (described[c].import_id if c in described else "") or c
+            third.append(imp if imp.startswith("{")
+                         else json.dumps({"ImportId": imp}, separators=(",", ":")))
         rows.append(third)
-    return rows[: max(fmt.header_rows, 1)]
+    return rows
 
 
-def _write_csv(table: dict[str, list[Any]], codebook: Codebook, fmt: FileFormat, path: Path) -> None:
+def _write_csv(table: dict[str, list[Any]], codebook: Codebook, fmt: FileFormat,
+               path: Path) -> None:
     columns = list(table)
     buf = io.StringIO(newline="")
-    writer = csv.writer(buf, delimiter=fmt.delimiter, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer = csv.writer(buf, delimiter=fmt.delimiter, lineterminator="\r\n",
+                        quoting=csv.QUOTE_MINIMAL)
     for row in _header_rows(codebook, fmt, columns):
         writer.writerow(row)
     for k in range(len(table[columns[0]])):
@@ -528,8 +546,9 @@ def _write_xlsx(table: dict[str, list[Any]], codebook: Codebook, fmt: FileFormat
         ws.append(row)
     for k in range(len(table[columns[0]])):
         ws.append([table[c][k] for c in columns])
-    excel_date = re.sub(r"%([dmY])", lambda m: {"d": "DD", "m": "MM", "Y": "YYYY"}[m.group(1)], fmt.date_format)
-    dates = {codebook.columns[v].column for v, meta in study.variables.items() if meta["type"] == "date"}
+    excel_date = re.sub(r"%([dmY])", lambda m: EXCEL_DATE_TOKENS[m.group(1)], fmt.date_format)
+    dates = {codebook.columns[v].column for v, meta in study.variables.items()
+             if meta["type"] == "date"}
     for j, c in enumerate(columns, start=1):
         if c in dates:
             for r in range(fmt.header_rows + 1, ws.max_row + 1):
@@ -539,6 +558,7 @@ def _write_xlsx(table: dict[str, list[Any]], codebook: Codebook, fmt: FileFormat
     wb.save(path)
 
 
+EXCEL_DATE_TOKENS = {"d": "DD", "m": "MM", "Y": "YYYY"}
 SAV_STAMP_OFFSET = 92   # creation date (9 bytes) then time (8 bytes) in the .sav header record
 
 
@@ -565,7 +585,9 @@ def _write_sav(table: dict[str, list[Any]], codebook: Codebook, study: Study, pa
         labels[c] = spec.text or None
         scale = codebook.scale_of(spec.canonical)
         if scale is not None:
-            value_labels[c] = {float(code): lab for code, lab in zip(scale.native_codes, scale.labels)
+            # Unlabelled scale points ("2", "3") get no SPSS value label, as in real files.
+            value_labels[c] = {float(code): lab
+                               for code, lab in zip(scale.native_codes, scale.labels)
                                if not lab.isdigit()}
         codes = sorted(set(spec.missing_codes) | set(scale.missing_codes if scale else ()))
         if codes:
