@@ -43,3 +43,13 @@ def test_holm_never_lowers_p_and_keeps_order(p):
     assert (adj >= p - 1e-15).all() and (adj <= 1).all()
     order = np.argsort(p, kind="stable")
     assert (np.diff(adj[order]) >= -1e-15).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30))
+def test_holm_matches_statsmodels_multipletests(p):
+    # second implementation: statsmodels.stats.multitest.multipletests(p, method="holm")
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(adjust_pvalues(p, "holm"), multipletests(p, method="holm")[1],
+                               atol=PVAL)

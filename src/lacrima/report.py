@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import jinja2
+from markupsafe import Markup
 import numpy as np
 import pandas as pd
 
@@ -49,15 +50,15 @@ def fmt_p(p) -> str:
     return "< .001" if p < 0.001 else f"{p:.3f}".lstrip("0")
 
 
-def _html_table(frame: pd.DataFrame, left: int = 1) -> str:
-    html = frame.to_html(index=False, escape=True, border=0, na_rep="")
-    return html
+def _html_table(frame: pd.DataFrame) -> Markup:
+    """An HTML table of a frame; cell text is escaped, the table markup is trusted."""
+    return Markup(frame.to_html(index=False, escape=True, border=0, na_rep=""))
 
 
 def _flow_table(analyses: list[SiteAnalysis]) -> str:
     parts = [a.flow.to_frame() for a in analyses]
     if not parts:
-        return "<p>No site has analysed data yet.</p>"
+        return Markup("<p>No site has analysed data yet.</p>")
     flow = pd.concat(parts)
     wide = flow.pivot_table(index=["step", "reason", "label"], columns="site", values="n",
                             aggfunc="sum", sort=False).reset_index()
