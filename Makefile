@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MPLBACKEND := Agg
 
-.PHONY: install demo test bench lock expectations clean
+.PHONY: install demo test bench lock expectations clean system-deps
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,8 +23,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/lacrima demo
 
+## system-deps: Debian packages the tests use (headless Chromium for the report test)
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; }
+
 ## test: the whole test suite
-test: install
+test: install system-deps
 	$(PY) -m pytest -q
 
 ## bench: speed and memory benchmark (not part of test)
