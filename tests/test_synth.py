@@ -215,3 +215,8 @@ def test_negative_arguments_are_refused(study):
         simulate(load_site("us"), study, 0, 1)
     with pytest.raises(ValueError, match="id_offset"):
         simulate(load_site("us"), study, 5, 1, id_offset=-1)
+
+
+def test_wrong_extension_for_the_site_is_refused(study, tmp_path):
+    with pytest.raises(ValueError, match=r"site 'us' sends qualtrics_csv files \(\.csv\)"):
+        write_drop(load_site("us"), study, tmp_path / "us.xlsx", n=5, seed=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -111,11 +112,11 @@ class Scale:
                 return i
         raise KeyError(f"value {value!r} is not in scale {self.name!r}")
 
-    @property
+    @cached_property
     def _by_label(self) -> Mapping[str, Any]:
         return {normalise_label(lab): v for lab, v in zip(self.labels, self.values)}
 
-    @property
+    @cached_property
     def _by_code(self) -> Mapping[float, Any]:
         # Only numeric codes: a labels-only scale (codes default to its values, such as
         # "woman" or true) has no numeric code, so a stray 1 is an unknown answer.
@@ -279,6 +280,15 @@ def load_codebook(site: Site) -> Codebook:
     CodebookError
         When the file is missing or inconsistent (unknown scale, labels and values of
         different length, unknown format kind, ID column not mapped ...).
+
+    Examples
+    --------
+    >>> from lacrima.study import load_site
+    >>> codebook = load_codebook(load_site("us"))
+    >>> codebook.format, codebook.id_column, codebook.native_name("wai_01")
+    ('qualtrics_csv', 'ResponseId', 'Q14_1')
+    >>> codebook.accepts("export.CSV"), codebook.accepts("export.xlsx")
+    (True, False)
     """
     path = Path(site.codebook_path)
     if not path.exists():

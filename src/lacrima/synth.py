@@ -137,7 +137,17 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     latent r is disattenuated for discretisation (Olsson, Drasgow & Dorans 1982) and
     for the score's unreliability (Spearman 1904). rho = r_ac * sqrt(1 + p(1 - p) d^2)
     / (v_a v_c) so the r of the observed scores over everyone, where criers (share
-    p) are shifted by d, equals the configured r_ac.
+    p) are shifted by d, equals the configured r_ac. Age is drawn from a normal
+    truncated to 18-80 whose truncated mean and SD are the configured ones.
+
+    Examples
+    --------
+    >>> from lacrima.study import load_site, load_study
+    >>> frame = simulate(load_site("it"), load_study(), n=3, seed=1)
+    >>> frame["participant_id"].tolist()
+    ['IT-0001', 'IT-0002', 'IT-0003']
+    >>> str(frame["wai_01"].dtype), str(frame["completed_at"].dtype)
+    ('Int64', 'datetime64[ns]')
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -361,6 +371,9 @@ def write_drop(site: Site, study: Study, out: Path, n: int | None = None, seed: 
     if mess:
         _mess_native(table, codebook, np.random.default_rng([seed, 3]))
     path = _target(Path(out), site.code, n, seed, fmt)
+    if path.suffix.lower() not in fmt.extensions:
+        raise ValueError(f"site {site.code!r} sends {fmt.kind} files "
+                         f"({', '.join(fmt.extensions)}); cannot write one as {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt.kind in ("qualtrics_csv", "csv"):
         _write_csv(table, codebook, fmt, path)
