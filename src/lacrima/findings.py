@@ -22,8 +22,9 @@ class Finding:
     columns : tuple of str
         Column names as the data manager knows them (the native names of the drop).
     rows : tuple of int
-        Row numbers as the data manager sees them in the file (1-based, data rows
-        counted after the header rows).
+        Row numbers as the data manager sees them: the spreadsheet row, header rows
+        included (the first Qualtrics answer is row 4, a workbook or CSV starts at row 2),
+        and the case number from 1 for SPSS files (see sites/README.md).
     expected, found : str
         What the check wanted and what it saw (a description, never identifying values).
     severity : {"error", "warning"}

@@ -141,11 +141,6 @@ def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: st
         f = Finding("file_too_large", f"{name} is {size_mb:.0f} MB; drops up to {max_mb:.0f} MB are read",
                     expected=f"at most {max_mb:.0f} MB", found=f"{size_mb:.0f} MB")
         return ValidationReport(site.code, name, sha, 0, (f,)), None
-    if not codebook.accepts(path):
-        f = Finding("file_format", f"{name}: site {site.code} sends {codebook.format} files; "
-                    f"this file's type ({path.suffix or 'none'}) is not one of them",
-                    expected=codebook.format, found=path.suffix or "no extension")
-        return ValidationReport(site.code, name, sha, 0, (f,)), None
     try:
         drop = read_drop(path, site, study)
     except DropError as err:
