@@ -1,66 +1,169 @@
-"""Forest plots (matplotlib, Agg): one per pooled effect, inline SVG for self-contained pages."""
+"""Forest plots (matplotlib, Agg) as inline SVG, for self-contained report pages.
+
+One figure per effect: each site's estimate and confidence interval, the pooled
+random-effects diamond with its prediction interval, original studies marked. Figures are
+built on :class:`matplotlib.figure.Figure` directly, never through pyplot, so rendering
+keeps no global state and is safe from the flow's worker threads.
+"""
 
 from __future__ import annotations
 
 import io
+import re
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-# One colour per site, used everywhere (Okabe-Ito: colour-blind safe, distinct in greyscale
-# by marker too).
-_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+# One colour per site, used everywhere (Okabe-Ito: colour-blind safe). Each site also gets
+# its own marker so that sites stay apart when printed in greyscale.
+_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#7F7F00", "#000000")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_POOLED_COLOR = "#333333"
+_WIDTH_IN = 6.4
+# Rows per inch, and the cap: at 125 sites a plot stays one screen/page tall; beyond
+# _MAX_LABELLED sites the per-site labels are left to the table beside the plot.
+_ROW_IN = 0.32
+_MAX_HEIGHT_IN = 11.0
+_MAX_LABELLED = 40
+
+ORIGINAL_MARK = "\u2020"   # dagger after an original study's label
 
 
 def site_style(sites: list[str]) -> dict[str, tuple[str, str]]:
-    return {s: (_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)]) for i, s in enumerate(sites)}
+    """Colour and marker per site code, fixed by the order of ``sites``.
+
+    Parameters
+    ----------
+    sites : list of str
+        Site codes in the study's order (``load_sites()``); every plot of a run uses the
+        same mapping so a site keeps its colour across pages.
+
+    Returns
+    -------
+    dict
+        ``code -> (hex colour, matplotlib marker)``.
+    """
+    return {s: (_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)])
+            for i, s in enumerate(sites)}
 
 
-def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | None, title: str, xlabel: str,
-               styles: dict[str, tuple[str, str]], originals: set[str] = frozenset(),
-               null: float = 0.0) -> str:
-    """A forest plot as an SVG string.
+def _finite(*values) -> bool:
+    return all(v is not None and pd.notna(v) and np.isfinite(float(v)) for v in values)
 
-    ``site_rows`` has site, estimate, ci_low, ci_high, n; ``pooled`` the pooled row (estimate,
-    ci, pi). Original studies are marked with an asterisk in the labels.
+
+def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, title: str,
+               xlabel: str, styles: dict[str, tuple[str, str]],
+               originals: set[str] | frozenset[str] = frozenset(), null: float = 0.0,
+               log_scale: bool = False, salt: str = "") -> str:
+    """A forest plot as an SVG string (text kept as text, no external references).
+
+    Parameters
+    ----------
+    site_rows : DataFrame
+        One row per site: ``site``, ``estimate``, ``ci_low``, ``ci_high``, ``n``.
+    pooled : Series or mapping or None
+        The pooled random-effects row (``estimate``, ``ci_low``, ``ci_high``, ``pi_low``,
+        ``pi_high``); ``None`` draws the sites only.
+    title, xlabel : str
+        Plot title and x-axis label (the effect's scale, e.g. ``"Pearson r"``).
+    styles : dict
+        ``site_style`` of the run.
+    originals : set of str
+        Codes of the original studies, marked with a dagger.
+    null : float
+        Value of no effect, drawn as a dotted vertical line (0, or 1 for odds ratios).
+    log_scale : bool
+        Log x axis (odds ratios).
+    salt : str
+        Makes the SVG's internal ids unique when several plots share one HTML page.
+
+    Returns
+    -------
+    str
+        ``<svg ...>...</svg>`` without the XML prologue, ready to inline.
+
+    Notes
+    -----
+    Rows are drawn top-down in the order given; the pooled diamond spans the confidence
+    interval of the random-effects estimate and the dashed line its prediction interval
+    (Riley, Higgins & Deeks 2011, BMJ 342:d549). Height grows with the number of sites up
+    to a cap so that a 125-site run still renders in bounded time and size.
     """
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = site_rows.reset_index(drop=True)
     k = len(rows)
-    height = 1.2 + 0.38 * (k + (2 if pooled is not None else 0))
-    fig, ax = plt.subplots(figsize=(6.4, height))
-    labels = []
-    for i, r in rows.iterrows():
-        y = k - i + (1 if pooled is not None else 0)
-        color, marker = styles.get(r["site"], ("#333333", "o"))
-        if np.isfinite(r["estimate"]):
-            ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=color, lw=1.6)
-            ax.plot(r["estimate"], y, marker=marker, color=color, ms=7, ls="none")
-        star = "*" if r["site"] in originals else ""
-        labels.append((y, f"{r['site']}{star} (n={int(r['n']) if pd.notna(r['n']) else '?'})"))
-    if pooled is not None and np.isfinite(pooled["estimate"]):
-        y = 0.6
-        est, lo, hi = pooled["estimate"], pooled["ci_low"], pooled["ci_high"]
-        ax.fill([lo, est, hi, est], [y, y + 0.25, y, y - 0.25], color="#444444")
-        if pd.notna(pooled.get("pi_low")) and pd.notna(pooled.get("pi_high")):
-            ax.plot([pooled["pi_low"], pooled["pi_high"]], [y, y], color="#444444", lw=1,
-                    ls=(0, (4, 2)))
-        labels.append((y, "pooled RE"))
+    has_pooled = pooled is not None and _finite(pooled.get("estimate"), pooled.get("ci_low"),
+                                                  pooled.get("ci_high"))
+    n_rows = k + (2 if has_pooled else 0)
+    height = min(_MAX_HEIGHT_IN, 1.3 + _ROW_IN * n_rows)
+    labelled = k <= _MAX_LABELLED
+    fig = Figure(figsize=(_WIDTH_IN, height))
+    ax = fig.add_subplot()
+    top = k + (1.5 if has_pooled else 0)
+    ticks, labels = [], []
+    estimates = pd.to_numeric(rows["estimate"], errors="coerce").to_numpy(dtype=float)
+    lows = pd.to_numeric(rows["ci_low"], errors="coerce").to_numpy(dtype=float)
+    highs = pd.to_numeric(rows["ci_high"], errors="coerce").to_numpy(dtype=float)
+    marker_size = 6 if labelled else 3
+    for i, site in enumerate(rows["site"].astype(str)):
+        y = top - i
+        color, marker = styles.get(site, ("#555555", "o"))
+        original = site in originals
+        if np.isfinite(estimates[i]):
+            if np.isfinite(lows[i]) and np.isfinite(highs[i]):
+                ax.plot([lows[i], highs[i]], [y, y], color=color, lw=1.4)
+            # Originals are filled, replications hollow: readable without colour.
+            ax.plot(estimates[i], y, marker=marker, ms=marker_size, ls="none", color=color,
+                    markerfacecolor=color if original else "white", markeredgewidth=1.4)
+        if labelled:
+            n = rows["n"].iloc[i]
+            n_txt = str(int(n)) if pd.notna(n) else "?"
+            ticks.append(y)
+            labels.append(f"{site}{ORIGINAL_MARK if original else ''} (n = {n_txt})")
+    if has_pooled:
+        y = 0.5
+        est, lo, hi = (float(pooled["estimate"]), float(pooled["ci_low"]), float(pooled["ci_high"]))
+        if _finite(pooled.get("pi_low"), pooled.get("pi_high")):
+            ax.plot([float(pooled["pi_low"]), float(pooled["pi_high"])], [y, y],
+                    color=_POOLED_COLOR, lw=1.1, ls=(0, (4, 2)), label="95% prediction interval")
+        ax.fill([lo, est, hi, est], [y, y + 0.3, y, y - 0.3], color=_POOLED_COLOR,
+                label="pooled (random effects)")
+        ticks.append(y)
+        labels.append("Pooled RE")
     ax.axvline(null, color="#888888", lw=0.8, ls=":")
-    ax.set_yticks([p for p, _ in labels], [t for _, t in labels])
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_yticks(ticks, labels, fontsize=8 if labelled else 7)
+    if not labelled:
+        ax.set_ylabel(f"Sites (k = {k}; labels in the table)")
+    else:
+        ax.set_ylabel("Site")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Site")
-    ax.set_title(title, fontsize=10)
-    ax.set_ylim(0, k + (1.6 if pooled is not None else 0.6) + 0.4)
+    ax.set_title(title, fontsize=9.5)
+    ax.set_ylim(-0.3 if has_pooled else 0.3, top + 0.7)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    ax.tick_params(axis="x", labelsize=8)
+    if originals & set(rows["site"].astype(str)):
+        ax.text(1.0, -0.01, f"{ORIGINAL_MARK} original study (filled)", transform=fig.transFigure,
+                ha="right", va="bottom", fontsize=7, color="#444444")
+    fig.subplots_adjust(left=0.26 if labelled else 0.12, right=0.97,
+                        bottom=min(0.45, 0.62 / height), top=1 - min(0.3, 0.42 / height))
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt or title}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return _inline(buf.getvalue())
+
+
+def _inline(svg: str) -> str:
+    """The SVG element alone, for inlining in HTML: no prologue, no metadata, no namespaces.
+
+    The HTML parser puts an inline ``<svg>`` in the SVG namespace itself, so the namespace
+    URLs (and matplotlib's Dublin Core metadata) are dropped: the page then names no
+    http(s) address at all, which the report tests check.
+    """
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    return re.sub(r'\s+xmlns(?::\w+)?="[^"]*"', "", svg, count=3)

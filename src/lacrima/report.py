@@ -1,31 +1,326 @@
-"""Run outputs: tidy CSVs, provenance, analysis-ready data and the self-contained HTML report."""
+"""Run outputs: tidy CSVs, exports, provenance, manifest and the self-contained HTML reports.
+
+A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
+
+- ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
+  pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
+- ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
+- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``,
+  ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
+- ``manifest.json``: every file of this run with its size and SHA-256.
+
+Storage never deletes, so ``reports/latest/`` may still hold a file an older run wrote and
+this one did not (a site that has since left, say). The manifest is the run's own list: the
+pages link only to files in it, and a reader of ``latest/`` trusts the manifest, not a
+listing of the folder. Every link is relative, so the folder opens where it is copied.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any, Iterable, Mapping
 
 import jinja2
-from markupsafe import Markup
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
-from lacrima.plots import forest_svg, site_style
-from lacrima.privacy import suppress_small
+from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
+from lacrima.privacy import MIN_CELL, suppress_small
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
-from lacrima.vocabulary import POOLED, RESULTS_COLUMNS
+from lacrima.vocabulary import COVARIATE_SEPARATOR, POOLED, RESULTS_COLUMNS
+
+MINUS = "\u2212"
+MANIFEST = "manifest.json"
+REPORT = "report.html"
+
+# Per-site method of each pooled analysis (lacrima.analysis conventions) and how it is shown.
+_MAIN_METHOD = {"correlation": "pearson", "partial_correlation": "pearson_partial",
+                "t_test": "hedges_g", "chi_square": "odds_ratio"}
+_SCALE = {"correlation": "Pearson r", "partial_correlation": "partial r",
+          "t_test": "Hedges' g", "chi_square": "odds ratio"}
+# Quantities bounded by 1 lose their leading zero in APA style (r, alpha, p); others keep it.
+_BOUNDED = {"correlation", "partial_correlation", "spearman"}
+_FIXED_METHOD = "FE"
 
 
 @dataclass(frozen=True)
 class RunOutputs:
+    """Where a run's outputs went.
+
+    ``files`` are the run-relative names of every file written (the manifest's list);
+    ``site_pages`` maps a site code to its page's run-relative name.
+    """
+
     run_id: str
     prefix: str            # storage key prefix of the run's folder
     report_key: str
     location: str          # human location of report.html (a path or s3:// URL)
+    files: tuple[str, ...] = ()
+    site_pages: Mapping[str, str] = field(default_factory=dict)
 
+
+# ---------------------------------------------------------------------------
+# Number formatting (APA 7th edition, section 6.36: decimals; 6.44: leading zeros)
+# ---------------------------------------------------------------------------
+
+def _missing(x) -> bool:
+    if x is None:
+        return True
+    try:
+        return bool(pd.isna(x)) or not np.isfinite(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def fmt(x, digits: int = 2, leading_zero: bool = True) -> str:
+    """APA-style number: fixed decimals, typographic minus, blank for missing.
+
+    Parameters
+    ----------
+    x : float or None
+    digits : int
+        Decimal places.
+    leading_zero : bool
+        False for quantities that cannot exceed 1 in absolute value (r, alpha, p), which
+        APA writes without the zero before the decimal point (.35, not 0.35).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> fmt(0.3456), fmt(-0.3456, leading_zero=False), fmt(float("nan"))
+    ('0.35', '−.35', '')
+    """
+    if _missing(x):
+        return ""
+    text = f"{float(x):.{digits}f}"
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]          # no "-0.00"
+    if not leading_zero:
+        text = re.sub(r"^(-?)0\.", r"\1.", text)
+    return text.replace("-", MINUS)
+
+
+def fmt_p(p) -> str:
+    """APA p value: three decimals without leading zero, ``< .001`` below.
+
+    Examples
+    --------
+    >>> fmt_p(0.0004), fmt_p(0.04321), fmt_p(1.0)
+    ('< .001', '.043', '1.000')
+    """
+    if _missing(p):
+        return ""
+    return "< .001" if p < 0.001 else fmt(p, 3, leading_zero=False)
+
+
+def fmt_ci(low, high, digits: int = 2, leading_zero: bool = True) -> str:
+    """``[low, high]`` in APA style; blank when either end is missing."""
+    if _missing(low) or _missing(high):
+        return ""
+    return f"[{fmt(low, digits, leading_zero)}, {fmt(high, digits, leading_zero)}]"
+
+
+def fmt_n(n) -> str:
+    """A count for display, suppressed below the small-cell limit (protocol section 8)."""
+    return suppress_small(n) if not _missing(n) else ""
+
+
+# ---------------------------------------------------------------------------
+# Labels and effect keys
+# ---------------------------------------------------------------------------
+
+def _label(study: Study, name: str) -> str:
+    if name in study.variables:
+        return str(study.variables[name].get("label", name))
+    if name in study.scores:
+        return str(study.scores[name].get("label", name))
+    return name
+
+
+def _cov_label(study: Study, covariates: str) -> str:
+    return ", ".join(_label(study, c) for c in covariates.split(COVARIATE_SEPARATOR) if c)
+
+
+def effect_label(study: Study, x: str, y: str, covariates: str = "") -> str:
+    """Readable name of an effect from the plan's variable and score labels."""
+    text = f"{_label(study, x)} \u00d7 {_label(study, y)}"
+    return text + (f" | controlling for {_cov_label(study, covariates)}" if covariates else "")
+
+
+def effect_anchor(family: str, x: str, y: str, covariates: str = "") -> str:
+    """HTML id of an effect's figure: lowercase letters, digits and dashes."""
+    raw = "-".join(p for p in ("effect", family, x, y, covariates) if p)
+    return re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
+
+
+def _key(frame: pd.DataFrame) -> pd.Series:
+    cov = frame["covariates"].fillna("").astype(str) if "covariates" in frame else ""
+    return frame["family"].astype(str) + "|" + frame["x"].astype(str) + "|" + \
+        frame["y"].astype(str) + "|" + cov
+
+
+def _base(method) -> str:
+    return str(method).split(";")[0].strip() if isinstance(method, str) else ""
+
+
+def pooled_effects(results: pd.DataFrame) -> pd.DataFrame:
+    """The random-effects pooled rows of a results table, one per effect.
+
+    Parameters
+    ----------
+    results : DataFrame
+        ``RESULTS_COLUMNS`` rows; pooled rows have ``site == "pooled"`` and
+        ``analysis == "meta_analysis"``, two per effect (random effects and ``"FE"``).
+
+    Returns
+    -------
+    DataFrame
+        The random-effects rows, in the table's order, with ``covariates`` blank-filled.
+    """
+    pooled = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")
+                     & (results["method"].astype(str) != _FIXED_METHOD)].copy()
+    pooled["covariates"] = pooled["covariates"].fillna("").astype(str)
+    return pooled.reset_index(drop=True)
+
+
+def _roles(study: Study, sites: Iterable[Site]) -> tuple[Site | None, list[Site]]:
+    cfg = study.section("replication")
+    sites = list(sites)
+    reps = [s for s in sites if s.role == cfg.get("replication_site_role", "replication")]
+    origs = [s for s in sites if s.role == cfg.get("original_site_role", "original")]
+    return (reps[0] if len(reps) == 1 else None), sorted(origs, key=lambda s: s.code)
+
+
+def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -> pd.DataFrame:
+    """One row per pooled effect: pooled estimate, replication estimate and verdicts.
+
+    Parameters
+    ----------
+    comparison : Comparison
+        Results (per site and pooled) and the replication table.
+    study : Study
+    sites : iterable of Site
+        Their roles name the replication site and the originals.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``family, x, y, covariates, anchor, label, scale, k, pooled, i2,
+        replication`` and one ``verdict_<original code>`` per original site. ``pooled`` is
+        the formatted random-effects estimate with its interval, ``replication`` the
+        replication site's estimate; verdicts are blank for effects outside
+        ``[replication] families`` (A2, A3 are pooled, not assessed).
+    """
+    rep_site, origs = _roles(study, sites)
+    pooled = pooled_effects(comparison.results)
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    rep_rows = {}
+    if rep_site is not None:
+        mine = per_site[(per_site["site"] == rep_site.code)
+                        & (per_site["method"].isin(_MAIN_METHOD.values()))]
+        rep_rows = dict(zip(_key(mine), mine["estimate"]))
+    verdicts: dict[tuple[str, str], str] = {}
+    replication = comparison.replication
+    if replication is not None and len(replication):
+        rk = (replication["effect"].astype(str) + "|" + replication["x"].astype(str) + "|"
+              + replication["y"].astype(str) + "|"
+              + replication["covariates"].fillna("").astype(str))
+        for k, o, v in zip(rk, replication["original_site"], replication["verdict"]):
+            verdicts[(k, o)] = str(v)
+    rows = []
+    for key, (_, r) in zip(_key(pooled), pooled.iterrows()):
+        analysis = _analysis_of(per_site, r)
+        lz = analysis not in _BOUNDED
+        row = {"family": r["family"], "x": r["x"], "y": r["y"], "covariates": r["covariates"],
+               "anchor": effect_anchor(r["family"], r["x"], r["y"], r["covariates"]),
+               "label": effect_label(study, r["x"], r["y"], r["covariates"]),
+               "scale": _SCALE.get(analysis, "estimate"),
+               "k": int(r["k"]) if pd.notna(r["k"]) else 0,
+               "pooled": f"{fmt(r['estimate'], leading_zero=lz)} "
+                         f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=lz)}",
+               "i2": fmt(r["i2"], 0) + ("%" if pd.notna(r["i2"]) else ""),
+               "replication": fmt(rep_rows.get(key), leading_zero=lz)}
+        for o in origs:
+            row[f"verdict_{o.code}"] = verdicts.get((key, o.code), "")
+        rows.append(row)
+    columns = ["family", "x", "y", "covariates", "anchor", "label", "scale", "k", "pooled", "i2",
+               "replication", *[f"verdict_{o.code}" for o in origs]]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _analysis_of(per_site: pd.DataFrame, pooled_row: pd.Series) -> str:
+    """The per-site analysis a pooled row pools (its family's kind decides)."""
+    m = per_site[(per_site["family"] == pooled_row["family"]) & (per_site["x"] == pooled_row["x"])
+                 & (per_site["y"] == pooled_row["y"])
+                 & per_site["method"].isin(_MAIN_METHOD.values())]
+    return str(m["analysis"].iloc[0]) if len(m) else ""
+
+
+def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> str:
+    """The verdict summary as Markdown (for the Prefect UI's markdown artifact).
+
+    Parameters
+    ----------
+    replication : DataFrame
+        ``vocabulary.REPLICATION_COLUMNS`` rows.
+    study : Study, optional
+        When given, effects are named by the plan's labels; otherwise by variable names.
+
+    Returns
+    -------
+    str
+        A count of verdicts per original site, then one table row per effect with the
+        verdict against each original site.
+
+    Examples
+    --------
+    >>> rep = pd.DataFrame({"effect": ["H2"], "x": ["a"], "y": ["b"], "covariates": [""],
+    ...                     "original_site": ["it"], "replication_site": ["us"],
+    ...                     "verdict": ["replicated"]})
+    >>> print(verdict_markdown(rep))  # doctest: +NORMALIZE_WHITESPACE
+    ## Replication verdicts (us against it)
+    <BLANKLINE>
+    - **us vs it**: 1 replicated
+    <BLANKLINE>
+    | Family | Effect | us vs it |
+    |---|---|---|
+    | H2 | a × b | replicated |
+    """
+    if replication is None or replication.empty:
+        return "## Replication verdicts\n\nNo replication assessment in this run.\n"
+    originals = list(dict.fromkeys(replication["original_site"].astype(str)))
+    rep = ", ".join(dict.fromkeys(replication["replication_site"].astype(str)))
+    lines = [f"## Replication verdicts ({rep} against {', '.join(originals)})", ""]
+    for o in originals:
+        counts = replication.loc[replication["original_site"] == o, "verdict"].value_counts()
+        text = ", ".join(f"{n} {v}" for v, n in counts.items())
+        lines.append(f"- **{rep} vs {o}**: {text}")
+    lines += ["", "| Family | Effect | " + " | ".join(f"{rep} vs {o}" for o in originals) + " |",
+              "|---|---|" + "---|" * len(originals)]
+    cov = replication["covariates"].fillna("").astype(str)
+    for (fam, x, y, c), grp in replication.groupby([replication["effect"], replication["x"],
+                                                    replication["y"], cov], sort=False):
+        name = (effect_label(study, x, y, c) if study is not None
+                else f"{x} \u00d7 {y}" + (f" | {c}" if c else ""))
+        verdicts = dict(zip(grp["original_site"].astype(str), grp["verdict"].astype(str)))
+        cells = " | ".join(verdicts.get(o, "") for o in originals)
+        lines.append(f"| {fam} | {name.replace('|', '/')} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# HTML pieces
+# ---------------------------------------------------------------------------
 
 @cache
 def _env() -> jinja2.Environment:
@@ -36,143 +331,509 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def fmt(x, digits: int = 2) -> str:
-    """APA-style number: fixed digits, leading zero kept, blank for missing."""
-    if x is None or (isinstance(x, float) and not np.isfinite(x)) or pd.isna(x):
-        return ""
-    return f"{x:.{digits}f}"
+def _html_table(frame: pd.DataFrame, first_left: int = 1, caption: str = "") -> Markup:
+    """An HTML table; cell text is escaped, the first ``first_left`` columns align left."""
+    esc = jinja2.utils.markupsafe.escape
+    head = "".join(f'<th{" class=l" if i < first_left else ""}>{esc(c)}</th>'
+                   for i, c in enumerate(frame.columns))
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = "".join(f'<td{" class=l" if i < first_left else ""}>'
+                        f'{esc("" if _missing_cell(v) else v)}</td>' for i, v in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return Markup(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
-def fmt_p(p) -> str:
-    """APA p value: three decimals, '< .001' below, no leading zero."""
-    if p is None or pd.isna(p):
-        return ""
-    return "< .001" if p < 0.001 else f"{p:.3f}".lstrip("0")
+def _missing_cell(v) -> bool:
+    return v is None or (not isinstance(v, str) and pd.isna(v))
 
 
-def _html_table(frame: pd.DataFrame) -> Markup:
-    """An HTML table of a frame; cell text is escaped, the table markup is trusted."""
-    return Markup(frame.to_html(index=False, escape=True, border=0, na_rep=""))
-
-
-def _flow_table(analyses: list[SiteAnalysis]) -> str:
+def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
+    """Participant flow, steps by sites, counts below 5 suppressed."""
     parts = [a.flow.to_frame() for a in analyses]
     if not parts:
-        return Markup("<p>No site has analysed data yet.</p>")
-    flow = pd.concat(parts)
-    wide = flow.pivot_table(index=["step", "reason", "label"], columns="site", values="n",
-                            aggfunc="sum", sort=False).reset_index()
-    wide = wide.drop(columns=["step", "reason"]).rename(columns={"label": "Step"})
-    for c in wide.columns[1:]:
-        wide[c] = wide[c].map(suppress_small)
-    return _html_table(wide)
-
-
-def _descriptives_table(analyses: list[SiteAnalysis], study: Study) -> str:
-    if not analyses:
-        return ""
-    rows = []
-    keep = ["age", *study.score_names()]
+        return pd.DataFrame(columns=["Step"])
+    flow = pd.concat(parts, ignore_index=True)
+    order = list(dict.fromkeys(zip(flow["step"], flow["reason"], flow["label"])))
+    out = pd.DataFrame({"Step": [lab for _, _, lab in order]})
     for a in analyses:
-        d = a.descriptives
-        if "variable" not in d.columns:
-            continue
-        numeric_rows = d["mean"].notna() if "mean" in d else True
-        d = d[d["variable"].isin(keep) & numeric_rows]
-        for _, r in d.iterrows():
-            rows.append({"site": a.site, "variable": r["variable"],
-                         "cell": f"{fmt(r.get('mean'))} ({fmt(r.get('sd'))}), n = {suppress_small(r.get('n'))}"})
-    if not rows:
-        return ""
-    wide = pd.DataFrame(rows).pivot(index="variable", columns="site", values="cell").reindex(keep).dropna(how="all")
-    return _html_table(wide.reset_index().rename(columns={"variable": "M (SD)"}))
-
-
-def _effect_id(row) -> tuple:
-    return (row["family"], row["x"], row["y"], row["covariates"] if pd.notna(row["covariates"]) else "")
-
-
-def _families(results: pd.DataFrame, study: Study, styles, originals) -> list[dict]:
-    pooled_all = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")]
-    per_site = results[results["site"] != POOLED]
-    out = []
-    main_method = {"correlation": "pearson", "partial_correlation": "pearson_partial",
-                   "t_test": "hedges_g", "chi_square": "odds_ratio"}
-    for fam in study.families:
-        fid = fam["id"]
-        rows = per_site[(per_site["family"] == fid)]
-        effects = []
-        main = rows[rows["method"].isin(main_method.values())]
-        for eid, grp in main.groupby([main["family"], main["x"], main["y"],
-                                      main["covariates"].fillna("")], sort=False):
-            pooled = pooled_all[(pooled_all["family"] == eid[0]) & (pooled_all["x"] == eid[1])
-                                & (pooled_all["y"] == eid[2])
-                                & (pooled_all["covariates"].fillna("") == eid[3])]
-            pooled_re = pooled[~pooled["method"].astype(str).str.startswith("FE")]
-            prow = pooled_re.iloc[0] if len(pooled_re) else None
-            method = grp["method"].iloc[0]
-            scale = {"hedges_g": "Hedges' g", "odds_ratio": "odds ratio"}.get(method, "r")
-            null = 1.0 if method == "odds_ratio" else 0.0
-            title = f"{eid[1]} with {eid[2]}" + (f" | {eid[3]}" if eid[3] else "")
-            svg = forest_svg(grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow, title,
-                             scale, styles, originals, null=null)
-            table = pd.DataFrame({
-                "site": grp["site"], "n": grp["n"].map(lambda v: "" if pd.isna(v) else int(v)),
-                scale: grp["estimate"].map(fmt),
-                "95% CI": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(grp["ci_low"], grp["ci_high"])],
-                "p": grp["p_value"].map(fmt_p), "p (Holm)": grp["p_adjusted"].map(fmt_p)})
-            pooled_txt = ""
-            if prow is not None:
-                pooled_txt = (f"Pooled (k = {int(prow['k'])}): {fmt(prow['estimate'])} "
-                              f"[{fmt(prow['ci_low'])}, {fmt(prow['ci_high'])}], "
-                              f"PI [{fmt(prow['pi_low'])}, {fmt(prow['pi_high'])}]; "
-                              f"τ² = {fmt(prow['tau2'], 3)}, I² = {fmt(prow['i2'], 1)}%, "
-                              f"Q = {fmt(prow['q'])}, p = {fmt_p(prow['q_p'])}")
-            effects.append({"title": title, "svg": svg, "table": _html_table(table),
-                            "pooled": pooled_txt})
-        table = ""
-        if not effects and len(rows):
-            show = rows[["site", "x", "y", "method", "n", "estimate", "ci_low", "ci_high", "p_value"]].copy()
-            for c in ("estimate", "ci_low", "ci_high"):
-                show[c] = show[c].map(fmt)
-            show["p_value"] = show["p_value"].map(fmt_p)
-            table = _html_table(show)
-        out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, "table": table})
+        mine = a.flow.to_frame()
+        counts = dict(zip(zip(mine["step"], mine["reason"], mine["label"]), mine["n"]))
+        out[a.site] = [fmt_n(counts.get(k)) for k in order]
     return out
 
 
-def _replication_rows(replication: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    if replication is None or replication.empty:
-        return [], []
-    originals = list(dict.fromkeys(replication["original_site"]))
-    rows = []
-    for (eff, x, y, cov), grp in replication.groupby(
-            ["effect", "x", "y", replication["covariates"].fillna("")], sort=False):
-        label = f"{eff}: {x} with {y}" + (f" | {cov}" if cov else "")
-        rows.append({"label": label, "verdicts": dict(zip(grp["original_site"], grp["verdict"]))})
-    return rows, originals
+def _level_count(d: pd.DataFrame, variable: str, level: str) -> tuple[float, float]:
+    hit = d[(d["variable"] == variable) & (d["level"].astype(str) == level)]
+    if not len(hit):
+        return np.nan, np.nan
+    return float(hit["count"].iloc[0]), float(hit["percent"].iloc[0])
+
+
+def _count_cell(count: float, percent: float) -> str:
+    """``n (%)``; below the small-cell limit the count shows as ``<5`` and the percent is hidden."""
+    if _missing(count):
+        return ""
+    if 0 < count < MIN_CELL:
+        return f"<{MIN_CELL}"
+    return f"{int(count)} ({fmt(percent, 1)}%)"
+
+
+def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFrame:
+    """Sample descriptives side by side: N, age, gender, share who cried, scores, alphas."""
+    if not analyses:
+        return pd.DataFrame(columns=["Characteristic"])
+    criers = str(study.section("analysis").get("criers", "cried_in_therapy"))
+    gender_levels = list(study.variables.get("gender", {}).get("levels", ()))
+    rows: list[tuple[str, dict[str, str]]] = []
+
+    def add(label: str, by_site: dict[str, str]) -> None:
+        rows.append((label, by_site))
+
+    add("Analysed, N", {a.site: fmt_n(a.flow.analysed) for a in analyses})
+    numeric = {a.site: a.descriptives[a.descriptives["mean"].notna()] for a in analyses}
+    cats = {a.site: a.descriptives[a.descriptives["count"].notna()] for a in analyses}
+
+    def m_sd(site: str, variable: str) -> str:
+        d = numeric[site]
+        hit = d[(d["variable"] == variable) & (d["subset"] == "all")]
+        if not len(hit):
+            hit = d[d["variable"] == variable]
+        if not len(hit):
+            return ""
+        r = hit.iloc[0]
+        return f"{fmt(r['mean'])} ({fmt(r['sd'])})"
+
+    add(f"{_label(study, 'age')}, M (SD)", {a.site: m_sd(a.site, "age") for a in analyses})
+    for level in gender_levels:
+        add(f"{_label(study, 'gender')}: {level}, n (%)",
+            {a.site: _count_cell(*_level_count(cats[a.site], "gender", level)) for a in analyses})
+    add(f"{_label(study, criers)}, n (%)",
+        {a.site: _count_cell(*_level_count(cats[a.site], criers, "true")) for a in analyses})
+    for score, spec in study.scores.items():
+        if spec.get("kind") == "not_equal":
+            continue
+        add(f"{spec.get('label', score)}, M (SD)", {a.site: m_sd(a.site, score) for a in analyses})
+    for score in study.section("reliability").get("scores", ()):
+        cells = {}
+        for a in analyses:
+            r = a.results[(a.results["analysis"] == "reliability") & (a.results["x"] == score)]
+            if len(r):
+                r = r.iloc[0]
+                cells[a.site] = (f"{fmt(r['estimate'], leading_zero=False)} "
+                                 f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=False)}")
+        add(f"Cronbach's \u03b1 [95% CI], {_label(study, score)}", cells)
+    out = pd.DataFrame({"Characteristic": [lab for lab, _ in rows]})
+    for a in analyses:
+        out[a.site] = [cells.get(a.site, "") for _, cells in rows]
+    return out
+
+
+def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd.DataFrame:
+    """Per-site rows of one effect, formatted for the table beside its forest plot."""
+    lz = analysis not in _BOUNDED
+    scale = _SCALE.get(analysis, "estimate")
+    out = pd.DataFrame({
+        "Site": rows["site"].astype(str).to_numpy(),
+        "n": [fmt_n(v) for v in rows["n"]],
+        scale: [fmt(v, leading_zero=lz) for v in rows["estimate"]],
+        "95% CI": [fmt_ci(a, b, leading_zero=lz) for a, b in zip(rows["ci_low"], rows["ci_high"])],
+        "p": [fmt_p(v) for v in rows["p_value"]],
+    })
+    if analysis in ("correlation", "partial_correlation"):
+        out["p (Holm)"] = [fmt_p(v) for v in rows["p_adjusted"]]
+    if analysis == "correlation" and len(spearman):
+        rho = dict(zip(spearman["site"].astype(str), spearman["estimate"]))
+        out["Spearman \u03c1"] = [fmt(rho.get(s), leading_zero=False) for s in out["Site"]]
+    if analysis == "t_test":
+        out.insert(2, "t", [fmt(v) for v in rows["statistic"]])
+        out.insert(3, "df", [fmt(v, 1) for v in rows["df"]])
+    if analysis == "chi_square":
+        out.insert(2, "\u03c7\u00b2(1)", [fmt(v) for v in rows["statistic"]])
+    return out
+
+
+def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.DataFrame,
+                  analysis: str, back) -> list[str]:
+    """Heterogeneity and IPD sentences for one effect."""
+    lz = analysis not in _BOUNDED
+    lines = []
+    if detail is not None:
+        est = back(detail["estimate"])
+        lines.append(
+            f"Random effects ({detail['method']}, {detail['test']}; k = {int(detail['k'])}): "
+            f"{fmt(est, leading_zero=lz)} {fmt_ci(back(detail['ci_low']), back(detail['ci_high']), leading_zero=lz)}, "
+            f"p = {fmt_p(detail['p_value'])}; 95% PI "
+            f"{fmt_ci(back(detail['pi_low']), back(detail['pi_high']), leading_zero=lz) or 'not given (k < 3)'}.")
+        lines.append(
+            f"Heterogeneity: \u03c4\u00b2 = {fmt(detail['tau2'], 3)} "
+            f"{fmt_ci(detail['tau2_ci_low'], detail['tau2_ci_high'], 3)}, \u03c4 = {fmt(detail['tau'], 3)}, "
+            f"I\u00b2 = {fmt(detail['i2'], 1)}%, H\u00b2 = {fmt(detail['h2'])}, "
+            f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, p = {fmt_p(detail['q_p'])}.")
+        if isinstance(detail.get("note"), str) and detail["note"]:
+            lines.append(f"Note: {detail['note']}")
+    if fixed is not None:
+        lines.append(f"Fixed effect: {fmt(fixed['estimate'], leading_zero=lz)} "
+                     f"{fmt_ci(fixed['ci_low'], fixed['ci_high'], leading_zero=lz)}.")
+    for _, r in ipd.iterrows():
+        if r["analysis"] == "ipd_interaction":
+            m = re.search(r"df2=(\d+)", str(r["method"]))
+            df2 = m.group(1) if m else "?"
+            lines.append(f"IPD x-by-site interaction: F({fmt(r['df'], 0)}, {df2}) = "
+                         f"{fmt(r['statistic'])}, p = {fmt_p(r['p_value'])}.")
+        elif r["analysis"] == "mixed_model":
+            problems = re.search(r"\[(.*)\]", str(r["method"]))
+            lines.append(f"Mixed model pooled slope: {fmt(r['estimate'])} "
+                         f"{fmt_ci(r['ci_low'], r['ci_high'])}, p = {fmt_p(r['p_value'])}"
+                         + (f" ({problems.group(1)})." if problems else "."))
+    return lines
+
+
+def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
+    if rep is None or not len(rep):
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "Original": [f"{o} ({countries.get(o, o)})" for o in rep["original_site"]],
+        "r original (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
+                           for r, n in zip(rep["r_original"], rep["n_original"])],
+        "r replication (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
+                              for r, n in zip(rep["r_replication"], rep["n_replication"])],
+        "95% PI": [fmt_ci(a, b, leading_zero=False) for a, b in zip(rep["pi_low"], rep["pi_high"])],
+        "In PI": ["yes" if v else "no" for v in rep["in_pi"]],
+        "Same direction": ["yes" if v else "no" for v in rep["same_direction"]],
+        "p difference": [fmt_p(v) for v in rep["p_difference"]],
+        "r33": [fmt(v, leading_zero=False) for v in rep["r33"]],
+        "p small telescope": [fmt_p(v) for v in rep["p_small_telescope"]],
+        "p sceptical": [fmt_p(v) for v in rep["p_sceptical"]],
+        "Verdict": rep["verdict"].astype(str).to_numpy(),
+    })
+
+
+def _families(comparison: Comparison, study: Study, sites: list[Site],
+              styles: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every family with its effects: forest plot, per-site table, heterogeneity, replication."""
+    from lacrima.pooling import pool_details
+
+    results = comparison.results
+    per_site = results[results["site"] != POOLED].copy()
+    per_site["covariates"] = per_site["covariates"].fillna("").astype(str)
+    per_site["base"] = per_site["method"].map(_base)
+    pooled = results[results["site"] == POOLED].copy()
+    pooled["covariates"] = pooled["covariates"].fillna("").astype(str)
+    details = pool_details(per_site.drop(columns=["base"]), study)
+    if len(details):
+        details["covariates"] = details["covariates"].fillna("").astype(str)
+    details_by_key = {(r["family"], r["x"], r["y"], r["covariates"], r["model"]): r
+                      for _, r in details.iterrows()}
+    backs = {"fisher_z": np.tanh, "identity": lambda v: v, "log": np.exp}
+    originals = {s.code for s in sites if s.role == study.section("replication").get(
+        "original_site_role", "original")}
+    countries = {s.code: s.country for s in sites}
+    replication = comparison.replication
+    if replication is not None and len(replication):
+        replication = replication.copy()
+        replication["covariates"] = replication["covariates"].fillna("").astype(str)
+    out = []
+    for fam in study.families:
+        fid = fam["id"]
+        rows = per_site[per_site["family"] == fid]
+        effects = []
+        main = rows[rows["base"].isin(_MAIN_METHOD.values())]
+        for (x, y, cov), grp in main.groupby(["x", "y", "covariates"], sort=False):
+            analysis = str(grp["analysis"].iloc[0])
+            sel = (pooled["family"] == fid) & (pooled["x"] == x) & (pooled["y"] == y) & \
+                (pooled["covariates"] == cov)
+            meta = pooled[sel & (pooled["analysis"] == "meta_analysis")]
+            re_row = meta[meta["method"].astype(str) != _FIXED_METHOD]
+            fe_row = meta[meta["method"].astype(str) == _FIXED_METHOD]
+            prow = re_row.iloc[0] if len(re_row) else None
+            detail = details_by_key.get((fid, x, y, cov, "random"))
+            scale = detail["scale"] if detail is not None else "identity"
+            title = effect_label(study, x, y, cov)
+            anchor = effect_anchor(fid, x, y, cov)
+            svg = forest_svg(grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
+                             title if len(title) < 90 else title[:87] + "...",
+                             _SCALE.get(analysis, "estimate"), styles, originals,
+                             null=1.0 if analysis == "chi_square" else 0.0,
+                             log_scale=analysis == "chi_square", salt=anchor)
+            spearman = rows[(rows["analysis"] == "spearman") & (rows["x"] == x) & (rows["y"] == y)]
+            ipd = pooled[sel & pooled["analysis"].isin(["ipd_interaction", "mixed_model"])]
+            lines = _pooled_lines(detail if prow is not None else None,
+                                  fe_row.iloc[0] if len(fe_row) else None, ipd, analysis,
+                                  backs.get(scale, lambda v: v))
+            rep = pd.DataFrame()
+            if replication is not None and len(replication):
+                rep = replication[(replication["effect"] == fid) & (replication["x"] == x)
+                                  & (replication["y"] == y) & (replication["covariates"] == cov)]
+            rep_frame = _replication_frame(rep, countries)
+            effects.append({
+                "anchor": anchor, "title": title, "svg": Markup(svg),
+                "family": fid, "x": x, "y": y, "covariates": cov,
+                "pooled": prow is not None,
+                "table": _html_table(_site_table(grp, analysis, spearman)),
+                "lines": lines,
+                "replication": _html_table(rep_frame) if len(rep_frame) else "",
+            })
+        extra = _family_extra(fam, rows, study, styles, originals)
+        out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
+    return out
+
+
+def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
+                  styles: dict[str, tuple[str, str]], originals: set[str]) -> dict[str, Any]:
+    """Unpooled results of a family: robustness tests, regression coefficients."""
+    kind = fam.get("kind")
+    plots, tables = [], []
+    if kind == "regression":
+        coef = rows[rows["base"] == "ols_hc3"]
+        std = rows[rows["base"] == "ols_hc3_standardized"]
+        for term, grp in std.groupby("x", sort=False):
+            anchor = effect_anchor(fam["id"], str(term), str(fam.get("y", "")), "beta")
+            plots.append(Markup(forest_svg(
+                grp[["site", "estimate", "ci_low", "ci_high", "n"]], None,
+                f"{_label(study, str(term))}: standardised coefficient",
+                "standardised \u03b2", styles, originals, salt=anchor)))
+        if len(coef):
+            table = coef[["site", "x", "n", "estimate", "ci_low", "ci_high", "statistic", "p_value"]]
+            beta = dict(zip(zip(std["site"], std["x"]), std["estimate"]))
+            r2 = dict(zip(rows.loc[rows["base"] == "ols_r2", "site"],
+                          rows.loc[rows["base"] == "ols_r2", "estimate"]))
+            tables.append(_html_table(pd.DataFrame({
+                "Site": table["site"].to_numpy(), "Term": [_label(study, t) for t in table["x"]],
+                "n": [fmt_n(v) for v in table["n"]], "B": [fmt(v) for v in table["estimate"]],
+                "95% CI": [fmt_ci(a, b) for a, b in zip(table["ci_low"], table["ci_high"])],
+                "t (HC3)": [fmt(v) for v in table["statistic"]],
+                "p": [fmt_p(v) for v in table["p_value"]],
+                "\u03b2": [fmt(beta.get((s, t))) for s, t in zip(table["site"], table["x"])],
+                "R\u00b2 of the model": [fmt(r2.get(s), leading_zero=False) for s in table["site"]],
+            }), first_left=2))
+    robust = rows[rows["analysis"].isin(["mann_whitney", "fisher_exact"])
+                  | rows["base"].isin(["welch", "pearson_chi2"])]
+    if len(robust):
+        tables.append(_html_table(pd.DataFrame({
+            "Site": robust["site"].to_numpy(), "Test": robust["method"].astype(str).to_numpy(),
+            "n": [fmt_n(v) for v in robust["n"]], "Estimate": [fmt(v) for v in robust["estimate"]],
+            "95% CI": [fmt_ci(a, b) for a, b in zip(robust["ci_low"], robust["ci_high"])],
+            "Statistic": [fmt(v) for v in robust["statistic"]],
+            "df": [fmt(v, 1) for v in robust["df"]], "p": [fmt_p(v) for v in robust["p_value"]],
+        }), first_left=2, caption="Tests beside the pooled effect (per site, not pooled)"))
+    return {"plots": plots, "tables": tables}
+
+
+def _provenance_tables(prov: Mapping[str, Any]) -> dict[str, Markup]:
+    general = pd.DataFrame({"Item": ["Run id", "Created (UTC)", "Git commit", "Plan file",
+                                     "Plan SHA-256", "Python", "Comparison key"],
+                            "Value": [prov.get("run_id", ""), prov.get("created_at", ""),
+                                      prov.get("git_commit", "") or "(not a git checkout)",
+                                      prov.get("plan", {}).get("path", ""),
+                                      prov.get("plan", {}).get("sha256", ""),
+                                      prov.get("python", ""), prov.get("comparison_key", "")]})
+    site_rows = []
+    for code, s in prov.get("sites", {}).items():
+        inp = prov.get("inputs", {}).get(code, {})
+        site_rows.append({"Site": code, "Role": s.get("role", ""),
+                          "site.toml SHA-256": s.get("site_sha256", ""),
+                          "Codebook SHA-256": s.get("codebook_sha256", ""),
+                          "Input batches (SHA-256)": " ".join(inp.get("batches", [])),
+                          "Analysis reused": "yes" if inp.get("reused") else "no"})
+    packages = pd.DataFrame({"Package": list(prov.get("packages", {})),
+                             "Version": [v or "not installed"
+                                         for v in prov.get("packages", {}).values()]})
+    return {"general": _html_table(general), "sites": _html_table(pd.DataFrame(site_rows)),
+            "packages": _html_table(packages)}
+
+
+def _verdict_rules(study: Study) -> list[str]:
+    out = []
+    for rule in study.section("replication").get("verdicts", ()):
+        if "all" in rule:
+            cond = " and ".join(c.replace("_", " ") for c in rule["all"])
+        else:
+            cond = " or ".join(c.replace("_", " ") for c in rule.get("any", ()))
+        out.append(f"\u201c{rule['verdict']}\u201d when {cond}")
+    return out
+
+
+def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any],
+            files: Iterable[str]) -> dict[str, Any]:
+    files = set(files)
+    return {"title": str(study.raw["study"]["name"]), "run_id": run_id,
+            "created_at": prov.get("created_at", ""), "min_cell": MIN_CELL,
+            "site_pages": [(s.code, s.country, f"site-{s.code}.html") for s in sites
+                           if f"site-{s.code}.html" in files],
+            "downloads": sorted(f for f in files if not f.endswith(".html"))}
 
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
-                  sites: list[Site], prov: dict) -> str:
-    """The self-contained comparison report (inline CSS and SVG, no network)."""
-    codes = [a.site for a in analyses]
+                  sites: list[Site], prov: dict, files: Iterable[str] | None = None) -> str:
+    """The self-contained comparison report (inline CSS and SVG, no network).
+
+    Parameters
+    ----------
+    run_id : str
+    analyses : list of SiteAnalysis
+    comparison : Comparison
+    study : Study
+    sites : list of Site
+        Every site of the study (their order fixes each site's colour).
+    prov : dict
+        ``pipeline.provenance`` of the run.
+    files : iterable of str, optional
+        Run-relative names of the files written with the report; only these are linked.
+        Default: the site pages of the analysed sites.
+
+    Returns
+    -------
+    str
+        The HTML document. Sections, in order: ``summary``, ``flow``, ``descriptives``,
+        ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
+
+    Notes
+    -----
+    Numbers follow APA style (7th ed.): two decimals, no leading zero for r, alpha and p,
+    p below .001 as ``< .001``. Counts from 1 to 4 are shown as ``<5`` (protocol section 8).
+    """
+    present = {a.site for a in analyses}
+    if files is None:
+        files = [f"site-{c}.html" for c in present]
     styles = site_style([s.code for s in sites])
-    originals = {s.code for s in sites if s.role == "original"}
-    rep_rows, rep_originals = _replication_rows(comparison.replication)
-    sections = [("summary", "Verdicts"), ("flow", "Flow"), ("descriptives", "Descriptives"),
-                ("families", "Analyses"), ("methods", "Methods"), ("provenance", "Provenance")]
+    rep_site, origs = _roles(study, [s for s in sites if s.code in present])
+    verdicts = verdict_table(comparison, study, [s for s in sites if s.code in present])
+    sections = [("summary", "Verdicts"), ("flow", "Participant flow"),
+                ("descriptives", "Descriptives"), ("families", "Analyses"),
+                ("methods", "Methods"), ("provenance", "Provenance")]
+    ctx = _common(study, sites, run_id, prov, files)
     return _env().get_template("report.html.j2").render(
-        title=study.raw["study"]["name"], run_id=run_id, created_at=prov.get("created_at", ""),
-        site_codes=codes, sections=sections, replication_rows=rep_rows, originals=rep_originals,
-        flow_table=_flow_table(analyses), descriptives_table=_descriptives_table(analyses, study),
-        families=_families(comparison.results, study, styles, originals),
-        provenance=json.dumps(prov, indent=2))
+        **ctx, sections=sections,
+        site_codes=[a.site for a in analyses],
+        site_legend=[(s.code, s.country, s.role, styles[s.code][0]) for s in sites
+                     if s.code in present],
+        replication_site=rep_site, originals=origs, verdicts=verdicts.to_dict("records"),
+        flow_table=_html_table(flow_frame(analyses)),
+        descriptives_table=_html_table(descriptives_frame(analyses, study)),
+        families=_families(comparison, study, [s for s in sites if s.code in present], styles),
+        verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
+        pooling_cfg=study.section("pooling"), k_sites=len(analyses),
+        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK)
+
+
+def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
+    d = a.descriptives
+    num = d[d["mean"].notna() | (d["count"].isna() & d["n"].notna())]
+    numeric = pd.DataFrame({
+        "Variable": [_label(study, v) for v in num["variable"]],
+        "Subset": num["subset"].astype(str).to_numpy(),
+        "n": [fmt_n(v) for v in num["n"]], "M": [fmt(v) for v in num["mean"]],
+        "SD": [fmt(v) for v in num["sd"]], "Min": [fmt(v) for v in num["min"]],
+        "Max": [fmt(v) for v in num["max"]], "% missing": [fmt(v, 1) for v in num["pct_missing"]],
+    })
+    cat = d[d["count"].notna()]
+    categorical = pd.DataFrame({
+        "Variable": [_label(study, v) for v in cat["variable"]],
+        "Level": cat["level"].astype(str).to_numpy(),
+        "n (%)": [_count_cell(c, p) for c, p in zip(cat["count"], cat["percent"])],
+    })
+    return _html_table(numeric, first_left=2), _html_table(categorical, first_left=2)
+
+
+def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
+    out = []
+    res = a.results.copy()
+    res["covariates"] = res["covariates"].fillna("").astype(str)
+    for fam_id in [f["id"] for f in study.families] + ["reliability"]:
+        rows = res[res["family"] == fam_id]
+        if not len(rows):
+            continue
+        label = (study.family(fam_id).get("label", fam_id) if fam_id != "reliability"
+                 else "Reliability (Cronbach's \u03b1, Feldt interval)")
+        table = pd.DataFrame({
+            "Analysis": rows["analysis"].astype(str).to_numpy(),
+            "x": [_label(study, v) for v in rows["x"].astype(str)],
+            "y": [_label(study, v) if v else "" for v in rows["y"].fillna("").astype(str)],
+            "Controlling for": [_cov_label(study, c) for c in rows["covariates"]],
+            "Method": rows["method"].astype(str).to_numpy(),
+            "n": [fmt_n(v) for v in rows["n"]],
+            "Estimate": [fmt(v, leading_zero=an not in _BOUNDED and an != "reliability")
+                         for v, an in zip(rows["estimate"], rows["analysis"])],
+            "95% CI": [fmt_ci(lo, hi, leading_zero=an not in _BOUNDED and an != "reliability")
+                       for lo, hi, an in zip(rows["ci_low"], rows["ci_high"], rows["analysis"])],
+            "Statistic": [fmt(v) for v in rows["statistic"]],
+            "df": [fmt(v, 1) for v in rows["df"]],
+            "p": [fmt_p(v) for v in rows["p_value"]],
+            "p (Holm)": [fmt_p(v) for v in rows["p_adjusted"]],
+        })
+        out.append({"id": fam_id, "label": label, "table": _html_table(table, first_left=5)})
+    return out
+
+
+def render_site_page(analysis: SiteAnalysis, site: Site, study: Study, run_id: str, prov: dict,
+                     files: Iterable[str]) -> str:
+    """One site's page: its flow, full descriptives and every analysis, all per site.
+
+    Parameters
+    ----------
+    analysis : SiteAnalysis
+    site : Site
+    study : Study
+    run_id : str
+    prov : dict
+    files : iterable of str
+        Run-relative names of the run's files; the page links only to these.
+
+    Returns
+    -------
+    str
+        HTML document with sections ``flow``, ``descriptives``, ``analyses``; it links back
+        to ``report.html`` and to the site's own exports when they were written.
+    """
+    numeric, categorical = _site_descriptives(analysis, study)
+    ctx = _common(study, [site], run_id, prov, files)
+    own = [f for f in ctx["downloads"] if f.startswith(f"data/{site.code}.")]
+    return _env().get_template("site.html.j2").render(
+        **ctx, site=site, flow_table=_html_table(flow_frame([analysis])),
+        numeric_table=numeric, categorical_table=categorical,
+        families=_site_analyses(analysis, study), own_downloads=own)
+
+
+# ---------------------------------------------------------------------------
+# Writing a run
+# ---------------------------------------------------------------------------
+
+def manifest(run_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
+    """The run's file list: name, size and SHA-256 of every file, sorted by name."""
+    return {"run_id": run_id,
+            "files": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                      for n, b in sorted(files.items())]}
 
 
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                   comparison: Comparison, study: Study, sites: list[Site], prov: dict) -> RunOutputs:
-    """Write every output of a run under ``reports/<run_id>/`` and copy it to ``reports/latest/``."""
+    """Write every output of a run under ``reports/<run_id>/`` and copy it to ``reports/latest/``.
+
+    Parameters
+    ----------
+    storage : Storage
+    run_id : str
+    analyses : list of SiteAnalysis
+    comparison : Comparison
+    study : Study
+    sites : list of Site
+    prov : dict
+
+    Returns
+    -------
+    RunOutputs
+        ``files`` lists the run-relative names written, as ``manifest.json`` does.
+
+    Notes
+    -----
+    Run folders are written create-if-absent (a run never overwrites another's files);
+    ``latest/`` is overwritten file by file, ``manifest.json`` last so that a reader who
+    sees the new manifest sees every file it lists.
+    """
+    from lacrima.exports import spss_bytes, stacked_parquet_bytes
+
     results = comparison.results.copy()
     results["run_id"] = run_id
     results = results.reindex(columns=list(RESULTS_COLUMNS))
@@ -184,15 +845,30 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
         "participant_flow.csv": to_csv_bytes(flow),
         "descriptives.csv": to_csv_bytes(descr),
         "provenance.json": json.dumps(prov, indent=2, default=str).encode(),
-        "report.html": render_report(run_id, analyses, comparison, study, sites, prov).encode(),
+        "analysis_ready.parquet": stacked_parquet_bytes(analyses, study),
     }
+    by_code = {s.code: s for s in sites}
     for a in analyses:
         files[f"data/{a.site}.csv"] = to_csv_bytes(a.data)
+        if a.site in by_code:
+            files[f"data/{a.site}.sav"] = spss_bytes(a.data, study, by_code[a.site])
+    pages = {a.site: f"site-{a.site}.html" for a in analyses if a.site in by_code}
+    names = [*files, *pages.values(), REPORT, MANIFEST]
+    for code, page in pages.items():
+        analysis = next(a for a in analyses if a.site == code)
+        files[page] = render_site_page(analysis, by_code[code], study, run_id, prov,
+                                       names).encode()
+    files[REPORT] = render_report(run_id, analyses, comparison, study, sites, prov,
+                                  names).encode()
+    files[MANIFEST] = json.dumps(manifest(run_id, files), indent=2).encode()
     for name, data in files.items():
         storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
     for name, data in files.items():
-        storage.write_bytes(f"reports/latest/{name}", data)
-    key = f"reports/{run_id}/report.html"
+        if name != MANIFEST:
+            storage.write_bytes(f"reports/latest/{name}", data)
+    storage.write_bytes(f"reports/latest/{MANIFEST}", files[MANIFEST])
+    key = f"reports/{run_id}/{REPORT}"
     local = storage.local_path(key)
     return RunOutputs(run_id, f"reports/{run_id}", key,
-                      str(local) if local else f"{storage.location}/{key}")
+                      str(local) if local else f"{storage.location}/{key}",
+                      files=tuple(sorted(files)), site_pages=pages)

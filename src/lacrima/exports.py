@@ -1,0 +1,213 @@
+"""Exports for analysts who continue in other tools: SPSS ``.sav`` per site, stacked Parquet.
+
+The analysis-ready data (``SiteAnalysis.data``: pseudonymised IDs, canonical variables,
+scores) is written as it is used, with labels: variable labels from the plan
+(``sites/study.toml`` [variables] and [scores] ``label``), value labels from the site's
+codebook scales (the answer text that site's participants saw) and, for categories
+without a codebook scale, the plan's levels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from lacrima.study import Site, Study
+
+# SPSS has no boolean type: true/false are stored as 1/0 with value labels.
+BOOL_CODES = {True: 1, False: 0}
+_SPSS_NAME_MAX = 64
+_SPSS_LABEL_MAX = 255
+
+
+class ExportError(ValueError):
+    """Data that cannot be written in the requested format (a name SPSS cannot hold ...)."""
+
+
+def _label(study: Study, name: str) -> str:
+    if name in study.variables:
+        return str(study.variables[name].get("label", name))
+    if name in study.scores:
+        return str(study.scores[name].get("label", name))
+    if name == "site":
+        return "Site code"
+    return name
+
+
+def _bool_label(scale, value: bool) -> str:
+    """The codebook's answer text for true/false, when exactly one answer means it.
+
+    A scale where several answers share a value (an attention item: one right answer,
+    four wrong ones) has no single text for it; the plain word is used instead.
+    """
+    if scale is not None:
+        hits = [lab for v, lab in zip(scale.values, scale.labels)
+                if isinstance(v, bool) and v is value]
+        if len(hits) == 1:
+            return hits[0]
+    return str(value).lower()
+
+
+def category_codes(study: Study, variable: str) -> dict[str, int]:
+    """Numeric SPSS codes of a category variable: 1, 2, ... in the plan's level order."""
+    levels = study.variables[variable].get("levels", ())
+    return {str(level): i for i, level in enumerate(levels, start=1)}
+
+
+def spss_frame(data: pd.DataFrame, study: Study, site: Site) -> tuple[pd.DataFrame, dict, dict]:
+    """The data frame, variable labels and value labels to write as SPSS.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A site's analysis-ready data (not modified).
+    study : Study
+    site : Site
+        Its codebook gives the value labels (native answer text).
+
+    Returns
+    -------
+    frame : DataFrame
+        Numeric columns as float64 (missing as NaN, SPSS system-missing), booleans as 1/0,
+        plan categories as codes 1..k (:func:`category_codes`), dates as datetime64, other
+        text as str.
+    column_labels : dict
+        ``column -> label`` (plan labels, at most 255 characters).
+    value_labels : dict
+        ``column -> {code: label}``.
+
+    Raises
+    ------
+    ExportError
+        When a column name is longer than SPSS allows (64 bytes).
+    """
+    from lacrima.codebook import load_codebook
+
+    codebook = load_codebook(site)
+    out: dict[str, Any] = {}
+    value_labels: dict[str, dict[float, str]] = {}
+    for col in data.columns:
+        if len(col.encode()) > _SPSS_NAME_MAX:
+            raise ExportError(f"column {col!r} is longer than SPSS's {_SPSS_NAME_MAX}-byte "
+                              "variable name limit")
+        s = data[col]
+        meta = study.variables.get(col, {})
+        scale = codebook.scale_of(col) if col in study.variables else None
+        if pd.api.types.is_bool_dtype(s) or meta.get("type") == "bool":
+            out[col] = s.astype("boolean").map(BOOL_CODES, na_action="ignore").astype("float64")
+            value_labels[col] = {float(code): _bool_label(scale, value)
+                                 for value, code in BOOL_CODES.items()}
+        elif meta.get("type") == "category":
+            codes = category_codes(study, col)
+            out[col] = s.astype(object).map(lambda v: codes.get(str(v), np.nan)
+                                            if pd.notna(v) else np.nan).astype("float64")
+            value_labels[col] = {float(c): (scale.label_of(level) if scale is not None
+                                            and scale.has_value(level) else level)
+                                 for level, c in codes.items()}
+        elif pd.api.types.is_datetime64_any_dtype(s):
+            out[col] = pd.to_datetime(s).astype("datetime64[ns]")
+        elif pd.api.types.is_numeric_dtype(s):
+            out[col] = pd.to_numeric(s, errors="coerce").astype("float64")
+            if scale is not None:
+                labels = {}
+                for value, label in zip(scale.values, scale.labels):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        labels.setdefault(float(value), label)
+                if labels:
+                    value_labels[col] = labels
+        else:
+            out[col] = s.astype(object).where(s.notna(), "").astype(str).to_numpy(dtype=object)
+    frame = pd.DataFrame(out, index=data.index).reset_index(drop=True)
+    column_labels = {c: _label(study, c)[:_SPSS_LABEL_MAX] for c in frame.columns}
+    return frame, column_labels, value_labels
+
+
+def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
+    """A site's analysis-ready data as an SPSS ``.sav`` file, with variable and value labels.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Analysis-ready data of ``site`` (pseudonymised IDs only).
+    study : Study
+    site : Site
+
+    Returns
+    -------
+    bytes
+        The ``.sav`` file (pyreadstat / ReadStat writer, uncompressed bytecode).
+
+    Notes
+    -----
+    Missing values are SPSS system-missing; no user-missing codes are declared, because
+    the curated data no longer carries the sites' native missing codes.
+    """
+    import pyreadstat
+
+    frame, column_labels, value_labels = spss_frame(data, study, site)
+    # pyreadstat writes to a path only; the temporary file lives only inside this call.
+    fd, tmp = tempfile.mkstemp(suffix=".sav", prefix="lacrima-")
+    os.close(fd)
+    try:
+        pyreadstat.write_sav(frame, tmp, column_labels=column_labels,
+                             variable_value_labels=value_labels,
+                             file_label=f"{study.raw['study']['name']} - site {site.code}"[:64])
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+def stacked_frame(analyses: Iterable[Any]) -> pd.DataFrame:
+    """Every site's analysis-ready data stacked, with the union of columns."""
+    parts = [a.data for a in analyses]
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True)
+
+
+def stacked_parquet_bytes(analyses: Iterable[Any], study: Study) -> bytes:
+    """The stacked analysis-ready data as Parquet, with the plan's labels in its metadata.
+
+    Parameters
+    ----------
+    analyses : iterable of SiteAnalysis
+    study : Study
+
+    Returns
+    -------
+    bytes
+        A Parquet file (pyarrow). Column types are kept (nullable integers, booleans,
+        strings, dates); the schema metadata key ``lacrima.labels`` holds a JSON object
+        ``column -> label`` and ``lacrima.plan_sha256`` the plan's hash.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = stacked_frame(analyses)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    labels = {c: _label(study, c) for c in frame.columns}
+    meta = dict(table.schema.metadata or {})
+    meta[b"lacrima.labels"] = json.dumps(labels).encode()
+    meta[b"lacrima.plan_sha256"] = study.sha256.encode()
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def read_labels(parquet: bytes) -> Mapping[str, str]:
+    """The ``column -> label`` map stored by :func:`stacked_parquet_bytes`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(io.BytesIO(parquet)).metadata or {}
+    return json.loads(meta.get(b"lacrima.labels", b"{}"))
