@@ -26,13 +26,15 @@ def render_html(report: ValidationReport) -> str:
 def rich_table(report: ValidationReport):
     """The findings as a rich Table for the terminal."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{report.file_name} ({report.site}): "
                         f"{'valid' if report.valid else 'INVALID'}, {report.n_rows} rows",
                   show_lines=True)
     for col in ("severity", "check", "columns", "rows", "expected", "found", "message"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("severity", "check"))
     for f in report.findings:
-        table.add_row(f.severity, f.check, ", ".join(f.columns), format_rows(f.rows),
-                      f.expected, f.found, f.message)
+        # Text(), not str: cell text from a drop is never read as rich markup
+        table.add_row(*(Text(v) for v in (f.severity, f.check, ", ".join(f.columns),
+                                          format_rows(f.rows), f.expected, f.found, f.message)))
     return table
