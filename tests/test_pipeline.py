@@ -117,3 +117,32 @@ def test_flow_runs_end_to_end_under_prefect(prefect_harness, tmp_path, sites, de
     assert summary["report"].endswith("reports/r1/report.html")
     again = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r2")
     assert again["skipped_duplicates"] == 3 and again["accepted"] == 0
+
+
+def test_pooled_rows_and_replication_cover_every_effect_of_the_plan(completed_run, study):
+    """Every planned effect is pooled, and assessed against each original site."""
+    storage, *_ = completed_run
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    rep = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/replication.csv")),
+                      keep_default_na=False)
+    pooled = res[res.site == "pooled"]
+    for fam_id in study.section("pooling")["families"]:
+        fam = study.family(fam_id)
+        if fam["kind"] == "correlation":
+            expected = {(x, y, "") for x in fam["x"] for y in fam["y"]}
+        elif fam["kind"] == "partial_correlation":
+            expected = {(x, y, "+".join(c)) for x in fam["x"] for y in fam["y"]
+                        for c in fam["covariate_sets"]}
+        else:
+            expected = None
+        got = {tuple(r) for r in pooled[pooled.family == fam_id][["x", "y", "covariates"]].values}
+        if expected is None:
+            assert got, fam_id
+            continue
+        assert got == expected, fam_id
+        if fam_id in study.section("replication")["families"]:
+            for original in ("it", "il"):
+                sub = rep[(rep.effect == fam_id) & (rep.original_site == original)]
+                assert {tuple(r) for r in sub[["x", "y", "covariates"]].values} == expected
+                assert sub["verdict"].isin(["replicated", "inconclusive", "not replicated"]).all()
