@@ -56,12 +56,26 @@ class Fault:
     after: bool = False             # forward first, then answer the fault: a lost answer
 
 
+@dataclass
+class Request:
+    """One request as the proxy saw it (headers lower-cased)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        """The object key of a path-style request, without bucket and query."""
+        return self.path.split("?", 1)[0].lstrip("/").partition("/")[2]
+
+
 class FaultProxy:
     """A loopback HTTP proxy in front of an S3 endpoint that injects S3 error answers.
 
     ``inject(*faults)`` queues faults; each matching incoming request takes the next one and is
-    answered with it instead of being forwarded. ``served`` counts faults sent, ``forwarded``
-    the requests that reached the endpoint.
+    answered with it instead of being forwarded. ``served`` lists the faults sent, ``forwarded``
+    counts the requests that reached the endpoint, ``requests`` records every request.
     """
 
     def __init__(self, upstream: str):
@@ -69,6 +83,7 @@ class FaultProxy:
         self.upstream = (host, int(port))
         self.faults: list[Fault] = []
         self.served: list[tuple[str, str, int]] = []
+        self.requests: list[Request] = []
         self.forwarded = 0
         self._lock = threading.Lock()
         proxy = self
@@ -95,6 +110,9 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
+                with proxy._lock:
+                    proxy.requests.append(Request(self.command, self.path, {
+                        k.lower(): v for k, v in self.headers.items()}))
                 fault = proxy._take(self.command)
                 if fault is None:
                     self._relay(*self._forward(body))
@@ -185,6 +203,7 @@ class FaultProxy:
         with self._lock:
             self.faults.clear()
             self.served.clear()
+            self.requests.clear()
             self.forwarded = 0
 
     def stop(self):

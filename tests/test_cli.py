@@ -153,8 +153,11 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
     pd.testing.assert_frame_equal(curated, only_fixed)
     # Nothing was deleted: the first batch's raw and curated copies are still there.
     assert s3.storage.exists(f"raw/us/{first}.csv") and s3.storage.exists(f"curated/us/{first}.parquet")
+    s3.proxy.reset()
     table = lacrima("status", "--site", "us")
     assert table.exit_code == 0 and "superseded" in table.output and s3.url in table.output
+    # Processed landing objects are known by their listing ETag: status downloads none of them.
+    assert not [r.key for r in s3.proxy.requests if r.method == "GET" and "/landing/" in r.key]
 
 
 def test_replaces_an_unknown_batch_is_refused_before_anything_lands(s3, drops):
@@ -169,6 +172,9 @@ def test_status_shows_aws_cli_uploads_waiting_for_the_next_run(s3, drops):
     (rec,) = _status()
     assert (rec["site"], rec["sha256"], rec["state"], rec["original_name"]) == (
         "it", _sha(drops.it), "landed", drops.it.name)
+    # Not yet processed, so status had to read it to know its SHA-256.
+    assert [r.key for r in s3.proxy.requests if r.method == "GET" and "/landing/" in r.key] == [
+        f"lacrima/landing/it/{drops.it.name}"]
     assert [r["sha256"] for r in _status("--site", "it")] == [_sha(drops.it)]
     assert _status("--site", "us") == []
 

@@ -232,6 +232,7 @@ def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops,
     assert st.metadata(f"raw/us/{res['us'].accepted[0]}.csv")["uploader"] == "dm_us"
     # Nothing was moved or deleted: landing still holds both uploads as sent.
     assert [o.key for o in st.list("landing")] == sorted([it_key, us_key])
+    _assert_never_overwrites_or_deletes(s3.proxy.requests)
 
     # The AWS CLI upload gets exactly the processing of a `lacrima upload` (here: locally).
     local = LocalStorage(tmp_path / "local")
@@ -270,3 +271,18 @@ def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, dro
     assert (res2.seen, res2.skipped_duplicates, res2.accepted, res2.quarantined) == (2, 2, (), ())
     assert len(intake.batches(st, "it")) == 1
     assert len(st.list("quarantine/it")) == 3        # the file, report.json, report.html
+    _assert_never_overwrites_or_deletes(s3.proxy.requests)
+
+
+def _assert_never_overwrites_or_deletes(requests):
+    """On the wire: no DELETE at all, and every write of landing, raw, curated or a quarantined
+    original by lacrima (not by the AWS CLI, the data manager's own tool) is conditional."""
+    assert requests and not [r.path for r in requests if r.method == "DELETE"]
+    ours = [r for r in requests if r.method == "PUT" and r.key.startswith("lacrima/")
+            and not r.headers.get("user-agent", "").startswith("aws-cli/")]
+    immutable = [r for r in ours if r.key.split("/")[1] in ("landing", "raw", "curated")
+                 or (r.key.split("/")[1] == "quarantine"
+                     and r.key.rsplit("/", 1)[-1] not in ("report.json", "report.html"))]
+    assert immutable
+    unconditional = [r.key for r in immutable if r.headers.get("if-none-match") != "*"]
+    assert not unconditional, unconditional
