@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, serve, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import IO_RETRIES, lacrima_pipeline
-from lacrima import intake, pipeline
+from lacrima import pipeline
 
 NIGHTLY_CRON = "0 2 * * *"
 SWEEP_MINUTES = 5
@@ -20,13 +20,20 @@ SWEEP_MINUTES = 5
 
 @task(name="count-pending-drops", cache_policy=NO_CACHE, timeout_seconds=300, **IO_RETRIES)
 def count_pending(storage_location: str | None) -> int:
-    ctx = pipeline.prepare_run(storage_location, demo=True)   # counting reads no participant data
-    return sum(intake.pending_drops(ctx.storage, s) for s in ctx.sites)
+    from lacrima.storage import open_storage
+    from lacrima.study import load_sites
+
+    # Listings only: no data file is read, so no pseudonym key is needed here.
+    storage = open_storage(storage_location)
+    return sum(pipeline.plan_site(storage, s).pending for s in load_sites())
 
 
 @flow(name="lacrima-landing-sweep")
 def landing_sweep(storage_location: str | None = None, demo: bool = False) -> dict:
-    """Start the pipeline only when some landing zone holds a new or changed drop."""
+    """Start the pipeline only when some landing zone holds a new or changed drop.
+
+    Returns ``{"pending": n, "started": bool, "run": summary}`` (``run`` only when started).
+    """
     pending = count_pending(storage_location)
     if not pending:
         get_run_logger().info("no new drops: nothing to do")
@@ -37,6 +44,12 @@ def landing_sweep(storage_location: str | None = None, demo: bool = False) -> di
 
 def build_deployments(cron: str = NIGHTLY_CRON, sweep_minutes: float = SWEEP_MINUTES,
                       storage_location: str | None = None, demo: bool = False):
+    """The two deployments: ``nightly`` (cron) and ``landing-sweep`` (every few minutes).
+
+    Both carry tag ``lacrima``; their parameters are the storage location and the demo flag.
+    """
+    if sweep_minutes <= 0:
+        raise ValueError(f"sweep_minutes must be positive, got {sweep_minutes}")
     params = {"storage_location": storage_location, "demo": demo}
     nightly = lacrima_pipeline.to_deployment(name="nightly", cron=cron, parameters=params,
                                              tags=["lacrima"])
@@ -47,4 +60,5 @@ def build_deployments(cron: str = NIGHTLY_CRON, sweep_minutes: float = SWEEP_MIN
 
 
 def serve_forever(**kwargs) -> None:
+    """Register both deployments with the Prefect server and run them until interrupted."""
     serve(*build_deployments(**kwargs))

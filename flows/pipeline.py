@@ -1,9 +1,17 @@
-"""The pipeline flow: ingest each site's new drops, analyse each site, compare, report.
+"""The pipeline flow: plan, ingest new drops, analyse each site, compare, report.
 
-Each task is a few lines around one ``lacrima`` call. Retries go on I/O tasks only.
+Each task is a few lines around one ``lacrima`` call and works on one site or on the pool,
+never on a row or an item. Retries with backoff go on I/O tasks only (listing, intake, report);
+every task has a timeout.
+
+Incremental: a site with no new landing object is not ingested; a site whose content key
+(accepted batches, codebook, site file, plan) is unchanged reuses its stored results; when no
+key changed at all since the latest report, nothing is analysed and no report is written.
 """
 
 from __future__ import annotations
+
+import logging
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -13,24 +21,57 @@ from lacrima import intake, pipeline, report
 from lacrima.pipeline import RunContext
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
+# Seconds. Generous: a site's intake at 1,000 participants takes seconds; these catch a hung
+# store or a runaway model, not a slow day.
+SITE_TIMEOUT = 1800
+POOL_TIMEOUT = 3600
 
 
-@task(name="ingest-site", cache_policy=NO_CACHE, timeout_seconds=1800, **IO_RETRIES)
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's per-task notice that a timeout in a worker thread cannot interrupt I/O.
+
+    Every task here has a timeout and runs in a worker thread by default, so the notice would
+    repeat for every task of every run. What it says stays true and is documented here: in a
+    thread the timeout takes effect when the blocking call returns (the run is then failed);
+    on Dask the worker process enforces it the same way.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "running in a worker thread" not in record.getMessage()
+
+
+def _quiet_thread_timeout_notice() -> None:
+    log = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _ThreadTimeoutNotice) for f in log.filters):
+        log.addFilter(_ThreadTimeoutNotice())
+
+
+@task(name="plan-run", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
+def plan_run(ctx: RunContext) -> list[pipeline.SitePlan]:
+    return [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
+
+
+@task(name="ingest-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
 def ingest_site(ctx: RunContext, site) -> intake.IntakeResult:
     return intake.ingest_site(ctx.storage, site, ctx.study, ctx.key)
 
 
-@task(name="analyse-site", cache_policy=NO_CACHE, timeout_seconds=1800)
-def analyse_site(ctx: RunContext, site) -> pipeline.SiteAnalysis | None:
-    return pipeline.analyse_site_data(ctx.storage, site, ctx.study)
+@task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
+def site_keys(ctx: RunContext) -> dict:
+    return pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
 
 
-@task(name="compare-sites", cache_policy=NO_CACHE, timeout_seconds=1800)
+@task(name="analyse-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
+def analyse_site(ctx: RunContext, site, key) -> pipeline.SiteAnalysis | None:
+    return pipeline.analyse_site_data(ctx.storage, site, ctx.study, key)
+
+
+@task(name="compare-sites", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT)
 def compare_sites(ctx: RunContext, analyses) -> pipeline.Comparison:
     return pipeline.compare_sites(analyses, ctx.study, list(ctx.sites))
 
 
-@task(name="write-report", cache_policy=NO_CACHE, timeout_seconds=1800, **IO_RETRIES)
+@task(name="write-report", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT, **IO_RETRIES)
 def write_report(ctx: RunContext, run_id: str, analyses, comparison) -> report.RunOutputs:
     prov = pipeline.provenance(run_id, analyses, ctx.study, list(ctx.sites))
     return report.write_outputs(ctx.storage, run_id, analyses, comparison, ctx.study,
@@ -40,24 +81,46 @@ def write_report(ctx: RunContext, run_id: str, analyses, comparison) -> report.R
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None) -> dict:
-    """Drops to report for every site under ``sites/``."""
+    """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``)."""
+    _quiet_thread_timeout_notice()
+    logger = get_run_logger()
     ctx = pipeline.prepare_run(storage_location, demo=demo)
     run_id = run_id or pipeline.new_run_id()
-    intakes = [ingest_site.submit(ctx, s) for s in ctx.sites]
-    futures = [analyse_site.submit(ctx, s, wait_for=[i]) for s, i in zip(ctx.sites, intakes)]
-    analyses = [a for a in (f.result() for f in futures) if a is not None]
-    outputs = None
-    if pipeline.needs_report(ctx.storage, analyses, ctx.study):
+    plans = plan_run(ctx)
+    todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
+    intakes = [f.result() for f in [ingest_site.submit(ctx, s) for s in todo]]
+    keys = site_keys(ctx)
+    outputs, analyses, unchanged = None, [], []
+    if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+        unchanged = sorted(keys)
+        logger.info("nothing new since the latest report: no site analysed, no report written")
+    else:
+        futures = [analyse_site.submit(ctx, s, keys[s.code]) for s in ctx.sites if s.code in keys]
+        analyses = [a for a in (f.result() for f in futures) if a is not None]
         comparison = compare_sites(ctx, analyses)
         outputs = write_report(ctx, run_id, analyses, comparison)
-    summary = pipeline.summarise(run_id, [i.result() for i in intakes], analyses, outputs)
-    get_run_logger().info("run %s: %d accepted, %d quarantined, report %s", run_id,
-                          summary["accepted"], summary["quarantined"], summary["report"])
+    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
+                run_id, summary["accepted"], summary["quarantined"],
+                len(summary["sites_recomputed"]), len(summary["sites_reused"]), summary["report"])
     return summary
 
 
 def task_runner(name: str = "thread", dask_address: str | None = None, workers: int = 4):
-    """The task runner by name: Prefect's thread pool (default) or Dask (local cluster or address)."""
+    """The task runner by name.
+
+    Parameters
+    ----------
+    name : {"thread", "dask"}
+        ``thread``: Prefect's thread pool (default; sites in parallel within one process).
+        ``dask``: prefect-dask's ``DaskTaskRunner``, a local cluster of ``workers`` processes
+        (one thread each, so per-site work is not serialised behind the GIL), or the existing
+        cluster at ``dask_address``.
+    dask_address : str, optional
+        Scheduler address (``tcp://host:8786``) of an existing cluster.
+    workers : int
+        Threads (thread runner) or worker processes (local Dask cluster).
+    """
     if name == "thread":
         return ThreadPoolTaskRunner(max_workers=workers)
     if name == "dask":
@@ -65,13 +128,16 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
     raise ValueError(f"unknown runner {name!r}: expected 'thread' or 'dask'")
 
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
-                 dask_address: str | None = None, run_id: str | None = None) -> dict:
-    """Run the pipeline flow now with the chosen task runner."""
-    flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address))
+                 dask_address: str | None = None, run_id: str | None = None,
+                 workers: int | None = None) -> dict:
+    """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`)."""
+    if workers is None:
+        workers = 4 if runner == "thread" else 2
+    flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
     return flow_(storage_location=storage_location, demo=demo, run_id=run_id)

@@ -16,13 +16,15 @@ import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Mapping
 
 import pandas as pd
 
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage
-from lacrima.study import Site, Study
+from lacrima.study import Site, Study, sha256_file
 from lacrima.vocabulary import RESULTS_COLUMNS
 
 
@@ -49,24 +51,73 @@ class Comparison:
 
 
 def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tuple[str, ...]]:
-    """Content key of a site's analysis: changes iff its accepted data, codebook, site file or plan do."""
-    from lacrima.codebook import load_codebook
+    """Content key of a site's analysis: changes iff its accepted data, codebook, site file or plan do.
 
+    Parameters
+    ----------
+    storage : Storage
+    site : Site
+    study : Study
+
+    Returns
+    -------
+    (str, tuple of str)
+        The key (hex SHA-256) and the SHA-256 of each accepted batch, sorted.
+
+    Notes
+    -----
+    key = SHA-256(accepted batch hashes, sorted | codebook file hash | site file hash | plan hash).
+    Every part is a hash of file bytes, never of a pickled frame, so the key is stable across
+    Python, pandas and platform versions. Reads only the site's ledger: no data file is opened.
+    """
     accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code) if r.state == ACCEPTED))
     h = hashlib.sha256()
-    for part in (*accepted, load_codebook(site).sha256, site.sha256, study.sha256):
+    # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
+    for part in (*accepted, sha256_file(site.codebook_path), site.sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
 
-def analyse_site_data(storage: Storage, site: Site, study: Study) -> SiteAnalysis | None:
+@dataclass(frozen=True)
+class SitePlan:
+    """What a run has to do for one site, from listings only (no data file is read)."""
+
+    site: str
+    landed: int        # objects in the site's landing zone
+    pending: int       # of which new or changed since the last run
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: ``site``, ``landed``, ``pending``."""
+        return pd.DataFrame([vars(self)], columns=["site", "landed", "pending"])
+
+
+def plan_site(storage: Storage, site: Site) -> SitePlan:
+    """Count a site's landing objects and those a run has not processed yet."""
+    from lacrima.intake import pending_drops
+
+    return SitePlan(site.code, len(storage.list(f"landing/{site.code}")),
+                    pending_drops(storage, site))
+
+
+def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Input key and accepted batches of every site that has accepted data (see site_input_key)."""
+    out = {}
+    for s in sites:
+        key, accepted = site_input_key(storage, s, study)
+        if accepted:
+            out[s.code] = (key, accepted)
+    return out
+
+
+def analyse_site_data(storage: Storage, site: Site, study: Study,
+                      key: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
     """Score, exclude and analyse one site's curated data; ``None`` when it has none yet.
 
     Results are kept under ``results/<site>/<input_key>/`` and reused while the site's accepted
     batches, codebook, site file and plan are unchanged (the key is a SHA-256 of those, never of
-    pickled frames).
+    pickled frames). ``key`` is the site's ``site_input_key`` when the caller has it already.
     """
-    key, accepted = site_input_key(storage, site, study)
+    key, accepted = key or site_input_key(storage, site, study)
     if not accepted:
         return None
     cached = load_site_analysis(storage, site.code, key, accepted)
@@ -114,11 +165,14 @@ def load_site_analysis(storage: Storage, site: str, key: str,
                         frames["descriptives"], reused=True)
 
 
-def comparison_key(analyses: list["SiteAnalysis"], study: Study) -> str:
-    """Content key of the cross-site step: the sites' input keys and the plan."""
+def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
+    """Content key of the cross-site step: the sites' input keys and the plan.
+
+    ``input_keys`` maps site code to its ``site_input_key``; order does not matter.
+    """
     h = hashlib.sha256(study.sha256.encode())
-    for a in sorted(analyses, key=lambda a: a.site):
-        h.update(f"{a.site}:{a.input_key}".encode())
+    for site in sorted(input_keys):
+        h.update(f"{site}:{input_keys[site]}".encode())
     return h.hexdigest()
 
 
@@ -146,17 +200,19 @@ def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site])
     return Comparison(results, replication_table(per_site, study, present))
 
 
-def needs_report(storage: Storage, analyses: list[SiteAnalysis], study: Study) -> bool:
+def needs_report(storage: Storage, input_keys: Mapping[str, str], study: Study) -> bool:
     """False when the latest report was made from exactly these inputs: nothing new to say."""
-    return bool(analyses) and comparison_key(analyses, study) != last_comparison_key(storage)
+    return bool(input_keys) and comparison_key(input_keys, study) != last_comparison_key(storage)
 
 
 def new_run_id(now: datetime | None = None) -> str:
+    """A run id from the clock (UTC, seconds): sorts in time order."""
     now = now or datetime.now(timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ")
 
 
 def stacked_data(analyses: list[SiteAnalysis]) -> pd.DataFrame:
+    """The sites' analysis-ready frames, one under the other."""
     return pd.concat([a.data for a in analyses], ignore_index=True)
 
 
@@ -205,7 +261,7 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
             versions[p] = None
     return {
         "run_id": run_id,
-        "comparison_key": comparison_key(analyses, study),
+        "comparison_key": comparison_key({a.site: a.input_key for a in analyses}, study),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": {"path": study.path.name, "sha256": study.sha256},
         "sites": {s.code: {"role": s.role, "site_sha256": s.sha256,
@@ -221,7 +277,12 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every step of one run needs: the store, the plan, the sites and the pseudonym key."""
+    """What every step of one run needs: the store, the plan, the sites and the pseudonym key.
+
+    Pickles as its storage location, sites root, site codes and demo flag: a Dask worker
+    reopens the store (an S3 client cannot be pickled) and reads the pseudonym key from its own
+    environment, so the secret never travels with a task.
+    """
 
     storage: Storage
     study: Study
@@ -229,9 +290,31 @@ class RunContext:
     key: bytes = field(repr=False)
     demo: bool = False
 
+    def __reduce__(self):
+        stamp = hashlib.sha256("".join(s.sha256 for s in self.sites).encode()).hexdigest()
+        return (_reopen_run, (self.storage.location, str(self.study.path.parent),
+                              tuple(s.code for s in self.sites), self.demo, self.study.sha256, stamp))
+
+
+@lru_cache(maxsize=4)
+def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
+                plan_sha: str = "", sites_stamp: str = "") -> RunContext:
+    # Memoised per worker process: every task of a run carries the same context, and reading
+    # a thousand site files per task would make the work grow with sites squared. The plan
+    # hash and the sites' stamp are part of the memo key, so an edited site file is re-read.
+    from pathlib import Path
+
+    from lacrima.privacy import pseudonym_key
+    from lacrima.storage import open_storage
+    from lacrima.study import load_site, load_study
+
+    return RunContext(open_storage(location), load_study(Path(root)),
+                      tuple(load_site(c, Path(root)) for c in codes), pseudonym_key(demo=demo), demo)
+
 
 def prepare_run(storage_location: str | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
+    """Open the store, read the plan and the sites, get the pseudonym key."""
     from lacrima.privacy import pseudonym_key
     from lacrima.storage import open_storage
     from lacrima.study import load_site, load_sites, load_study
@@ -241,16 +324,26 @@ def prepare_run(storage_location: str | None = None, demo: bool = False,
                       pseudonym_key(demo=demo), demo)
 
 
-def summarise(run_id: str, intakes, analyses: list[SiteAnalysis], outputs) -> dict:
-    """The one-line JSON summary of a run (``lacrima run --json``)."""
+def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,
+              unchanged: list[str] = ()) -> dict:
+    """The one-line JSON summary of a run (``lacrima run --json``).
+
+    ``plans`` cover every site; ``intakes`` only the sites that had pending drops (the others'
+    landing objects all count as already processed). ``unchanged`` names sites whose results
+    stand without being loaded, because nothing at all changed since the latest report.
+    """
+    ingested = {i.site for i in intakes}
+    reused = [a.site for a in analyses if a.reused] + list(unchanged)
     return {
         "run_id": run_id,
-        "drops_seen": sum(i.seen for i in intakes),
+        "drops_seen": sum(p.landed for p in plans),
         "accepted": sum(len(i.accepted) for i in intakes),
         "quarantined": sum(len(i.quarantined) for i in intakes),
-        "skipped_duplicates": sum(i.skipped_duplicates for i in intakes),
+        "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
+                               + sum(p.landed for p in plans if p.site not in ingested)),
         "sites_analysed": [a.site for a in analyses],
-        "sites_reused": [a.site for a in analyses if a.reused],
+        "sites_recomputed": [a.site for a in analyses if not a.reused],
+        "sites_reused": sorted(reused),
         "report": outputs.location if outputs else None,
-        "nothing_new": outputs is None and bool(analyses),
+        "nothing_new": outputs is None and bool(reused),
     }
