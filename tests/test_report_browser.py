@@ -1,0 +1,265 @@
+"""The demo report in headless Chromium: every section shows, nothing is fetched, links are relative.
+
+Chromium (Debian's ``/usr/bin/chromium``; ``make test`` installs it on CI) is driven over the
+DevTools protocol: ``Network`` events record every request the page makes, ``Page`` gives
+the full-page screenshot, ``Runtime`` reads the rendered page. The report folder is copied
+elsewhere first, as an analyst would copy it to another machine. A net log
+(``--log-net-log``) is checked as a second witness that no http(s) request left the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lacrima import report
+from lacrima.storage import LocalStorage
+
+CHROMIUM = os.environ.get("LACRIMA_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--window-size=1280,1000", "--remote-debugging-port=0"]
+SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+STARTUP_S = 20.0
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"{CHROMIUM} missing: run `make system-deps`")]
+
+
+@pytest.fixture(scope="module")
+def report_inputs(study, sites):
+    """The demo's inputs built in memory (synthetic canonical data at the published N).
+
+    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which the
+    report does not need (tests/test_pipeline.py covers them): about 6 s instead of 30.
+    """
+    from lacrima import analysis, pipeline, scoring, synth
+    from lacrima.privacy import pseudonymise
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    analyses = []
+    for s in sites:
+        frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
+        frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
+        data, flow = scoring.analysis_ready(frame, study, s.code)
+        results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
+        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
+                                              flow, results, analysis.describe_site(data, study, s.code)))
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    return analyses, comparison, study, list(sites), prov
+
+
+class DevTools:
+    """A minimal DevTools client on one page target (websockets, sync API)."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=STARTUP_S)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        my_id = self.next_id
+        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_for(self, event: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for msg in self.events:
+            if msg.get("method") == event:
+                return msg
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            self.events.append(msg)
+            if msg.get("method") == event:
+                return msg
+        raise TimeoutError(event)
+
+    def evaluate(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def copied_report(tmp_path_factory, report_inputs):
+    """The demo run written to storage, then its folder copied to a fresh place."""
+    analyses, comparison, study, sites, prov = report_inputs
+    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
+    elsewhere = tmp_path_factory.mktemp("other-machine") / "lacrima-report"
+    shutil.copytree(storage.local_path("reports/run-1"), elsewhere)
+    return elsewhere
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, copied_report):
+    """Chromium showing the copied report.html; yields (devtools, requests, netlog path)."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    netlog = profile.parent / f"{profile.name}-netlog.json"
+    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}",
+                             f"--log-net-log={netlog}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + STARTUP_S
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("Chromium did not open its DevTools port")
+            time.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        # The test's own connection to Chromium's local DevTools endpoint, not the page's.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        dt = DevTools(page["webSocketDebuggerUrl"])
+        dt.call("Network.enable")
+        dt.call("Page.enable")
+        dt.call("Page.navigate", url=(copied_report / "report.html").as_uri())
+        dt.wait_for("Page.loadEventFired")
+        yield dt, copied_report, netlog
+        dt.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _requested_urls(dt: DevTools) -> list[str]:
+    return [e["params"]["request"]["url"] for e in dt.events
+            if e.get("method") == "Network.requestWillBeSent"]
+
+
+def test_the_page_requests_nothing_but_itself(browser):
+    dt, folder, _ = browser
+    urls = _requested_urls(dt)
+    assert urls, "the Network domain saw no request at all: the check would be blind"
+    assert [u for u in urls if not u.startswith("file://")] == []
+    assert urls == [(folder / "report.html").as_uri()]     # no images, styles or scripts fetched
+
+
+def test_every_section_is_rendered_and_visible(browser, report_inputs):
+    dt, *_ = browser
+    _, _, study, _, _ = report_inputs
+    ids = list(SECTIONS) + [f"family-{f['id']}" for f in study.families]
+    heights = dt.evaluate(
+        "JSON.stringify(Object.fromEntries(%s.map(id => [id, "
+        "document.getElementById(id) ? document.getElementById(id).offsetHeight : -1])))"
+        % json.dumps(ids))
+    heights = json.loads(heights)
+    assert all(h > 20 for h in heights.values()), heights
+    order = json.loads(dt.evaluate(
+        "JSON.stringify(%s.map(id => document.getElementById(id).getBoundingClientRect().top"
+        " + window.scrollY))" % json.dumps(list(SECTIONS))))
+    assert order == sorted(order), "sections out of the order the issue lists"
+    n_svgs = dt.evaluate("document.querySelectorAll('figure.forest svg').length")
+    assert n_svgs > 0
+
+
+def test_full_page_screenshot(browser, tmp_path_factory):
+    dt, *_ = browser
+    metrics = dt.call("Page.getLayoutMetrics")
+    size = metrics["cssContentSize"]
+    assert size["height"] > 3000          # the whole report, not one screen
+    shot = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                   clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"],
+                         "scale": 0.5})
+    png = base64.b64decode(shot["data"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out = Path(os.environ.get("LACRIMA_SCREENSHOT_DIR", tmp_path_factory.getbasetemp()))
+    (out / "report-full.png").write_bytes(png)
+    # The PNG's height is the page's, halved by the scale: a full-page capture.
+    height = int.from_bytes(png[20:24], "big")
+    assert height >= int(size["height"] * 0.5) - 2
+
+
+def test_links_are_relative_and_resolve_inside_the_copied_folder(browser):
+    dt, folder, _ = browser
+    links = json.loads(dt.evaluate(
+        "JSON.stringify([...document.querySelectorAll('[href],[src]')]"
+        ".map(e => e.getAttribute('href') || e.getAttribute('src')))"))
+    assert links
+    files = [h for h in links if not h.startswith("#")]
+    assert files, "the report links none of the run's files"
+    for href in files:
+        assert "://" not in href and not href.startswith("/"), href
+        assert (folder / href).is_file(), f"{href} does not exist in the copied folder"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {f["name"] for f in manifest["files"]} | {"manifest.json"}
+    assert set(files) <= listed
+
+
+def test_a_site_page_opens_from_the_report(browser):
+    dt, folder, _ = browser
+    dt.events.clear()
+    dt.call("Page.navigate", url=(folder / "site-us.html").as_uri())
+    dt.wait_for("Page.loadEventFired")
+    assert dt.evaluate("document.querySelector('a[href=\"report.html\"]') !== null")
+    for section in ("flow", "descriptives", "analyses"):
+        assert dt.evaluate(f"document.getElementById('{section}').offsetHeight") > 20
+    assert [u for u in _requested_urls(dt) if not u.startswith("file://")] == []
+
+
+def _net_log_requests(html: Path, profile: Path) -> list[tuple[str, int]]:
+    """(url, traffic annotation) of every request Chromium started while loading ``html``.
+
+    ``--dump-dom`` exits once the page has loaded, so the net log is complete JSON.
+    """
+    netlog = profile.parent / f"{profile.name}.json"
+    flags = [f for f in FLAGS if not f.startswith("--remote-debugging")]
+    subprocess.run([CHROMIUM, *flags, f"--user-data-dir={profile}", f"--log-net-log={netlog}",
+                    "--dump-dom", html.as_uri()], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60, check=True)
+    log = json.loads(netlog.read_text())
+    alive = log["constants"]["logEventTypes"]["REQUEST_ALIVE"]
+    return [(e["params"]["url"], e["params"].get("traffic_annotation"))
+            for e in log["events"] if e["type"] == alive and "url" in e.get("params", {})]
+
+
+def test_net_log_shows_no_http_request_from_the_page(copied_report, tmp_path):
+    """Second witness, outside the DevTools protocol: Chromium's own net log.
+
+    Chromium itself talks to Google services (time, updates, accounts) even with background
+    networking disabled, so "no http(s) in the log" cannot be the test. A control page with
+    one external image shows which traffic annotation the page's own requests carry; the
+    report must start no http(s) request with it.
+    """
+    control = tmp_path / "control.html"
+    control.write_text('<!doctype html><img src="http://lacrima-control.invalid/pixel.png">')
+    seen = _net_log_requests(control, tmp_path / "control-profile")
+    page_tags = {tag for url, tag in seen if url.startswith("http://lacrima-control.invalid/")}
+    assert page_tags, "the net log did not show the control page's request"
+    requests = _net_log_requests(copied_report / "report.html", tmp_path / "report-profile")
+    from_page = [url for url, tag in requests
+                 if tag in page_tags and url.startswith(("http://", "https://"))]
+    assert from_page == []
+
+
+def test_html_names_no_http_address_at_all(copied_report):
+    for page in [copied_report / "report.html", *copied_report.glob("site-*.html")]:
+        text = page.read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text), page.name
+        assert not re.search(r"url\(\s*[\"']?\s*(https?:)?//", text), page.name
+        assert "http://" not in text and "https://" not in text, page.name
