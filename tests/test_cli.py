@@ -104,8 +104,9 @@ def test_check_usage_errors_exit_2_with_a_message(drops, args, message):
 
 def test_check_as_a_real_process_prints_no_traceback(drops):
     """The installed entry point, not only the in-process runner: stderr stays clean."""
-    proc = subprocess.run([sys.executable, "-m", "lacrima", "check", str(drops.bad / "garbage.xlsx"),
-                           "--site", "it"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "lacrima", "check",
+                           str(drops.bad / "garbage.xlsx"), "--site", "it"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -152,7 +153,8 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
     only_fixed = pd.read_parquet(io.BytesIO(s3.storage.read_bytes(f"curated/us/{fixed}.parquet")))
     pd.testing.assert_frame_equal(curated, only_fixed)
     # Nothing was deleted: the first batch's raw and curated copies are still there.
-    assert s3.storage.exists(f"raw/us/{first}.csv") and s3.storage.exists(f"curated/us/{first}.parquet")
+    assert s3.storage.exists(f"raw/us/{first}.csv")
+    assert s3.storage.exists(f"curated/us/{first}.parquet")
     s3.proxy.reset()
     table = lacrima("status", "--site", "us")
     assert table.exit_code == 0 and "superseded" in table.output and s3.url in table.output

@@ -230,4 +230,5 @@ def test_quarantined_originals_are_kept_as_sent(scanned):
         if messy is None:
             continue
         (sha,) = scanned.intakes[code].quarantined
-        assert scanned.storage.read_bytes(f"quarantine/{code}/{sha}/{messy.name}") == messy.read_bytes()
+        kept = scanned.storage.read_bytes(f"quarantine/{code}/{sha}/{messy.name}")
+        assert kept == messy.read_bytes()

@@ -143,7 +143,8 @@ def test_every_operation_survives_throttling_and_server_errors(s3, tmp_path):
     proxy.inject(SERVICE_UNAVAILABLE, method="GET")
     assert st.download("raw/us/a.csv", tmp_path / "a.csv").read_bytes() == b"abc"
     proxy.inject(SLOW_DOWN, method="PUT")
-    assert not st.write_bytes("raw/us/a.csv", b"xyz", if_absent=True)   # still refused after a retry
+    # Still refused after a retry: the retried request is as conditional as the first.
+    assert not st.write_bytes("raw/us/a.csv", b"xyz", if_absent=True)
     assert proxy.pending() == 0
     assert [code for _, code, _ in proxy.served] == [
         "SlowDown", "InternalError", "ServiceUnavailable", "SlowDown", "InternalError",
@@ -152,7 +153,7 @@ def test_every_operation_survives_throttling_and_server_errors(s3, tmp_path):
 
 
 def test_retry_of_a_write_whose_answer_was_lost_keeps_the_object(s3):
-    """A conditional write lands but its answer is lost: the retry gets 412 and nothing is overwritten."""
+    """A conditional write lands, its answer is lost: the retry gets 412, nothing is overwritten."""
     s3.proxy.inject(INTERNAL_ERROR, method="PUT", after=True)
     assert not s3.storage.write_bytes("raw/us/b.csv", b"bytes", if_absent=True)
     assert s3.proxy.forwarded == 2 and s3.proxy.served == [("PUT", "InternalError", 500)]
@@ -168,7 +169,8 @@ def test_faults_beyond_the_retry_budget_raise_a_clear_storage_error(s3):
                                                        "mode": "standard"}))
     st = S3Storage(s3.url, client=client)
     s3.proxy.inject(SLOW_DOWN, SLOW_DOWN, method="PUT")
-    with pytest.raises(StorageError, match=r"write s3://.*/lacrima/raw/us/c\.csv: SlowDown.*HTTP 503"):
+    with pytest.raises(StorageError,
+                       match=r"write s3://.*/lacrima/raw/us/c\.csv: SlowDown.*HTTP 503"):
         st.write_bytes("raw/us/c.csv", b"c", if_absent=True)
     assert not st.exists("raw/us/c.csv")
 

@@ -32,13 +32,22 @@ DEFAULT_ROOT = "data"
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """One listed object: its key (relative to the store's root), size in bytes, change marker."""
+
     key: str
     size: int
     etag: str          # a change marker: S3 ETag, or mtime_ns-size locally
 
 
 class Storage(Protocol):
-    """What lacrima needs from a store. Keys are '/'-separated, relative to the root."""
+    """What lacrima needs from a store. Keys are '/'-separated, relative to the root.
+
+    ``write_bytes(key, data, metadata, if_absent=True)`` creates ``key`` only if it does not
+    exist, atomically, and returns False (writing nothing) when it does; without ``if_absent``
+    it replaces the object (ledger entries, ``reports/latest``). ``metadata`` holds short ASCII
+    strings (S3 object metadata). ``list(prefix)`` gives every object under the folder
+    ``prefix`` ("" = all), sorted by key. Failures are ``OSError`` (``StorageError`` on S3).
+    """
 
     location: str
 
@@ -53,6 +62,7 @@ class Storage(Protocol):
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the content address of raw drops."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -135,7 +145,10 @@ class LocalStorage:
 
 
 class StorageError(OSError):
-    """A storage operation failed after retries (S3 error answer, endpoint unreachable, no credentials)."""
+    """A storage operation failed after its retries (S3 error, endpoint down, no credentials).
+
+    An ``OSError``, so callers handle a failing S3 store as they handle a failing disk.
+    """
 
 
 # S3 answers meaning "the key is not there" (HEAD has no body, so only the status is left).
@@ -302,7 +315,23 @@ class S3Storage:
 
 
 def open_storage(location: str | None = None) -> Storage:
-    """The configured store: ``location``, else ``LACRIMA_STORAGE``, else ``./data``."""
+    """The configured store: ``location``, else ``LACRIMA_STORAGE``, else ``./data``.
+
+    Parameters
+    ----------
+    location : str, optional
+        A folder path, or ``s3://bucket/prefix``.
+
+    Returns
+    -------
+    Storage
+        :class:`S3Storage` for an ``s3://`` location, else :class:`LocalStorage`.
+
+    Raises
+    ------
+    ValueError
+        An ``s3://`` location without a bucket.
+    """
     loc = location or os.environ.get(STORAGE_ENV) or DEFAULT_ROOT
     if loc.startswith("s3://"):
         return S3Storage(loc)
@@ -310,14 +339,18 @@ def open_storage(location: str | None = None) -> Storage:
 
 
 def write_json(storage: Storage, key: str, obj, **kw) -> bool:
-    return storage.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), **kw)
+    """Write ``obj`` as indented, key-sorted JSON; ``kw`` goes to ``write_bytes``."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    return storage.write_bytes(key, text.encode(), **kw)
 
 
 def read_json(storage: Storage, key: str):
+    """The JSON object stored at ``key``."""
     return json.loads(storage.read_bytes(key))
 
 
 def iter_json(storage: Storage, prefix: str) -> Iterator[dict]:
+    """Every ``.json`` object under ``prefix``, in key order."""
     for obj in storage.list(prefix):
         if obj.key.endswith(".json"):
             yield read_json(storage, obj.key)
