@@ -248,16 +248,22 @@ def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops,
     assert {k: getattr(a, k) for k in same} == {k: getattr(b, k) for k in same}
 
 
-def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, drops, study, sites):
+def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, drops, study, sites,
+                                                                       tmp_path):
     from lacrima import intake
 
     st, it = s3.storage, _site(sites, "it")
-    _aws_cp(s3, drops.it_messy, "it")
+    # A name as Italian Excel users save them: a space and an accented letter. S3 keys take
+    # it as is; everything lacrima derives from it (metadata, quarantine key) is ASCII.
+    sent = tmp_path / "esportazione città.xlsx"
+    sent.write_bytes(drops.it_messy.read_bytes())
+    assert _aws_cp(s3, sent, "it") in [o.key for o in st.list("landing/it")]
     res = intake.ingest_site(st, it, study, KEY)
     assert res.quarantined and not res.accepted
     sha = res.quarantined[0]
     prefix = f"quarantine/it/{sha}"
-    assert st.read_bytes(f"{prefix}/{drops.it_messy.name}") == drops.it_messy.read_bytes()
+    assert st.read_bytes(f"{prefix}/esportazione_citt_.xlsx") == drops.it_messy.read_bytes()
+    assert st.metadata(f"raw/it/{sha}.xlsx")["original_name"] == "esportazione_citt_.xlsx"
     report = json.loads(st.read_bytes(f"{prefix}/report.json"))
     assert not report["valid"] and {f["check"] for f in report["findings"]} >= {"unique_ids"}
     assert st.read_bytes(f"{prefix}/report.html").startswith(b"<!")
