@@ -147,8 +147,8 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="x", labelsize=8)
     if originals & set(rows["site"].astype(str)):
-        ax.text(1.0, -0.01, f"{ORIGINAL_MARK} original study (filled)", transform=fig.transFigure,
-                ha="right", va="bottom", fontsize=7, color="#444444")
+        ax.text(0.99, 0.01, f"{ORIGINAL_MARK} original study (filled marker)",
+                transform=fig.transFigure, ha="right", va="bottom", fontsize=7, color="#444444")
     fig.subplots_adjust(left=0.26 if labelled else 0.12, right=0.97,
                         bottom=min(0.45, 0.62 / height), top=1 - min(0.3, 0.42 / height))
     buf = io.StringIO()

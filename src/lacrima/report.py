@@ -123,6 +123,12 @@ def fmt_p(p) -> str:
     return "< .001" if p < 0.001 else fmt(p, 3, leading_zero=False)
 
 
+def p_text(p) -> str:
+    """``p = .043`` or ``p < .001`` (APA), blank for missing."""
+    text = fmt_p(p)
+    return "" if not text else (f"p {text}" if text.startswith("<") else f"p = {text}")
+
+
 def fmt_ci(low, high, digits: int = 2, leading_zero: bool = True) -> str:
     """``[low, high]`` in APA style; blank when either end is missing."""
     if _missing(low) or _missing(high):
@@ -186,6 +192,7 @@ def pooled_effects(results: pd.DataFrame) -> pd.DataFrame:
     -------
     DataFrame
         The random-effects rows, in the table's order, with ``covariates`` blank-filled.
+        :func:`verdict_table` puts them in the plan's order.
     """
     pooled = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")
                      & (results["method"].astype(str) != _FIXED_METHOD)].copy()
@@ -215,8 +222,8 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
     Returns
     -------
     DataFrame
-        Columns ``family, x, y, covariates, anchor, label, scale, k, pooled, i2,
-        replication`` and one ``verdict_<original code>`` per original site. ``pooled`` is
+        Columns ``family, x, y, covariates, anchor, label, x_label, y_label, cov_label,
+        scale, k, pooled, i2, replication`` and one ``verdict_<original code>`` per original site. ``pooled`` is
         the formatted random-effects estimate with its interval, ``replication`` the
         replication site's estimate; verdicts are blank for effects outside
         ``[replication] families`` (A2, A3 are pooled, not assessed).
@@ -237,6 +244,12 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
               + replication["covariates"].fillna("").astype(str))
         for k, o, v in zip(rk, replication["original_site"], replication["verdict"]):
             verdicts[(k, o)] = str(v)
+    # The plan's order (families, then x, y and covariate sets as listed), which is the
+    # order the per-site analysis writes its rows in; the pooled table is sorted by name.
+    main = per_site[per_site["method"].map(_base).isin(_MAIN_METHOD.values())]
+    plan_order = {k: i for i, k in enumerate(dict.fromkeys(_key(main)))}
+    pooled = pooled.assign(_order=_key(pooled).map(plan_order).fillna(len(plan_order)))
+    pooled = pooled.sort_values("_order", kind="stable").reset_index(drop=True)
     rows = []
     for key, (_, r) in zip(_key(pooled), pooled.iterrows()):
         analysis = _analysis_of(per_site, r)
@@ -244,6 +257,8 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         row = {"family": r["family"], "x": r["x"], "y": r["y"], "covariates": r["covariates"],
                "anchor": effect_anchor(r["family"], r["x"], r["y"], r["covariates"]),
                "label": effect_label(study, r["x"], r["y"], r["covariates"]),
+               "x_label": _label(study, r["x"]), "y_label": _label(study, r["y"]),
+               "cov_label": _cov_label(study, r["covariates"]),
                "scale": _SCALE.get(analysis, "estimate"),
                "k": int(r["k"]) if pd.notna(r["k"]) else 0,
                "pooled": f"{fmt(r['estimate'], leading_zero=lz)} "
@@ -253,7 +268,8 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         for o in origs:
             row[f"verdict_{o.code}"] = verdicts.get((key, o.code), "")
         rows.append(row)
-    columns = ["family", "x", "y", "covariates", "anchor", "label", "scale", "k", "pooled", "i2",
+    columns = ["family", "x", "y", "covariates", "anchor", "label", "x_label", "y_label",
+               "cov_label", "scale", "k", "pooled", "i2",
                "replication", *[f"verdict_{o.code}" for o in origs]]
     return pd.DataFrame(rows, columns=columns)
 
@@ -464,13 +480,13 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
         lines.append(
             f"Random effects ({detail['method']}, {detail['test']}; k = {int(detail['k'])}): "
             f"{fmt(est, leading_zero=lz)} {fmt_ci(back(detail['ci_low']), back(detail['ci_high']), leading_zero=lz)}, "
-            f"p = {fmt_p(detail['p_value'])}; 95% PI "
+            f"{p_text(detail['p_value'])}; 95% PI "
             f"{fmt_ci(back(detail['pi_low']), back(detail['pi_high']), leading_zero=lz) or 'not given (k < 3)'}.")
         lines.append(
             f"Heterogeneity: \u03c4\u00b2 = {fmt(detail['tau2'], 3)} "
             f"{fmt_ci(detail['tau2_ci_low'], detail['tau2_ci_high'], 3)}, \u03c4 = {fmt(detail['tau'], 3)}, "
             f"I\u00b2 = {fmt(detail['i2'], 1)}%, H\u00b2 = {fmt(detail['h2'])}, "
-            f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, p = {fmt_p(detail['q_p'])}.")
+            f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
             lines.append(f"Note: {detail['note']}")
     if fixed is not None:
@@ -481,11 +497,11 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
             m = re.search(r"df2=(\d+)", str(r["method"]))
             df2 = m.group(1) if m else "?"
             lines.append(f"IPD x-by-site interaction: F({fmt(r['df'], 0)}, {df2}) = "
-                         f"{fmt(r['statistic'])}, p = {fmt_p(r['p_value'])}.")
+                         f"{fmt(r['statistic'])}, {p_text(r['p_value'])}.")
         elif r["analysis"] == "mixed_model":
             problems = re.search(r"\[(.*)\]", str(r["method"]))
             lines.append(f"Mixed model pooled slope: {fmt(r['estimate'])} "
-                         f"{fmt_ci(r['ci_low'], r['ci_high'])}, p = {fmt_p(r['p_value'])}"
+                         f"{fmt_ci(r['ci_low'], r['ci_high'])}, {p_text(r['p_value'])}"
                          + (f" ({problems.group(1)})." if problems else "."))
     return lines
 
@@ -644,13 +660,18 @@ def _provenance_tables(prov: Mapping[str, Any]) -> dict[str, Markup]:
             "packages": _html_table(packages)}
 
 
+_CONDITIONS = {"same_direction": "same direction", "significant": "replication p < \u03b1",
+               "in_pi": "inside the prediction interval",
+               "not_in_pi": "outside the prediction interval",
+               "opposite_significant": "significant in the opposite direction"}
+
+
 def _verdict_rules(study: Study) -> list[str]:
+    """The configured verdict rules in words (``[replication] verdicts``)."""
     out = []
     for rule in study.section("replication").get("verdicts", ()):
-        if "all" in rule:
-            cond = " and ".join(c.replace("_", " ") for c in rule["all"])
-        else:
-            cond = " or ".join(c.replace("_", " ") for c in rule.get("any", ()))
+        words = [_CONDITIONS.get(c, c.replace("_", " ")) for c in rule.get("all", rule.get("any", ()))]
+        cond = (" and " if "all" in rule else " or ").join(words)
         out.append(f"\u201c{rule['verdict']}\u201d when {cond}")
     return out
 
@@ -710,6 +731,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         site_legend=[(s.code, s.country, s.role, styles[s.code][0]) for s in sites
                      if s.code in present],
         replication_site=rep_site, originals=origs, verdicts=verdicts.to_dict("records"),
+        has_covariates=bool((verdicts["covariates"] != "").any()),
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
         families=_families(comparison, study, [s for s in sites if s.code in present], styles),

@@ -1,0 +1,246 @@
+"""The comparison report and the run's files: every pooled effect plotted and in the verdict
+table, sections in order, APA numbers, small cells suppressed, no IDs, manifest, site pages."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import time
+
+import pandas as pd
+import pytest
+
+from lacrima import report
+from lacrima.plots import forest_svg, site_style
+from lacrima.storage import LocalStorage
+from lacrima.vocabulary import POOLED
+
+SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+
+
+@pytest.fixture(scope="module")
+def report_inputs(study, sites):
+    """The demo's inputs built in memory (synthetic canonical data at the published N).
+
+    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which the
+    report does not need (tests/test_pipeline.py covers them): about 6 s instead of 30.
+    """
+    from lacrima import analysis, pipeline, scoring, synth
+    from lacrima.privacy import pseudonymise
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    analyses = []
+    for s in sites:
+        frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
+        frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
+        data, flow = scoring.analysis_ready(frame, study, s.code)
+        results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
+        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
+                                              flow, results, analysis.describe_site(data, study, s.code)))
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    return analyses, comparison, study, list(sites), prov
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, report_inputs):
+    analyses, comparison, study, sites, prov = report_inputs
+    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    # A file an older run left in latest/: storage never deletes it, the report must not link it.
+    storage.write_bytes("reports/latest/data/gone.csv", b"old,run\n")
+    frames_before = [a.data.copy() for a in analyses], comparison.results.copy()
+    outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
+    html = storage.read_bytes("reports/run-1/report.html").decode()
+    return storage, outputs, html, frames_before
+
+
+def _pooled_keys(storage) -> set[tuple[str, str, str, str]]:
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    pooled = res[(res["site"] == POOLED) & (res["analysis"] == "meta_analysis")]
+    return set(zip(pooled["family"], pooled["x"], pooled["y"], pooled["covariates"]))
+
+
+def _keys(html: str, tag_pattern: str) -> list[tuple[str, str, str, str]]:
+    pat = (tag_pattern + r' data-family="([^"]*)" data-x="([^"]*)" data-y="([^"]*)"'
+           r' data-covariates="([^"]*)"')
+    return [tuple(m) for m in re.findall(pat, html)]
+
+
+def test_every_pooled_effect_has_its_forest_plot(run):
+    storage, _, html, _ = run
+    pooled = _pooled_keys(storage)
+    assert len(pooled) == 44          # 18 correlations, 24 partial, A2 and A3 in the current plan
+    # Split the page at each effect block; each block must open with a figure holding an SVG.
+    blocks = re.split(r'(?=<div class="effect")', html)[1:]
+    plotted = {}
+    for block in blocks:
+        (key,) = _keys(block[:600], r'<div class="effect" id="[^"]*"')
+        plotted[key] = re.search(r'<figure class="forest"><svg[^>]*>.*?</svg>', block, re.S)
+    assert pooled <= set(plotted)
+    assert all(plotted[k] is not None for k in pooled)
+
+
+def test_every_pooled_effect_has_one_row_in_the_verdict_table(run):
+    storage, _, html, _ = run
+    table = html[html.index('id="verdict-table"'):]
+    table = table[:table.index("</table>")]
+    rows = _keys(table, "<tr")
+    assert len(rows) == len(set(rows))
+    assert set(rows) == _pooled_keys(storage)
+
+
+def test_verdict_cells_are_the_replication_table(report_inputs):
+    analyses, comparison, study, sites, _ = report_inputs
+    table = report.verdict_table(comparison, study, sites)
+    rep = comparison.replication.fillna({"covariates": ""})
+    assert len(rep) == 84             # 42 correlation effects x 2 originals
+    for _, r in rep.iterrows():
+        row = table[(table["family"] == r["effect"]) & (table["x"] == r["x"])
+                    & (table["y"] == r["y"]) & (table["covariates"] == r["covariates"])]
+        assert row[f"verdict_{r['original_site']}"].tolist() == [r["verdict"]]
+    # A2 and A3 are pooled but outside [replication] families: no verdict, still a row.
+    assert (table.loc[table["family"].isin(["A2", "A3"]), "verdict_it"] == "").all()
+    # Rows follow the plan: H1 first, A3 last.
+    assert table["family"].iloc[0] == "H1" and table["family"].iloc[-1] == "A3"
+
+
+def test_sections_in_the_order_of_the_issue(run, study):
+    _, _, html, _ = run
+    positions = [html.index(f'<section id="{s}"') for s in SECTIONS]
+    assert positions == sorted(positions)
+    for fam in study.families:
+        assert f'<section id="family-{fam["id"]}"' in html
+    # A4 is not pooled: one standardised-coefficient forest plot per predictor instead.
+    a4 = html[html.index('id="family-A4"'):html.index('id="methods"')]
+    assert a4.count("<svg") == len(study.family("A4")["x"])
+
+
+def test_report_names_no_participant_and_no_network_address(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses = report_inputs[0]
+    pages = [html] + [storage.read_bytes(f"reports/run-1/{p}").decode()
+                      for p in outputs.site_pages.values()]
+    for a in analyses:
+        ids = set(a.data["participant_id"])
+        assert ids
+        for page in pages:
+            assert not any(i in page for i in ids)
+    for page in pages:
+        assert "http://" not in page and "https://" not in page
+        assert "<script" not in page and "<link" not in page
+
+
+def test_flow_and_descriptives_suppress_cells_below_five(report_inputs):
+    analyses, _, study, _, _ = report_inputs
+    a = analyses[0]
+    reason, label, _ = a.flow.excluded[0]
+    flow = dataclasses.replace(a.flow, excluded=((reason, label, 3),) + a.flow.excluded[1:])
+    descr = a.descriptives.copy()
+    another = (descr["variable"] == "gender") & (descr["level"] == "another")
+    descr.loc[another, "count"] = 2
+    descr.loc[another, "percent"] = 2.02
+    small = dataclasses.replace(a, flow=flow, descriptives=descr)
+    f = report.flow_frame([small])
+    assert f.loc[f["Step"] == label, a.site].tolist() == ["<5"]
+    d = report.descriptives_frame([small], study)
+    cell = d.loc[d["Characteristic"].str.contains(": another"), a.site].tolist()
+    assert cell == ["<5"]             # neither the count nor the percent that would reveal it
+    assert report.fmt_n(0) == "0" and report.fmt_n(5) == "5" and report.fmt_n(4) == "<5"
+
+
+def test_apa_number_formats():
+    # APA Publication Manual, 7th ed., sections 6.36 (decimals) and 6.44 (leading zeros):
+    # r = .35, p = .043, p < .001, M = 0.56; a true minus sign.
+    assert report.fmt(0.3456, leading_zero=False) == ".35"
+    assert report.fmt(-0.3456, leading_zero=False) == "\u2212.35"
+    assert report.fmt(0.5612) == "0.56" and report.fmt(12.3456, 1) == "12.3"
+    assert report.fmt(-0.001) == "0.00"              # no negative zero
+    assert report.fmt(float("nan")) == "" and report.fmt(None) == ""
+    assert report.fmt_p(0.04321) == ".043" and report.fmt_p(0.0004) == "< .001"
+    assert report.fmt_p(0.001) == ".001"
+    assert report.p_text(0.0004) == "p < .001" and report.p_text(0.2) == "p = .200"
+    assert report.fmt_ci(-0.11, 0.31, leading_zero=False) == "[\u2212.11, .31]"
+    assert report.fmt_ci(0.1, float("nan")) == ""
+
+
+def test_manifest_lists_exactly_the_run_files_and_latest_links_only_those(run):
+    storage, outputs, html, _ = run
+    man = json.loads(storage.read_bytes("reports/run-1/manifest.json"))
+    written = {o.key.removeprefix("reports/run-1/") for o in storage.list("reports/run-1")}
+    assert {f["name"] for f in man["files"]} | {"manifest.json"} == written
+    assert set(outputs.files) == written
+    for f in man["files"]:
+        data = storage.read_bytes(f"reports/run-1/{f['name']}")
+        assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["bytes"]
+        assert storage.read_bytes(f"reports/latest/{f['name']}") == data
+    assert storage.read_bytes("reports/latest/manifest.json") == \
+        storage.read_bytes("reports/run-1/manifest.json")
+    # The stale file is still in latest/ (storage never deletes) but nothing links it.
+    assert storage.exists("reports/latest/data/gone.csv")
+    assert "gone.csv" not in html
+    links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
+    assert links and set(links) <= written
+
+
+def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses = report_inputs[0]
+    assert set(outputs.site_pages) == {a.site for a in analyses}
+    for a in analyses:
+        page_name = outputs.site_pages[a.site]
+        assert f'href="{page_name}"' in html
+        page = storage.read_bytes(f"reports/run-1/{page_name}").decode()
+        for section in ("flow", "descriptives", "analyses"):
+            assert f'<section id="{section}"' in page
+        analyses_part = page[page.index('<section id="analyses"'):]
+        assert analyses_part.count("<tr>") - analyses_part.count("<thead>") == len(a.results)
+        assert f'href="data/{a.site}.sav"' in page and 'href="report.html"' in page
+
+
+def test_inputs_are_not_mutated(run, report_inputs):
+    _, _, _, (data_before, results_before) = run
+    analyses, comparison, *_ = report_inputs
+    for before, a in zip(data_before, analyses):
+        pd.testing.assert_frame_equal(before, a.data)
+    pd.testing.assert_frame_equal(results_before, comparison.results)
+
+
+def test_verdict_markdown_counts_and_rows(report_inputs):
+    _, comparison, study, _, _ = report_inputs
+    rep = comparison.replication
+    md = report.verdict_markdown(rep, study)
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "Family" not in line]
+    n_effects = len(rep.drop_duplicates(["effect", "x", "y", "covariates"]))
+    assert len(table_rows) == n_effects
+    for original in rep["original_site"].unique():
+        counts = rep.loc[rep["original_site"] == original, "verdict"].value_counts()
+        line = next(line for line in md.splitlines() if f"vs {original}**" in line)
+        for verdict, n in counts.items():
+            assert f"{n} {verdict}" in line
+    assert "No replication" in report.verdict_markdown(rep.iloc[0:0])
+
+
+def test_forest_plot_for_125_sites_stays_bounded():
+    codes = [f"s{i:03d}" for i in range(125)]
+    rows = pd.DataFrame({"site": codes, "estimate": 0.3, "ci_low": 0.1, "ci_high": 0.5, "n": 100})
+    pooled = pd.Series({"estimate": 0.3, "ci_low": 0.25, "ci_high": 0.35, "pi_low": 0.1,
+                        "pi_high": 0.5})
+    start = time.perf_counter()
+    svg = forest_svg(rows, pooled, "125 sites", "Pearson r", site_style(codes), {"s000"})
+    elapsed = time.perf_counter() - start
+    height_pt = float(re.search(r'height="([0-9.]+)pt"', svg).group(1))
+    assert height_pt <= 11.0 * 72          # the plot height cap, in points
+    assert elapsed < 10.0                  # generous: about 0.1 s on a laptop
+    assert svg.count("<path") > 125        # every site still drawn
+    assert "Pearson r" in svg and "Sites (k = 125" in svg
+
+
+def test_site_styles_differ_by_colour_and_marker():
+    styles = site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
+    assert len({c for c, _ in styles.values()}) == 8
+    assert len({m for _, m in styles.values()}) == 8    # greyscale: markers alone tell sites apart
+    assert styles == site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
