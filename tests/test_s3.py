@@ -294,3 +294,17 @@ def _assert_never_overwrites_or_deletes(requests):
     assert immutable
     unconditional = [r.key for r in immutable if r.headers.get("if-none-match") != "*"]
     assert not unconditional, unconditional
+
+
+def test_object_bodies_never_reach_debug_logs(s3, caplog):
+    """botocore logs every request's parameters at DEBUG: a drop's bytes must not be among them."""
+    import logging
+
+    secret = b"R_7Hx2Lq9ZpWm4Ty1,jane.doe@example.org,192.0.2.77,41.8781,-87.6298\n"
+    with caplog.at_level(logging.DEBUG):
+        s3.storage.write_bytes("raw/us/secret.csv", secret, if_absent=True)
+        s3.storage.write_bytes("ledger/us/x.json", secret)
+        assert s3.storage.read_bytes("raw/us/secret.csv") == secret
+    assert any(r.name.startswith("botocore") for r in caplog.records)   # DEBUG was on
+    for value in ("R_7Hx2Lq9ZpWm4Ty1", "jane.doe@example.org", "192.0.2.77", "41.8781"):
+        assert value not in caplog.text
