@@ -244,3 +244,31 @@ def test_site_styles_differ_by_colour_and_marker():
     assert len({c for c, _ in styles.values()}) == 8
     assert len({m for _, m in styles.values()}) == 8    # greyscale: markers alone tell sites apart
     assert styles == site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
+
+
+def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from flows import artifacts
+
+    sent = {}
+    monkeypatch.setattr(artifacts, "create_markdown_artifact",
+                        lambda **kw: sent.setdefault("markdown", kw) and "md-id")
+    monkeypatch.setattr(artifacts, "create_link_artifact",
+                        lambda **kw: sent.setdefault("link", kw) and "link-id")
+    _, comparison, study, _, _ = report_inputs
+    md = report.verdict_markdown(comparison.replication, study)
+    location = tmp_path / "reports" / "r1" / "report.html"
+    summary = {"run_id": "r1", "accepted": 3, "quarantined": 0, "skipped_duplicates": 0,
+               "sites_analysed": ["il", "it", "us"], "report": str(location)}
+    ids = artifacts.publish_artifacts.fn(summary, md, str(location))
+    assert ids == {"markdown": "md-id", "link": "link-id"}
+    assert sent["markdown"]["markdown"].endswith(md)
+    assert "accepted: 3" in sent["markdown"]["markdown"]
+    assert sent["link"]["link"] == location.as_uri()
+    for kw in sent.values():
+        ArtifactCreate(key=kw["key"])      # Prefect's own key rule accepts it
+        assert re.fullmatch(r"[a-z0-9-]+", kw["key"])
+    assert report.report_link("s3://bucket/reports/r1/report.html").startswith("s3://")
+    with pytest.raises(ValueError, match="artifact key"):
+        report.artifact_key("__")

@@ -41,12 +41,12 @@ def _label(study: Study, name: str) -> str:
 
 
 def _bool_label(scale, value: bool) -> str:
-    """The codebook's answer text for true/false, when exactly one answer means it.
+    """The codebook's answer text for true/false, when the scale is one answer for each.
 
-    A scale where several answers share a value (an attention item: one right answer,
-    four wrong ones) has no single text for it; the plain word is used instead.
+    A scale with more answers (an attention item: one right answer, four wrong ones) says
+    what was ticked, not what the boolean means; the plain word is used instead.
     """
-    if scale is not None:
+    if scale is not None and len(scale.values) == 2:
         hits = [lab for v, lab in zip(scale.values, scale.labels)
                 if isinstance(v, bool) and v is value]
         if len(hits) == 1:

@@ -334,6 +334,53 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
+def run_markdown(summary: Mapping[str, Any], replication_md: str) -> str:
+    """The Prefect UI's run summary: the run's counts, then the verdict Markdown.
+
+    Parameters
+    ----------
+    summary : mapping
+        ``pipeline.summarise`` of the run (run_id, accepted, quarantined, report ...).
+    replication_md : str
+        :func:`verdict_markdown` of the run's replication table.
+
+    Returns
+    -------
+    str
+    """
+    head = [f"# lacrima run {summary.get('run_id', '')}", "",
+            f"- drops accepted: {summary.get('accepted', 0)}, quarantined: "
+            f"{summary.get('quarantined', 0)}, skipped as duplicates: "
+            f"{summary.get('skipped_duplicates', 0)}",
+            f"- sites analysed: {', '.join(summary.get('sites_analysed', [])) or 'none'}"]
+    if summary.get("report"):
+        head.append(f"- report: `{summary['report']}`")
+    return "\n".join(head) + "\n\n" + replication_md
+
+
+def report_link(location: str) -> str:
+    """A URL for a report location: ``s3://`` and ``http(s)://`` kept, a local path as ``file://``."""
+    from pathlib import Path
+
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location
+    return Path(location).resolve().as_uri()
+
+
+def artifact_key(text: str) -> str:
+    """``text`` in Prefect's artifact-key form: lowercase letters, digits and dashes.
+
+    Examples
+    --------
+    >>> artifact_key("Lacrima Verdicts_us")
+    'lacrima-verdicts-us'
+    """
+    key = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if not key:
+        raise ValueError(f"{text!r} has no letter or digit to make an artifact key from")
+    return key
+
+
 # ---------------------------------------------------------------------------
 # HTML pieces
 # ---------------------------------------------------------------------------
