@@ -84,22 +84,30 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``)."""
     _quiet_thread_timeout_notice()
     logger = get_run_logger()
+    clock = pipeline.StageClock()
     ctx = pipeline.prepare_run(storage_location, demo=demo)
     run_id = run_id or pipeline.new_run_id()
-    plans = plan_run(ctx)
-    todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
-    intakes = [f.result() for f in [ingest_site.submit(ctx, s) for s in todo]]
-    keys = site_keys(ctx)
+    with clock("plan"):
+        plans = plan_run(ctx)
+    with clock("intake"):
+        todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
+        intakes = [f.result() for f in [ingest_site.submit(ctx, s) for s in todo]]
+        keys = site_keys(ctx)
     outputs, analyses, unchanged = None, [], []
     if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
         unchanged = sorted(keys)
         logger.info("nothing new since the latest report: no site analysed, no report written")
     else:
-        futures = [analyse_site.submit(ctx, s, keys[s.code]) for s in ctx.sites if s.code in keys]
-        analyses = [a for a in (f.result() for f in futures) if a is not None]
-        comparison = compare_sites(ctx, analyses)
-        outputs = write_report(ctx, run_id, analyses, comparison)
+        with clock("analysis"):
+            futures = [analyse_site.submit(ctx, s, keys[s.code])
+                       for s in ctx.sites if s.code in keys]
+            analyses = [a for a in (f.result() for f in futures) if a is not None]
+        with clock("pooling"):
+            comparison = compare_sites(ctx, analyses)
+        with clock("report"):
+            outputs = write_report(ctx, run_id, analyses, comparison)
     summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    summary["seconds"] = clock.seconds
     logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
                 run_id, summary["accepted"], summary["quarantined"],
                 len(summary["sites_recomputed"]), len(summary["sites_reused"]), summary["report"])

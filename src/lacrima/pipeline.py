@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -273,6 +275,25 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
         "git_commit": commit,
         "seeds": seeds or {},
     }
+
+
+class StageClock:
+    """Wall-clock seconds per named stage of a run (``with clock("intake"): ...``).
+
+    Reported in the run summary so an operator sees where a run spent its time.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0)
+                                        + time.perf_counter() - start, 4)
 
 
 @dataclass(frozen=True)
