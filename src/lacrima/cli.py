@@ -48,14 +48,33 @@ def _site(code: str):
 
 
 @app.command()
-def synth(site: str = typer.Option(..., help="site code, e.g. us"),
+def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one drop)"),
+          sites: Optional[int] = typer.Option(None, "--sites",
+                                              help="K: a synthetic consortium of K sites instead"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
           seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
           out: Path = typer.Option(..., help="output file or folder"),
           mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
-    """Write a synthetic drop in the site's native format."""
+    """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
+
+    With --sites K, OUT/sites holds K site folders cloned from the real sites (point
+    LACRIMA_SITES at it) and OUT/drops one drop per site.
+    """
     from lacrima.study import load_study
     from lacrima.synth import write_drop
+    if (site is None) == (sites is None):
+        _fail("give either --site CODE (one drop) or --sites K (a consortium)")
+    if sites is not None:
+        from lacrima.consortium import make_consortium, write_consortium_drops
+        if mess:
+            _fail("--mess applies to one site's drop (--site), not to a consortium")
+        try:
+            made = make_consortium(out / "sites", sites, n)
+        except (ValueError, FileExistsError) as err:
+            _fail(str(err))
+        write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
+        typer.echo(f"export LACRIMA_SITES={made.root}")
+        return
     path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
     typer.echo(str(path))
 
