@@ -165,6 +165,7 @@ def test_apa_number_formats():
     assert report.p_text(0.0004) == "p < .001" and report.p_text(0.2) == "p = .200"
     assert report.fmt_ci(-0.11, 0.31, leading_zero=False) == "[\u2212.11, .31]"
     assert report.fmt_ci(0.1, float("nan")) == ""
+    assert report.fmt_df(90.0) == "90" and report.fmt_df(18.63) == "18.6"   # t(90), Welch t(18.6)
 
 
 def test_manifest_lists_exactly_the_run_files_and_latest_links_only_those(run):

@@ -107,35 +107,53 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     estimates = pd.to_numeric(rows["estimate"], errors="coerce").to_numpy(dtype=float)
     lows = pd.to_numeric(rows["ci_low"], errors="coerce").to_numpy(dtype=float)
     highs = pd.to_numeric(rows["ci_high"], errors="coerce").to_numpy(dtype=float)
-    marker_size = 6 if labelled else 3
-    for i, site in enumerate(rows["site"].astype(str)):
-        y = top - i
-        color, marker = styles.get(site, ("#555555", "o"))
-        original = site in originals
+    marker_size = 36 if labelled else 9          # scatter sizes are in points squared
+    codes = rows["site"].astype(str).tolist()
+    ys = top - np.arange(k, dtype=float)
+    colours = [styles.get(c, ("#555555", "o"))[0] for c in codes]
+    has_ci = np.isfinite(estimates) & np.isfinite(lows) & np.isfinite(highs)
+    # One collection per kind of mark, not one artist per site: at 125 sites this keeps
+    # a plot to a few dozen artists and its SVG small.
+    if has_ci.any():
+        ax.hlines(ys[has_ci], lows[has_ci], highs[has_ci],
+                  colors=[c for c, ok in zip(colours, has_ci) if ok], lw=1.4)
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, code in enumerate(codes):
         if np.isfinite(estimates[i]):
-            if np.isfinite(lows[i]) and np.isfinite(highs[i]):
-                ax.plot([lows[i], highs[i]], [y, y], color=color, lw=1.4)
-            # Originals are filled, replications hollow: readable without colour.
-            ax.plot(estimates[i], y, marker=marker, ms=marker_size, ls="none", color=color,
-                    markerfacecolor=color if original else "white", markeredgewidth=1.4)
-        if labelled:
+            marker = styles.get(code, ("#555555", "o"))[1]
+            groups.setdefault((marker, code in originals), []).append(i)
+    for (marker, original), idx in groups.items():
+        cols = [colours[i] for i in idx]
+        # Originals are filled, replications hollow: readable without colour.
+        ax.scatter(estimates[idx], ys[idx], s=marker_size, marker=marker, edgecolors=cols,
+                   facecolors=cols if original else "white", linewidths=1.4, zorder=3)
+    if labelled:
+        for i, code in enumerate(codes):
             n = rows["n"].iloc[i]
             n_txt = str(int(n)) if pd.notna(n) else "?"
-            ticks.append(y)
-            labels.append(f"{site}{ORIGINAL_MARK if original else ''} (n = {n_txt})")
+            ticks.append(ys[i])
+            labels.append(f"{code}{ORIGINAL_MARK if code in originals else ''} (n = {n_txt})")
     if has_pooled:
         y = 0.5
         est, lo, hi = (float(pooled["estimate"]), float(pooled["ci_low"]), float(pooled["ci_high"]))
         if _finite(pooled.get("pi_low"), pooled.get("pi_high")):
-            ax.plot([float(pooled["pi_low"]), float(pooled["pi_high"])], [y, y],
-                    color=_POOLED_COLOR, lw=1.1, ls=(0, (4, 2)), label="95% prediction interval")
+            # Just under the diamond, with end ticks: visible even when no wider than the CI.
+            pi = [float(pooled["pi_low"]), float(pooled["pi_high"])]
+            ax.plot(pi, [y - 0.42, y - 0.42], color=_POOLED_COLOR, lw=1.1, ls=(0, (4, 2)),
+                    label="95% prediction interval")
+            ax.vlines(pi, y - 0.52, y - 0.32, color=_POOLED_COLOR, lw=1.1)
         ax.fill([lo, est, hi, est], [y, y + 0.3, y, y - 0.3], color=_POOLED_COLOR,
                 label="pooled (random effects)")
         ticks.append(y)
         labels.append("Pooled RE")
     ax.axvline(null, color="#888888", lw=0.8, ls=":")
     if log_scale:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        # Plain numbers (0.5, 1, 2, 10), not powers of ten: readers of odds ratios expect them.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(ticks, labels, fontsize=8 if labelled else 7)
     if not labelled:
         ax.set_ylabel(f"Sites (k = {k}; labels in the table)")
@@ -143,7 +161,7 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
         ax.set_ylabel("Site")
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9.5)
-    ax.set_ylim(-0.3 if has_pooled else 0.3, top + 0.7)
+    ax.set_ylim(-0.2 if has_pooled else 0.3, top + 0.7)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="x", labelsize=8)
     if originals & set(rows["site"].astype(str)):

@@ -48,6 +48,12 @@ _SCALE = {"correlation": "Pearson r", "partial_correlation": "partial r",
 # Quantities bounded by 1 lose their leading zero in APA style (r, alpha, p); others keep it.
 _BOUNDED = {"correlation", "partial_correlation", "spearman"}
 _FIXED_METHOD = "FE"
+# Per-site tests shown beside a pooled effect (lacrima.analysis conventions): the name
+# readers know, and whether the estimate is bounded by 1 (no leading zero in APA style).
+_ROBUST = {"welch": ("Welch t (mean difference)", False),
+           "mann_whitney_u": ("Mann-Whitney U (rank-biserial r)", True),
+           "pearson_chi2": ("\u03c7\u00b2 (Cram\u00e9r's V)", True),
+           "fisher_exact": ("Fisher's exact test (odds ratio)", False)}
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,13 @@ def fmt_ci(low, high, digits: int = 2, leading_zero: bool = True) -> str:
     if _missing(low) or _missing(high):
         return ""
     return f"[{fmt(low, digits, leading_zero)}, {fmt(high, digits, leading_zero)}]"
+
+
+def fmt_df(df) -> str:
+    """Degrees of freedom: whole numbers without decimals, Welch-type df with one."""
+    if _missing(df):
+        return ""
+    return str(int(round(df))) if abs(df - round(df)) < 1e-9 else fmt(df, 1)
 
 
 def fmt_n(n) -> str:
@@ -511,7 +524,7 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
         out["Spearman \u03c1"] = [fmt(rho.get(s), leading_zero=False) for s in out["Site"]]
     if analysis == "t_test":
         out.insert(2, "t", [fmt(v) for v in rows["statistic"]])
-        out.insert(3, "df", [fmt(v, 1) for v in rows["df"]])
+        out.insert(3, "df", [fmt_df(v) for v in rows["df"]])
     if analysis == "chi_square":
         out.insert(2, "\u03c7\u00b2(1)", [fmt(v) for v in rows["statistic"]])
     return out
@@ -671,15 +684,18 @@ def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
                 "\u03b2": [fmt(beta.get((s, t))) for s, t in zip(table["site"], table["x"])],
                 "R\u00b2 of the model": [fmt(r2.get(s), leading_zero=False) for s in table["site"]],
             }), first_left=2))
-    robust = rows[rows["analysis"].isin(["mann_whitney", "fisher_exact"])
-                  | rows["base"].isin(["welch", "pearson_chi2"])]
+    robust = rows[rows["base"].isin(list(_ROBUST))]
     if len(robust):
+        bounded = [_ROBUST[b][1] for b in robust["base"]]
         tables.append(_html_table(pd.DataFrame({
-            "Site": robust["site"].to_numpy(), "Test": robust["method"].astype(str).to_numpy(),
-            "n": [fmt_n(v) for v in robust["n"]], "Estimate": [fmt(v) for v in robust["estimate"]],
-            "95% CI": [fmt_ci(a, b) for a, b in zip(robust["ci_low"], robust["ci_high"])],
+            "Site": robust["site"].to_numpy(),
+            "Test (estimate)": [_ROBUST[b][0] for b in robust["base"]],
+            "n": [fmt_n(v) for v in robust["n"]],
+            "Estimate": [fmt(v, leading_zero=not b) for v, b in zip(robust["estimate"], bounded)],
+            "95% CI": [fmt_ci(lo, hi, leading_zero=not b)
+                       for lo, hi, b in zip(robust["ci_low"], robust["ci_high"], bounded)],
             "Statistic": [fmt(v) for v in robust["statistic"]],
-            "df": [fmt(v, 1) for v in robust["df"]], "p": [fmt_p(v) for v in robust["p_value"]],
+            "df": [fmt_df(v) for v in robust["df"]], "p": [fmt_p(v) for v in robust["p_value"]],
         }), first_left=2, caption="Tests beside the pooled effect (per site, not pooled)"))
     return {"plots": plots, "tables": tables}
 
@@ -828,7 +844,7 @@ def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
             "95% CI": [fmt_ci(lo, hi, leading_zero=an not in _BOUNDED and an != "reliability")
                        for lo, hi, an in zip(rows["ci_low"], rows["ci_high"], rows["analysis"])],
             "Statistic": [fmt(v) for v in rows["statistic"]],
-            "df": [fmt(v, 1) for v in rows["df"]],
+            "df": [fmt_df(v) for v in rows["df"]],
             "p": [fmt_p(v) for v in rows["p_value"]],
             "p (Holm)": [fmt_p(v) for v in rows["p_adjusted"]],
         })
