@@ -16,7 +16,7 @@ import io
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Mapping
@@ -131,8 +131,10 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code))
-    save_site_analysis(storage, result)
-    return result
+    frames = save_site_analysis(storage, result)
+    # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
+    # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
+    return replace(result, **frames)
 
 
 _CACHE_FRAMES = ("data", "results", "descriptives")
@@ -142,20 +144,25 @@ def _cache_prefix(site: str, key: str) -> str:
     return f"results/{site}/{key}"
 
 
-def save_site_analysis(storage: Storage, a: SiteAnalysis) -> None:
+def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
+    """Store a site's analysis under its content key; returns its frames as read back."""
     prefix = _cache_prefix(a.site, a.input_key)
+    back = {}
     for name in _CACHE_FRAMES:
         buf = io.BytesIO()
         getattr(a, name).to_parquet(buf, index=False)
         storage.write_bytes(f"{prefix}/{name}.parquet", buf.getvalue(), if_absent=True)
+        back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
     flow = {"site": a.flow.site, "received": a.flow.received, "analysed": a.flow.analysed,
             "excluded": [list(e) for e in a.flow.excluded]}
     # written last: its presence means the entry is complete
     storage.write_bytes(f"{prefix}/flow.json", json.dumps(flow).encode(), if_absent=True)
+    return back
 
 
 def load_site_analysis(storage: Storage, site: str, key: str,
                        accepted: tuple[str, ...]) -> SiteAnalysis | None:
+    """A stored analysis of ``site`` under ``key``, or ``None`` when there is none (complete)."""
     prefix = _cache_prefix(site, key)
     if not storage.exists(f"{prefix}/flow.json"):
         return None

@@ -1,0 +1,157 @@
+"""Incremental work keyed on content: unchanged sites are reused, the pool reruns when any changes.
+
+Plain ``src`` calls first; then the flow three times under the session Prefect harness:
+first run, a run with nothing new, a run after one new drop at one site.
+"""
+
+import pickle
+
+import pandas as pd
+import pytest
+
+from lacrima import intake, pipeline, report
+from lacrima.storage import LocalStorage
+from lacrima.synth import write_drop
+
+KEY = b"test-key-not-secret"    # the key conftest puts in LACRIMA_PSEUDONYM_KEY
+N = 40                          # small sites: every analysis still runs, quickly
+
+
+@pytest.fixture(scope="module")
+def small_drops(tmp_path_factory, study, sites):
+    folder = tmp_path_factory.mktemp("small")
+    return {s.code: write_drop(s, study, folder / s.code, n=N) for s in sites}
+
+
+def _second_drop(study, site, folder):
+    # Fresh IDs (id_offset) and another seed: a new batch, not a re-send.
+    return write_drop(site, study, folder, n=N, seed=99, id_offset=10_000)
+
+
+@pytest.fixture()
+def ingested(tmp_path, study, sites, small_drops):
+    storage = LocalStorage(tmp_path / "store")
+    for s in sites:
+        intake.upload(storage, s, small_drops[s.code])
+        intake.ingest_site(storage, s, study, KEY)
+    return storage
+
+
+def test_plan_counts_pending_drops_from_listings(tmp_path, study, sites, small_drops):
+    storage = LocalStorage(tmp_path / "store")
+    us = next(s for s in sites if s.code == "us")
+    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 0, 0)
+    intake.upload(storage, us, small_drops["us"])
+    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 1)
+    intake.ingest_site(storage, us, study, KEY)
+    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 0)
+    assert pipeline.plan_site(storage, us).to_frame().to_dict("records") == [
+        {"site": "us", "landed": 1, "pending": 0}]
+
+
+def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
+    it = next(s for s in sites if s.code == "it")
+    first = pipeline.analyse_site_data(ingested, it, study)
+    again = pipeline.analyse_site_data(ingested, it, study)
+    assert not first.reused and again.reused
+    assert again.input_key == first.input_key
+    assert ingested.exists(f"results/it/{first.input_key}/flow.json")
+    pd.testing.assert_frame_equal(again.results, first.results)
+    pd.testing.assert_frame_equal(again.descriptives, first.descriptives)
+    assert again.flow == first.flow
+
+
+def test_a_new_batch_changes_only_its_sites_key(ingested, study, sites, tmp_path):
+    before = {c: k for c, (k, _) in pipeline.site_keys(ingested, sites, study).items()}
+    il = next(s for s in sites if s.code == "il")
+    intake.upload(ingested, il, _second_drop(study, il, tmp_path / "il2"))
+    res = intake.ingest_site(ingested, il, study, KEY)
+    assert res.accepted, [r.to_dict() for r in res.reports]
+    after = pipeline.site_keys(ingested, sites, study)
+    assert after["il"][0] != before["il"] and len(after["il"][1]) == 2
+    assert {c: after[c][0] for c in ("us", "it")} == {c: before[c] for c in ("us", "it")}
+    # The cross-site key moves with any site's key, and not with the order of the sites.
+    assert pipeline.comparison_key(before, study) != pipeline.comparison_key(
+        {c: k for c, (k, _) in after.items()}, study)
+    assert pipeline.comparison_key(dict(reversed(list(before.items()))), study) == \
+        pipeline.comparison_key(before, study)
+
+
+def test_input_key_is_a_hash_of_file_bytes(ingested, study, sites):
+    import hashlib
+
+    from lacrima.study import sha256_file
+
+    us = next(s for s in sites if s.code == "us")
+    key, accepted = pipeline.site_input_key(ingested, us, study)
+    h = hashlib.sha256()
+    for part in (*accepted, sha256_file(us.codebook_path), us.sha256, study.sha256):
+        h.update(part.encode())
+    assert key == h.hexdigest() and len(accepted) == 1
+
+
+def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested, study, sites):
+    analyses = [pipeline.analyse_site_data(ingested, s, study) for s in sites]
+    keys = {a.site: a.input_key for a in analyses}
+    assert pipeline.needs_report(ingested, keys, study)
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("r1", analyses, study, list(sites))
+    report.write_outputs(ingested, "r1", analyses, comparison, study, list(sites), prov)
+    assert pipeline.last_comparison_key(ingested) == pipeline.comparison_key(keys, study)
+    assert not pipeline.needs_report(ingested, keys, study)
+    assert not pipeline.needs_report(ingested, {}, study)
+
+
+def test_run_context_pickles_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("LACRIMA_PSEUDONYM_KEY", "test-key-not-secret")
+    ctx = pipeline.prepare_run(str(tmp_path / "store"))
+    blob = pickle.dumps(ctx)
+    assert ctx.key not in blob                 # the secret never travels with a task
+    back = pickle.loads(blob)
+    assert back.storage.location == ctx.storage.location and back.key == ctx.key
+    assert [s.code for s in back.sites] == [s.code for s in ctx.sites]
+
+
+def test_stage_clock_adds_up_repeated_stages():
+    clock = pipeline.StageClock()
+    for _ in range(2):
+        with clock("intake"):
+            pass
+    assert set(clock.seconds) == {"intake"} and clock.seconds["intake"] >= 0
+
+
+@pytest.mark.prefect
+def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_path, study, sites,
+                                                         small_drops):
+    from flows.pipeline import lacrima_pipeline
+
+    store = tmp_path / "store"
+    storage = LocalStorage(store)
+    for s in sites:
+        intake.upload(storage, s, small_drops[s.code])
+    first = lacrima_pipeline(storage_location=str(store), run_id="r1")
+    assert sorted(first["sites_recomputed"]) == ["il", "it", "us"] and not first["sites_reused"]
+    assert first["report"].endswith("reports/r1/report.html")
+
+    # Nothing new: no site analysed, no report, says so.
+    same = lacrima_pipeline(storage_location=str(store), run_id="r2")
+    assert same["nothing_new"] and same["report"] is None
+    assert same["sites_recomputed"] == [] and same["sites_reused"] == ["il", "it", "us"]
+    assert same["skipped_duplicates"] == 3 and same["accepted"] == 0
+    assert "analysis" not in same["seconds"]
+    assert not storage.list("reports/r2")
+
+    # One new drop at Italy: Italy and the pool are recomputed, the others reused.
+    it = next(s for s in sites if s.code == "it")
+    intake.upload(storage, it, _second_drop(study, it, tmp_path / "it2"))
+    new = lacrima_pipeline(storage_location=str(store), run_id="r3")
+    assert new["accepted"] == 1 and new["sites_recomputed"] == ["it"]
+    assert new["sites_reused"] == ["il", "us"] and not new["nothing_new"]
+    assert new["report"].endswith("reports/r3/report.html")
+    res = pd.read_csv(storage.local_path("reports/r3/results.csv"), keep_default_na=False)
+    n_it = res.loc[(res["site"] == "it") & (res["analysis"] == "correlation"), "n"].astype(float)
+    assert n_it.max() > N        # Italy's estimates now use both batches
+    old = pd.read_csv(storage.local_path("reports/r1/results.csv"), keep_default_na=False)
+    pd.testing.assert_frame_equal(                       # reused sites give identical rows
+        res[res["site"] == "us"].drop(columns="run_id").reset_index(drop=True),
+        old[old["site"] == "us"].drop(columns="run_id").reset_index(drop=True))
