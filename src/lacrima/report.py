@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -79,6 +80,8 @@ class RunOutputs:
 def _missing(x) -> bool:
     if x is None:
         return True
+    if isinstance(x, (float, int)) and not isinstance(x, bool):
+        return not math.isfinite(x)          # fast path: numpy floats are floats too
     try:
         return bool(pd.isna(x)) or not np.isfinite(float(x))
     except (TypeError, ValueError):
