@@ -26,10 +26,14 @@ def report_inputs(study, sites):
     """The demo's inputs built in memory (synthetic canonical data at the published N).
 
     Same steps as ``pipeline.analyse_site_data`` without intake and storage, which the
-    report does not need (tests/test_pipeline.py covers them): about 6 s instead of 30.
+    report does not need (tests/test_pipeline.py covers them), and ``compare_sites``
+    without the IPD models (3-4 s of MixedLM fits; tests/test_report_browser.py renders
+    the full comparison and checks the IPD lines).
     """
     from lacrima import analysis, pipeline, scoring, synth
+    from lacrima.pooling import pool_estimates
     from lacrima.privacy import pseudonymise
+    from lacrima.replication import replication_table
     from lacrima.vocabulary import RESULTS_COLUMNS
 
     analyses = []
@@ -40,7 +44,10 @@ def report_inputs(study, sites):
         results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
         analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
                                               flow, results, analysis.describe_site(data, study, s.code)))
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    per_site = pd.concat([a.results for a in analyses], ignore_index=True)
+    results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
+        columns=list(RESULTS_COLUMNS))], ignore_index=True)
+    comparison = pipeline.Comparison(results, replication_table(per_site, study, list(sites)))
     prov = pipeline.provenance("run-1", analyses, study, list(sites))
     return analyses, comparison, study, list(sites), prov
 
@@ -91,6 +98,15 @@ def test_every_pooled_effect_has_one_row_in_the_verdict_table(run):
     rows = _keys(table, "<tr")
     assert len(rows) == len(set(rows))
     assert set(rows) == _pooled_keys(storage)
+
+
+def test_summary_counts_each_verdict_per_original(run):
+    storage, _, html, _ = run
+    rep = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/replication.csv")))
+    summary = html[html.index('<section id="summary"'):html.index('id="verdict-table"')]
+    for original, grp in rep.groupby("original_site"):
+        line = re.search(rf"<li><b>us vs {original} [^<]*</b>: ([^<]*)</li>", summary).group(1)
+        assert line == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
 
 
 def test_verdict_cells_are_the_replication_table(report_inputs):

@@ -175,7 +175,11 @@ def test_every_section_is_rendered_and_visible(browser, report_inputs):
         " + window.scrollY))" % json.dumps(list(SECTIONS))))
     assert order == sorted(order), "sections out of the order the issue lists"
     n_svgs = dt.evaluate("document.querySelectorAll('figure.forest svg').length")
-    assert n_svgs > 0
+    assert n_svgs == 44               # one per pooled effect of the current plan
+    # Heterogeneity beside each plot, with the IPD interaction test for H1-H4 effects.
+    h1 = dt.evaluate("document.getElementById('family-H1').innerText")
+    assert h1.count("Heterogeneity: \u03c4\u00b2 =") == 8
+    assert h1.count("IPD x-by-site interaction: F(2, ") == 8
 
 
 def test_full_page_screenshot(browser, tmp_path_factory):

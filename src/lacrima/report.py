@@ -798,6 +798,9 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
                      if s.code in present],
         replication_site=rep_site, originals=origs, verdicts=verdicts.to_dict("records"),
         has_covariates=bool((verdicts["covariates"] != "").any()),
+        verdict_counts=[(o, ", ".join(f"{n} {v}" for v, n in verdicts[f"verdict_{o.code}"]
+                                      .replace("", np.nan).dropna().value_counts().items()))
+                        for o in origs],
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
         families=_families(comparison, study, [s for s in sites if s.code in present], styles),
