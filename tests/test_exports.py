@@ -54,7 +54,8 @@ def test_sav_round_trip_keeps_every_row_column_and_value(site_data, savs, study)
             src = data[col]
             if pd.api.types.is_bool_dtype(src):
                 expected = src.astype("boolean").map({True: 1.0, False: 0.0}).astype(float)
-                np.testing.assert_array_equal(frame[col].to_numpy(float), expected.to_numpy(float, na_value=np.nan))
+                np.testing.assert_array_equal(frame[col].to_numpy(float),
+                                              expected.to_numpy(float, na_value=np.nan))
             elif pd.api.types.is_numeric_dtype(src):
                 # float64 on both sides: SPSS numerics are doubles, so values are exact.
                 np.testing.assert_array_equal(frame[col].to_numpy(float),

@@ -42,8 +42,9 @@ def report_inputs(study, sites):
         frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
         data, flow = scoring.analysis_ready(frame, study, s.code)
         results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
+        descr = analysis.describe_site(data, study, s.code)
         analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
-                                              flow, results, analysis.describe_site(data, study, s.code)))
+                                              flow, results, descr))
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
@@ -230,7 +231,8 @@ def test_verdict_markdown_counts_and_rows(report_inputs):
     _, comparison, study, _, _ = report_inputs
     rep = comparison.replication
     md = report.verdict_markdown(rep, study)
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "Family" not in line]
+    table_rows = [line for line in md.splitlines()
+                  if line.startswith("| ") and "Family" not in line]
     n_effects = len(rep.drop_duplicates(["effect", "x", "y", "covariates"]))
     assert len(table_rows) == n_effects
     for original in rep["original_site"].unique():

@@ -1,4 +1,4 @@
-"""The demo report in headless Chromium: every section shows, nothing is fetched, links are relative.
+"""The demo report in headless Chromium: every section shows, nothing is fetched, links relative.
 
 Chromium (Debian's ``/usr/bin/chromium``; ``make test`` installs it on CI) is driven over the
 DevTools protocol: ``Network`` events record every request the page makes, ``Page`` gives
@@ -53,8 +53,9 @@ def report_inputs(study, sites):
         frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
         data, flow = scoring.analysis_ready(frame, study, s.code)
         results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
+        descr = analysis.describe_site(data, study, s.code)
         analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
-                                              flow, results, analysis.describe_site(data, study, s.code)))
+                                              flow, results, descr))
     comparison = pipeline.compare_sites(analyses, study, list(sites))
     prov = pipeline.provenance("run-1", analyses, study, list(sites))
     return analyses, comparison, study, list(sites), prov

@@ -174,7 +174,14 @@ def _cov_label(study: Study, covariates: str) -> str:
 
 
 def effect_label(study: Study, x: str, y: str, covariates: str = "") -> str:
-    """Readable name of an effect from the plan's variable and score labels."""
+    """Readable name of an effect from the plan's variable and score labels.
+
+    Examples
+    --------
+    >>> from lacrima.study import load_study
+    >>> effect_label(load_study(), "after_happy", "change")
+    'After crying: happy × Client-reported change (CTSCM-R)'
+    """
     text = f"{_label(study, x)} \u00d7 {_label(study, y)}"
     return text + (f" | controlling for {_cov_label(study, covariates)}" if covariates else "")
 
@@ -239,7 +246,8 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
     -------
     DataFrame
         Columns ``family, x, y, covariates, anchor, label, x_label, y_label, cov_label,
-        scale, k, pooled, i2, replication`` and one ``verdict_<original code>`` per original site. ``pooled`` is
+        scale, k, pooled, i2, replication`` and one ``verdict_<original code>`` per original
+        site. ``pooled`` is
         the formatted random-effects estimate with its interval, ``replication`` the
         replication site's estimate; verdicts are blank for effects outside
         ``[replication] families`` (A2, A3 are pooled, not assessed).
@@ -375,7 +383,7 @@ def run_markdown(summary: Mapping[str, Any], replication_md: str) -> str:
 
 
 def report_link(location: str) -> str:
-    """A URL for a report location: ``s3://`` and ``http(s)://`` kept, a local path as ``file://``."""
+    """A URL for a report location: URLs (``s3://``, ``https://``) kept, a path as ``file://``."""
     from pathlib import Path
 
     if re.match(r"^[a-z][a-z0-9+.-]*://", location):
@@ -421,7 +429,8 @@ def _html_table(frame: pd.DataFrame, first_left: int = 1, caption: str = "") -> 
                         f'{esc("" if _missing_cell(v) else v)}</td>' for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return Markup(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return Markup(f"<table>{cap}<thead><tr>{head}</tr></thead>"
+                  f"<tbody>{''.join(body)}</tbody></table>")
 
 
 def _missing_cell(v) -> bool:
@@ -429,7 +438,18 @@ def _missing_cell(v) -> bool:
 
 
 def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
-    """Participant flow, steps by sites, counts below 5 suppressed."""
+    """Participant flow side by side: one row per step, one column per site.
+
+    Parameters
+    ----------
+    analyses : list of SiteAnalysis
+
+    Returns
+    -------
+    DataFrame
+        ``Step`` (the plan's exclusion labels between "Records received" and "Analysed")
+        and one column per site code with display counts, 1-4 shown as ``<5``.
+    """
     parts = [a.flow.to_frame() for a in analyses]
     if not parts:
         return pd.DataFrame(columns=["Step"])
@@ -460,7 +480,22 @@ def _count_cell(count: float, percent: float) -> str:
 
 
 def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFrame:
-    """Sample descriptives side by side: N, age, gender, share who cried, scores, alphas."""
+    """Sample descriptives side by side, formatted for the report.
+
+    Parameters
+    ----------
+    analyses : list of SiteAnalysis
+        Their ``descriptives`` (``DESCRIPTIVE_COLUMNS``) and reliability rows are used.
+    study : Study
+        Labels, gender levels, the criers variable, scores and reliability scores.
+
+    Returns
+    -------
+    DataFrame
+        ``Characteristic`` and one column per site: analysed N; age M (SD); n (%) per
+        gender level and of criers (counts 1-4 shown as ``<5`` with the percent hidden);
+        M (SD) of every scored scale; Cronbach's alpha [95% CI] per reliability score.
+    """
     if not analyses:
         return pd.DataFrame(columns=["Characteristic"])
     criers = str(study.section("analysis").get("criers", "cried_in_therapy"))
@@ -540,14 +575,17 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
     lines = []
     if detail is not None:
         est = back(detail["estimate"])
+        ci = fmt_ci(back(detail["ci_low"]), back(detail["ci_high"]), leading_zero=lz)
+        pi = fmt_ci(back(detail["pi_low"]), back(detail["pi_high"]), leading_zero=lz)
+        tau2_ci = fmt_ci(detail["tau2_ci_low"], detail["tau2_ci_high"], 3)
         lines.append(
             f"Random effects ({detail['method']}, {detail['test']}; k = {int(detail['k'])}): "
-            f"{fmt(est, leading_zero=lz)} {fmt_ci(back(detail['ci_low']), back(detail['ci_high']), leading_zero=lz)}, "
+            f"{fmt(est, leading_zero=lz)} {ci}, "
             f"{p_text(detail['p_value'])}; 95% PI "
-            f"{fmt_ci(back(detail['pi_low']), back(detail['pi_high']), leading_zero=lz) or 'not given (k < 3)'}.")
+            f"{pi or 'not given (k < 3)'}.")
         lines.append(
             f"Heterogeneity: \u03c4\u00b2 = {fmt(detail['tau2'], 3)} "
-            f"{fmt_ci(detail['tau2_ci_low'], detail['tau2_ci_high'], 3)}, \u03c4 = {fmt(detail['tau'], 3)}, "
+            f"{tau2_ci}, \u03c4 = {fmt(detail['tau'], 3)}, "
             f"I\u00b2 = {fmt(detail['i2'], 1)}%, H\u00b2 = {fmt(detail['h2'])}, "
             f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
@@ -674,7 +712,8 @@ def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
                 f"{_label(study, str(term))}: standardised coefficient",
                 "standardised \u03b2", styles, originals, salt=anchor)))
         if len(coef):
-            table = coef[["site", "x", "n", "estimate", "ci_low", "ci_high", "statistic", "p_value"]]
+            table = coef[["site", "x", "n", "estimate", "ci_low", "ci_high", "statistic",
+                          "p_value"]]
             beta = dict(zip(zip(std["site"], std["x"]), std["estimate"]))
             r2 = dict(zip(rows.loc[rows["base"] == "ols_r2", "site"],
                           rows.loc[rows["base"] == "ols_r2", "estimate"]))
@@ -736,7 +775,8 @@ def _verdict_rules(study: Study) -> list[str]:
     """The configured verdict rules in words (``[replication] verdicts``)."""
     out = []
     for rule in study.section("replication").get("verdicts", ()):
-        words = [_CONDITIONS.get(c, c.replace("_", " ")) for c in rule.get("all", rule.get("any", ()))]
+        conditions = rule.get("all", rule.get("any", ()))
+        words = [_CONDITIONS.get(c, c.replace("_", " ")) for c in conditions]
         cond = (" and " if "all" in rule else " or ").join(words)
         out.append(f"\u201c{rule['verdict']}\u201d when {cond}")
     return out
@@ -892,7 +932,19 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study, run_id: s
 # ---------------------------------------------------------------------------
 
 def manifest(run_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
-    """The run's file list: name, size and SHA-256 of every file, sorted by name."""
+    """The run's file list.
+
+    Parameters
+    ----------
+    run_id : str
+    files : mapping of str to bytes
+        Run-relative name -> content.
+
+    Returns
+    -------
+    dict
+        ``{"run_id": ..., "files": [{"name", "bytes", "sha256"}, ...]}`` sorted by name.
+    """
     return {"run_id": run_id,
             "files": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
                       for n, b in sorted(files.items())]}
