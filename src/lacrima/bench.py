@@ -57,7 +57,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_prefect_server(home: Path, port: int | None = None, timeout: float = 120.0):
+def local_prefect_server(home: Path, port: int | None = None, timeout: float = 120.0,
+                        env: dict | None = None):
     """Run ``prefect server start`` (SQLite under ``home``) on a free local port.
 
     Yields the API URL (``http://127.0.0.1:<port>/api``). The server is stopped, by its own
@@ -71,12 +72,14 @@ def local_prefect_server(home: Path, port: int | None = None, timeout: float = 1
         Default: a free port.
     timeout : float
         Seconds to wait for ``/api/health``.
+    env : dict, optional
+        Extra environment of the server (e.g. a shorter scheduler loop in tests).
     """
     port = port or free_port()
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false") | (env or {})
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
     log = open(home / "server.log", "wb")
