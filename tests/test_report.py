@@ -163,10 +163,23 @@ def test_flow_and_descriptives_suppress_cells_below_five(report_inputs):
     small = dataclasses.replace(a, flow=flow, descriptives=descr)
     f = report.flow_frame([small])
     assert f.loc[f["Step"] == label, a.site].tolist() == ["<5"]
+    # Exclusions sum to received minus analysed (both shown): one more count is hidden, so
+    # the small one cannot be worked out; the cells shown still hold the true counts.
+    excluded = f[~f["Step"].isin(["Records received", "Analysed"])][a.site].tolist()
+    assert excluded.count("<5") + excluded.count(report.SECONDARY_MARK) >= 2
     d = report.descriptives_frame([small], study)
-    cell = d.loc[d["Characteristic"].str.contains(": another"), a.site].tolist()
-    assert cell == ["<5"]             # neither the count nor the percent that would reveal it
+    cells = dict(zip(d["Characteristic"], d[a.site]))
+    assert cells["Gender identity: another, n (%)"] == "<5"    # no count, no percent
+    assert report.SECONDARY_MARK in (cells["Gender identity: man, n (%)"],
+                                     cells["Gender identity: woman, n (%)"])
     assert report.fmt_n(0) == "0" and report.fmt_n(5) == "5" and report.fmt_n(4) == "<5"
+
+
+def test_complementary_suppression_hides_a_second_cell_only_when_needed():
+    assert report.hidden_cells([10, 3, 40]) == [True, True, False]    # 3 = total - 10 - 40
+    assert report.hidden_cells([2, 3, 40]) == [True, True, False]     # two hidden already
+    assert report.hidden_cells([10, 20, 40]) == [False, False, False]
+    assert report.hidden_cells([3]) == [True]
 
 
 def test_apa_number_formats():

@@ -152,6 +152,49 @@ def fmt_df(df) -> str:
     return str(int(round(df))) if abs(df - round(df)) < 1e-9 else fmt(df, 1)
 
 
+SECONDARY_MARK = "(s)"
+
+
+def hidden_cells(counts: list[float]) -> list[bool]:
+    """Which counts of one group to hide so that no count from 1 to 4 can be worked out.
+
+    Parameters
+    ----------
+    counts : list of float
+        The counts of one group whose total is shown elsewhere (exclusion reasons of a
+        site, whose sum is received minus analysed; gender levels, which sum to N).
+
+    Returns
+    -------
+    list of bool
+        True for primary cells (1 to ``MIN_CELL - 1``) and, when exactly one cell is
+        primary, for the smallest other cell too: a single hidden cell is the total
+        minus the shown ones (complementary suppression, Hundepool et al. 2012,
+        *Statistical Disclosure Control*, section 7.2).
+
+    Examples
+    --------
+    >>> hidden_cells([0, 0, 0, 1, 0])
+    [True, False, False, True, False]
+    >>> hidden_cells([12, 3, 2])
+    [False, True, True]
+    """
+    hide = [not _missing(c) and 0 < c < MIN_CELL for c in counts]
+    if sum(hide) == 1 and len(counts) > 1:
+        rest = [i for i, h in enumerate(hide) if not h and not _missing(counts[i])]
+        if rest:
+            hide[min(rest, key=lambda i: counts[i])] = True
+    return hide
+
+
+def _group_cells(counts: list[float], show) -> list[str]:
+    """Display cells of one group: ``show(i)`` for shown cells, ``<5`` for primary and
+    ``(s)`` for complementary suppression."""
+    return [("" if _missing(c) else f"<{MIN_CELL}" if 0 < c < MIN_CELL else SECONDARY_MARK)
+            if hidden else show(i)
+            for i, (c, hidden) in enumerate(zip(counts, hidden_cells(counts)))]
+
+
 def fmt_n(n) -> str:
     """A count for display, suppressed below the small-cell limit (protocol section 8)."""
     return suppress_small(n) if not _missing(n) else ""
@@ -459,7 +502,12 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
     for a in analyses:
         mine = a.flow.to_frame()
         counts = dict(zip(zip(mine["step"], mine["reason"], mine["label"]), mine["n"]))
-        out[a.site] = [fmt_n(counts.get(k)) for k in order]
+        cells = {k: fmt_n(counts.get(k)) for k in order}
+        # The exclusions sum to received minus analysed: suppress them as one group.
+        excluded = [k for k in order if k[0] == "excluded" and k in counts]
+        cells.update(zip(excluded, _group_cells([counts[k] for k in excluded],
+                                                lambda i: fmt_n(counts[excluded[i]]))))
+        out[a.site] = [cells[k] for k in order]
     return out
 
 
@@ -520,11 +568,21 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         return f"{fmt(r['mean'])} ({fmt(r['sd'])})"
 
     add(f"{_label(study, 'age')}, M (SD)", {a.site: m_sd(a.site, "age") for a in analyses})
-    for level in gender_levels:
+    # Levels of a variable sum to N: each site's levels are suppressed as one group.
+    gender_cells = {}
+    for a in analyses:
+        pairs = [_level_count(cats[a.site], "gender", level) for level in gender_levels]
+        gender_cells[a.site] = _group_cells([c for c, _ in pairs],
+                                            lambda i, pairs=pairs: _count_cell(*pairs[i]))
+    for i, level in enumerate(gender_levels):
         add(f"{_label(study, 'gender')}: {level}, n (%)",
-            {a.site: _count_cell(*_level_count(cats[a.site], "gender", level)) for a in analyses})
-    add(f"{_label(study, criers)}, n (%)",
-        {a.site: _count_cell(*_level_count(cats[a.site], criers, "true")) for a in analyses})
+            {code: cells[i] for code, cells in gender_cells.items()})
+    criers_cells = {}
+    for a in analyses:
+        pairs = [_level_count(cats[a.site], criers, v) for v in ("true", "false")]
+        criers_cells[a.site] = _group_cells([c for c, _ in pairs],
+                                            lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
+    add(f"{_label(study, criers)}, n (%)", criers_cells)
     for score, spec in study.scores.items():
         if spec.get("kind") == "not_equal":
             continue
