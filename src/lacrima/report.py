@@ -921,9 +921,23 @@ def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
     categorical = pd.DataFrame({
         "Variable": [_label(study, v) for v in cat["variable"]],
         "Level": cat["level"].astype(str).to_numpy(),
-        "n (%)": [_count_cell(c, p) for c, p in zip(cat["count"], cat["percent"])],
+        "n (%)": _categorical_cells(cat),
     })
     return _html_table(numeric, first_left=2), _html_table(categorical, first_left=2)
+
+
+def _categorical_cells(cat: pd.DataFrame) -> list[str]:
+    """``n (%)`` per level; the levels of each variable (and subset) suppressed as one group."""
+    cells = [""] * len(cat)
+    keys = cat["variable"].astype(str) + "|" + cat["subset"].astype(str)
+    for _, idx in pd.Series(range(len(cat))).groupby(keys.to_numpy(), sort=False):
+        pos = idx.tolist()
+        counts = [float(cat["count"].iloc[i]) for i in pos]
+        shown = _group_cells(counts, lambda j: _count_cell(counts[j],
+                                                           cat["percent"].iloc[pos[j]]))
+        for i, text in zip(pos, shown):
+            cells[i] = text
+    return cells
 
 
 def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
