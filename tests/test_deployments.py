@@ -1,0 +1,163 @@
+"""Deployments on a real Prefect server: schedules registered, the sweep fires, runs only for new drops.
+
+One test starts ``prefect server start`` (SQLite) on a free local port and ``lacrima serve`` in a
+child process, and watches them through the server's REST API. The rest is plain.
+"""
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lacrima import intake
+from lacrima.bench import local_prefect_server
+from lacrima.storage import LocalStorage
+from lacrima.synth import write_drop
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_SECONDS = 3           # the sweep's interval in the served test (0.05 minutes)
+
+
+def _post(api: str, path: str, body: dict) -> list:
+    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _runs_of_flow(api: str, flow_name: str) -> list:
+    return _post(api, "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_build_deployments_takes_the_schedules_it_is_given():
+    from flows.deployments import build_deployments
+
+    nightly, sweep = build_deployments(cron="30 1 * * *", sweep_minutes=2,
+                                       storage_location="/srv/lacrima", demo=False)
+    assert (nightly.name, sweep.name) == ("nightly", "landing-sweep")
+    assert nightly.schedules[0].schedule.cron == "30 1 * * *"
+    assert sweep.schedules[0].schedule.interval == timedelta(minutes=2)
+    assert nightly.parameters == sweep.parameters == {"storage_location": "/srv/lacrima",
+                                                      "demo": False}
+    with pytest.raises(ValueError, match="sweep_minutes must be positive"):
+        build_deployments(sweep_minutes=0)
+
+
+def test_prefect_yaml_declares_the_same_two_deployments():
+    from flows.deployments import NIGHTLY_CRON, SWEEP_MINUTES
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["nightly"]["entrypoint"] == "flows/pipeline.py:lacrima_pipeline"
+    assert by_name["nightly"]["schedules"][0]["cron"] == NIGHTLY_CRON
+    assert by_name["landing-sweep"]["entrypoint"] == "flows/deployments.py:landing_sweep"
+    assert by_name["landing-sweep"]["schedules"][0]["interval"] == SWEEP_MINUTES * 60
+
+
+SA_VERSION = tuple(int(x) for x in importlib.metadata.version("sqlalchemy").split(".")[:2])
+# Prefect 3.8.8's scheduler service fails on SQLAlchemy 2.1 ("Can't evaluate bulk DML statement;
+# please supply a bulk_dml decorated function", in _insert_scheduled_flow_runs), so a schedule
+# never creates runs. Checked: the same server with SQLAlchemy 2.0.58 schedules them.
+SCHEDULER_BROKEN = SA_VERSION >= (2, 1)
+SCHEDULER_BUG = "Can't evaluate bulk DML statement"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real Prefect server (SQLite) and ``lacrima serve`` against it; the store starts empty."""
+    tmp = tmp_path_factory.mktemp("served")
+    store = tmp / "store"
+    server_env = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+                  "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
+    with local_prefect_server(tmp / "server-home", env=server_env) as api:
+        env = dict(os.environ, PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "serve-home"),
+                   PREFECT_RUNNER_POLL_FREQUENCY="2", PREFECT_LOGGING_LEVEL="WARNING")
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "lacrima", "serve", "--cron", "0 3 * * *", "--sweep-minutes",
+             str(SWEEP_SECONDS / 60), "--storage", str(store), "--demo"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        try:
+            def registered():
+                found = {d["name"]: d for d in _post(api, "/deployments/filter", {})}
+                return found if {"nightly", "landing-sweep"} <= set(found) else None
+
+            yield api, store, _wait(registered, 60, "both deployments"), tmp / "server-home"
+        finally:
+            os.killpg(serve.pid, 15)
+            try:
+                serve.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(serve.pid, 9)
+
+
+def test_serve_registers_both_deployments_with_their_schedules(served):
+    _, _, deps, _ = served
+    assert deps["nightly"]["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert deps["landing-sweep"]["schedules"][0]["schedule"]["interval"] == SWEEP_SECONDS
+    assert all(d["status"] == "READY" and d["schedules"][0]["active"] for d in deps.values())
+    assert deps["nightly"]["parameters"]["demo"] is True
+
+
+@pytest.mark.xfail(SCHEDULER_BROKEN, strict=True,
+                   reason="Prefect 3.8.8 scheduler vs SQLAlchemy >= 2.1: pin sqlalchemy<2.1")
+def test_the_sweep_schedule_fires(served):
+    api, _, deps, home = served
+    sweep_id = deps["landing-sweep"]["id"]
+
+    def scheduled():
+        if SCHEDULER_BUG in (home / "server.log").read_text(errors="replace"):
+            raise AssertionError(f"the server's scheduler failed: {SCHEDULER_BUG}")
+        return [r for r in _post(api, "/flow_runs/filter",
+                                 {"flow_runs": {"deployment_id": {"any_": [sweep_id]}}})
+                if r["auto_scheduled"]]
+
+    runs = _wait(scheduled, 60, "runs created by the sweep's schedule")
+    assert runs[0]["deployment_id"] == sweep_id
+
+
+def test_sweep_starts_the_pipeline_only_when_new_drops_exist(served, study, sites, tmp_path):
+    api, store, deps, _ = served
+    sweep_id = deps["landing-sweep"]["id"]
+
+    def run_sweep() -> dict:
+        # Started through the server like any scheduled run; the served process executes it.
+        run = _post(api, f"/deployments/{sweep_id}/create_flow_run", {})
+        return _wait(lambda: [r for r in _post(api, "/flow_runs/filter",
+                                               {"flow_runs": {"id": {"any_": [run["id"]]}}})
+                              if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")],
+                     180, "the sweep run to finish")[0]
+
+    # Empty landing zones: the sweep completes and starts no pipeline run.
+    first = run_sweep()
+    assert first["state_type"] == "COMPLETED", first["state_name"]
+    assert _runs_of_flow(api, "lacrima-pipeline") == []
+    assert not (store / "results").exists() and not (store / "reports").exists()
+
+    # New drops: the sweep starts the pipeline, which writes a report.
+    storage = LocalStorage(store)
+    for s in sites:
+        intake.upload(storage, s, write_drop(s, study, tmp_path / s.code, n=30))
+    second = run_sweep()
+    assert second["state_type"] == "COMPLETED", second["state_name"]
+    pipeline_runs = _runs_of_flow(api, "lacrima-pipeline")
+    assert [r["state_type"] for r in pipeline_runs] == ["COMPLETED"]
+    assert (store / "reports" / "latest" / "report.html").exists()
