@@ -819,8 +819,10 @@ def _provenance_tables(prov: Mapping[str, Any]) -> dict[str, Markup]:
     packages = pd.DataFrame({"Package": list(prov.get("packages", {})),
                              "Version": [v or "not installed"
                                          for v in prov.get("packages", {}).values()]})
-    return {"general": _html_table(general), "sites": _html_table(pd.DataFrame(site_rows)),
-            "packages": _html_table(packages)}
+    sites = pd.DataFrame(site_rows)
+    return {"general": _html_table(general, first_left=2),
+            "sites": _html_table(sites, first_left=len(sites.columns)),
+            "packages": _html_table(packages, first_left=2)}
 
 
 _CONDITIONS = {"same_direction": "same direction", "significant": "replication p < \u03b1",
