@@ -1,0 +1,53 @@
+"""The Dask task runner gives the same results.csv as Prefect's default thread pool."""
+
+import io
+
+import pandas as pd
+import pytest
+
+from lacrima import intake
+from lacrima.storage import LocalStorage
+from lacrima.synth import write_drop
+
+N = 40
+# Relative tolerance for every numeric result: the same code on the same data in another
+# process; anything above floating-point noise would be a real difference.
+EST_RTOL = 1e-12
+
+
+def test_unknown_runner_is_refused():
+    from flows.pipeline import task_runner
+
+    with pytest.raises(ValueError, match="expected 'thread' or 'dask'"):
+        task_runner("celery")
+
+
+def test_dask_runner_uses_one_thread_per_worker_process():
+    from prefect_dask import DaskTaskRunner
+
+    from flows.pipeline import task_runner
+
+    runner = task_runner("dask", workers=3)
+    assert isinstance(runner, DaskTaskRunner)
+    assert runner.cluster_kwargs["n_workers"] == 3 and runner.cluster_kwargs["threads_per_worker"] == 1
+    assert task_runner("dask", dask_address="tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
+
+
+@pytest.mark.prefect
+def test_dask_gives_the_same_results_csv_as_the_thread_pool(prefect_harness, tmp_path, study,
+                                                             sites):
+    from flows.pipeline import run_pipeline
+
+    drops = {s.code: write_drop(s, study, tmp_path / "drops" / s.code, n=N) for s in sites}
+    out = {}
+    for runner in ("thread", "dask"):
+        storage = LocalStorage(tmp_path / runner)
+        for s in sites:
+            intake.upload(storage, s, drops[s.code])
+        summary = run_pipeline(storage_location=str(tmp_path / runner), runner=runner,
+                               run_id="same", workers=2)
+        assert summary["accepted"] == 3 and sorted(summary["sites_recomputed"]) == ["il", "it", "us"]
+        out[runner] = storage.read_bytes("reports/same/results.csv")
+    thread, dask = (pd.read_csv(io.BytesIO(out[r]), keep_default_na=False) for r in ("thread", "dask"))
+    assert len(thread) > 100 and {"us", "it", "il", "pooled"} <= set(thread["site"])
+    pd.testing.assert_frame_equal(dask, thread, check_exact=False, rtol=EST_RTOL)
