@@ -17,12 +17,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.artifacts import publish_artifacts
 from lacrima import intake, pipeline, report
 from lacrima.pipeline import RunContext
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
 # Seconds. Generous: a site's intake at 1,000 participants takes seconds; these catch a hung
 # store or a runaway model, not a slow day.
+VERDICT_TABLE_KEY = report.artifact_key("lacrima-verdict-table")
 SITE_TIMEOUT = 1800
 POOL_TIMEOUT = 3600
 
@@ -78,6 +80,16 @@ def write_report(ctx: RunContext, run_id: str, analyses, comparison) -> report.R
                                 list(ctx.sites), prov)
 
 
+@task(name="publish-verdict-table", cache_policy=NO_CACHE, timeout_seconds=120, **IO_RETRIES)
+def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
+    from prefect.artifacts import create_table_artifact
+
+    table = report.verdict_table(comparison, ctx.study, ctx.sites)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return str(create_table_artifact(table=rows, key=VERDICT_TABLE_KEY,
+                                     description=f"Verdict per pooled effect, run {run_id}"))
+
+
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None) -> dict:
@@ -107,6 +119,11 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
         with clock("report"):
             outputs = write_report(ctx, run_id, analyses, comparison)
     summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    if outputs is not None:
+        with clock("artifacts"):
+            publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
+                              outputs.location)
+            publish_verdict_table(ctx, run_id, comparison)
     summary["seconds"] = clock.seconds
     logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
                 run_id, summary["accepted"], summary["quarantined"],

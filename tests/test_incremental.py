@@ -120,6 +120,14 @@ def test_stage_clock_adds_up_repeated_stages():
     assert set(clock.seconds) == {"intake"} and clock.seconds["intake"] >= 0
 
 
+def _artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
 @pytest.mark.prefect
 def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_path, study, sites,
                                                          small_drops):
@@ -133,8 +141,13 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     assert sorted(first["sites_recomputed"]) == ["il", "it", "us"] and not first["sites_reused"]
     assert first["report"].endswith("reports/r1/report.html")
 
-    # Nothing new: no site analysed, no report, says so.
+    tables = _artifacts("lacrima-verdict-table")
+    assert len(tables) == 1 and tables[0].type == "table"
+    assert _artifacts("lacrima-verdicts") and _artifacts("lacrima-report")
+
+    # Nothing new: no site analysed, no report, no new artifact, says so.
     same = lacrima_pipeline(storage_location=str(store), run_id="r2")
+    assert len(_artifacts("lacrima-verdict-table")) == 1
     assert same["nothing_new"] and same["report"] is None
     assert same["sites_recomputed"] == [] and same["sites_reused"] == ["il", "it", "us"]
     assert same["skipped_duplicates"] == 3 and same["accepted"] == 0
