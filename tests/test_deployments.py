@@ -109,6 +109,7 @@ def served(tmp_path_factory):
                 os.killpg(serve.pid, 9)
 
 
+@pytest.mark.prefect
 def test_serve_registers_both_deployments_with_their_schedules(served):
     _, _, deps, _ = served
     assert deps["nightly"]["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
@@ -117,6 +118,7 @@ def test_serve_registers_both_deployments_with_their_schedules(served):
     assert deps["nightly"]["parameters"]["demo"] is True
 
 
+@pytest.mark.prefect
 @pytest.mark.xfail(SCHEDULER_BROKEN, strict=True,
                    reason="Prefect 3.8.8 scheduler vs SQLAlchemy >= 2.1: pin sqlalchemy<2.1")
 def test_the_sweep_schedule_fires(served):
@@ -134,6 +136,7 @@ def test_the_sweep_schedule_fires(served):
     assert runs[0]["deployment_id"] == sweep_id
 
 
+@pytest.mark.prefect
 def test_sweep_starts_the_pipeline_only_when_new_drops_exist(served, study, sites, tmp_path):
     api, store, deps, _ = served
     sweep_id = deps["landing-sweep"]["id"]

@@ -5,6 +5,7 @@ first run, a run with nothing new, a run after one new drop at one site.
 """
 
 import pickle
+import shutil
 
 import pandas as pd
 import pytest
@@ -28,13 +29,21 @@ def _second_drop(study, site, folder):
     return write_drop(site, study, folder, n=N, seed=99, id_offset=10_000)
 
 
-@pytest.fixture()
-def ingested(tmp_path, study, sites, small_drops):
-    storage = LocalStorage(tmp_path / "store")
+@pytest.fixture(scope="module")
+def ingested_once(tmp_path_factory, study, sites, small_drops):
+    root = tmp_path_factory.mktemp("ingested") / "store"
+    storage = LocalStorage(root)
     for s in sites:
         intake.upload(storage, s, small_drops[s.code])
         intake.ingest_site(storage, s, study, KEY)
-    return storage
+    return root
+
+
+@pytest.fixture()
+def ingested(tmp_path, ingested_once):
+    # A copy per test: intake costs seconds, copying the folder milliseconds.
+    shutil.copytree(ingested_once, tmp_path / "store")
+    return LocalStorage(tmp_path / "store")
 
 
 def test_plan_counts_pending_drops_from_listings(tmp_path, study, sites, small_drops):
