@@ -94,7 +94,23 @@ class SitePlan:
 
 
 def plan_site(storage: Storage, site: Site) -> SitePlan:
-    """Count a site's landing objects and those a run has not processed yet."""
+    """Count a site's landing objects and those a run has not processed yet.
+
+    Parameters
+    ----------
+    storage : Storage
+    site : Site
+
+    Returns
+    -------
+    SitePlan
+        ``landed`` objects under ``landing/<site>/`` and ``pending``, those whose listing entry
+        (ETag) is not in the site's landing index (see ``intake.pending_drops``).
+
+    Notes
+    -----
+    Two listings, no download: on S3 this is what makes a sweep every few minutes cheap.
+    """
     from lacrima.intake import pending_drops
 
     return SitePlan(site.code, len(storage.list(f"landing/{site.code}")),
@@ -102,7 +118,20 @@ def plan_site(storage: Storage, site: Site) -> SitePlan:
 
 
 def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Input key and accepted batches of every site that has accepted data (see site_input_key)."""
+    """Input key and accepted batches of every site that has accepted data.
+
+    Parameters
+    ----------
+    storage : Storage
+    sites : iterable of Site
+    study : Study
+
+    Returns
+    -------
+    dict
+        Site code -> ``(input_key, accepted batch hashes)`` as :func:`site_input_key` gives
+        them; sites without an accepted batch are left out.
+    """
     out = {}
     for s in sites:
         key, accepted = site_input_key(storage, s, study)
