@@ -108,3 +108,30 @@ def test_ipd_models_table(study):
 def test_missing_column_is_named(study):
     with pytest.raises(ValueError, match="criers column"):
         ipd_models(pd.DataFrame({"site": ["us"]}), study)
+
+
+def test_interaction_test_equals_statsmodels_formula_fits():
+    """Second implementation: statsmodels OLS with one dummy per site (what the sums replace)."""
+    import statsmodels.formula.api as smf
+
+    from lacrima.ipd import interaction_test
+
+    rng = np.random.default_rng(42)
+    frames = []
+    for i, slope in enumerate([0.2, 0.5, -0.1, 0.3]):
+        x = rng.normal(size=40 + 10 * i)
+        frames.append(pd.DataFrame({"x": x, "y": 1 + i + slope * x + rng.normal(size=len(x)),
+                                    "site": f"s{i}"}))
+    flat = pd.DataFrame({"x": [2.0] * 6, "y": rng.normal(size=6), "site": "flat"})
+    for data in (pd.concat(frames, ignore_index=True), pd.concat([*frames, flat], ignore_index=True)):
+        full = smf.ols("y ~ x * C(site)", data=data).fit()
+        reduced = smf.ols("y ~ x + C(site)", data=data).fit()
+        f, p, df_diff = full.compare_f_test(reduced)
+        got = interaction_test(data)
+        assert got["statistic"] == pytest.approx(f, rel=1e-9)
+        assert got["p_value"] == pytest.approx(p, rel=1e-7)
+        assert got["df"] == df_diff
+        assert got["estimate"] == pytest.approx(reduced.params["x"], rel=1e-10)
+        lo, hi = reduced.conf_int().loc["x"]
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), rel=1e-9)
+        assert got["method"] == f"ols_interaction_F(df2={int(full.df_resid)})"

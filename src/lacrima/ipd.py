@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
+from scipy import stats
 
 from lacrima import vocabulary as voc
 from lacrima.study import Study
@@ -91,17 +92,40 @@ def interaction_test(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
     -----
     Nested-model F test: :math:`F = ((RSS_0 - RSS_1)/(k-1)) / (RSS_1/(n-2k))`, with
     :math:`RSS_1` from ``y ~ x * C(site)`` and :math:`RSS_0` from ``y ~ x + C(site)``
-    (statsmodels ``OLSResults.compare_f_test``; Cooper & Patall 2009 on IPD
-    heterogeneity).
+    (the same numbers as statsmodels ``OLSResults.compare_f_test`` on the two formula
+    fits; Cooper & Patall 2009 on IPD heterogeneity). Both models are computed from
+    per-site centred sums of squares and cross-products, never from a design matrix with
+    one dummy per site: at 1,000 sites x 1,000 rows that matrix alone would be 16 GB.
+    Within site :math:`s`, :math:`RSS_{1,s} = S_{yy,s} - S_{xy,s}^2 / S_{xx,s}`; the common
+    slope is :math:`b = \sum S_{xy} / \sum S_{xx}` with
+    :math:`RSS_0 = \sum S_{yy} - (\sum S_{xy})^2 / \sum S_{xx}` on ``n - k - 1`` df.
+    A site whose x does not vary has no slope of its own (one parameter fewer, as a
+    rank-deficient design would count it).
     """
-    full = smf.ols("y ~ x * C(site)", data=data).fit()
-    reduced = smf.ols("y ~ x + C(site)", data=data).fit()
-    f, p, df_diff = full.compare_f_test(reduced)
-    lo, hi = reduced.conf_int(alpha=1 - level).loc["x"]
-    return {"estimate": float(reduced.params["x"]), "ci_low": float(lo), "ci_high": float(hi),
-            "statistic": float(f), "df": float(df_diff), "p_value": float(p),
-            "n": int(full.nobs), "k": int(data["site"].nunique()),
-            "method": f"ols_interaction_F(df2={int(full.df_resid)})"}
+    g = data.groupby("site", sort=False)
+    n_s = g.size().to_numpy(dtype=float)
+    sx, sy = g["x"].sum().to_numpy(), g["y"].sum().to_numpy()
+    prod = data.assign(xx=data["x"] ** 2, xy=data["x"] * data["y"], yy=data["y"] ** 2)
+    sums = prod.groupby("site", sort=False)[["xx", "xy", "yy"]].sum().to_numpy()
+    sxx = sums[:, 0] - sx ** 2 / n_s
+    sxy = sums[:, 1] - sx * sy / n_s
+    syy = sums[:, 2] - sy ** 2 / n_s
+    # a site whose x is constant (up to rounding) has no slope of its own
+    flat = sxx <= 1e-12 * np.maximum(sums[:, 0], 1.0)
+    k, n = len(n_s), float(n_s.sum())
+    rss1 = float(np.sum(np.where(flat, syy, syy - sxy ** 2 / np.where(flat, 1.0, sxx))))
+    sxx_tot, sxy_tot = float(sxx[~flat].sum()), float(sxy[~flat].sum())
+    slope = sxy_tot / sxx_tot
+    rss0 = float(syy.sum()) - sxy_tot ** 2 / sxx_tot
+    df1 = n - (2 * k - int(flat.sum()))
+    df0 = n - k - 1
+    df_diff = df0 - df1
+    f = ((rss0 - rss1) / df_diff) / (rss1 / df1)
+    se = np.sqrt(rss0 / df0 / sxx_tot)
+    half = stats.t.ppf(0.5 + level / 2, df0) * se
+    return {"estimate": slope, "ci_low": slope - half, "ci_high": slope + half,
+            "statistic": float(f), "df": float(df_diff), "p_value": float(stats.f.sf(f, df_diff, df1)),
+            "n": int(n), "k": int(k), "method": f"ols_interaction_F(df2={int(df1)})"}
 
 
 def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
