@@ -63,10 +63,15 @@ def plan_run(ctx: RunContext) -> list[pipeline.SitePlan]:
 _INTAKE_LOCK = threading.Lock()
 
 
-@task(name="ingest-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def ingest_site(ctx: RunContext, site) -> intake.IntakeResult:
+def _ingest_in_turn(ctx: RunContext, site) -> intake.IntakeResult:
+    # A module function, so Dask pickles it by reference and never tries to pickle the lock.
     with _INTAKE_LOCK:
         return intake.ingest_site(ctx.storage, site, ctx.study, ctx.key)
+
+
+@task(name="ingest-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
+def ingest_site(ctx: RunContext, site) -> intake.IntakeResult:
+    return _ingest_in_turn(ctx, site)
 
 
 @task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)

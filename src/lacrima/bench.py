@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mid-sites", type=int, default=125)
     ap.add_argument("--mid-n", type=int, default=120)
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the scenarios already in OUT/results.json (add to them)")
     args = ap.parse_args(argv)
     if args.child:
         _child(args)
@@ -477,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[ScenarioResult] = []
     meta = machine() | {"notes": list(args.note)}
+    if args.keep and (args.out / "results.json").exists():
+        old = json.loads((args.out / "results.json").read_text())
+        results = [ScenarioResult(**s) for s in old["scenarios"]]
+        meta["notes"] = old["machine"].get("notes", []) + meta["notes"]
+        meta["date"] = f"{old['machine']['date']} and {meta['date']}"
 
     def save():
         targets = evaluate_targets(results)
