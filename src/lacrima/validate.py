@@ -8,6 +8,7 @@ drop (IDs clashing with accepted batches) or the scores (completion) are plain p
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -79,6 +80,12 @@ def _gx_suite(suite: dict):
     return out
 
 
+# GX keeps one process-wide project context: two threads validating at once through it
+# mixed up their batches (a clean drop was quarantined at 125 sites on 4 threads). Only
+# the GX call takes turns; reading, pseudonymising and writing a drop stay parallel.
+_GX_LOCK = threading.RLock()
+
+
 @cache
 def _batch_definition():
     import great_expectations as gx
@@ -143,8 +150,9 @@ def run_suite(frame: pd.DataFrame, study: Study, row_numbers, codebook) -> list[
     suite = suite_dict(study)
     gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
     data = frame.reset_index(drop=True)
-    batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
-    result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
+    with _GX_LOCK:
+        batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
+        result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
     findings = []
     for r in result.results:
         if r.success:
