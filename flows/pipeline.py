@@ -12,7 +12,6 @@ key changed at all since the latest report, nothing is analysed and no report is
 from __future__ import annotations
 
 import logging
-import threading
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -54,24 +53,11 @@ def plan_run(ctx: RunContext) -> list[pipeline.SitePlan]:
     return [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
 
 
-# lacrima.validate shares one Great Expectations ephemeral context and batch definition per
-# process, and GX mixes up concurrent validations in one process: measured at 125 sites on 4
-# threads, a clean drop was quarantined with findings of "0 row(s) fail". Until validate.py
-# keeps one context per thread (or locks only its GX call), intakes in one process take turns.
-# GX validation is pure-Python work under the GIL, so threads gained little from overlapping it;
-# on Dask each worker process has its own context and its own lock, and sites run in parallel.
-_INTAKE_LOCK = threading.Lock()
-
-
-def _ingest_in_turn(ctx: RunContext, site) -> intake.IntakeResult:
-    # A module function, so Dask pickles it by reference and never tries to pickle the lock.
-    with _INTAKE_LOCK:
-        return intake.ingest_site(ctx.storage, site, ctx.study, ctx.key)
-
-
 @task(name="ingest-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
 def ingest_site(ctx: RunContext, site) -> intake.IntakeResult:
-    return _ingest_in_turn(ctx, site)
+    # lacrima.validate serialises only its Great Expectations call (GX's context is shared
+    # per process); the rest of an intake runs in parallel with other sites.
+    return intake.ingest_site(ctx.storage, site, ctx.study, ctx.key)
 
 
 @task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
