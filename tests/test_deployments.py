@@ -23,7 +23,7 @@ from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP_SECONDS = 3           # the sweep's interval in the served test (0.05 minutes)
+SWEEP_SECONDS = 12          # the sweep's interval in the served test (0.2 minutes)
 
 
 def _post(api: str, path: str, body: dict) -> list:
@@ -33,8 +33,17 @@ def _post(api: str, path: str, body: dict) -> list:
         return json.loads(r.read())
 
 
+def _pause(api: str, deployment_id: str) -> None:
+    """Pause a deployment's schedule; the server deletes its auto-scheduled runs."""
+    req = urllib.request.Request(f"{api}/deployments/{deployment_id}/pause_deployment", data=b"",
+                                 method="POST")
+    urllib.request.urlopen(req, timeout=10).read()
+
+
 def _runs_of_flow(api: str, flow_name: str) -> list:
-    return _post(api, "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+    """Runs of a flow that started (the nightly schedule's future runs wait as SCHEDULED)."""
+    return [r for r in _post(api, "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+            if r["state_type"] != "SCHEDULED"]
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -98,9 +107,11 @@ def served(tmp_path_factory):
         try:
             def registered():
                 found = {d["name"]: d for d in _post(api, "/deployments/filter", {})}
-                return found if {"nightly", "landing-sweep"} <= set(found) else None
+                ready = {"nightly", "landing-sweep"} <= set(found) and all(
+                    d["status"] == "READY" for d in found.values())
+                return found if ready else None    # READY once the served process polls
 
-            yield api, store, _wait(registered, 60, "both deployments"), tmp / "server-home"
+            yield api, store, _wait(registered, 90, "both deployments ready"), tmp / "server-home"
         finally:
             os.killpg(serve.pid, 15)
             try:
@@ -134,12 +145,22 @@ def test_the_sweep_schedule_fires(served):
 
     runs = _wait(scheduled, 60, "runs created by the sweep's schedule")
     assert runs[0]["deployment_id"] == sweep_id
+    # A scheduled sweep comes due and runs to completion in the served process.
+    done = _wait(lambda: [r for r in scheduled() if r["state_type"] == "COMPLETED"], 120,
+                 "a scheduled sweep to finish")
+    assert done[0]["deployment_id"] == sweep_id
 
 
 @pytest.mark.prefect
 def test_sweep_starts_the_pipeline_only_when_new_drops_exist(served, study, sites, tmp_path):
     api, store, deps, _ = served
     sweep_id = deps["landing-sweep"]["id"]
+    # Scheduled sweeps would race the sweeps this test starts: pause the schedule first and
+    # let any sweep already running finish.
+    _pause(api, sweep_id)
+    _wait(lambda: not [r for r in _post(api, "/flow_runs/filter",
+                                        {"flow_runs": {"deployment_id": {"any_": [sweep_id]}}})
+                       if r["state_type"] in ("PENDING", "RUNNING")], 120, "running sweeps to end")
 
     def run_sweep() -> dict:
         # Started through the server like any scheduled run; the served process executes it.
