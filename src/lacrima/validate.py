@@ -1,8 +1,15 @@
 """Validation of one drop (protocol section 8) with a Great Expectations suite from the plan.
 
-The canonical-schema suite is generated from ``sites/study.toml`` (``build_suite``) and kept in
+The canonical-schema suite is generated from ``sites/study.toml`` (``suite_dict``) and kept in
 ``expectations/canonical.json``; a test keeps the two in step. Checks that need more than one
 drop (IDs clashing with accepted batches) or the scores (completion) are plain pandas.
+
+The suite runs on the drop in long format (one row per participant x checked variable, see
+``long_frame``), so that each rule shared by many variables (every 1-5 Likert range, every
+episode item blank for non-criers) is one expectation instead of one per variable. Great
+Expectations' cost is per expectation and per metric, not per row: 11 expectations on ~7,500
+long rows run several times faster than the 77 per-variable ones did on the wide drop, with the
+same findings (``run_suite`` maps each unexpected long row back to its variable and row).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lacrima.findings import Finding, findings_frame
@@ -22,44 +30,98 @@ from lacrima.study import Study
 SUITE_NAME = "canonical"
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 
-# Human wording of each GX expectation type, for data managers.
-_CHECK_NAMES = {
-    "expect_column_values_to_be_between": "value_range",
-    "expect_column_values_to_be_in_set": "allowed_codes",
-    "expect_column_values_to_be_unique": "unique_ids",
-    "expect_column_values_to_not_be_null": "ids_present",
-    "expect_column_values_to_be_null": "episode_blank_for_non_criers",
-}
+# Columns of the long frame the suite runs on (the criers variable is added under its own name).
+LONG_COLUMNS = ("row", "variable", "value", "value_num")
 
 
-def suite_dict(study: Study) -> dict:
-    """The canonical suite as plain data (expectation type + kwargs), derived from the plan.
+@dataclass(frozen=True)
+class _Rule:
+    """One check of one variable, as a data manager reads it in a finding."""
 
-    One expectation per rule: ranges for likert/integer variables, allowed sets for categories,
-    non-null and unique IDs, episode items blank when ``cried_in_therapy`` is false, and
-    ``cry_sessions`` 0 for non-criers.
+    check: str
+    variable: str
+    expected: str
+    kind: str                 # GX expectation type
+    kwargs: tuple = ()        # (name, value) pairs besides column and row_condition
+    condition: str = ""       # extra row condition, pandas query syntax
+
+
+def _number(x) -> str:
+    # Findings always showed bounds as floats (GX stores them so); keep the wording.
+    return str(float(x))
+
+
+def _rules(study: Study) -> list[_Rule]:
+    """Every per-variable rule of protocol section 8, in the order findings are reported.
+
+    ``ranged``: likert/integer variables with ``valid`` stay within it; ``category``: one of the
+    levels; IDs present and unique; episode items (``group = "episode"``) blank when the criers
+    variable is false; and ``cry_sessions`` 0 for non-criers.
     """
     criers = study.section("analysis")["criers"]
     non_crier = f"{criers} == False"
-    exps = [
-        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "participant_id"}},
-        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "participant_id"}},
+    rules = [
+        _Rule("ids_present", "participant_id", "a participant ID on every row",
+              "expect_column_values_to_not_be_null"),
+        _Rule("unique_ids", "participant_id", "each participant ID once",
+              "expect_column_values_to_be_unique"),
     ]
     for name, spec in study.variables.items():
         if spec["type"] in ("likert", "integer") and "valid" in spec:
             lo, hi = spec["valid"]
-            exps.append({"type": "expect_column_values_to_be_between",
-                         "kwargs": {"column": name, "min_value": lo, "max_value": hi}})
+            rules.append(_Rule("value_range", name, f"values between {_number(lo)} and {_number(hi)}",
+                               "expect_column_values_to_be_between",
+                               (("min_value", lo), ("max_value", hi))))
         elif spec["type"] == "category":
-            exps.append({"type": "expect_column_values_to_be_in_set",
-                         "kwargs": {"column": name, "value_set": list(spec["levels"])}})
+            levels = list(spec["levels"])
+            rules.append(_Rule("allowed_codes", name, "one of " + ", ".join(map(str, levels)),
+                               "expect_column_values_to_be_in_set", (("value_set", levels),)))
         if spec.get("group") == "episode":
-            exps.append({"type": "expect_column_values_to_be_null",
-                         "kwargs": {"column": name, "row_condition": non_crier,
-                                    "condition_parser": "pandas"}})
-    exps.append({"type": "expect_column_values_to_be_between",
-                 "kwargs": {"column": "cry_sessions", "min_value": 0, "max_value": 0,
-                            "row_condition": non_crier, "condition_parser": "pandas"}})
+            rules.append(_Rule("episode_blank_for_non_criers", name,
+                               f"blank when {criers} is False (episode items are asked of "
+                               "criers only)", "expect_column_values_to_be_null",
+                               condition=non_crier))
+    rules.append(_Rule("value_range", "cry_sessions", f"values between {_number(0)} and "
+                       f"{_number(0)} when {non_crier}", "expect_column_values_to_be_between",
+                       (("min_value", 0), ("max_value", 0)), condition=non_crier))
+    return rules
+
+
+def suite_dict(study: Study) -> dict:
+    """The canonical suite as plain data (expectation type + kwargs + meta), derived from the plan.
+
+    Parameters
+    ----------
+    study : Study
+        The study plan; its variables, their ``valid`` ranges, ``levels`` and ``group``.
+
+    Returns
+    -------
+    dict
+        ``{"name": "canonical", "expectations": [...]}``. Each expectation is one rule shared by
+        a list of variables and runs on the long frame (``long_frame``): its ``row_condition``
+        selects those variables' rows, ``meta`` names the check, the wording of a finding and
+        the variables, so a data manager can read each rule without the code.
+
+    Notes
+    -----
+    Rules with the same check, wording and condition are grouped in plan order: every Likert
+    item scored 1-5 shares one range expectation. Ranges and allowed codes ignore blanks, as
+    Great Expectations' column-map expectations do.
+    """
+    groups: dict[tuple, list[_Rule]] = {}
+    for rule in _rules(study):
+        groups.setdefault((rule.check, rule.expected, rule.condition), []).append(rule)
+    exps = []
+    for (check, expected, condition), rules in groups.items():
+        first = rules[0]
+        names = [r.variable for r in rules]
+        where = f"variable in {json.dumps(names)}" + (f" and {condition}" if condition else "")
+        value = "value_num" if first.kind == "expect_column_values_to_be_between" else "value"
+        exps.append({"type": first.kind,
+                     "kwargs": {"column": value, **dict(first.kwargs), "row_condition": where,
+                                "condition_parser": "pandas"},
+                     "meta": {"check": check, "expected": expected, "variables": names}})
     return {"name": SUITE_NAME, "expectations": exps}
 
 
@@ -70,13 +132,58 @@ def write_suite(study: Study, folder: Path = EXPECTATIONS_DIR) -> Path:
     return path
 
 
+def long_frame(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """The drop in long format: one row per participant x variable the suite checks.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A canonical drop (one row per participant, canonical column names); not changed.
+    study : Study
+        The study plan (which variables are checked, and the criers variable).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``row`` (0-based position in ``frame``), ``variable`` (canonical name),
+        ``value`` (the answer as a Python object, None when blank), ``value_num`` (the answer
+        as float for likert/integer variables, else NaN) and the criers variable (that
+        participant's answer, ``boolean``). Variable-major: all rows of one variable together.
+
+    Notes
+    -----
+    A variable missing from ``frame`` counts as blank, as the drop reader fills it.
+    """
+    criers = study.section("analysis")["criers"]
+    names = list(dict.fromkeys(r.variable for r in _rules(study)))
+    n = len(frame)
+    values, numbers = [], []
+    for name in names:
+        col = frame[name] if name in frame.columns else pd.Series([None] * n, dtype=object)
+        obj = col.to_numpy(dtype=object, na_value=None)
+        values.append(obj)
+        if study.variables[name]["type"] in ("likert", "integer"):
+            numbers.append(pd.to_numeric(col).to_numpy(dtype=float, na_value=np.nan))
+        else:
+            numbers.append(np.full(n, np.nan))
+    crier = (frame[criers] if criers in frame.columns else pd.Series([None] * n)).astype("boolean")
+    return pd.DataFrame({
+        "row": np.tile(np.arange(n), len(names)),
+        "variable": pd.Series(np.repeat(names, n), dtype="str"),
+        "value": pd.Series(np.concatenate(values) if names else [], dtype=object),
+        "value_num": np.concatenate(numbers) if names else np.array([], dtype=float),
+        criers: pd.array(np.tile(crier.to_numpy(dtype=object, na_value=None), len(names)),
+                         dtype="boolean"),
+    })
+
+
 def _gx_suite(suite: dict):
     import great_expectations as gx   # ~3 s import: only where used
 
     out = gx.ExpectationSuite(name=suite["name"])
     for exp in suite["expectations"]:
         cls_name = "".join(p.title() for p in exp["type"].split("_"))
-        out.add_expectation(getattr(gx.expectations, cls_name)(**exp["kwargs"]))
+        out.add_expectation(getattr(gx.expectations, cls_name)(**exp["kwargs"], meta=exp["meta"]))
     return out
 
 
@@ -146,52 +253,71 @@ def _native(codebook, canonical: str) -> str:
 
 
 def run_suite(frame: pd.DataFrame, study: Study, row_numbers, codebook) -> list[Finding]:
-    """Run the canonical GX suite on a canonical frame; one Finding per failed expectation."""
+    """Run the canonical GX suite on a canonical frame; one Finding per failed rule and variable.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The canonical drop; not changed.
+    study : Study
+        The study plan the suite is generated from.
+    row_numbers : sequence of int
+        Spreadsheet row number of each row of ``frame``, shown in findings.
+    codebook : Codebook
+        The site's codebook, for native column names in findings.
+
+    Returns
+    -------
+    list of Finding
+        In plan order (``_rules``): check, native column, the failing spreadsheet rows, the
+        rule's wording as ``expected`` and the number of unexpected values as ``found``. No
+        value of the drop appears in a finding.
+
+    Notes
+    -----
+    The suite runs on ``long_frame(frame)``; each unexpected long row is mapped back to its
+    (variable, row), so a rule shared by many variables still gives one finding per variable.
+    """
     suite = suite_dict(study)
     gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
-    data = frame.reset_index(drop=True)
+    data = long_frame(frame.reset_index(drop=True), study)
     with _GX_LOCK:
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
         result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
-    findings = []
+    variables, positions = data["variable"].to_numpy(dtype=object), data["row"].to_numpy()
+    failed: dict[tuple[str, str, str], list[int] | str] = {}
     for r in result.results:
         if r.success:
             continue
-        cfg = r.expectation_config
-        column = cfg.kwargs.get("column", "")
-        check = _CHECK_NAMES.get(cfg.type, cfg.type)
+        meta = r.expectation_config.meta
+        check, expected = meta["check"], meta["expected"]
+        idx = [i for i in (r.result.get("unexpected_index_list") or []) if isinstance(i, int)]
         raised = r.exception_info.get("raised_exception") if r.exception_info else False
-        if raised:
-            findings.append(Finding(check, f"check could not run on column {_native(codebook, column)}: "
-                                    f"{r.exception_info.get('exception_message', '')[:200]}",
-                                    columns=(_native(codebook, column),)))
+        if raised or not idx:
+            message = (r.exception_info or {}).get("exception_message", "") if raised else \
+                "Great Expectations reported a failure without rows"
+            for name in meta["variables"]:
+                failed[(check, expected, name)] = message
             continue
-        idx = r.result.get("unexpected_index_list") or []
-        rows = tuple(int(row_numbers[i]) for i in idx if isinstance(i, int) and i < len(row_numbers))
-        expected = _expected_text(cfg.type, cfg.kwargs)
-        native = _native(codebook, column)
+        for i in idx:
+            failed.setdefault((check, expected, variables[i]), []).append(int(positions[i]))
+    findings = []
+    for rule in _rules(study):
+        got = failed.get((rule.check, rule.expected, rule.variable))
+        if got is None:
+            continue
+        native = _native(codebook, rule.variable)
+        if isinstance(got, str):
+            findings.append(Finding(rule.check, f"check could not run on column {native}: "
+                                    f"{got[:200]}", columns=(native,)))
+            continue
+        rows = tuple(int(row_numbers[i]) for i in sorted(got) if i < len(row_numbers))
         findings.append(Finding(
-            check=check,
-            message=f"{len(rows) or r.result.get('unexpected_count', 0)} row(s) of column {native} "
-                    f"fail: {expected}",
-            columns=(native,), rows=rows, expected=expected,
-            found=f"{r.result.get('unexpected_count', len(rows))} unexpected value(s)"))
+            check=rule.check,
+            message=f"{len(rows) or len(got)} row(s) of column {native} fail: {rule.expected}",
+            columns=(native,), rows=rows, expected=rule.expected,
+            found=f"{len(got)} unexpected value(s)"))
     return findings
-
-
-def _expected_text(kind: str, kw: dict) -> str:
-    cond = f" when {kw['row_condition']}" if kw.get("row_condition") else ""
-    if kind == "expect_column_values_to_be_between":
-        return f"values between {kw['min_value']} and {kw['max_value']}{cond}"
-    if kind == "expect_column_values_to_be_in_set":
-        return "one of " + ", ".join(map(str, kw["value_set"]))
-    if kind == "expect_column_values_to_be_unique":
-        return "each participant ID once"
-    if kind == "expect_column_values_to_not_be_null":
-        return "a participant ID on every row"
-    if kind == "expect_column_values_to_be_null":
-        return f"blank{cond.replace('==', 'is')} (episode items are asked of criers only)"
-    return kind
 
 
 def id_clashes(frame: pd.DataFrame, accepted: pd.DataFrame, row_numbers, codebook,
