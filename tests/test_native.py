@@ -466,3 +466,12 @@ def test_arbitrary_cells_become_findings(study, sites, drops, tmp_path, cells, r
     assert drop.n_rows >= N - 1          # a cell of only line breaks may blank a whole row
     for f in drop.findings:
         assert f.columns and (f.severity == "warning" or f.rows or f.check == "missing_columns")
+
+
+def test_carriage_return_inside_the_first_line_is_no_traceback(study, sites, tmp_path):
+    # found by test_arbitrary_bytes_never_escape: csv.Error "new-line character seen in
+    # unquoted field" escaped the delimiter sniffing
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"a\rb,c\n1")
+    drop = read_drop(path, sites["us"], study)
+    assert "missing_columns" in checks(drop)

@@ -372,8 +372,13 @@ def _decode(data: bytes, fmt: FileFormat, name: str) -> str:
 
 
 def _delimiter(text: str, fmt: FileFormat, name: str, findings: list[Finding]) -> str:
-    first = text.split("\n", 1)[0]
-    counts = {d: len(next(csv.reader([first], delimiter=d), [])) for d in DELIMITERS}
+    first = next(iter(text.splitlines()), "")    # a lone "\r" ends a line too
+    counts = {}
+    for d in DELIMITERS:
+        try:
+            counts[d] = len(next(csv.reader([first], delimiter=d), []))
+        except csv.Error:                         # e.g. a NUL or stray quote: not this one
+            counts[d] = 0
     if counts.get(fmt.delimiter, 0) > 1:
         return fmt.delimiter
     best = max(DELIMITERS, key=lambda d: counts[d])
