@@ -146,17 +146,19 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     storage = LocalStorage(store)
     for s in sites:
         intake.upload(storage, s, small_drops[s.code])
+    # other flow runs in the same harness publish under the same keys: count from here
+    before = len(_artifacts("lacrima-verdict-table"))
     first = lacrima_pipeline(storage_location=str(store), run_id="r1")
     assert sorted(first["sites_recomputed"]) == ["il", "it", "us"] and not first["sites_reused"]
     assert first["report"].endswith("reports/r1/report.html")
 
     tables = _artifacts("lacrima-verdict-table")
-    assert len(tables) == 1 and tables[0].type == "table"
+    assert len(tables) == before + 1 and all(t.type == "table" for t in tables)
     assert _artifacts("lacrima-verdicts") and _artifacts("lacrima-report")
 
     # Nothing new: no site analysed, no report, no new artifact, says so.
     same = lacrima_pipeline(storage_location=str(store), run_id="r2")
-    assert len(_artifacts("lacrima-verdict-table")) == 1
+    assert len(_artifacts("lacrima-verdict-table")) == before + 1
     assert same["nothing_new"] and same["report"] is None
     assert same["sites_recomputed"] == [] and same["sites_reused"] == ["il", "it", "us"]
     assert same["skipped_duplicates"] == 3 and same["accepted"] == 0
