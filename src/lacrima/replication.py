@@ -8,6 +8,7 @@ small telescopes, Held's sceptical p value, and a verdict by the configured rule
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -102,10 +103,20 @@ def r33(n_original: float, g: int = 0, alpha: float = 0.05, power: float = 0.33,
     """
     if not alpha < power < 1:
         raise ValueError(f"power must lie between alpha ({alpha}) and 1, got {power}")
+    delta = _r33_delta(float(alpha), float(power))
+    return float(np.sign(sign) * np.tanh(delta * np.sqrt(_var_z(n_original, g))))
+
+
+@functools.lru_cache(maxsize=64)
+def _r33_delta(alpha: float, power: float) -> float:
+    """The noncentrality with ``power`` at two-sided ``alpha``: the root :func:`r33` needs.
+
+    It depends on ``alpha`` and ``power`` only, not on the study, so it is solved once
+    per pair rather than once per original-replication comparison (thousands at 125 sites).
+    """
     zc = stats.norm.isf(alpha / 2)
     f = lambda d: stats.norm.cdf(d - zc) + stats.norm.cdf(-d - zc) - power  # noqa: E731
-    delta = optimize.brentq(f, 0.0, 40.0, xtol=1e-14)
-    return float(np.sign(sign) * np.tanh(delta * np.sqrt(_var_z(n_original, g))))
+    return optimize.brentq(f, 0.0, 40.0, xtol=1e-14)
 
 
 def small_telescope_p(r_replication: float, n_replication: float, r_33: float, g: int = 0) -> float:
