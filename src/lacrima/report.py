@@ -709,17 +709,27 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
     if replication is not None and len(replication):
         replication = replication.copy()
         replication["covariates"] = replication["covariates"].fillna("").astype(str)
+    # Each effect's pooled and replication rows, looked up by key rather than filtered
+    # out of the whole frame once per effect (row order within a key is kept).
+    effect_key = ["family", "x", "y", "covariates"]
+    empty_pooled = pooled.iloc[0:0]
+    pooled_by_effect = dict(tuple(pooled.groupby(effect_key, sort=False)))
+    rep_by_effect = {}
+    if replication is not None and len(replication):
+        rep_by_effect = dict(tuple(replication.groupby(["effect", "x", "y", "covariates"],
+                                                       sort=False)))
+    empty_rep = replication.iloc[0:0] if replication is not None else pd.DataFrame()
+    per_site_by_family = dict(tuple(per_site.groupby("family", sort=False)))
     out = []
     for fam in study.families:
         fid = fam["id"]
-        rows = per_site[per_site["family"] == fid]
+        rows = per_site_by_family.get(fid, per_site.iloc[0:0])
         effects = []
         main = rows[rows["base"].isin(_MAIN_METHOD.values())]
         for (x, y, cov), grp in main.groupby(["x", "y", "covariates"], sort=False):
             analysis = str(grp["analysis"].iloc[0])
-            sel = (pooled["family"] == fid) & (pooled["x"] == x) & (pooled["y"] == y) & \
-                (pooled["covariates"] == cov)
-            meta = pooled[sel & (pooled["analysis"] == "meta_analysis")]
+            eff_pooled = pooled_by_effect.get((fid, x, y, cov), empty_pooled)
+            meta = eff_pooled[eff_pooled["analysis"] == "meta_analysis"]
             re_row = meta[meta["method"].astype(str) != _FIXED_METHOD]
             fe_row = meta[meta["method"].astype(str) == _FIXED_METHOD]
             prow = re_row.iloc[0] if len(re_row) else None
@@ -733,14 +743,13 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                              null=1.0 if analysis == "chi_square" else 0.0,
                              log_scale=analysis == "chi_square", salt=anchor)
             spearman = rows[(rows["analysis"] == "spearman") & (rows["x"] == x) & (rows["y"] == y)]
-            ipd = pooled[sel & pooled["analysis"].isin(["ipd_interaction", "mixed_model"])]
+            ipd = eff_pooled[eff_pooled["analysis"].isin(["ipd_interaction", "mixed_model"])]
             lines = _pooled_lines(detail if prow is not None else None,
                                   fe_row.iloc[0] if len(fe_row) else None, ipd, analysis,
                                   backs.get(scale, lambda v: v))
             rep = pd.DataFrame()
             if replication is not None and len(replication):
-                rep = replication[(replication["effect"] == fid) & (replication["x"] == x)
-                                  & (replication["y"] == y) & (replication["covariates"] == cov)]
+                rep = rep_by_effect.get((fid, x, y, cov), empty_rep)
             rep_frame = _replication_frame(rep, countries)
             effects.append({
                 "anchor": anchor, "title": title, "svg": Markup(svg),
@@ -946,9 +955,12 @@ def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
     out = []
     res = a.results.copy()
     res["covariates"] = res["covariates"].fillna("").astype(str)
+    # Split by family once (row order kept), not one boolean filter per family: at 125
+    # sites that is thousands of full-frame comparisons per report.
+    by_family = dict(tuple(res.groupby("family", sort=False)))
     for fam_id in [f["id"] for f in study.families] + ["reliability"]:
-        rows = res[res["family"] == fam_id]
-        if not len(rows):
+        rows = by_family.get(fam_id)
+        if rows is None or not len(rows):
             continue
         label = (study.family(fam_id).get("label", fam_id) if fam_id != "reliability"
                  else "Reliability (Cronbach's \u03b1, Feldt interval)")
