@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,3 +175,10 @@ def test_missing_columns_count_as_blank(study):
     findings = run_suite(frame, study, row_numbers=[11, 12, 13, 14], codebook=_Codebook())
     assert {f.check + ":" + f.columns[0] for f in findings} == {
         "allowed_codes:N_gender", "unique_ids:N_participant_id"}
+
+
+def test_text_in_a_likert_column_is_a_clear_error(study):
+    frame = _frame(study)
+    frame["wai_02"] = pd.Series(["3", "often", None, "2"], dtype="str")
+    with pytest.raises(ValueError, match="'wai_02' must hold numbers"):
+        long_frame(frame, study)

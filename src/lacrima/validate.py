@@ -149,6 +149,11 @@ def long_frame(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
         as float for likert/integer variables, else NaN) and the criers variable (that
         participant's answer, ``boolean``). Variable-major: all rows of one variable together.
 
+    Raises
+    ------
+    ValueError
+        When a likert or integer column holds something that is not a number.
+
     Notes
     -----
     A variable missing from ``frame`` counts as blank, as the drop reader fills it.
@@ -162,7 +167,11 @@ def long_frame(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
         obj = col.to_numpy(dtype=object, na_value=None)
         values.append(obj)
         if study.variables[name]["type"] in ("likert", "integer"):
-            numbers.append(pd.to_numeric(col).to_numpy(dtype=float, na_value=np.nan))
+            try:
+                numbers.append(pd.to_numeric(col).to_numpy(dtype=float, na_value=np.nan))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"column {name!r} must hold numbers (canonical dtype Int64), "
+                                 f"found dtype {col.dtype}: {exc}") from None
         else:
             numbers.append(np.full(n, np.nan))
     crier = (frame[criers] if criers in frame.columns else pd.Series([None] * n)).astype("boolean")
