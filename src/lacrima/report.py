@@ -467,7 +467,11 @@ def _html_table(frame: pd.DataFrame, first_left: int = 1, caption: str = "") -> 
     head = "".join(f'<th{" class=l" if i < first_left else ""}>{esc(c)}</th>'
                    for i, c in enumerate(frame.columns))
     body = []
-    for row in frame.itertuples(index=False):
+    # Rows from per-column lists (the same Python values itertuples yields): itertuples
+    # over Arrow-backed text columns costs about 1 ms per table, and a 125-site report
+    # renders over 1,500 tables.
+    columns = [frame.iloc[:, j].tolist() for j in range(frame.shape[1])]
+    for row in zip(*columns) if columns else [()] * len(frame):
         cells = "".join(f'<td{" class=l" if i < first_left else ""}>'
                         f'{esc("" if _missing_cell(v) else v)}</td>' for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
