@@ -44,3 +44,26 @@ def demo_drops(tmp_path_factory, study, sites):
 
     folder = tmp_path_factory.mktemp("drops")
     return {s.code: write_drop(s, study, folder / s.code) for s in sites}
+
+
+@pytest.fixture(scope="session")
+def memory_analyses(study, sites):
+    """The demo's per-site analyses built in memory (synthetic canonical data at the published N).
+
+    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which report
+    tests do not need (tests/test_pipeline.py covers them): seconds instead of half a minute.
+    """
+    from lacrima import analysis, pipeline, scoring, synth
+    from lacrima.privacy import pseudonymise
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    analyses = []
+    for s in sites:
+        frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
+        frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
+        data, flow = scoring.analysis_ready(frame, study, s.code)
+        results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
+        descr = analysis.describe_site(data, study, s.code)
+        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
+                                              flow, results, descr))
+    return analyses

@@ -22,29 +22,15 @@ SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenanc
 
 
 @pytest.fixture(scope="module")
-def report_inputs(study, sites):
-    """The demo's inputs built in memory (synthetic canonical data at the published N).
-
-    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which the
-    report does not need (tests/test_pipeline.py covers them), and ``compare_sites``
-    without the IPD models (3-4 s of MixedLM fits; tests/test_report_browser.py renders
-    the full comparison and checks the IPD lines).
-    """
-    from lacrima import analysis, pipeline, scoring, synth
+def report_inputs(study, sites, memory_analyses):
+    """The demo's inputs in memory, compared without the IPD models (3-4 s of MixedLM fits;
+    tests/test_report_browser.py renders the full comparison and checks the IPD lines)."""
+    from lacrima import pipeline
     from lacrima.pooling import pool_estimates
-    from lacrima.privacy import pseudonymise
     from lacrima.replication import replication_table
     from lacrima.vocabulary import RESULTS_COLUMNS
 
-    analyses = []
-    for s in sites:
-        frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
-        frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
-        data, flow = scoring.analysis_ready(frame, study, s.code)
-        results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
-        descr = analysis.describe_site(data, study, s.code)
-        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
-                                              flow, results, descr))
+    analyses = memory_analyses
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)

@@ -31,34 +31,24 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
 STARTUP_S = 20.0
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason=f"{CHROMIUM} missing: run `make system-deps`")]
+# No skip when Chromium is missing: `make test` installs it, and a missing browser must fail.
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_present():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run `make system-deps` (Debian chromium)")
 
 
 @pytest.fixture(scope="module")
-def report_inputs(study, sites):
-    """The demo's inputs built in memory (synthetic canonical data at the published N).
+def report_inputs(study, sites, memory_analyses):
+    """The demo's inputs in memory with the full comparison (IPD models included)."""
+    from lacrima import pipeline
 
-    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which the
-    report does not need (tests/test_pipeline.py covers them): about 6 s instead of 30.
-    """
-    from lacrima import analysis, pipeline, scoring, synth
-    from lacrima.privacy import pseudonymise
-    from lacrima.vocabulary import RESULTS_COLUMNS
-
-    analyses = []
-    for s in sites:
-        frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
-        frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
-        data, flow = scoring.analysis_ready(frame, study, s.code)
-        results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
-        descr = analysis.describe_site(data, study, s.code)
-        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
-                                              flow, results, descr))
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("run-1", analyses, study, list(sites))
-    return analyses, comparison, study, list(sites), prov
+    comparison = pipeline.compare_sites(memory_analyses, study, list(sites))
+    prov = pipeline.provenance("run-1", memory_analyses, study, list(sites))
+    return memory_analyses, comparison, study, list(sites), prov
 
 
 class DevTools:
