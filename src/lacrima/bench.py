@@ -411,7 +411,7 @@ def to_markdown(results: list[ScenarioResult], meta: dict, targets: dict) -> str
                            f"{'no' if x['summary']['report'] is None else 'yes'} |")
     out += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, (measured, met) in targets.items():
-        out.append(f"| {name} | {measured} | {'yes' if met else 'no' if met is not None else 'not measured'} |")
+        out.append(f"| {name} | {measured} | {'yes' if met else 'no' if met is not None else 'n/a'} |")
     notes = [f"- {r.name}: {n}" for r in results for n in r.notes]
     if meta.get("notes"):
         notes += [f"- {n}" for n in meta["notes"]]
@@ -421,7 +421,7 @@ def to_markdown(results: list[ScenarioResult], meta: dict, targets: dict) -> str
 
 
 def evaluate_targets(results: list[ScenarioResult]) -> dict:
-    """Each issue-5 target: a measured text and met / not met / None (not measured)."""
+    """Each issue-5 target: a measured text and met / not met / None (information only, shown as n/a)."""
     by = {r.name: r for r in results}
     t = {}
     mid = by.get("125x120")
