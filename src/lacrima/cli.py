@@ -169,8 +169,8 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
-    from lacrima.intake import LANDED, batches
-    from lacrima.storage import read_json, sha256_bytes
+    from lacrima.intake import LANDED, batches, read_landing_index
+    from lacrima.storage import sha256_bytes
 
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
@@ -179,8 +179,7 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     for obj in storage.list(prefix):
         code = obj.key.split("/")[1]
         if code not in indexes:
-            index_key = f"ledger/{code}/_landing-index.json"
-            indexes[code] = read_json(storage, index_key) if storage.exists(index_key) else {}
+            indexes[code] = read_landing_index(storage, code)
         seen = indexes[code].get(obj.key)
         # Objects a run has already hashed are not downloaded again (S3: every byte costs).
         if seen and seen.get("etag") == obj.etag:

@@ -84,6 +84,16 @@ class IntakeResult:
         return bool(self.accepted)
 
 
+def landing_index_key(site: str) -> str:
+    """The landing index: landing key -> {etag, sha256} of every object a run has hashed."""
+    return f"ledger/{site}/_landing-index.json"
+
+
+def read_landing_index(storage: Storage, site: str) -> dict:
+    key = landing_index_key(site)
+    return json.loads(storage.read_bytes(key)) if storage.exists(key) else {}
+
+
 def ledger_key(site: str, sha: str) -> str:
     return f"ledger/{site}/{sha}.json"
 
@@ -179,8 +189,7 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
     stamp = now.isoformat(timespec="seconds")
     records = {r.sha256: r for r in batches(storage, site.code)}
     known = set(records)
-    index_key = f"ledger/{site.code}/_landing-index.json"
-    index = json.loads(storage.read_bytes(index_key)) if storage.exists(index_key) else {}
+    index = read_landing_index(storage, site.code)
     accepted, quarantined, reports, skipped, index_changed = [], [], [], 0, False
     landing = storage.list(f"landing/{site.code}")
     for obj in landing:
@@ -200,7 +209,7 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
         reports.append(report)
         (accepted if report.valid else quarantined).append(sha)
     if index_changed:
-        write_json(storage, index_key, index)
+        write_json(storage, landing_index_key(site.code), index)
     return IntakeResult(site.code, len(landing), tuple(accepted), tuple(quarantined), skipped,
                         tuple(reports))
 
@@ -287,12 +296,12 @@ def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
     return key
 
 
-def pending_drops(storage: Storage, site: Site) -> int:
-    """Landing objects of a site not yet processed (new or changed since the last run).
+def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
+    """Landing objects of a site, and how many are new or changed since the last run.
 
-    Cheap: compares object listings with the landing index; reads no file.
+    Cheap: one listing compared with the landing index; reads no drop.
     """
-    index_key = f"ledger/{site.code}/_landing-index.json"
-    index = json.loads(storage.read_bytes(index_key)) if storage.exists(index_key) else {}
-    return sum(1 for obj in storage.list(f"landing/{site.code}")
-               if index.get(obj.key, {}).get("etag") != obj.etag)
+    index = read_landing_index(storage, site.code)
+    listing = storage.list(f"landing/{site.code}")
+    return len(listing), sum(1 for obj in listing
+                             if index.get(obj.key, {}).get("etag") != obj.etag)

@@ -105,16 +105,15 @@ def plan_site(storage: Storage, site: Site) -> SitePlan:
     -------
     SitePlan
         ``landed`` objects under ``landing/<site>/`` and ``pending``, those whose listing entry
-        (ETag) is not in the site's landing index (see ``intake.pending_drops``).
+        (ETag) is not in the site's landing index (see ``intake.landing_counts``).
 
     Notes
     -----
-    Two listings, no download: on S3 this is what makes a sweep every few minutes cheap.
+    One listing, no download: on S3 this is what makes a sweep every few minutes cheap.
     """
-    from lacrima.intake import pending_drops
+    from lacrima.intake import landing_counts
 
-    return SitePlan(site.code, len(storage.list(f"landing/{site.code}")),
-                    pending_drops(storage, site))
+    return SitePlan(site.code, *landing_counts(storage, site))
 
 
 def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tuple[str, ...]]]:
