@@ -67,7 +67,8 @@ def site_keys(ctx: RunContext) -> dict:
 
 @task(name="analyse-site", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
 def analyse_site(ctx: RunContext, site, key) -> pipeline.SiteAnalysis | None:
-    return pipeline.analyse_site_data(ctx.storage, site, ctx.study, key)
+    # Analysis (computed or reused) and the site's own page and exports; hands on no rows.
+    return pipeline.site_step(ctx.storage, site, ctx.study, key)
 
 
 @task(name="compare-sites", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT)

@@ -115,13 +115,30 @@ def test_a_column_name_spss_cannot_hold_is_refused(site_data, study, sites):
         exports.spss_bytes(data, study, next(s for s in sites if s.code == "us"))
 
 
-def test_parquet_holds_the_stacked_data_types_and_labels(site_data, study):
+@pytest.mark.parametrize("lazy", [False, True], ids=["frames", "loaders"])
+def test_parquet_holds_the_stacked_data_types_and_labels(site_data, study, lazy):
     analyses = list(site_data.values())
-    blob = exports.stacked_parquet_bytes(analyses, study)
+    # Site by site (one row group each), from frames or from loaders: the same table
+    # pd.concat gives, dtypes included.
+    frames = [(lambda a=a: a.data) if lazy else a.data for a in analyses]
+    blob = exports.stacked_parquet_bytes(frames, study)
     back = pd.read_parquet(io.BytesIO(blob))
     expected = pd.concat([a.data for a in analyses], ignore_index=True)
     pd.testing.assert_frame_equal(back, expected)
+    import pyarrow.parquet as pq
+    assert pq.ParquetFile(io.BytesIO(blob)).num_row_groups == len(analyses)
     assert set(back["site"]) == set(site_data)
     labels = exports.read_labels(blob)
     assert labels["change"] == study.scores["change"]["label"]
     assert labels["participant_id"] == "Participant ID"
+
+
+def test_parquet_unifies_columns_a_site_lacks_or_leaves_blank(site_data, study):
+    # One site without a column and another with it all blank: the union keeps the
+    # column with the type of the sites that have values, as pd.concat would.
+    a, b = [x.data for x in list(site_data.values())[:2]]
+    a = a.drop(columns=["age"])
+    b = b.assign(age=pd.Series([pd.NA] * len(b), dtype="Float64"))
+    blob = exports.stacked_parquet_bytes([a, b], study)
+    back = pd.read_parquet(io.BytesIO(blob))
+    pd.testing.assert_frame_equal(back, pd.concat([a, b], ignore_index=True))

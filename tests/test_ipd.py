@@ -162,3 +162,27 @@ def test_mixed_model_matches_statsmodels_mixedlm_interior():
     assert (res["ci_low"], res["ci_high"]) == pytest.approx((lo, hi), abs=MIXED_CI_TOL)
     assert res["tau2"] == pytest.approx(ref.cov_re.loc["x", "x"], rel=MIXED_TAU2_REL)
     assert res["method"] == "mixedlm_reml"
+
+
+def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(memory_analyses, study):
+    # What the pooled step does (each site hands on its sums, never its rows) against the
+    # stacked data: the same rows and numbers, summed in the same order.
+    from lacrima.ipd import ipd_from_moments, site_moments
+
+    analyses = list(memory_analyses)
+    stacked = pd.concat([a.data for a in analyses], ignore_index=True)
+    per_site = pd.concat([site_moments(a.data, study) for a in analyses], ignore_index=True)
+    assert set(per_site["site"]) == {a.site for a in analyses}
+    from_sums = ipd_from_moments(per_site, study)
+    on_rows = ipd_models(stacked, study)
+    assert len(from_sums) > 0
+    pd.testing.assert_frame_equal(from_sums, on_rows, check_exact=False, rtol=1e-9)
+    # Second implementation of one site's sums: the rows themselves.
+    row = per_site[(per_site["site"] == analyses[0].site)].iloc[0]
+    fam = study.family(row["family"])
+    d = analyses[0].data
+    if fam.get("subset") == "criers":
+        d = d[d[study.section("analysis")["criers"]].astype("boolean").fillna(False).astype(bool)]
+    pair = d[[row["x"], row["y"]]].apply(pd.to_numeric, errors="coerce").astype(float).dropna()
+    assert row["n"] == len(pair)
+    assert row["sxy"] == pytest.approx(float((pair[row["x"]] * pair[row["y"]]).sum()), rel=1e-12)

@@ -13,7 +13,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -163,43 +163,62 @@ def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
         os.unlink(tmp)
 
 
-def stacked_frame(analyses: Iterable[Any]) -> pd.DataFrame:
-    """Every site's analysis-ready data stacked, with the union of columns."""
-    parts = [a.data for a in analyses]
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat(parts, ignore_index=True)
-
-
-def stacked_parquet_bytes(analyses: Iterable[Any], study: Study) -> bytes:
-    """The stacked analysis-ready data as Parquet, with the plan's labels in its metadata.
+def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFrame]],
+                          study: Study) -> bytes:
+    """The sites' analysis-ready data stacked as Parquet, with the plan's labels in its metadata.
 
     Parameters
     ----------
-    analyses : iterable of SiteAnalysis
+    frames : iterable of DataFrame or of callables returning one
+        Each site's analysis-ready frame, in site order, or a loader of it (e.g. reading it
+        from the store). Loaders are called twice (column union, then rows) and their frames
+        dropped after use, so the stacked rows are never all in memory at once.
     study : Study
 
     Returns
     -------
     bytes
-        A Parquet file (pyarrow). Column types are kept (nullable integers, booleans,
-        strings, dates); the schema metadata key ``lacrima.labels`` holds a JSON object
-        ``column -> label`` and ``lacrima.plan_sha256`` the plan's hash.
+        A Parquet file (pyarrow), one row group per site. Columns are the union of the
+        sites' columns with the dtypes ``pandas.concat`` gives them (nullable integers,
+        booleans, strings, dates kept); the schema metadata key ``lacrima.labels`` holds a
+        JSON object ``column -> label`` and ``lacrima.plan_sha256`` the plan's hash.
     """
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = stacked_frame(analyses)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    labels = {c: _label(study, c) for c in frame.columns}
-    meta = dict(table.schema.metadata or {})
-    meta[b"lacrima.labels"] = json.dumps(labels).encode()
-    meta[b"lacrima.plan_sha256"] = study.sha256.encode()
-    table = table.replace_schema_metadata(meta)
+    loaders = [f if callable(f) else (lambda f=f: f) for f in frames]
+    if not loaders:
+        return _table_bytes(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), study)
+    # The union's columns and dtypes, from empty heads: what pd.concat would give the rows.
+    union = pd.concat([load().iloc[:0] for load in loaders], ignore_index=True)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    writer = None
+    for load in loaders:
+        part = load().reindex(columns=union.columns).astype(union.dtypes.to_dict())
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        if writer is None:
+            schema = _with_labels(table.schema, list(union.columns), study)
+            writer = pq.ParquetWriter(buf, schema)
+        writer.write_table(table.cast(schema))
+    writer.close()
+    return buf.getvalue()
+
+
+def _with_labels(schema, columns: list[str], study: Study):
+    import json
+
+    meta = dict(schema.metadata or {})
+    meta[b"lacrima.labels"] = json.dumps({c: _label(study, c) for c in columns}).encode()
+    meta[b"lacrima.plan_sha256"] = study.sha256.encode()
+    return schema.with_metadata(meta)
+
+
+def _table_bytes(table, study: Study) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(
+        _with_labels(table.schema, table.column_names, study).metadata), buf)
     return buf.getvalue()
 
 

@@ -22,7 +22,7 @@ from scipy import optimize, stats
 from lacrima import vocabulary as voc
 from lacrima.study import Study
 
-__all__ = ["ipd_models", "interaction_test", "mixed_slope"]
+__all__ = ["ipd_models", "ipd_from_moments", "site_moments", "interaction_test", "mixed_slope"]
 
 MIN_SITES = 2
 MIN_ROWS_PER_SITE = 3  # an intercept, a slope and one residual degree of freedom per site
@@ -32,7 +32,8 @@ def _float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def _pair_frame(stacked: pd.DataFrame, x: str, y: str, subset: pd.Series | None) -> pd.DataFrame:
+def _pair_frame(stacked: pd.DataFrame, x: str, y: str, subset: pd.Series | None,
+                min_rows: int = MIN_ROWS_PER_SITE) -> pd.DataFrame:
     for col in (x, y, "site"):
         if col not in stacked.columns:
             raise ValueError(f"stacked data lack column {col!r} needed by the IPD models")
@@ -43,7 +44,7 @@ def _pair_frame(stacked: pd.DataFrame, x: str, y: str, subset: pd.Series | None)
     data = data.dropna()
     counts = data["site"].value_counts()
     # Sites too small for their own slope cannot enter an interaction model.
-    keep = counts.index[counts >= MIN_ROWS_PER_SITE]
+    keep = counts.index[counts >= min_rows]
     return data[data["site"].isin(keep)].reset_index(drop=True)
 
 
@@ -105,16 +106,25 @@ def interaction_test(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
     A site whose x does not vary has no slope of its own (one parameter fewer, as a
     rank-deficient design would count it).
     """
-    g = data.groupby("site", sort=False)
-    n_s = g.size().to_numpy(dtype=float)
-    sx, sy = g["x"].sum().to_numpy(), g["y"].sum().to_numpy()
-    prod = data.assign(xx=data["x"] ** 2, xy=data["x"] * data["y"], yy=data["y"] ** 2)
-    sums = prod.groupby("site", sort=False)[["xx", "xy", "yy"]].sum().to_numpy()
-    sxx = sums[:, 0] - sx ** 2 / n_s
-    sxy = sums[:, 1] - sx * sy / n_s
-    syy = sums[:, 2] - sy ** 2 / n_s
+    return _interaction_from_sums(_sums(data), level)
+
+
+_SUMS = ("n", "sx", "sy", "sxx", "sxy", "syy")
+
+
+def _sums(data: pd.DataFrame) -> np.ndarray:
+    """Per-site raw sums of a pair frame: k x 6 array of ``n, sum x, sum y, sum x^2, sum xy, sum y^2``."""
+    prod = data.assign(one=1.0, xx=data["x"] ** 2, xy=data["x"] * data["y"], yy=data["y"] ** 2)
+    return prod.groupby("site", sort=False)[["one", "x", "y", "xx", "xy", "yy"]].sum().to_numpy()
+
+
+def _interaction_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
+    n_s, sx, sy = s[:, 0], s[:, 1], s[:, 2]
+    sxx = s[:, 3] - sx ** 2 / n_s
+    sxy = s[:, 4] - sx * sy / n_s
+    syy = s[:, 5] - sy ** 2 / n_s
     # a site whose x is constant (up to rounding) has no slope of its own
-    flat = sxx <= 1e-12 * np.maximum(sums[:, 0], 1.0)
+    flat = sxx <= 1e-12 * np.maximum(s[:, 3], 1.0)
     k, n = len(n_s), float(n_s.sum())
     rss1 = float(np.sum(np.where(flat, syy, syy - sxy ** 2 / np.where(flat, 1.0, sxx))))
     sxx_tot, sxy_tot = float(sxx[~flat].sum()), float(sxy[~flat].sum())
@@ -131,10 +141,8 @@ def interaction_test(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
             "n": int(n), "k": int(k), "method": f"ols_interaction_F(df2={int(df1)})"}
 
 
-def _site_moments(data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Per-site cross-products of ``X = [1, x]`` and ``y``: ``X'X`` (k x 2 x 2), ``X'y``, ``y'y``, n."""
-    prod = data.assign(one=1.0, xx=data["x"] ** 2, xy=data["x"] * data["y"], yy=data["y"] ** 2)
-    s = prod.groupby("site", sort=False)[["one", "x", "y", "xx", "xy", "yy"]].sum().to_numpy()
+def _site_moments(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per-site cross-products of ``X = [1, x]`` and ``y`` from :func:`_sums`: ``X'X`` (k x 2 x 2), ``X'y``, ``y'y``, n."""
     xtx = np.empty((len(s), 2, 2))
     xtx[:, 0, 0], xtx[:, 0, 1], xtx[:, 1, 0], xtx[:, 1, 1] = s[:, 0], s[:, 1], s[:, 1], s[:, 3]
     return xtx, np.stack([s[:, 2], s[:, 4]], axis=1), s[:, 5], float(s[:, 0].sum())
@@ -234,8 +242,12 @@ def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
     boundary"; a :math:`\\Psi` with smallest eigenvalue at most 1e-8 of its largest is
     "singular".
     """
-    base = {"n": len(data), "k": int(data["site"].nunique()), "df": np.nan}
-    moments = _site_moments(data)
+    return _mixed_from_sums(_sums(data), level)
+
+
+def _mixed_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
+    base = {"n": int(s[:, 0].sum()), "k": len(s), "df": np.nan}
+    moments = _site_moments(s)
     reasons: list[str] = []
     for q, label in ((2, "mixedlm_reml"), (1, "mixedlm_reml_intercept_only")):
         try:
@@ -279,6 +291,81 @@ def _criers_mask(stacked: pd.DataFrame, column: str) -> pd.Series:
     return stacked[column].astype("boolean").fillna(False).astype(bool)
 
 
+def _pairs(study: Study):
+    """(family id, x, y, criers only) of every IPD pair, in plan order."""
+    for family_id in study.section("ipd").get("families", ()):
+        fam = study.family(family_id)
+        for x in fam["x"]:
+            for y in fam["y"]:
+                yield family_id, x, y, fam.get("subset") == "criers"
+
+
+MOMENT_COLUMNS = ("family", "x", "y", "site", *_SUMS)
+
+
+def site_moments(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """Per-site sums of every IPD pair: all the IPD models need from a site's rows.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Analysis-ready data of one site or several (``site`` column), as for
+        :func:`ipd_models`.
+    study : Study
+
+    Returns
+    -------
+    DataFrame
+        ``MOMENT_COLUMNS``: one row per (family, x, y, site) with the complete pairs' count
+        ``n`` and the sums ``sx, sy, sxx, sxy, syy``. A few hundred bytes per site, so a
+        site task can hand them on instead of its rows and the pooled step never stacks
+        the sites (:func:`ipd_from_moments`).
+    """
+    criers_col = study.section("analysis").get("criers", "cried_in_therapy")
+    criers = None
+    parts = []
+    for family_id, x, y, only_criers in _pairs(study):
+        if only_criers and criers is None:
+            criers = _criers_mask(frame, criers_col)
+        data = _pair_frame(frame, x, y, criers if only_criers else None, min_rows=0)
+        sums = _sums(data)
+        part = pd.DataFrame(sums, columns=list(_SUMS))
+        part.insert(0, "site", data["site"].drop_duplicates().to_numpy())
+        part.insert(0, "y", y)
+        part.insert(0, "x", x)
+        part.insert(0, "family", family_id)
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=list(MOMENT_COLUMNS))
+    return pd.concat(parts, ignore_index=True).reindex(columns=list(MOMENT_COLUMNS))
+
+
+def ipd_from_moments(moments: pd.DataFrame, study: Study, run_id: str = "") -> pd.DataFrame:
+    """The IPD models from per-site sums (:func:`site_moments` of every site, concatenated).
+
+    Same rows as :func:`ipd_models` on the stacked data; see there.
+    """
+    cfg = study.section("ipd")
+    level = study.level
+    rows = []
+    groups = {k: g for k, g in moments.groupby(["family", "x", "y"], sort=False)}
+    for family_id, x, y, _ in _pairs(study):
+        g = groups.get((family_id, x, y))
+        if g is None:
+            continue
+        # Sites too small for their own slope cannot enter an interaction model.
+        g = g[g["n"] >= MIN_ROWS_PER_SITE]
+        if g["site"].nunique() < MIN_SITES:
+            continue
+        sums = g[list(_SUMS)].to_numpy(dtype=float)
+        common = {"run_id": run_id, "family": family_id, "site": voc.POOLED, "x": x,
+                  "y": y, "covariates": "", "p_adjusted": np.nan}
+        rows.append(dict(common, analysis="ipd_interaction", **_interaction_from_sums(sums, level)))
+        if cfg.get("mixed_model", True):
+            rows.append(dict(common, analysis="mixed_model", **_mixed_from_sums(sums, level)))
+    return pd.DataFrame(rows, columns=list(voc.RESULTS_COLUMNS))
+
+
 def ipd_models(stacked: pd.DataFrame, study: Study, run_id: str = "") -> pd.DataFrame:
     """IPD interaction tests and mixed models for every (x, y) of the IPD families.
 
@@ -308,21 +395,4 @@ def ipd_models(stacked: pd.DataFrame, study: Study, run_id: str = "") -> pd.Data
 
         Pairs with fewer than two sites of at least three complete rows are skipped.
     """
-    cfg = study.section("ipd")
-    criers_col = study.section("analysis").get("criers", "cried_in_therapy")
-    level = study.level
-    rows = []
-    for family_id in cfg.get("families", ()):
-        fam = study.family(family_id)
-        subset = _criers_mask(stacked, criers_col) if fam.get("subset") == "criers" else None
-        for x in fam["x"]:
-            for y in fam["y"]:
-                data = _pair_frame(stacked, x, y, subset)
-                if data["site"].nunique() < MIN_SITES:
-                    continue
-                common = {"run_id": run_id, "family": family_id, "site": voc.POOLED, "x": x,
-                          "y": y, "covariates": "", "p_adjusted": np.nan}
-                rows.append(dict(common, analysis="ipd_interaction", **interaction_test(data, level)))
-                if cfg.get("mixed_model", True):
-                    rows.append(dict(common, analysis="mixed_model", **mixed_slope(data, level)))
-    return pd.DataFrame(rows, columns=list(voc.RESULTS_COLUMNS))
+    return ipd_from_moments(site_moments(stacked, study), study, run_id)

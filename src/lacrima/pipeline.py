@@ -37,11 +37,28 @@ class SiteAnalysis:
     site: str
     input_key: str                 # SHA-256 over accepted batches, codebook, site file and plan
     batches: tuple[str, ...]       # SHA-256 of the accepted batches used
-    data: pd.DataFrame = field(repr=False)
+    data: pd.DataFrame | None = field(repr=False)   # None in a light analysis (see ``light``)
     flow: Flow = field(repr=False)
     results: pd.DataFrame = field(repr=False)
     descriptives: pd.DataFrame = field(repr=False)
     reused: bool = False
+    moments: pd.DataFrame | None = field(default=None, repr=False)  # ipd.site_moments
+
+    def ipd_moments(self, study: Study) -> pd.DataFrame:
+        """Per-site sums of the IPD pairs (``ipd.site_moments``), from the rows if not kept."""
+        if self.moments is not None:
+            return self.moments
+        from lacrima.ipd import site_moments
+
+        return site_moments(self.data, study)
+
+    def light(self) -> "SiteAnalysis":
+        """The same analysis without its rows: what the pooled step and the report need.
+
+        A site task hands this on, so a run at 1,000 sites x 1,000 never holds every site's
+        rows in one process; the rows stay in the store (``load_site_data``).
+        """
+        return replace(self, data=None)
 
 
 @dataclass(frozen=True)
@@ -140,32 +157,54 @@ def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tup
 
 
 def analyse_site_data(storage: Storage, site: Site, study: Study,
-                      key: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
+                      key: tuple[str, tuple[str, ...]] | None = None,
+                      light: bool = False) -> SiteAnalysis | None:
     """Score, exclude and analyse one site's curated data; ``None`` when it has none yet.
 
     Results are kept under ``results/<site>/<input_key>/`` and reused while the site's accepted
     batches, codebook, site file and plan are unchanged (the key is a SHA-256 of those, never of
     pickled frames). ``key`` is the site's ``site_input_key`` when the caller has it already.
+    ``light``: return the analysis without its rows (``SiteAnalysis.light``); a reused one is
+    then read without them.
     """
     key, accepted = key or site_input_key(storage, site, study)
     if not accepted:
         return None
-    cached = load_site_analysis(storage, site.code, key, accepted)
+    cached = load_site_analysis(storage, site.code, key, accepted, light=light)
     if cached is not None:
         return cached
     from lacrima.analysis import analyse_site, describe_site
+    from lacrima.ipd import site_moments
 
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
-                          describe_site(data, study, site.code))
+                          describe_site(data, study, site.code), moments=site_moments(data, study))
     frames = save_site_analysis(storage, result)
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
-    return replace(result, **frames)
+    result = replace(result, **frames)
+    return result.light() if light else result
 
 
-_CACHE_FRAMES = ("data", "results", "descriptives")
+def site_step(storage: Storage, site: Site, study: Study,
+              key: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
+    """One site's whole share of a run: its analysis (computed or reused) and its own outputs.
+
+    The site's page and exports (``report.site_outputs``) are written here, once per input
+    key, so they are made in parallel across sites and only when the site changed. Returns
+    the light analysis (no rows): what the pooled step and the report need.
+    """
+    from lacrima.report import site_outputs
+
+    analysis = analyse_site_data(storage, site, study, key, light=True)
+    if analysis is not None:
+        site_outputs(storage, analysis, site, study)
+    return analysis
+
+
+_CACHE_FRAMES = ("data", "results", "descriptives", "moments")
+_LIGHT_FRAMES = _CACHE_FRAMES[1:]
 
 
 def _cache_prefix(site: str, key: str) -> str:
@@ -188,18 +227,29 @@ def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFr
     return back
 
 
-def load_site_analysis(storage: Storage, site: str, key: str,
-                       accepted: tuple[str, ...]) -> SiteAnalysis | None:
-    """A stored analysis of ``site`` under ``key``, or ``None`` when there is none (complete)."""
+def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[str, ...],
+                       light: bool = False) -> SiteAnalysis | None:
+    """A stored analysis of ``site`` under ``key``, or ``None`` when there is none (complete).
+
+    ``light``: leave the rows in the store (``data`` is ``None``; see ``SiteAnalysis.light``).
+    """
     prefix = _cache_prefix(site, key)
-    if not storage.exists(f"{prefix}/flow.json"):
-        return None
+    if not (storage.exists(f"{prefix}/flow.json") and storage.exists(f"{prefix}/moments.parquet")):
+        return None     # absent, or stored before per-site IPD sums were kept: recompute
     f = json.loads(storage.read_bytes(f"{prefix}/flow.json"))
     flow = Flow(f["site"], f["received"], tuple(tuple(e) for e in f["excluded"]), f["analysed"])
     frames = {name: pd.read_parquet(io.BytesIO(storage.read_bytes(f"{prefix}/{name}.parquet")))
-              for name in _CACHE_FRAMES}
-    return SiteAnalysis(site, key, accepted, frames["data"], flow, frames["results"],
-                        frames["descriptives"], reused=True)
+              for name in (_LIGHT_FRAMES if light else _CACHE_FRAMES)}
+    return SiteAnalysis(site, key, accepted, frames.get("data"), flow, frames["results"],
+                        frames["descriptives"], reused=True, moments=frames["moments"])
+
+
+def load_site_data(storage: Storage, a: SiteAnalysis) -> pd.DataFrame:
+    """A site's analysis-ready rows: kept in ``a`` or read from the store under its key."""
+    if a.data is not None:
+        return a.data
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(
+        f"{_cache_prefix(a.site, a.input_key)}/data.parquet")))
 
 
 def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
@@ -222,15 +272,16 @@ def last_comparison_key(storage: Storage) -> str | None:
 
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:
     """Pool every effect across sites, fit the IPD models, assess replication."""
-    from lacrima.ipd import ipd_models
+    from lacrima.ipd import ipd_from_moments
     from lacrima.pooling import pool_estimates
     from lacrima.replication import replication_table
 
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
-    stacked = pd.concat([a.data for a in analyses], ignore_index=True)
     parts = [per_site, pool_estimates(per_site, study)]
-    if stacked["site"].nunique() > 1:
-        parts.append(ipd_models(stacked, study))
+    if len(analyses) > 1:
+        # From each site's sums: the sites' rows are never stacked here.
+        parts.append(ipd_from_moments(pd.concat([a.ipd_moments(study) for a in analyses],
+                                                ignore_index=True), study))
     results = pd.concat([p.reindex(columns=list(RESULTS_COLUMNS)) for p in parts if len(p)],
                         ignore_index=True)
     present = [s for s in sites if s.code in set(per_site["site"])]
@@ -246,11 +297,6 @@ def new_run_id(now: datetime | None = None) -> str:
     """A run id from the clock (UTC, seconds): sorts in time order."""
     now = now or datetime.now(timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ")
-
-
-def stacked_data(analyses: list[SiteAnalysis]) -> pd.DataFrame:
-    """The sites' analysis-ready frames, one under the other."""
-    return pd.concat([a.data for a in analyses], ignore_index=True)
 
 
 def to_csv_bytes(frame: pd.DataFrame) -> bytes:

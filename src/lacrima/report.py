@@ -988,8 +988,8 @@ def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
     return out
 
 
-def render_site_page(analysis: SiteAnalysis, site: Site, study: Study, run_id: str, prov: dict,
-                     files: Iterable[str]) -> str:
+def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
+                     downloads: Iterable[str] = ()) -> str:
     """One site's page: its flow, full descriptives and every analysis, all per site.
 
     Parameters
@@ -997,38 +997,112 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study, run_id: s
     analysis : SiteAnalysis
     site : Site
     study : Study
-    run_id : str
-    prov : dict
-    files : iterable of str
-        Run-relative names of the run's files; the page links only to these.
+    downloads : iterable of str
+        Run-relative names of the site's own exports (``data/<site>.csv``, ...) to link.
 
     Returns
     -------
     str
         HTML document with sections ``flow``, ``descriptives``, ``analyses``; it links back
-        to ``report.html`` and to the site's own exports when they were written.
+        to ``report.html`` and to the site's own exports.
+
+    Notes
+    -----
+    The page depends on the site's analysis alone (it names the analysis' input key, not
+    the run), so it is written once per input key and reused by every later run while the
+    site's data, codebook and plan are unchanged (``site_outputs``).
     """
     numeric, categorical = _site_descriptives(analysis, study)
-    ctx = _common(study, [site], run_id, prov, files)
-    own = [f for f in ctx["downloads"] if f.startswith(f"data/{site.code}.")]
     return _env().get_template("site.html.j2").render(
-        **ctx, site=site, flow_table=_html_table(flow_frame([analysis])),
+        title=str(study.raw["study"]["name"]), min_cell=MIN_CELL, site=site,
+        input_key=analysis.input_key[:12], n_batches=len(analysis.batches),
+        flow_table=_html_table(flow_frame([analysis])),
         numeric_table=numeric, categorical_table=categorical,
-        families=_site_analyses(analysis, study), own_downloads=own)
+        families=_site_analyses(analysis, study), own_downloads=list(downloads))
+
+
+def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
+               study: Study) -> dict[str, bytes]:
+    """A site's own outputs: ``data/<site>.csv``, ``data/<site>.sav`` and ``site-<site>.html``.
+
+    ``data`` is the site's analysis-ready frame (``pipeline.load_site_data``).
+    """
+    from lacrima.exports import spss_bytes
+
+    files = {f"data/{site.code}.csv": to_csv_bytes(data),
+             f"data/{site.code}.sav": spss_bytes(data, study, site)}
+    files[f"site-{site.code}.html"] = render_site_page(analysis, site, study, list(files)).encode()
+    return files
+
+
+@cache
+def outputs_version() -> str:
+    """Hash of the code and templates that write a site's outputs: part of their store key."""
+    from pathlib import Path
+
+    import lacrima.exports
+
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for path in [Path(__file__), Path(lacrima.exports.__file__),
+                 *sorted((here / "templates").glob("*.j2"))]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _site_outputs_prefix(a: SiteAnalysis) -> str:
+    return f"results/{a.site}/{a.input_key}/outputs-{outputs_version()}"
+
+
+def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site, study: Study) -> dict[str, str]:
+    """Write a site's own outputs (``site_files``) once per input key; their store keys by name.
+
+    Parameters
+    ----------
+    storage : Storage
+    analysis : SiteAnalysis
+        With its ``input_key``; light or not (the rows are read from the store if needed).
+    site : Site
+    study : Study
+
+    Returns
+    -------
+    dict
+        Run-relative name -> store key under ``results/<site>/<input_key>/outputs-<version>/``.
+
+    Notes
+    -----
+    Called from each site's task, so pages and SPSS files are made in parallel across
+    sites and only for sites whose input changed; the run's report copies them.
+    ``files.json`` is written last: its presence means the set is complete.
+    """
+    from lacrima.pipeline import load_site_data
+
+    prefix = _site_outputs_prefix(analysis)
+    index = f"{prefix}/files.json"
+    if storage.exists(index):
+        names = json.loads(storage.read_bytes(index))
+    else:
+        files = site_files(analysis, load_site_data(storage, analysis), site, study)
+        for name, data in files.items():
+            storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
+        names = sorted(files)
+        storage.write_bytes(index, json.dumps(names).encode(), if_absent=True)
+    return {name: f"{prefix}/{name}" for name in names}
 
 
 # ---------------------------------------------------------------------------
 # Writing a run
 # ---------------------------------------------------------------------------
 
-def manifest(run_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
+def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
     """The run's file list.
 
     Parameters
     ----------
     run_id : str
-    files : mapping of str to bytes
-        Run-relative name -> content.
+    files : mapping of str to (str, int)
+        Run-relative name -> (SHA-256 hex, size in bytes) of its content.
 
     Returns
     -------
@@ -1036,8 +1110,8 @@ def manifest(run_id: str, files: Mapping[str, bytes]) -> dict[str, Any]:
         ``{"run_id": ..., "files": [{"name", "bytes", "sha256"}, ...]}`` sorted by name.
     """
     return {"run_id": run_id,
-            "files": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                      for n, b in sorted(files.items())]}
+            "files": [{"name": n, "bytes": size, "sha256": sha}
+                      for n, (sha, size) in sorted(files.items())]}
 
 
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
@@ -1049,6 +1123,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     storage : Storage
     run_id : str
     analyses : list of SiteAnalysis
+        Full or light (``SiteAnalysis.light``): the rows of a light analysis are read from
+        the store one site at a time, so the run never holds every site's rows at once.
     comparison : Comparison
     study : Study
     sites : list of Site
@@ -1061,47 +1137,54 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     Notes
     -----
-    Run folders are written create-if-absent (a run never overwrites another's files);
-    ``latest/`` is overwritten file by file, ``manifest.json`` last so that a reader who
-    sees the new manifest sees every file it lists.
+    A site's page and exports come from ``site_outputs`` (written once per input key by the
+    site's task, copied here) or, for an analysis without a key (in memory), are made here.
+    Each file is written to the run folder (create-if-absent: a run never overwrites
+    another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
+    in both, so a reader who sees the new manifest sees every file it lists.
     """
-    from lacrima.exports import spss_bytes, stacked_parquet_bytes
+    from lacrima.exports import stacked_parquet_bytes
+    from lacrima.pipeline import load_site_data
 
     results = comparison.results.copy()
     results["run_id"] = run_id
     results = results.reindex(columns=list(RESULTS_COLUMNS))
     flow = pd.concat([a.flow.to_frame() for a in analyses], ignore_index=True)
     descr = pd.concat([a.descriptives for a in analyses], ignore_index=True)
-    files: dict[str, bytes] = {
-        "results.csv": to_csv_bytes(results),
-        "replication.csv": to_csv_bytes(comparison.replication),
-        "participant_flow.csv": to_csv_bytes(flow),
-        "descriptives.csv": to_csv_bytes(descr),
-        "provenance.json": json.dumps(prov, indent=2, default=str).encode(),
-        "analysis_ready.parquet": stacked_parquet_bytes(analyses, study),
-    }
-    by_code = {s.code: s for s in sites}
-    for a in analyses:
-        files[f"data/{a.site}.csv"] = to_csv_bytes(a.data)
-        if a.site in by_code:
-            files[f"data/{a.site}.sav"] = spss_bytes(a.data, study, by_code[a.site])
-    pages = {a.site: f"site-{a.site}.html" for a in analyses if a.site in by_code}
-    names = [*files, *pages.values(), REPORT, MANIFEST]
-    for code, page in pages.items():
-        analysis = next(a for a in analyses if a.site == code)
-        files[page] = render_site_page(analysis, by_code[code], study, run_id, prov,
-                                       names).encode()
-    files[REPORT] = render_report(run_id, analyses, comparison, study, sites, prov,
-                                  names).encode()
-    files[MANIFEST] = json.dumps(manifest(run_id, files), indent=2).encode()
-    for name, data in files.items():
+    listed: dict[str, tuple[str, int]] = {}
+
+    def put(name: str, data: bytes) -> None:
         storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
-    for name, data in files.items():
-        if name != MANIFEST:
-            storage.write_bytes(f"reports/latest/{name}", data)
-    storage.write_bytes(f"reports/latest/{MANIFEST}", files[MANIFEST])
+        storage.write_bytes(f"reports/latest/{name}", data)
+        listed[name] = hashlib.sha256(data).hexdigest(), len(data)
+
+    put("results.csv", to_csv_bytes(results))
+    put("replication.csv", to_csv_bytes(comparison.replication))
+    put("participant_flow.csv", to_csv_bytes(flow))
+    put("descriptives.csv", to_csv_bytes(descr))
+    put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
+    put("analysis_ready.parquet", stacked_parquet_bytes(
+        (load_site_data(storage, a) for a in analyses), study))
+    by_code = {s.code: s for s in sites}
+    pages = {}
+    for a in analyses:
+        if a.site not in by_code:
+            put(f"data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
+            continue
+        if a.input_key:
+            for name, key in site_outputs(storage, a, by_code[a.site], study).items():
+                put(name, storage.read_bytes(key))
+        else:
+            for name, data in site_files(a, a.data, by_code[a.site], study).items():
+                put(name, data)
+        pages[a.site] = f"site-{a.site}.html"
+    put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
+                              [*listed, REPORT, MANIFEST]).encode())
+    body = json.dumps(manifest(run_id, listed), indent=2).encode()
+    storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
+    storage.write_bytes(f"reports/latest/{MANIFEST}", body)
     key = f"reports/{run_id}/{REPORT}"
     local = storage.local_path(key)
     return RunOutputs(run_id, f"reports/{run_id}", key,
                       str(local) if local else f"{storage.location}/{key}",
-                      files=tuple(sorted(files)), site_pages=pages)
+                      files=tuple(sorted([*listed, MANIFEST])), site_pages=pages)
