@@ -163,16 +163,17 @@ def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
         os.unlink(tmp)
 
 
-def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFrame]],
+def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFrame | bytes]],
                           study: Study) -> bytes:
     """The sites' analysis-ready data stacked as Parquet, with the plan's labels in its metadata.
 
     Parameters
     ----------
-    frames : iterable of DataFrame or of callables returning one
-        Each site's analysis-ready frame, in site order, or a loader of it (e.g. reading it
-        from the store). Loaders are called twice (column union, then rows) and their frames
-        dropped after use, so the stacked rows are never all in memory at once.
+    frames : iterable
+        Each site's analysis-ready frame, in site order, or a loader returning it (as a
+        frame, or as the bytes of a Parquet file written from one, e.g. read from the
+        store). Loaders are called twice (column union from the schema, then the rows) and
+        their frames dropped after use, so the stacked rows are never all in memory at once.
     study : Study
 
     Returns
@@ -189,19 +190,71 @@ def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFr
     loaders = [f if callable(f) else (lambda f=f: f) for f in frames]
     if not loaders:
         return _table_bytes(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), study)
+    stored = _stored_tables(loaders)
+    if stored is not None:
+        return _write_tables(stored, study)
     # The union's columns and dtypes, from empty heads: what pd.concat would give the rows.
-    union = pd.concat([load().iloc[:0] for load in loaders], ignore_index=True)
+    union = pd.concat([_head(load()) for load in loaders], ignore_index=True)
+    dtypes = union.dtypes.to_dict()
+    def table(load):
+        part = _frame(load())
+        if list(part.columns) != list(union.columns):
+            part = part.reindex(columns=union.columns)
+        if (part.dtypes != union.dtypes).any():
+            part = part.astype(dtypes)
+        return pa.Table.from_pandas(part, preserve_index=False)
+
+    first = table(loaders[0]).schema
+    return _write_tables([lambda load=load: table(load).cast(first) for load in loaders], study)
+
+
+def _stored_tables(loaders) -> list | None:
+    """Loaders of Arrow tables when every item is Parquet bytes of one schema, else ``None``.
+
+    The common case (every site's stored frame has the same columns and types) then needs
+    no conversion to pandas and back.
+    """
+    import pyarrow.parquet as pq
+
+    first = None
+    for load in loaders:
+        item = load()
+        if isinstance(item, pd.DataFrame):
+            return None
+        schema = pq.read_schema(io.BytesIO(item))
+        if first is None:
+            first = schema
+        elif not schema.equals(first, check_metadata=False):
+            return None
+    return [lambda load=load: pq.read_table(io.BytesIO(load())) for load in loaders]
+
+
+def _write_tables(loaders, study: Study) -> bytes:
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
     writer = None
     for load in loaders:
-        part = load().reindex(columns=union.columns).astype(union.dtypes.to_dict())
-        table = pa.Table.from_pandas(part, preserve_index=False)
+        table = load()
         if writer is None:
-            schema = _with_labels(table.schema, list(union.columns), study)
+            schema = _with_labels(table.schema, table.column_names, study)
             writer = pq.ParquetWriter(buf, schema)
-        writer.write_table(table.cast(schema))
+        writer.write_table(table.replace_schema_metadata(schema.metadata))
     writer.close()
     return buf.getvalue()
+
+
+def _head(item) -> pd.DataFrame:
+    """An empty frame with the columns and dtypes of a frame or of Parquet bytes (schema only)."""
+    if isinstance(item, pd.DataFrame):
+        return item.iloc[:0]
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(io.BytesIO(item)).empty_table().to_pandas()
+
+
+def _frame(item) -> pd.DataFrame:
+    return item if isinstance(item, pd.DataFrame) else pd.read_parquet(io.BytesIO(item))
 
 
 def _with_labels(schema, columns: list[str], study: Study):

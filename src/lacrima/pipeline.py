@@ -244,12 +244,15 @@ def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[st
                         frames["descriptives"], reused=True, moments=frames["moments"])
 
 
-def load_site_data(storage: Storage, a: SiteAnalysis) -> pd.DataFrame:
-    """A site's analysis-ready rows: kept in ``a`` or read from the store under its key."""
+def load_site_data(storage: Storage, a: SiteAnalysis, as_parquet: bool = False) -> pd.DataFrame | bytes:
+    """A site's analysis-ready rows: kept in ``a`` or read from the store under its key.
+
+    ``as_parquet``: the stored Parquet file's bytes when the rows are not kept in ``a``.
+    """
     if a.data is not None:
         return a.data
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(
-        f"{_cache_prefix(a.site, a.input_key)}/data.parquet")))
+    blob = storage.read_bytes(f"{_cache_prefix(a.site, a.input_key)}/data.parquet")
+    return blob if as_parquet else pd.read_parquet(io.BytesIO(blob))
 
 
 def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:

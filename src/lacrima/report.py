@@ -515,13 +515,6 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
     return out
 
 
-def _level_count(d: pd.DataFrame, variable: str, level: str) -> tuple[float, float]:
-    hit = d[(d["variable"] == variable) & (d["level"].astype(str) == level)]
-    if not len(hit):
-        return np.nan, np.nan
-    return float(hit["count"].iloc[0]), float(hit["percent"].iloc[0])
-
-
 def _count_cell(count: float, percent: float) -> str:
     """``n (%)``; below the small-cell limit the count shows as ``<5`` and the percent is hidden."""
     if _missing(count):
@@ -558,24 +551,23 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         rows.append((label, by_site))
 
     add("Analysed, N", {a.site: fmt_n(a.flow.analysed) for a in analyses})
-    numeric = {a.site: a.descriptives[a.descriptives["mean"].notna()] for a in analyses}
-    cats = {a.site: a.descriptives[a.descriptives["count"].notna()] for a in analyses}
+    # One lookup table per site, built once: at 125 sites, filtering the descriptives per
+    # cell was a quarter of the report's time.
+    m_sd_of = {a.site: _means(a.descriptives) for a in analyses}
+    level_of = {a.site: _levels(a.descriptives) for a in analyses}
 
     def m_sd(site: str, variable: str) -> str:
-        d = numeric[site]
-        hit = d[(d["variable"] == variable) & (d["subset"] == "all")]
-        if not len(hit):
-            hit = d[d["variable"] == variable]
-        if not len(hit):
-            return ""
-        r = hit.iloc[0]
-        return f"{fmt(r['mean'])} ({fmt(r['sd'])})"
+        hit = m_sd_of[site].get(variable)
+        return "" if hit is None else f"{fmt(hit[0])} ({fmt(hit[1])})"
+
+    def level_count(site: str, variable: str, level: str) -> tuple[float, float]:
+        return level_of[site].get((variable, level), (np.nan, np.nan))
 
     add(f"{_label(study, 'age')}, M (SD)", {a.site: m_sd(a.site, "age") for a in analyses})
     # Levels of a variable sum to N: each site's levels are suppressed as one group.
     gender_cells = {}
     for a in analyses:
-        pairs = [_level_count(cats[a.site], "gender", level) for level in gender_levels]
+        pairs = [level_count(a.site, "gender", level) for level in gender_levels]
         gender_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))
     for i, level in enumerate(gender_levels):
@@ -583,7 +575,7 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
             {code: cells[i] for code, cells in gender_cells.items()})
     criers_cells = {}
     for a in analyses:
-        pairs = [_level_count(cats[a.site], criers, v) for v in ("true", "false")]
+        pairs = [level_count(a.site, criers, v) for v in ("true", "false")]
         criers_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
     add(f"{_label(study, criers)}, n (%)", criers_cells)
@@ -591,19 +583,42 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         if spec.get("kind") == "not_equal":
             continue
         add(f"{spec.get('label', score)}, M (SD)", {a.site: m_sd(a.site, score) for a in analyses})
+    alphas = {a.site: _alphas(a.results) for a in analyses}
     for score in study.section("reliability").get("scores", ()):
         cells = {}
         for a in analyses:
-            r = a.results[(a.results["analysis"] == "reliability") & (a.results["x"] == score)]
-            if len(r):
-                r = r.iloc[0]
-                cells[a.site] = (f"{fmt(r['estimate'], leading_zero=False)} "
-                                 f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=False)}")
+            r = alphas[a.site].get(score)
+            if r is not None:
+                cells[a.site] = (f"{fmt(r[0], leading_zero=False)} "
+                                 f"{fmt_ci(r[1], r[2], leading_zero=False)}")
         add(f"Cronbach's \u03b1 [95% CI], {_label(study, score)}", cells)
-    out = pd.DataFrame({"Characteristic": [lab for lab, _ in rows]})
-    for a in analyses:
-        out[a.site] = [cells.get(a.site, "") for _, cells in rows]
+    columns = {"Characteristic": [lab for lab, _ in rows]}
+    columns.update({a.site: [cells.get(a.site, "") for _, cells in rows] for a in analyses})
+    return pd.DataFrame(columns)
+
+
+def _means(d: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """variable -> (M, SD) of a site's descriptives: the ``all`` subset, else the first row."""
+    num = d[d["mean"].notna()]
+    num = num.iloc[np.argsort((num["subset"] != "all").to_numpy(), kind="stable")]
+    num = num.drop_duplicates("variable")
+    return dict(zip(num["variable"], zip(num["mean"].astype(float), num["sd"].astype(float))))
+
+
+def _levels(d: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]:
+    """(variable, level) -> (count, percent) of a site's descriptives, first row of each."""
+    cat = d[d["count"].notna()]
+    keys = list(zip(cat["variable"].astype(str), cat["level"].astype(str)))
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, c, p in zip(keys, cat["count"].astype(float), cat["percent"].astype(float)):
+        out.setdefault(key, (c, p))
     return out
+
+
+def _alphas(results: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """score -> (alpha, CI low, CI high) of a site's reliability rows, first row of each."""
+    r = results[results["analysis"] == "reliability"].drop_duplicates("x")
+    return dict(zip(r["x"], zip(r["estimate"], r["ci_low"], r["ci_high"])))
 
 
 def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd.DataFrame:
@@ -1164,7 +1179,7 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("descriptives.csv", to_csv_bytes(descr))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
     put("analysis_ready.parquet", stacked_parquet_bytes(
-        (load_site_data(storage, a) for a in analyses), study))
+        [lambda a=a: load_site_data(storage, a, as_parquet=True) for a in analyses], study))
     by_code = {s.code: s for s in sites}
     pages = {}
     for a in analyses:
