@@ -179,3 +179,24 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     pd.testing.assert_frame_equal(                       # reused sites give identical rows
         res[res["site"] == "us"].drop(columns="run_id").reset_index(drop=True),
         old[old["site"] == "us"].drop(columns="run_id").reset_index(drop=True))
+    # Site pages and exports: written once per input key by the site's task and copied,
+    # so an unchanged site's files are the same bytes; the changed site's are new.
+    for name in ("site-us.html", "data/us.sav", "data/us.csv"):
+        assert storage.read_bytes(f"reports/r3/{name}") == storage.read_bytes(f"reports/r1/{name}")
+    assert storage.read_bytes("reports/r3/data/it.csv") != storage.read_bytes("reports/r1/data/it.csv")
+    outputs = [o.key for o in storage.list("results/us/") if "/outputs-" in o.key]
+    assert sum(k.endswith("/files.json") for k in outputs) == 1
+
+
+def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sites):
+    us = next(s for s in sites if s.code == "us")
+    first = pipeline.site_step(ingested, us, study)
+    assert first.data is None and first.moments is not None and not first.reused
+    written = {o.key: o for o in ingested.list("results/us/") if "/outputs-" in o.key}
+    assert {k.rsplit("/", 1)[1] for k in written} == {"files.json", "site-us.html", "us.csv", "us.sav"}
+    again = pipeline.site_step(ingested, us, study)
+    assert again.reused and again.data is None
+    assert {o.key: o for o in ingested.list("results/us/") if "/outputs-" in o.key} == written
+    # The rows stay in the store and come back on demand, identical.
+    full = pipeline.analyse_site_data(ingested, us, study)
+    pd.testing.assert_frame_equal(pipeline.load_site_data(ingested, again), full.data)
