@@ -495,15 +495,34 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
 
 
 def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha256: str,
-                  accepted: pd.DataFrame | None = None) -> ValidationReport:
+                  accepted: pd.DataFrame | None = None, suite=None) -> ValidationReport:
     """Every check of protocol section 8 on one read drop (a ``lacrima.native.NativeDrop``).
 
-    ``drop.frame`` must already carry pseudonymised IDs when ``accepted`` is given.
+    Parameters
+    ----------
+    drop : NativeDrop
+        The read drop; ``drop.frame`` must already carry pseudonymised IDs when ``accepted``
+        is given.
+    study : Study
+    codebook : Codebook
+        The site's codebook (native column names in findings).
+    site, file_name, sha256 : str
+        Shown in the report.
+    accepted : pandas.DataFrame, optional
+        The site's accepted rows, for ID clashes.
+    suite : sequence of Finding, optional
+        The suite's findings for this drop when already computed in a batched run
+        (``run_suite_many``, as ``validate_drops`` and intake do); else the suite runs here.
+
+    Returns
+    -------
+    ValidationReport
     """
     findings = list(drop.findings)
     frame = drop.frame
     if len(frame):
-        findings += run_suite(frame, study, drop.row_numbers, codebook)
+        findings += (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
+                     else list(suite))
         compare = [c for c in study.variables if c not in ("participant_id",)]
         findings += id_clashes(frame, accepted, drop.row_numbers, codebook, compare)
     findings += completion(frame, study, codebook)
@@ -512,3 +531,42 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
                             identifying_dropped=tuple(drop.identifying_dropped),
                             plan_sha256=study.sha256,
                             codebook_sha256=getattr(codebook, "sha256", ""))
+
+
+def validate_drops(drops, study: Study, codebooks, sites, file_names, sha256s,
+                   accepted=None) -> list[ValidationReport]:
+    """``validate_drop`` for several read drops, with one Great Expectations run for all.
+
+    Parameters
+    ----------
+    drops : sequence of NativeDrop
+    study : Study
+    codebooks, sites, file_names, sha256s : sequences
+        One of each per drop, as ``validate_drop`` takes them.
+    accepted : sequence of (pandas.DataFrame or None), optional
+        Per drop, its site's accepted rows for ID clashes (default: none).
+
+    Returns
+    -------
+    list of ValidationReport
+        One per drop, equal to what ``validate_drop`` gives for it alone.
+
+    Notes
+    -----
+    ID clashes are checked against ``accepted`` as given: a drop does not see the rows of an
+    earlier drop of the same call. Intake, where it must, runs ``run_suite_many`` itself and
+    then ``validate_drop`` drop by drop.
+    """
+    drops, codebooks, sites = list(drops), list(codebooks), list(sites)
+    file_names, sha256s = list(file_names), list(sha256s)
+    accepted = [None] * len(drops) if accepted is None else list(accepted)
+    if len({len(x) for x in (drops, codebooks, sites, file_names, sha256s, accepted)}) > 1:
+        raise ValueError("validate_drops needs one codebook, site, file name, sha256 and "
+                         "accepted frame per drop")
+    checked = [i for i, d in enumerate(drops) if len(d.frame)]
+    found = run_suite_many([drops[i].frame for i in checked], study,
+                           [drops[i].row_numbers for i in checked], [codebooks[i] for i in checked])
+    suites = dict(zip(checked, found))
+    return [validate_drop(d, study, cb, s, f, h, accepted=a, suite=suites.get(i))
+            for i, (d, cb, s, f, h, a) in enumerate(zip(drops, codebooks, sites, file_names,
+                                                         sha256s, accepted))]
