@@ -21,7 +21,7 @@ from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
 from lacrima.storage import Storage, iter_json, sha256_bytes, write_json
 from lacrima.study import Site, Study
-from lacrima.validate import ValidationReport, validate_drop
+from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED = "accepted", "quarantined", "superseded", "landed"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -142,6 +142,16 @@ def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: st
 
     Never raises for bad data: an unreadable file becomes a report with one finding.
     """
+    report, drop, codebook = _read(path, site, study, key, name, sha, size_mb)
+    if drop is None:
+        return report, None
+    return validate_drop(drop, study, codebook, site.code, name, sha, accepted=accepted), drop.frame
+
+
+def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
+          size_mb: float = 0.0):
+    """Read a native drop and pseudonymise its IDs: (None, drop, codebook), or, when the file
+    cannot be read, (report with its findings, None, codebook). Never raises for bad data."""
     from lacrima.codebook import load_codebook
     from lacrima.native import read_drop
 
@@ -150,19 +160,17 @@ def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: st
     if size_mb > max_mb:
         f = Finding("file_too_large", f"{name} is {size_mb:.0f} MB; drops up to {max_mb:.0f} MB are read",
                     expected=f"at most {max_mb:.0f} MB", found=f"{size_mb:.0f} MB")
-        return ValidationReport(site.code, name, sha, 0, (f,)), None
+        return ValidationReport(site.code, name, sha, 0, (f,)), None, codebook
     try:
         drop = read_drop(path, site, study)
     except DropError as err:
         findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
-        return ValidationReport(site.code, name, sha, 0, tuple(findings)), None
+        return ValidationReport(site.code, name, sha, 0, tuple(findings)), None, codebook
     frame = drop.frame.copy()
     ids = frame["participant_id"]
     frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
     frame["site"] = site.code
-    drop = replace(drop, frame=frame)
-    report = validate_drop(drop, study, codebook, site.code, name, sha, accepted=accepted)
-    return report, frame
+    return None, replace(drop, frame=frame), codebook
 
 
 def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
@@ -184,13 +192,107 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
     -------
     IntakeResult
         Counts of drops seen, accepted, quarantined and skipped as already processed.
+
+    Notes
+    -----
+    The one-site case of ``ingest_sites``.
     """
+    return ingest_sites(storage, [site], study, key, now)[0]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A new drop of one site, kept in raw and read (not yet validated or stored)."""
+
+    site: Site
+    landing_key: str
+    data: bytes
+    sha: str
+    meta: dict
+    name: str
+    raw_key: str
+    codebook: object
+    unreadable: ValidationReport | None   # the report when the file could not be read
+    drop: object                          # the read drop (IDs pseudonymised), else None
+
+
+@dataclass(frozen=True)
+class _SiteScan:
+    """One site's landing zone against its ledger: the new drops, in listing order."""
+
+    site: Site
+    seen: int
+    skipped: int
+    pending: tuple[_Pending, ...]
+    index: dict
+    index_changed: bool
+
+
+def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
+                 now: datetime | None = None) -> list[IntakeResult]:
+    """Process every new object in the landing zones of a group of sites, validating at once.
+
+    Parameters
+    ----------
+    storage : Storage
+    sites : sequence of Site
+        Distinct sites; each drop is processed only under the site whose landing zone it
+        came from.
+    study : Study
+    key : bytes
+        Pseudonymisation key: IDs are replaced before anything reaches curated.
+    now : datetime, optional
+        Clock for the ledger (tests pass a fixed one).
+
+    Returns
+    -------
+    list of IntakeResult
+        One per site, in the order of ``sites``: what ``ingest_site`` gives for each alone
+        (the same ledger, raw, curated, quarantine and landing index too).
+
+    Notes
+    -----
+    Three steps. Each site's new drops are kept in raw and read (``_scan``); the Great
+    Expectations suite then runs once over all readable drops of the group
+    (``run_suite_many``: its cost is per call, not per row); last, site by site and drop by
+    drop in listing order as ``ingest_site`` always did, each drop is checked against the
+    site's accepted rows (ID clashes: a later drop sees an earlier one's accepted rows),
+    completion, and curated or quarantined with its ledger entry. All the group's pending
+    drops are held in memory between the steps: callers pass groups of sites, not all.
+    """
+    sites = list(sites)
+    codes = [s.code for s in sites]
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"ingest_sites takes each site once, got {codes}")
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
+    scans = [_scan(storage, site, study, key, stamp) for site in sites]
+    readable = [p for scan in scans for p in scan.pending
+                if p.drop is not None and len(p.drop.frame)]
+    found = run_suite_many([p.drop.frame for p in readable], study,
+                           [p.drop.row_numbers for p in readable],
+                           [p.codebook for p in readable])
+    suites = {id(p): f for p, f in zip(readable, found)}
+    results = []
+    for scan in scans:
+        accepted, quarantined, reports = [], [], []
+        for p in scan.pending:
+            report = _process(storage, study, p, stamp, suites.get(id(p)))
+            reports.append(report)
+            (accepted if report.valid else quarantined).append(p.sha)
+        if scan.index_changed:
+            write_json(storage, landing_index_key(scan.site.code), scan.index)
+        results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
+                                    tuple(quarantined), scan.skipped, tuple(reports)))
+    return results
+
+
+def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) -> _SiteScan:
+    """The site's new landing objects: each kept in raw and read; unchanged ones skipped."""
     records = {r.sha256: r for r in batches(storage, site.code)}
     known = set(records)
     index = read_landing_index(storage, site.code)
-    accepted, quarantined, reports, skipped, index_changed = [], [], [], 0, False
+    pending, skipped, index_changed = [], 0, False
     landing = storage.list(f"landing/{site.code}")
     for obj in landing:
         seen = index.get(obj.key)
@@ -205,13 +307,8 @@ def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
             skipped += 1
             continue
         known.add(sha)
-        report = _process(storage, site, study, key, obj.key, data, sha, stamp)
-        reports.append(report)
-        (accepted if report.valid else quarantined).append(sha)
-    if index_changed:
-        write_json(storage, landing_index_key(site.code), index)
-    return IntakeResult(site.code, len(landing), tuple(accepted), tuple(quarantined), skipped,
-                        tuple(reports))
+        pending.append(_keep_and_read(storage, site, study, key, obj.key, data, sha, stamp))
+    return _SiteScan(site, len(landing), skipped, tuple(pending), index, index_changed)
 
 
 def _resent_as_correction(storage: Storage, landing_key: str, rec: BatchRecord | None) -> bool:
@@ -224,15 +321,28 @@ def _resent_as_correction(storage: Storage, landing_key: str, rec: BatchRecord |
             and bool(storage.metadata(landing_key).get("replaces")))
 
 
-def _process(storage: Storage, site: Site, study: Study, key: bytes, landing_key: str,
-             data: bytes, sha: str, stamp: str) -> ValidationReport:
-    """Keep one new drop in raw, validate it, then curate or quarantine it and write its ledger entry."""
+def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landing_key: str,
+                   data: bytes, sha: str, stamp: str) -> _Pending:
+    """Keep one new drop in raw, then read it (IDs pseudonymised)."""
     meta = storage.metadata(landing_key)
     name = safe_name(meta.get("original_name") or landing_key.rsplit("/", 1)[-1])
     raw_key = f"raw/{site.code}/{sha}{extension(name)}"
     storage.write_bytes(raw_key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
+    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
+        path = Path(tmp) / f"drop{extension(name)}"   # never the uploaded name: no path tricks
+        path.write_bytes(data)
+        unreadable, drop, codebook = _read(path, site, study, key, name, sha,
+                                           size_mb=len(data) / 1e6)
+    return _Pending(site, landing_key, data, sha, meta, name, raw_key, codebook, unreadable, drop)
+
+
+def _process(storage: Storage, study: Study, p: _Pending, stamp: str,
+             suite=None) -> ValidationReport:
+    """Validate one read drop against its site's accepted rows, then curate or quarantine it
+    and write its ledger entry. ``suite``: its findings from the group's batched GX run."""
+    site, sha, meta, name, data = p.site, p.sha, p.meta, p.name, p.data
     current = curated_frame(storage, site.code)
     replaced, extra = None, ()
     if meta.get("replaces"):
@@ -244,14 +354,16 @@ def _process(storage: Storage, site: Site, study: Study, key: bytes, landing_key
     if replaced is not None and replaced.curated_key and not current.empty:
         old = pd.read_parquet(io.BytesIO(storage.read_bytes(replaced.curated_key)))
         current = current[~current["participant_id"].isin(old["participant_id"])]
-    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
-        path = Path(tmp) / f"drop{extension(name)}"   # never the uploaded name: no path tricks
-        path.write_bytes(data)
-        report, frame = read_and_validate(path, site, study, key, name, sha, accepted=current,
-                                          size_mb=len(data) / 1e6)
+    if p.drop is None:
+        report, frame = p.unreadable, None
+    else:
+        report = validate_drop(p.drop, study, p.codebook, site.code, name, sha,
+                               accepted=current, suite=suite)
+        frame = p.drop.frame
     if extra:
         report = replace(report, findings=report.findings + extra)
-    rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=raw_key, received_at=stamp,
+    rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
+               received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                rows=report.n_rows, uploader=meta.get("uploader", ""),
                replaces=replaced.sha256 if replaced else "",

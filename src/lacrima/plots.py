@@ -92,6 +92,7 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     """
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.markers import MarkerStyle
 
     rows = site_rows.reset_index(drop=True)
     k = len(rows)
@@ -107,26 +108,34 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     estimates = pd.to_numeric(rows["estimate"], errors="coerce").to_numpy(dtype=float)
     lows = pd.to_numeric(rows["ci_low"], errors="coerce").to_numpy(dtype=float)
     highs = pd.to_numeric(rows["ci_high"], errors="coerce").to_numpy(dtype=float)
-    marker_size = 36 if labelled else 9          # scatter sizes are in points squared
+    marker_size = 36 if labelled else 9          # area in points squared, as scatter's s
     codes = rows["site"].astype(str).tolist()
     ys = top - np.arange(k, dtype=float)
     colours = [styles.get(c, ("#555555", "o"))[0] for c in codes]
     has_ci = np.isfinite(estimates) & np.isfinite(lows) & np.isfinite(highs)
-    # One collection per kind of mark, not one artist per site: at 125 sites this keeps
-    # a plot to a few dozen artists and its SVG small.
+    # One artist per colour (or marker group), not one per site: a Line2D with NaN breaks is
+    # written to the SVG as one <path> and its markers as one <defs> entry plus <use>s, where
+    # a collection with per-item colours writes (and styles) every item separately.
     if has_ci.any():
-        ax.hlines(ys[has_ci], lows[has_ci], highs[has_ci],
-                  colors=[c for c, ok in zip(colours, has_ci) if ok], lw=1.4)
-    groups: dict[tuple[str, bool], list[int]] = {}
+        by_colour: dict[str, list[int]] = {}
+        for i in np.flatnonzero(has_ci):
+            by_colour.setdefault(colours[i], []).append(i)
+        for colour, idx in by_colour.items():
+            # x: lo, hi, NaN per site; butt caps, as hlines (a LineCollection) draws them
+            seg_x = np.column_stack([lows[idx], highs[idx], np.full(len(idx), np.nan)]).ravel()
+            seg_y = np.repeat(ys[idx], 3)
+            ax.plot(seg_x, seg_y, color=colour, lw=1.4, solid_capstyle="butt")
+    groups: dict[tuple[str, str, bool], list[int]] = {}
     for i, code in enumerate(codes):
         if np.isfinite(estimates[i]):
             marker = styles.get(code, ("#555555", "o"))[1]
-            groups.setdefault((marker, code in originals), []).append(i)
-    for (marker, original), idx in groups.items():
-        cols = [colours[i] for i in idx]
-        # Originals are filled, replications hollow: readable without colour.
-        ax.scatter(estimates[idx], ys[idx], s=marker_size, marker=marker, edgecolors=cols,
-                   facecolors=cols if original else "white", linewidths=1.4, zorder=3)
+            groups.setdefault((colours[i], marker, code in originals), []).append(i)
+    for (colour, marker, original), idx in groups.items():
+        # Originals are filled, replications hollow: readable without colour. Marker size is
+        # the scatter size's square root (points); round joins, as a scatter's edges have.
+        ax.plot(estimates[idx], ys[idx], ls="none",
+                marker=MarkerStyle(marker, joinstyle="round"), ms=marker_size ** 0.5,
+                mec=colour, mfc=colour if original else "white", mew=1.4, zorder=3)
     if labelled:
         for i, code in enumerate(codes):
             n = rows["n"].iloc[i]

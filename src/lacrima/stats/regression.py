@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 
 from lacrima.stats import ESTIMATE_COLUMNS, Estimate, check_level, not_estimable
 
@@ -52,9 +51,15 @@ class RegressionResult:
 
 
 def _fit(y: np.ndarray, x: np.ndarray):
+    # imported here, and not via statsmodels.api (1.3 s: tsa, graphics, formula, ...):
+    # only a process that fits a regression pays for linear_model (about 0.4 s)
+    from statsmodels.regression.linear_model import OLS
+
+    # the constant column first, as sm.add_constant(x, has_constant="add") puts it;
     # use_t: the plan wants t(df_resid) intervals; statsmodels uses the normal for
     # robust covariances unless told otherwise
-    return sm.OLS(y, sm.add_constant(x, has_constant="add")).fit(cov_type="HC3", use_t=True)
+    design = np.column_stack([np.ones(x.shape[0]), x])
+    return OLS(y, design).fit(cov_type="HC3", use_t=True)
 
 
 def _estimates(fit, method: str, n: int, level: float,

@@ -1,0 +1,47 @@
+"""Importing the analysis layer stays cheap: statsmodels is imported only where it is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lacrima.stats import adjust_pvalues
+
+
+def _modules_after(statement: str) -> set[str]:
+    # a fresh interpreter: this test session has statsmodels loaded already
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["lacrima.analysis", "lacrima.stats", "lacrima.pooling"])
+def test_import_does_not_load_statsmodels(module):
+    loaded = _modules_after(f"import {module}")
+    assert module in loaded
+    assert not {m for m in loaded if m.split(".")[0] == "statsmodels"}
+
+
+def test_regression_loads_linear_model_not_statsmodels_api():
+    loaded = _modules_after(
+        "import numpy as np; from lacrima.stats import ols_hc3; "
+        "r = ols_hc3(np.arange(10.0) ** 1.5, np.arange(10.0)[:, None], ['x']); "
+        "assert r.note == '', r.note")
+    assert "statsmodels.regression.linear_model" in loaded
+    assert "statsmodels.api" not in loaded
+
+
+@pytest.mark.parametrize("method", ["bonferroni", "fdr_bh"])
+def test_lazily_imported_methods_match_statsmodels(method):
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.2])
+    got = adjust_pvalues(p, method)
+    assert np.isnan(got[1])
+    finite = ~np.isnan(p)
+    np.testing.assert_allclose(got[finite], multipletests(p[finite], method=method)[1])
+    if method == "bonferroni":
+        np.testing.assert_allclose(got[finite], np.minimum(p[finite] * 4, 1))
