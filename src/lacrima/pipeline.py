@@ -180,7 +180,7 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
-    frames = save_site_analysis(storage, result)
+    frames = save_site_analysis(storage, result, read_back=_LIGHT_FRAMES if light else _CACHE_FRAMES)
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
     result = replace(result, **frames)
@@ -211,15 +211,17 @@ def _cache_prefix(site: str, key: str) -> str:
     return f"results/{site}/{key}"
 
 
-def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
-    """Store a site's analysis under its content key; returns its frames as read back."""
+def save_site_analysis(storage: Storage, a: SiteAnalysis,
+                       read_back: tuple[str, ...] = _CACHE_FRAMES) -> dict[str, pd.DataFrame]:
+    """Store a site's analysis under its content key; returns the ``read_back`` frames as stored."""
     prefix = _cache_prefix(a.site, a.input_key)
     back = {}
     for name in _CACHE_FRAMES:
         buf = io.BytesIO()
         getattr(a, name).to_parquet(buf, index=False)
         storage.write_bytes(f"{prefix}/{name}.parquet", buf.getvalue(), if_absent=True)
-        back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
+        if name in read_back:
+            back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
     flow = {"site": a.flow.site, "received": a.flow.received, "analysed": a.flow.analysed,
             "excluded": [list(e) for e in a.flow.excluded]}
     # written last: its presence means the entry is complete
