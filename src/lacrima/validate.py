@@ -1,4 +1,4 @@
-"""Validation of one drop (protocol section 8) with a Great Expectations suite from the plan.
+"""Validation of drops (protocol section 8) with a Great Expectations suite from the plan.
 
 The canonical-schema suite is generated from ``sites/study.toml`` (``suite_dict``) and kept in
 ``expectations/canonical.json``; a test keeps the two in step. Checks that need more than one
@@ -10,7 +10,8 @@ episode item blank for non-criers) is one expectation instead of one per variabl
 Expectations' cost is per expectation and per metric, not per row: for a drop of 120 rows the
 11 expectations on ~7,500 long rows take about 0.1 s against 1.1-1.3 s for the 77 per-variable
 ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
-unexpected long row back to its variable and spreadsheet row).
+unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
+per call, so several drops are validated in one run (``run_suite_many``, ``validate_drops``).
 """
 
 from __future__ import annotations
