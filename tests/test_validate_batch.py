@@ -110,3 +110,18 @@ def test_validate_drops_equals_validate_drop_alone(drops, study):
     assert [r.valid for r in alone] == [True, True, True, False, False, False, True, False, False]
     assert [f.check for f in alone[3].errors] == ["id_clash"]
     assert [f.check for f in alone[-1].errors] == ["completion"]
+
+
+def test_a_failure_not_pinned_to_a_drop_falls_back_to_one_run_per_drop(drops, alone, study,
+                                                                       monkeypatch):
+    from lacrima import validate
+
+    real, runs = validate._suite_run, []
+
+    def unpinned_when_stacked(frames, study):
+        runs.append(len(frames))
+        return None if len(frames) > 1 else real(frames, study)
+
+    monkeypatch.setattr(validate, "_suite_run", unpinned_when_stacked)
+    assert _batched(drops, study) == alone
+    assert runs == [len(drops)] + [1] * len(drops)
