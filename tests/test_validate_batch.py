@@ -87,3 +87,41 @@ def test_inputs_are_not_changed_and_must_line_up(drops, study):
     with pytest.raises(ValueError, match="one row_numbers and one codebook per frame"):
         run_suite_many(frames[:2], study, rows[:1], codebooks[:2])
     assert run_suite_many([], study, [], []) == []
+
+
+def test_validate_drops_equals_validate_drop_alone(drops, study):
+    from lacrima.native import NativeDrop
+    from lacrima.validate import validate_drop, validate_drops
+
+    frames, rows, codebooks = zip(*drops)
+    read = [NativeDrop(frame=f, row_numbers=tuple(r), findings=(), identifying_dropped=(),
+                       n_rows=len(f)) for f, r in zip(frames, rows)]
+    read.append(NativeDrop(frame=frames[0].iloc[:0], row_numbers=(), findings=(),
+                           identifying_dropped=(), n_rows=0))   # no rows: no suite; completion
+    codebooks = [*codebooks, codebooks[0]]
+    accepted = [None] * len(read)
+    accepted[3] = frames[0]               # drop 3 has drop 0's IDs with other answers: a clash
+    args = dict(sites=["x"] * len(read), file_names=[f"f{i}" for i in range(len(read))],
+                sha256s=[str(i) for i in range(len(read))])
+    batched = validate_drops(read, study, codebooks, accepted=accepted, **args)
+    alone = [validate_drop(d, study, cb, "x", f"f{i}", str(i), accepted=a)
+             for i, (d, cb, a) in enumerate(zip(read, codebooks, accepted))]
+    assert batched == alone
+    assert [r.valid for r in alone] == [True, True, True, False, False, False, True, False, False]
+    assert [f.check for f in alone[3].errors] == ["id_clash"]
+    assert [f.check for f in alone[-1].errors] == ["completion"]
+
+
+def test_a_failure_not_pinned_to_a_drop_falls_back_to_one_run_per_drop(drops, alone, study,
+                                                                       monkeypatch):
+    from lacrima import validate
+
+    real, runs = validate._suite_run, []
+
+    def unpinned_when_stacked(frames, study):
+        runs.append(len(frames))
+        return None if len(frames) > 1 else real(frames, study)
+
+    monkeypatch.setattr(validate, "_suite_run", unpinned_when_stacked)
+    assert _batched(drops, study) == alone
+    assert runs == [len(drops)] + [1] * len(drops)

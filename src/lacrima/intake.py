@@ -259,6 +259,11 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     site's accepted rows (ID clashes: a later drop sees an earlier one's accepted rows),
     completion, and curated or quarantined with its ledger entry. All the group's pending
     drops are held in memory between the steps: callers pass groups of sites, not all.
+
+    Measured on the 2-core dev machine, 3 sites x 7 new drops of 120 rows, warm: intake took
+    6.3-7.8 s with one GX run per drop (validation 3.9-4.4 s of it), 3.9-4.6 s with
+    ``ingest_site`` per site (one GX run per site) and 3.5-4.3 s with ``ingest_sites`` over
+    the three (one GX run, 0.4-0.7 s).
     """
     sites = list(sites)
     codes = [s.code for s in sites]

@@ -1,4 +1,4 @@
-"""Validation of one drop (protocol section 8) with a Great Expectations suite from the plan.
+"""Validation of drops (protocol section 8) with a Great Expectations suite from the plan.
 
 The canonical-schema suite is generated from ``sites/study.toml`` (``suite_dict``) and kept in
 ``expectations/canonical.json``; a test keeps the two in step. Checks that need more than one
@@ -10,7 +10,8 @@ episode item blank for non-criers) is one expectation instead of one per variabl
 Expectations' cost is per expectation and per metric, not per row: for a drop of 120 rows the
 11 expectations on ~7,500 long rows take about 0.1 s against 1.1-1.3 s for the 77 per-variable
 ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
-unexpected long row back to its variable and spreadsheet row).
+unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
+per call, so several drops are validated in one run (``run_suite_many``, ``validate_drops``).
 """
 
 from __future__ import annotations
@@ -325,8 +326,8 @@ def run_suite_many(frames, study: Study, row_numbers_list, codebooks,
     the drops' long frames (``long_frame``) are stacked with a ``drop`` column and validated
     together, and each unexpected long row is mapped back to its drop, variable and row.
     The one rule that spans rows, ``unique_ids``, must stay per drop (IDs may repeat across
-    drops and sites): in the stacked frame a participant ID is the pair (drop, ID), so two
-    IDs are equal only within one drop. Every other rule reads one long row at a time.
+    drops and sites): in the stacked frame a participant ID stands for the pair (drop, ID)
+    (``_stacked_long``), so two IDs are equal only within one drop. Every other rule reads one long row at a time.
     A check that could not run (GX raised) or failed without naming rows cannot be pinned
     to a drop, so the drops of that run are then validated one by one.
 
@@ -336,8 +337,8 @@ def run_suite_many(frames, study: Study, row_numbers_list, codebooks,
 
     Measured on the 2-core dev machine, 20 synthetic drops of 120 rows (5 with an error):
     2.9-3.0 s one by one (~0.15 s a drop) and 0.46-0.52 s stacked in one run (x6), with
-    equal findings. Of the stacked run, ~0.2 s is building the 20 long frames (per-drop
-    work both ways) and ~0.5 s Great Expectations on ~150,000 long rows.
+    equal findings. Of the stacked run, ~0.1 s is building the 20 long frames (per-drop
+    work both ways), the rest Great Expectations on ~150,000 long rows.
     """
     frames, row_numbers_list, codebooks = list(frames), list(row_numbers_list), list(codebooks)
     if not (len(frames) == len(row_numbers_list) == len(codebooks)):
