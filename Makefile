@@ -13,7 +13,10 @@ export MPLBACKEND := Agg
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(UV) pip sync -q --python $(PY) requirements.lock
+	# --compile-bytecode: every flow run is a fresh process, and where PYTHONDONTWRITEBYTECODE
+	# is set nothing is cached: without .pyc files, importing great_expectations takes ~7 s
+	# instead of ~3.4 s and prefect + lacrima ~3.6 s instead of ~1.8 s (measured 2026-11-22).
+	$(UV) pip sync -q --compile-bytecode --python $(PY) requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 

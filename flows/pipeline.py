@@ -157,8 +157,11 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
 
     Parameters
     ----------
-    name : {"thread", "dask"}
+    name : {"thread", "process", "dask"}
         ``thread``: Prefect's thread pool (default; sites in parallel within one process).
+        ``process``: Prefect's process pool of ``workers`` processes on this machine: per-site
+        work (pandas, mostly under the GIL) runs truly in parallel, for a start-up cost of
+        a few seconds per process.
         ``dask``: prefect-dask's ``DaskTaskRunner``, a local cluster of ``workers`` processes
         (one thread each, so per-site work is not serialised behind the GIL), or the existing
         cluster at ``dask_address``.
@@ -169,6 +172,10 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
     """
     if name == "thread":
         return ThreadPoolTaskRunner(max_workers=workers)
+    if name == "process":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=workers)
     if name == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -176,7 +183,7 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
             return DaskTaskRunner(address=dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
-    raise ValueError(f"unknown runner {name!r}: expected 'thread' or 'dask'")
+    raise ValueError(f"unknown runner {name!r}: expected 'thread', 'process' or 'dask'")
 
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
