@@ -203,6 +203,23 @@ def site_step(storage: Storage, site: Site, study: Study,
     return analysis
 
 
+def site_groups(sites: list, most: int = 16, spread: int = 8) -> list[list]:
+    """Consecutive groups of sites for tasks: ``spread`` groups or more, ``most`` sites at most.
+
+    Three sites give three groups of one (each site its own task, in parallel); 125 give
+    8 groups of 16; 1,000 give 63 groups of 16. An empty list gives no group.
+
+    Examples
+    --------
+    >>> [len(g) for g in site_groups(list(range(20)))]
+    [3, 3, 3, 3, 3, 3, 2]
+    """
+    import math
+
+    size = max(1, min(most, math.ceil(len(sites) / spread)))
+    return [sites[i:i + size] for i in range(0, len(sites), size)]
+
+
 _CACHE_FRAMES = ("data", "results", "descriptives", "moments")
 _LIGHT_FRAMES = _CACHE_FRAMES[1:]
 
