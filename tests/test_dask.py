@@ -1,4 +1,4 @@
-"""The Dask task runner gives the same results.csv as Prefect's default thread pool."""
+"""The Dask and process-pool task runners give the same results.csv as Prefect's default thread pool."""
 
 import io
 
@@ -18,7 +18,7 @@ EST_RTOL = 1e-12
 def test_unknown_runner_is_refused():
     from flows.pipeline import task_runner
 
-    with pytest.raises(ValueError, match="expected 'thread' or 'dask'"):
+    with pytest.raises(ValueError, match="expected 'thread', 'process' or 'dask'"):
         task_runner("celery")
 
 
@@ -34,13 +34,14 @@ def test_dask_runner_uses_one_thread_per_worker_process():
 
 
 @pytest.mark.prefect
-def test_dask_gives_the_same_results_csv_as_the_thread_pool(prefect_harness, tmp_path, study,
-                                                             sites):
+def test_dask_and_processes_give_the_same_results_csv_as_the_thread_pool(prefect_harness, tmp_path,
+                                                                         study, sites):
     from flows.pipeline import run_pipeline
 
     drops = {s.code: write_drop(s, study, tmp_path / "drops" / s.code, n=N) for s in sites}
     out = {}
-    for runner in ("thread", "dask"):
+    runners = ("thread", "dask", "process")
+    for runner in runners:
         storage = LocalStorage(tmp_path / runner)
         for s in sites:
             intake.upload(storage, s, drops[s.code])
@@ -48,6 +49,7 @@ def test_dask_gives_the_same_results_csv_as_the_thread_pool(prefect_harness, tmp
                                run_id="same", workers=2)
         assert summary["accepted"] == 3 and sorted(summary["sites_recomputed"]) == ["il", "it", "us"]
         out[runner] = storage.read_bytes("reports/same/results.csv")
-    thread, dask = (pd.read_csv(io.BytesIO(out[r]), keep_default_na=False) for r in ("thread", "dask"))
+    thread, *others = (pd.read_csv(io.BytesIO(out[r]), keep_default_na=False) for r in runners)
     assert len(thread) > 100 and {"us", "it", "il", "pooled"} <= set(thread["site"])
-    pd.testing.assert_frame_equal(dask, thread, check_exact=False, rtol=EST_RTOL)
+    for other in others:
+        pd.testing.assert_frame_equal(other, thread, check_exact=False, rtol=EST_RTOL)

@@ -205,12 +205,12 @@ def _run(storage: Optional[str], demo: bool, runner: str = "thread",
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
-        runner: str = typer.Option("thread", help="task runner: thread (default) or dask"),
+        runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
     """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
     from lacrima.privacy import MissingKeyError
-    if runner not in ("thread", "dask"):
-        _fail(f"--runner {runner!r}: expected thread or dask")
+    if runner not in ("thread", "process", "dask"):
+        _fail(f"--runner {runner!r}: expected thread, process or dask")
     try:
         summary = _run(storage, demo, runner, dask_address)
     except MissingKeyError as err:

@@ -306,7 +306,8 @@ def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site])
                                                 ignore_index=True), study))
     results = pd.concat([p.reindex(columns=list(RESULTS_COLUMNS)) for p in parts if len(p)],
                         ignore_index=True)
-    present = [s for s in sites if s.code in set(per_site["site"])]
+    analysed = set(per_site["site"].unique())
+    present = [s for s in sites if s.code in analysed]
     return Comparison(results, replication_table(per_site, study, present))
 
 
