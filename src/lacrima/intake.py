@@ -175,27 +175,12 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
 
 def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
                 now: datetime | None = None) -> IntakeResult:
-    """Process every new object in ``landing/<site>/``.
-
-    Parameters
-    ----------
-    storage : Storage
-    site : Site
-        Drops are processed only under the site whose landing zone they came from.
-    study : Study
-    key : bytes
-        Pseudonymisation key: IDs are replaced before anything reaches curated.
-    now : datetime, optional
-        Clock for the ledger (tests pass a fixed one).
+    """Process every new object in ``landing/<site>/``: the one-site case of :func:`ingest_sites`.
 
     Returns
     -------
     IntakeResult
         Counts of drops seen, accepted, quarantined and skipped as already processed.
-
-    Notes
-    -----
-    The one-site case of ``ingest_sites``.
     """
     return ingest_sites(storage, [site], study, key, now)[0]
 
