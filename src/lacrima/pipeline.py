@@ -350,8 +350,6 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
     import platform
     import subprocess
 
-    from lacrima.codebook import load_codebook
-
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=study.path.parent, timeout=5).stdout.strip()
@@ -371,7 +369,8 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": {"path": study.path.name, "sha256": study.sha256},
         "sites": {s.code: {"role": s.role, "site_sha256": s.sha256,
-                           "codebook_sha256": load_codebook(s).sha256} for s in sites},
+                           # the file's hash, as Codebook.sha256 holds it, without parsing
+                           "codebook_sha256": sha256_file(s.codebook_path)} for s in sites},
         "inputs": {a.site: {"batches": list(a.batches), "input_key": a.input_key,
                             "reused": a.reused} for a in analyses},
         "packages": versions,
