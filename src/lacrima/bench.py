@@ -316,7 +316,7 @@ def scenario(name: str, work: Path, api_url: str, k: int | None, n: int | None, 
     res = ScenarioResult(name, len(sites), n or 0, runner)
     t = time.perf_counter()
     # Text formats at scale: workbooks take seconds each to write and read (noted below).
-    text = k is not None and k > 100
+    text = k is not None and k >= 100
     drops = write_consortium_drops(root, base / "drops", n, text_formats=text, workers=drop_workers)
     res.drops_seconds = round(time.perf_counter() - t, 2)
     if text:
