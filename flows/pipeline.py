@@ -1,8 +1,9 @@
 """The pipeline flow: plan, ingest new drops, analyse each site, compare, report.
 
-Each task is a few lines around one ``lacrima`` call and works on one site or on the pool,
-never on a row or an item. Retries with backoff go on I/O tasks only (listing, intake, report);
-every task has a timeout.
+Each task is a few lines around one ``lacrima`` call and works on a group of sites (at most
+16, see ``pipeline.site_groups``) or on the pool, never on a row or an item. Site tasks hand on
+each site's estimates and IPD sums, not its rows. Retries with backoff go on I/O tasks only
+(listing, intake, report); every task has a timeout.
 
 Incremental: a site with no new landing object is not ingested; a site whose content key
 (accepted batches, codebook, site file, plan) is unchanged reuses its stored results; when no
