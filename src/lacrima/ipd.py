@@ -98,8 +98,15 @@ _SUMS = ("n", "sx", "sy", "sxx", "sxy", "syy")
 
 def _sums(data: pd.DataFrame) -> np.ndarray:
     """Per-site raw sums of a pair frame: k x 6 array of ``n, sum x, sum y, sum x^2, sum xy, sum y^2``."""
-    prod = data.assign(one=1.0, xx=data["x"] ** 2, xy=data["x"] * data["y"], yy=data["y"] ** 2)
-    return prod.groupby("site", sort=False)[["one", "x", "y", "xx", "xy", "yy"]].sum().to_numpy()
+    codes, names = pd.factorize(data["site"].to_numpy())
+    return _bincount_sums(codes, len(names), data["x"].to_numpy(float), data["y"].to_numpy(float))
+
+
+def _bincount_sums(codes: np.ndarray, k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``_SUMS`` per site code 0..k-1 of complete (x, y) pairs: k x 6 (a site without pairs: zeros)."""
+    return np.column_stack([np.bincount(codes, minlength=k).astype(float)]
+                           + [np.bincount(codes, weights=w, minlength=k)
+                              for w in (x, y, x * x, x * y, y * y)])
 
 
 def _interaction_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
@@ -334,11 +341,8 @@ def site_moments(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
         ok = ~(np.isnan(xv) | np.isnan(yv))
         if only_criers:
             ok &= criers
-        c, xs, ys = codes[ok], xv[ok], yv[ok]
-        n = np.bincount(c, minlength=k).astype(float)
-        sums = np.column_stack([n] + [np.bincount(c, weights=w, minlength=k)
-                                      for w in (xs, ys, xs * xs, xs * ys, ys * ys)])
-        present = n > 0
+        sums = _bincount_sums(codes[ok], k, xv[ok], yv[ok])
+        present = sums[:, 0] > 0
         part = pd.DataFrame(sums[present], columns=list(_SUMS))
         part.insert(0, "site", names[present])
         part.insert(0, "y", y)
