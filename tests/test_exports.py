@@ -115,15 +115,15 @@ def test_a_column_name_spss_cannot_hold_is_refused(site_data, study, sites):
         exports.spss_bytes(data, study, next(s for s in sites if s.code == "us"))
 
 
-@pytest.mark.parametrize("lazy", [False, True], ids=["frames", "parquet-loaders"])
-def test_parquet_holds_the_stacked_data_types_and_labels(site_data, study, lazy):
+@pytest.mark.parametrize("stored", [False, True], ids=["frames", "parquet-bytes"])
+def test_parquet_holds_the_stacked_data_types_and_labels(site_data, study, stored):
     analyses = list(site_data.values())
-    # Site by site (one row group each), from frames or from loaders: the same table
+    # Site by site (one row group each), from frames or stored Parquet bytes: the same table
     # pd.concat gives, dtypes included.
     buf = {a.site: io.BytesIO() for a in analyses}
     for a in analyses:
         a.data.to_parquet(buf[a.site], index=False)
-    frames = [(lambda a=a: buf[a.site].getvalue()) if lazy else a.data for a in analyses]
+    frames = [buf[a.site].getvalue() if stored else a.data for a in analyses]
     blob = exports.stacked_parquet_bytes(frames, study)
     back = pd.read_parquet(io.BytesIO(blob))
     expected = pd.concat([a.data for a in analyses], ignore_index=True)
@@ -143,7 +143,7 @@ def test_parquet_unifies_columns_a_site_lacks_or_leaves_blank(site_data, study):
     a = a.drop(columns=["age"])
     b = b.assign(age=pd.Series([pd.NA] * len(b), dtype="Float64"))
     expected = pd.concat([a, b], ignore_index=True)
-    for items in ([a, b], [lambda f=f: f.to_parquet(index=False) for f in (a, b)]):
+    for items in ([a, b], [f.to_parquet(index=False) for f in (a, b)]):
         blob = exports.stacked_parquet_bytes(items, study)
         back = pd.read_parquet(io.BytesIO(blob))
         pd.testing.assert_frame_equal(back, expected)

@@ -13,7 +13,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -163,17 +163,15 @@ def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
         os.unlink(tmp)
 
 
-def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFrame | bytes]],
-                          study: Study) -> bytes:
+def stacked_parquet_bytes(parts: Iterable[pd.DataFrame | bytes], study: Study) -> bytes:
     """The sites' analysis-ready data stacked as Parquet, with the plan's labels in its metadata.
 
     Parameters
     ----------
-    frames : iterable
-        Each site's analysis-ready frame, in site order, or a loader returning it (as a
-        frame, or as the bytes of a Parquet file written from one, e.g. read from the
-        store). Loaders are called twice (column union from the schema, then the rows) and
-        their frames dropped after use, so the stacked rows are never all in memory at once.
+    parts : iterable of DataFrame or bytes
+        Each site's analysis-ready frame, in site order, or the bytes of a Parquet file
+        written from one (as the store keeps it). Bytes are decoded one site at a time, so
+        the stacked rows are never all in memory at once, only the compressed files.
     study : Study
 
     Returns
@@ -183,78 +181,57 @@ def stacked_parquet_bytes(frames: Iterable[pd.DataFrame | Callable[[], pd.DataFr
         sites' columns with the dtypes ``pandas.concat`` gives them (nullable integers,
         booleans, strings, dates kept); the schema metadata key ``lacrima.labels`` holds a
         JSON object ``column -> label`` and ``lacrima.plan_sha256`` the plan's hash.
+
+    Notes
+    -----
+    When every part is Parquet bytes of one schema (the usual case: each site's stored
+    frame), the files are copied table by table without a round trip through pandas;
+    otherwise each part is brought to the union's columns and dtypes first.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    loaders = [f if callable(f) else (lambda f=f: f) for f in frames]
-    if not loaders:
-        return _table_bytes(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), study)
-    stored = _stored_tables(loaders)
-    if stored is not None:
-        return _write_tables(stored, study)
+    parts = list(parts)
+    if not parts:
+        return _write_tables((), study)
+    schemas = [None if isinstance(p, pd.DataFrame) else pq.read_schema(io.BytesIO(p))
+               for p in parts]
+    if parts and all(s is not None and s.equals(schemas[0], check_metadata=False)
+                     for s in schemas):
+        return _write_tables((pq.read_table(io.BytesIO(p)) for p in parts), study)
     # The union's columns and dtypes, from empty heads: what pd.concat would give the rows.
-    union = pd.concat([_head(load()) for load in loaders], ignore_index=True)
-    dtypes = union.dtypes.to_dict()
-    def table(load):
-        part = _frame(load())
-        if list(part.columns) != list(union.columns):
-            part = part.reindex(columns=union.columns)
-        if (part.dtypes != union.dtypes).any():
-            part = part.astype(dtypes)
-        return pa.Table.from_pandas(part, preserve_index=False)
+    union = pd.concat([p.iloc[:0] if s is None else s.empty_table().to_pandas()
+                       for p, s in zip(parts, schemas)], ignore_index=True)
 
-    first = table(loaders[0]).schema
-    return _write_tables([lambda load=load: table(load).cast(first) for load in loaders], study)
+    def table(part) -> pa.Table:
+        frame = part if isinstance(part, pd.DataFrame) else pd.read_parquet(io.BytesIO(part))
+        frame = frame.reindex(columns=union.columns)
+        if (frame.dtypes != union.dtypes).any():
+            frame = frame.astype(union.dtypes.to_dict())
+        return pa.Table.from_pandas(frame, preserve_index=False)
 
-
-def _stored_tables(loaders) -> list | None:
-    """Loaders of Arrow tables when every item is Parquet bytes of one schema, else ``None``.
-
-    The common case (every site's stored frame has the same columns and types) then needs
-    no conversion to pandas and back.
-    """
-    import pyarrow.parquet as pq
-
-    first = None
-    for load in loaders:
-        item = load()
-        if isinstance(item, pd.DataFrame):
-            return None
-        schema = pq.read_schema(io.BytesIO(item))
-        if first is None:
-            first = schema
-        elif not schema.equals(first, check_metadata=False):
-            return None
-    return [lambda load=load: pq.read_table(io.BytesIO(load())) for load in loaders]
+    return _write_tables((table(p) for p in parts), study)
 
 
-def _write_tables(loaders, study: Study) -> bytes:
+def _write_tables(tables, study: Study) -> bytes:
+    """Write Arrow tables of one column set as row groups, under the first table's schema."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    writer = None
-    for load in loaders:
-        table = load()
+    writer = schema = None
+    for table in tables:
         if writer is None:
             schema = _with_labels(table.schema, table.column_names, study)
             writer = pq.ParquetWriter(buf, schema)
-        writer.write_table(table.replace_schema_metadata(schema.metadata))
-    writer.close()
+        writer.write_table(table.cast(schema))
+    if writer is None:          # no site: an empty file
+        table = pa.Table.from_pandas(pd.DataFrame(), preserve_index=False)
+        pq.write_table(table.replace_schema_metadata(
+            _with_labels(table.schema, table.column_names, study).metadata), buf)
+    else:
+        writer.close()
     return buf.getvalue()
-
-
-def _head(item) -> pd.DataFrame:
-    """An empty frame with the columns and dtypes of a frame or of Parquet bytes (schema only)."""
-    if isinstance(item, pd.DataFrame):
-        return item.iloc[:0]
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(io.BytesIO(item)).empty_table().to_pandas()
-
-
-def _frame(item) -> pd.DataFrame:
-    return item if isinstance(item, pd.DataFrame) else pd.read_parquet(io.BytesIO(item))
 
 
 def _with_labels(schema, columns: list[str], study: Study):
@@ -264,15 +241,6 @@ def _with_labels(schema, columns: list[str], study: Study):
     meta[b"lacrima.labels"] = json.dumps({c: _label(study, c) for c in columns}).encode()
     meta[b"lacrima.plan_sha256"] = study.sha256.encode()
     return schema.with_metadata(meta)
-
-
-def _table_bytes(table, study: Study) -> bytes:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(
-        _with_labels(table.schema, table.column_names, study).metadata), buf)
-    return buf.getvalue()
 
 
 def read_labels(parquet: bytes) -> Mapping[str, str]:

@@ -1179,7 +1179,7 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("descriptives.csv", to_csv_bytes(descr))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
     put("analysis_ready.parquet", stacked_parquet_bytes(
-        [lambda a=a: load_site_data(storage, a, as_parquet=True) for a in analyses], study))
+        [load_site_data(storage, a, as_parquet=True) for a in analyses], study))
     by_code = {s.code: s for s in sites}
     pages = {}
     for a in analyses:
