@@ -164,8 +164,8 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     Results are kept under ``results/<site>/<input_key>/`` and reused while the site's accepted
     batches, codebook, site file and plan are unchanged (the key is a SHA-256 of those, never of
     pickled frames). ``key`` is the site's ``site_input_key`` when the caller has it already.
-    ``light``: return the analysis without its rows (``SiteAnalysis.light``); a reused one is
-    then read without them.
+    ``light``: read a reused analysis without its rows (``data`` is ``None``); a fresh one
+    keeps the rows it was just computed from.
     """
     key, accepted = key or site_input_key(storage, site, study)
     if not accepted:
@@ -180,11 +180,10 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
-    frames = save_site_analysis(storage, result, read_back=_LIGHT_FRAMES if light else _CACHE_FRAMES)
+    frames = save_site_analysis(storage, result)
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
-    result = replace(result, **frames)
-    return result.light() if light else result
+    return replace(result, **frames)
 
 
 def site_step(storage: Storage, site: Site, study: Study,
@@ -198,9 +197,10 @@ def site_step(storage: Storage, site: Site, study: Study,
     from lacrima.report import site_outputs
 
     analysis = analyse_site_data(storage, site, study, key, light=True)
-    if analysis is not None:
-        site_outputs(storage, analysis, site, study)
-    return analysis
+    if analysis is None:
+        return None
+    site_outputs(storage, analysis, site, study)    # rows from the store only if not in hand
+    return analysis.light()
 
 
 def site_groups(sites: list, most: int = 16, spread: int = 8) -> list[list]:
@@ -228,17 +228,15 @@ def _cache_prefix(site: str, key: str) -> str:
     return f"results/{site}/{key}"
 
 
-def save_site_analysis(storage: Storage, a: SiteAnalysis,
-                       read_back: tuple[str, ...] = _CACHE_FRAMES) -> dict[str, pd.DataFrame]:
-    """Store a site's analysis under its content key; returns the ``read_back`` frames as stored."""
+def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
+    """Store a site's analysis under its content key; returns its frames as read back."""
     prefix = _cache_prefix(a.site, a.input_key)
     back = {}
     for name in _CACHE_FRAMES:
         buf = io.BytesIO()
         getattr(a, name).to_parquet(buf, index=False)
         storage.write_bytes(f"{prefix}/{name}.parquet", buf.getvalue(), if_absent=True)
-        if name in read_back:
-            back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
+        back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
     flow = {"site": a.flow.site, "received": a.flow.received, "analysed": a.flow.analysed,
             "excluded": [list(e) for e in a.flow.excluded]}
     # written last: its presence means the entry is complete
