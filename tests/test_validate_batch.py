@@ -89,9 +89,11 @@ def test_inputs_are_not_changed_and_must_line_up(drops, study):
     assert run_suite_many([], study, [], []) == []
 
 
-def test_validate_drops_equals_validate_drop_alone(drops, study):
+def test_validate_drop_with_batched_suite_equals_validate_drop_alone(drops, study):
+    # What intake does: one run_suite_many for the drops with rows, then validate_drop per
+    # drop with its share of the findings.
     from lacrima.native import NativeDrop
-    from lacrima.validate import validate_drop, validate_drops
+    from lacrima.validate import validate_drop
 
     frames, rows, codebooks = zip(*drops)
     read = [NativeDrop(frame=f, row_numbers=tuple(r), findings=(), identifying_dropped=(),
@@ -101,9 +103,12 @@ def test_validate_drops_equals_validate_drop_alone(drops, study):
     codebooks = [*codebooks, codebooks[0]]
     accepted = [None] * len(read)
     accepted[3] = frames[0]               # drop 3 has drop 0's IDs with other answers: a clash
-    args = dict(sites=["x"] * len(read), file_names=[f"f{i}" for i in range(len(read))],
-                sha256s=[str(i) for i in range(len(read))])
-    batched = validate_drops(read, study, codebooks, accepted=accepted, **args)
+    checked = [i for i, d in enumerate(read) if len(d.frame)]
+    suites = dict(zip(checked, run_suite_many([read[i].frame for i in checked], study,
+                                              [read[i].row_numbers for i in checked],
+                                              [codebooks[i] for i in checked])))
+    batched = [validate_drop(d, study, cb, "x", f"f{i}", str(i), accepted=a, suite=suites.get(i))
+               for i, (d, cb, a) in enumerate(zip(read, codebooks, accepted))]
     alone = [validate_drop(d, study, cb, "x", f"f{i}", str(i), accepted=a)
              for i, (d, cb, a) in enumerate(zip(read, codebooks, accepted))]
     assert batched == alone

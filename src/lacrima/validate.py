@@ -11,7 +11,7 @@ Expectations' cost is per expectation and per metric, not per row: for a drop of
 11 expectations on ~7,500 long rows take about 0.1 s against 1.1-1.3 s for the 77 per-variable
 ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
 unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
-per call, so several drops are validated in one run (``run_suite_many``, ``validate_drops``).
+per call, so several drops are validated in one run (``run_suite_many``).
 """
 
 from __future__ import annotations
@@ -513,7 +513,7 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
         The site's accepted rows, for ID clashes.
     suite : sequence of Finding, optional
         The suite's findings for this drop when already computed in a batched run
-        (``run_suite_many``, as ``validate_drops`` and intake do); else the suite runs here.
+        (``run_suite_many``, as intake does); else the suite runs here.
 
     Returns
     -------
@@ -533,41 +533,3 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
                             plan_sha256=study.sha256,
                             codebook_sha256=getattr(codebook, "sha256", ""))
 
-
-def validate_drops(drops, study: Study, codebooks, sites, file_names, sha256s,
-                   accepted=None) -> list[ValidationReport]:
-    """``validate_drop`` for several read drops, with one Great Expectations run for all.
-
-    Parameters
-    ----------
-    drops : sequence of NativeDrop
-    study : Study
-    codebooks, sites, file_names, sha256s : sequences
-        One of each per drop, as ``validate_drop`` takes them.
-    accepted : sequence of (pandas.DataFrame or None), optional
-        Per drop, its site's accepted rows for ID clashes (default: none).
-
-    Returns
-    -------
-    list of ValidationReport
-        One per drop, equal to what ``validate_drop`` gives for it alone.
-
-    Notes
-    -----
-    ID clashes are checked against ``accepted`` as given: a drop does not see the rows of an
-    earlier drop of the same call. Intake, where it must, runs ``run_suite_many`` itself and
-    then ``validate_drop`` drop by drop.
-    """
-    drops, codebooks, sites = list(drops), list(codebooks), list(sites)
-    file_names, sha256s = list(file_names), list(sha256s)
-    accepted = [None] * len(drops) if accepted is None else list(accepted)
-    if len({len(x) for x in (drops, codebooks, sites, file_names, sha256s, accepted)}) > 1:
-        raise ValueError("validate_drops needs one codebook, site, file name, sha256 and "
-                         "accepted frame per drop")
-    checked = [i for i, d in enumerate(drops) if len(d.frame)]
-    found = run_suite_many([drops[i].frame for i in checked], study,
-                           [drops[i].row_numbers for i in checked], [codebooks[i] for i in checked])
-    suites = dict(zip(checked, found))
-    return [validate_drop(d, study, cb, s, f, h, accepted=a, suite=suites.get(i))
-            for i, (d, cb, s, f, h, a) in enumerate(zip(drops, codebooks, sites, file_names,
-                                                         sha256s, accepted))]
