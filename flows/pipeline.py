@@ -29,10 +29,6 @@ IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
 VERDICT_TABLE_KEY = report.artifact_key("lacrima-verdict-table")
 SITE_TIMEOUT = 1800
 POOL_TIMEOUT = 3600
-# Sites per task, at most: an intake task validates its group's drops in one GX run (~0.1 s
-# a run instead of ~0.1 s a drop; at 1,000 rows a drop, 16 drops are ~1,000,000 long rows),
-# and an analysis task saves Prefect's per-task bookkeeping (~35 ms a task at 125 sites).
-GROUP = 16
 
 
 class _ThreadTimeoutNotice(logging.Filter):
@@ -111,7 +107,7 @@ def default_workers() -> int:
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
       log_prints=False)
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
-                     run_id: str | None = None, group: int = GROUP) -> dict:
+                     run_id: str | None = None, group: int = pipeline.SITE_GROUP) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
     ``group``: most sites one intake or analysis task takes (see ``pipeline.site_groups``).
