@@ -6,7 +6,8 @@ each site's estimates and IPD sums, not its rows. Retries with backoff go on I/O
 (listing, intake, report); every task has a timeout.
 
 Incremental: a site with no new landing object is not ingested; a site whose content key
-(accepted batches, codebook, site file, plan) is unchanged reuses its stored results; when no
+(accepted batches, codebook, site file, plan) is unchanged reuses its stored results (the
+sites the latest report used are read in one go, ``pipeline.reusable_analyses``); when no
 key changed at all since the latest report, nothing is analysed and no report is written.
 """
 
@@ -67,6 +68,13 @@ def site_keys(ctx: RunContext) -> dict:
     return pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
 
 
+@task(name="reuse-unchanged-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT,
+      **IO_RETRIES)
+def reusable_analyses(ctx: RunContext, keys) -> dict[str, pipeline.SiteAnalysis]:
+    # Unchanged sites' estimates in three reads, from what the latest report was made of.
+    return pipeline.reusable_analyses(ctx.storage, keys)
+
+
 @task(name="analyse-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
 def analyse_sites(ctx: RunContext, sites, keys) -> list[pipeline.SiteAnalysis | None]:
     # Per site: analysis (computed or reused) and its own page and exports; no rows handed on.
@@ -83,6 +91,11 @@ def write_report(ctx: RunContext, run_id: str, analyses, comparison) -> report.R
     prov = pipeline.provenance(run_id, analyses, ctx.study, list(ctx.sites))
     return report.write_outputs(ctx.storage, run_id, analyses, comparison, ctx.study,
                                 list(ctx.sites), prov)
+
+
+@task(name="save-pooled-inputs", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT, **IO_RETRIES)
+def save_pooled_inputs(ctx: RunContext, analyses) -> str:
+    return pipeline.save_pooled_inputs(ctx.storage, analyses, ctx.study)
 
 
 @task(name="publish-verdict-table", cache_policy=NO_CACHE, timeout_seconds=120, **IO_RETRIES)
@@ -130,13 +143,16 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
         logger.info("nothing new since the latest report: no site analysed, no report written")
     else:
         with clock("analysis"):
-            keyed = [s for s in ctx.sites if s.code in keys]
+            kept = reusable_analyses(ctx, keys)
+            keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
             futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
                        for g in pipeline.site_groups(keyed, group)]
-            analyses = [a for f in futures for a in f.result() if a is not None]
+            kept |= {a.site: a for f in futures for a in f.result() if a is not None}
+            analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
         with clock("pooling"):
             comparison = compare_sites(ctx, analyses)
         with clock("report"):
+            save_pooled_inputs(ctx, analyses)
             outputs = write_report(ctx, run_id, analyses, comparison)
     summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
     if outputs is not None:

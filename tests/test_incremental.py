@@ -4,6 +4,7 @@ Plain ``src`` calls first; then the flow three times under the session Prefect h
 first run, a run with nothing new, a run after one new drop at one site.
 """
 
+import json
 import pickle
 import shutil
 
@@ -84,6 +85,30 @@ def test_a_new_batch_changes_only_its_sites_key(ingested, study, sites, tmp_path
         {c: k for c, (k, _) in after.items()}, study)
     assert pipeline.comparison_key(dict(reversed(list(before.items()))), study) == \
         pipeline.comparison_key(before, study)
+
+
+def test_unchanged_sites_are_read_back_from_the_pooled_inputs_as_stored(ingested, study, sites):
+    analyses = [pipeline.site_step(ingested, s, study) for s in sites]
+    keys = pipeline.site_keys(ingested, sites, study)
+    assert pipeline.reusable_analyses(ingested, keys) == {}     # no report yet
+    ckey = pipeline.save_pooled_inputs(ingested, analyses, study)
+    assert ckey == pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)
+    # What the flow's report step leaves behind: the latest report names the comparison.
+    ingested.write_bytes("reports/latest/provenance.json", json.dumps({"comparison_key": ckey}).encode())
+    kept = pipeline.reusable_analyses(ingested, keys)
+    assert sorted(kept) == sorted(a.site for a in analyses)
+    for a in analyses:
+        b = kept[a.site]
+        assert b.reused and b.data is None
+        assert (b.input_key, b.batches, b.flow) == (a.input_key, a.batches, a.flow)
+        for name in ("results", "descriptives", "moments"):   # the same frames, dtypes and all
+            pd.testing.assert_frame_equal(getattr(b, name), getattr(a, name))
+    # A site whose key changed, or whose own outputs are gone, is analysed again instead.
+    changed = dict(keys, us=("0" * 64, keys["us"][1]))
+    assert "us" not in pipeline.reusable_analyses(ingested, changed)
+    it = kept["it"]
+    ingested.local_path(f"results/it/{it.input_key}/outputs-{report.outputs_version()}/files.json").unlink()
+    assert sorted(pipeline.reusable_analyses(ingested, keys)) == ["il", "us"]
 
 
 def test_input_key_is_a_hash_of_file_bytes(ingested, study, sites):
@@ -171,6 +196,10 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     new = lacrima_pipeline(storage_location=str(store), run_id="r3")
     assert new["accepted"] == 1 and new["sites_recomputed"] == ["it"]
     assert new["sites_reused"] == ["il", "us"] and not new["nothing_new"]
+    # each report left the estimates it was made of together, for the next run to reuse
+    assert {o.key.rsplit("/", 2)[1] for o in storage.list("results/_pooled/")} == {
+        json.loads(storage.read_bytes(f"reports/{r}/provenance.json"))["comparison_key"]
+        for r in ("r1", "r3")}
     assert new["report"].endswith("reports/r3/report.html")
     res = pd.read_csv(storage.local_path("reports/r3/results.csv"), keep_default_na=False)
     n_it = res.loc[(res["site"] == "it") & (res["analysis"] == "correlation"), "n"].astype(float)

@@ -1069,6 +1069,11 @@ def _site_outputs_prefix(a: SiteAnalysis) -> str:
     return f"results/{a.site}/{a.input_key}/outputs-{outputs_version()}"
 
 
+def site_outputs_ready(storage: Storage, analysis: SiteAnalysis) -> bool:
+    """True when ``site_outputs`` of this analysis (input key, code version) are all stored."""
+    return storage.exists(f"{_site_outputs_prefix(analysis)}/files.json")
+
+
 def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site, study: Study) -> dict[str, str]:
     """Write a site's own outputs (``site_files``) once per input key; their store keys by name.
 
