@@ -46,3 +46,21 @@ def test_missing_key_is_a_clear_error_outside_demo(monkeypatch):
 
 def test_small_cells_suppressed():
     assert [suppress_small(n) for n in (0, 1, 4, 5, 120)] == ["0", "<5", "<5", "5", "120"]
+
+
+def test_parquet_frame_is_what_pandas_read_parquet_gives():
+    import io
+
+    import numpy as np
+
+    from lacrima.storage import parquet_frame
+
+    frame = pd.DataFrame({
+        "text": ["a", None, "c"], "empty_text": [None, None, None],
+        "count": pd.array([1, None, 3], dtype="Int64"), "flag": pd.array([True, None, False], dtype="boolean"),
+        "x": [0.5, np.nan, 2.0], "when": pd.to_datetime(["2024-01-01", None, "2024-03-01"]),
+        "level": pd.Categorical(["low", "high", None])})
+    for part in (frame, frame.iloc[:0], frame.set_index("text")):
+        buf = io.BytesIO()
+        part.to_parquet(buf)
+        pd.testing.assert_frame_equal(parquet_frame(buf.getvalue()), pd.read_parquet(io.BytesIO(buf.getvalue())))

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from lacrima.storage import parquet_frame
 from lacrima.study import Site, Study
 
 # SPSS has no boolean type: true/false are stored as 1/0 with value labels.
@@ -194,17 +195,17 @@ def stacked_parquet_bytes(parts: Iterable[pd.DataFrame | bytes], study: Study) -
     parts = list(parts)
     if not parts:
         return _write_tables((), study)
-    schemas = [None if isinstance(p, pd.DataFrame) else pq.read_schema(io.BytesIO(p))
+    schemas = [None if isinstance(p, pd.DataFrame) else pq.ParquetFile(io.BytesIO(p)).schema_arrow
                for p in parts]
     if parts and all(s is not None and s.equals(schemas[0], check_metadata=False)
                      for s in schemas):
-        return _write_tables((pq.read_table(io.BytesIO(p)) for p in parts), study)
+        return _write_tables((pq.ParquetFile(io.BytesIO(p)).read() for p in parts), study)
     # The union's columns and dtypes, from empty heads: what pd.concat would give the rows.
     union = pd.concat([p.iloc[:0] if s is None else s.empty_table().to_pandas()
                        for p, s in zip(parts, schemas)], ignore_index=True)
 
     def table(part) -> pa.Table:
-        frame = part if isinstance(part, pd.DataFrame) else pd.read_parquet(io.BytesIO(part))
+        frame = part if isinstance(part, pd.DataFrame) else parquet_frame(part)
         frame = frame.reindex(columns=union.columns)
         if (frame.dtypes != union.dtypes).any():
             frame = frame.astype(union.dtypes.to_dict())

@@ -19,7 +19,7 @@ import pandas as pd
 
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
-from lacrima.storage import Storage, iter_json, sha256_bytes, write_json
+from lacrima.storage import Storage, iter_json, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
 from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
@@ -117,7 +117,7 @@ def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
 
 def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
     """The site's curated data: every accepted, not superseded batch, re-sent records once."""
-    frames = [pd.read_parquet(io.BytesIO(storage.read_bytes(r.curated_key)))
+    frames = [parquet_frame(storage.read_bytes(r.curated_key))
               for r in batches(storage, site) if r.state == ACCEPTED and r.curated_key]
     if not frames:
         return pd.DataFrame()
@@ -342,7 +342,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str,
             extra = (Finding("replaces", str(err), expected="an existing accepted batch",
                              found=safe_name(meta["replaces"])),)
     if replaced is not None and replaced.curated_key and not current.empty:
-        old = pd.read_parquet(io.BytesIO(storage.read_bytes(replaced.curated_key)))
+        old = parquet_frame(storage.read_bytes(replaced.curated_key))
         current = current[~current["participant_id"].isin(old["participant_id"])]
     if p.drop is None:
         report, frame = p.unreadable, None

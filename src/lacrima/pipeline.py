@@ -25,7 +25,7 @@ import pandas as pd
 
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
-from lacrima.storage import Storage
+from lacrima.storage import Storage, parquet_frame
 from lacrima.study import Site, Study, sha256_file
 from lacrima.vocabulary import RESULTS_COLUMNS
 
@@ -242,7 +242,7 @@ def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFr
         buf = io.BytesIO()
         getattr(a, name).to_parquet(buf, index=False)
         storage.write_bytes(f"{prefix}/{name}.parquet", buf.getvalue(), if_absent=True)
-        back[name] = pd.read_parquet(io.BytesIO(buf.getvalue()))
+        back[name] = parquet_frame(buf.getvalue())
     # written last: its presence means the entry is complete
     storage.write_bytes(f"{prefix}/flow.json", json.dumps(_flow_record(a.flow)).encode(),
                         if_absent=True)
@@ -269,7 +269,7 @@ def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[st
     if not (storage.exists(f"{prefix}/flow.json") and storage.exists(f"{prefix}/moments.parquet")):
         return None     # absent, or stored before per-site IPD sums were kept: recompute
     flow = _flow_from(json.loads(storage.read_bytes(f"{prefix}/flow.json")))
-    frames = {name: pd.read_parquet(io.BytesIO(storage.read_bytes(f"{prefix}/{name}.parquet")))
+    frames = {name: parquet_frame(storage.read_bytes(f"{prefix}/{name}.parquet"))
               for name in (_LIGHT_FRAMES if light else _CACHE_FRAMES)}
     return SiteAnalysis(site, key, accepted, frames.get("data"), flow, frames["results"],
                         frames["descriptives"], reused=True, moments=frames["moments"])
@@ -343,7 +343,7 @@ def reusable_analyses(storage: Storage, keys: Mapping[str, tuple[str, tuple[str,
         return {}
     frames = {}
     for name in _LIGHT_FRAMES:
-        stacked = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{prefix}/{name}.parquet")))
+        stacked = parquet_frame(storage.read_bytes(f"{prefix}/{name}.parquet"))
         empty = stacked.iloc[:0].drop(columns=_PART)
         parts = {site: part.drop(columns=_PART).reset_index(drop=True)
                  for site, part in stacked.groupby(_PART, sort=False) if site in same}
@@ -364,7 +364,7 @@ def load_site_data(storage: Storage, a: SiteAnalysis, as_parquet: bool = False) 
     if a.data is not None:
         return a.data
     blob = storage.read_bytes(f"{_cache_prefix(a.site, a.input_key)}/data.parquet")
-    return blob if as_parquet else pd.read_parquet(io.BytesIO(blob))
+    return blob if as_parquet else parquet_frame(blob)
 
 
 def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
