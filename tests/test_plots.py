@@ -86,3 +86,52 @@ def test_hollow_and_filled_markers():
         colour = styles[f"s{i:03d}"][0].lower()
         assert f"stroke: {colour}" in css
         assert ("fill: " + colour if i in (0, 3) else "fill: #ffffff") in css
+
+
+def test_a_worker_process_draws_the_same_plots():
+    from lacrima.plots import Forests
+
+    jobs = [(_rows(k), {"estimate": 0.3, "ci_low": 0.2, "ci_high": 0.4, "pi_low": 0.1,
+                           "pi_high": 0.5}, f"effect {k}", "Pearson r") for k in (3, 45, 60)]
+    styles = site_style([f"s{i:03d}" for i in range(60)])
+    here = [forest_svg(*job, styles, {"s000"}, salt=str(i)) for i, job in enumerate(jobs)]
+    with Forests(worker=True) as forests:
+        assert forests._pool is not None             # a worker really draws them
+        handles = [forests.submit(*job, styles, {"s000"}, salt=str(i)) for i, job in enumerate(jobs)]
+        drawn = [forests._jobs[h][2].result(timeout=60) for h in handles]   # by the worker
+        assert drawn == here and forests.svgs() == here
+
+
+def test_plots_a_broken_worker_left_are_drawn_here():
+    from lacrima.plots import Forests
+
+    styles = site_style(["s000", "s001"])
+    with Forests(worker=True) as forests:
+        for process in list(forests._pool._processes.values()):
+            process.kill()                             # the worker dies before drawing
+            process.join()
+        handle = forests.submit(_rows(2), None, "effect", "r", styles)
+        assert forests.svgs()[handle] == forest_svg(_rows(2), None, "effect", "r", styles)
+
+
+def test_a_worker_does_not_run_the_callers_script_again(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A script without a __main__ guard: a spawned process would run it again from the top.
+    script = tmp_path / "script.py"
+    script.write_text(
+        f"with open({str(tmp_path / 'ran')!r}, 'a') as fh: fh.write('x')\n"
+        "from lacrima.plots import Forests, site_style\n"
+        "import pandas as pd\n"
+        "rows = pd.DataFrame({'site': ['a'], 'estimate': [0.2], 'ci_low': [0.0], 'ci_high': [0.4], 'n': [9]})\n"
+        "with Forests(worker=True) as f:\n"
+        "    h = f.submit(rows, None, 't', 'r', site_style(['a']))\n"
+        "    assert f._jobs[h][2].result(timeout=60).startswith('<svg')  # drawn by the worker\n"
+        "    assert f.svgs()[h].startswith('<svg')\n")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "ran").read_text() == "x"

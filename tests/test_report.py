@@ -292,3 +292,22 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
     assert report.report_link("s3://bucket/reports/r1/report.html").startswith("s3://")
     with pytest.raises(ValueError, match="artifact key"):
         report.artifact_key("__")
+
+
+def test_plots_drawn_by_a_worker_give_the_same_report(run, report_inputs, tmp_path, monkeypatch):
+    from lacrima import plots
+
+    analyses, comparison, study, sites, prov = report_inputs
+    started = []
+    real = plots.Forests.__init__
+
+    def spy(self, worker=False):
+        real(self, worker)
+        started.append(self._pool is not None)
+
+    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)      # a worker even for 3 sites
+    monkeypatch.setattr(plots.Forests, "__init__", spy)
+    storage = LocalStorage(tmp_path / "store")
+    report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
+    assert started == [True]
+    assert storage.read_bytes("reports/run-1/report.html") == run[0].read_bytes("reports/run-1/report.html")

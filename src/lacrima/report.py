@@ -31,7 +31,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
-from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
+from lacrima.plots import ORIGINAL_MARK, WORKER_FROM_SITES, Forests, site_style
 from lacrima.privacy import MIN_CELL, suppress_small
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
@@ -705,8 +705,12 @@ def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.Da
 
 
 def _families(comparison: Comparison, study: Study, sites: list[Site],
-              styles: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """Every family with its effects: forest plot, per-site table, heterogeneity, replication."""
+              styles: dict[str, tuple[str, str]], forests: Forests) -> list[dict[str, Any]]:
+    """Every family with its effects: forest plot, per-site table, heterogeneity, replication.
+
+    Plots are submitted to ``forests``: an effect's ``svg`` and a family's ``plots`` hold
+    handles until :func:`_with_plots` puts the drawn SVGs in.
+    """
     from lacrima.pooling import pool_details
 
     results = comparison.results
@@ -756,7 +760,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
             scale = detail["scale"] if detail is not None else "identity"
             title = effect_label(study, x, y, cov)
             anchor = effect_anchor(fid, x, y, cov)
-            svg = forest_svg(grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
+            svg = forests.submit(grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
                              title if len(title) < 90 else title[:87] + "...",
                              _SCALE.get(analysis, "estimate"), styles, originals,
                              null=1.0 if analysis == "chi_square" else 0.0,
@@ -771,20 +775,21 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 rep = rep_by_effect.get((fid, x, y, cov), empty_rep)
             rep_frame = _replication_frame(rep, countries)
             effects.append({
-                "anchor": anchor, "title": title, "svg": Markup(svg),
+                "anchor": anchor, "title": title, "svg": svg,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
                 "table": _html_table(_site_table(grp, analysis, spearman)),
                 "lines": lines,
                 "replication": _html_table(rep_frame) if len(rep_frame) else "",
             })
-        extra = _family_extra(fam, rows, study, styles, originals)
+        extra = _family_extra(fam, rows, study, styles, originals, forests)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
     return out
 
 
 def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
-                  styles: dict[str, tuple[str, str]], originals: set[str]) -> dict[str, Any]:
+                  styles: dict[str, tuple[str, str]], originals: set[str],
+                  forests: Forests) -> dict[str, Any]:
     """Unpooled results of a family: robustness tests, regression coefficients."""
     kind = fam.get("kind")
     plots, tables = [], []
@@ -793,10 +798,10 @@ def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
         std = rows[rows["base"] == "ols_hc3_standardized"]
         for term, grp in std.groupby("x", sort=False):
             anchor = effect_anchor(fam["id"], str(term), str(fam.get("y", "")), "beta")
-            plots.append(Markup(forest_svg(
+            plots.append(forests.submit(
                 grp[["site", "estimate", "ci_low", "ci_high", "n"]], None,
                 f"{_label(study, str(term))}: standardised coefficient",
-                "standardised \u03b2", styles, originals, salt=anchor)))
+                "standardised \u03b2", styles, originals, salt=anchor))
         if len(coef):
             table = coef[["site", "x", "n", "estimate", "ci_low", "ci_high", "statistic",
                           "p_value"]]
@@ -880,8 +885,30 @@ def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any
             "downloads": sorted(f for f in files if not f.endswith(".html"))}
 
 
+def report_families(comparison: Comparison, study: Study, sites: list[Site], present: set[str],
+                    forests: Forests | None = None) -> tuple[list[dict[str, Any]], Forests]:
+    """The report's family sections with their forest plots submitted to ``forests``.
+
+    ``sites``: every site of the study (their order fixes the colours); ``present``: the codes
+    of the analysed ones. Default ``forests``: drawn in this process when asked for.
+    """
+    forests = forests or Forests()
+    styles = site_style([s.code for s in sites])
+    return _families(comparison, study, [s for s in sites if s.code in present], styles,
+                     forests), forests
+
+
+def _with_plots(families: list[dict[str, Any]], forests: Forests) -> list[dict[str, Any]]:
+    """``families`` with the drawn SVGs in place of their plot handles."""
+    svgs = [Markup(svg) for svg in forests.svgs()]
+    return [{**fam, "plots": [svgs[h] for h in fam.get("plots", ())],
+             "effects": [{**e, "svg": svgs[e["svg"]]} for e in fam["effects"]]}
+            for fam in families]
+
+
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
-                  sites: list[Site], prov: dict, files: Iterable[str] | None = None) -> str:
+                  sites: list[Site], prov: dict, files: Iterable[str] | None = None,
+                  plotted: tuple[list[dict[str, Any]], Forests] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
     Parameters
@@ -897,6 +924,9 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     files : iterable of str, optional
         Run-relative names of the files written with the report; only these are linked.
         Default: the site pages of the analysed sites.
+    plotted : (families, Forests), optional
+        :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
+        Default: made and drawn here.
 
     Returns
     -------
@@ -931,7 +961,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
                         for o in origs],
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
-        families=_families(comparison, study, [s for s in sites if s.code in present], styles),
+        families=_with_plots(*(plotted or report_families(comparison, study, sites, present))),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK)
@@ -1161,8 +1191,19 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     site's task, copied here) or, for an analysis without a key (in memory), are made here.
     Each file is written to the run folder (create-if-absent: a run never overwrites
     another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
-    in both, so a reader who sees the new manifest sees every file it lists.
+    in both, so a reader who sees the new manifest sees every file it lists. From
+    ``plots.WORKER_FROM_SITES`` sites on, the forest plots are drawn by a worker process
+    meanwhile (``plots.Forests``).
     """
+    with Forests(worker=len(analyses) >= WORKER_FROM_SITES) as forests:
+        # The plots are drawn (in a worker, at many sites) while the files below are written.
+        plotted = report_families(comparison, study, sites, {a.site for a in analyses}, forests)
+        return _write_outputs(storage, run_id, analyses, comparison, study, sites, prov, plotted)
+
+
+def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
+                   comparison: Comparison, study: Study, sites: list[Site], prov: dict,
+                   plotted: tuple[list[dict[str, Any]], Forests]) -> RunOutputs:
     from lacrima.exports import stacked_parquet_bytes
     from lacrima.pipeline import load_site_data
 
@@ -1199,7 +1240,7 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
-                              [*listed, REPORT, MANIFEST]).encode())
+                              [*listed, REPORT, MANIFEST], plotted).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
     storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
     storage.write_bytes(f"reports/latest/{MANIFEST}", body)
