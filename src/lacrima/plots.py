@@ -231,7 +231,12 @@ class Forests:
 
     def submit(self, *args, **kwargs) -> int:
         """Queue one plot (:func:`forest_svg`'s arguments); returns its handle."""
-        future = self._pool.submit(forest_svg, *args, **kwargs) if self._pool else None
+        future = None
+        if self._pool is not None:
+            try:
+                future = self._pool.submit(forest_svg, *args, **kwargs)
+            except Exception:  # noqa: BLE001 - the worker is gone: this plot is drawn here
+                pass
         self._jobs.append((args, kwargs, future))
         return len(self._jobs) - 1
 
