@@ -367,19 +367,22 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     out = []
     key = ["family", "x", "y", "covariates"]
     for (family, x, y, cov), grp in rows.groupby(key, sort=True):
-        by_site = grp.drop_duplicates("site").set_index("site")
-        if rep not in by_site.index:
+        # site -> (estimate, n, p): the first row per site, looked up without pandas indexing
+        by_site = {}
+        for site, r, n, p in zip(grp["site"], grp["estimate"], grp["n"], grp["p_value"]):
+            by_site.setdefault(site, (r, n, p))
+        if rep not in by_site:
             continue
-        r_r, n_r, p_r = (by_site.at[rep, c] for c in ("estimate", "n", "p_value"))
+        r_r, n_r, p_r = by_site[rep]
         g = len([c for c in cov.split(voc.COVARIATE_SEPARATOR) if c]) if cov else 0
         if not n_r - 3 - g > 0:
             continue
         if np.isnan(p_r):
             p_r = _correlation_p(r_r, n_r, g)
         for orig in originals:
-            if orig not in by_site.index or not by_site.at[orig, "n"] - 3 - g > 0:
+            if orig not in by_site or not by_site[orig][1] - 3 - g > 0:
                 continue
-            a = assess_replication(family, x, y, cov, orig, rep, by_site.at[orig, "estimate"],
-                                   by_site.at[orig, "n"], r_r, n_r, p_r, cfg)
-            out.append(asdict(a))
+            r_o, n_o, _ = by_site[orig]
+            a = assess_replication(family, x, y, cov, orig, rep, r_o, n_o, r_r, n_r, p_r, cfg)
+            out.append(vars(a))      # scalar fields: asdict's deep copy is not needed
     return pd.DataFrame(out, columns=list(voc.REPLICATION_COLUMNS))
