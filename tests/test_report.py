@@ -294,20 +294,21 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
         report.artifact_key("__")
 
 
-def test_plots_drawn_by_a_worker_give_the_same_report(run, report_inputs, tmp_path, monkeypatch):
-    from lacrima import plots
+def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, monkeypatch):
+    from lacrima import offload
 
     analyses, comparison, study, sites, prov = report_inputs
     started = []
-    real = plots.Forests.__init__
+    real = offload.Offload.__init__
 
-    def spy(self, worker=False):
-        real(self, worker)
-        started.append(self._pool is not None)
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        started.append(self.has_worker)
 
     monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)      # a worker even for 3 sites
-    monkeypatch.setattr(plots.Forests, "__init__", spy)
+    monkeypatch.setattr(offload.Offload, "__init__", spy)
     storage = LocalStorage(tmp_path / "store")
     report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
     assert started == [True]
-    assert storage.read_bytes("reports/run-1/report.html") == run[0].read_bytes("reports/run-1/report.html")
+    for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
+        assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")

@@ -3,16 +3,14 @@
 One figure per effect: each site's estimate and confidence interval, the pooled
 random-effects diamond with its prediction interval, original studies marked. Figures are
 built on :class:`matplotlib.figure.Figure` directly, never through pyplot, so rendering
-keeps no global state and is safe from the flow's worker threads. :class:`Forests` draws a
-report's plots in a worker process while the report's other work goes on.
+keeps no global state and is safe from the flow's worker threads (and from a worker process,
+``lacrima.offload``, where a large report draws them).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-from contextlib import contextmanager
 from typing import Mapping
 
 import numpy as np
@@ -185,111 +183,6 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt or title}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return _inline(buf.getvalue())
-
-
-# From this many sites a report's plots go to a worker process (see Forests): 49 plots take
-# ~1.3 s at 125 sites and a worker starts in ~0.6 s; at 3 sites they take ~0.4 s in all.
-WORKER_FROM_SITES = 40
-
-
-class Forests:
-    """A report's forest plots, drawn in a worker process while the report does other work.
-
-    ``submit`` takes :func:`forest_svg`'s arguments and returns a handle; :meth:`svgs` gives
-    every plot, in submission order. With ``worker=True`` (and a process that may start
-    processes: not a daemon, more than one core) plots are queued to one spawned worker as
-    they are submitted and drawn on another core (the rest of a report is pandas and Jinja
-    under one GIL); whatever the worker has not started when :meth:`svgs` is called is drawn
-    here instead, from the last plot backwards, and a plot whose worker failed is drawn here
-    too, so the worker never makes a report slower by more than its start or wrong. Without
-    a worker each plot is drawn by :meth:`svgs`. Use as a context manager: the worker is
-    stopped on exit.
-
-    Examples
-    --------
-    >>> with Forests() as forests:
-    ...     handle = forests.submit(pd.DataFrame({"site": ["a"], "estimate": [0.2],
-    ...                                           "ci_low": [0.0], "ci_high": [0.4], "n": [50]}),
-    ...                             None, "r", "Pearson r", site_style(["a"]))
-    ...     forests.svgs()[handle].startswith("<svg")
-    True
-    """
-
-    def __init__(self, worker: bool = False):
-        self._pool = None
-        if worker and _may_start_processes():
-            import importlib
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            with _main_module_hidden():
-                # The worker starts here (on the first submit) and imports the plotting
-                # code at once, while the caller goes on.
-                self._pool.submit(importlib.import_module, __name__)
-        self._jobs: list[tuple[tuple, dict, object]] = []
-
-    def submit(self, *args, **kwargs) -> int:
-        """Queue one plot (:func:`forest_svg`'s arguments); returns its handle."""
-        future = None
-        if self._pool is not None:
-            try:
-                future = self._pool.submit(forest_svg, *args, **kwargs)
-            except Exception:  # noqa: BLE001 - the worker is gone: this plot is drawn here
-                pass
-        self._jobs.append((args, kwargs, future))
-        return len(self._jobs) - 1
-
-    def svgs(self) -> list[str]:
-        """Every submitted plot's SVG, by handle."""
-        out: list[str | None] = [None] * len(self._jobs)
-        for i in reversed(range(len(self._jobs))):
-            args, kwargs, future = self._jobs[i]
-            if future is not None and not future.cancel():
-                try:
-                    out[i] = future.result()
-                    continue
-                except Exception:  # noqa: BLE001 - a broken worker: draw it here (same inputs)
-                    pass
-            out[i] = forest_svg(*args, **kwargs)
-        return out
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> "Forests":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@contextmanager
-def _main_module_hidden():
-    """Start processes that do not import the caller's ``__main__``.
-
-    A spawned process re-runs the parent's main script (or re-imports its ``-m`` module, e.g.
-    Prefect's engine) before it does anything: a script without a ``__main__`` guard would
-    run twice, and a heavy main module would delay the worker by seconds. The worker needs
-    only this module, so the main module is replaced by an empty one while it starts.
-    """
-    import sys
-    import types
-
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-
-
-def _may_start_processes() -> bool:
-    import multiprocessing
-
-    return (os.cpu_count() or 1) > 1 and not multiprocessing.current_process().daemon
 
 
 def _inline(svg: str) -> str:

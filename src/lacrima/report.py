@@ -31,7 +31,8 @@ import pandas as pd
 from markupsafe import Markup
 
 from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
-from lacrima.plots import ORIGINAL_MARK, WORKER_FROM_SITES, Forests, site_style
+from lacrima.offload import Offload
+from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.privacy import MIN_CELL, suppress_small
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
@@ -705,10 +706,10 @@ def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.Da
 
 
 def _families(comparison: Comparison, study: Study, sites: list[Site],
-              styles: dict[str, tuple[str, str]], forests: Forests) -> list[dict[str, Any]]:
+              styles: dict[str, tuple[str, str]], work: Offload) -> list[dict[str, Any]]:
     """Every family with its effects: forest plot, per-site table, heterogeneity, replication.
 
-    Plots are submitted to ``forests``: an effect's ``svg`` and a family's ``plots`` hold
+    Plots are submitted to ``work``: an effect's ``svg`` and a family's ``plots`` hold
     handles until :func:`_with_plots` puts the drawn SVGs in.
     """
     from lacrima.pooling import pool_details
@@ -760,7 +761,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
             scale = detail["scale"] if detail is not None else "identity"
             title = effect_label(study, x, y, cov)
             anchor = effect_anchor(fid, x, y, cov)
-            svg = forests.submit(grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
+            svg = work.submit(forest_svg, grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
                              title if len(title) < 90 else title[:87] + "...",
                              _SCALE.get(analysis, "estimate"), styles, originals,
                              null=1.0 if analysis == "chi_square" else 0.0,
@@ -782,14 +783,14 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "lines": lines,
                 "replication": _html_table(rep_frame) if len(rep_frame) else "",
             })
-        extra = _family_extra(fam, rows, study, styles, originals, forests)
+        extra = _family_extra(fam, rows, study, styles, originals, work)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
     return out
 
 
 def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
                   styles: dict[str, tuple[str, str]], originals: set[str],
-                  forests: Forests) -> dict[str, Any]:
+                  work: Offload) -> dict[str, Any]:
     """Unpooled results of a family: robustness tests, regression coefficients."""
     kind = fam.get("kind")
     plots, tables = [], []
@@ -798,8 +799,8 @@ def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
         std = rows[rows["base"] == "ols_hc3_standardized"]
         for term, grp in std.groupby("x", sort=False):
             anchor = effect_anchor(fam["id"], str(term), str(fam.get("y", "")), "beta")
-            plots.append(forests.submit(
-                grp[["site", "estimate", "ci_low", "ci_high", "n"]], None,
+            plots.append(work.submit(
+                forest_svg, grp[["site", "estimate", "ci_low", "ci_high", "n"]], None,
                 f"{_label(study, str(term))}: standardised coefficient",
                 "standardised \u03b2", styles, originals, salt=anchor))
         if len(coef):
@@ -885,30 +886,36 @@ def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any
             "downloads": sorted(f for f in files if not f.endswith(".html"))}
 
 
+# From this many sites a report's forest plots and stacked Parquet file are made by a worker
+# process (lacrima.offload): at 125 sites they take ~1.9 s and a worker starts in ~0.6 s;
+# at 3 sites the plots take ~0.4 s in all.
+WORKER_FROM_SITES = 40
+
+
 def report_families(comparison: Comparison, study: Study, sites: list[Site], present: set[str],
-                    forests: Forests | None = None) -> tuple[list[dict[str, Any]], Forests]:
-    """The report's family sections with their forest plots submitted to ``forests``.
+                    work: Offload | None = None) -> tuple[list[dict[str, Any]], Offload]:
+    """The report's family sections, their forest plots submitted to ``work``.
 
     ``sites``: every site of the study (their order fixes the colours); ``present``: the codes
-    of the analysed ones. Default ``forests``: drawn in this process when asked for.
+    of the analysed ones. Default ``work``: plots drawn in this process when asked for.
     """
-    forests = forests or Forests()
+    work = work or Offload()
     styles = site_style([s.code for s in sites])
     return _families(comparison, study, [s for s in sites if s.code in present], styles,
-                     forests), forests
+                     work), work
 
 
-def _with_plots(families: list[dict[str, Any]], forests: Forests) -> list[dict[str, Any]]:
+def _with_plots(families: list[dict[str, Any]], work: Offload) -> list[dict[str, Any]]:
     """``families`` with the drawn SVGs in place of their plot handles."""
-    svgs = [Markup(svg) for svg in forests.svgs()]
-    return [{**fam, "plots": [svgs[h] for h in fam.get("plots", ())],
-             "effects": [{**e, "svg": svgs[e["svg"]]} for e in fam["effects"]]}
+    done = work.results()
+    return [{**fam, "plots": [Markup(done[h]) for h in fam.get("plots", ())],
+             "effects": [{**e, "svg": Markup(done[e["svg"]])} for e in fam["effects"]]}
             for fam in families]
 
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
                   sites: list[Site], prov: dict, files: Iterable[str] | None = None,
-                  plotted: tuple[list[dict[str, Any]], Forests] | None = None) -> str:
+                  plotted: tuple[list[dict[str, Any]], Offload] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
     Parameters
@@ -924,7 +931,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     files : iterable of str, optional
         Run-relative names of the files written with the report; only these are linked.
         Default: the site pages of the analysed sites.
-    plotted : (families, Forests), optional
+    plotted : (families, Offload), optional
         :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
         Default: made and drawn here.
 
@@ -1192,19 +1199,25 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     Each file is written to the run folder (create-if-absent: a run never overwrites
     another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
     in both, so a reader who sees the new manifest sees every file it lists. From
-    ``plots.WORKER_FROM_SITES`` sites on, the forest plots are drawn by a worker process
-    meanwhile (``plots.Forests``).
+    ``WORKER_FROM_SITES`` sites on, a worker process (``lacrima.offload``) stacks the sites'
+    rows and draws the forest plots meanwhile.
     """
-    with Forests(worker=len(analyses) >= WORKER_FROM_SITES) as forests:
-        # The plots are drawn (in a worker, at many sites) while the files below are written.
-        plotted = report_families(comparison, study, sites, {a.site for a in analyses}, forests)
-        return _write_outputs(storage, run_id, analyses, comparison, study, sites, prov, plotted)
+    from lacrima.exports import stacked_parquet_bytes
+    from lacrima.pipeline import load_site_data
+
+    with Offload(worker=len(analyses) >= WORKER_FROM_SITES, warm="lacrima.plots") as work:
+        # Queued first, so that a worker starts on it while the plots are being queued.
+        stacked = work.submit(stacked_parquet_bytes,
+                              [load_site_data(storage, a, as_parquet=True) for a in analyses],
+                              study)
+        plotted = report_families(comparison, study, sites, {a.site for a in analyses}, work)
+        return _write_outputs(storage, run_id, analyses, comparison, study, sites, prov,
+                              plotted, stacked)
 
 
 def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                    comparison: Comparison, study: Study, sites: list[Site], prov: dict,
-                   plotted: tuple[list[dict[str, Any]], Forests]) -> RunOutputs:
-    from lacrima.exports import stacked_parquet_bytes
+                   plotted: tuple[list[dict[str, Any]], Offload], stacked: int) -> RunOutputs:
     from lacrima.pipeline import load_site_data
 
     results = comparison.results.copy()
@@ -1224,8 +1237,6 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("participant_flow.csv", to_csv_bytes(flow))
     put("descriptives.csv", to_csv_bytes(descr))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
-    put("analysis_ready.parquet", stacked_parquet_bytes(
-        [load_site_data(storage, a, as_parquet=True) for a in analyses], study))
     by_code = {s.code: s for s in sites}
     pages = {}
     for a in analyses:
@@ -1239,6 +1250,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
+    put("analysis_ready.parquet", plotted[1].result(stacked))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plotted).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
