@@ -67,6 +67,9 @@ class Comparison:
 
     results: pd.DataFrame
     replication: pd.DataFrame
+    # pooling.pool_details of the per-site rows (random and fixed effects on the pooling
+    # scale): the report shows them; None when not kept (the report then pools again).
+    details: pd.DataFrame | None = field(default=None, repr=False)
 
 
 def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tuple[str, ...]]:
@@ -388,11 +391,12 @@ def last_comparison_key(storage: Storage) -> str | None:
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:
     """Pool every effect across sites, fit the IPD models, assess replication."""
     from lacrima.ipd import ipd_from_moments
-    from lacrima.pooling import pool_estimates
+    from lacrima.pooling import pool_details, pool_estimates
     from lacrima.replication import replication_table
 
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
-    parts = [per_site, pool_estimates(per_site, study)]
+    details = pool_details(per_site, study)
+    parts = [per_site, pool_estimates(per_site, study, details)]
     if len(analyses) > 1:
         # From each site's sums: the sites' rows are never stacked here.
         parts.append(ipd_from_moments(pd.concat([a.ipd_moments(study) for a in analyses],
@@ -401,7 +405,7 @@ def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site])
                         ignore_index=True)
     analysed = set(per_site["site"].unique())
     present = [s for s in sites if s.code in analysed]
-    return Comparison(results, replication_table(per_site, study, present))
+    return Comparison(results, replication_table(per_site, study, present), details)
 
 
 def needs_report(storage: Storage, input_keys: Mapping[str, str], study: Study) -> bool:

@@ -153,7 +153,8 @@ def _run_id(site_results: pd.DataFrame) -> str:
     return str(ids[0]) if len(ids) == 1 else ""
 
 
-def pool_estimates(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
+def pool_estimates(site_results: pd.DataFrame, study: Study,
+                   details: pd.DataFrame | None = None) -> pd.DataFrame:
     """Pooled estimate of every correlation, partial correlation, Hedges' g and odds ratio.
 
     Parameters
@@ -167,6 +168,8 @@ def pool_estimates(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
         ``study.section("pooling")["families"]``. Rows with a missing estimate are skipped.
     study : Study
         The study plan (``[pooling]``: families, ``method``, ``test``; ``[study].level``).
+    details : DataFrame, optional
+        :func:`pool_details` of the same rows, when the caller has it already.
 
     Returns
     -------
@@ -199,7 +202,8 @@ def pool_estimates(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
     Borenstein, M., Hedges, L. V., Higgins, J. P. T., & Rothstein, H. R. (2009).
     Introduction to meta-analysis. Wiley. (Chapter 6: correlations via Fisher z.)
     """
-    details = pool_details(site_results, study)
+    if details is None:
+        details = pool_details(site_results, study)
     method, test = _settings(study)
     rows = []
     for rec in details.to_dict("records"):

@@ -720,7 +720,10 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
     per_site["base"] = per_site["method"].map(_base)
     pooled = results[results["site"] == POOLED].copy()
     pooled["covariates"] = pooled["covariates"].fillna("").astype(str)
-    details = pool_details(per_site.drop(columns=["base"]), study)
+    details = comparison.details
+    if details is None:
+        details = pool_details(per_site.drop(columns=["base"]), study)
+    details = details.copy()
     if len(details):
         details["covariates"] = details["covariates"].fillna("").astype(str)
     details_by_key = {(r["family"], r["x"], r["y"], r["covariates"], r["model"]): r
