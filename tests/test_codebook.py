@@ -125,3 +125,11 @@ def test_fourth_site_needs_no_code_change(tmp_path):
     assert (drop.frame["site"] == "uk").all()
     assert drop.n_rows == 40
     assert drop.frame.equals(simulate(site, study, 40, 5))
+
+
+def test_the_study_plan_travels_to_another_process_as_its_file(study):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(study))
+    assert again.path == study.path and again.sha256 == study.sha256
+    assert again.families == study.families

@@ -303,12 +303,14 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, mo
 
     def spy(self, *args, **kwargs):
         real(self, *args, **kwargs)
-        started.append(self.has_worker)
+        started.append(self)
 
     monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)      # a worker even for 3 sites
     monkeypatch.setattr(offload.Offload, "__init__", spy)
     storage = LocalStorage(tmp_path / "store")
     report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
-    assert started == [True]
+    [work] = started
+    assert work.has_worker is False and work.failed == []     # closed; nothing fell back
+    assert all(future is not None for *_, future in work._calls)
     for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")

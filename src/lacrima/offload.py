@@ -48,6 +48,7 @@ class Offload:
                 self._pool.submit(importlib.import_module, warm or __name__)
         self._calls: list[tuple[Callable, tuple, dict, Any]] = []
         self._done: dict[int, Any] = {}
+        self.failed: list[str] = []       # what the worker could not do (then done here)
 
     @property
     def has_worker(self) -> bool:
@@ -59,8 +60,8 @@ class Offload:
         if self._pool is not None:
             try:
                 future = self._pool.submit(fn, *args, **kwargs)
-            except Exception:  # noqa: BLE001 - the worker is gone: this call runs here
-                pass
+            except Exception as exc:  # noqa: BLE001 - the worker is gone: this call runs here
+                self._failed(fn, exc)
         self._calls.append((fn, args, kwargs, future))
         return len(self._calls) - 1
 
@@ -72,10 +73,18 @@ class Offload:
                 try:
                     self._done[handle] = future.result()
                     return self._done[handle]
-                except Exception:  # noqa: BLE001 - the worker failed: the same call here
-                    pass
+                except Exception as exc:  # noqa: BLE001 - the worker failed: the same call here
+                    self._failed(fn, exc)
             self._done[handle] = fn(*args, **kwargs)
         return self._done[handle]
+
+    def _failed(self, fn: Callable, exc: BaseException) -> None:
+        import logging
+
+        what = f"{getattr(fn, '__qualname__', fn)}: {type(exc).__name__}: {exc}"
+        self.failed.append(what)
+        logging.getLogger(__name__).warning("worker process could not run %s; run here instead",
+                                            what)
 
     def results(self) -> list[Any]:
         """Every call's result, by handle; calls the worker has not started run here,

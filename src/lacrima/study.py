@@ -67,6 +67,11 @@ class Study:
     sha256: str
     raw: Mapping[str, Any] = field(repr=False)
 
+    def __reduce__(self):
+        # Travels (to a worker process) as its file's path and hash: its frozen tables do
+        # not pickle, and the file is what the hash vouches for.
+        return (_study_at, (str(self.path), self.sha256))
+
     @property
     def variables(self) -> Mapping[str, Mapping[str, Any]]:
         return self.raw["variables"]
@@ -143,6 +148,13 @@ def _load_study_cached(path: Path, _mtime: int) -> Study:
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     return Study(path=path, sha256=sha256_file(path), raw=_freeze(raw))
+
+
+def _study_at(path: str, sha256: str) -> Study:
+    study = _load_study_cached(Path(path).resolve(), Path(path).stat().st_mtime_ns)
+    if study.sha256 != sha256:
+        raise RuntimeError(f"the study plan {path} changed while a run was using it")
+    return study
 
 
 def load_site(code: str, root: Path | None = None) -> Site:
