@@ -215,6 +215,13 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     assert storage.read_bytes("reports/r3/data/it.csv") != storage.read_bytes("reports/r1/data/it.csv")
     outputs = [o.key for o in storage.list("results/us/") if "/outputs-" in o.key]
     assert sum(k.endswith("/files.json") for k in outputs) == 1
+    # copied site files are listed in the manifest with the hash and size of what was copied
+    import hashlib
+    listed = json.loads(storage.read_bytes("reports/r3/manifest.json"))["files"]
+    assert {f["name"] for f in listed} >= {"site-us.html", "data/us.sav", "data/it.csv"}
+    for f in listed:
+        data = storage.read_bytes(f"reports/r3/{f['name']}")
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (f["sha256"], f["bytes"]), f["name"]
 
 
 def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sites):

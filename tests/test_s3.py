@@ -57,6 +57,20 @@ def test_conditional_write_never_overwrites_and_keeps_metadata(s3):
     assert st.exists("raw/us/abc.csv") and not st.exists("raw/us/other.csv")
 
 
+def test_copy_is_server_side_or_create_if_absent(s3):
+    st = s3.storage
+    st.write_bytes("results/us/k/page.html", b"page")
+    assert st.copy("results/us/k/page.html", "reports/r1/site-us.html", if_absent=True)
+    assert not st.copy("results/us/k/page.html", "reports/r1/site-us.html", if_absent=True)
+    st.write_bytes("results/us/k2/page.html", b"new page")
+    assert st.copy("results/us/k2/page.html", "reports/latest/site-us.html")
+    assert st.copy("results/us/k/page.html", "reports/latest/site-us.html")      # replaces
+    assert st.read_bytes("reports/r1/site-us.html") == b"page"
+    assert st.read_bytes("reports/latest/site-us.html") == b"page"
+    with pytest.raises(StorageError):
+        st.copy("results/us/missing.html", "reports/latest/x.html")
+
+
 def test_writes_carry_their_sha256_checksum(s3):
     """S3 checks the body against x-amz-checksum-sha256 (moto does not, so check what is sent)."""
     sent = []

@@ -64,3 +64,21 @@ def test_parquet_frame_is_what_pandas_read_parquet_gives():
         buf = io.BytesIO()
         part.to_parquet(buf)
         pd.testing.assert_frame_equal(parquet_frame(buf.getvalue()), pd.read_parquet(io.BytesIO(buf.getvalue())))
+
+
+def test_copy_publishes_the_same_bytes_and_keeps_create_if_absent(tmp_path):
+    st = LocalStorage(tmp_path)
+    st.write_bytes("results/us/k/page.html", b"page")
+    assert st.copy("results/us/k/page.html", "reports/r1/site-us.html", if_absent=True)
+    assert not st.copy("results/us/k/page.html", "reports/r1/site-us.html", if_absent=True)
+    assert st.copy("results/us/k/page.html", "reports/latest/site-us.html")
+    st.write_bytes("results/us/k2/page.html", b"new page")
+    assert st.copy("results/us/k2/page.html", "reports/latest/site-us.html")     # replaces
+    assert not st.copy("results/us/k2/page.html", "reports/r1/site-us.html", if_absent=True)
+    assert st.read_bytes("reports/r1/site-us.html") == b"page"
+    assert st.read_bytes("reports/latest/site-us.html") == b"new page"
+    # a later write to the source never reaches a copy (writes replace, never change in place)
+    st.write_bytes("results/us/k/page.html", b"changed")
+    assert st.read_bytes("reports/r1/site-us.html") == b"page"
+    assert [o.key for o in st.list("reports")] == ["reports/latest/site-us.html",
+                                                   "reports/r1/site-us.html"]

@@ -1114,8 +1114,9 @@ def site_outputs_ready(storage: Storage, analysis: SiteAnalysis) -> bool:
     return storage.exists(f"{_site_outputs_prefix(analysis)}/files.json")
 
 
-def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site, study: Study) -> dict[str, str]:
-    """Write a site's own outputs (``site_files``) once per input key; their store keys by name.
+def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site,
+                 study: Study) -> dict[str, tuple[str, str, int]]:
+    """Write a site's own outputs (``site_files``) once per input key; where they are, by name.
 
     Parameters
     ----------
@@ -1128,27 +1129,30 @@ def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site, study: St
     Returns
     -------
     dict
-        Run-relative name -> store key under ``results/<site>/<input_key>/outputs-<version>/``.
+        Run-relative name -> (store key under ``results/<site>/<input_key>/outputs-<version>/``,
+        SHA-256 hex, size in bytes): what the run's manifest lists for the copy.
 
     Notes
     -----
     Called from each site's task, so pages and SPSS files are made in parallel across
     sites and only for sites whose input changed; the run's report copies them.
-    ``files.json`` is written last: its presence means the set is complete.
+    ``files.json`` (name -> SHA-256 and size) is written last: its presence means the set
+    is complete.
     """
     from lacrima.pipeline import load_site_data
 
     prefix = _site_outputs_prefix(analysis)
     index = f"{prefix}/files.json"
     if storage.exists(index):
-        names = json.loads(storage.read_bytes(index))
+        listed = json.loads(storage.read_bytes(index))
     else:
         files = site_files(analysis, load_site_data(storage, analysis), site, study)
         for name, data in files.items():
             storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
-        names = sorted(files)
-        storage.write_bytes(index, json.dumps(names).encode(), if_absent=True)
-    return {name: f"{prefix}/{name}" for name in names}
+        listed = {name: [hashlib.sha256(data).hexdigest(), len(data)]
+                  for name, data in sorted(files.items())}
+        storage.write_bytes(index, json.dumps(listed).encode(), if_absent=True)
+    return {name: (f"{prefix}/{name}", sha, size) for name, (sha, size) in listed.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -1235,6 +1239,12 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
         storage.write_bytes(f"reports/latest/{name}", data)
         listed[name] = hashlib.sha256(data).hexdigest(), len(data)
 
+    def copy(name: str, key: str, sha: str, size: int) -> None:
+        # a site's stored output, as put() would write it, without its bytes passing here
+        storage.copy(key, f"reports/{run_id}/{name}", if_absent=True)
+        storage.copy(key, f"reports/latest/{name}")
+        listed[name] = sha, size
+
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
     put("participant_flow.csv", to_csv_bytes(flow))
@@ -1247,8 +1257,8 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             put(f"data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
             continue
         if a.input_key:
-            for name, key in site_outputs(storage, a, by_code[a.site], study).items():
-                put(name, storage.read_bytes(key))
+            for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
+                copy(name, key, sha, size)
         else:
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ class Storage(Protocol):
 
     ``write_bytes(key, data, metadata, if_absent=True)`` creates ``key`` only if it does not
     exist, atomically, and returns False (writing nothing) when it does; without ``if_absent``
-    it replaces the object (ledger entries, ``reports/latest``). ``metadata`` holds short ASCII
+    it replaces the object (ledger entries, ``reports/latest``). ``copy(source, key, if_absent)``
+    is ``write_bytes(key, read_bytes(source), if_absent=...)`` without the bytes passing through
+    the caller where the store can avoid it (metadata is not copied). ``metadata`` holds short ASCII
     strings (S3 object metadata). ``list(prefix)`` gives every object under the folder
     ``prefix`` ("" = all), sorted by key. Failures are ``OSError`` (``StorageError`` on S3).
     """
@@ -58,6 +61,7 @@ class Storage(Protocol):
     def download(self, key: str, path: Path) -> Path: ...
     def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
                     if_absent: bool = False) -> bool: ...
+    def copy(self, source: str, key: str, if_absent: bool = False) -> bool: ...
     def metadata(self, key: str) -> dict: ...
     def local_path(self, key: str) -> Path | None: ...
 
@@ -148,6 +152,30 @@ class LocalStorage:
             meta.parent.mkdir(parents=True, exist_ok=True)
             meta.write_text(json.dumps(metadata, sort_keys=True))
         return True
+
+    def copy(self, source: str, key: str, if_absent: bool = False) -> bool:
+        # A hard link where the file system allows: objects are never changed in place (every
+        # write goes to a new file renamed over its key), so a link is as good as a copy.
+        src, target = self._path(source), self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if if_absent and target.exists():
+            return False
+        tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
+        try:
+            os.link(src, tmp)
+        except OSError:             # another file system, or no hard links: a real copy
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)
+        if not if_absent:
+            os.replace(tmp, target)
+            return True
+        try:
+            os.link(tmp, target)    # atomic create-if-absent, as write_bytes
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
     def metadata(self, key: str) -> dict:
         meta = self._meta_path(key)
@@ -313,6 +341,20 @@ class S3Storage:
             raise self._error("write", full, err) from None
         except BotoCoreError as err:
             raise self._error("write", full, err) from None
+
+    def copy(self, source: str, key: str, if_absent: bool = False) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if if_absent:
+            # CopyObject has no create-if-absent condition: the bytes go through here.
+            return self.write_bytes(key, self.read_bytes(source), if_absent=True)
+        full = self._key(key)
+        try:        # server-side copy: the bytes do not come down and go up again
+            self.client.copy_object(Bucket=self.bucket, Key=full,
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(source)})
+            return True
+        except (ClientError, BotoCoreError) as err:
+            raise self._error("copy", full, err) from None
 
     def metadata(self, key: str) -> dict:
         from botocore.exceptions import BotoCoreError, ClientError
