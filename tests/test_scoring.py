@@ -84,3 +84,21 @@ def test_exclusions_in_order_each_counted_once(study):
     table = flow.to_frame()
     assert table["n"].iloc[0] == 7 and table["n"].iloc[-1] == 1
     assert table.loc[table.step == "excluded", "n"].sum() + 1 == 7
+
+
+def test_named_scores_are_the_full_scores_and_bring_what_they_use(study):
+    from dataclasses import replace
+
+    f = _frame(study, n=4)
+    f.loc[1, [f"wai_{i:02d}" for i in range(1, 4)]] = pd.NA
+    full = score(f, study)
+    some = score(f, study, names=("alliance", "change"))
+    assert [c for c in some.columns if c not in f.columns] == ["alliance", "change"]
+    pd.testing.assert_frame_equal(some, full[list(some.columns)])
+    # a score made from another score: asking for it computes both, in plan order
+    scores = dict(study.scores)
+    scores["alliance_x2"] = {"kind": "linear", "plus": ["alliance", "alliance"], "minus": []}
+    plan = replace(study, raw={**study.raw, "scores": scores})
+    two = score(f, plan, names=("alliance_x2",))
+    assert [c for c in two.columns if c not in f.columns] == ["alliance", "alliance_x2"]
+    pd.testing.assert_series_equal(two["alliance_x2"], (2 * full["alliance"]).rename("alliance_x2"))

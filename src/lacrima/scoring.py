@@ -11,8 +11,8 @@ from lacrima.study import Study
 from lacrima.vocabulary import FLOW_COLUMNS
 
 
-def score(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
-    """Add every score of ``study.scores`` to a copy of ``frame``.
+def score(frame: pd.DataFrame, study: Study, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Add every score of ``study.scores`` (or only ``names``) to a copy of ``frame``.
 
     Parameters
     ----------
@@ -20,6 +20,9 @@ def score(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
         Canonical variables of one or more participants.
     study : Study
         The plan; its ``[scores]`` table defines each score.
+    names : tuple of str, optional
+        Only these scores, and the scores they are computed from (validation needs two of
+        the plan's scores to check a drop's completion).
 
     Returns
     -------
@@ -35,7 +38,10 @@ def score(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
     Scores are computed in plan order, so a score may use an earlier one.
     """
     out = frame.copy()
+    wanted = _with_inputs(study, names) if names is not None else None
     for name, spec in study.scores.items():
+        if wanted is not None and name not in wanted:
+            continue
         kind = spec["kind"]
         if kind == "mean":
             items = out[list(spec["items"])].apply(pd.to_numeric).astype("Float64")
@@ -54,6 +60,16 @@ def score(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
             raise ValueError(f"score {name!r}: unknown kind {kind!r} in {study.path} "
                              "(expected mean, linear or not_equal)")
     return out
+
+
+def _with_inputs(study: Study, names) -> set[str]:
+    """``names`` and every score they are computed from (a score uses only earlier ones)."""
+    wanted = set(names)
+    for name, spec in reversed(list(study.scores.items())):
+        if name in wanted:
+            wanted |= {v for key in ("items", "plus", "minus") for v in spec.get(key, ())}
+            wanted.add(spec.get("variable", name))
+    return wanted & set(study.scores)
 
 
 @dataclass(frozen=True)

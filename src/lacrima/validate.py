@@ -484,7 +484,7 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
         return [Finding("completion", "the drop has no data rows", expected="at least one row",
                         found="0 rows")]
     share_min = float(study.section("validation").get("min_scorable_share", 0))
-    scored = score(frame, study)
+    scored = score(frame, study, names=("alliance", "change"))
     ok = scored[["alliance", "change"]].notna().all(axis=1)
     if ok.mean() >= share_min:
         return []
