@@ -142,18 +142,23 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
         unchanged = sorted(keys)
         logger.info("nothing new since the latest report: no site analysed, no report written")
     else:
-        with clock("analysis"):
-            kept = reusable_analyses(ctx, keys)
-            keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
-            futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
-                       for g in pipeline.site_groups(keyed, group)]
-            kept |= {a.site: a for f in futures for a in f.result() if a is not None}
-            analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
-        with clock("pooling"):
-            comparison = compare_sites(ctx, analyses)
-        with clock("report"):
-            save_pooled_inputs(ctx, analyses)
-            outputs = write_report(ctx, run_id, analyses, comparison)
+        # The report's worker process (many sites) starts now, to be ready when needed.
+        report.start_worker(len(keys))
+        try:
+            with clock("analysis"):
+                kept = reusable_analyses(ctx, keys)
+                keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
+                futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
+                           for g in pipeline.site_groups(keyed, group)]
+                kept |= {a.site: a for f in futures for a in f.result() if a is not None}
+                analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
+            with clock("pooling"):
+                comparison = compare_sites(ctx, analyses)
+            with clock("report"):
+                save_pooled_inputs(ctx, analyses)
+                outputs = write_report(ctx, run_id, analyses, comparison)
+        finally:
+            report.stop_worker()                # one the report did not take (a failure)
     summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
     if outputs is not None:
         with clock("artifacts"):

@@ -69,3 +69,18 @@ def test_a_worker_does_not_run_the_callers_script_again(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "ran").read_text() == "x"
+
+
+def test_a_worker_started_ahead_is_taken_by_the_next_offload():
+    from lacrima import offload
+
+    assert offload.start_worker(warm="lacrima.plots")
+    assert not offload.start_worker()                  # one waits already
+    waiting = offload._started[0]
+    with Offload(worker=True) as work:
+        assert work._pool is waiting and not offload._started
+        handle = work.submit(pow, 2, 2)
+        assert work.results()[handle] == 4
+    assert offload.start_worker()
+    offload.stop_worker()
+    assert not offload._started

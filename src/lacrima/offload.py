@@ -38,14 +38,7 @@ class Offload:
     def __init__(self, worker: bool = False, warm: str | None = None):
         self._pool = None
         if worker and _may_start_processes():
-            import importlib
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            with _main_module_hidden():
-                # the worker starts on the first submit
-                self._pool.submit(importlib.import_module, warm or __name__)
+            self._pool = _take_started() or _new_pool(warm)
         self._calls: list[tuple[Callable, tuple, dict, Any]] = []
         self._done: dict[int, Any] = {}
         self.failed: list[str] = []       # what the worker could not do (then done here)
@@ -104,6 +97,48 @@ class Offload:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _new_pool(warm: str | None):
+    import importlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with _main_module_hidden():
+        # the worker starts on the first submit, and imports while the caller goes on
+        pool.submit(importlib.import_module, warm or __name__)
+    return pool
+
+
+_started: list = []          # at most one worker started ahead (start_worker), not yet taken
+
+
+def start_worker(warm: str | None = None) -> bool:
+    """Start a worker now for the next ``Offload(worker=True)`` of this process to take.
+
+    A worker takes ~0.6 s to start and import; a caller that knows a little ahead that it
+    will offload work (a flow that will write a report) starts it here, so that the start
+    overlaps the work before. Returns whether one was started (not when this process may
+    not start processes, or one is waiting already). :func:`stop_worker` ends an unused one.
+    """
+    if _started or not _may_start_processes():
+        return False
+    _started.append(_new_pool(warm))
+    return True
+
+
+def stop_worker() -> None:
+    """End a worker started by :func:`start_worker` that no Offload took."""
+    while _started:
+        _started.pop().shutdown(wait=False, cancel_futures=True)
+
+
+def _take_started():
+    try:
+        return _started.pop()
+    except IndexError:
+        return None
 
 
 @contextmanager
