@@ -178,6 +178,7 @@ class ScenarioResult:
     ratio: float = float("nan")
     reruns: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    repeats: list = field(default_factory=list)     # every repeat's runs (tables: the median)
 
 
 def _land(storage, sites, drops: dict[str, Path]) -> None:
@@ -297,10 +298,20 @@ def _child(args) -> None:
                       "summary": summary}, default=str))
 
 
+def _median(runs: list[dict], by: str) -> dict:
+    """The run whose ``by`` is the median (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r[by])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def scenario(name: str, work: Path, api_url: str, k: int | None, n: int | None, runner: str,
              reruns: bool = False, staged: bool = True, workers: int | None = None,
-             drop_workers: int = 2) -> ScenarioResult:
-    """One scenario: make sites (or use the real ones), write drops, staged and orchestrated runs."""
+             drop_workers: int = 2, repeats: int = 1) -> ScenarioResult:
+    """One scenario: make sites (or use the real ones), write drops, staged and orchestrated runs.
+
+    ``repeats``: the orchestrated runs (full run and reruns) are repeated, each on a fresh copy
+    of the landed store; the tables show the median run (flow time) and ``repeats`` keeps all.
+    """
     from lacrima.consortium import make_consortium, write_consortium_drops
     from lacrima.storage import LocalStorage
     from lacrima.study import load_sites, sites_root
@@ -327,25 +338,38 @@ def scenario(name: str, work: Path, api_url: str, k: int | None, n: int | None, 
     if staged:
         _land(LocalStorage(base / "store-staged"), sites, drops)
         res.staged, res.bare_seconds = staged_run(root, base / "store-staged")
-    res.orchestrated = orchestrated_run(root, base / "store-orchestrated", api_url, runner, workers,
-                                        run_id="full")
+    one = sites[0]
+    extra = (write_consortium_drops(root, base / "drops-2", n, seed=7, id_offset=10**6,
+                                    sites=(one.code,), text_formats=text) if reruns else {})
+    for i in range(repeats):
+        store = base / f"store-orchestrated-{i}"
+        shutil.copytree(base / "store-orchestrated", store)
+        runs = {"full": orchestrated_run(root, store, api_url, runner, workers, run_id="full")}
+        if reruns:
+            full = runs["full"]["flow_seconds"]
+            same = orchestrated_run(root, store, api_url, runner, workers, run_id="rerun-same")
+            _land(LocalStorage(store), [one], extra)
+            new = orchestrated_run(root, store, api_url, runner, workers, run_id="rerun-one-drop")
+            runs["no_change"] = same | {"share_of_full": round(same["flow_seconds"] / full, 4)}
+            runs["one_new_drop"] = new | {"share_of_full": round(new["flow_seconds"] / full, 4),
+                                          "site": one.code}
+        res.repeats.append(runs)
+        shutil.rmtree(store, ignore_errors=True)
+    res.orchestrated = _median([r["full"] for r in res.repeats], "flow_seconds")
     if staged:
         res.ratio = round(res.orchestrated["flow_seconds"] / res.bare_seconds, 2)
     if reruns:
-        full = res.orchestrated["flow_seconds"]
-        same = orchestrated_run(root, base / "store-orchestrated", api_url, runner, workers,
-                                run_id="rerun-same")
-        one = sites[0]
-        extra = write_consortium_drops(root, base / "drops-2", n, seed=7, id_offset=10**6,
-                                       sites=(one.code,), text_formats=text)
-        _land(LocalStorage(base / "store-orchestrated"), [one], extra)
-        new = orchestrated_run(root, base / "store-orchestrated", api_url, runner, workers,
-                               run_id="rerun-one-drop")
-        res.reruns = {"no_change": same | {"share_of_full": round(same["flow_seconds"] / full, 4)},
-                      "one_new_drop": new | {"share_of_full": round(new["flow_seconds"] / full, 4),
-                                             "site": one.code}}
+        # each rerun's share is of its own repeat's full run; the median share is shown
+        res.reruns = {key: _median([r[key] for r in res.repeats], "share_of_full")
+                      for key in ("no_change", "one_new_drop")}
+    if repeats > 1:
+        res.notes.append(f"{repeats} repeats on fresh copies of the landed store; flow seconds: "
+                         + "; ".join(f"{key.replace('_', ' ')} "
+                                     + ", ".join(f"{r[key]['flow_seconds']:.1f}" for r in res.repeats)
+                                     for key in res.repeats[0]) + "; tables show the median.")
     shutil.rmtree(base / "drops", ignore_errors=True)
     return res
+
 
 
 # --------------------------------------------------------------------------- report
@@ -486,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dask-n", type=int, default=1000)
     ap.add_argument("--mid-sites", type=int, default=125)
     ap.add_argument("--mid-n", type=int, default=120)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="orchestrated runs per 125-site scenario (the tables show the median)")
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     ap.add_argument("--keep", action="store_true",
                     help="keep the scenarios already in OUT/results.json (add to them)")
@@ -520,11 +546,12 @@ def main(argv: list[str] | None = None) -> int:
             save()
         if "125x120" in wanted:
             results.append(scenario(f"{args.mid_sites}x{args.mid_n}", args.work, api, args.mid_sites,
-                                    args.mid_n, "thread", reruns=True))
+                                    args.mid_n, "thread", reruns=True, repeats=args.repeats))
             save()
         if "125x120-process" in wanted:
             results.append(scenario(f"{args.mid_sites}x{args.mid_n}-process", args.work, api,
-                                    args.mid_sites, args.mid_n, "process", reruns=True))
+                                    args.mid_sites, args.mid_n, "process", reruns=True,
+                                    repeats=args.repeats))
             save()
         if "dask" in wanted:
             for k in (int(x) for x in args.dask_sites.split(",")):
