@@ -155,8 +155,9 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
             with clock("pooling"):
                 comparison = compare_sites(ctx, analyses)
             with clock("report"):
-                save_pooled_inputs(ctx, analyses)
+                saved = save_pooled_inputs.submit(ctx, analyses)    # beside the report
                 outputs = write_report(ctx, run_id, analyses, comparison)
+                saved.result()
         finally:
             report.stop_worker()                # one the report did not take (a failure)
     summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
