@@ -236,3 +236,27 @@ def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sit
     # The rows stay in the store and come back on demand, identical.
     full = pipeline.analyse_site_data(ingested, us, study)
     pd.testing.assert_frame_equal(pipeline.load_site_data(ingested, again), full.data)
+
+
+def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
+        ingested, study, sites, monkeypatch):
+    from lacrima import offload
+
+    analyses = [pipeline.site_step(ingested, s, study) for s in sites]     # light: no rows
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("plain", analyses, study, list(sites))
+    report.write_outputs(ingested, "plain", analyses, comparison, study, list(sites), prov)
+    made = []
+    real = offload.Offload.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)          # a worker even for 3 sites
+    monkeypatch.setattr(offload.Offload, "__init__", spy)
+    report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
+    [work] = made
+    assert work.failed == [] and work._calls[0][0] is pipeline.stacked_site_data
+    assert (ingested.read_bytes("reports/worker/analysis_ready.parquet")
+            == ingested.read_bytes("reports/plain/analysis_ready.parquet"))

@@ -1228,13 +1228,17 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     rows and draws the forest plots meanwhile.
     """
     from lacrima.exports import stacked_parquet_bytes
-    from lacrima.pipeline import load_site_data
+    from lacrima.pipeline import load_site_data, stacked_site_data
 
     with Offload(worker=len(analyses) >= WORKER_FROM_SITES, warm="lacrima.plots") as work:
-        # Queued first, so that a worker starts on it while the plots are being queued.
-        stacked = work.submit(stacked_parquet_bytes,
-                              [load_site_data(storage, a, as_parquet=True) for a in analyses],
-                              study)
+        # Queued first, so that a worker starts on it while the plots are being queued. Light
+        # analyses (no rows in hand) go as themselves: the worker reads the rows from the store.
+        if work.has_worker and all(a.data is None for a in analyses):
+            stacked = work.submit(stacked_site_data, storage.location, analyses, study)
+        else:
+            stacked = work.submit(stacked_parquet_bytes,
+                                  [load_site_data(storage, a, as_parquet=True) for a in analyses],
+                                  study)
         plotted = report_families(comparison, study, sites, {a.site for a in analyses}, work)
         return _write_outputs(storage, run_id, analyses, comparison, study, sites, prov,
                               plotted, stacked)
