@@ -67,3 +67,21 @@ def memory_analyses(study, sites):
         analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
                                               flow, results, descr))
     return analyses
+
+
+@pytest.fixture
+def report_worker(monkeypatch):
+    """Reports made in this test use a worker process even for 3 sites; the list of the
+    ``lacrima.offload.Offload`` objects they made (to check what the worker did)."""
+    from lacrima import offload, report
+
+    made = []
+    real = offload.Offload.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)
+    monkeypatch.setattr(offload.Offload, "__init__", spy)
+    return made

@@ -239,22 +239,12 @@ def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sit
 
 
 def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
-        ingested, study, sites, monkeypatch):
-    from lacrima import offload
-
+        ingested, study, sites, request):
     analyses = [pipeline.site_step(ingested, s, study) for s in sites]     # light: no rows
     comparison = pipeline.compare_sites(analyses, study, list(sites))
     prov = pipeline.provenance("plain", analyses, study, list(sites))
     report.write_outputs(ingested, "plain", analyses, comparison, study, list(sites), prov)
-    made = []
-    real = offload.Offload.__init__
-
-    def spy(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)          # a worker even for 3 sites
-    monkeypatch.setattr(offload.Offload, "__init__", spy)
+    made = request.getfixturevalue("report_worker")               # from here on, a worker
     report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
     [work] = made
     assert work.failed == [] and work._calls[0][0] is pipeline.stacked_site_data

@@ -294,22 +294,11 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
         report.artifact_key("__")
 
 
-def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, monkeypatch):
-    from lacrima import offload
-
+def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, report_worker):
     analyses, comparison, study, sites, prov = report_inputs
-    started = []
-    real = offload.Offload.__init__
-
-    def spy(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        started.append(self)
-
-    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)      # a worker even for 3 sites
-    monkeypatch.setattr(offload.Offload, "__init__", spy)
     storage = LocalStorage(tmp_path / "store")
     report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
-    [work] = started
+    [work] = report_worker
     assert work.has_worker is False and work.failed == []     # closed; nothing fell back
     assert all(future is not None for *_, future in work._calls)
     for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
