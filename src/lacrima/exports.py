@@ -195,11 +195,10 @@ def stacked_parquet_bytes(parts: Iterable[pd.DataFrame | bytes], study: Study) -
     parts = list(parts)
     if not parts:
         return _write_tables((), study)
-    schemas = [None if isinstance(p, pd.DataFrame) else pq.ParquetFile(io.BytesIO(p)).schema_arrow
-               for p in parts]
-    if parts and all(s is not None and s.equals(schemas[0], check_metadata=False)
-                     for s in schemas):
-        return _write_tables((pq.ParquetFile(io.BytesIO(p)).read() for p in parts), study)
+    files = [None if isinstance(p, pd.DataFrame) else pq.ParquetFile(io.BytesIO(p)) for p in parts]
+    schemas = [None if f is None else f.schema_arrow for f in files]
+    if all(s is not None and s.equals(schemas[0], check_metadata=False) for s in schemas):
+        return _write_tables((f.read() for f in files), study)
     # The union's columns and dtypes, from empty heads: what pd.concat would give the rows.
     union = pd.concat([p.iloc[:0] if s is None else s.empty_table().to_pandas()
                        for p, s in zip(parts, schemas)], ignore_index=True)

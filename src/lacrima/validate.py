@@ -532,4 +532,3 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
                             identifying_dropped=tuple(drop.identifying_dropped),
                             plan_sha256=study.sha256,
                             codebook_sha256=getattr(codebook, "sha256", ""))
-
