@@ -1234,7 +1234,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
         # Queued first, so that a worker starts on it while the plots are being queued. Light
         # analyses (no rows in hand) go as themselves: the worker reads the rows from the store.
         if work.has_worker and all(a.data is None for a in analyses):
-            stacked = work.submit(stacked_site_data, storage.location, analyses, study)
+            stacked = work.submit(stacked_site_data, storage.location,
+                                  [(a.site, a.input_key) for a in analyses], study)
         else:
             stacked = work.submit(stacked_parquet_bytes,
                                   [load_site_data(storage, a, as_parquet=True) for a in analyses],
