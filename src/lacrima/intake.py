@@ -17,13 +17,17 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from lacrima import catalog
+# Re-exported: the ledger and the keys live in the catalog; callers used to find them here.
+from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAWN,  # noqa: F401
+                             BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
+                             read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
-from lacrima.storage import Storage, iter_json, parquet_frame, sha256_bytes, write_json
+from lacrima.storage import Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
 from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
-ACCEPTED, QUARANTINED, SUPERSEDED, LANDED = "accepted", "quarantined", "superseded", "landed"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -39,38 +43,6 @@ def extension(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class BatchRecord:
-    """The ledger entry of one batch (one distinct file) of one site."""
-
-    site: str
-    sha256: str
-    state: str
-    original_name: str
-    raw_key: str
-    received_at: str
-    processed_at: str
-    rows: int = 0
-    reason: str = ""
-    uploader: str = ""
-    replaces: str = ""
-    superseded_by: str = ""
-    identifying_dropped: tuple[str, ...] = ()
-    curated_key: str = ""
-    quarantine_key: str = ""
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["identifying_dropped"] = list(self.identifying_dropped)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BatchRecord":
-        d = dict(d)
-        d["identifying_dropped"] = tuple(d.get("identifying_dropped", ()))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class IntakeResult:
     site: str
     seen: int
@@ -78,31 +50,12 @@ class IntakeResult:
     quarantined: tuple[str, ...] = ()
     skipped_duplicates: int = 0
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
+    records_new: int = 0       # records the accepted drops brought (new or corrected)
+    records_held: int = 0      # records they held that the site already had, unchanged
 
     @property
     def changed(self) -> bool:
         return bool(self.accepted)
-
-
-def landing_index_key(site: str) -> str:
-    """The landing index: landing key -> {etag, sha256} of every object a run has hashed."""
-    return f"ledger/{site}/_landing-index.json"
-
-
-def read_landing_index(storage: Storage, site: str) -> dict:
-    key = landing_index_key(site)
-    return json.loads(storage.read_bytes(key)) if storage.exists(key) else {}
-
-
-def ledger_key(site: str, sha: str) -> str:
-    return f"ledger/{site}/{sha}.json"
-
-
-def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
-    """Every batch in the ledger (of one site, or all), oldest first."""
-    prefix = f"ledger/{site}" if site else "ledger"
-    recs = [BatchRecord.from_dict(d) for d in iter_json(storage, prefix) if "sha256" in d]
-    return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -115,21 +68,11 @@ def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
     return matches[0]
 
 
-def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
-    """The site's curated data: every accepted, not superseded batch, re-sent records once."""
-    frames = [parquet_frame(storage.read_bytes(r.curated_key))
-              for r in batches(storage, site) if r.state == ACCEPTED and r.curated_key]
-    if not frames:
-        return pd.DataFrame()
-    data = pd.concat(frames, ignore_index=True)
-    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
-
-
 def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
                 report: ValidationReport) -> str:
     from lacrima.dropreport import render_html
 
-    prefix = f"quarantine/{site}/{sha}"
+    prefix = catalog.quarantine_prefix(site, sha)
     storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
     write_json(storage, f"{prefix}/report.json", report.to_dict())
     storage.write_bytes(f"{prefix}/report.html", render_html(report).encode())
@@ -240,9 +183,10 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     Three steps. Each site's new drops are kept in raw and read (``_scan``); the Great
     Expectations suite then runs once over all readable drops of the group
     (``run_suite_many``: its cost is per call, not per row); last, site by site and drop by
-    drop in listing order as ``ingest_site`` always did, each drop is checked against the
-    site's accepted rows (ID clashes: a later drop sees an earlier one's accepted rows),
-    completion, and curated or quarantined with its ledger entry. All the group's pending
+    drop in listing order as ``ingest_site`` always did, each drop's records are checked
+    against the site's register (:func:`split_records`: held, new or changed; a later drop
+    sees an earlier one's records), completion, and curated or quarantined with its ledger
+    entry. All the group's pending
     drops are held in memory between the steps: callers pass groups of sites, not all.
 
     Measured on the 2-core dev machine, 3 sites x 7 new drops of 120 rows, warm: intake took
@@ -256,6 +200,7 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
         raise ValueError(f"ingest_sites takes each site once, got {codes}")
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
+    catalog.check_key(storage, key)         # before any drop is read
     scans = [_scan(storage, site, study, key, stamp) for site in sites]
     readable = [p for scan in scans for p in scan.pending
                 if p.drop is not None and len(p.drop.frame)]
@@ -264,26 +209,34 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
                            [p.codebook for p in readable])
     suites = {id(p): f for p, f in zip(readable, found)}
     results = []
+    fingerprint = catalog.key_fingerprint(key)
     for scan in scans:
-        accepted, quarantined, reports = [], [], []
+        accepted, quarantined, reports, new, held = [], [], [], 0, 0
+        reg = catalog.read_register(storage, scan.site.code, study.variables)
         for p in scan.pending:
-            report = _process(storage, study, p, stamp, suites.get(id(p)))
+            report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
             reports.append(report)
             (accepted if report.valid else quarantined).append(p.sha)
+            new += report.extra.get("records_new", 0)
+            held += report.extra.get("records_held", 0)
         if scan.index_changed:
-            write_json(storage, landing_index_key(scan.site.code), scan.index)
+            catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
-                                    tuple(quarantined), scan.skipped, tuple(reports)))
+                                    tuple(quarantined), scan.skipped, tuple(reports), new, held))
     return results
 
 
 def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) -> _SiteScan:
-    """The site's new landing objects: each kept in raw and read; unchanged ones skipped."""
+    """The site's new landing objects: each kept in raw and read; unchanged ones skipped.
+
+    A correction a run left half done (its intent not marked done) is finished first.
+    """
+    finish_intents(storage, site.code, study)
     records = {r.sha256: r for r in batches(storage, site.code)}
     known = set(records)
     index = read_landing_index(storage, site.code)
     pending, skipped, index_changed = [], 0, False
-    landing = storage.list(f"landing/{site.code}")
+    landing = storage.list(catalog.landing_prefix(site.code))
     for obj in landing:
         seen = index.get(obj.key)
         if seen and seen["etag"] == obj.etag and seen["sha256"] in known:
@@ -316,7 +269,7 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     """Keep one new drop in raw, then read it (IDs pseudonymised)."""
     meta = storage.metadata(landing_key)
     name = safe_name(meta.get("original_name") or landing_key.rsplit("/", 1)[-1])
-    raw_key = f"raw/{site.code}/{sha}{extension(name)}"
+    raw_key = catalog.raw_key(site.code, sha, extension(name))
     storage.write_bytes(raw_key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
@@ -328,28 +281,27 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     return _Pending(site, landing_key, data, sha, meta, name, raw_key, codebook, unreadable, drop)
 
 
-def _process(storage: Storage, study: Study, p: _Pending, stamp: str,
-             suite=None) -> ValidationReport:
-    """Validate one read drop against its site's accepted rows, then curate or quarantine it
-    and write its ledger entry. ``suite``: its findings from the group's batched GX run."""
+def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
+             reg: dict, key_fingerprint: str) -> tuple[ValidationReport, dict]:
+    """Validate one read drop, split its records against the site's register, then curate
+    or quarantine it and write its ledger entry. ``suite``: its findings from the group's
+    batched GX run. Returns the report and the register after this drop."""
     site, sha, meta, name, data = p.site, p.sha, p.meta, p.name, p.data
-    current = curated_frame(storage, site.code)
     replaced, extra = None, ()
     if meta.get("replaces"):
         try:
-            replaced = resolve_batch(storage, site.code, meta["replaces"])
+            replaced = current_batch(storage, site.code, meta["replaces"])
         except LookupError as err:
-            extra = (Finding("replaces", str(err), expected="an existing accepted batch",
+            extra = (Finding("replaces", str(err), expected="a current (accepted) batch",
                              found=safe_name(meta["replaces"])),)
-    if replaced is not None and replaced.curated_key and not current.empty:
-        old = parquet_frame(storage.read_bytes(replaced.curated_key))
-        current = current[~current["participant_id"].isin(old["participant_id"])]
     if p.drop is None:
-        report, frame = p.unreadable, None
+        report, frame, split = p.unreadable, None, None
     else:
-        report = validate_drop(p.drop, study, p.codebook, site.code, name, sha,
-                               accepted=current, suite=suite)
+        report = validate_drop(p.drop, study, p.codebook, site.code, name, sha, suite=suite)
         frame = p.drop.frame
+        split = split_records(frame, reg, study.variables, sha,
+                              replaced.sha256 if replaced else "")
+        extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
@@ -357,23 +309,172 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                rows=report.n_rows, uploader=meta.get("uploader", ""),
                replaces=replaced.sha256 if replaced else "",
-               identifying_dropped=report.identifying_dropped)
+               identifying_dropped=report.identifying_dropped, key_fingerprint=key_fingerprint)
     if report.valid and frame is not None:
-        curated_key = f"curated/{site.code}/{sha}.parquet"
-        buf = io.BytesIO()
-        frame.to_parquet(buf, index=False)
-        storage.write_bytes(curated_key, buf.getvalue(), if_absent=True)
-        write_json(storage, ledger_key(site.code, sha),
-                   BatchRecord(state=ACCEPTED, curated_key=curated_key, **rec).to_dict())
+        new = frame[split.new].reset_index(drop=True)
+        curated_key = catalog.curated_key(site.code, sha)
+        storage.write_bytes(curated_key, catalog.frame_bytes(new), if_absent=True)
+        batch = BatchRecord(state=ACCEPTED, curated_key=curated_key, records_new=len(new),
+                            records_held=split.held, **rec)
         if replaced is not None:
-            write_json(storage, ledger_key(site.code, replaced.sha256),
-                       replace(replaced, state=SUPERSEDED, superseded_by=sha).to_dict())
+            # Two ledger changes and the register, as one intent: written first, applied,
+            # marked done; a run that finds it not done finishes it (finish_intents).
+            intent = {"kind": "correction", "batch": batch.to_dict(), "replaces": replaced.sha256}
+            catalog.write_intent(storage, site.code, intent)
+            reg = _apply_correction(storage, site.code, intent, study, reg)
+            catalog.mark_done(storage, site.code, intent)
+        else:
+            # Register first: a crash before the ledger entry leaves records no accepted
+            # batch owns (ignored), and the rerun processes the drop again to the same end.
+            reg = catalog.register_batch(reg, sha, new, study.variables)
+            catalog.write_register(storage, site.code, reg)
+            catalog.write_batch(storage, batch)
+        report = replace(report, extra={**report.extra, "records_new": len(new),
+                                        "records_held": split.held})
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
         reason = "; ".join(sorted({f.check for f in report.errors}))
-        write_json(storage, ledger_key(site.code, sha),
-                   BatchRecord(state=QUARANTINED, reason=reason, quarantine_key=qkey, **rec).to_dict())
-    return report
+        catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
+                                                 quarantine_key=qkey, **rec))
+    return report, reg
+
+
+def _apply_correction(storage: Storage, site: str, intent: dict, study: Study, reg: dict) -> dict:
+    """Apply a correction intent: register, the new batch accepted, the old one superseded.
+
+    Every step is idempotent, so an intent interrupted anywhere is finished by applying it
+    again from the start.
+    """
+    batch = BatchRecord.from_dict(intent["batch"])
+    frame = parquet_frame(storage.read_bytes(batch.curated_key))
+    reg = catalog.register_batch(reg, batch.sha256, frame, study.variables,
+                                 replaces=intent["replaces"])
+    catalog.write_register(storage, site, reg)
+    catalog.write_batch(storage, batch)
+    old = BatchRecord.from_dict(json.loads(storage.read_bytes(
+        catalog.ledger_key(site, intent["replaces"]))))
+    catalog.write_batch(storage, replace(old, state=SUPERSEDED, superseded_by=batch.sha256))
+    return reg
+
+
+def finish_intents(storage: Storage, site: str, study: Study) -> int:
+    """Finish every correction of ``site`` a run started and did not mark done; how many."""
+    intents = catalog.open_intents(storage, site)
+    for intent in intents:
+        reg = catalog.read_register(storage, site, study.variables)
+        _apply_correction(storage, site, intent, study, reg)
+        catalog.mark_done(storage, site, intent)
+    return len(intents)
+
+
+def current_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
+    """The batch ``ref`` names, if it is current (accepted): what a correction may replace.
+
+    Raises
+    ------
+    LookupError
+        When no single batch matches, or it is not current: a superseded batch names the
+        batch that superseded it (correct that one instead).
+    """
+    rec = resolve_batch(storage, site, ref)
+    if rec.state == SUPERSEDED:
+        raise LookupError(f"batch {rec.sha256[:12]} of site {site} was already superseded by "
+                          f"{rec.superseded_by[:12]}: send the correction with "
+                          f"--replaces {rec.superseded_by[:12]}")
+    if rec.state != ACCEPTED:
+        raise LookupError(f"batch {rec.sha256[:12]} of site {site} is {rec.state}, not a current "
+                          "batch: only an accepted batch can be replaced")
+    return rec
+
+
+@dataclass(frozen=True)
+class RecordSplit:
+    """A drop's records against the site's register (see :func:`split_records`)."""
+
+    new: list[bool]                    # per row: stored by this drop (new or corrected)
+    held: int                          # rows the site holds already, unchanged
+    withdrawn: int                     # rows of people who withdrew consent: left out
+    changed: tuple[tuple[int, str], ...]   # (row position, holding batch) of changed records
+
+
+def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
+                  replaces: str = "") -> RecordSplit:
+    """Split a drop's records into held unchanged, new, changed and withdrawn.
+
+    A record is new when the register does not hold its participant, holds them in a
+    superseded batch, in ``replaces`` (the batch a correction replaces) or in ``batch``
+    itself (a drop processed again after a crash). Its cost is the drop's rows, each one
+    dictionary look-up: the site's earlier batches are not read.
+    """
+    new, held, withdrawn, changed = [], 0, 0, []
+    for i, (pid, fp) in enumerate(zip(frame["participant_id"],
+                                      catalog.fingerprints(frame, variables))):
+        e = None if pd.isna(pid) else reg.get(pid)
+        if e is None or e.state == SUPERSEDED or e.batch in (batch, replaces):
+            new.append(e is None or e.state != WITHDRAWN)
+            withdrawn += e is not None and e.state == WITHDRAWN
+            continue
+        new.append(False)
+        if e.state == WITHDRAWN:
+            withdrawn += 1
+        elif e.fingerprint == fp:
+            held += 1
+        else:
+            changed.append((i, e.batch))
+    return RecordSplit(new, held, withdrawn, tuple(changed))
+
+
+# Changed records described one by one in a quarantine report; the rest in one finding.
+_CLASHES_SHOWN = 25
+
+
+def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, row_numbers,
+                   codebook, study: Study) -> tuple[Finding, ...]:
+    """One ``id_clash`` per changed record: its row, the columns that differ, held and new values.
+
+    Reads only the batches holding the changed records. Text answers are not quoted.
+    """
+    if not split.changed:
+        return ()
+    from lacrima.validate import _native
+
+    variables = study.variables
+    names = list(variables)
+    shown = split.changed[:_CLASHES_SHOWN]
+    held_rows = {}
+    for batch in sorted({b for _, b in shown}):
+        key = catalog.ledger_key(frame["site"].iloc[0], batch)
+        old = parquet_frame(storage.read_bytes(json.loads(storage.read_bytes(key))["curated_key"]))
+        held_rows[batch] = old.set_index("participant_id", drop=False)
+    out = []
+    for i, batch in shown:
+        pid = frame["participant_id"].iloc[i]
+        ours = json.loads(catalog.canonical_records(frame.iloc[[i]], variables)[0])
+        theirs = json.loads(catalog.canonical_records(
+            held_rows[batch].loc[[pid]].reset_index(drop=True), variables)[0])
+        diff = [k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b]
+
+        def show(values, k):
+            text = variables[names[k]].get("type") in ("string", "text")
+            return f"{_native(codebook, names[k])}={'(text)' if text else json.dumps(values[k])}"
+        cols = tuple(_native(codebook, names[k]) for k in diff)
+        row = int(row_numbers[i])
+        out.append(Finding(
+            "id_clash", f"row {row}: this participant was already accepted for this site "
+            f"(batch {batch[:12]}) with other answers in {len(diff)} column(s); send a correction "
+            f"with `lacrima upload --replaces {batch[:12]}`",
+            columns=cols, rows=(row,),
+            expected="held: " + ", ".join(show(theirs, k) for k in diff[:5]),
+            found="new: " + ", ".join(show(ours, k) for k in diff[:5])))
+    rest = split.changed[_CLASHES_SHOWN:]
+    if rest:
+        rows = tuple(int(row_numbers[i]) for i, _ in rest)
+        out.append(Finding("id_clash", f"{len(rows)} more participant(s) were already accepted "
+                           "for this site with different answers",
+                           columns=(_native(codebook, "participant_id"),), rows=rows,
+                           expected="new IDs, or identical answers for a re-sent record",
+                           found=f"{len(rows)} more changed record(s)"))
+    return tuple(out)
 
 
 def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
@@ -386,12 +487,12 @@ def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
     name = safe_name(Path(path).name)
-    key = f"landing/{site.code}/{sha[:12]}-{name}"
     if replaces:
-        # Fail early on an unknown batch; record its full SHA-256 (ASCII, unambiguous later).
-        replaces = resolve_batch(storage, site.code, replaces).sha256
-        # Its own landing key: the same bytes sent earlier without --replaces keep theirs.
-        key = f"landing/{site.code}/{sha[:12]}-replaces-{replaces[:12]}-{name}"
+        # Fail early on an unknown or superseded batch; record its full SHA-256 (ASCII,
+        # unambiguous later). Its own landing key: the same bytes sent earlier without
+        # --replaces keep theirs.
+        replaces = current_batch(storage, site.code, replaces).sha256
+    key = catalog.landing_key(site.code, sha, name, replaces)
     storage.write_bytes(key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": safe_name(uploader) if uploader else "",
         "sha256": sha, "replaces": replaces})
@@ -404,6 +505,6 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
     Cheap: one listing compared with the landing index; reads no drop.
     """
     index = read_landing_index(storage, site.code)
-    listing = storage.list(f"landing/{site.code}")
+    listing = storage.list(catalog.landing_prefix(site.code))
     return len(listing), sum(1 for obj in listing
                              if index.get(obj.key, {}).get("etag") != obj.etag)
