@@ -118,3 +118,46 @@ def test_fingerprints_see_missing_as_missing_whatever_the_dtype(study):
     assert catalog.canonical_records(a, variables) == ['["p",null,"2026-01-02",0.1,null]']
     c = a.assign(x=[0.1 + 1e-16 * 3])
     assert catalog.fingerprints(c, variables) != catalog.fingerprints(a, variables)
+
+
+def test_spss_ids_sent_as_zero_padded_strings_are_the_same_people(tmp_path, study, sites):
+    import pyreadstat
+
+    il = _site(sites, "il")
+    storage = LocalStorage(tmp_path / "store")
+    a = write_drop(il, study, tmp_path / "a", n=15, seed=1)
+    frame, meta = pyreadstat.read_sav(str(a), user_missing=True)
+    id_col = load_codebook(il).native_name("participant_id")
+    frame[id_col] = [f" {int(v):05d}" for v in frame[id_col]]     # "00001" and a blank
+    strings = tmp_path / "strings.sav"
+    pyreadstat.write_sav(frame, str(strings), column_labels=meta.column_names_to_labels,
+                         variable_value_labels=meta.variable_value_labels,
+                         missing_ranges=meta.missing_ranges)
+    assert len(_ingest(storage, il, study, a).accepted) == 1
+    res = _ingest(storage, il, study, strings)
+    assert len(res.accepted) == 1, _only(res).findings
+    assert (res.records_new, res.records_held) == (0, 15)
+    assert len(intake.curated_frame(storage, "il")) == 15
+
+
+def test_an_id_not_fitting_the_codebooks_pattern_is_an_error(tmp_path, study, sites):
+    import shutil
+
+    from lacrima.storage import sha256_bytes
+    from lacrima.study import load_site
+
+    root = tmp_path / "sites"
+    shutil.copytree(_site(sites, "it").codebook_path.parents[1], root)
+    book = root / "it" / "codebook.toml"
+    book.write_text(book.read_text().replace('id_column = "ID"',
+                                             'id_column = "ID"\nid_pattern = "IT-\\\\d{4}"', 1))
+    it = load_site("it", root)
+    path = write_drop(it, study, tmp_path / "a", n=12, seed=1, format="csv")
+    header, rows = _rows(path, 1, "cp1252", ";")
+    col = header[0].index("ID")
+    rows[2][col], rows[6][col] = "IT-12", "  IT-0099 "     # wrong shape; blanks are trimmed
+    bad = _write_rows(tmp_path / "bad.csv", header, rows, "cp1252", ";")
+    report, frame = intake.read_and_validate(bad, it, study, KEY, "bad.csv",
+                                             sha256_bytes(bad.read_bytes()))
+    (f,) = [f for f in report.errors if f.check == "id_pattern"]
+    assert f.rows == (4,) and f.columns == ("ID",) and "IT-\\d{4}" in f.expected

@@ -110,10 +110,20 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
         findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
         return ValidationReport(site.code, name, sha, 0, tuple(findings)), None, codebook
     frame = drop.frame.copy()
-    ids = frame["participant_id"]
+    ids, bad = codebook.normalise_ids(frame["participant_id"])
+    findings = drop.findings
+    if bad:
+        rows = tuple(int(drop.row_numbers[i]) for i in bad)
+        native = codebook.native_name("participant_id")
+        findings += (Finding("id_pattern", f"{len(rows)} participant ID(s) in column {native!r} "
+                             f"of {name} do not fit the site's ID pattern",
+                             columns=(native,), rows=rows,
+                             expected=f"IDs matching {codebook.id_pattern}",
+                             found=f"{len(rows)} ID(s) of another shape"),)
+    ids.index = frame.index
     frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
     frame["site"] = site.code
-    return None, replace(drop, frame=frame), codebook
+    return None, replace(drop, frame=frame, findings=findings), codebook
 
 
 def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
