@@ -19,7 +19,8 @@ Other modules ask this one for keys; none builds them. Ledger files whose name s
 A record is one participant's answers. Its canonical form (:func:`canonical_records`) lists
 every canonical variable in plan order: missing is ``null`` (never NaN or ""), integers as
 integers, floats as shortest round-trip, booleans ``true``/``false``, dates ``YYYY-MM-DD``,
-categories and text as their canonical value. Its fingerprint is the SHA-256 of that form, so
+categories and text as their canonical value. Its fingerprint is the SHA-256 of that form
+(without the ID, the register's key), so
 two records hold the same answers exactly when their fingerprints are equal, whatever file
 type, row order or pandas dtype they came through.
 """
@@ -222,8 +223,13 @@ def canonical_records(frame: pd.DataFrame, variables: Mapping[str, Mapping]) -> 
 
 
 def fingerprints(frame: pd.DataFrame, variables: Mapping[str, Mapping]) -> list[str]:
-    """SHA-256 (hex) of each row's canonical form: equal exactly when the answers are."""
-    return [hashlib.sha256(t.encode()).hexdigest() for t in canonical_records(frame, variables)]
+    """SHA-256 (hex) of each row's canonical answers: equal exactly when the answers are.
+
+    The participant ID is left out: it is the register's key, and a pseudonym changes
+    with the key (``rekey``) while the answers do not.
+    """
+    answers = {k: v for k, v in variables.items() if k != "participant_id"}
+    return [hashlib.sha256(t.encode()).hexdigest() for t in canonical_records(frame, answers)]
 
 
 # --------------------------------------------------------------------------- register
@@ -263,10 +269,13 @@ def read_register(storage: Storage, site: str, variables: Mapping[str, Mapping] 
     return reg
 
 
-def write_register(storage: Storage, site: str, reg: Mapping[str, Entry]) -> None:
+def register_bytes(site: str, reg: Mapping[str, Entry]) -> str:
     records = {p: [e.fingerprint, e.batch, e.state] for p, e in sorted(reg.items())}
-    storage.write_bytes(register_key(site), json.dumps(
-        {"site": site, "records": records}, separators=(",", ":")).encode())
+    return json.dumps({"site": site, "records": records}, separators=(",", ":"))
+
+
+def write_register(storage: Storage, site: str, reg: Mapping[str, Entry]) -> None:
+    storage.write_bytes(register_key(site), register_bytes(site, reg).encode())
 
 
 def register_batch(reg: dict[str, Entry], batch: str, frame: pd.DataFrame,
@@ -334,6 +343,12 @@ def key_fingerprint(key: bytes) -> str:
     return hmac.new(key, _KEY_LABEL, hashlib.sha256).hexdigest()[:32]
 
 
+def register_digest(storage: Storage, site: str) -> str:
+    """SHA-256 of the site's register file ("" when it has none): changes iff its records do."""
+    key = register_key(site)
+    return hashlib.sha256(storage.read_bytes(key)).hexdigest() if storage.exists(key) else ""
+
+
 def store_key(storage: Storage) -> dict | None:
     """The store's key record (``fingerprint``, ``demo``), or None for a store without batches."""
     return read_json(storage, KEY_FILE) if storage.exists(KEY_FILE) else None
@@ -354,13 +369,22 @@ def check_key(storage: Storage, key: bytes) -> None:
     from lacrima.privacy import DEMO_KEY
 
     fp, demo = key_fingerprint(key), key == DEMO_KEY
+    interrupted = open_rekey(storage)
+    if interrupted is not None:
+        raise KeyCustodyError(
+            f"a rekey of {storage.location} from key {interrupted['from'][:8]} to "
+            f"{interrupted['to'][:8]} was interrupted: run `lacrima rekey` again with those two "
+            "keys to finish it")
     held = store_key(storage)
     if held is None:
+        # A store from before the key file: its batches name their keys, if any (a store
+        # older still names none, and is claimed by the first key that runs on it).
         fps = {r.key_fingerprint for r in batches(storage) if r.key_fingerprint}
-        if not fps:
+        if fps <= {fp}:
             write_json(storage, KEY_FILE, {"fingerprint": fp, "demo": demo}, if_absent=True)
             return
-        held = {"fingerprint": fps.pop(), "demo": False}
+        other = sorted(fps - {fp})[0]
+        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)}
     if held["fingerprint"] == fp:
         return
     if demo:
@@ -387,6 +411,26 @@ def write_intent(storage: Storage, site: str, intent: dict) -> None:
 
 def mark_done(storage: Storage, site: str, intent: dict) -> None:
     write_json(storage, intent_key(site, intent["batch"]["sha256"]), {**intent, "done": True})
+
+
+def rekey_key(stamp: str) -> str:
+    return f"ledger/_rekey-{stamp.replace(':', '')}.json"
+
+
+def write_rekey(storage: Storage, intent: dict) -> None:
+    write_json(storage, rekey_key(intent["at"]), {**intent, "done": False})
+
+
+def mark_rekey_done(storage: Storage, intent: dict) -> None:
+    # The audit entry keeps what was done, not the copies of the files it wrote.
+    kept = {k: v for k, v in intent.items() if k not in ("writes", "deletes", "deletes_before")}
+    write_json(storage, rekey_key(intent["at"]), {**kept, "done": True})
+
+
+def open_rekey(storage: Storage) -> dict | None:
+    """A rekey that was started and not marked done, if any."""
+    return next((d for d in _ledger_json(storage, None, "rekey")
+                 if d.get("kind") == "rekey" and not d.get("done")), None)
 
 
 def open_intents(storage: Storage, site: str) -> list[dict]:

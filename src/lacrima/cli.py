@@ -208,14 +208,36 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
     """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
+    from lacrima.catalog import KeyCustodyError
     from lacrima.privacy import MissingKeyError
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
+    _check_custody(storage, demo)
     try:
         summary = _run(storage, demo, runner, dask_address)
-    except MissingKeyError as err:
+    except (MissingKeyError, KeyCustodyError) as err:
         _fail(str(err))
     _print_summary(summary, as_json)
+
+
+def _check_custody(location: Optional[str], demo: bool):
+    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
+
+    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
+    the demo key and a real key meeting in one store. Returns (store, key).
+    """
+    from lacrima.catalog import KeyCustodyError, check_key
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
+
+    try:
+        store, key = open_storage(location), pseudonym_key(demo=demo)
+        check_key(store, key)
+    except (ValueError, MissingKeyError, KeyCustodyError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot read the store's key record: {err}")
+    return store, key
 
 
 def _print_summary(summary: dict, as_json: bool):
@@ -244,21 +266,68 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
 
 
 @app.command()
-def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
+def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data, "
+                                                 "whatever LACRIMA_STORAGE says)"),
          as_json: bool = typer.Option(False, "--json")):
-    """Synthetic drops for every site into the landing zone, then one pipeline run."""
+    """Synthetic drops for every site into the landing zone, then one pipeline run.
+
+    Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
+    real store), and refuses a store holding batches made under a real key.
+    """
     from lacrima import intake
-    from lacrima.storage import open_storage
     from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    study, store = load_study(), open_storage(storage)
+    storage = storage or "data"
+    store, _ = _check_custody(storage, True)
+    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
         for s in load_sites():
             path = write_drop(s, study, Path(tmp) / s.code)
             key = intake.upload(store, s, path, uploader="demo")
             console.print(f"synthetic drop for {s.code}: {key}", markup=False)
     _print_summary(_run(storage, True), as_json)
+
+
+@app.command()
+def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
+          storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+          as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
+    """Re-pseudonymise every stored record under a new key, as one audited operation.
+
+    The current key comes from LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE, as for
+    a run; afterwards point those at the new key. An interrupted rekey is finished by
+    running the same command again.
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
+    from lacrima.study import load_sites, load_study
+
+    store = _storage() if storage is None else _open(storage)
+    try:
+        old = pseudonym_key()
+        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+        entry = intake.rekey(store, load_sites(), load_study(), old, new)
+    except OSError as err:
+        _fail(f"rekey of {store.location} failed: {err}")
+    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(entry))
+        return
+    console.print(f"rekeyed {sum(entry['batches'].values())} batch(es) of "
+                  f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
+                  "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
+                  markup=False)
+
+
+def _open(location: str):
+    from lacrima.storage import open_storage
+    try:
+        return open_storage(location)
+    except ValueError as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -518,3 +518,117 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
     listing = storage.list(catalog.landing_prefix(site.code))
     return len(listing), sum(1 for obj in listing
                              if index.get(obj.key, {}).get("etag") != obj.etag)
+
+
+def _read_ids(storage: Storage, site: Site, study: Study, raw_key: str):
+    """The normalised IDs of a raw drop (not pseudonymised), or None for an unreadable file."""
+    from lacrima.codebook import load_codebook
+    from lacrima.native import read_drop
+
+    with tempfile.TemporaryDirectory(prefix="lacrima-raw-") as tmp:
+        path = Path(tmp) / f"drop{PurePosixPath(raw_key).suffix or '.bin'}"
+        path.write_bytes(storage.read_bytes(raw_key))
+        try:
+            drop = read_drop(path, site, study)
+        except DropError:
+            return None
+    ids, _ = load_codebook(site).normalise_ids(drop.frame["participant_id"])
+    return ids.dropna()
+
+
+def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
+          now: datetime | None = None) -> dict:
+    """Re-pseudonymise every stored record under ``new_key``, as one audited operation.
+
+    Each batch with curated records is read again from raw to map its pseudonyms under the
+    old key to those under the new one; curated files, the register and withdrawals are
+    rewritten under the new pseudonyms, each batch's ledger entry and the store's key record
+    name the new key. Steps: the new curated files (new keys, nothing overwritten), then an
+    intent (``ledger/_rekey-<stamp>.json``) listing every change, then the changes, then the
+    intent marked done, then the old curated files deleted. An interrupted rekey is finished
+    by running it again with the same two keys.
+
+    Returns
+    -------
+    dict
+        The ledger entry: ``from`` and ``to`` key fingerprints, ``at``, batches per site.
+
+    Notes
+    -----
+    A person whose rows were purged from raw (``withdraw --purge-raw``) cannot be mapped:
+    their withdrawal stays under the old pseudonym and the entry lists how many.
+    """
+    old_fp, new_fp = catalog.key_fingerprint(old_key), catalog.key_fingerprint(new_key)
+    if old_fp == new_fp:
+        raise catalog.KeyCustodyError("the new key is the key the store is made under: nothing to do")
+    intent = catalog.open_rekey(storage)
+    if intent is not None and (intent["from"], intent["to"]) != (old_fp, new_fp):
+        raise catalog.KeyCustodyError(
+            f"a rekey from key {intent['from'][:8]} to {intent['to'][:8]} was interrupted: run "
+            "`lacrima rekey` again with those two keys to finish it")
+    if intent is None:
+        catalog.check_key(storage, old_key)
+        intent = _plan_rekey(storage, sites, study, old_key, new_key, now)
+        catalog.write_rekey(storage, intent)
+    for change in intent["writes"]:
+        storage.write_bytes(change["key"], storage.read_bytes(change["from"])
+                            if "from" in change else change["data"].encode())
+    for key in intent["deletes_before"]:
+        storage.delete(key)
+    write_json(storage, catalog.KEY_FILE, {"fingerprint": new_fp, "demo": False})
+    catalog.mark_rekey_done(storage, intent)
+    for key in intent["deletes"]:
+        storage.delete(key)
+    return {k: v for k, v in intent.items() if k not in ("writes", "deletes", "deletes_before")}
+
+
+def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
+    """Every change a rekey makes, with its new curated files already written."""
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    new_fp = catalog.key_fingerprint(new_key)
+    writes, deletes, deletes_before, counts, unmapped = [], [], [], {}, 0
+    for site in sites:
+        recs = batches(storage, site.code)
+        if not recs:
+            continue
+        mapping = {}
+        for r in recs:
+            if r.curated_key and storage.exists(r.raw_key):
+                ids = _read_ids(storage, site, study, r.raw_key)
+                if ids is not None:
+                    mapping.update(zip(pseudonymise(site.code, ids, old_key),
+                                       pseudonymise(site.code, ids, new_key)))
+        for r in recs:
+            new_rec = replace(r, key_fingerprint=new_fp)
+            if r.curated_key:
+                frame = parquet_frame(storage.read_bytes(r.curated_key))
+                mapped = frame["participant_id"].map(mapping)
+                if mapped.isna().any():
+                    raise RuntimeError(
+                        f"batch {r.sha256[:12]} of site {site.code}: {int(mapped.isna().sum())} "
+                        "stored record(s) have no ID in the batch's raw file; rekey stopped, "
+                        "nothing changed")
+                key = catalog.curated_key(site.code, r.sha256, new_fp[:8])
+                storage.write_bytes(key, catalog.frame_bytes(frame.assign(participant_id=mapped)),
+                                    if_absent=True)
+                deletes.append(r.curated_key)
+                new_rec = replace(new_rec, curated_key=key)
+            writes.append({"key": catalog.ledger_key(site.code, r.sha256),
+                           "data": json.dumps(new_rec.to_dict(), indent=2, sort_keys=True)})
+        reg = catalog.read_register(storage, site.code, study.variables)
+        unmapped += sum(1 for p in reg if p not in mapping)
+        reg = {mapping.get(p, p): e for p, e in reg.items()}
+        writes.append({"key": catalog.register_key(site.code),
+                       "data": catalog.register_bytes(site.code, reg)})
+        for w in catalog.withdrawals(storage, site.code):
+            moved = {**w, "pseudonym": mapping.get(w["pseudonym"], w["pseudonym"])}
+            if moved["pseudonym"] != w["pseudonym"]:
+                deletes_before.append(catalog.withdrawal_key(site.code, w["pseudonym"]))
+            writes.append({"key": catalog.withdrawal_key(site.code, moved["pseudonym"]),
+                           "data": json.dumps(moved, indent=2, sort_keys=True)})
+        counts[site.code] = len(recs)
+    # the old withdrawal files go before the key record changes (a rerun rewrites them all)
+    deletes_before = [k for k in deletes_before if k not in {w["key"] for w in writes}]
+    return {"kind": "rekey", "from": catalog.key_fingerprint(old_key), "to": new_fp,
+            "at": stamp, "batches": counts, "unmapped_people": unmapped,
+            "writes": writes, "deletes": deletes, "deletes_before": deletes_before}
