@@ -161,3 +161,73 @@ def test_an_id_not_fitting_the_codebooks_pattern_is_an_error(tmp_path, study, si
                                              sha256_bytes(bad.read_bytes()))
     (f,) = [f for f in report.errors if f.check == "id_pattern"]
     assert f.rows == (4,) and f.columns == ("ID",) and "IT-\\d{4}" in f.expected
+
+
+@pytest.fixture(scope="module")
+def corrected(tmp_path_factory, study, sites):
+    """Italy: batch A accepted, then C (same people, other answers) accepted as its correction."""
+    folder = tmp_path_factory.mktemp("corr")
+    it = _site(sites, "it")
+    storage = LocalStorage(folder / "store")
+    a = write_drop(it, study, folder / "a", n=12, seed=1)
+    c = write_drop(it, study, folder / "c", n=12, seed=2)
+    d = write_drop(it, study, folder / "d", n=12, seed=3)
+    _ingest(storage, it, study, a)
+    (ra,) = intake.batches(storage, "it")
+    res = _ingest(storage, it, study, c, replaces=ra.sha256[:12])
+    assert len(res.accepted) == 1, _only(res).findings
+    return folder / "store", ra.sha256, res.accepted[0], d
+
+
+def test_a_second_correction_of_a_superseded_batch_is_refused_naming_its_successor(
+        corrected, tmp_path, study, sites):
+    import shutil
+
+    root, a, c, d = corrected
+    shutil.copytree(root, tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
+    it = _site(sites, "it")
+    with pytest.raises(LookupError, match=f"superseded by {c[:12]}"):
+        intake.upload(storage, it, d, replaces=a[:12])
+    # the same, landed by other means (aws s3 cp with metadata): quarantined, nothing lost
+    storage.write_bytes(f"landing/it/{d.name}", d.read_bytes(),
+                        metadata={"original_name": d.name, "replaces": a})
+    res = intake.ingest_site(storage, it, study, KEY)
+    (f,) = [f for f in _only(res).errors if f.check == "replaces"]
+    assert c[:12] in f.message
+    assert {r.sha256: r.state for r in intake.batches(storage, "it")}[c] == "accepted"
+
+
+def test_a_crash_between_a_corrections_writes_is_finished_by_the_next_run(
+        tmp_path, study, sites, monkeypatch):
+    from lacrima import catalog
+
+    it = _site(sites, "it")
+    storage = LocalStorage(tmp_path / "store")
+    a = write_drop(it, study, tmp_path / "a", n=12, seed=1)
+    c = write_drop(it, study, tmp_path / "c", n=12, seed=2)
+    _ingest(storage, it, study, a)
+    (ra,) = intake.batches(storage, "it")
+    intake.upload(storage, it, c, replaces=ra.sha256)
+    real, calls = catalog.write_batch, []
+
+    def dies_on_the_second_ledger_write(st, rec):
+        calls.append(rec.sha256)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("machine died")
+        real(st, rec)
+    monkeypatch.setattr(catalog, "write_batch", dies_on_the_second_ledger_write)
+    with pytest.raises(KeyboardInterrupt):
+        intake.ingest_site(storage, it, study, KEY)
+    monkeypatch.setattr(catalog, "write_batch", real)
+    # half done: the correction is accepted, the old batch not yet superseded
+    assert {r.state for r in intake.batches(storage, "it")} == {"accepted"}
+    res = intake.ingest_site(storage, it, study, KEY)
+    states = {r.sha256: r.state for r in intake.batches(storage, "it")}
+    assert states[ra.sha256] == "superseded" and list(states.values()).count("accepted") == 1
+    assert not catalog.open_intents(storage, "it")
+    curated = intake.curated_frame(storage, "it")
+    (rc,) = [r for r in intake.batches(storage, "it") if r.state == "accepted"]
+    held = pd.read_parquet(io.BytesIO(storage.read_bytes(rc.curated_key)))
+    pd.testing.assert_frame_equal(curated, held)      # the corrected values win, each once
+    assert res.skipped_duplicates >= 1
