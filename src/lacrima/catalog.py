@@ -97,6 +97,11 @@ def withdrawal_key(site: str, pseudonym: str) -> str:
     return f"ledger/{site}/_withdrawn-{pseudonym}.json"
 
 
+def redacted_raw_key(site: str, sha: str, redacted_sha: str, ext: str) -> str:
+    """A raw file with a withdrawn person's rows removed (``withdraw --purge-raw``)."""
+    return f"raw/{site}/{sha}-redacted-{redacted_sha[:12]}{ext}"
+
+
 def register_key(site: str) -> str:
     return f"register/{site}.json"
 
@@ -167,6 +172,15 @@ def write_batch(storage: Storage, rec: BatchRecord) -> None:
 def withdrawals(storage: Storage, site: str) -> list[dict]:
     """The site's withdrawals of consent (``pseudonym``, ``at``, ``reason``), oldest first."""
     return sorted(_ledger_json(storage, site, "withdrawn"), key=lambda d: (d["at"], d["pseudonym"]))
+
+
+def write_withdrawal(storage: Storage, site: str, entry: dict) -> None:
+    write_json(storage, withdrawal_key(site, entry["pseudonym"]), entry)
+
+
+def withdrawn_received(storage: Storage, site: str) -> int:
+    """People who withdrew consent after the site had sent a record of them."""
+    return sum(1 for w in withdrawals(storage, site) if w.get("held"))
 
 
 def read_landing_index(storage: Storage, site: str) -> dict:
@@ -254,7 +268,8 @@ def read_register(storage: Storage, site: str, variables: Mapping[str, Mapping] 
     """
     key = register_key(site)
     if storage.exists(key):
-        return {p: Entry(*e) for p, e in read_json(storage, key)["records"].items()}
+        reg = {p: Entry(*e) for p, e in read_json(storage, key)["records"].items()}
+        return _with_withdrawals(storage, site, reg)
     reg: dict[str, Entry] = {}
     for rec in batches(storage, site):
         if rec.state != ACCEPTED or not rec.curated_key or variables is None:
@@ -262,10 +277,17 @@ def read_register(storage: Storage, site: str, variables: Mapping[str, Mapping] 
         frame = parquet_frame(storage.read_bytes(rec.curated_key))
         for pid, fp in zip(frame["participant_id"], fingerprints(frame, variables)):
             reg.setdefault(pid, Entry(fp, rec.sha256, ACCEPTED))
+    return _with_withdrawals(storage, site, reg)
+
+
+def _with_withdrawals(storage: Storage, site: str, reg: dict[str, Entry]) -> dict[str, Entry]:
+    # The ledger's withdrawals are the record; the register follows them (a withdrawal
+    # interrupted before its register write still holds).
     for w in withdrawals(storage, site):
         old = reg.get(w["pseudonym"])
-        reg[w["pseudonym"]] = Entry(old.fingerprint if old else "", old.batch if old else "",
-                                    WITHDRAWN)
+        if old is None or old.state != WITHDRAWN:
+            reg[w["pseudonym"]] = Entry(old.fingerprint if old else "",
+                                        old.batch if old else "", WITHDRAWN)
     return reg
 
 

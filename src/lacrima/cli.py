@@ -290,6 +290,38 @@ def demo(storage: Optional[str] = typer.Option(None, help="storage root (default
 
 
 @app.command()
+def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site knows it"),
+             site: str = typer.Option(..., help="site code"),
+             reason: str = typer.Option("", help="kept in the ledger entry only"),
+             purge_raw: bool = typer.Option(False, "--purge-raw",
+                                            help="also replace every raw file holding the person "
+                                                 "by a redacted copy and delete the original"),
+             storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)")):
+    """Record a participant's withdrawal of consent: every later output leaves them out.
+
+    Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
+    that still holds the person does not bring them back. See README, "Withdrawal of consent".
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.study import load_study
+
+    s = _site(site)
+    store = _storage() if storage is None else _open(storage)
+    try:
+        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                reason=reason, purge_raw=purge_raw)
+    except (MissingKeyError, KeyCustodyError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"withdrawal in {store.location} failed: {err}")
+    held = "held a record of them" if entry["held"] else "held no record of them yet"
+    console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
+                  f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
+
+
+@app.command()
 def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
           storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
           as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):

@@ -632,3 +632,122 @@ def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
     return {"kind": "rekey", "from": catalog.key_fingerprint(old_key), "to": new_fp,
             "at": stamp, "batches": counts, "unmapped_people": unmapped,
             "writes": writes, "deletes": deletes, "deletes_before": deletes_before}
+
+
+def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant_id: str,
+             reason: str = "", purge_raw: bool = False, now: datetime | None = None) -> dict:
+    """Record that a participant withdrew consent; optionally purge them from raw.
+
+    The withdrawal is a ledger entry by pseudonym (never the ID), written first; the
+    register then marks the person withdrawn, so curated data and every later output leave
+    them out and a later export that still holds them does not bring them back.
+
+    Parameters
+    ----------
+    participant_id : str
+        The ID as the site knows it (normalised by the codebook, then pseudonymised).
+    reason : str
+        Kept in the ledger entry only; never in curated data, reports or logs.
+    purge_raw : bool
+        Also replace every raw file (and quarantined or landed copy) holding the person by
+        a redacted copy, delete the originals, and rewrite curated files without them
+        (:func:`purge_person`).
+
+    Returns
+    -------
+    dict
+        The ledger entry: ``pseudonym``, ``site``, ``at``, ``held`` (whether the site had
+        a record of them), ``purged`` (files replaced).
+
+    Raises
+    ------
+    ValueError
+        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+    """
+    from lacrima.codebook import load_codebook
+
+    catalog.check_key(storage, key)
+    codebook = load_codebook(site)
+    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
+    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
+        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
+                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    pseudonym = pseudonymise(site.code, ids, key).iloc[0]
+    reg = catalog.read_register(storage, site.code, study.variables)
+    old = reg.get(pseudonym)
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    entry = {"pseudonym": pseudonym, "site": site.code, "at": stamp, "reason": reason,
+             "held": bool(old and old.batch), "purged": []}
+    prior = [w for w in catalog.withdrawals(storage, site.code) if w["pseudonym"] == pseudonym]
+    if prior:
+        entry = {**prior[0], "purged": prior[0].get("purged", [])}
+    catalog.write_withdrawal(storage, site.code, entry)
+    reg[pseudonym] = catalog.Entry(old.fingerprint if old else "", old.batch if old else "",
+                                   WITHDRAWN)
+    catalog.write_register(storage, site.code, reg)
+    if purge_raw:
+        entry["purged"] = entry["purged"] + purge_person(storage, site, study, key,
+                                                         str(ids.iloc[0]), pseudonym)
+        catalog.write_withdrawal(storage, site.code, entry)
+    return entry
+
+
+def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normalised_id: str,
+                 pseudonym: str) -> list[dict]:
+    """Remove one person from every stored file of their site (the audited exception).
+
+    Raw files holding them are replaced by a redacted copy (new key, ledger entry updated)
+    and the originals deleted; a quarantined copy is overwritten by the redacted one; a
+    landing object with the original bytes is deleted; curated files and the site's cached
+    analyses (``results/<site>/``) holding the pseudonym are rewritten or deleted. Returns
+    what was replaced, for the ledger entry.
+    """
+    from lacrima.codebook import load_codebook
+    from lacrima.native import read_drop
+    from lacrima.redact import redact
+
+    codebook = load_codebook(site)
+    done = []
+    index = read_landing_index(storage, site.code)
+    for rec in batches(storage, site.code):
+        if not storage.exists(rec.raw_key):
+            continue
+        data = storage.read_bytes(rec.raw_key)
+        with tempfile.TemporaryDirectory(prefix="lacrima-purge-") as tmp:
+            path = Path(tmp) / f"drop{PurePosixPath(rec.raw_key).suffix}"
+            path.write_bytes(data)
+            try:
+                drop = read_drop(path, site, study)
+            except DropError:
+                continue
+        ids, _ = codebook.normalise_ids(drop.frame["participant_id"])
+        rows = {int(drop.row_numbers[i]) for i, v in enumerate(ids) if v == normalised_id}
+        if not rows:
+            continue
+        clean = redact(data, rec.original_name, codebook, rows)
+        new_key = catalog.redacted_raw_key(site.code, rec.sha256, sha256_bytes(clean),
+                                           extension(rec.original_name))
+        storage.write_bytes(new_key, clean, metadata=storage.metadata(rec.raw_key))
+        catalog.write_batch(storage, replace(rec, raw_key=new_key))
+        if rec.quarantine_key and storage.exists(f"{rec.quarantine_key}/{rec.original_name}"):
+            storage.write_bytes(f"{rec.quarantine_key}/{rec.original_name}", clean)
+        for landing, seen in index.items():
+            if seen.get("sha256") == rec.sha256 and storage.exists(landing):
+                storage.delete(landing)
+        storage.delete(rec.raw_key)
+        done.append({"batch": rec.sha256, "removed": rec.raw_key, "now": new_key,
+                     "rows": len(rows)})
+    for rec in batches(storage, site.code):
+        if rec.curated_key and storage.exists(rec.curated_key):
+            frame = parquet_frame(storage.read_bytes(rec.curated_key))
+            if (frame["participant_id"] == pseudonym).any():
+                storage.write_bytes(rec.curated_key, catalog.frame_bytes(
+                    frame[frame["participant_id"] != pseudonym].reset_index(drop=True)))
+    for obj in storage.list(f"results/{site.code}"):
+        if obj.key.endswith("/data.parquet"):
+            frame = parquet_frame(storage.read_bytes(obj.key))
+            if (frame["participant_id"] == pseudonym).any():
+                prefix = obj.key.rsplit("/", 1)[0]
+                for cached in storage.list(prefix):
+                    storage.delete(cached.key)
+    return done

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.catalog import withdrawn_received
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage, parquet_frame
@@ -191,6 +192,7 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     from lacrima.ipd import site_moments
 
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
+    flow = with_withdrawals(flow, withdrawn_received(storage, site.code))
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
@@ -198,6 +200,24 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
     return replace(result, **frames)
+
+
+WITHDREW = ("withdrew_consent", "Withdrew consent")
+
+
+def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
+    """The participant flow with people who withdrew consent counted as received, then
+    excluded first ("withdrew consent"); unchanged when nobody withdrew.
+
+    Examples
+    --------
+    >>> with_withdrawals(Flow("it", 10, (("age", "Too young", 1),), 9), 2).excluded[0]
+    ('withdrew_consent', 'Withdrew consent', 2)
+    """
+    if not withdrawn:
+        return flow
+    return Flow(flow.site, flow.received + withdrawn, ((*WITHDREW, withdrawn), *flow.excluded),
+                flow.analysed)
 
 
 def site_step(storage: Storage, site: Site, study: Study,

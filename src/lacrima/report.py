@@ -503,6 +503,8 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
         return pd.DataFrame(columns=["Step"])
     flow = pd.concat(parts, ignore_index=True)
     order = list(dict.fromkeys(zip(flow["step"], flow["reason"], flow["label"])))
+    # A step only some sites have (withdrew consent) stays between received and analysed.
+    order.sort(key=lambda k: {"received": 0, "excluded": 1}.get(k[0], 2))
     out = pd.DataFrame({"Step": [lab for _, _, lab in order]})
     for a in analyses:
         mine = a.flow.to_frame()
