@@ -231,3 +231,37 @@ def test_a_crash_between_a_corrections_writes_is_finished_by_the_next_run(
     held = pd.read_parquet(io.BytesIO(storage.read_bytes(rc.curated_key)))
     pd.testing.assert_frame_equal(curated, held)      # the corrected values win, each once
     assert res.skipped_duplicates >= 1
+
+
+def test_a_code_outside_the_scales_native_codes_is_an_error(tmp_path, study, sites):
+    # A REDCap-style scale stored as 0-4 for values 1-5: a 5 is no answer at all (on
+    # today's code it passed as the value 5, inside the valid range).
+    import shutil
+
+    import pyreadstat
+
+    from lacrima.native import read_drop
+    from lacrima.study import load_site
+
+    root = tmp_path / "sites"
+    shutil.copytree(_site(sites, "il").codebook_path.parents[1], root)
+    book = root / "il" / "codebook.toml"
+    text = book.read_text()
+    head = "[scales.wai]\nvalues = [1, 2, 3, 4, 5]\n"
+    assert head in text
+    book.write_text(text.replace(head, head + "native_codes = [0, 1, 2, 3, 4]\n", 1))
+    il = load_site("il", root)
+    path = write_drop(il, study, tmp_path / "a", n=10, seed=1)
+    frame, meta = pyreadstat.read_sav(str(path), user_missing=True)
+    col = load_codebook(il).native_name("wai_01")
+    assert set(frame[col].dropna()) <= {0, 1, 2, 3, 4}
+    frame.loc[[2, 6], col] = 5
+    bad = tmp_path / "bad.sav"
+    pyreadstat.write_sav(frame, str(bad), column_labels=meta.column_names_to_labels,
+                         variable_value_labels=meta.variable_value_labels,
+                         missing_ranges=meta.missing_ranges)
+    drop = read_drop(bad, il, study)
+    (f,) = [f for f in drop.findings if f.check == "unknown_codes"]
+    assert f.severity == "error" and f.columns == (col,) and f.rows == (3, 7)
+    assert f.expected == "one of the codes: 0, 1, 2, 3, 4" and "5" in f.found
+    assert drop.frame["wai_01"].isna().tolist()[2] and drop.frame["wai_01"].isna().tolist()[6]
