@@ -265,3 +265,25 @@ def test_a_code_outside_the_scales_native_codes_is_an_error(tmp_path, study, sit
     assert f.severity == "error" and f.columns == (col,) and f.rows == (3, 7)
     assert f.expected == "one of the codes: 0, 1, 2, 3, 4" and "5" in f.found
     assert drop.frame["wai_01"].isna().tolist()[2] and drop.frame["wai_01"].isna().tolist()[6]
+
+
+def test_synth_seed_changes_the_ids_and_first_id_continues_the_numbering(tmp_path, study, sites):
+    from typer.testing import CliRunner
+
+    from lacrima.cli import app
+    from lacrima.native import read_drop
+
+    def ids(*args):
+        out = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+        res = CliRunner().invoke(app, ["synth", "--site", "it", "--n", "5", "--out", str(out),
+                                       *map(str, args)])
+        assert res.exit_code == 0, res.output
+        return read_drop(next(out.iterdir()), _site(sites, "it"), study).frame["participant_id"].tolist()
+
+    one, two = ids("--seed", 1), ids("--seed", 2)
+    assert not set(one) & set(two)
+    assert ids("--seed", 1) == one
+    assert ids("--seed", 2, "--first-id", 6) == [f"IT-{k:04d}" for k in range(6, 11)]
+    res = CliRunner().invoke(app, ["synth", "--site", "it", "--first-id", "0", "--out",
+                                   str(tmp_path / "x")])
+    assert res.exit_code == 2 and "numbered from 1" in res.output

@@ -52,7 +52,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
           sites: Optional[int] = typer.Option(None, "--sites",
                                               help="K: a synthetic consortium of K sites instead"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
-          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed); "
+                                             "also chooses the participant IDs"),
+          first_id: Optional[int] = typer.Option(None, "--first-id",
+                                                 help="number IDs from N (continue a site's numbering)"),
           out: Path = typer.Option(..., help="output file or folder"),
           mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
     """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
@@ -66,8 +69,8 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         _fail("give either --site CODE (one drop) or --sites K (a consortium)")
     if sites is not None:
         from lacrima.consortium import make_consortium, write_consortium_drops
-        if mess:
-            _fail("--mess applies to one site's drop (--site), not to a consortium")
+        if mess or first_id is not None:
+            _fail("--mess and --first-id apply to one site's drop (--site), not to a consortium")
         try:
             made = make_consortium(out / "sites", sites, n)
         except (ValueError, FileExistsError) as err:
@@ -75,7 +78,12 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
         typer.echo(f"export LACRIMA_SITES={made.root}")
         return
-    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
+    from lacrima.synth import seed_id_offset
+    try:
+        offset = seed_id_offset(seed, first_id)
+    except ValueError as err:
+        _fail(str(err))
+    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess, id_offset=offset)
     typer.echo(str(path))
 
 

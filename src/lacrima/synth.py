@@ -312,6 +312,31 @@ def participant_ids(codebook: Codebook, n: int, id_offset: int = 0) -> list[str]
     return out
 
 
+# IDs a seed's block of numbers may use: seed k numbers from (k mod 1000) * 100,000 + 1, so
+# synthetic batches of up to 100,000 people under different seeds never share an ID (and
+# numeric IDs stay within SPSS's 8-digit F8.0 format).
+ID_BLOCK = 100_000
+
+
+def seed_id_offset(seed: int | None, first_id: int | None = None) -> int:
+    """``id_offset`` for a synthetic drop: IDs from ``first_id`` on, else a block per seed.
+
+    ``first_id`` continues a site's numbering (``lacrima synth --first-id N``); without
+    it a seed gives its own IDs (``--seed``), so two synthetic batches with different seeds
+    are different people, not the same people with other answers. No seed: IDs from 1.
+
+    Examples
+    --------
+    >>> seed_id_offset(None), seed_id_offset(3), seed_id_offset(3, first_id=41)
+    (0, 300000, 40)
+    """
+    if first_id is not None:
+        if first_id < 1:
+            raise ValueError(f"first ID {first_id}: IDs are numbered from 1")
+        return first_id - 1
+    return 0 if seed is None else (int(seed) % 1000) * ID_BLOCK
+
+
 def _hash_id(key: str, length: int) -> str:
     digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=32).digest(), "big")
     chars = []
