@@ -297,7 +297,8 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         Results (per site and pooled) and the replication table.
     study : Study
     sites : iterable of Site
-        Their roles name the replication sites and the originals.
+        Their roles name the replication sites and the originals (those with estimates
+        in ``comparison.results`` count).
 
     Returns
     -------
@@ -312,10 +313,12 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         families`` (A2, A3 are pooled, not assessed). Every other pair of sides is in
         ``replication.csv`` and in each effect's section of the report.
     """
-    rep_sites, origs = _roles(study, sites)
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    # Only sites with estimates have verdicts: one still without data is no column.
+    present = set(per_site["site"].astype(str))
+    rep_sites, origs = _roles(study, [s for s in sites if s.code in present])
     head = headline_side(rep_sites)
     pooled = pooled_effects(comparison.results)
-    per_site = comparison.results[comparison.results["site"] != POOLED]
     rep_rows = {}
     if head is not None and head != POOLED:
         mine = per_site[(per_site["site"] == head)
