@@ -865,7 +865,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "pooled": prow is not None,
                 "table": _html_table(_site_table(grp, analysis, spearman)),
                 "lines": lines,
-                "replication": _html_table(rep_frame) if len(rep_frame) else "",
+                "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
         extra = _family_extra(fam, rows, study, styles, originals, work)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
