@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from threadpoolctl import threadpool_limits
 
 STEPS = ("configural", "metric", "scalar")
 DELTA_CFI = -0.01
@@ -186,8 +187,14 @@ class _Joint:
                     grad[s] += part["w"] * -2 * lam_t[k]
         return float(total), grad
 
-    def fit(self, start: np.ndarray | None = None) -> np.ndarray:
-        x0 = self.start if start is None else start
+    def fit(self, start: Mapping[str, float] | None = None) -> np.ndarray:
+        """ML estimates; ``start`` (estimates of a neighbouring model, by name) warm-starts
+        the parameters it names, and a freed intercept ``nu_v@g`` starts at ``nu_v``."""
+        x0 = self.start.copy()
+        for i, name in enumerate(self.names):
+            key = name if name in (start or {}) else name.split("@")[0]
+            if start and key in start:
+                x0[i] = start[key]
         result = optimize.minimize(self.objective, x0, jac=True, method="L-BFGS-B",
                                    options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-9,
                                             "maxcor": 30})
@@ -234,7 +241,8 @@ def rmsea_ci(chi2: float, df: int, n: int, groups: int, level: float = RMSEA_LEV
 
 
 def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str, np.ndarray],
-             step: str, freed: Sequence[tuple[str, str]] = ()) -> Fit:
+             step: str, freed: Sequence[tuple[str, str]] = (),
+             start: Mapping[str, float] | None = None) -> tuple[Fit, dict[str, float]]:
     """Fit one invariance step of one scale.
 
     Parameters
@@ -248,17 +256,21 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
     step : {"configural", "metric", "scalar"}
     freed : sequence of (item, site)
         Intercepts left free at that site in the scalar step (partial invariance).
+    start : mapping, optional
+        Estimates of a neighbouring model by parameter name (warm start).
 
     Returns
     -------
     Fit
         chi2 = N F_ML, df = G p (p + 3) / 2 - free parameters, CFI against the per-group
         independence model, RMSEA with its 90% CI, SRMR.
+    dict
+        The estimates by parameter name.
     """
     if step not in STEPS:
         raise ValueError(f"invariance step {step!r} is not one of {STEPS}")
     joint = _Joint(factors, data, step, freed)
-    theta = joint.fit()
+    theta = joint.fit(start)
     chi2 = joint.n * joint.objective(theta)[0]
     groups = len(data)
     df = groups * joint.p * (joint.p + 3) // 2 - len(theta)
@@ -268,10 +280,11 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
     cfi = 1.0 if denom == 0 else 1 - max(chi2 - df, 0.0) / denom
     rmsea, low, high = rmsea_ci(chi2, df, joint.n, groups)
     name = step if not freed else "partial_scalar"
-    return Fit(scale=scale, model=name, groups=groups, n=joint.n, npar=len(theta),
+    fit = Fit(scale=scale, model=name, groups=groups, n=joint.n, npar=len(theta),
                chi2=float(chi2), df=int(df), p=float(stats.chi2.sf(chi2, df)), cfi=float(cfi),
                rmsea=rmsea, rmsea_low=low, rmsea_high=high, srmr=joint.srmr(theta),
                freed=";".join(f"{v}@{g}" for v, g in freed))
+    return fit, dict(zip(joint.names, theta.tolist()))
 
 
 def compare(restricted: Fit, free: Fit, alpha: float = 0.05) -> Fit:
@@ -325,19 +338,24 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
     if len(data) < 2:
         raise ValueError(f"invariance of {scale!r} needs at least two sites with complete "
                          f"{scale} items, got {sorted(data)}")
-    configural = fit_step(scale, factors, data, "configural")
-    metric = compare(fit_step(scale, factors, data, "metric"), configural, alpha)
-    scalar = compare(fit_step(scale, factors, data, "scalar"), metric, alpha)
-    out = [configural, metric, scalar]
-    freed: list[tuple[str, str]] = []
-    current = scalar
-    while not current.holds and len(freed) < max_freed:
-        candidates = [(v, g) for v in items for g in data if (v, g) not in freed]
-        fits = [fit_step(scale, factors, data, "scalar", [*freed, c]) for c in candidates]
-        best = int(np.argmin([f.chi2 for f in fits]))
-        freed.append(candidates[best])
-        current = compare(fits[best], metric, alpha)
-        out.append(current)
+    # Tiny matrices: BLAS threads only contend (a fit took 10x longer on a busy machine).
+    with threadpool_limits(1):
+        configural, _ = fit_step(scale, factors, data, "configural")
+        metric_fit, metric_est = fit_step(scale, factors, data, "metric")
+        metric = compare(metric_fit, configural, alpha)
+        scalar_fit, estimates = fit_step(scale, factors, data, "scalar", start=metric_est)
+        current = compare(scalar_fit, metric, alpha)
+        out = [configural, metric, current]
+        freed: list[tuple[str, str]] = []
+        while not current.holds and len(freed) < max_freed:
+            candidates = [(v, g) for v in items for g in data if (v, g) not in freed]
+            fits = [fit_step(scale, factors, data, "scalar", [*freed, c], estimates)
+                    for c in candidates]
+            best = int(np.argmin([f.chi2 for f, _ in fits]))
+            freed.append(candidates[best])
+            current = compare(fits[best][0], metric, alpha)
+            estimates = fits[best][1]
+            out.append(current)
     return out
 
 
