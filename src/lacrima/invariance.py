@@ -362,3 +362,52 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
 def to_frame(fits: Sequence[Fit]) -> pd.DataFrame:
     """Tidy rows, one per fitted model, columns ``COLUMNS``."""
     return pd.DataFrame([asdict(f) for f in fits], columns=list(COLUMNS))
+
+
+def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, list[str]]:
+    """Every scale of the plan's ``[invariance]`` across the sites in ``data``.
+
+    Parameters
+    ----------
+    study : lacrima.study.Study
+        ``[invariance]``: ``scales`` (scale -> the plan scores that are its factors),
+        ``alpha``, ``max_freed``, ``max_sites``.
+    data : mapping
+        Site code -> its analysis-ready rows (the scale items are read).
+
+    Returns
+    -------
+    (pandas.DataFrame, list of str)
+        ``to_frame`` rows of every scale, and notes for the report: sites left out (fewer
+        complete rows than the scale has items, so its covariance matrix is singular) and
+        scales not fitted.
+    """
+    cfg = study.section("invariance")
+    fits: list[Fit] = []
+    notes: list[str] = []
+    if not cfg.get("scales"):
+        return to_frame(fits), notes
+    if len(data) > int(cfg.get("max_sites", 12)):
+        notes.append(f"Not fitted: {len(data)} sites exceed [invariance] max_sites = "
+                     f"{cfg.get('max_sites', 12)} (the joint fit grows with the sites).")
+        return to_frame(fits), notes
+    for scale, subscales in cfg["scales"].items():
+        factors = {sub: list(study.scores[sub]["items"]) for sub in subscales}
+        items = [v for vs in factors.values() for v in vs]
+        frames, left_out = [], []
+        for code, frame in data.items():
+            rows = frame[items].dropna()
+            if len(rows) <= len(items):
+                left_out.append(code)
+            else:
+                frames.append(rows.astype("float64").assign(site=code))
+        if left_out:
+            notes.append(f"{scale}: sites left out (no more complete rows than its "
+                         f"{len(items)} items): {', '.join(sorted(left_out))}.")
+        if len(frames) < 2:
+            notes.append(f"{scale}: not fitted (fewer than two sites with enough rows).")
+            continue
+        fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
+                           alpha=float(cfg.get("alpha", 0.05)),
+                           max_freed=int(cfg.get("max_freed", 3)))
+    return to_frame(fits), notes
