@@ -88,15 +88,24 @@ def test_rmsea_is_zero_below_df_and_its_interval_brackets_it():
     assert low < point < high
 
 
-def test_step_holds_only_when_cfi_and_chi2_difference_both_allow():
-    base = dict(scale="s", groups=3, n=300, npar=10, p=0.5, rmsea=0.02, rmsea_low=0.0,
-                rmsea_high=0.05, srmr=0.05)
-    free = Fit(model="metric", chi2=100.0, df=90, cfi=0.990, **base)
-    assert compare(Fit(model="scalar", chi2=110.0, df=100, cfi=0.985, **base), free).holds
-    # CFI drop of .011 fails even with a non-significant chi-square difference.
-    assert not compare(Fit(model="scalar", chi2=110.0, df=100, cfi=0.979, **base), free).holds
-    # Significant chi-square difference fails even with a small CFI drop.
-    assert not compare(Fit(model="scalar", chi2=140.0, df=100, cfi=0.985, **base), free).holds
+def test_step_fails_on_chi2_or_on_cfi_and_rmsea_together():
+    base = dict(scale="s", groups=3, n=300, npar=10, p=0.5, rmsea_low=0.0, rmsea_high=0.05,
+                srmr=0.05)
+    free = Fit(model="metric", chi2=100.0, df=90, cfi=0.990, rmsea=0.020, **base)
+
+    def step(chi2, cfi, rmsea, **kw):
+        return compare(Fit(model="scalar", chi2=chi2, df=100, cfi=cfi, rmsea=rmsea, **base),
+                       free, **kw).holds
+
+    assert step(110.0, 0.985, 0.025)
+    # CFI drop of .011 alone is not enough (Chen 2007 asks RMSEA +.015 with it) ...
+    assert step(110.0, 0.979, 0.025)
+    # ... both together fail,
+    assert not step(110.0, 0.979, 0.036)
+    # and a significant chi-square difference (40 on 10 df) fails on its own, unless
+    # the plan drops the chi-square test (alpha = 0).
+    assert not step(140.0, 0.985, 0.025)
+    assert step(140.0, 0.985, 0.025, alpha=0.0)
 
 
 def test_one_site_is_refused():

@@ -29,7 +29,10 @@ from threadpoolctl import threadpool_limits
 
 STEPS = ("configural", "metric", "scalar")
 DELTA_CFI = -0.01
-"""A step holds when CFI drops by less than .01 (Cheung & Rensvold 2002; Chen 2007)."""
+DELTA_RMSEA = 0.015
+"""A step fails when CFI drops by .01 or more *and* RMSEA rises by .015 or more (Chen
+2007, both together for loadings and intercepts; Cheung & Rensvold 2002 for CFI alone), or
+when the chi-square difference test is significant."""
 RMSEA_LEVEL = 0.90
 
 
@@ -287,22 +290,30 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
     return fit, dict(zip(joint.names, theta.tolist()))
 
 
-def compare(restricted: Fit, free: Fit, alpha: float = 0.05) -> Fit:
+def compare(restricted: Fit, free: Fit, alpha: float = 0.05, delta_cfi: float = DELTA_CFI,
+            delta_rmsea: float = DELTA_RMSEA) -> Fit:
     """``restricted`` with its change from ``free``: chi-square difference test, delta
-    CFI and RMSEA; the step holds when delta CFI > -.01 (Chen 2007) and the chi-square
-    difference is not significant at ``alpha``."""
+    CFI and delta RMSEA.
+
+    The step holds unless the chi-square difference is significant at ``alpha`` or CFI
+    drops by ``-delta_cfi`` or more while RMSEA rises by ``delta_rmsea`` or more (Chen
+    2007). ``alpha = 0`` leaves the chi-square test out (it rejects trivial differences
+    when the sites are large).
+    """
     diff = restricted.chi2 - free.chi2
     ddf = restricted.df - free.df
     p = float(stats.chi2.sf(diff, ddf))
-    delta_cfi = restricted.cfi - free.cfi
+    d_cfi = restricted.cfi - free.cfi
+    d_rmsea = restricted.rmsea - free.rmsea
+    fails = p < alpha or (d_cfi <= delta_cfi and d_rmsea >= delta_rmsea)
     return Fit(**{**asdict(restricted), "compared_with": free.model, "chi2_diff": diff,
-                  "df_diff": ddf, "p_diff": p, "delta_cfi": delta_cfi,
-                  "delta_rmsea": restricted.rmsea - free.rmsea,
-                  "holds": bool(delta_cfi > DELTA_CFI and p >= alpha)})
+                  "df_diff": ddf, "p_diff": p, "delta_cfi": d_cfi, "delta_rmsea": d_rmsea,
+                  "holds": not fails})
 
 
 def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataFrame,
-               group: str = "site", alpha: float = 0.05, max_freed: int = 3) -> list[Fit]:
+               group: str = "site", alpha: float = 0.05, max_freed: int = 3,
+               delta_cfi: float = DELTA_CFI, delta_rmsea: float = DELTA_RMSEA) -> list[Fit]:
     """Configural, metric and scalar fits of one scale across sites, then partial scalar.
 
     Parameters
@@ -313,8 +324,8 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
     frame : pandas.DataFrame
         One row per participant, the ``group`` column and the items; rows with a missing
         item are left out (listwise, lavaan's default).
-    alpha : float
-        Level of the chi-square difference tests.
+    alpha, delta_cfi, delta_rmsea : float
+        When a step holds (``compare``).
     max_freed : int
         At most this many intercepts are freed.
 
@@ -338,13 +349,14 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
     if len(data) < 2:
         raise ValueError(f"invariance of {scale!r} needs at least two sites with complete "
                          f"{scale} items, got {sorted(data)}")
+    rule = (alpha, delta_cfi, delta_rmsea)
     # Tiny matrices: BLAS threads only contend (a fit took 10x longer on a busy machine).
     with threadpool_limits(1):
         configural, _ = fit_step(scale, factors, data, "configural")
         metric_fit, metric_est = fit_step(scale, factors, data, "metric")
-        metric = compare(metric_fit, configural, alpha)
+        metric = compare(metric_fit, configural, *rule)
         scalar_fit, estimates = fit_step(scale, factors, data, "scalar", start=metric_est)
-        current = compare(scalar_fit, metric, alpha)
+        current = compare(scalar_fit, metric, *rule)
         out = [configural, metric, current]
         freed: list[tuple[str, str]] = []
         while not current.holds and len(freed) < max_freed:
@@ -353,7 +365,7 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
                     for c in candidates]
             best = int(np.argmin([f.chi2 for f, _ in fits]))
             freed.append(candidates[best])
-            current = compare(fits[best][0], metric, alpha)
+            current = compare(fits[best][0], metric, *rule)
             estimates = fits[best][1]
             out.append(current)
     return out
@@ -371,7 +383,7 @@ def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFra
     ----------
     study : lacrima.study.Study
         ``[invariance]``: ``scales`` (scale -> the plan scores that are its factors),
-        ``alpha``, ``max_freed``, ``max_sites``.
+        ``alpha``, ``delta_cfi``, ``delta_rmsea``, ``max_freed``, ``max_sites``.
     data : mapping
         Site code -> its analysis-ready rows (the scale items are read).
 
@@ -409,5 +421,7 @@ def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFra
             continue
         fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
                            alpha=float(cfg.get("alpha", 0.05)),
-                           max_freed=int(cfg.get("max_freed", 3)))
+                           max_freed=int(cfg.get("max_freed", 3)),
+                           delta_cfi=float(cfg.get("delta_cfi", DELTA_CFI)),
+                           delta_rmsea=float(cfg.get("delta_rmsea", DELTA_RMSEA)))
     return to_frame(fits), notes
