@@ -17,13 +17,16 @@ from typing import Any, Mapping
 
 from lacrima.study import Site, Study, sha256_file
 
-FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav")
-"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3."""
+FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv")
+"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3;
+``redcap_csv`` a REDCap export (raw: field names and codes; labels: field labels and choice
+labels), whose ``redcap_*``, ``*_complete``, ``*_timestamp`` and checkbox ``field___code``
+columns are tool metadata unless the codebook maps them."""
 
 VALUE_STYLES: tuple[str, ...] = ("labels", "codes")
 """``labels``: cells hold answer text; ``codes``: cells hold numeric codes (SPSS)."""
 
-TEXT_KINDS = frozenset({"qualtrics_csv", "csv"})
+TEXT_KINDS = frozenset({"qualtrics_csv", "csv", "redcap_csv"})
 
 
 class CodebookError(ValueError):
@@ -45,7 +48,7 @@ class FileFormat:
 
     Parameters
     ----------
-    kind : {"qualtrics_csv", "csv", "xlsx", "sav"}
+    kind : {"qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv"}
     extensions : tuple of str
         Lower-case file extensions with the dot (``".csv"``).
     encodings : tuple of str
