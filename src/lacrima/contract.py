@@ -404,13 +404,32 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _todos(raw: Any, file: str, loc: tuple = ()) -> list[Problem]:
+    """Values a draft (``lacrima sites new``) left as ``"TODO: ..."`` for a person to fill."""
+    if isinstance(raw, dict):
+        return [p for k, v in raw.items() for p in _todos(v, file, (*loc, k))]
+    if isinstance(raw, list):
+        todo = [v for v in raw if isinstance(v, str) and v.startswith("TODO")]
+        if todo:    # one line for a list of TODOs (a draft scale's values)
+            return [Problem(file, _key(loc), f"left to a person: {todo[0]} ({len(todo)} of "
+                            f"{len(raw)} entries)")]
+        return [p for i, v in enumerate(raw) for p in _todos(v, file, (*loc, i))]
+    if isinstance(raw, str) and raw.startswith("TODO"):
+        return [Problem(file, _key(loc), f"left to a person: {raw}")]
+    return []
+
+
 def _schema_problems(model: type[BaseModel], raw: dict, file: str) -> tuple[Any, list[Problem]]:
+    todos = _todos(raw, file)
     try:
-        return model.model_validate(raw), []
+        return model.model_validate(raw), todos
     except ValidationError as err:
-        problems = []
+        problems = list(todos)
+        todo_keys = {p.key for p in todos}
         for e in err.errors(include_url=False):
             loc = tuple(e["loc"])
+            if _key(_strip_tags(model, loc)) in todo_keys:
+                continue
             if e["type"] == "extra_forbidden":
                 allowed = _fields_at(model, loc[:-1])
                 msg = (f"unknown key{did_you_mean(loc[-1], allowed)}; expected one of "
@@ -617,6 +636,8 @@ def _codebook_problems(book: CodebookFile, plan: Plan | None, code: str, file: s
         if scale is None:
             continue
         for value in scale.values:
+            if isinstance(value, str) and value.startswith("TODO"):
+                continue
             bad = (var.type == "bool" and not isinstance(value, bool)
                    or var.type == "category" and value not in (var.levels or [])
                    or var.type in ("likert", "integer") and (isinstance(value, bool)
@@ -638,8 +659,9 @@ def _codebook_problems(book: CodebookFile, plan: Plan | None, code: str, file: s
     if plan is not None:
         for name in plan.variables:
             if name not in book.columns:
+                var = plan.variables[name]
                 out.append(Problem(file, f"columns.{name}", "missing: every variable of the plan needs "
-                                   "a column"))
+                                   f"a column ({var.label}; {var.type})"))
     unknown = book.synthetic.mess_unknown_label
     if unknown is not None and unknown.column not in natives:
         out.append(Problem(file, "synthetic.mess_unknown_label.column",
@@ -686,13 +708,12 @@ def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | 
     if raw is None:
         return None, problems
     site, problems = _schema_problems(SiteFile, raw, shown)
-    if site is None:
-        return None, problems
-    if site.site.code != folder.name:
+    if site is not None and site.site.code != folder.name:
         problems.append(Problem(shown, "site.code", f"{site.site.code!r} but the folder is {folder.name!r}"))
-    if plan is not None:
+    if site is not None and plan is not None:
         problems += _synthetic_references(site.synthetic, plan, shown, "synthetic", complete=False)
-    book_path = folder / site.site.codebook
+    meta = raw.get("site") if isinstance(raw.get("site"), dict) else {}
+    book_path = folder / str(meta.get("codebook", "codebook.toml"))
     book_shown = _shown_path(book_path, root)
     raw_book, book_problems = _read_toml(book_path, book_shown)
     if raw_book is not None:

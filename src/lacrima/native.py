@@ -866,7 +866,8 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
                 message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the "
-                         f"codebook: {', '.join(found[:5])}; they were read as missing"),
+                         f"codebook: {', '.join(found[:5])}; they were read as missing"
+                         + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
                 found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
             ))
@@ -892,6 +893,18 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
     return out
+
+
+def _codes_hint(found: list[str], fmt: FileFormat) -> str:
+    """Why a labels codebook meets numbers: the export setting, named as the tool names it."""
+    if fmt.values != "labels" or not found or not all(f.startswith("code ") for f in found):
+        return ""
+    if fmt.kind == "qualtrics_csv":
+        return ('. The file holds numeric codes where the codebook expects choice text: it was '
+                'exported with Qualtrics\' "Use numeric values"; export again with "Use choice '
+                'text", or declare values = "codes" with native_codes in the codebook')
+    return ('. The file holds numeric codes where the codebook expects answer labels (values = '
+            '"labels"): export the labels, or declare values = "codes" with native_codes')
 
 
 def _formula_finding(column: str, rows: list[int], name: str) -> Finding:
