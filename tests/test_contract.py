@@ -68,7 +68,8 @@ def test_dangling_references(root):
     edit(root / "us" / "codebook.toml", 'scale = "wai", text = "Working Alliance Inventory (short revised) - item 3"',
          'scale = "wia", text = "Working Alliance Inventory (short revised) - item 3"')
     got = lines(root)
-    assert "sites/study.toml: pooling.families[4]: 'A9' is not a family id of the plan (did you mean 'A1'?)" in got
+    assert any(line.startswith("sites/study.toml: pooling.families[4]: 'A9' is not a family id of the plan")
+               for line in got), got
     assert ("sites/study.toml: families[0] (H1).y: 'chnage' is not a variable or score of the plan "
             "(did you mean 'change'?)") in got
     assert ("sites/us/codebook.toml: columns.wai_03.scale: 'wia' is not a scale of this codebook "
@@ -88,7 +89,7 @@ def test_no_replication_site(root):
 
 
 def test_bad_rules(root):
-    edit(root / "study.toml", 'rule = "below"', 'rule = "under"')
+    edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')
     edit(root / "study.toml", '{ verdict = "inconclusive", all = ["in_pi"] }',
          '{ verdict = "inconclusive", all = ["inside_pi"] }')
     got = lines(root)
@@ -150,7 +151,7 @@ def test_sites_check_command(root):
 
 @pytest.mark.parametrize("command", [["run", "--demo"], ["demo"], ["serve", "--demo"]])
 def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tmp_path, command):
-    edit(root / "study.toml", 'rule = "below"', 'rule = "under"')
+    edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')
     edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
     probe = ("import sys\nfrom lacrima.cli import main\nsys.argv = ['lacrima', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
@@ -297,11 +298,13 @@ def test_qualtrics_numeric_export_through_the_codebook(root, tmp_path):
     labels_drop = write_drop(load_site("us", root), study, tmp_path / "labels", n=60, seed=4)
     _numeric_us(root)
     assert lines(root) == []
-    numeric_site = load_site("us", root)
-    numeric_drop = write_drop(numeric_site, study, tmp_path / "numeric", n=60, seed=4)
-    assert ",Seldom," not in numeric_drop.read_text(encoding="utf-8-sig")
+    numeric_root = tmp_path / "numeric_sites"
+    shutil.copytree(root, numeric_root)
     shutil.rmtree(root)
     shutil.copytree(REPO / "sites", root)
+    numeric_site = load_site("us", numeric_root)
+    numeric_drop = write_drop(numeric_site, study, tmp_path / "numeric", n=60, seed=4)
+    assert ",Seldom," not in numeric_drop.read_text(encoding="utf-8-sig")
     a = read_drop(labels_drop, load_site("us", root), study)
     b = read_drop(numeric_drop, numeric_site, study)
     assert not a.errors and not b.errors

@@ -210,14 +210,9 @@ def _preflight(sites_dir: Optional[Path] = None) -> None:
     problems = check_sites(sites_dir)
     if problems:
         for p in problems:
-            console.print(f"[red]config:[/red] {_escape(str(p))}", markup=True, highlight=False)
+            typer.echo(f"config: {p}", err=True)    # one unwrapped line per problem
         _fail(f"{len(problems)} configuration problem(s): nothing was run; `lacrima sites check` "
               "lists them again")
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-    return escape(text)
 
 
 @app.command()
@@ -227,10 +222,10 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
     """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
-    from lacrima.privacy import MissingKeyError
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
     _preflight()
+    from lacrima.privacy import MissingKeyError
     try:
         summary = _run(storage, demo, runner, dask_address)
     except MissingKeyError as err:

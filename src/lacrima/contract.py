@@ -22,10 +22,11 @@ import re
 import tomllib
 import typing
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from lacrima.study import PLAN_FILE, SITE_FILE, sites_root
 
@@ -479,15 +480,20 @@ def _read_toml(path: Path, shown: str) -> tuple[dict | None, list[Problem]]:
 # --------------------------------------------------------------------------- cross-references
 
 
-def _plan_references(plan: Plan, file: str) -> list[Problem]:
+def _plan_references(plan: Any, file: str) -> list[Problem]:
+    """Cross-references of the plan; a section that failed its schema (None) is skipped."""
     out: list[Problem] = []
-    variables, scores = plan.variables, plan.scores
-    known = set(variables) | set(scores)
+
+    def have(*names: str) -> bool:
+        return all(getattr(plan, n) is not None for n in names)
 
     def ref(key: str, name: str, pool, what: str) -> None:
         if name not in pool:
             out.append(Problem(file, key, f"{name!r} is not a {what}{did_you_mean(name, pool)}"))
 
+    variables = plan.variables if have("variables") else {}
+    scores = plan.scores if have("scores") else {}
+    known = set(variables) | set(scores)
     for name, v in variables.items():
         if v.type == "category" and not v.levels:
             out.append(Problem(file, f"variables.{name}.levels", "a category variable needs levels"))
@@ -498,31 +504,36 @@ def _plan_references(plan: Plan, file: str) -> list[Problem]:
     for name, s in scores.items():
         if name in variables:
             out.append(Problem(file, f"scores.{name}", "a score may not share a variable's name"))
+        if isinstance(s, MeanScore) and s.min_present > len(s.items):
+            out.append(Problem(file, f"scores.{name}.min_present",
+                               f"{s.min_present} is more than the {len(s.items)} items"))
+        if not have("variables"):
+            continue
         if isinstance(s, MeanScore):
             for i, item in enumerate(s.items):
                 ref(f"scores.{name}.items[{i}]", item, variables, "variable of the plan")
-            if s.min_present > len(s.items):
-                out.append(Problem(file, f"scores.{name}.min_present",
-                                   f"{s.min_present} is more than the {len(s.items)} items"))
         elif isinstance(s, LinearScore):
             for side in ("plus", "minus"):
                 for i, item in enumerate(getattr(s, side)):
                     ref(f"scores.{name}.{side}[{i}]", item, variables, "variable of the plan")
         else:
             ref(f"scores.{name}.variable", s.variable, variables, "variable of the plan")
-    for i, rule in enumerate(plan.exclusions):
+    refs_ok = have("variables", "scores")
+    for i, rule in enumerate(plan.exclusions or () if refs_ok else ()):
         names = rule.variables if isinstance(rule, MissingAnyRule) else [rule.variable]
         for name in names:
             ref(f"exclusions[{i}]", name, known, "variable or score of the plan")
-    crier = variables.get(plan.analysis.criers)
-    if crier is None or crier.type != "bool":
-        out.append(Problem(file, "analysis.criers",
-                           f"{plan.analysis.criers!r} is not a bool variable of the plan"
-                           f"{did_you_mean(plan.analysis.criers, variables)}"))
-    ids = [f.id for f in plan.families]
+    if have("analysis", "variables"):
+        crier = variables.get(plan.analysis.criers)
+        if crier is None or crier.type != "bool":
+            out.append(Problem(file, "analysis.criers",
+                               f"{plan.analysis.criers!r} is not a bool variable of the plan"
+                               f"{did_you_mean(plan.analysis.criers, variables)}"))
+    families = plan.families if have("families") else []
+    ids = [f.id for f in families]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         out.append(Problem(file, "families", f"family id {dup!r} is used twice"))
-    for i, fam in enumerate(plan.families):
+    for i, fam in enumerate(families if refs_ok else ()):
         where = f"families[{i}] ({fam.id})"
         for key in ("x", "y", "outcome", "group", "row", "column"):
             value = getattr(fam, key, None)
@@ -535,31 +546,49 @@ def _plan_references(plan: Plan, file: str) -> list[Problem]:
             levels = variables[fam.row].levels or []
             for lev in fam.row_levels:
                 ref(f"{where}.row_levels", lev, levels, f"level of {fam.row}")
-    if plan.reliability:
+    if have("reliability", "scores"):
         for i, name in enumerate(plan.reliability.scores):
             if not isinstance(scores.get(name), MeanScore):
                 out.append(Problem(file, f"reliability.scores[{i}]", f"{name!r} is not a mean score of "
                                    f"the plan{did_you_mean(name, scores)}"))
-    sections = [("pooling", plan.pooling.families), ("replication", plan.replication.families)]
-    if plan.ipd:
-        sections.append(("ipd", plan.ipd.families))
-    for section, fams in sections:
-        for i, fid in enumerate(fams):
-            ref(f"{section}.families[{i}]", fid, ids, "family id of the plan")
-    by_id = {f.id: f for f in plan.families}
-    for i, fid in enumerate(plan.ipd.families if plan.ipd else ()):
-        if fid in by_id and not isinstance(by_id[fid], Correlation):
-            out.append(Problem(file, f"ipd.families[{i}]", f"{fid!r} is a {by_id[fid].kind} family; "
-                               "IPD models take correlation families"))
-    for i, v in enumerate(plan.replication.verdicts):
-        if not v.all and not v.any:
-            out.append(Problem(file, f"replication.verdicts[{i}]",
-                               "a verdict rule needs 'all' or 'any' conditions; expected some of "
-                               + ", ".join(VERDICT_CONDITIONS)))
-    if plan.replication.original_site_role == plan.replication.replication_site_role:
-        out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
-    out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
+    if have("families"):
+        for section in ("pooling", "replication", "ipd"):
+            for i, fid in enumerate(getattr(plan, section).families if have(section) else ()):
+                ref(f"{section}.families[{i}]", fid, ids, "family id of the plan")
+        by_id = {f.id: f for f in families}
+        for i, fid in enumerate(plan.ipd.families if have("ipd") else ()):
+            if fid in by_id and not isinstance(by_id[fid], Correlation):
+                out.append(Problem(file, f"ipd.families[{i}]", f"{fid!r} is a {by_id[fid].kind} family; "
+                                   "IPD models take correlation families"))
+    if have("replication"):
+        for i, v in enumerate(plan.replication.verdicts):
+            if not v.all and not v.any:
+                out.append(Problem(file, f"replication.verdicts[{i}]",
+                                   "a verdict rule needs 'all' or 'any' conditions; expected some of "
+                                   + ", ".join(VERDICT_CONDITIONS)))
+        if plan.replication.original_site_role == plan.replication.replication_site_role:
+            out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
+    if have("synthetic", "variables"):
+        out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
     return out
+
+
+def _sections(model: type[BaseModel], raw: dict) -> SimpleNamespace:
+    """Each top-level table validated on its own: its typed value, or None when it fails.
+
+    Lets the cross-reference checks run on the sound tables of a file whose schema check
+    failed elsewhere, so every problem is found in one pass.
+    """
+    values = {}
+    for name, f in model.model_fields.items():
+        if name not in raw:
+            values[name] = None if f.is_required() else f.get_default(call_default_factory=True)
+            continue
+        try:
+            values[name] = TypeAdapter(f.rebuild_annotation()).validate_python(raw[name], strict=True)
+        except ValidationError:
+            values[name] = None
+    return SimpleNamespace(**values)
 
 
 def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, complete: bool) -> list[Problem]:
@@ -576,8 +605,20 @@ def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, com
     return out
 
 
-def _codebook_problems(book: CodebookFile, plan: Plan | None, code: str, file: str) -> list[Problem]:
+def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Problem]:
+    """Cross-references of a codebook and against the plan; failed sections (None) are skipped."""
     out: list[Problem] = []
+    if plan is not None and plan.variables is None:
+        plan = None
+    if book.columns is None or book.codebook is None:
+        # Without its columns or head there is little to cross-check; the schema said why.
+        return out
+    book = SimpleNamespace(**{k: v for k, v in vars(book).items()}) if isinstance(book, SimpleNamespace) \
+        else SimpleNamespace(**{k: getattr(book, k) for k in type(book).model_fields})
+    for name, empty in (("formats", []), ("scales", {}), ("extra_columns", []),
+                        ("synthetic", CodebookSynthetic())):
+        if getattr(book, name) is None:
+            setattr(book, name, empty)
     head = book.codebook
     if head.site != code:
         out.append(Problem(file, "codebook.site", f"{head.site!r} but the folder is site {code!r}"))
@@ -685,7 +726,7 @@ def plan_model(root: Path | None = None) -> Plan:
     plan, problems = _check_plan(root)
     if problems:
         raise ConfigurationError(problems)
-    return plan
+    return plan  # type: ignore[return-value]
 
 
 def _check_plan(root: Path) -> tuple[Plan | None, list[Problem]]:
@@ -695,9 +736,9 @@ def _check_plan(root: Path) -> tuple[Plan | None, list[Problem]]:
     if raw is None:
         return None, problems
     plan, problems = _schema_problems(Plan, raw, shown)
-    if plan is not None:
-        problems += _plan_references(plan, shown)
-    return (plan if not problems else None), problems
+    view = plan if plan is not None else _sections(Plan, raw)
+    problems += _plan_references(view, shown)
+    return view, problems
 
 
 def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | None, list[Problem]]:
@@ -710,7 +751,7 @@ def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | 
     site, problems = _schema_problems(SiteFile, raw, shown)
     if site is not None and site.site.code != folder.name:
         problems.append(Problem(shown, "site.code", f"{site.site.code!r} but the folder is {folder.name!r}"))
-    if site is not None and plan is not None:
+    if site is not None and plan is not None and plan.variables is not None:
         problems += _synthetic_references(site.synthetic, plan, shown, "synthetic", complete=False)
     meta = raw.get("site") if isinstance(raw.get("site"), dict) else {}
     book_path = folder / str(meta.get("codebook", "codebook.toml"))
@@ -718,8 +759,8 @@ def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | 
     raw_book, book_problems = _read_toml(book_path, book_shown)
     if raw_book is not None:
         book, book_problems = _schema_problems(CodebookFile, raw_book, book_shown)
-        if book is not None:
-            book_problems += _codebook_problems(book, plan, folder.name, book_shown)
+        view = book if book is not None else _sections(CodebookFile, raw_book)
+        book_problems += _codebook_problems(view, plan, folder.name, book_shown)
     return site, problems + book_problems
 
 
@@ -749,13 +790,12 @@ def check_sites(root: Path | None = None) -> list[Problem]:
     for folder in folders:
         site, site_problems = check_site(folder, plan, root)
         problems += site_problems
-        if site is not None:
-            roles.append(site.site.role)
+        roles.append(site.site.role if site is not None else None)
     for p in sorted(p for p in root.iterdir() if p.is_dir() and not (p / SITE_FILE).exists()
                     and (p / "codebook.toml").exists()):
         problems.append(Problem(_shown_path(p, root), "", f"has a codebook but no {SITE_FILE}"))
     for role in ROLES:
-        if folders and role not in roles:
+        if folders and None not in roles and role not in roles:
             problems.append(Problem(_shown_path(root, root), "", f"no site has role {role!r}; a "
                                     "replication study needs at least one original and one replication"))
     return problems
