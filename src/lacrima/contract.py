@@ -233,6 +233,8 @@ class Synthetic(_Model):
 
 class Validation(_Model):
     min_scorable_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    completion_scores: Names = []
+    zero_for_non_criers: Names = []
     max_file_mb: Annotated[float, Field(gt=0)] = 200.0
 
 
@@ -568,6 +570,11 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
                                    + ", ".join(VERDICT_CONDITIONS)))
         if plan.replication.original_site_role == plan.replication.replication_site_role:
             out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
+    if have("validation") and refs_ok:
+        for key in ("completion_scores", "zero_for_non_criers"):
+            for i, name in enumerate(getattr(plan.validation, key)):
+                ref(f"validation.{key}[{i}]", name, scores if key == "completion_scores" else variables,
+                    "score of the plan" if key == "completion_scores" else "variable of the plan")
     if have("synthetic", "variables"):
         out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
     return out
