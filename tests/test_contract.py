@@ -341,3 +341,40 @@ def test_undecodable_sav_says_encoding(tmp_path):
     with pytest.raises(DropError) as err:
         _redecoder("ascii", "'x.sav'")("\u00ee\u00e2")
     assert err.value.check == "bad_encoding" and "encoding" in str(err.value) and "'ascii'" in str(err.value)
+
+
+def test_qualtrics_survey_file_draft(root):
+    made = CliRunner().invoke(app, ["sites", "new", "fr", "--from-qualtrics", str(FIXTURES / "fr_survey.qsf"),
+                                    "--sites", str(root), "--country", "France", "--language", "fr"])
+    assert made.exit_code == 0, made.output
+    import tomllib
+    book = tomllib.loads((root / "fr" / "codebook.toml").read_text(encoding="utf-8"))
+    # Qualtrics' recipient, IP and location metadata are pre-marked identifying.
+    assert set(book["codebook"]["identifying_columns"]) == {
+        "IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail", "ExternalReference",
+        "LocationLatitude", "LocationLongitude"}
+    cols = book["columns"]
+    assert cols["participant_id"]["column"] == "ResponseId" and cols["completed_at"]["column"] == "RecordedDate"
+    # Matrix statements are one column each, on the matrix's answer scale (Display text, recodes).
+    assert cols["wai_02"] == {"column": "wai_2", "scale": "wai_2", "import_id": "QID14_2",
+                              "text": "Inventaire de l'alliance de travail (WAI-SR) - Énoncé 2"}
+    assert book["scales"]["wai_2"]["labels"][0] == "Rarement"
+    # RecodeValues are the codes a "Use numeric values" export holds.
+    assert book["scales"]["in_therapy"]["native_codes"] == [1, 0]
+    extras = {e["column"]: e for e in book["extra_columns"]}
+    assert extras["Q3"]["text"] == "Quel âge avez-vous (en années) ?" and "StartDate" in extras
+    assert any(line.startswith("sites/fr/codebook.toml: columns.age: missing") for line in lines(root))
+
+
+def test_spss_draft_reads_a_legacy_code_page(root):
+    made = CliRunner().invoke(app, ["sites", "new", "hb", "--from-spss", str(FIXTURES / "il_windows1255.sav"),
+                                    "--sites", str(root), "--role", "original"])
+    assert made.exit_code == 0, made.output
+    import tomllib
+    book = tomllib.loads((root / "hb" / "codebook.toml").read_text(encoding="utf-8"))
+    assert book["formats"][0]["encodings"] == ["windows-1255"]
+    assert book["scales"]["gender"]["labels"] == ["אישה", "גבר", "אחר"]
+    assert book["scales"]["gender"]["missing_codes"] == [99]
+    assert book["columns"]["wai_01"]["column"] == "wai1"
+    got = lines(root)
+    assert "sites/hb/codebook.toml: codebook.id_column: left to a person: TODO" in got

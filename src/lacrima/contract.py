@@ -648,7 +648,7 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
     for dup in sorted({n for n in natives if natives.count(n) > 1}):
         out.append(Problem(file, "columns", f"native column {dup!r} is mapped twice"))
     pid = book.columns.get("participant_id")
-    if pid is None or pid.column != head.id_column:
+    if not head.id_column.startswith("TODO") and (pid is None or pid.column != head.id_column):
         out.append(Problem(file, "codebook.id_column", f"{head.id_column!r} must be the column of "
                            "participant_id"))
     if head.id_pattern is not None:

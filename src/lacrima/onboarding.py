@@ -44,11 +44,21 @@ REDCAP_COLUMNS = {
 
 QUALTRICS_IDENTIFYING = ("IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail",
                          "ExternalReference", "LocationLatitude", "LocationLongitude")
-QUALTRICS_METADATA = ("StartDate", "EndDate", "Status", "IPAddress", "Progress", "Duration (in seconds)",
-                      "Finished", "RecordedDate", "ResponseId", "RecipientLastName",
-                      "RecipientFirstName", "RecipientEmail", "ExternalReference", "LocationLatitude",
-                      "LocationLongitude", "DistributionChannel", "UserLanguage")
-"""Columns every Qualtrics CSV export starts with, in the order Qualtrics writes them."""
+QUALTRICS_METADATA = {
+    "StartDate": ("Start Date", "startDate"), "EndDate": ("End Date", "endDate"),
+    "Status": ("Response Type", "status"), "IPAddress": ("IP Address", "ipAddress"),
+    "Progress": ("Progress", "progress"), "Duration (in seconds)": ("Duration (in seconds)", "duration"),
+    "Finished": ("Finished", "finished"), "RecordedDate": ("Recorded Date", "recordedDate"),
+    "ResponseId": ("Response ID", "_recordId"), "RecipientLastName": ("Recipient Last Name", "recipientLastName"),
+    "RecipientFirstName": ("Recipient First Name", "recipientFirstName"),
+    "RecipientEmail": ("Recipient Email", "recipientEmail"),
+    "ExternalReference": ("External Data Reference", "externalDataReference"),
+    "LocationLatitude": ("Location Latitude", "locationLatitude"),
+    "LocationLongitude": ("Location Longitude", "locationLongitude"),
+    "DistributionChannel": ("Distribution Channel", "distributionChannel"),
+    "UserLanguage": ("User Language", "userLanguage"),
+}
+"""Columns every Qualtrics CSV export starts with, in its order: header rows 2 and 3 (ImportId)."""
 
 
 class OnboardingError(ValueError):
@@ -212,14 +222,14 @@ def read_qualtrics_survey(path: Path) -> Source:
             fields.append(NativeField(name=tag, label=text, import_id=f"{qid}_TEXT"))
     if not fields:
         raise OnboardingError(f"{path}: the survey file holds no questions (no SQ elements)")
-    meta = [NativeField(name=n, label=n, identifying=n in QUALTRICS_IDENTIFYING)
-            for n in QUALTRICS_METADATA if n not in ("ResponseId", "RecordedDate")]
-    id_field = NativeField(name="ResponseId", label="Response ID", import_id='{"ImportId":"_recordId"}')
-    done = NativeField(name="RecordedDate", label="Recorded Date", kind="date",
-                       import_id='{"ImportId":"recordedDate"}')
+    meta = {n: NativeField(name=n, label=text, identifying=n in QUALTRICS_IDENTIFYING,
+                           import_id=json.dumps({"ImportId": key}, separators=(",", ":")))
+            for n, (text, key) in QUALTRICS_METADATA.items()}
+    id_field, done = meta.pop("ResponseId"), meta.pop("RecordedDate")
+    done.kind = "date"
     return Source(
         tool="qualtrics", fields=[id_field, done, *fields], id_column="ResponseId",
-        completed_column="RecordedDate", extras=[m for m in meta if not m.identifying],
+        completed_column="RecordedDate", extras=list(meta.values()),
         file_order=list(QUALTRICS_METADATA),
         format_lines=[
             '# Qualtrics "Export data > CSV, Use choice text": three header rows. A file exported',
@@ -345,6 +355,8 @@ def _scale_values(f: NativeField, var: dict | None) -> tuple[list[Any], bool]:
 def _q(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value), ensure_ascii=False)
@@ -479,7 +491,7 @@ def draft_site(code: str, tool: str, source_path: Path, root: Path, *, role: str
     source = readers[tool](source_path)
     study = load_study(root)
     variables = {k: dict(v) for k, v in study.variables.items()}
-    book, todo = render_codebook(code, source, variables, language or TODO)
+    book, todo = render_codebook(code, source, variables, language or TODO + ": language code, e.g. de")
     todo += sum(1 for v in (country, language) if not v) + 1   # published N is always a person's
     site = "\n".join([
         f"# Site {code!r}: DRAFT written by `lacrima sites new` from {source_path.name}.",
