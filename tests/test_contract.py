@@ -111,8 +111,8 @@ def test_impossible_values(root):
 @pytest.mark.parametrize("mistake, expected", [
     # file_order names a column nothing describes: synth used to stop with a bare StopIteration
     (('file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",'),
-     "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither a mapped column, an identifying "
-     "column nor an [[extra_columns]] entry"),
+     "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither a mapped column nor an "
+     "[[extra_columns]] entry"),
     (('wai_02 = { column = "Q14_2"', 'wai_02 = { column = "Q14_1"'),
      "sites/us/codebook.toml: columns: native column 'Q14_1' is mapped twice"),
     (('rq_best = { column = "Q17"', '# rq_best = { column = "Q17"'),
@@ -126,6 +126,24 @@ def test_codebook_column_rules(root, mistake, expected):
     edit(root / "us" / "codebook.toml", *mistake)
     got = lines(root)
     assert any(line.startswith(expected) for line in got), got
+
+
+def test_file_order_without_extra_column_is_a_codebook_error_not_stop_iteration(root, tmp_path):
+    from lacrima.codebook import CodebookError
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    edit(root / "us" / "codebook.toml", 'file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",')
+    with pytest.raises(CodebookError, match=r"file_order lists \['Q99'\].*\[\[extra_columns\]\]"):
+        write_drop(load_site("us", root), load_study(root), tmp_path, n=5)
+
+
+def test_unknown_role_is_refused_by_the_loader(root):
+    from lacrima.study import load_site
+
+    edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
+    with pytest.raises(ValueError, match="role 'replica'.*original, replication"):
+        load_site("us", root)
 
 
 def test_every_problem_is_collected(root):

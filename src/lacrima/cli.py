@@ -45,6 +45,8 @@ def _site(code: str):
         return load_site(code)
     except KeyError as err:
         _fail(str(err.args[0]))
+    except ValueError as err:       # a site.toml that breaks the contract (e.g. an unknown role)
+        _fail(str(err))
 
 
 @app.command()

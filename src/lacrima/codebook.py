@@ -387,11 +387,17 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
                     import_id=e.get("import_id", ""), synth=e.get("synth", "blank"))
         for e in raw.get("extra_columns", ())
     )
+    file_order = tuple(head.get("file_order", ()))
+    undescribed = [c for c in file_order if c not in natives and c not in {e.column for e in extras}]
+    if undescribed:
+        raise CodebookError(
+            f"codebook {path}: file_order lists {undescribed}, which neither [columns] nor "
+            "[[extra_columns]] describe; add an [[extra_columns]] entry for each")
     return Codebook(
         site=site, format=formats[0].kind, id_column=id_column, identifying_columns=identifying,
         sha256=sha256_file(path), formats=tuple(formats), columns=MappingProxyType(columns),
         scales=MappingProxyType(scales), extra_columns=extras,
-        file_order=tuple(head.get("file_order", ())),
+        file_order=file_order,
         ids=MappingProxyType(dict(raw.get("ids", {}))),
         synthetic=MappingProxyType(dict(raw.get("synthetic", {}))),
         language=head.get("language", ""),

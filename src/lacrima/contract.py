@@ -28,10 +28,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from lacrima.study import PLAN_FILE, SITE_FILE, sites_root
+from lacrima.study import PLAN_FILE, ROLES, SITE_FILE, sites_root
 
-ROLES: tuple[str, ...] = ("original", "replication")
-"""The closed set of site roles: original studies and the replications assessed against them."""
 
 VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi")
 """Conditions a verdict rule may combine (``lacrima.replication._conditions`` computes them)."""
@@ -659,12 +657,13 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
     for name in sorted(set(head.identifying_columns) & set(natives)):
         out.append(Problem(file, "codebook.identifying_columns", f"{name!r} is also a canonical column"))
     extras = [e.column for e in book.extra_columns]
-    known_native = set(natives) | set(head.identifying_columns) | set(extras)
+    described = set(natives) | set(extras)
     for i, name in enumerate(head.file_order):
-        if name not in known_native:
-            out.append(Problem(file, f"codebook.file_order[{i}]", f"{name!r} is neither a mapped column, "
-                               "an identifying column nor an [[extra_columns]] entry; add an "
-                               f"[[extra_columns]] entry for it{did_you_mean(name, known_native)}"))
+        if name not in described:
+            out.append(Problem(file, f"codebook.file_order[{i}]", f"{name!r} is neither a mapped column "
+                               "nor an [[extra_columns]] entry (identifying ones too: synth needs to "
+                               "know how to fake it); add an [[extra_columns]] entry for it"
+                               f"{did_you_mean(name, described)}"))
     codes_format = any(f.values == "codes" for f in book.formats)
     for canonical, spec in book.columns.items():
         key = f"columns.{canonical}"
