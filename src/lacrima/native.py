@@ -47,9 +47,14 @@ Applied only to columns the codebook does not map, so a canonical column can nev
 dropped by accident; codebooks list their known identifying columns explicitly.
 """
 
-REDCAP_METADATA = re.compile(r"^redcap_|_complete$|_timestamp$|___[A-Za-z0-9_]+$")
+REDCAP_METADATA = re.compile(
+    r"^redcap_|_complete$|_timestamp$|___[A-Za-z0-9_]+$"
+    # the same columns as a labels export heads them
+    r"|\(choice=.*\)$|^Complete\?$|^Survey (Identifier|Timestamp)$"
+    r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
+)
 """Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
-timestamps, checkbox choices): tool metadata in a ``redcap_csv`` drop unless mapped."""
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
 
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
