@@ -128,6 +128,20 @@ def test_codebook_column_rules(root, mistake, expected):
     assert any(line.startswith(expected) for line in got), got
 
 
+@pytest.mark.parametrize("mistake, expected", [
+    (('template = "IT-{n:04d}"', 'template = "IT-0001"'),
+     "sites/it/codebook.toml: ids.template: 'IT-0001': expected a template with {n}"),
+    (('date_format = "%d/%m/%Y"\ndecimal', 'date_format = "%d/%m"\ndecimal'),
+     "sites/it/codebook.toml: formats[0].date_format: '%d/%m' does not read back the dates it writes"),
+    (('encodings = ["utf-8-sig", "cp1252"]', 'encodings = ["utf-8-sig", "cp-1252-it"]'),
+     "sites/it/codebook.toml: formats[1].encodings: 'cp-1252-it' is not a known text encoding"),
+])
+def test_codebook_id_and_format_rules(root, mistake, expected):
+    edit(root / "it" / "codebook.toml", *mistake)
+    got = lines(root)
+    assert any(line.startswith(expected) for line in got), got
+
+
 def test_file_order_without_extra_column_is_a_codebook_error_not_stop_iteration(root, tmp_path):
     from lacrima.codebook import CodebookError
     from lacrima.study import load_site, load_study

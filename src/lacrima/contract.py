@@ -17,6 +17,7 @@ Great Expectations or Prefect), so a broken configuration is refused in well und
 from __future__ import annotations
 
 import codecs
+import datetime
 import difflib
 import re
 import tomllib
@@ -633,6 +634,21 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
                 codecs.lookup(enc)
             except LookupError:
                 out.append(Problem(file, f"formats[{i}].encodings", f"{enc!r} is not a known text encoding"))
+        try:
+            when = datetime.datetime(2024, 1, 31, 13, 45, 30)
+            if datetime.datetime.strptime(when.strftime(fmt.date_format), fmt.date_format).date() != when.date():
+                raise ValueError
+        except ValueError:
+            out.append(Problem(file, f"formats[{i}].date_format", f"{fmt.date_format!r} does not read back "
+                               "the dates it writes; expected a strptime format with day, month and year "
+                               "(e.g. %d/%m/%Y)"))
+    if book.ids is not None and book.ids.kind == "sequence":
+        try:
+            if book.ids.template.format(n=1) == book.ids.template.format(n=2):
+                raise ValueError
+        except (ValueError, KeyError, IndexError):
+            out.append(Problem(file, "ids.template", f"{book.ids.template!r}: expected a template with "
+                               "{n} (e.g. \"IT-{n:04d}\")"))
     exts = [e.lower() for f in book.formats for e in f.extensions]
     for dup in sorted({e for e in exts if exts.count(e) > 1}):
         out.append(Problem(file, "formats", f"extension {dup!r} is declared by two formats; a file "
@@ -642,6 +658,12 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         if not len(s.values) == len(s.labels) == n_codes:
             out.append(Problem(file, f"scales.{name}", f"{len(s.values)} values, {len(s.labels)} labels "
                                f"and {n_codes} native codes; expected the same number of each"))
+        codes = s.native_codes if s.native_codes is not None else s.values
+        both = sorted({c for c in s.missing_codes if any(
+            c == x and not isinstance(x, bool) for x in codes if isinstance(x, (int, float)))})
+        if both:
+            out.append(Problem(file, f"scales.{name}.missing_codes", f"{both} are answer codes too; "
+                               "expected missing codes outside native_codes"))
     natives = [c.column for c in book.columns.values()]
     for dup in sorted({n for n in natives if natives.count(n) > 1}):
         out.append(Problem(file, "columns", f"native column {dup!r} is mapped twice"))
