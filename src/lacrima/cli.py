@@ -213,8 +213,7 @@ def _preflight(sites_dir: Optional[Path] = None) -> None:
     if problems:
         for p in problems:
             typer.echo(f"config: {p}", err=True)    # one unwrapped line per problem
-        _fail(f"{len(problems)} configuration problem(s): nothing was run; `lacrima sites check` "
-              "lists them again")
+        _fail(f"{len(problems)} configuration problem(s); nothing was run")
 
 
 @app.command()
