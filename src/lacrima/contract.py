@@ -358,10 +358,14 @@ def _key(loc: tuple) -> str:
     return out
 
 
-def _fields_at(model: type, loc: tuple) -> list[str]:
-    """Keys the schema allows at ``loc`` (the table holding the offending key)."""
+def _walk(model: type, loc: tuple) -> tuple[tuple, list[str]]:
+    """The key path a person types for pydantic's ``loc``, and the keys allowed at its end.
+
+    pydantic puts a discriminated union's tag (``"mean"``) and the member tried in a plain
+    union (``"float"``) into the location; neither is a key in the file.
+    """
     ann: Any = model
-    parts = list(loc)
+    parts, clean = list(loc), []
     while parts:
         origin = typing.get_origin(ann)
         if origin is Annotated:
@@ -369,30 +373,28 @@ def _fields_at(model: type, loc: tuple) -> list[str]:
             continue
         if origin is Union:
             args = [a for a in typing.get_args(ann) if a is not type(None)]
-            tag = parts[0]
-            chosen = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)
-                      and any(tag in typing.get_args(f.annotation)
-                              for f in a.model_fields.values()
-                              if typing.get_origin(f.annotation) is Literal)]
-            if len(chosen) == 1 and isinstance(tag, str) and len(args) > 1:
-                ann, parts = chosen[0], parts[1:]
+            if len(args) == 1:
+                ann = args[0]
                 continue
-            ann = args[0]
+            tag = parts.pop(0)
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            chosen = [m for m in models if any(
+                tag in typing.get_args(f.annotation) for f in m.model_fields.values()
+                if typing.get_origin(f.annotation) is Literal)]
+            ann = chosen[0] if chosen else None
             continue
         if origin in (list, dict):
-            ann, parts = typing.get_args(ann)[-1], parts[1:]
+            clean.append(parts.pop(0))
+            ann = typing.get_args(ann)[-1]
             continue
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            field = ann.model_fields.get(parts[0])
-            if field is None:
-                return []
-            ann, parts = field.annotation, parts[1:]
-            continue
-        return []
+        part = parts.pop(0)
+        clean.append(part)
+        fields = ann.model_fields if isinstance(ann, type) and issubclass(ann, BaseModel) else {}
+        ann = fields[part].annotation if part in fields else None
     while typing.get_origin(ann) in (Annotated, Union):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        ann = args[0]
-    return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+        ann = next(a for a in typing.get_args(ann) if a is not type(None))
+    allowed = list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+    return tuple(clean), allowed
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -428,38 +430,38 @@ def _schema_problems(model: type[BaseModel], raw: dict, file: str) -> tuple[Any,
     except ValidationError as err:
         problems = list(todos)
         todo_keys = {p.key for p in todos}
-        for e in err.errors(include_url=False):
+        errors = err.errors(include_url=False)
+        # A misspelt key is one problem, not also a missing one: drop "missing" for a key
+        # that an unknown key's did-you-mean names.
+        for e in errors:
+            if e["type"] == "extra_forbidden":
+                clean, allowed = _walk(model, tuple(e["loc"])[:-1])
+                close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1, cutoff=0.6)
+                todo_keys.update(_key((*clean, c)) for c in close)
+        for e in errors:
+            if e["type"] == "missing" and _key(_walk(model, tuple(e["loc"]))[0]) in todo_keys:
+                continue
             loc = tuple(e["loc"])
-            if _key(_strip_tags(model, loc)) in todo_keys:
+            key = _key(_walk(model, loc)[0])
+            if key in todo_keys and e["type"] != "extra_forbidden":
                 continue
             if e["type"] == "extra_forbidden":
-                allowed = _fields_at(model, loc[:-1])
+                allowed = _walk(model, loc[:-1])[1]
                 msg = (f"unknown key{did_you_mean(loc[-1], allowed)}; expected one of "
                        f"{', '.join(allowed)}" if allowed else "unknown key")
-                problems.append(Problem(file, _key(_strip_tags(model, loc)), msg))
+                problems.append(Problem(file, key, msg))
             elif e["type"] == "missing":
-                problems.append(Problem(file, _key(_strip_tags(model, loc)), "missing required key"))
+                problems.append(Problem(file, key, "missing required key"))
             else:
                 found = "" if isinstance(e.get("input"), (dict, list)) else f"; found {_shown(e['input'])}"
-                problems.append(Problem(file, _key(_strip_tags(model, loc)), f"{e['msg']}{found}"))
+                problems.append(Problem(file, key, f"{e['msg']}{found}"))
         return None, _dedupe(problems)
-
-
-def _strip_tags(model: type, loc: tuple) -> tuple:
-    # pydantic puts the discriminator's value (and type names of plain unions) into the
-    # location; the key path a person types has neither.
-    tags = {"mean", "linear", "not_equal", "not_true", "below", "missing_any", "correlation",
-            "partial_correlation", "group_comparison", "contingency", "regression",
-            "literal['golden','liberal','controlled']", "float", "str", "int", "bool",
-            "constrained-float", "constrained-str", "function-after[...]"}
-    out = [p for p in loc if not (isinstance(p, str) and (p in tags or p.startswith(("literal[", "constrained-"))))]
-    return tuple(out)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
     seen, out = set(), []
     for p in problems:
-        if (p.file, p.key) in seen and "union" not in p.message:
+        if (p.file, p.key) in seen:     # one line per key (a plain union reports each member)
             continue
         seen.add((p.file, p.key))
         out.append(p)
@@ -496,6 +498,8 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
     scores = plan.scores if have("scores") else {}
     known = set(variables) | set(scores)
     for name, v in variables.items():
+        if v is None:           # an entry that failed its schema (reported there)
+            continue
         if v.type == "category" and not v.levels:
             out.append(Problem(file, f"variables.{name}.levels", "a category variable needs levels"))
         if v.levels and v.type != "category":
@@ -503,6 +507,8 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
         if v.valid and v.valid[0] > v.valid[1]:
             out.append(Problem(file, f"variables.{name}.valid", f"{v.valid} is not [min, max]"))
     for name, s in scores.items():
+        if s is None:
+            continue
         if name in variables:
             out.append(Problem(file, f"scores.{name}", "a score may not share a variable's name"))
         if isinstance(s, MeanScore) and s.min_present > len(s.items):
@@ -526,7 +532,7 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
             ref(f"exclusions[{i}]", name, known, "variable or score of the plan")
     if have("analysis", "variables"):
         crier = variables.get(plan.analysis.criers)
-        if crier is None or crier.type != "bool":
+        if plan.analysis.criers not in variables or crier is not None and crier.type != "bool":
             out.append(Problem(file, "analysis.criers",
                                f"{plan.analysis.criers!r} is not a bool variable of the plan"
                                f"{did_you_mean(plan.analysis.criers, variables)}"))
@@ -543,12 +549,14 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
         for sets in getattr(fam, "covariate_sets", ()):
             for name in sets:
                 ref(f"{where}.covariate_sets", name, known, "variable or score of the plan")
-        if isinstance(fam, Contingency) and fam.row in variables:
+        if isinstance(fam, Contingency) and variables.get(fam.row) is not None:
             levels = variables[fam.row].levels or []
             for lev in fam.row_levels:
                 ref(f"{where}.row_levels", lev, levels, f"level of {fam.row}")
     if have("reliability", "scores"):
         for i, name in enumerate(plan.reliability.scores):
+            if name in scores and scores[name] is None:
+                continue
             if not isinstance(scores.get(name), MeanScore):
                 out.append(Problem(file, f"reliability.scores[{i}]", f"{name!r} is not a mean score of "
                                    f"the plan{did_you_mean(name, scores)}"))
@@ -579,6 +587,13 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
     return out
 
 
+def _valid_or_none(adapter: TypeAdapter, value: Any) -> Any:
+    try:
+        return adapter.validate_python(value, strict=True)
+    except ValidationError:
+        return None
+
+
 def _sections(model: type[BaseModel], raw: dict) -> SimpleNamespace:
     """Each top-level table validated on its own: its typed value, or None when it fails.
 
@@ -590,10 +605,16 @@ def _sections(model: type[BaseModel], raw: dict) -> SimpleNamespace:
         if name not in raw:
             values[name] = None if f.is_required() else f.get_default(call_default_factory=True)
             continue
+        ann = f.annotation
         try:
             values[name] = TypeAdapter(f.rebuild_annotation()).validate_python(raw[name], strict=True)
         except ValidationError:
             values[name] = None
+            if typing.get_origin(ann) is dict and isinstance(raw[name], dict):
+                # A table of named entries: keep the sound ones, and the broken ones' names
+                # (as None), so references to them are not reported a second time.
+                entry = TypeAdapter(typing.get_args(ann)[1])
+                values[name] = {k: _valid_or_none(entry, v) for k, v in raw[name].items()}
     return SimpleNamespace(**values)
 
 
@@ -654,6 +675,8 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         out.append(Problem(file, "formats", f"extension {dup!r} is declared by two formats; a file "
                            "is read with the first only"))
     for name, s in book.scales.items():
+        if s is None:
+            continue
         n_codes = len(s.native_codes) if s.native_codes is not None else len(s.values)
         if not len(s.values) == len(s.labels) == n_codes:
             out.append(Problem(file, f"scales.{name}", f"{len(s.values)} values, {len(s.labels)} labels "
@@ -664,11 +687,12 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         if both:
             out.append(Problem(file, f"scales.{name}.missing_codes", f"{both} are answer codes too; "
                                "expected missing codes outside native_codes"))
-    natives = [c.column for c in book.columns.values()]
+    natives = [c.column for c in book.columns.values() if c is not None]
     for dup in sorted({n for n in natives if natives.count(n) > 1}):
         out.append(Problem(file, "columns", f"native column {dup!r} is mapped twice"))
     pid = book.columns.get("participant_id")
-    if not head.id_column.startswith("TODO") and (pid is None or pid.column != head.id_column):
+    if not head.id_column.startswith("TODO") and (pid is None or pid.column != head.id_column) \
+            and not ("participant_id" in book.columns and pid is None):
         out.append(Problem(file, "codebook.id_column", f"{head.id_column!r} must be the column of "
                            "participant_id"))
     if head.id_pattern is not None:
@@ -688,6 +712,8 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
                                f"{did_you_mean(name, described)}"))
     codes_format = any(f.values == "codes" for f in book.formats)
     for canonical, spec in book.columns.items():
+        if spec is None:
+            continue
         key = f"columns.{canonical}"
         if spec.scale and spec.scale not in book.scales:
             out.append(Problem(file, f"{key}.scale", f"{spec.scale!r} is not a scale of this codebook"
@@ -695,6 +721,8 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         if plan is None:
             continue
         var = plan.variables.get(canonical)
+        if var is None and canonical in plan.variables:
+            continue
         if var is None:
             out.append(Problem(file, key, f"{canonical!r} is not a variable of the plan"
                                f"{did_you_mean(canonical, plan.variables)}"))
@@ -729,8 +757,9 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         for name in plan.variables:
             if name not in book.columns:
                 var = plan.variables[name]
+                what = f" ({var.label}; {var.type})" if var is not None else ""
                 out.append(Problem(file, f"columns.{name}", "missing: every variable of the plan needs "
-                                   f"a column ({var.label}; {var.type})"))
+                                   f"a column{what}"))
     unknown = book.synthetic.mess_unknown_label
     if unknown is not None and unknown.column not in natives:
         out.append(Problem(file, "synthetic.mess_unknown_label.column",
