@@ -45,6 +45,8 @@ def _site(code: str):
         return load_site(code)
     except KeyError as err:
         _fail(str(err.args[0]))
+    except ValueError as err:       # a site.toml that breaks the contract (e.g. an unknown role)
+        _fail(str(err))
 
 
 @app.command()
@@ -209,6 +211,19 @@ def _run(storage: Optional[str], demo: bool, runner: str = "thread",
                         dask_address=dask_address)
 
 
+def _preflight(sites_dir: Optional[Path] = None) -> None:
+    """Refuse a broken plan or site folder before anything heavy (Prefect, pandas) is imported.
+
+    One line per problem on stderr, exit 2; the same checks as ``lacrima sites check``.
+    """
+    from lacrima.contract import check_sites
+    problems = check_sites(sites_dir)
+    if problems:
+        for p in problems:
+            typer.echo(f"config: {p}", err=True)    # one unwrapped line per problem
+        _fail(f"{len(problems)} configuration problem(s); nothing was run")
+
+
 @app.command()
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
@@ -216,10 +231,11 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
     """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
-    from lacrima.catalog import KeyCustodyError
-    from lacrima.privacy import MissingKeyError
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
+    _preflight()
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError
     _check_custody(storage, demo)
     try:
         summary = _run(storage, demo, runner, dask_address)
@@ -266,6 +282,7 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
           storage: Optional[str] = typer.Option(None, help="storage root"),
           demo: bool = typer.Option(False, help="synthetic data: allow the public demo key")):
     """Register the nightly and sweep deployments on the Prefect server and serve them."""
+    _preflight()
     if not os.environ.get("PREFECT_API_URL"):
         _fail("schedules need a Prefect server: start one with `prefect server start` and set "
               "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
@@ -282,6 +299,7 @@ def demo(storage: Optional[str] = typer.Option(None, help="storage root (default
     Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
     real store), and refuses a store holding batches made under a real key.
     """
+    _preflight()
     from lacrima import intake
     from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
@@ -384,6 +402,57 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
     if not path.exists() or json.loads(path.read_text()) != suite_dict(study):
         _fail(f"{path} is out of date with {study.path}: run `make expectations`", 1)
     typer.echo(f"{path} matches the plan")
+
+
+sites_app = typer.Typer(no_args_is_help=True, help="The plan and the site folders: check them, "
+                        "draft a new site from its survey tool.")
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("check")
+def sites_check(sites: Optional[Path] = typer.Option(None, "--sites",
+                                                     help="sites folder (default: LACRIMA_SITES or ./sites)")):
+    """Lint the plan and every site folder: one line per problem; exit 0 clean, 1 findings."""
+    from lacrima.contract import check_sites
+    from lacrima.study import sites_root
+    root = sites or sites_root()
+    problems = check_sites(root)
+    for p in problems:
+        typer.echo(str(p))
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {root}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{root}: plan and site folders are consistent", markup=False, highlight=False)
+
+
+@sites_app.command("new")
+def sites_new(code: str = typer.Argument(..., help="code of the new site (its folder name), e.g. de"),
+              from_redcap: Optional[Path] = typer.Option(None, "--from-redcap",
+                                                         help="REDCap data dictionary (.csv)"),
+              from_qualtrics: Optional[Path] = typer.Option(None, "--from-qualtrics",
+                                                            help="Qualtrics survey file (.qsf)"),
+              from_spss: Optional[Path] = typer.Option(None, "--from-spss", help="SPSS data file (.sav)"),
+              sites: Optional[Path] = typer.Option(None, "--sites", help="sites folder"),
+              role: str = typer.Option("replication", help="original or replication"),
+              country: str = typer.Option("", help="country, e.g. Germany"),
+              language: str = typer.Option("", help="language of labels, e.g. de")):
+    """Draft sites/CODE/ (site.toml and codebook.toml) from the site's survey tool; then run
+    `lacrima sites check` to list what is left to a person (TODO lines)."""
+    from lacrima.onboarding import OnboardingError, draft_site
+    from lacrima.study import sites_root
+    given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),
+                                 ("spss", from_spss)) if v is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --from-redcap, --from-qualtrics, --from-spss")
+    tool, source = given[0]
+    try:
+        folder, todo = draft_site(code, tool, source, sites or sites_root(), role=role,
+                                  country=country, language=language)
+    except OnboardingError as err:
+        _fail(str(err))
+    typer.echo(str(folder))
+    console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
+                  markup=False, highlight=False)
 
 
 def main():

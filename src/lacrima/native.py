@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook
+from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
 from lacrima.findings import DropError, Finding, findings_frame
 from lacrima.study import Site, Study
 
@@ -46,6 +46,15 @@ IDENTIFYING_NAME = re.compile(
 Applied only to columns the codebook does not map, so a canonical column can never be
 dropped by accident; codebooks list their known identifying columns explicitly.
 """
+
+REDCAP_METADATA = re.compile(
+    r"^redcap_|_complete$|_timestamp$|___[A-Za-z0-9_]+$"
+    # the same columns as a labels export heads them
+    r"|\(choice=.*\)$|^Complete\?$|^Survey (Identifier|Timestamp)$"
+    r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
+)
+"""Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
 
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
@@ -236,6 +245,8 @@ def _read_table(path: Path, codebook: Codebook) -> _Table:
         table = _read_sav(path, fmt, sniffed)
     else:
         table = _read_text(path, fmt, sniffed, codebook)
+        if fmt.kind == "redcap_csv":
+            _redcap_names(table, codebook)
     table.findings[:0] = findings
     if not any(n for n in table.names):
         raise DropError("empty_file", f"drop {name} has no column names; expected a "
@@ -310,6 +321,21 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             expected=f"{len(names)} fields per row", found="more fields than column names",
         ))
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _redcap_names(table: _Table, codebook: Codebook) -> None:
+    """A REDCap *labels* export heads its columns with field labels: name them by the codebook.
+
+    A raw export (field names) holds the ID column by name and is left alone. Labels are
+    the codebook's ``text`` of each column, compared as answer labels are.
+    """
+    if _column_key(codebook.id_column) in table.names:
+        return
+    by_label = {normalise_label(spec.text): spec.column
+                for spec in (*codebook.columns.values(), *codebook.extra_columns) if spec.text}
+    renamed = [by_label.get(normalise_label(n), n) if n else n for n in table.names]
+    if _column_key(codebook.id_column) in renamed:
+        table.names[:] = renamed
 
 
 def _column_key(name: Any) -> str:
@@ -480,17 +506,26 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
         raise DropError("unreadable_sav",
                         f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
     try:
+        encoding = _sav_encoding(path, fmt, pyreadstat)
         # user_missing=True keeps 99/999 visible so declared codes are recognised here.
-        df, meta = pyreadstat.read_sav(str(path), user_missing=True)
+        # A legacy code page is read as latin1 (every byte kept as one character) and
+        # re-decoded here: pyreadstat 1.3.7 shifts names and labels of a windows-1255 file
+        # by one character when asked for that encoding (a Hebrew letter lands in front
+        # of "id").
+        df, meta = pyreadstat.read_sav(str(path), user_missing=True,
+                                       encoding=None if encoding is None else "latin1")
+    except DropError:
+        raise
     except Exception as exc:  # pyreadstat raises its own error classes for damaged files
         raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
                         f"({type(exc).__name__}); it may be truncated or damaged") from None
+    fix = (lambda s: s) if encoding is None else _redecoder(encoding, name)
     declared = {
-        col: [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
+        fix(col): [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
         for col, ranges in (meta.missing_ranges or {}).items()
     }
-    names = [_column_key(c) for c in df.columns]
-    columns = [df[c].tolist() for c in df.columns]
+    names = [_column_key(fix(c)) for c in df.columns]
+    columns = [[fix(v) if isinstance(v, str) else v for v in df[c].tolist()] for c in df.columns]
     rows = []
     for i in range(len(df)):
         rows.append([_clean_cell(col[i]) for col in columns])
@@ -498,6 +533,38 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
     keep = [k for k, r in enumerate(rows) if any(v is not None for v in r)]
     return _Table(names=names, rows=[rows[k] for k in keep], row_numbers=[numbers[k] for k in keep],
                   fmt=fmt, declared_missing=declared)
+
+
+_UTF8 = {"utf8", "utf-8", "utf-8-sig", "utf_8", "utf_8_sig"}
+
+
+def _sav_encoding(path: Path, fmt: FileFormat, pyreadstat) -> str | None:
+    """Code page of an SPSS file's text, or None when it is UTF-8 (read as is).
+
+    The file's declared encoding wins; a file that declares none (or UTF-8 while the
+    codebook lists a legacy code page) is read with the codebook's first non-UTF-8 one.
+    """
+    _, meta = pyreadstat.read_sav(str(path), metadataonly=True)
+    declared = (meta.file_encoding or "").strip().lower()
+    legacy = [e for e in fmt.encodings if e.lower() not in _UTF8]
+    if declared and declared not in _UTF8:
+        return declared
+    return legacy[0] if legacy else None
+
+
+def _redecoder(encoding: str, name: str):
+    def fix(text: str) -> str:
+        try:
+            return text.encode("latin1").decode(encoding)
+        except LookupError:
+            raise DropError("bad_encoding", f"drop {name}: encoding {encoding!r} (declared by the "
+                            "file or the codebook) is not a known text encoding") from None
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise DropError("bad_encoding", f"drop {name}: encoding - its names or labels do not "
+                            f"decode as {encoding!r} (tried the file's declared encoding, then the "
+                            "codebook's [[formats]] encodings); set encodings in the codebook "
+                            "to the code page the file was saved in") from None
+    return fix
 
 
 def _clean_cell(v: Any) -> Any:
@@ -565,7 +632,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             ident_declared.append(n)
         elif n and IDENTIFYING_NAME.search(n):
             ident_other.append(n)
-        elif n in known_extra:
+        elif n in known_extra or (fmt.kind == "redcap_csv" and REDCAP_METADATA.search(n)):
             continue
         elif n or any(r[i] is not None for r in table.rows):
             unexpected.append(n or f"(column {i + 1}, no name)")
@@ -809,7 +876,8 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
                 message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the "
-                         f"codebook: {', '.join(found[:5])}; they were read as missing"),
+                         f"codebook: {', '.join(found[:5])}; they were read as missing"
+                         + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
                 found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
             ))
@@ -846,6 +914,18 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
     return out
+
+
+def _codes_hint(found: list[str], fmt: FileFormat) -> str:
+    """Why a labels codebook meets numbers: the export setting, named as the tool names it."""
+    if fmt.values != "labels" or not found or not all(f.startswith("code ") for f in found):
+        return ""
+    if fmt.kind == "qualtrics_csv":
+        return ('. The file holds numeric codes where the codebook expects choice text: it was '
+                'exported with Qualtrics\' "Use numeric values"; export again with "Use choice '
+                'text", or declare values = "codes" with native_codes in the codebook')
+    return ('. The file holds numeric codes where the codebook expects answer labels (values = '
+            '"labels"): export the labels, or declare values = "codes" with native_codes')
 
 
 def _formula_finding(column: str, rows: list[int], name: str) -> Finding:

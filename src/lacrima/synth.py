@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from lacrima.codebook import Codebook, FileFormat, load_codebook
+from lacrima.codebook import TEXT_KINDS, Codebook, FileFormat, load_codebook
 from lacrima.native import canonical_series
 from lacrima.study import Site, Study
 
@@ -492,7 +492,7 @@ def write_drop(site: Site, study: Study, out: Path, n: int | None = None, seed: 
         raise ValueError(f"site {site.code!r} sends {fmt.kind} files "
                          f"({', '.join(fmt.extensions)}); cannot write one as {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         _write_csv(table, codebook, fmt, path)
     elif fmt.kind == "xlsx":
         _write_xlsx(table, codebook, fmt, path, study)
@@ -550,7 +550,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
     """Canonical frame -> native columns (python values, None for blank), in file order."""
     n = len(frame)
     labels = fmt.values == "labels"
-    text = fmt.kind in ("qualtrics_csv", "csv")
+    text = fmt.kind in TEXT_KINDS
     # Time of day and survey duration: the tool's metadata, not canonical data.
     seconds = rng.integers(8 * 3600, 22 * 3600, n)
     duration = rng.integers(600, 2400, n)
@@ -586,7 +586,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
 
 def _date_cell(stamp: pd.Timestamp, fmt: FileFormat) -> Any:
     """Text in the codebook's format (CSV), a date (SPSS) or a midnight datetime (Excel)."""
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         return stamp.strftime(fmt.date_format)
     if fmt.kind == "sav":
         return stamp.date()
