@@ -85,7 +85,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
           report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
     """Validate a drop locally without uploading it."""
     from lacrima.dropreport import render_html, rich_table
-    from lacrima.intake import extension, read_and_validate, safe_name
+    from lacrima.intake import local_name, read_and_validate, safe_name
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import sha256_bytes
     from lacrima.study import load_study
@@ -99,7 +99,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         _fail(f"{file}: cannot read ({err.strerror})")
     name = safe_name(file.name)
     with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        path = Path(tmp) / f"drop{extension(name)}"
+        path = Path(tmp) / local_name(name)
         path.write_bytes(data)
         # Only the shape of IDs matters for a local check; the key never leaves this process.
         rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
