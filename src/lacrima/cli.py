@@ -84,7 +84,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
           site: str = typer.Option(..., help="site code"),
           report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
     """Validate a drop locally without uploading it."""
-    from lacrima.dropreport import render_html, rich_table
+    from lacrima.dropreport import print_report, render_html
     from lacrima.intake import local_name, read_and_validate, safe_name
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import sha256_bytes
@@ -104,7 +104,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         # Only the shape of IDs matters for a local check; the key never leaves this process.
         rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
                                        size_mb=len(data) / 1e6)
-    Console().print(rich_table(rep))
+    print_report(rep, Console(highlight=False))
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)

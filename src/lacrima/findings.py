@@ -102,8 +102,9 @@ class Finding:
         and the case number from 1 for SPSS files (see sites/README.md).
     expected, found : str
         What the check wanted and what it saw (a description, never identifying values).
-    severity : {"error", "warning"}
-        Errors quarantine the drop; warnings are reported and the drop is accepted.
+    severity : {"error", "warning", "info"}
+        Errors quarantine the drop; warnings are reported and the drop is accepted; info
+        says what intake did as designed (identifying columns the codebook lists, removed).
     fix : str
         What to do about it, concretely; when empty, the check's general advice
         (``FIXES``) is given.

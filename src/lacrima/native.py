@@ -571,7 +571,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             unexpected_idx.append(i)
     if ident_declared:
         findings.append(Finding(
-            check="identifying_columns", severity="warning", columns=tuple(ident_declared),
+            # As designed (the codebook lists them): information, not a problem to act on.
+            check="identifying_columns", severity="info", columns=tuple(ident_declared),
             message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
                      f"codebook were removed unread at intake: {_names(ident_declared)}"),
             expected="identifying columns never enter curated data", found="columns removed",
