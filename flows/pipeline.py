@@ -135,7 +135,10 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
     with clock("intake"):
         todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
         futures = [ingest_sites.submit(ctx, g) for g in pipeline.site_groups(todo, group)]
-        intakes = [r for f in futures for r in f.result()]
+        intakes = []
+        for f in futures:
+            intakes += f.result()
+            pipeline.progress("intake", len(intakes), len(todo))
         keys = site_keys(ctx)
     outputs, analyses, unchanged = None, [], []
     if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
@@ -150,7 +153,12 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                 keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
                 futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
                            for g in pipeline.site_groups(keyed, group)]
-                kept |= {a.site: a for f in futures for a in f.result() if a is not None}
+                done = 0
+                for f in futures:
+                    got = f.result()
+                    done += len(got)
+                    kept |= {a.site: a for a in got if a is not None}
+                    pipeline.progress("analysis", done, len(keyed))
                 analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
             with clock("pooling"):
                 comparison = compare_sites(ctx, analyses)
@@ -160,7 +168,8 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                 saved.result()
         finally:
             report.stop_worker()                # one the report did not take (a failure)
-    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged,
+                                 location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
