@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_artifacts
+from flows.notify import notify_quarantines, notify_run_failure
 from lacrima import intake, pipeline, report
 from lacrima.pipeline import RunContext
 
@@ -108,6 +109,12 @@ def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
                                      description=f"Verdict per pooled effect, run {run_id}"))
 
 
+@task(name="notify-quarantines", cache_policy=NO_CACHE, timeout_seconds=120)
+def notify_drops(ctx: RunContext, drops: list[dict]) -> int:
+    # Each quarantined drop's site contact is told (webhook and/or e-mail); never raises.
+    return notify_quarantines(drops, ctx.sites)
+
+
 def default_workers() -> int:
     """Threads or worker processes by default: one per core, at least 2, at most 4.
 
@@ -118,7 +125,7 @@ def default_workers() -> int:
 
 
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
-      log_prints=False)
+      log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None, group: int = pipeline.SITE_GROUP) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
@@ -175,6 +182,9 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
             publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
+    if summary["quarantined"]:
+        with clock("notify"):
+            notify_drops(ctx, summary["drops"])
     summary["seconds"] = clock.seconds
     logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
                 run_id, summary["accepted"], summary["quarantined"],

@@ -8,9 +8,11 @@ Bad data never produces a Python traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -194,11 +196,124 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     return recs
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prefect_home() -> None:
+    """Prefect's database and settings live in the project (``.prefect``), wherever the
+    command is run from; an explicit PREFECT_HOME (as the Makefile sets) is kept."""
+    os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+
+
+def _quiet_prefect(verbose: bool, run_id: str) -> Path:
+    """Send Prefect's logs (and every library's) to a log file; with ``verbose``, also to the
+    terminal. Must run before prefect is first imported: it reads its logging setup then.
+    Returns the log file's path."""
+    _prefect_home()
+    logs = Path(os.environ["PREFECT_HOME"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{run_id}.log"
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(PROJECT_ROOT / "flows" / "logging.yml"))
+    os.environ["PREFECT_LOGGING_HANDLERS_FILE_FILENAME"] = str(path)
+    os.environ["LACRIMA_RUN_LOG"] = str(path)
+    # Prefect's default (20 s) is too short for the ephemeral server on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if verbose:
+        os.environ["PREFECT_LOGGING_ROOT_HANDLERS"] = "console,file"
+    return path
+
+
+def _preflight(storage: Optional[str], demo: bool):
+    """Key, plan, sites and store, checked before anything starts Prefect (one line, exit 2).
+
+    Returns the run context the plan step needs."""
+    from lacrima.privacy import MissingKeyError
+    from lacrima.pipeline import prepare_run
+
+    try:
+        return prepare_run(storage, demo=demo)
+    except MissingKeyError as err:
+        _fail(str(err))
+    except (ValueError, KeyError, OSError) as err:   # bad storage URL, site files, unreadable plan
+        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+
+
+def _plan(ctx, run_id: str) -> Optional[dict]:
+    """The plan step, without Prefect: the run's summary when nothing changed since the latest
+    report (no new drop, same inputs), else None (the flow has work to do)."""
+    from lacrima import pipeline
+
+    try:
+        plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
+        if any(p.pending for p in plans):
+            return None
+        keys = pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
+        if pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+            return None
+    except OSError as err:          # the store failed after its retries
+        _fail(f"cannot read the store {ctx.storage.location}: {err}")
+    summary = pipeline.summarise(run_id, plans, [], [], None, sorted(keys),
+                                 location=ctx.storage.location)
+    summary["seconds"] = {}
+    return summary
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
-         dask_address: Optional[str] = None) -> dict:
-    from flows.pipeline import run_pipeline
-    return run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                        dask_address=dask_address)
+         dask_address: Optional[str] = None, verbose: bool = False) -> dict:
+    """Check, plan, and only when there is work, run the flow with a progress display."""
+    from lacrima.pipeline import new_run_id
+
+    run_id = new_run_id()
+    log_file = _quiet_prefect(verbose, run_id)
+    ctx = _preflight(storage, demo)
+    quick = _plan(ctx, run_id)
+    if quick is not None:
+        return quick
+    with _progress(len(ctx.sites), verbose):
+        try:
+            from flows.pipeline import run_pipeline
+            summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
+                                   dask_address=dask_address, run_id=run_id)
+        except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
+            logging.getLogger("lacrima").exception("run %s failed", run_id)
+            _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
+    summary["log"] = str(log_file)
+    return summary
+
+
+class _ProgressHandler(logging.Handler):
+    """Feeds ``lacrima.progress`` records (``pipeline.progress``) to a rich progress bar."""
+
+    def __init__(self, bar, task):
+        super().__init__(logging.INFO)
+        self.bar, self.task = bar, task
+
+    def emit(self, record):
+        done, total = getattr(record, "done", None), getattr(record, "total", None)
+        self.bar.update(self.task, description=getattr(record, "stage", record.getMessage()),
+                        **({"completed": done, "total": total} if total else {}))
+
+
+@contextmanager
+def _progress(n_sites: int, verbose: bool):
+    """A one-line progress display on the terminal (stage, sites done of total) for a run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    logger = logging.getLogger("lacrima.progress")
+    if verbose or not console.is_terminal:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("sites"), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=n_sites, completed=0)
+        handler = _ProgressHandler(bar, task)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
 
 
 @app.command()
@@ -206,28 +321,49 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
-        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
-    """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
-    from lacrima.privacy import MissingKeyError
+        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
+        verbose: bool = typer.Option(False, "--verbose", "-v",
+                                     help="show Prefect's task logs (always in the run's log file)")):
+    """Run the pipeline now: new drops in, a report out (ephemeral Prefect API, or PREFECT_API_URL).
+
+    Key, plan, sites and store are checked first, and a run with nothing new answers
+    without starting Prefect. Exit 0 when the run finished (quarantined drops included),
+    1 when it failed, 2 on a usage or configuration error.
+    """
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
-    try:
-        summary = _run(storage, demo, runner, dask_address)
-    except MissingKeyError as err:
-        _fail(str(err))
-    _print_summary(summary, as_json)
+    _print_summary(_run(storage, demo, runner, dask_address, verbose), as_json)
+
+
+def drop_line(d: dict) -> str:
+    """One line per drop: site, file, outcome, record counts, rows, and where to read why."""
+    from lacrima.findings import printable
+
+    counts = ", ".join(f"{d[k]} {label}" for k, label in
+                       (("new", "new"), ("already_held", "already held"), ("changed", "changed"))
+                       if d.get(k) is not None)
+    head = f"{d['site']}  {printable(d['file'])}  {d['outcome']}"
+    if d["outcome"] == "quarantined":
+        return (f"{head}: {d['errors']} error(s) ({', '.join(d['checks'])}); "
+                f"report: {d['report']}")
+    return f"{head}: {counts or str(d['rows']) + ' rows'}" + (
+        f", {d['warnings']} warning(s)" if d.get("warnings") else "")
 
 
 def _print_summary(summary: dict, as_json: bool):
     if as_json:
         typer.echo(json.dumps(summary))
-    else:
-        if summary.get("nothing_new"):
-            console.print("nothing new since the latest report: no report written", markup=False)
-        console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
-                      f"{summary['quarantined']} quarantined, "
-                      f"{summary['skipped_duplicates']} already processed", markup=False)
-        typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
+        return
+    if summary.get("nothing_new"):
+        console.print("nothing new since the latest report: no report written", markup=False)
+    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+                  f"{summary['quarantined']} quarantined, "
+                  f"{summary['skipped_duplicates']} already processed", markup=False)
+    for d in summary.get("drops", []):
+        console.print("  " + drop_line(d), markup=False, highlight=False, soft_wrap=True)
+    if summary.get("log"):
+        console.print(f"log: {summary['log']}", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
 
 
 @app.command()
@@ -278,6 +414,7 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
 
 
 def main():
+    _prefect_home()
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")

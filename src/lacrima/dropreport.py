@@ -119,3 +119,57 @@ def print_report(report: ValidationReport, console) -> None:
         console.print(rich_list(report))
     else:
         console.print(rich_table(report))
+
+
+def site_contact(site) -> dict:
+    """Who is told about a site's quarantined drops: ``[site.contact]`` of its site.toml.
+
+    Parameters
+    ----------
+    site : lacrima.study.Site
+
+    Returns
+    -------
+    dict
+        ``webhook`` (an https URL that receives a JSON POST) and/or ``email`` (one address or
+        a list); empty when the site names no contact.
+
+    Raises
+    ------
+    ValueError
+        When the contact is not a table of those keys (a configuration error).
+    """
+    contact = dict(site.raw.get("site", {}).get("contact", {}))
+    unknown = set(contact) - {"webhook", "email"}
+    if unknown:
+        raise ValueError(f"{site.folder / 'site.toml'}: [site.contact] takes webhook and email, "
+                         f"not {', '.join(sorted(unknown))}")
+    if isinstance(contact.get("email"), str):
+        contact["email"] = [contact["email"]]
+    return {k: v for k, v in contact.items() if v}
+
+
+def quarantine_notice(drop: dict) -> tuple[str, str]:
+    """Subject and body of the message a site's contact gets about a quarantined drop.
+
+    ``drop`` is one entry of a run's ``drops`` (``pipeline.drop_outcomes``). The message names
+    the file, its batch, the failed checks and counts, and the report's path; never a
+    participant's value (the report itself says which rows and cells).
+    """
+    subject = f"lacrima: {printable(drop['file'])} from site {drop['site']} was quarantined"
+    body = "\n".join([
+        f"The file {printable(drop['file'])} (site {drop['site']}, batch {drop['batch'][:12]}, "
+        f"{drop['rows']} rows) was not accepted: {drop['errors']} check(s) failed "
+        f"({', '.join(drop['checks'])}).",
+        "None of its records were used; the file is kept unchanged.",
+        f"Report (rows, columns and what to do): {drop['report']}",
+        f"Fix the file in your own tool, then upload it: "
+        f"lacrima upload FILE --site {drop['site']}",
+    ])
+    return subject, body
+
+
+def failure_notice(run: str, error: str, log: str = "") -> tuple[str, str]:
+    """Subject and body of the message the operator gets when a run fails."""
+    body = f"The lacrima run {run} failed: {printable(error)[:500]}"
+    return f"lacrima: run {run} failed", body + (f"\nLog: {log}" if log else "")
