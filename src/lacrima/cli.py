@@ -145,28 +145,71 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
 
 @app.command()
 def status(site: Optional[str] = typer.Option(None, help="only this site"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Every batch with its state, rows, date and reason."""
+           storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+           batches: bool = typer.Option(False, "--batches", help="also list every batch"),
+           as_json: bool = typer.Option(False, "--json", help="print every batch as JSON")):
+    """Per site: batches, participants held, last drop, files waiting, quarantined files with
+    their reason, and files in the wrong place with what to do."""
     from rich.table import Table
+    from rich.text import Text
+
+    from lacrima.intake import curated_frame
+    from lacrima.status import misplaced, site_status
+    from lacrima.study import site_codes
 
     if site:
         _site(site)
-    storage = _storage()
+    store = _open_store(storage)
+    codes = [site] if site else list(site_codes())
     try:
-        recs = _status_records(storage, site)
+        recs = _status_records(store, site)
+        wrong = [] if site else misplaced(store, site_codes())
+        summaries = [site_status(c, recs, len(curated_frame(store, c))) for c in codes]
     except OSError as err:          # the store failed after its retries
-        _fail(f"status of {storage.location} failed: {err}")
+        _fail(f"status of {store.location} failed: {err}")
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
         return
-    table = Table(title=f"Batches in {storage.location}")
-    for col in ("site", "batch", "state", "rows", "received", "file", "reason"):
-        table.add_column(col, overflow="fold")
-    for r in recs:
-        table.add_row(r["site"], r["sha256"][:12], r["state"], str(r["rows"]), r["received_at"],
-                      r["original_name"], r.get("reason") or
-                      (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))
-    Console().print(table)
+    out = Console(highlight=False)
+    out.print(Text(f"Store {store.location}", style="bold"))
+    for s in summaries:
+        line = (f"{s['site']}: {s['batches']} batch(es), {s['participants']} participant(s) "
+                f"held, last drop {s['last_drop'][:10] or 'never'}, {s['pending']} file(s) "
+                "waiting for the next run")
+        out.print(Text(line))
+        for q in s["quarantined"]:
+            out.print(Text(f"    quarantined: {q['file']} (batch {q['batch']}): {q['reason']}; "
+                           f"see `lacrima status --batches`", style="red"))
+    for w in wrong:
+        out.print(Text(f"wrong place: {w['key']}: {w['problem']}. {w['fix']}", style="yellow"))
+    if batches and out.width < 120:          # one line per batch: words wrap, never break
+        out.print(Text("Batches", style="bold"))
+        for r in recs:
+            reason = r.get("reason") or (f"superseded by {r['superseded_by'][:12]}"
+                                         if r.get("superseded_by") else "")
+            out.print(Text(f"  {r['site']} {r['sha256'][:12]} {r['state']}"
+                           f"{' ' + str(r['rows']) + ' rows' if r['rows'] != '' else ''}"
+                           f"{' ' + r['received_at'][:10] if r['received_at'] else ''} "
+                           f"{r['original_name']}{': ' + reason if reason else ''}"))
+    elif batches:
+        table = Table(title="Batches", title_justify="left")
+        for col in ("site", "batch", "state", "rows", "received", "file", "reason"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("batch", "state"))
+        for r in recs:
+            table.add_row(*(Text(str(v)) for v in (
+                r["site"], r["sha256"][:12], r["state"], r["rows"], r["received_at"][:10],
+                r["original_name"], r.get("reason") or
+                (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))))
+        out.print(table)
+
+
+def _open_store(location: Optional[str]):
+    """The store at ``location`` (else LACRIMA_STORAGE, else ./data), or a clean usage error."""
+    from lacrima.storage import open_storage
+    try:
+        return open_storage(location)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
@@ -177,9 +220,16 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
+    from lacrima.study import site_codes
+
+    codes = set(site_codes())
     prefix = f"landing/{site}" if site else "landing"
     for obj in storage.list(prefix):
-        code = obj.key.split("/")[1]
+        parts = obj.key.split("/")
+        # Only landing/<site>/<file> is read by a run; the rest is `misplaced`, not waiting.
+        if len(parts) != 3 or parts[1] not in codes or parts[2].startswith("."):
+            continue
+        code = parts[1]
         if code not in indexes:
             indexes[code] = read_landing_index(storage, code)
         seen = indexes[code].get(obj.key)
@@ -224,17 +274,26 @@ def _quiet_prefect(verbose: bool, run_id: str) -> Path:
 
 
 def _preflight(storage: Optional[str], demo: bool):
-    """Key, plan, sites and store, checked before anything starts Prefect (one line, exit 2).
+    """Key, store, plan and sites, checked before anything starts Prefect (one line, exit 2).
 
-    Returns the run context the plan step needs."""
-    from lacrima.privacy import MissingKeyError
-    from lacrima.pipeline import prepare_run
+    The key and the store come first and need no pandas, so a missing key is told at once.
+    Returns the run context the plan step needs.
+    """
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
 
     try:
-        return prepare_run(storage, demo=demo)
+        pseudonym_key(demo=demo)
+        store = open_storage(storage)
+        store.exists("reports/latest/provenance.json")    # reachable, readable
     except MissingKeyError as err:
         _fail(str(err))
-    except (ValueError, KeyError, OSError) as err:   # bad storage URL, site files, unreadable plan
+    except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
+        _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
+    from lacrima.pipeline import prepare_run
+    try:
+        return prepare_run(storage, demo=demo)
+    except (ValueError, KeyError, OSError) as err:   # site files, an unreadable plan
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
 
 
@@ -261,11 +320,11 @@ def _plan(ctx, run_id: str) -> Optional[dict]:
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
          dask_address: Optional[str] = None, verbose: bool = False) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
+    ctx = _preflight(storage, demo)
     from lacrima.pipeline import new_run_id
 
     run_id = new_run_id()
     log_file = _quiet_prefect(verbose, run_id)
-    ctx = _preflight(storage, demo)
     quick = _plan(ctx, run_id)
     if quick is not None:
         return quick
