@@ -126,14 +126,16 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
 def upload(file: Path = typer.Argument(..., help="the drop to upload"),
            site: str = typer.Option(..., help="site code"),
            replaces: str = typer.Option("", help="batch (SHA-256 prefix) this file corrects"),
-           uploader: str = typer.Option("", help="who uploads (recorded as metadata)")):
+           uploader: str = typer.Option("", help="who uploads (recorded as metadata)"),
+           storage_at: Optional[str] = typer.Option(None, "--storage",
+                                                    help="storage root (default: LACRIMA_STORAGE or ./data)")):
     """Put a drop into the site's landing zone."""
     from lacrima import intake
 
     s = _site(site)
     if not file.is_file():
         _fail(f"{file}: no such file")
-    storage = _storage()
+    storage = _open_store(storage_at)
     try:
         key = intake.upload(storage, s, file, uploader=uploader, replaces=replaces)
     except LookupError as err:
