@@ -37,6 +37,13 @@ def safe_name(name: str) -> str:
     return (_SAFE.sub("_", base).strip("._") or "drop")[:120]
 
 
+def local_name(name: str) -> str:
+    """The name a drop is read under in a temporary folder: its own (``safe_name``: no path
+    parts, no odd characters), so findings name the file the data manager sent."""
+    name = safe_name(name)
+    return PurePosixPath(name).stem + extension(name)
+
+
 def extension(name: str) -> str:
     suffix = PurePosixPath(safe_name(name)).suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix or "") else ".bin"
@@ -284,7 +291,7 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
     with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
-        path = Path(tmp) / f"drop{extension(name)}"   # never the uploaded name: no path tricks
+        path = Path(tmp) / local_name(name)
         path.write_bytes(data)
         unreadable, drop, codebook = _read(path, site, study, key, name, sha,
                                            size_mb=len(data) / 1e6)

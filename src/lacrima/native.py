@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
-from lacrima.findings import DropError, Finding, findings_frame
+from lacrima.findings import DropError, Finding, column_label, findings_frame
 from lacrima.study import Site, Study
 
 IDENTIFYING_NAME = re.compile(
@@ -639,7 +639,8 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             unexpected_idx.append(i)
     if ident_declared:
         findings.append(Finding(
-            check="identifying_columns", severity="warning", columns=tuple(ident_declared),
+            # As designed (the codebook lists them): information, not a problem to act on.
+            check="identifying_columns", severity="info", columns=tuple(ident_declared),
             message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
                      f"codebook were removed unread at intake: {_names(ident_declared)}"),
             expected="identifying columns never enter curated data", found="columns removed",
@@ -659,15 +660,10 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
                      f"{codebook.site!r} and were ignored: {_names(unexpected)}"),
             expected="only the codebook's columns", found=f"{len(unexpected)} extra column(s)",
         ))
-    formula_rows: dict[str, list[int]] = {}
-    for i in unexpected_idx:
-        label = table.names[i] or f"(column {i + 1}, no name)"
-        for k, row in enumerate(table.rows):
-            v = row[i]
-            if (k, i) in table.formula_cells or (isinstance(v, str) and _looks_like_formula(v)):
-                formula_rows.setdefault(label, []).append(table.row_numbers[k])
-
+    # Ignored columns are not read: nothing in them reaches curated data, so they are not
+    # checked for formulas either (a free-text answer "- felt heard" is not a formula problem).
     n = len(table.rows)
+    vocabulary = _vocabulary(codebook)
     columns: dict[str, Any] = {"site": pd.Series([site.code] * n, dtype="str")}
     missing = []
     decimal_cols = []
@@ -696,9 +692,9 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         columns[var] = canonical_series(values, vtype)
         if issues.other_decimal:
             decimal_cols.append(spec.column)
-        findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today))
-    for label, rows in formula_rows.items():
-        findings.append(_formula_finding(label, rows, name))
+        findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today,
+                                         canonical=var, vocabulary=vocabulary,
+                                         site=site.code))
     if missing:
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
@@ -852,9 +848,35 @@ def _fmt_number(x: float) -> str:
 
 
 def _label_shown(cell: Any) -> str:
-    # Answer labels are not identifying; long free text is cut so nothing personal leaks.
-    text = str(cell).strip()
-    return repr(text if len(text) <= 30 else text[:27] + "...")
+    # The cell's text as found; _shown_labels decides whether it may be shown.
+    return str(cell).strip()
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _vocabulary(codebook: Codebook) -> frozenset[str]:
+    """Every word of every answer label of the codebook, case folded."""
+    return frozenset(w for scale in codebook.scales.values() for label in scale.labels
+                     for w in _WORD.findall(normalise_label(label)))
+
+
+def _shown_labels(found: list[str], vocabulary: frozenset[str]) -> tuple[list[str], int]:
+    """Unknown labels that may be echoed, and how many may not.
+
+    A cell of a label column can hold anything a person typed ("Mario Rossi mrossi@ex.it"
+    in a gender column). Only text made of the codebook's own answer words ("Spesso?",
+    "maschio.") and numeric codes ("code 4") is shown; anything else is "a value", and the
+    row numbers say where to look.
+    """
+    shown, hidden = [], 0
+    for text in found:
+        words = _WORD.findall(normalise_label(text))
+        if text.startswith("code ") or (words and len(text) <= 40 and set(words) <= vocabulary):
+            shown.append(text if text.startswith("code ") else repr(text))
+        else:
+            hidden += 1
+    return shown, hidden
 
 
 def _human_date(fmt: str) -> str:
@@ -864,8 +886,10 @@ def _human_date(fmt: str) -> str:
 
 
 def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | None, fmt: FileFormat,
-                     today: dt.date) -> list[Finding]:
+                     today: dt.date, canonical: str = "", vocabulary: frozenset[str] = frozenset(),
+                     site: str = "") -> list[Finding]:
     out = []
+    label = column_label(repr(column), canonical)
     for check, rows in issues.rows.items():
         found = issues.found.get(check, [])
         k = len(rows)
@@ -873,43 +897,53 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             out.append(_formula_finding(column, rows, name))
         elif check == "unknown_labels":
             expected = ", ".join(scale.labels) if scale else "a value from the codebook"
+            shown, hidden = _shown_labels(found, vocabulary)
+            what = ", ".join(shown[:5] + ([f"{hidden} other value(s) not shown (they may be "
+                                           "free text)"] if hidden else []))
+            how = ("re-export with choice text (the answer labels), not numeric codes, or "
+                   "correct these cells" if fmt.values == "labels" else "correct these cells")
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the "
-                         f"codebook: {', '.join(found[:5])}; they were read as missing"
+                message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
+                         f"codebook: {what}; they were read as missing"
                          + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
-                found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
+                found=f"{len(found)} unknown answer(s): {what}",
+                fix=(f"{how} to one of the allowed answers, then upload the corrected file "
+                     f"(`lacrima upload FILE --site {site}`)" if site else ""),
             ))
         elif check == "unknown_codes":
             allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
                                 if isinstance(c, (int, float)) and not isinstance(c, bool))
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} hold codes not in the "
+                message=(f"{k} cell(s) in column {label} of {name} hold codes not in the "
                          f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
                          "read as missing"),
                 expected=f"one of the codes: {allowed}",
                 found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
+                fix=(f"correct these cells to one of the codes {allowed} in the site's tool, "
+                     f"then upload the corrected file (`lacrima upload FILE --site {site}`)"
+                     if site else ""),
             ))
         elif check == "non_numeric":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} are not whole numbers; "
+                message=(f"{k} cell(s) in column {label} of {name} are not whole numbers; "
                          "read as missing"),
                 expected="a whole number", found=", ".join(found),
             ))
         elif check == "bad_dates":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} date(s) in column {column!r} of {name} are not in the format "
+                message=(f"{k} date(s) in column {label} of {name} are not in the format "
                          f"{_human_date(fmt.date_format)}; read as missing"),
                 expected=_human_date(fmt.date_format), found=", ".join(found),
             ))
         elif check == "future_dates":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} date(s) in column {column!r} of {name} lie in the future "
+                message=(f"{k} date(s) in column {label} of {name} lie in the future "
                          f"(after {today:%Y-%m-%d})"),
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
