@@ -214,6 +214,23 @@ class Replication(_Model):
     sceptical_level: Union[Literal["golden", "liberal", "controlled"], Annotated[float, Field(gt=0, lt=1)]]
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
+    verdict_p: Literal["raw", "holm"] = "raw"
+
+
+class SyntheticItems(_Model):
+    """The item factor model: per-scale loading, subscale factors and their correlation."""
+
+    loading: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
+    subscales: dict[str, Names] = {}
+    subscale_r: dict[str, Annotated[float, Field(gt=-1, lt=1)]] = {}
+
+
+class Noninvariance(_Model):
+    """A planted intercept shift of one item at one site (off when empty)."""
+
+    site: Optional[str] = None
+    item: Optional[str] = None
+    intercept_shift: Number = 0.0
 
 
 class Synthetic(_Model):
@@ -228,6 +245,20 @@ class Synthetic(_Model):
     r_change: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_alliance: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_security: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
+    items: Optional[SyntheticItems] = None
+    intercepts: Optional[dict[str, Number]] = None
+    noninvariance: Optional[Noninvariance] = None
+
+
+class Invariance(_Model):
+    """Measurement invariance: each scale's factors (plan scores) and the step criteria."""
+
+    scales: dict[str, Annotated[Names, Field(min_length=1)]] = {}
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    delta_cfi: Annotated[float, Field(le=0)] = -0.01
+    delta_rmsea: Annotated[float, Field(ge=0)] = 0.015
+    max_freed: Annotated[int, Field(ge=0)] = 3
+    max_sites: Annotated[int, Field(ge=2)] = 12
 
 
 class Validation(_Model):
@@ -248,6 +279,7 @@ class Plan(_Model):
     families: list[Family]
     reliability: Optional[Reliability] = None
     pooling: Pooling
+    invariance: Optional[Invariance] = None
     ipd: Optional[Ipd] = None
     replication: Replication
     synthetic: Synthetic
@@ -582,8 +614,22 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
             for i, name in enumerate(getattr(plan.validation, key)):
                 ref(f"validation.{key}[{i}]", name, scores if key == "completion_scores" else variables,
                     "score of the plan" if key == "completion_scores" else "variable of the plan")
+    if have("invariance", "scores") and plan.invariance is not None:
+        for scale, factors in plan.invariance.scales.items():
+            ref(f"invariance.scales.{scale}", scale, scores, "score of the plan")
+            for j, name in enumerate(factors):
+                ref(f"invariance.scales.{scale}[{j}]", name, scores, "score of the plan")
     if have("synthetic", "variables"):
         out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
+        items = plan.synthetic.items
+        for key in ("loading", "subscales", "subscale_r") if items is not None and refs_ok else ():
+            for name in getattr(items, key):
+                ref(f"synthetic.items.{key}.{name}", name, scores, "score of the plan")
+        for name in (plan.synthetic.intercepts or {}) if refs_ok else ():
+            ref(f"synthetic.intercepts.{name}", name, variables, "variable of the plan")
+        planted = plan.synthetic.noninvariance
+        if planted is not None and planted.item is not None and refs_ok:
+            ref("synthetic.noninvariance.item", planted.item, variables, "variable of the plan")
     return out
 
 
