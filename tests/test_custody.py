@@ -137,7 +137,7 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
                                   before.drop(columns="participant_id"))
     (rec,) = intake.batches(storage, "it")
     assert rec.key_fingerprint == entry["to"]
-    audit = [json.loads(p.read_text()) for p in (tmp_path / "store" / "ledger").glob("_rekey-*")]
+    audit = [json.loads(p.read_text()) for p in (tmp_path / "store" / "ledger" / "_rekey").glob("*.json")]
     assert [a["done"] for a in audit] == [True] and "writes" not in audit[0]
     assert not any(p.name.startswith(rec.sha256 + ".") for p in
                    (tmp_path / "store" / "curated" / "it").iterdir())    # old pseudonyms gone
@@ -148,3 +148,19 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
     intake.upload(storage, it, write_drop(it, study, tmp_path / "d", n=20, seed=1, format="csv"))
     res = intake.ingest_site(storage, it, study, OTHER)
     assert len(res.accepted) == 1 and (res.records_new, res.records_held) == (0, 20)
+
+
+def test_a_store_from_before_key_fingerprints_is_checked_against_its_data(real_store, tmp_path):
+    import shutil
+
+    shutil.copytree(real_store, tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
+    storage.delete(catalog.KEY_FILE)
+    for rec in intake.batches(storage):      # as the ledger was written before this issue
+        catalog.write_batch(storage, rec.__class__(**{**rec.to_dict(), "key_fingerprint": "",
+                                                      "identifying_dropped": ()}))
+    for key in (DEMO_KEY, OTHER):
+        with pytest.raises(catalog.KeyCustodyError):
+            catalog.check_key(storage, key)
+    catalog.check_key(storage, KEY)
+    assert catalog.store_key(storage)["fingerprint"] == catalog.key_fingerprint(KEY)

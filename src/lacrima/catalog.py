@@ -11,6 +11,7 @@ Zones and their keys (the same on a local folder and on S3)::
     ledger/<site>/_intent-<sha256>.json   a two-step change (a correction), written first, marked done
     ledger/<site>/_withdrawn-<pseudonym>.json   a withdrawal of consent
     ledger/_key.json                      fingerprint of the pseudonym key the store is made under
+    ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
 
 Other modules ask this one for keys; none builds them. Ledger files whose name starts with
@@ -150,12 +151,16 @@ class BatchRecord:
 
 
 def _ledger_json(storage: Storage, site: str | None, special: str = ""):
-    """Ledger files of one site (or all): batches (``special=""``) or ``_<special>-*`` files."""
+    """Ledger files of one site (or all): batches (``special=""``) or ``_<special>-*`` files.
+
+    A name or folder starting with ``_`` is never a batch (``_key.json``, ``_rekey/``...).
+    """
     for obj in storage.list(ledger_prefix(site)):
-        name = obj.key.rsplit("/", 1)[-1]
-        if not name.endswith(".json"):
+        parts = obj.key.split("/")[1:]
+        if not parts[-1].endswith(".json"):
             continue
-        if (name.startswith(f"_{special}-") if special else not name.startswith("_")):
+        if (parts[-1].startswith(f"_{special}-") if special
+                else not any(p.startswith("_") for p in parts)):
             yield read_json(storage, obj.key)
 
 
@@ -401,12 +406,15 @@ def check_key(storage: Storage, key: bytes) -> None:
     if held is None:
         # A store from before the key file: its batches name their keys, if any (a store
         # older still names none, and is claimed by the first key that runs on it).
-        fps = {r.key_fingerprint for r in batches(storage) if r.key_fingerprint}
-        if fps <= {fp}:
+        recs = batches(storage)
+        fps = {r.key_fingerprint for r in recs if r.key_fingerprint}
+        unnamed = [r for r in recs if r.state == ACCEPTED and r.curated_key and not r.key_fingerprint]
+        if fps <= {fp} and (fps or not unnamed or _made_under(storage, unnamed[0], key)):
             write_json(storage, KEY_FILE, {"fingerprint": fp, "demo": demo}, if_absent=True)
             return
-        other = sorted(fps - {fp})[0]
-        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)}
+        other = sorted(fps - {fp})[0] if fps - {fp} else "unknown"
+        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)
+                or (other == "unknown" and not demo and _made_under(storage, unnamed[0], DEMO_KEY))}
     if held["fingerprint"] == fp:
         return
     if demo:
@@ -427,6 +435,20 @@ def check_key(storage: Storage, key: bytes) -> None:
 # --------------------------------------------------------------------------- intents
 
 
+def _made_under(storage: Storage, rec: BatchRecord, key: bytes) -> bool:
+    """Whether a batch from before key fingerprints were kept was pseudonymised under ``key``:
+    its raw IDs, pseudonymised under ``key``, are the pseudonyms its curated file holds."""
+    from lacrima.intake import _read_ids
+    from lacrima.privacy import pseudonymise
+    from lacrima.study import load_site, load_study
+
+    if not storage.exists(rec.raw_key):
+        return False
+    ids = _read_ids(storage, load_site(rec.site), load_study(), rec.raw_key)
+    held = set(parquet_frame(storage.read_bytes(rec.curated_key))["participant_id"])
+    return ids is not None and bool(set(pseudonymise(rec.site, ids, key)) & held)
+
+
 def write_intent(storage: Storage, site: str, intent: dict) -> None:
     write_json(storage, intent_key(site, intent["batch"]["sha256"]), {**intent, "done": False})
 
@@ -436,7 +458,7 @@ def mark_done(storage: Storage, site: str, intent: dict) -> None:
 
 
 def rekey_key(stamp: str) -> str:
-    return f"ledger/_rekey-{stamp.replace(':', '')}.json"
+    return f"ledger/_rekey/{stamp.replace(':', '')}.json"
 
 
 def write_rekey(storage: Storage, intent: dict) -> None:
@@ -451,8 +473,8 @@ def mark_rekey_done(storage: Storage, intent: dict) -> None:
 
 def open_rekey(storage: Storage) -> dict | None:
     """A rekey that was started and not marked done, if any."""
-    return next((d for d in _ledger_json(storage, None, "rekey")
-                 if d.get("kind") == "rekey" and not d.get("done")), None)
+    return next((d for d in (read_json(storage, o.key) for o in storage.list("ledger/_rekey"))
+                 if not d.get("done")), None)
 
 
 def open_intents(storage: Storage, site: str) -> list[dict]:

@@ -544,7 +544,7 @@ def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
     old key to those under the new one; curated files, the register and withdrawals are
     rewritten under the new pseudonyms, each batch's ledger entry and the store's key record
     name the new key. Steps: the new curated files (new keys, nothing overwritten), then an
-    intent (``ledger/_rekey-<stamp>.json``) listing every change, then the changes, then the
+    intent (``ledger/_rekey/<stamp>.json``) listing every change, then the changes, then the
     intent marked done, then the old curated files deleted. An interrupted rekey is finished
     by running it again with the same two keys.
 
