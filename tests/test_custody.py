@@ -137,7 +137,8 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
                                   before.drop(columns="participant_id"))
     (rec,) = intake.batches(storage, "it")
     assert rec.key_fingerprint == entry["to"]
-    audit = [json.loads(p.read_text()) for p in (tmp_path / "store" / "ledger" / "_rekey").glob("*.json")]
+    audit = [json.loads(p.read_text())
+             for p in (tmp_path / "store" / "ledger" / "_rekey").glob("*.json")]
     assert [a["done"] for a in audit] == [True] and "writes" not in audit[0]
     assert not any(p.name.startswith(rec.sha256 + ".") for p in
                    (tmp_path / "store" / "curated" / "it").iterdir())    # old pseudonyms gone

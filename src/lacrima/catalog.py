@@ -4,11 +4,11 @@ Zones and their keys (the same on a local folder and on S3)::
 
     landing/<site>/<name>                 what data managers upload
     raw/<site>/<sha256>.<ext>             immutable, content-addressed copy of every drop
-    curated/<site>/<sha256>.parquet       the records a batch brought (new or corrected), pseudonymised
+    curated/<site>/<sha256>.parquet       the records a batch brought (new or corrected)
     quarantine/<site>/<sha256>/           original file + validation report of rejected drops
     ledger/<site>/<sha256>.json           state of each batch (accepted, quarantined, superseded)
     ledger/<site>/_landing-index.json     landing key -> {etag, sha256} a run has hashed
-    ledger/<site>/_intent-<sha256>.json   a two-step change (a correction), written first, marked done
+    ledger/<site>/_intent-<sha256>.json   a correction: written first, then marked done
     ledger/<site>/_withdrawn-<pseudonym>.json   a withdrawal of consent
     ledger/_key.json                      fingerprint of the pseudonym key the store is made under
     ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
@@ -408,7 +408,8 @@ def check_key(storage: Storage, key: bytes) -> None:
         # older still names none, and is claimed by the first key that runs on it).
         recs = batches(storage)
         fps = {r.key_fingerprint for r in recs if r.key_fingerprint}
-        unnamed = [r for r in recs if r.state == ACCEPTED and r.curated_key and not r.key_fingerprint]
+        unnamed = [r for r in recs
+                   if r.state == ACCEPTED and r.curated_key and not r.key_fingerprint]
         if fps <= {fp} and (fps or not unnamed or _made_under(storage, unnamed[0], key)):
             write_json(storage, KEY_FILE, {"fingerprint": fp, "demo": demo}, if_absent=True)
             return

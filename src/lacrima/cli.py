@@ -304,7 +304,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
              purge_raw: bool = typer.Option(False, "--purge-raw",
                                             help="also replace every raw file holding the person "
                                                  "by a redacted copy and delete the original"),
-             storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)")):
+             storage: Optional[str] = typer.Option(None, help="storage root "
+                                                   "(default: LACRIMA_STORAGE or ./data)")):
     """Record a participant's withdrawal of consent: every later output leaves them out.
 
     Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
@@ -331,7 +332,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
 
 @app.command()
 def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
-          storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+          storage: Optional[str] = typer.Option(None, help="storage root "
+                                                "(default: LACRIMA_STORAGE or ./data)"),
           as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
     """Re-pseudonymise every stored record under a new key, as one audited operation.
 

@@ -7,11 +7,10 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -560,7 +559,8 @@ def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
     """
     old_fp, new_fp = catalog.key_fingerprint(old_key), catalog.key_fingerprint(new_key)
     if old_fp == new_fp:
-        raise catalog.KeyCustodyError("the new key is the key the store is made under: nothing to do")
+        raise catalog.KeyCustodyError("the new key is the one the store is made under: "
+                                      "nothing to do")
     intent = catalog.open_rekey(storage)
     if intent is not None and (intent["from"], intent["to"]) != (old_fp, new_fp):
         raise catalog.KeyCustodyError(
