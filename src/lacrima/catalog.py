@@ -13,6 +13,7 @@ Zones and their keys (the same on a local folder and on S3)::
     ledger/_key.json                      fingerprint of the pseudonym key the store is made under
     ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
+    results/<site>/<input_key>/           a site's cached analysis; results/_pooled/<key>/
 
 Other modules ask this one for keys; none builds them. Ledger files whose name starts with
 ``_`` are not batches.
@@ -105,6 +106,15 @@ def redacted_raw_key(site: str, sha: str, redacted_sha: str, ext: str) -> str:
 
 def register_key(site: str) -> str:
     return f"register/{site}.json"
+
+
+def results_prefix(site: str, input_key: str | None = None) -> str:
+    """Cached analyses of a site: ``results/<site>/<input_key>/`` (all of them without a key)."""
+    return f"results/{site}/{input_key}" if input_key else f"results/{site}"
+
+
+# The light analyses each comparison was made from: results/_pooled/<comparison_key>/.
+POOLED = "results/_pooled"
 
 
 # --------------------------------------------------------------------------- ledger

@@ -254,7 +254,9 @@ def _print_summary(summary: dict, as_json: bool):
     else:
         if summary.get("nothing_new"):
             console.print("nothing new since the latest report: no report written", markup=False)
-        console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+        records = (f" ({summary['records_new']} new records, {summary['records_held']} "
+                   "already held)" if summary.get("records_new") is not None else "")
+        console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
                       f"{summary['quarantined']} quarantined, "
                       f"{summary['skipped_duplicates']} already processed", markup=False)
         typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")

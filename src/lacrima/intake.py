@@ -743,7 +743,7 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
             if (frame["participant_id"] == pseudonym).any():
                 storage.write_bytes(rec.curated_key, catalog.frame_bytes(
                     frame[frame["participant_id"] != pseudonym].reset_index(drop=True)))
-    for obj in storage.list(f"results/{site.code}"):
+    for obj in storage.list(catalog.results_prefix(site.code)):
         if obj.key.endswith("/data.parquet"):
             frame = parquet_frame(storage.read_bytes(obj.key))
             if (frame["participant_id"] == pseudonym).any():
