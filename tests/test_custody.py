@@ -165,3 +165,29 @@ def test_a_store_from_before_key_fingerprints_is_checked_against_its_data(real_s
             catalog.check_key(storage, key)
     catalog.check_key(storage, KEY)
     assert catalog.store_key(storage)["fingerprint"] == catalog.key_fingerprint(KEY)
+
+
+def test_an_interrupted_rekey_blocks_runs_until_it_is_finished(real_store, tmp_path, monkeypatch,
+                                                               study, sites):
+    import shutil
+
+    shutil.copytree(real_store, tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
+    before = intake.curated_frame(storage, "it")
+    real = catalog.mark_rekey_done
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt("machine died")
+    monkeypatch.setattr(catalog, "mark_rekey_done", dies)
+    with pytest.raises(KeyboardInterrupt):
+        intake.rekey(storage, sites, study, KEY, OTHER)
+    monkeypatch.setattr(catalog, "mark_rekey_done", real)
+    for key in (KEY, OTHER):
+        with pytest.raises(catalog.KeyCustodyError, match="interrupted"):
+            catalog.check_key(storage, key)
+    with pytest.raises(catalog.KeyCustodyError, match="interrupted"):
+        intake.rekey(storage, sites, study, KEY, b"a-third-key-0123456789")
+    intake.rekey(storage, sites, study, KEY, OTHER)
+    catalog.check_key(storage, OTHER)
+    after = intake.curated_frame(storage, "it")
+    assert len(after) == len(before) and not set(after["participant_id"]) & set(before["participant_id"])
