@@ -19,13 +19,16 @@ from typing import Any, Mapping
 
 from lacrima.study import Site, Study, sha256_file
 
-FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav")
-"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3."""
+FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv")
+"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3;
+``redcap_csv`` a REDCap export (raw: field names and codes; labels: field labels and choice
+labels), whose ``redcap_*``, ``*_complete``, ``*_timestamp`` and checkbox ``field___code``
+columns are tool metadata unless the codebook maps them."""
 
 VALUE_STYLES: tuple[str, ...] = ("labels", "codes")
 """``labels``: cells hold answer text; ``codes``: cells hold numeric codes (SPSS)."""
 
-TEXT_KINDS = frozenset({"qualtrics_csv", "csv"})
+TEXT_KINDS = frozenset({"qualtrics_csv", "csv", "redcap_csv"})
 
 
 # An ID that is a whole number, however written: "00017", "17", "17.0".
@@ -51,7 +54,7 @@ class FileFormat:
 
     Parameters
     ----------
-    kind : {"qualtrics_csv", "csv", "xlsx", "sav"}
+    kind : {"qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv"}
     extensions : tuple of str
         Lower-case file extensions with the dot (``".csv"``).
     encodings : tuple of str
@@ -421,11 +424,17 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
                     import_id=e.get("import_id", ""), synth=e.get("synth", "blank"))
         for e in raw.get("extra_columns", ())
     )
+    file_order = tuple(head.get("file_order", ()))
+    undescribed = [c for c in file_order if c not in natives and c not in {e.column for e in extras}]
+    if undescribed:
+        raise CodebookError(
+            f"codebook {path}: file_order lists {undescribed}, which neither [columns] nor "
+            "[[extra_columns]] describe; add an [[extra_columns]] entry for each")
     return Codebook(
         site=site, format=formats[0].kind, id_column=id_column, identifying_columns=identifying,
         sha256=sha256_file(path), formats=tuple(formats), columns=MappingProxyType(columns),
         scales=MappingProxyType(scales), extra_columns=extras,
-        file_order=tuple(head.get("file_order", ())),
+        file_order=file_order,
         ids=MappingProxyType(dict(raw.get("ids", {}))),
         synthetic=MappingProxyType(dict(raw.get("synthetic", {}))),
         language=head.get("language", ""),

@@ -36,6 +36,13 @@ def safe_name(name: str) -> str:
     return (_SAFE.sub("_", base).strip("._") or "drop")[:120]
 
 
+def local_name(name: str) -> str:
+    """The name a drop is read under in a temporary folder: its own (``safe_name``: no path
+    parts, no odd characters), so findings name the file the data manager sent."""
+    name = safe_name(name)
+    return PurePosixPath(name).stem + extension(name)
+
+
 def extension(name: str) -> str:
     suffix = PurePosixPath(safe_name(name)).suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix or "") else ".bin"
@@ -55,6 +62,13 @@ class IntakeResult:
     @property
     def changed(self) -> bool:
         return bool(self.accepted)
+
+    @property
+    def record_counts(self) -> dict[str, dict]:
+        """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
+        return {r.sha256: {"new": r.extra.get("records_new"),
+                           "already_held": r.extra.get("records_held"),
+                           "changed": r.extra.get("records_changed")} for r in self.reports}
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -226,8 +240,9 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
             report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
             reports.append(report)
             (accepted if report.valid else quarantined).append(p.sha)
-            new += report.extra.get("records_new", 0)
-            held += report.extra.get("records_held", 0)
+            if report.valid:
+                new += report.extra.get("records_new", 0)
+                held += report.extra.get("records_held", 0)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
@@ -283,7 +298,7 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
     with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
-        path = Path(tmp) / f"drop{extension(name)}"   # never the uploaded name: no path tricks
+        path = Path(tmp) / local_name(name)
         path.write_bytes(data)
         unreadable, drop, codebook = _read(path, site, study, key, name, sha,
                                            size_mb=len(data) / 1e6)
@@ -313,6 +328,10 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
+    if split is not None:
+        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
+                                        "records_held": split.held,
+                                        "records_changed": len(split.changed)})
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -338,8 +357,6 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             reg = catalog.register_batch(reg, sha, new, study.variables)
             catalog.write_register(storage, site.code, reg)
             catalog.write_batch(storage, batch)
-        report = replace(report, extra={**report.extra, "records_new": len(new),
-                                        "records_held": split.held})
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
         reason = "; ".join(sorted({f.check for f in report.errors}))

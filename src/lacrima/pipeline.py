@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -530,10 +531,26 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
     }
 
 
+PROGRESS_LOGGER = "lacrima.progress"
+
+
+def progress(stage: str, done: int | None = None, total: int | None = None) -> None:
+    """Tell whoever listens (the command line's progress display) where a run is.
+
+    A log record on ``lacrima.progress`` with ``stage`` and, when known, sites ``done`` of
+    ``total``: the library stays free of any display, and a run without a listener only
+    writes the line to its log.
+    """
+    logging.getLogger(PROGRESS_LOGGER).info(
+        "%s%s", stage, f": {done} of {total} site(s)" if total is not None else "",
+        extra={"stage": stage, "done": done, "total": total})
+
+
 class StageClock:
     """Wall-clock seconds per named stage of a run (``with clock("intake"): ...``).
 
-    Reported in the run summary so an operator sees where a run spent its time.
+    Reported in the run summary so an operator sees where a run spent its time; entering a
+    stage is reported to ``progress``.
     """
 
     def __init__(self):
@@ -541,6 +558,7 @@ class StageClock:
 
     @contextmanager
     def __call__(self, stage: str):
+        progress(stage)
         start = time.perf_counter()
         try:
             yield
@@ -602,8 +620,48 @@ def prepare_run(storage_location: str | None = None, demo: bool = False,
     return RunContext(storage, load_study(), sites, key, demo)
 
 
+def drop_outcomes(intakes, location: str = "") -> list[dict]:
+    """One object per drop a run processed: what happened to it and where to read why.
+
+    Parameters
+    ----------
+    intakes : sequence of IntakeResult
+    location : str, optional
+        The store's location, to give the quarantine report's full path.
+
+    Returns
+    -------
+    list of dict
+        ``site``, ``file`` (its own name), ``batch`` (SHA-256), ``outcome`` (``accepted`` or
+        ``quarantined``), ``rows``, ``errors`` / ``warnings`` (counts), ``checks`` (the
+        failed checks), ``new`` / ``already_held`` / ``changed`` (record counts when intake
+        gives them, else None) and ``report`` (the quarantine report's path, or None). No
+        participant value: names of checks and counts only.
+    """
+    out = []
+    for result in intakes:
+        quarantined = set(result.quarantined)
+        counts_of = getattr(result, "record_counts", None) or {}
+        for rep in result.reports:
+            bad = rep.sha256 in quarantined
+            counts = counts_of.get(rep.sha256, {})
+            prefix = f"quarantine/{result.site}/{rep.sha256}/report.html"
+            out.append({
+                "site": result.site, "file": rep.file_name, "batch": rep.sha256,
+                "outcome": "quarantined" if bad else "accepted", "rows": rep.n_rows,
+                "errors": len(rep.errors),
+                "warnings": sum(1 for f in rep.findings if f.severity == "warning"),
+                "checks": sorted({f.check for f in rep.errors}),
+                "new": counts.get("new"), "already_held": counts.get("already_held"),
+                "changed": counts.get("changed"),
+                "report": (f"{location.rstrip('/')}/{prefix}" if location else prefix) if bad
+                else None,
+            })
+    return out
+
+
 def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,
-              unchanged: list[str] = ()) -> dict:
+              unchanged: list[str] = (), location: str = "") -> dict:
     """The one-line JSON summary of a run (``lacrima run --json``).
 
     ``plans`` cover every site; ``intakes`` only the sites that had pending drops (the others'
@@ -627,4 +685,5 @@ def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAn
         "sites_reused": sorted(reused),
         "report": outputs.location if outputs else None,
         "nothing_new": outputs is None and bool(reused),
+        "drops": drop_outcomes(intakes, location),
     }

@@ -6,8 +6,12 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where used: `lacrima run` checks the key before anything heavy loads.
 
 KEY_ENV = "LACRIMA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "LACRIMA_PSEUDONYM_KEY_FILE"
@@ -70,6 +74,8 @@ def pseudonymise(site: str, ids: pd.Series, key: bytes) -> pd.Series:
 
     The site is part of the message so the same raw ID at two sites gives two pseudonyms.
     """
+    import pandas as pd  # noqa: F401 - ids is a Series; kept for symmetry with suppress_small
+
     def one(raw) -> str:
         digest = hmac.new(key, f"{site}\x1f{raw}".encode(), hashlib.sha256).hexdigest()
         return f"{site}-{digest[:16]}"
@@ -78,6 +84,8 @@ def pseudonymise(site: str, ids: pd.Series, key: bytes) -> pd.Series:
 
 def suppress_small(count: int | float, min_cell: int = MIN_CELL) -> str:
     """A count for display: ``'<5'`` when 1..min_cell-1, else the count itself."""
+    import pandas as pd
+
     if pd.isna(count):
         return ""
     c = int(count)
