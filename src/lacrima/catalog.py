@@ -39,15 +39,13 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.storage import Storage, parquet_frame, read_json, write_json
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
     "accepted", "quarantined", "superseded", "landed", "withdrawn")
 
 KEY_FILE = "ledger/_key.json"
-# A pseudonym key shorter than this is refused: HMAC under a short or empty key is a hash
-# anyone can recompute from a guessed ID (an ID space of a few thousand numbers).
-MIN_KEY_BYTES = 16
 _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
 
 
