@@ -341,6 +341,14 @@ def current_by_batch(reg: Mapping[str, Entry]) -> dict[str, set[str]]:
     return out
 
 
+def participants_held(storage: Storage, site: str) -> int:
+    """People whose current record the site holds (withdrawn and superseded ones left out):
+    one read of the register, not of the curated data."""
+    if not storage.exists(register_key(site)):
+        return len(curated_frame(storage, site))
+    return sum(1 for e in read_register(storage, site).values() if e.state == ACCEPTED)
+
+
 def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
     """The site's curated data: each participant's current record once, withdrawn people left out.
 
