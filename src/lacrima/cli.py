@@ -1,7 +1,8 @@
 """The ``lacrima`` command line: data managers (check, upload, status), operators (run, serve),
 analysts and developers (synth, demo, expectations).
 
-Exit codes: 0 success / valid, 1 invalid data, 2 usage error or unreadable input.
+Exit codes: 0 success / valid, 1 invalid data, 2 usage error, unreadable input or a store
+that cannot be reached, 3 another run holds the store (``lacrima.lease``).
 Bad data never produces a Python traceback.
 """
 
@@ -194,11 +195,18 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     return recs
 
 
+BUSY = 3       # exit code: another run holds the store's lease
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
-         dask_address: Optional[str] = None) -> dict:
+         dask_address: Optional[str] = None, wait: float = 0.0) -> dict:
     from flows.pipeline import run_pipeline
-    return run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                        dask_address=dask_address)
+    from lacrima.lease import LeaseHeld, LeaseLost
+    try:
+        return run_pipeline(storage_location=storage, demo=demo, runner=runner,
+                            dask_address=dask_address, wait=wait)
+    except (LeaseHeld, LeaseLost) as err:
+        _fail(str(err), BUSY)
 
 
 @app.command()
@@ -206,13 +214,18 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
-        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
-    """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
+        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
+        wait: float = typer.Option(0.0, help="seconds to wait while another run holds the store "
+                                             "(then exit 3)")):
+    """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL).
+
+    One run at a time per store: while another run holds it, exit 3 naming that run.
+    """
     from lacrima.privacy import MissingKeyError
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
     try:
-        summary = _run(storage, demo, runner, dask_address)
+        summary = _run(storage, demo, runner, dask_address, wait)
     except MissingKeyError as err:
         _fail(str(err))
     _print_summary(summary, as_json)

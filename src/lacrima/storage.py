@@ -51,6 +51,11 @@ class Storage(Protocol):
     the caller where the store can avoid it (metadata is not copied). ``metadata`` holds short ASCII
     strings (S3 object metadata). ``list(prefix)`` gives every object under the folder
     ``prefix`` ("" = all), sorted by key. Failures are ``OSError`` (``StorageError`` on S3).
+
+    ``read_tagged(key)`` gives ``(bytes, tag)`` or ``None`` when absent; ``swap(key, data, tag)``
+    is a compare-and-swap: it writes only if the object's tag is still ``tag`` (``None``: only
+    if absent) and returns the new tag, or ``None`` when the condition failed. The run lease
+    (``lacrima.lease``) is built on these two.
     """
 
     location: str
@@ -64,6 +69,8 @@ class Storage(Protocol):
     def copy(self, source: str, key: str, if_absent: bool = False) -> bool: ...
     def metadata(self, key: str) -> dict: ...
     def local_path(self, key: str) -> Path | None: ...
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None: ...
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -183,6 +190,30 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, sha256_bytes(data)
+
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None:
+        import fcntl
+
+        if tag is None:
+            return sha256_bytes(data) if self.write_bytes(key, data, if_absent=True) else None
+        # Writers of a swapped key hold this lock between reading and replacing; an
+        # exclusive create (tag None) needs none: a swap requires the key to exist.
+        lock = self.root / ".locks" / _check_key(key)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            now = self.read_tagged(key)
+            if now is None or now[1] != tag:
+                return None
+            self.write_bytes(key, data)
+            return sha256_bytes(data)
 
 
 class StorageError(OSError):
@@ -367,6 +398,35 @@ class S3Storage:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=full)
+            return obj["Body"].read(), obj["ETag"].strip('"')
+        except ClientError as err:
+            if self._code(err) in _MISSING:
+                return None
+            raise self._error("read", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("read", full, err) from None
+
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        cond = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": f'"{tag}"'}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                          **cond)["ETag"].strip('"')
+        except ClientError as err:
+            if self._code(err) in (*_EXISTS, *_MISSING):
+                return None
+            raise self._error("write", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("write", full, err) from None
 
 
 def open_storage(location: str | None = None) -> Storage:
