@@ -126,14 +126,19 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
 
     ``group``: most sites one intake or analysis task takes (see ``pipeline.site_groups``).
     ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
-    after that the run stops with ``LeaseHeld``, having changed nothing.
+    after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
+    message naming the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
     ctx = pipeline.prepare_run(storage_location, demo=demo)
     run_id = run_id or pipeline.new_run_id()
-    with lease.hold(ctx.storage, lease.default_owner(run_id), ttl=lease.LEASE_SECONDS,
-                    wait=wait) as held:
-        return _pipeline(ctx, run_id, group, held)
+    try:
+        with lease.hold(ctx.storage, lease.default_owner(run_id), ttl=lease.LEASE_SECONDS,
+                        wait=wait) as held:
+            return _pipeline(ctx, run_id, group, held)
+    except lease.LeaseHeld as err:
+        get_run_logger().warning("%s", err)
+        return {"run_id": run_id, "busy": str(err)}
 
 
 def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
@@ -223,7 +228,7 @@ def run_pipeline(storage_location: str | None = None, demo: bool = False, runner
                  workers: int | None = None, wait: float = 0.0) -> dict:
     """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
 
-    Raises ``lacrima.lease.LeaseHeld`` when another run holds the store past ``wait`` seconds.
+    Returns ``{"run_id", "busy"}`` when another run holds the store past ``wait`` seconds.
     """
     if workers is None:
         workers = default_workers()

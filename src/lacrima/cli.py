@@ -201,12 +201,15 @@ BUSY = 3       # exit code: another run holds the store's lease
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
          dask_address: Optional[str] = None, wait: float = 0.0) -> dict:
     from flows.pipeline import run_pipeline
-    from lacrima.lease import LeaseHeld, LeaseLost
+    from lacrima.lease import LeaseLost
     try:
-        return run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                            dask_address=dask_address, wait=wait)
-    except (LeaseHeld, LeaseLost) as err:
+        summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
+                               dask_address=dask_address, wait=wait)
+    except LeaseLost as err:
         _fail(str(err), BUSY)
+    if summary.get("busy"):
+        _fail(summary["busy"], BUSY)
+    return summary
 
 
 @app.command()
