@@ -40,6 +40,15 @@ def _storage():
         _fail(str(err))
 
 
+def _reachable(storage):
+    """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
+    try:
+        storage.check()
+    except OSError as err:
+        _fail(f"store unavailable: {err}")
+    return storage
+
+
 def _site(code: str):
     from lacrima.study import load_site
     try:
@@ -150,7 +159,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
 
     if site:
         _site(site)
-    storage = _storage()
+    storage = _reachable(_storage())
     try:
         recs = _status_records(storage, site)
     except OSError as err:          # the store failed after its retries
@@ -227,6 +236,11 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
     from lacrima.privacy import MissingKeyError
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
+    from lacrima.storage import open_storage
+    try:
+        _reachable(open_storage(storage))
+    except ValueError as err:           # a malformed location
+        _fail(str(err))
     try:
         summary = _run(storage, demo, runner, dask_address, wait)
     except MissingKeyError as err:
