@@ -9,9 +9,12 @@ same code runs against AWS, MinIO or a moto server. Keys are the same on both ba
     curated/<site>/<sha256>.parquet    canonical, typed, pseudonymised data of accepted drops
     quarantine/<site>/<sha256>/        original file + validation report of rejected drops
     ledger/<site>/<sha256>.json        state of each batch (accepted, quarantined, superseded)
-    reports/<run_id>/ and reports/latest/
+    reports/<run_id>/, reports/latest.json  a run's outputs; the pointer to the latest (report.py)
+    locks/run.json                       the lease of the run holding the store (lease.py)
 
-Raw writes are conditional (never overwrite); the pipeline never deletes anything.
+Raw writes are conditional (never overwrite); the pipeline never deletes anything. The
+one audited exception: ``lacrima withdraw --purge-raw`` (and ``rekey`` dropping curated
+files made under the old key), see ``lacrima.catalog``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Storage(Protocol):
     def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
     def swap(self, key: str, data: bytes, tag: str | None) -> str | None: ...
     def check(self) -> None: ...
+    def delete(self, key: str) -> bool: ...
 
 
 def _is_object_key(key: str) -> bool:
@@ -229,6 +233,14 @@ class LocalStorage:
                 return None
             self.write_bytes(key, data)
             return sha256_bytes(data)
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` (and its metadata); False when it was not there."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        self._meta_path(key).unlink(missing_ok=True)
+        return True
 
 
 class StorageError(OSError):
@@ -378,6 +390,17 @@ class S3Storage:
         except (BotoCoreError, ClientError) as err:
             raise self._error("list", full, err) from None
         return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True (S3 does not say whether it was there)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+            return True
+        except (ClientError, BotoCoreError) as err:
+            raise self._error("delete", full, err) from None
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
