@@ -94,7 +94,8 @@ def test_unchanged_sites_are_read_back_from_the_pooled_inputs_as_stored(ingested
     ckey = pipeline.save_pooled_inputs(ingested, analyses, study)
     assert ckey == pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)
     # What the flow's report step leaves behind: the latest report names the comparison.
-    ingested.write_bytes("reports/latest/provenance.json", json.dumps({"comparison_key": ckey}).encode())
+    ingested.write_bytes("reports/r1/provenance.json", json.dumps({"comparison_key": ckey}).encode())
+    pipeline.publish_report(ingested, "r1", b"{}")
     kept = pipeline.reusable_analyses(ingested, keys)
     assert sorted(kept) == sorted(a.site for a in analyses)
     for a in analyses:

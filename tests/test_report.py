@@ -44,7 +44,7 @@ def report_inputs(study, sites, memory_analyses):
 def run(tmp_path_factory, report_inputs):
     analyses, comparison, study, sites, prov = report_inputs
     storage = LocalStorage(tmp_path_factory.mktemp("store"))
-    # A file an older run left in latest/: storage never deletes it, the report must not link it.
+    # A latest/ folder of copies an older version left: moved aside (never deleted), not linked.
     storage.write_bytes("reports/latest/data/gone.csv", b"old,run\n")
     frames_before = [a.data.copy() for a in analyses], comparison.results.copy()
     outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
@@ -213,8 +213,11 @@ def test_manifest_lists_exactly_the_run_files_and_latest_links_only_those(run):
         assert storage.read_bytes(f"reports/latest/{f['name']}") == data
     assert storage.read_bytes("reports/latest/manifest.json") == \
         storage.read_bytes("reports/run-1/manifest.json")
-    # The stale file is still in latest/ (storage never deletes) but nothing links it.
-    assert storage.exists("reports/latest/data/gone.csv")
+    # The old folder of copies is kept aside; latest/ is now exactly the run.
+    assert storage.exists("reports/latest-until-run-1/data/gone.csv")
+    assert not storage.exists("reports/latest/data/gone.csv")
+    assert json.loads(storage.read_bytes("reports/latest.json"))["manifest_sha256"] == \
+        hashlib.sha256(storage.read_bytes("reports/run-1/manifest.json")).hexdigest()
     assert "gone.csv" not in html
     links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
     assert links and set(links) <= written

@@ -266,6 +266,11 @@ class Validation(_Model):
     completion_scores: Names = []
     zero_for_non_criers: Names = []
     max_file_mb: Annotated[float, Field(gt=0)] = 200.0
+    # What a drop may expand to (lacrima.native.Limits; defaults there).
+    max_rows: Optional[Annotated[int, Field(gt=0)]] = None
+    max_columns: Optional[Annotated[int, Field(gt=0)]] = None
+    max_cell_chars: Optional[Annotated[int, Field(gt=0)]] = None
+    max_expanded_mb: Optional[Annotated[float, Field(gt=0)]] = None
 
 
 class Plan(_Model):

@@ -435,11 +435,65 @@ def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
     return h.hexdigest()
 
 
-def last_comparison_key(storage: Storage) -> str | None:
-    """The comparison key of the latest report, if any."""
-    if not storage.exists("reports/latest/provenance.json"):
+# The published report: a small pointer written last, after every file of the run folder.
+LATEST_POINTER = "reports/latest.json"
+LATEST_FOLDER = "reports/latest"
+
+
+def latest_run(storage: Storage) -> str | None:
+    """The run id of the latest published report (``reports/latest.json``), if any."""
+    if not storage.exists(LATEST_POINTER):
         return None
-    return json.loads(storage.read_bytes("reports/latest/provenance.json")).get("comparison_key")
+    return json.loads(storage.read_bytes(LATEST_POINTER))["run_id"]
+
+
+def publish_report(storage: Storage, run_id: str, manifest: bytes) -> None:
+    """Make ``reports/<run_id>/`` the latest report: write the pointer, then the local link.
+
+    Parameters
+    ----------
+    storage : Storage
+    run_id : str
+        A run whose folder is complete, its manifest written last.
+    manifest : bytes
+        The run's ``manifest.json`` as written; the pointer carries its SHA-256.
+
+    Notes
+    -----
+    The pointer ``reports/latest.json`` (``run_id``, ``manifest_sha256``, ``published_at``)
+    is one small object replaced in one write, so a reader sees the previous report or this
+    one, never a mix; a run killed before it leaves the previous report as latest, and the
+    next run, finding the latest report's inputs differ from its own, makes it again.
+
+    On a local store ``reports/latest`` is also a symbolic link to the run folder, replaced
+    atomically (a new link renamed over the old), for people browsing the folder. A
+    ``reports/latest/`` folder of copies left by an older version is moved aside to
+    ``reports/latest-until-<run_id>/`` (never deleted). S3 has no atomic way to replace a
+    set of objects, so there the pointer alone says which run is latest.
+    """
+    import os
+
+    pointer = {"run_id": run_id, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+               "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2, sort_keys=True).encode())
+    link = storage.local_path(LATEST_FOLDER)
+    if link is None:
+        return
+    if link.is_dir() and not link.is_symlink():
+        link.rename(link.with_name(f"latest-until-{run_id}"))
+    tmp = link.with_name(f".latest-{run_id}.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()                    # ours, from a run killed between these two lines
+    os.symlink(run_id, tmp)             # relative: the folder still works where it is copied
+    os.replace(tmp, link)
+
+
+def last_comparison_key(storage: Storage) -> str | None:
+    """The comparison key of the latest published report (``reports/latest.json``), if any."""
+    run_id = latest_run(storage)
+    if run_id is None:
+        return None
+    return json.loads(storage.read_bytes(f"reports/{run_id}/provenance.json")).get("comparison_key")
 
 
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:

@@ -1,6 +1,7 @@
 """Run outputs: tidy CSVs, exports, provenance, manifest and the self-contained HTML reports.
 
-A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
+A run writes ``reports/<run_id>/``, then publishes it (``pipeline.publish_report``: the
+pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
@@ -10,10 +11,8 @@ A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
   ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
-Storage never deletes, so ``reports/latest/`` may still hold a file an older run wrote and
-this one did not (a site that has since left, say). The manifest is the run's own list: the
-pages link only to files in it, and a reader of ``latest/`` trusts the manifest, not a
-listing of the folder. Every link is relative, so the folder opens where it is copied.
+The manifest is the run's own list: the pages link only to files in it. Every link is
+relative, so the folder opens where it is copied.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
+from lacrima.pipeline import Comparison, SiteAnalysis, publish_report, to_csv_bytes
 from lacrima.offload import Offload
 from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.privacy import MIN_CELL, suppress_small
@@ -1369,7 +1368,7 @@ def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict[str, Any
 
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                   comparison: Comparison, study: Study, sites: list[Site], prov: dict) -> RunOutputs:
-    """Write every output of a run under ``reports/<run_id>/`` and copy it to ``reports/latest/``.
+    """Write every output of a run under ``reports/<run_id>/``, then publish it as the latest.
 
     Parameters
     ----------
@@ -1393,8 +1392,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     A site's page and exports come from ``site_outputs`` (written once per input key by the
     site's task, copied here) or, for an analysis without a key (in memory), are made here.
     Each file is written to the run folder (create-if-absent: a run never overwrites
-    another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
-    in both, so a reader who sees the new manifest sees every file it lists. From
+    another's files); ``manifest.json`` last, then the pointer ``reports/latest.json``
+    (``pipeline.publish_report``), so the latest report is always one whole run. From
     ``WORKER_FROM_SITES`` sites on, a worker process (``lacrima.offload``) stacks the sites'
     rows and draws the forest plots meanwhile.
     """
@@ -1430,13 +1429,11 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     def put(name: str, data: bytes) -> None:
         storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
-        storage.write_bytes(f"reports/latest/{name}", data)
         listed[name] = hashlib.sha256(data).hexdigest(), len(data)
 
     def copy(name: str, key: str, sha: str, size: int) -> None:
         # a site's stored output, as put() would write it, without its bytes passing here
         storage.copy(key, f"reports/{run_id}/{name}", if_absent=True)
-        storage.copy(key, f"reports/latest/{name}")
         listed[name] = sha, size
 
     put("results.csv", to_csv_bytes(results))
@@ -1464,7 +1461,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                               [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
     storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
-    storage.write_bytes(f"reports/latest/{MANIFEST}", body)
+    publish_report(storage, run_id, body)               # last: the report is now the latest
     key = f"reports/{run_id}/{REPORT}"
     local = storage.local_path(key)
     return RunOutputs(run_id, f"reports/{run_id}", key,
