@@ -239,8 +239,16 @@ def test_a_role_outside_the_closed_set_is_an_error(study, tmp_path):
     text = (load_site("us").folder / "site.toml").read_text().replace(
         'role = "replication"', 'role = "copy"')
     (folder / "site.toml").write_text(text)
-    with pytest.raises(ValueError, match=r"site.toml: \[site\] role = 'copy' is not a role"):
+    with pytest.raises(ValueError, match=r"site.toml: role 'copy' is not a site role"):
         load_site("de", tmp_path)
+
+
+def test_the_plan_schema_knows_the_verdict_conditions_and_options():
+    from lacrima import contract
+    from lacrima.replication import CONDITIONS, VERDICT_P
+
+    assert contract.VERDICT_CONDITIONS == CONDITIONS
+    assert set(VERDICT_P) == set(contract.Replication.model_fields["verdict_p"].annotation.__args__)
 
 
 def _many_sites(case, family="H1", x="after_relaxed", cov=""):

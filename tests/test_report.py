@@ -18,7 +18,8 @@ from lacrima.plots import forest_svg, site_style
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import POOLED
 
-SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "methods",
+            "provenance")
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,22 @@ def test_sections_in_the_order_of_the_issue(run, study):
     # A4 is not pooled: one standardised-coefficient forest plot per predictor instead.
     a4 = html[html.index('id="family-A4"'):html.index('id="methods"')]
     assert a4.count("<svg") == len(study.family("A4")["x"])
+
+
+def test_invariance_csv_and_its_section(run):
+    storage, outputs, html, _ = run
+    inv = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/invariance.csv")),
+                      keep_default_na=False)
+    assert "invariance.csv" in outputs.files
+    for scale in ("alliance", "change"):
+        rows = inv[inv["scale"] == scale]
+        assert rows["model"].tolist()[:3] == ["configural", "metric", "scalar"]
+        assert (rows["groups"] == 3).all()
+        # Nested steps: each adds constraints, so df and chi-square never go down.
+        assert rows["df"].is_monotonic_increasing or rows["model"].iloc[-1] == "partial_scalar"
+    section = html[html.index('<section id="invariance"'):html.index('<section id="families"')]
+    assert "Are the scales comparable across sites?" in section
+    assert section.count("<li>") == 2 and "WAI-SR:" in section and "CTSCM-R:" in section
 
 
 def test_report_names_no_participant_and_no_network_address(run, report_inputs):

@@ -6,6 +6,7 @@ A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
 - ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``,
+  ``invariance.csv`` (measurement invariance across sites),
   ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
@@ -586,6 +587,8 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
         return pd.DataFrame(columns=["Step"])
     flow = pd.concat(parts, ignore_index=True)
     order = list(dict.fromkeys(zip(flow["step"], flow["reason"], flow["label"])))
+    # A step only some sites have (withdrew consent) stays between received and analysed.
+    order.sort(key=lambda k: {"received": 0, "excluded": 1}.get(k[0], 2))
     out = pd.DataFrame({"Step": [lab for _, _, lab in order]})
     for a in analyses:
         mine = a.flow.to_frame()
@@ -1039,9 +1042,69 @@ def _with_plots(families: list[dict[str, Any]], work: Offload) -> list[dict[str,
             for fam in families]
 
 
+def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
+                   study: Study) -> tuple[pd.DataFrame, list[str]]:
+    """``invariance.plan_invariance`` of the run's sites; their rows are read only when
+    the sites are few enough for the fit (``[invariance] max_sites``)."""
+    from lacrima.invariance import plan_invariance
+    from lacrima.pipeline import load_site_data
+
+    few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
+    return plan_invariance(study, {a.site: load_site_data(storage, a) if few else None
+                                   for a in analyses})
+
+
+INVARIANCE_MODELS = {"configural": "Configural (same factors)",
+                     "metric": "Metric (equal loadings)",
+                     "scalar": "Scalar (equal loadings and intercepts)",
+                     "partial_scalar": "Partial scalar"}
+
+
+def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+    """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
+    rows, conclusions = [], []
+    for scale, group in fits.groupby("scale", sort=False):
+        for f in group.itertuples(index=False):
+            freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
+            rows.append({
+                "Scale": scale, "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                + (f" ({freed} free)" if freed else ""),
+                "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
+                "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
+                f"{fmt_ci(f.rmsea_low, f.rmsea_high, 3, False)}",
+                "SRMR": fmt(f.srmr, 3, False), "Δχ² (Δdf)": "" if _missing(f.chi2_diff)
+                else f"{fmt(f.chi2_diff)} ({fmt_df(f.df_diff)})", "Δp": fmt_p(f.p_diff),
+                "ΔCFI": fmt(f.delta_cfi, 3, False), "ΔRMSEA": fmt(f.delta_rmsea, 3, False),
+                "Holds": "" if f.holds is None or _missing(f.holds)
+                else ("yes" if f.holds else "no"),
+            })
+        steps = group.set_index("model")
+        label = _label_scale(scale)
+        if not steps.loc["metric", "holds"]:
+            text = "loadings differ across sites (metric invariance fails): the factors " \
+                   "do not mean the same everywhere; compare correlations with care"
+        elif steps.loc["scalar", "holds"]:
+            text = "scalar invariance holds: loadings and intercepts are equal across sites"
+        elif group["model"].iloc[-1] == "partial_scalar" and bool(group["holds"].iloc[-1]):
+            freed = group["freed"].iloc[-1].replace("@", " at ").replace(";", ", ")
+            text = f"partial scalar invariance once {freed} is free (its intercept differs " \
+                   "there): correlations are comparable, mean differences on that item are not"
+        else:
+            text = "loadings are equal (metric invariance) but intercepts differ beyond " \
+                   "what freeing a few allows: correlations are comparable, means are not"
+        conclusions.append(f"{label}: {text}.")
+    return {"table": _html_table(pd.DataFrame(rows), first_left=2) if rows else None,
+            "conclusions": conclusions, "notes": notes}
+
+
+def _label_scale(scale: str) -> str:
+    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+
+
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
                   sites: list[Site], prov: dict, files: Iterable[str] | None = None,
-                  plotted: tuple[list[dict[str, Any]], Offload] | None = None) -> str:
+                  plotted: tuple[list[dict[str, Any]], Offload] | None = None,
+                  invariance: tuple[pd.DataFrame, list[str]] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
     Parameters
@@ -1060,12 +1123,14 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     plotted : (families, Offload), optional
         :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
         Default: made and drawn here.
+    invariance : (DataFrame, list of str), optional
+        ``invariance.plan_invariance`` of the run; the section is left out without it.
 
     Returns
     -------
     str
         The HTML document. Sections, in order: ``summary``, ``flow``, ``descriptives``,
-        ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
+        ``invariance`` (when given), ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
 
     Notes
     -----
@@ -1084,7 +1149,9 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     configured_reps = _roles(study, sites)[0]
     countries = {s.code: s.country for s in sites}
     sections = [("summary", "Verdicts"), ("flow", "Participant flow"),
-                ("descriptives", "Descriptives"), ("families", "Analyses"),
+                ("descriptives", "Descriptives"),
+                *([("invariance", "Invariance")] if invariance is not None else []),
+                ("families", "Analyses"),
                 ("methods", "Methods"), ("provenance", "Provenance")]
     ctx = _common(study, sites, run_id, prov, files)
     return _env().get_template("report.html.j2").render(
@@ -1107,7 +1174,8 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         families=_with_plots(*(plotted or report_families(comparison, study, sites, present))),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
-        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK)
+        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
+        invariance=None if invariance is None else invariance_section(*invariance))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
@@ -1387,6 +1455,8 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("replication.csv", to_csv_bytes(comparison.replication))
     put("participant_flow.csv", to_csv_bytes(flow))
     put("descriptives.csv", to_csv_bytes(descr))
+    invariance = run_invariance(storage, analyses, study)
+    put("invariance.csv", to_csv_bytes(invariance[0]))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
     by_code = {s.code: s for s in sites}
     pages = {}
@@ -1403,7 +1473,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
         pages[a.site] = f"site-{a.site}.html"
     put("analysis_ready.parquet", plotted[1].result(stacked))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
-                              [*listed, REPORT, MANIFEST], plotted).encode())
+                              [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
     storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
     storage.write_bytes(f"reports/latest/{MANIFEST}", body)
