@@ -94,7 +94,15 @@ def test_summary_counts_each_verdict_per_original(run):
     summary = html[html.index('<section id="summary"'):html.index('id="verdict-table"')]
     for original, grp in rep.groupby("original_site"):
         line = re.search(rf"<li><b>us vs {original} [^<]*</b>: ([^<]*)</li>", summary).group(1)
-        assert line == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        bare = re.sub(r" \([^)]*\)", "", line)         # the counts without their context
+        assert bare == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        # the context of each count: replicated on a non-significant original, and
+        # not replicated (or inconclusive) by a larger effect in the same direction
+        weak = int((~grp["original_significant"] & (grp["verdict"] == "replicated")).sum())
+        assert (f"{weak} on an original with p \u2265 \u03b1" in line) == (weak > 0)
+        larger = int((grp["larger_same_direction"] & (grp["verdict"] == "not replicated")).sum())
+        if larger:
+            assert re.search(rf"\d+ not replicated \({larger} larger than the original", line)
 
 
 def test_verdict_cells_are_the_replication_table(report_inputs):

@@ -32,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from lacrima.study import PLAN_FILE, ROLES, SITE_FILE, sites_root
 
 
-VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi")
+# = lacrima.replication.CONDITIONS (a test keeps them equal; importing replication here would
+# load scipy into the preflight).
+VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi",
+                      "original_significant", "larger_same_direction")
 """Conditions a verdict rule may combine (``lacrima.replication._conditions`` computes them)."""
 
 SYNTH_KINDS = ("blank", "start_datetime", "end_datetime", "duration", "ip", "latitude", "longitude")
@@ -212,6 +215,7 @@ class Replication(_Model):
     pi_level: Annotated[float, Field(gt=0, lt=1)]
     small_telescope_power: Annotated[float, Field(gt=0, lt=1)]
     sceptical_level: Union[Literal["golden", "liberal", "controlled"], Annotated[float, Field(gt=0, lt=1)]]
+    verdict_p: Literal["raw", "holm"] = "raw"   # = lacrima.replication.VERDICT_P
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
     verdict_p: Literal["raw", "holm"] = "raw"

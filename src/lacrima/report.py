@@ -379,8 +379,21 @@ def _side_name(code: str, k: Any, role: str) -> str:
     return code
 
 
-def _verdict_counts(verdicts: pd.Series) -> str:
-    return ", ".join(f"{n} {v}" for v, n in verdicts.astype(str).value_counts().items())
+def _verdict_counts(rows: pd.DataFrame) -> str:
+    """``"27 replicated (5 on an original with p >= alpha), 4 not replicated (2 larger, same
+    direction), ..."``: each verdict's count, with the context a reader needs to weigh it."""
+    verdicts = rows["verdict"].astype(str)
+    weak = ~rows["original_significant"].astype(bool) if "original_significant" in rows else None
+    larger = rows["larger_same_direction"].astype(bool) if "larger_same_direction" in rows else None
+    parts = []
+    for v, n in verdicts.value_counts().items():
+        notes = []
+        if weak is not None and (k := int((weak & (verdicts == v)).sum())) and v == "replicated":
+            notes.append(f"{k} on an original with p \u2265 \u03b1")
+        if larger is not None and (k := int((larger & (verdicts == v)).sum())) and v != "replicated":
+            notes.append(f"{k} larger than the original, same direction")
+        parts.append(f"{n} {v}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
 
 
 def replication_summary(replication: pd.DataFrame
@@ -406,14 +419,13 @@ def replication_summary(replication: pd.DataFrame
     lines = []
     for o, grp in mine.groupby(mine["original_site"].astype(str), sort=False):
         k = grp["k_original"].iloc[0] if "k_original" in grp else None
-        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}",
-                      _verdict_counts(grp["verdict"])))
+        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}", _verdict_counts(grp)))
     pairs = ""
     site_pairs = replication[(reps != POOLED) & (replication["original_site"].astype(str) != POOLED)]
     if head == POOLED and len(site_pairs):
         n_pairs = len(site_pairs.drop_duplicates(["replication_site", "original_site"]))
         pairs = (f"each replication site vs each original site ({n_pairs} pairs): "
-                 f"{_verdict_counts(site_pairs['verdict'])}")
+                 f"{_verdict_counts(site_pairs)}")
     return head, lines, pairs
 
 
