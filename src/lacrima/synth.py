@@ -113,7 +113,8 @@ def _category_cov(thr_i: np.ndarray, thr_j: np.ndarray, r: float) -> float:
     a, b = np.meshgrid(thr_i, thr_j, indexing="ij")
     points = np.column_stack([a.ravel(), b.ravel()])
     joint = stats.multivariate_normal(mean=[0.0, 0.0], cov=[[1.0, r], [r, 1.0]]).cdf(points)
-    return float((np.atleast_1d(joint) - stats.norm.cdf(points[:, 0]) * stats.norm.cdf(points[:, 1])).sum())
+    independent = stats.norm.cdf(points[:, 0]) * stats.norm.cdf(points[:, 1])
+    return float((np.atleast_1d(joint) - independent).sum())
 
 
 def _category_var(thr: np.ndarray) -> float:
