@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_artifacts
+from flows.notify import notify_quarantines, notify_run_failure
 from lacrima import intake, pipeline, report
 from lacrima.pipeline import RunContext
 
@@ -108,6 +109,12 @@ def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
                                      description=f"Verdict per pooled effect, run {run_id}"))
 
 
+@task(name="notify-quarantines", cache_policy=NO_CACHE, timeout_seconds=120)
+def notify_drops(ctx: RunContext, drops: list[dict]) -> int:
+    # Each quarantined drop's site contact is told (webhook and/or e-mail); never raises.
+    return notify_quarantines(drops, ctx.sites)
+
+
 def default_workers() -> int:
     """Threads or worker processes by default: one per core, at least 2, at most 4.
 
@@ -118,7 +125,7 @@ def default_workers() -> int:
 
 
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
-      log_prints=False)
+      log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None, group: int = pipeline.SITE_GROUP) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
@@ -135,7 +142,10 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
     with clock("intake"):
         todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
         futures = [ingest_sites.submit(ctx, g) for g in pipeline.site_groups(todo, group)]
-        intakes = [r for f in futures for r in f.result()]
+        intakes = []
+        for f in futures:
+            intakes += f.result()
+            pipeline.progress("intake", len(intakes), len(todo))
         keys = site_keys(ctx)
     outputs, analyses, unchanged = None, [], []
     if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
@@ -150,7 +160,12 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                 keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
                 futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
                            for g in pipeline.site_groups(keyed, group)]
-                kept |= {a.site: a for f in futures for a in f.result() if a is not None}
+                done = 0
+                for f in futures:
+                    got = f.result()
+                    done += len(got)
+                    kept |= {a.site: a for a in got if a is not None}
+                    pipeline.progress("analysis", done, len(keyed))
                 analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
             with clock("pooling"):
                 comparison = compare_sites(ctx, analyses)
@@ -160,12 +175,16 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                 saved.result()
         finally:
             report.stop_worker()                # one the report did not take (a failure)
-    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged,
+                                 location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
+    if summary["quarantined"]:
+        with clock("notify"):
+            notify_drops(ctx, summary["drops"])
     summary["seconds"] = clock.seconds
     logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
                 run_id, summary["accepted"], summary["quarantined"],

@@ -101,7 +101,7 @@ def test_verdict_cells_are_the_replication_table(report_inputs):
     analyses, comparison, study, sites, _ = report_inputs
     table = report.verdict_table(comparison, study, sites)
     rep = comparison.replication.fillna({"covariates": ""})
-    assert len(rep) == 84             # 42 correlation effects x 2 originals
+    assert len(rep) == 126            # 42 correlation effects x (2 originals + pooled originals)
     for _, r in rep.iterrows():
         row = table[(table["family"] == r["effect"]) & (table["x"] == r["x"])
                     & (table["y"] == r["y"]) & (table["covariates"] == r["covariates"])]
@@ -253,7 +253,8 @@ def test_verdict_markdown_counts_and_rows(report_inputs):
     assert len(table_rows) == n_effects
     for original in rep["original_site"].unique():
         counts = rep.loc[rep["original_site"] == original, "verdict"].value_counts()
-        line = next(line for line in md.splitlines() if f"vs {original}**" in line)
+        name = "pooled originals (k = 2)" if original == POOLED else original
+        line = next(line for line in md.splitlines() if f"vs {name}**" in line)
         for verdict, n in counts.items():
             assert f"{n} {verdict}" in line
     assert "No replication" in report.verdict_markdown(rep.iloc[0:0])
@@ -277,10 +278,18 @@ def test_forest_plot_for_125_sites_stays_bounded():
 
 
 def test_site_styles_differ_by_colour_and_marker():
-    styles = site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
-    assert len({c for c, _ in styles.values()}) == 8
-    assert len({m for _, m in styles.values()}) == 8    # greyscale: markers alone tell sites apart
-    assert styles == site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
+    styles = site_style(["us", "it", "il"])
+    assert len({c for c, _ in styles.values()}) == 3
+    assert len({m for _, m in styles.values()}) == 3    # greyscale: markers alone tell sites apart
+    many = site_style([f"s{i:03d}" for i in range(200)])
+    assert len({c for c, _ in many.values()}) == 8 and len({m for _, m in many.values()}) == 8
+
+
+def test_a_site_that_joins_recolours_no_one():
+    before = site_style(["il", "it", "us"])
+    after = site_style(["de", "il", "it", "us", "aa"])      # "de" and "aa" sort first
+    assert {c: after[c] for c in before} == before
+    assert site_style(["us", "it", "il"]) == before         # order does not matter either
 
 
 def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):

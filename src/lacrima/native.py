@@ -31,8 +31,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook
-from lacrima.findings import DropError, Finding, findings_frame
+from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
+from lacrima.findings import DropError, Finding, column_label, findings_frame
 from lacrima.study import Site, Study
 
 IDENTIFYING_NAME = re.compile(
@@ -46,6 +46,15 @@ IDENTIFYING_NAME = re.compile(
 Applied only to columns the codebook does not map, so a canonical column can never be
 dropped by accident; codebooks list their known identifying columns explicitly.
 """
+
+REDCAP_METADATA = re.compile(
+    r"^redcap_|_complete$|_timestamp$|___[A-Za-z0-9_]+$"
+    # the same columns as a labels export heads them
+    r"|\(choice=.*\)$|^Complete\?$|^Survey (Identifier|Timestamp)$"
+    r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
+)
+"""Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
 
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
@@ -170,12 +179,13 @@ def read_drop(
     Notes
     -----
     Finding checks: ``missing_columns``, ``duplicate_columns``, ``unknown_labels``,
-    ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
+    ``unknown_codes``, ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
     ``ragged_rows``, ``unexpected_format`` (errors); ``unexpected_columns``,
     ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet``,
     ``header_rows`` (warnings).
     Declared missing codes (codebook ``missing_codes`` and SPSS user-missing values)
-    become missing; other numeric codes pass through (range checks are validation's).
+    become missing; in a ``codes`` file a code its scale does not have is ``unknown_codes``;
+    other numeric values pass through (range checks are validation's).
     Formula-like cells are never evaluated: workbooks are read with
     ``openpyxl.load_workbook(data_only=True)`` and a second pass only looks at cell
     types; CSV cells are plain text. Findings never show a participant's values.
@@ -235,6 +245,8 @@ def _read_table(path: Path, codebook: Codebook) -> _Table:
         table = _read_sav(path, fmt, sniffed)
     else:
         table = _read_text(path, fmt, sniffed, codebook)
+        if fmt.kind == "redcap_csv":
+            _redcap_names(table, codebook)
     table.findings[:0] = findings
     if not any(n for n in table.names):
         raise DropError("empty_file", f"drop {name} has no column names; expected a "
@@ -309,6 +321,21 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             expected=f"{len(names)} fields per row", found="more fields than column names",
         ))
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _redcap_names(table: _Table, codebook: Codebook) -> None:
+    """A REDCap *labels* export heads its columns with field labels: name them by the codebook.
+
+    A raw export (field names) holds the ID column by name and is left alone. Labels are
+    the codebook's ``text`` of each column, compared as answer labels are.
+    """
+    if _column_key(codebook.id_column) in table.names:
+        return
+    by_label = {normalise_label(spec.text): spec.column
+                for spec in (*codebook.columns.values(), *codebook.extra_columns) if spec.text}
+    renamed = [by_label.get(normalise_label(n), n) if n else n for n in table.names]
+    if _column_key(codebook.id_column) in renamed:
+        table.names[:] = renamed
 
 
 def _column_key(name: Any) -> str:
@@ -479,17 +506,26 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
         raise DropError("unreadable_sav",
                         f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
     try:
+        encoding = _sav_encoding(path, fmt, pyreadstat)
         # user_missing=True keeps 99/999 visible so declared codes are recognised here.
-        df, meta = pyreadstat.read_sav(str(path), user_missing=True)
+        # A legacy code page is read as latin1 (every byte kept as one character) and
+        # re-decoded here: pyreadstat 1.3.7 shifts names and labels of a windows-1255 file
+        # by one character when asked for that encoding (a Hebrew letter lands in front
+        # of "id").
+        df, meta = pyreadstat.read_sav(str(path), user_missing=True,
+                                       encoding=None if encoding is None else "latin1")
+    except DropError:
+        raise
     except Exception as exc:  # pyreadstat raises its own error classes for damaged files
         raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
                         f"({type(exc).__name__}); it may be truncated or damaged") from None
+    fix = (lambda s: s) if encoding is None else _redecoder(encoding, name)
     declared = {
-        col: [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
+        fix(col): [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
         for col, ranges in (meta.missing_ranges or {}).items()
     }
-    names = [_column_key(c) for c in df.columns]
-    columns = [df[c].tolist() for c in df.columns]
+    names = [_column_key(fix(c)) for c in df.columns]
+    columns = [[fix(v) if isinstance(v, str) else v for v in df[c].tolist()] for c in df.columns]
     rows = []
     for i in range(len(df)):
         rows.append([_clean_cell(col[i]) for col in columns])
@@ -497,6 +533,38 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
     keep = [k for k, r in enumerate(rows) if any(v is not None for v in r)]
     return _Table(names=names, rows=[rows[k] for k in keep], row_numbers=[numbers[k] for k in keep],
                   fmt=fmt, declared_missing=declared)
+
+
+_UTF8 = {"utf8", "utf-8", "utf-8-sig", "utf_8", "utf_8_sig"}
+
+
+def _sav_encoding(path: Path, fmt: FileFormat, pyreadstat) -> str | None:
+    """Code page of an SPSS file's text, or None when it is UTF-8 (read as is).
+
+    The file's declared encoding wins; a file that declares none (or UTF-8 while the
+    codebook lists a legacy code page) is read with the codebook's first non-UTF-8 one.
+    """
+    _, meta = pyreadstat.read_sav(str(path), metadataonly=True)
+    declared = (meta.file_encoding or "").strip().lower()
+    legacy = [e for e in fmt.encodings if e.lower() not in _UTF8]
+    if declared and declared not in _UTF8:
+        return declared
+    return legacy[0] if legacy else None
+
+
+def _redecoder(encoding: str, name: str):
+    def fix(text: str) -> str:
+        try:
+            return text.encode("latin1").decode(encoding)
+        except LookupError:
+            raise DropError("bad_encoding", f"drop {name}: encoding {encoding!r} (declared by the "
+                            "file or the codebook) is not a known text encoding") from None
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise DropError("bad_encoding", f"drop {name}: encoding - its names or labels do not "
+                            f"decode as {encoding!r} (tried the file's declared encoding, then the "
+                            "codebook's [[formats]] encodings); set encodings in the codebook "
+                            "to the code page the file was saved in") from None
+    return fix
 
 
 def _clean_cell(v: Any) -> Any:
@@ -564,14 +632,15 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             ident_declared.append(n)
         elif n and IDENTIFYING_NAME.search(n):
             ident_other.append(n)
-        elif n in known_extra:
+        elif n in known_extra or (fmt.kind == "redcap_csv" and REDCAP_METADATA.search(n)):
             continue
         elif n or any(r[i] is not None for r in table.rows):
             unexpected.append(n or f"(column {i + 1}, no name)")
             unexpected_idx.append(i)
     if ident_declared:
         findings.append(Finding(
-            check="identifying_columns", severity="warning", columns=tuple(ident_declared),
+            # As designed (the codebook lists them): information, not a problem to act on.
+            check="identifying_columns", severity="info", columns=tuple(ident_declared),
             message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
                      f"codebook were removed unread at intake: {_names(ident_declared)}"),
             expected="identifying columns never enter curated data", found="columns removed",
@@ -591,15 +660,10 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
                      f"{codebook.site!r} and were ignored: {_names(unexpected)}"),
             expected="only the codebook's columns", found=f"{len(unexpected)} extra column(s)",
         ))
-    formula_rows: dict[str, list[int]] = {}
-    for i in unexpected_idx:
-        label = table.names[i] or f"(column {i + 1}, no name)"
-        for k, row in enumerate(table.rows):
-            v = row[i]
-            if (k, i) in table.formula_cells or (isinstance(v, str) and _looks_like_formula(v)):
-                formula_rows.setdefault(label, []).append(table.row_numbers[k])
-
+    # Ignored columns are not read: nothing in them reaches curated data, so they are not
+    # checked for formulas either (a free-text answer "- felt heard" is not a formula problem).
     n = len(table.rows)
+    vocabulary = _vocabulary(codebook)
     columns: dict[str, Any] = {"site": pd.Series([site.code] * n, dtype="str")}
     missing = []
     decimal_cols = []
@@ -628,9 +692,9 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         columns[var] = canonical_series(values, vtype)
         if issues.other_decimal:
             decimal_cols.append(spec.column)
-        findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today))
-    for label, rows in formula_rows.items():
-        findings.append(_formula_finding(label, rows, name))
+        findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today,
+                                         canonical=var, vocabulary=vocabulary,
+                                         site=site.code))
     if missing:
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
@@ -730,7 +794,11 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
     if fmt.values == "codes" and scale is not None:
         try:
             return int(scale.value_of_code(number))
-        except (KeyError, TypeError, ValueError):
+        except KeyError:
+            # A code the scale does not have (REDCap or SPSS 5 on a 0-4 item): never a value.
+            issues.add("unknown_codes", rownum, _fmt_number(number))
+            return None
+        except (TypeError, ValueError):
             pass
     if not float(number).is_integer():
         issues.add("non_numeric", rownum, "a number with decimals")
@@ -780,9 +848,35 @@ def _fmt_number(x: float) -> str:
 
 
 def _label_shown(cell: Any) -> str:
-    # Answer labels are not identifying; long free text is cut so nothing personal leaks.
-    text = str(cell).strip()
-    return repr(text if len(text) <= 30 else text[:27] + "...")
+    # The cell's text as found; _shown_labels decides whether it may be shown.
+    return str(cell).strip()
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _vocabulary(codebook: Codebook) -> frozenset[str]:
+    """Every word of every answer label of the codebook, case folded."""
+    return frozenset(w for scale in codebook.scales.values() for label in scale.labels
+                     for w in _WORD.findall(normalise_label(label)))
+
+
+def _shown_labels(found: list[str], vocabulary: frozenset[str]) -> tuple[list[str], int]:
+    """Unknown labels that may be echoed, and how many may not.
+
+    A cell of a label column can hold anything a person typed ("Mario Rossi mrossi@ex.it"
+    in a gender column). Only text made of the codebook's own answer words ("Spesso?",
+    "maschio.") and numeric codes ("code 4") is shown; anything else is "a value", and the
+    row numbers say where to look.
+    """
+    shown, hidden = [], 0
+    for text in found:
+        words = _WORD.findall(normalise_label(text))
+        if text.startswith("code ") or (words and len(text) <= 40 and set(words) <= vocabulary):
+            shown.append(text if text.startswith("code ") else repr(text))
+        else:
+            hidden += 1
+    return shown, hidden
 
 
 def _human_date(fmt: str) -> str:
@@ -792,8 +886,10 @@ def _human_date(fmt: str) -> str:
 
 
 def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | None, fmt: FileFormat,
-                     today: dt.date) -> list[Finding]:
+                     today: dt.date, canonical: str = "", vocabulary: frozenset[str] = frozenset(),
+                     site: str = "") -> list[Finding]:
     out = []
+    label = column_label(repr(column), canonical)
     for check, rows in issues.rows.items():
         found = issues.found.get(check, [])
         k = len(rows)
@@ -801,35 +897,69 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             out.append(_formula_finding(column, rows, name))
         elif check == "unknown_labels":
             expected = ", ".join(scale.labels) if scale else "a value from the codebook"
+            shown, hidden = _shown_labels(found, vocabulary)
+            what = ", ".join(shown[:5] + ([f"{hidden} other value(s) not shown (they may be "
+                                           "free text)"] if hidden else []))
+            how = ("re-export with choice text (the answer labels), not numeric codes, or "
+                   "correct these cells" if fmt.values == "labels" else "correct these cells")
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} hold labels not in the "
-                         f"codebook: {', '.join(found[:5])}; they were read as missing"),
+                message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
+                         f"codebook: {what}; they were read as missing"
+                         + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
-                found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
+                found=f"{len(found)} unknown answer(s): {what}",
+                fix=(f"{how} to one of the allowed answers, then upload the corrected file "
+                     f"(`lacrima upload FILE --site {site}`)" if site else ""),
+            ))
+        elif check == "unknown_codes":
+            allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
+                                if isinstance(c, (int, float)) and not isinstance(c, bool))
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=(f"{k} cell(s) in column {label} of {name} hold codes not in the "
+                         f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
+                         "read as missing"),
+                expected=f"one of the codes: {allowed}",
+                found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
+                fix=(f"correct these cells to one of the codes {allowed} in the site's tool, "
+                     f"then upload the corrected file (`lacrima upload FILE --site {site}`)"
+                     if site else ""),
             ))
         elif check == "non_numeric":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {column!r} of {name} are not whole numbers; "
+                message=(f"{k} cell(s) in column {label} of {name} are not whole numbers; "
                          "read as missing"),
                 expected="a whole number", found=", ".join(found),
             ))
         elif check == "bad_dates":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} date(s) in column {column!r} of {name} are not in the format "
+                message=(f"{k} date(s) in column {label} of {name} are not in the format "
                          f"{_human_date(fmt.date_format)}; read as missing"),
                 expected=_human_date(fmt.date_format), found=", ".join(found),
             ))
         elif check == "future_dates":
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} date(s) in column {column!r} of {name} lie in the future "
+                message=(f"{k} date(s) in column {label} of {name} lie in the future "
                          f"(after {today:%Y-%m-%d})"),
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
     return out
+
+
+def _codes_hint(found: list[str], fmt: FileFormat) -> str:
+    """Why a labels codebook meets numbers: the export setting, named as the tool names it."""
+    if fmt.values != "labels" or not found or not all(f.startswith("code ") for f in found):
+        return ""
+    if fmt.kind == "qualtrics_csv":
+        return ('. The file holds numeric codes where the codebook expects choice text: it was '
+                'exported with Qualtrics\' "Use numeric values"; export again with "Use choice '
+                'text", or declare values = "codes" with native_codes in the codebook')
+    return ('. The file holds numeric codes where the codebook expects answer labels (values = '
+            '"labels"): export the labels, or declare values = "codes" with native_codes')
 
 
 def _formula_finding(column: str, rows: list[int], name: str) -> Finding:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.catalog import withdrawn_received
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage, parquet_frame
@@ -88,14 +90,25 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
     Notes
     -----
-    key = SHA-256(accepted batch hashes, sorted | codebook file hash | site file hash | plan hash).
-    Every part is a hash of file bytes, never of a pickled frame, so the key is stable across
-    Python, pandas and platform versions. Reads only the site's ledger: no data file is opened.
+    key = SHA-256(register hash | codebook file hash | site file hash | plan hash), where the
+    register (``catalog.register_digest``) says which record of which batch is each
+    participant's current one: it changes with new or corrected records, a withdrawal or a
+    rekey, and not with a re-export that brought nothing new. A store without a register
+    (made before it existed) uses the accepted batch hashes, sorted, instead. Every part is
+    a hash of file bytes, never of a pickled frame, so the key is stable across Python,
+    pandas and platform versions. Reads only the site's ledger and register: no data file
+    is opened. The batches returned are those whose records are in use (a re-export that
+    brought nothing is left out).
     """
-    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code) if r.state == ACCEPTED))
+    from lacrima.catalog import register_digest
+
+    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code)
+                            if r.state == ACCEPTED and r.records_new != 0))
+    register = register_digest(storage, site.code) if accepted else ""
     h = hashlib.sha256()
     # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
-    for part in (*accepted, sha256_file(site.codebook_path), site.sha256, study.sha256):
+    for part in ((register,) if register else accepted) + (
+            sha256_file(site.codebook_path), site.sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
@@ -180,6 +193,7 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     from lacrima.ipd import site_moments
 
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
+    flow = with_withdrawals(flow, withdrawn_received(storage, site.code))
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
@@ -187,6 +201,24 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
     return replace(result, **frames)
+
+
+WITHDREW = ("withdrew_consent", "Withdrew consent")
+
+
+def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
+    """The participant flow with people who withdrew consent counted as received, then
+    excluded first ("withdrew consent"); unchanged when nobody withdrew.
+
+    Examples
+    --------
+    >>> with_withdrawals(Flow("it", 10, (("age", "Too young", 1),), 9), 2).excluded[0]
+    ('withdrew_consent', 'Withdrew consent', 2)
+    """
+    if not withdrawn:
+        return flow
+    return Flow(flow.site, flow.received + withdrawn, ((*WITHDREW, withdrawn), *flow.excluded),
+                flow.analysed)
 
 
 def site_step(storage: Storage, site: Site, study: Study,
@@ -497,10 +529,26 @@ def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: l
     }
 
 
+PROGRESS_LOGGER = "lacrima.progress"
+
+
+def progress(stage: str, done: int | None = None, total: int | None = None) -> None:
+    """Tell whoever listens (the command line's progress display) where a run is.
+
+    A log record on ``lacrima.progress`` with ``stage`` and, when known, sites ``done`` of
+    ``total``: the library stays free of any display, and a run without a listener only
+    writes the line to its log.
+    """
+    logging.getLogger(PROGRESS_LOGGER).info(
+        "%s%s", stage, f": {done} of {total} site(s)" if total is not None else "",
+        extra={"stage": stage, "done": done, "total": total})
+
+
 class StageClock:
     """Wall-clock seconds per named stage of a run (``with clock("intake"): ...``).
 
-    Reported in the run summary so an operator sees where a run spent its time.
+    Reported in the run summary so an operator sees where a run spent its time; entering a
+    stage is reported to ``progress``.
     """
 
     def __init__(self):
@@ -508,6 +556,7 @@ class StageClock:
 
     @contextmanager
     def __call__(self, stage: str):
+        progress(stage)
         start = time.perf_counter()
         try:
             yield
@@ -555,18 +604,62 @@ def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
 
 def prepare_run(storage_location: str | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
-    """Open the store, read the plan and the sites, get the pseudonym key."""
+    """Open the store, read the plan and the sites, get the pseudonym key and check it fits
+    the store (``catalog.KeyCustodyError`` otherwise)."""
     from lacrima.privacy import pseudonym_key
     from lacrima.storage import open_storage
     from lacrima.study import load_site, load_sites, load_study
 
+    from lacrima.catalog import check_key
+
     sites = (tuple(load_site(c) for c in site_codes) if site_codes else load_sites())
-    return RunContext(open_storage(storage_location), load_study(), sites,
-                      pseudonym_key(demo=demo), demo)
+    storage, key = open_storage(storage_location), pseudonym_key(demo=demo)
+    check_key(storage, key)        # another key, or demo and real data: refuse before any drop
+    return RunContext(storage, load_study(), sites, key, demo)
+
+
+def drop_outcomes(intakes, location: str = "") -> list[dict]:
+    """One object per drop a run processed: what happened to it and where to read why.
+
+    Parameters
+    ----------
+    intakes : sequence of IntakeResult
+    location : str, optional
+        The store's location, to give the quarantine report's full path.
+
+    Returns
+    -------
+    list of dict
+        ``site``, ``file`` (its own name), ``batch`` (SHA-256), ``outcome`` (``accepted`` or
+        ``quarantined``), ``rows``, ``errors`` / ``warnings`` (counts), ``checks`` (the
+        failed checks), ``new`` / ``already_held`` / ``changed`` (record counts when intake
+        gives them, else None) and ``report`` (the quarantine report's path, or None). No
+        participant value: names of checks and counts only.
+    """
+    out = []
+    for result in intakes:
+        quarantined = set(result.quarantined)
+        counts_of = getattr(result, "record_counts", None) or {}
+        for rep in result.reports:
+            bad = rep.sha256 in quarantined
+            counts = counts_of.get(rep.sha256, {})
+            prefix = f"quarantine/{result.site}/{rep.sha256}/report.html"
+            out.append({
+                "site": result.site, "file": rep.file_name, "batch": rep.sha256,
+                "outcome": "quarantined" if bad else "accepted", "rows": rep.n_rows,
+                "errors": len(rep.errors),
+                "warnings": sum(1 for f in rep.findings if f.severity == "warning"),
+                "checks": sorted({f.check for f in rep.errors}),
+                "new": counts.get("new"), "already_held": counts.get("already_held"),
+                "changed": counts.get("changed"),
+                "report": (f"{location.rstrip('/')}/{prefix}" if location else prefix) if bad
+                else None,
+            })
+    return out
 
 
 def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,
-              unchanged: list[str] = ()) -> dict:
+              unchanged: list[str] = (), location: str = "") -> dict:
     """The one-line JSON summary of a run (``lacrima run --json``).
 
     ``plans`` cover every site; ``intakes`` only the sites that had pending drops (the others'
@@ -587,4 +680,5 @@ def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAn
         "sites_reused": sorted(reused),
         "report": outputs.location if outputs else None,
         "nothing_new": outputs is None and bool(reused),
+        "drops": drop_outcomes(intakes, location),
     }

@@ -18,6 +18,9 @@ from typing import Any, Mapping
 
 PLAN_FILE = "study.toml"
 SITE_FILE = "site.toml"
+ROLES: tuple[str, ...] = ("original", "replication")
+"""The closed set of site roles (sites/README.md): original studies, and replications assessed
+against every original."""
 
 
 def sites_root() -> Path:
@@ -167,6 +170,9 @@ def load_site(code: str, root: Path | None = None) -> Site:
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     meta = raw["site"]
+    if meta.get("role") not in ROLES:
+        raise ValueError(f"{path}: role {meta.get('role')!r} is not a site role; expected one of "
+                         f"{', '.join(ROLES)} (`lacrima sites check` lists every problem)")
     return Site(
         code=meta["code"], folder=folder, role=meta["role"], country=meta["country"],
         language=meta["language"], published_n=int(meta["published_n"]),

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from lacrima.codebook import Codebook, FileFormat, load_codebook
+from lacrima.codebook import TEXT_KINDS, Codebook, FileFormat, load_codebook
 from lacrima.native import canonical_series
 from lacrima.study import Site, Study
 
@@ -408,6 +408,31 @@ def participant_ids(codebook: Codebook, n: int, id_offset: int = 0) -> list[str]
     return out
 
 
+# IDs a seed's block of numbers may use: seed k numbers from (k mod 1000) * 100,000 + 1, so
+# synthetic batches of up to 100,000 people under different seeds never share an ID (and
+# numeric IDs stay within SPSS's 8-digit F8.0 format).
+ID_BLOCK = 100_000
+
+
+def seed_id_offset(seed: int | None, first_id: int | None = None) -> int:
+    """``id_offset`` for a synthetic drop: IDs from ``first_id`` on, else a block per seed.
+
+    ``first_id`` continues a site's numbering (``lacrima synth --first-id N``); without
+    it a seed gives its own IDs (``--seed``), so two synthetic batches with different seeds
+    are different people, not the same people with other answers. No seed: IDs from 1.
+
+    Examples
+    --------
+    >>> seed_id_offset(None), seed_id_offset(3), seed_id_offset(3, first_id=41)
+    (0, 300000, 40)
+    """
+    if first_id is not None:
+        if first_id < 1:
+            raise ValueError(f"first ID {first_id}: IDs are numbered from 1")
+        return first_id - 1
+    return 0 if seed is None else (int(seed) % 1000) * ID_BLOCK
+
+
 def _hash_id(key: str, length: int) -> str:
     digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=32).digest(), "big")
     chars = []
@@ -471,7 +496,7 @@ def write_drop(site: Site, study: Study, out: Path, n: int | None = None, seed: 
         raise ValueError(f"site {site.code!r} sends {fmt.kind} files "
                          f"({', '.join(fmt.extensions)}); cannot write one as {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         _write_csv(table, codebook, fmt, path)
     elif fmt.kind == "xlsx":
         _write_xlsx(table, codebook, fmt, path, study)
@@ -529,7 +554,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
     """Canonical frame -> native columns (python values, None for blank), in file order."""
     n = len(frame)
     labels = fmt.values == "labels"
-    text = fmt.kind in ("qualtrics_csv", "csv")
+    text = fmt.kind in TEXT_KINDS
     # Time of day and survey duration: the tool's metadata, not canonical data.
     seconds = rng.integers(8 * 3600, 22 * 3600, n)
     duration = rng.integers(600, 2400, n)
@@ -565,7 +590,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
 
 def _date_cell(stamp: pd.Timestamp, fmt: FileFormat) -> Any:
     """Text in the codebook's format (CSV), a date (SPSS) or a midnight datetime (Excel)."""
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         return stamp.strftime(fmt.date_format)
     if fmt.kind == "sav":
         return stamp.date()
