@@ -116,10 +116,13 @@ def test_input_key_is_a_hash_of_file_bytes(ingested, study, sites):
 
     from lacrima.study import sha256_file
 
+    from lacrima import catalog
+
     us = next(s for s in sites if s.code == "us")
     key, accepted = pipeline.site_input_key(ingested, us, study)
     h = hashlib.sha256()
-    for part in (*accepted, sha256_file(us.codebook_path), us.sha256, study.sha256):
+    register = hashlib.sha256(ingested.read_bytes(catalog.register_key("us"))).hexdigest()
+    for part in (register, sha256_file(us.codebook_path), us.sha256, study.sha256):
         h.update(part.encode())
     assert key == h.hexdigest() and len(accepted) == 1
 

@@ -18,7 +18,8 @@ from lacrima.plots import forest_svg, site_style
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import POOLED
 
-SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "methods",
+            "provenance")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_verdict_cells_are_the_replication_table(report_inputs):
     analyses, comparison, study, sites, _ = report_inputs
     table = report.verdict_table(comparison, study, sites)
     rep = comparison.replication.fillna({"covariates": ""})
-    assert len(rep) == 84             # 42 correlation effects x 2 originals
+    assert len(rep) == 126            # 42 correlation effects x (2 originals + pooled originals)
     for _, r in rep.iterrows():
         row = table[(table["family"] == r["effect"]) & (table["x"] == r["x"])
                     & (table["y"] == r["y"]) & (table["covariates"] == r["covariates"])]
@@ -120,6 +121,22 @@ def test_sections_in_the_order_of_the_issue(run, study):
     # A4 is not pooled: one standardised-coefficient forest plot per predictor instead.
     a4 = html[html.index('id="family-A4"'):html.index('id="methods"')]
     assert a4.count("<svg") == len(study.family("A4")["x"])
+
+
+def test_invariance_csv_and_its_section(run):
+    storage, outputs, html, _ = run
+    inv = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/invariance.csv")),
+                      keep_default_na=False)
+    assert "invariance.csv" in outputs.files
+    for scale in ("alliance", "change"):
+        rows = inv[inv["scale"] == scale]
+        assert rows["model"].tolist()[:3] == ["configural", "metric", "scalar"]
+        assert (rows["groups"] == 3).all()
+        # Nested steps: each adds constraints, so df and chi-square never go down.
+        assert rows["df"].is_monotonic_increasing or rows["model"].iloc[-1] == "partial_scalar"
+    section = html[html.index('<section id="invariance"'):html.index('<section id="families"')]
+    assert "Are the scales comparable across sites?" in section
+    assert section.count("<li>") == 2 and "WAI-SR:" in section and "CTSCM-R:" in section
 
 
 def test_report_names_no_participant_and_no_network_address(run, report_inputs):
@@ -236,7 +253,8 @@ def test_verdict_markdown_counts_and_rows(report_inputs):
     assert len(table_rows) == n_effects
     for original in rep["original_site"].unique():
         counts = rep.loc[rep["original_site"] == original, "verdict"].value_counts()
-        line = next(line for line in md.splitlines() if f"vs {original}**" in line)
+        name = "pooled originals (k = 2)" if original == POOLED else original
+        line = next(line for line in md.splitlines() if f"vs {name}**" in line)
         for verdict, n in counts.items():
             assert f"{n} {verdict}" in line
     assert "No replication" in report.verdict_markdown(rep.iloc[0:0])
@@ -260,10 +278,18 @@ def test_forest_plot_for_125_sites_stays_bounded():
 
 
 def test_site_styles_differ_by_colour_and_marker():
-    styles = site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
-    assert len({c for c, _ in styles.values()}) == 8
-    assert len({m for _, m in styles.values()}) == 8    # greyscale: markers alone tell sites apart
-    assert styles == site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
+    styles = site_style(["us", "it", "il"])
+    assert len({c for c, _ in styles.values()}) == 3
+    assert len({m for _, m in styles.values()}) == 3    # greyscale: markers alone tell sites apart
+    many = site_style([f"s{i:03d}" for i in range(200)])
+    assert len({c for c, _ in many.values()}) == 8 and len({m for _, m in many.values()}) == 8
+
+
+def test_a_site_that_joins_recolours_no_one():
+    before = site_style(["il", "it", "us"])
+    after = site_style(["de", "il", "it", "us", "aa"])      # "de" and "aa" sort first
+    assert {c: after[c] for c in before} == before
+    assert site_style(["us", "it", "il"]) == before         # order does not matter either
 
 
 def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):

@@ -54,7 +54,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
           sites: Optional[int] = typer.Option(None, "--sites",
                                               help="K: a synthetic consortium of K sites instead"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
-          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed); "
+                                             "also chooses the participant IDs"),
+          first_id: Optional[int] = typer.Option(None, "--first-id",
+                                                 help="number IDs from N (continue a site's numbering)"),
           out: Path = typer.Option(..., help="output file or folder"),
           mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
     """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
@@ -68,8 +71,8 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         _fail("give either --site CODE (one drop) or --sites K (a consortium)")
     if sites is not None:
         from lacrima.consortium import make_consortium, write_consortium_drops
-        if mess:
-            _fail("--mess applies to one site's drop (--site), not to a consortium")
+        if mess or first_id is not None:
+            _fail("--mess and --first-id apply to one site's drop (--site), not to a consortium")
         try:
             made = make_consortium(out / "sites", sites, n)
         except (ValueError, FileExistsError) as err:
@@ -77,7 +80,12 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
         typer.echo(f"export LACRIMA_SITES={made.root}")
         return
-    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
+    from lacrima.synth import seed_id_offset
+    try:
+        offset = seed_id_offset(seed, first_id)
+    except ValueError as err:
+        _fail(str(err))
+    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess, id_offset=offset)
     typer.echo(str(path))
 
 
@@ -226,12 +234,34 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
     _preflight()
+    from lacrima.catalog import KeyCustodyError
     from lacrima.privacy import MissingKeyError
+    _check_custody(storage, demo)
     try:
         summary = _run(storage, demo, runner, dask_address)
-    except MissingKeyError as err:
+    except (MissingKeyError, KeyCustodyError) as err:
         _fail(str(err))
     _print_summary(summary, as_json)
+
+
+def _check_custody(location: Optional[str], demo: bool):
+    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
+
+    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
+    the demo key and a real key meeting in one store. Returns (store, key).
+    """
+    from lacrima.catalog import KeyCustodyError, check_key
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
+
+    try:
+        store, key = open_storage(location), pseudonym_key(demo=demo)
+        check_key(store, key)
+    except (ValueError, MissingKeyError, KeyCustodyError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot read the store's key record: {err}")
+    return store, key
 
 
 def _print_summary(summary: dict, as_json: bool):
@@ -261,22 +291,101 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
 
 
 @app.command()
-def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
+def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data, "
+                                                 "whatever LACRIMA_STORAGE says)"),
          as_json: bool = typer.Option(False, "--json")):
-    """Synthetic drops for every site into the landing zone, then one pipeline run."""
+    """Synthetic drops for every site into the landing zone, then one pipeline run.
+
+    Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
+    real store), and refuses a store holding batches made under a real key.
+    """
     _preflight()
     from lacrima import intake
-    from lacrima.storage import open_storage
     from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    study, store = load_study(), open_storage(storage)
+    storage = storage or "data"
+    store, _ = _check_custody(storage, True)
+    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
         for s in load_sites():
             path = write_drop(s, study, Path(tmp) / s.code)
             key = intake.upload(store, s, path, uploader="demo")
             console.print(f"synthetic drop for {s.code}: {key}", markup=False)
     _print_summary(_run(storage, True), as_json)
+
+
+@app.command()
+def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site knows it"),
+             site: str = typer.Option(..., help="site code"),
+             reason: str = typer.Option("", help="kept in the ledger entry only"),
+             purge_raw: bool = typer.Option(False, "--purge-raw",
+                                            help="also replace every raw file holding the person "
+                                                 "by a redacted copy and delete the original"),
+             storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)")):
+    """Record a participant's withdrawal of consent: every later output leaves them out.
+
+    Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
+    that still holds the person does not bring them back. See README, "Withdrawal of consent".
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.study import load_study
+
+    s = _site(site)
+    store = _storage() if storage is None else _open(storage)
+    try:
+        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                reason=reason, purge_raw=purge_raw)
+    except (MissingKeyError, KeyCustodyError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"withdrawal in {store.location} failed: {err}")
+    held = "held a record of them" if entry["held"] else "held no record of them yet"
+    console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
+                  f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
+
+
+@app.command()
+def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
+          storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+          as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
+    """Re-pseudonymise every stored record under a new key, as one audited operation.
+
+    The current key comes from LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE, as for
+    a run; afterwards point those at the new key. An interrupted rekey is finished by
+    running the same command again.
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
+    from lacrima.study import load_sites, load_study
+
+    store = _storage() if storage is None else _open(storage)
+    try:
+        old = pseudonym_key()
+        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+        entry = intake.rekey(store, load_sites(), load_study(), old, new)
+    except OSError as err:
+        _fail(f"rekey of {store.location} failed: {err}")
+    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(entry))
+        return
+    console.print(f"rekeyed {sum(entry['batches'].values())} batch(es) of "
+                  f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
+                  "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
+                  markup=False)
+
+
+def _open(location: str):
+    from lacrima.storage import open_storage
+    try:
+        return open_storage(location)
+    except ValueError as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -179,12 +179,13 @@ def read_drop(
     Notes
     -----
     Finding checks: ``missing_columns``, ``duplicate_columns``, ``unknown_labels``,
-    ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
+    ``unknown_codes``, ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
     ``ragged_rows``, ``unexpected_format`` (errors); ``unexpected_columns``,
     ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet``,
     ``header_rows`` (warnings).
     Declared missing codes (codebook ``missing_codes`` and SPSS user-missing values)
-    become missing; other numeric codes pass through (range checks are validation's).
+    become missing; in a ``codes`` file a code its scale does not have is ``unknown_codes``;
+    other numeric values pass through (range checks are validation's).
     Formula-like cells are never evaluated: workbooks are read with
     ``openpyxl.load_workbook(data_only=True)`` and a second pass only looks at cell
     types; CSV cells are plain text. Findings never show a participant's values.
@@ -797,7 +798,11 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
     if fmt.values == "codes" and scale is not None:
         try:
             return int(scale.value_of_code(number))
-        except (KeyError, TypeError, ValueError):
+        except KeyError:
+            # A code the scale does not have (REDCap or SPSS 5 on a 0-4 item): never a value.
+            issues.add("unknown_codes", rownum, _fmt_number(number))
+            return None
+        except (TypeError, ValueError):
             pass
     if not float(number).is_integer():
         issues.add("non_numeric", rownum, "a number with decimals")
@@ -875,6 +880,17 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
                          + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
                 found=f"{len(found)} unknown label(s): {', '.join(found[:5])}",
+            ))
+        elif check == "unknown_codes":
+            allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
+                                if isinstance(c, (int, float)) and not isinstance(c, bool))
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=(f"{k} cell(s) in column {column!r} of {name} hold codes not in the "
+                         f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
+                         "read as missing"),
+                expected=f"one of the codes: {allowed}",
+                found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
             ))
         elif check == "non_numeric":
             out.append(Finding(

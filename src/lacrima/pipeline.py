@@ -23,6 +23,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.catalog import withdrawn_received
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage, parquet_frame
@@ -88,14 +89,25 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
     Notes
     -----
-    key = SHA-256(accepted batch hashes, sorted | codebook file hash | site file hash | plan hash).
-    Every part is a hash of file bytes, never of a pickled frame, so the key is stable across
-    Python, pandas and platform versions. Reads only the site's ledger: no data file is opened.
+    key = SHA-256(register hash | codebook file hash | site file hash | plan hash), where the
+    register (``catalog.register_digest``) says which record of which batch is each
+    participant's current one: it changes with new or corrected records, a withdrawal or a
+    rekey, and not with a re-export that brought nothing new. A store without a register
+    (made before it existed) uses the accepted batch hashes, sorted, instead. Every part is
+    a hash of file bytes, never of a pickled frame, so the key is stable across Python,
+    pandas and platform versions. Reads only the site's ledger and register: no data file
+    is opened. The batches returned are those whose records are in use (a re-export that
+    brought nothing is left out).
     """
-    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code) if r.state == ACCEPTED))
+    from lacrima.catalog import register_digest
+
+    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code)
+                            if r.state == ACCEPTED and r.records_new != 0))
+    register = register_digest(storage, site.code) if accepted else ""
     h = hashlib.sha256()
     # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
-    for part in (*accepted, sha256_file(site.codebook_path), site.sha256, study.sha256):
+    for part in ((register,) if register else accepted) + (
+            sha256_file(site.codebook_path), site.sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
@@ -180,6 +192,7 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     from lacrima.ipd import site_moments
 
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
+    flow = with_withdrawals(flow, withdrawn_received(storage, site.code))
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
@@ -187,6 +200,24 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
     return replace(result, **frames)
+
+
+WITHDREW = ("withdrew_consent", "Withdrew consent")
+
+
+def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
+    """The participant flow with people who withdrew consent counted as received, then
+    excluded first ("withdrew consent"); unchanged when nobody withdrew.
+
+    Examples
+    --------
+    >>> with_withdrawals(Flow("it", 10, (("age", "Too young", 1),), 9), 2).excluded[0]
+    ('withdrew_consent', 'Withdrew consent', 2)
+    """
+    if not withdrawn:
+        return flow
+    return Flow(flow.site, flow.received + withdrawn, ((*WITHDREW, withdrawn), *flow.excluded),
+                flow.analysed)
 
 
 def site_step(storage: Storage, site: Site, study: Study,
@@ -555,14 +586,18 @@ def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
 
 def prepare_run(storage_location: str | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
-    """Open the store, read the plan and the sites, get the pseudonym key."""
+    """Open the store, read the plan and the sites, get the pseudonym key and check it fits
+    the store (``catalog.KeyCustodyError`` otherwise)."""
     from lacrima.privacy import pseudonym_key
     from lacrima.storage import open_storage
     from lacrima.study import load_site, load_sites, load_study
 
+    from lacrima.catalog import check_key
+
     sites = (tuple(load_site(c) for c in site_codes) if site_codes else load_sites())
-    return RunContext(open_storage(storage_location), load_study(), sites,
-                      pseudonym_key(demo=demo), demo)
+    storage, key = open_storage(storage_location), pseudonym_key(demo=demo)
+    check_key(storage, key)        # another key, or demo and real data: refuse before any drop
+    return RunContext(storage, load_study(), sites, key, demo)
 
 
 def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,

@@ -11,7 +11,9 @@ same code runs against AWS, MinIO or a moto server. Keys are the same on both ba
     ledger/<site>/<sha256>.json        state of each batch (accepted, quarantined, superseded)
     reports/<run_id>/ and reports/latest/
 
-Raw writes are conditional (never overwrite); the pipeline never deletes anything.
+Raw writes are conditional (never overwrite); the pipeline never deletes anything. The
+one audited exception: ``lacrima withdraw --purge-raw`` (and ``rekey`` dropping curated
+files made under the old key), see ``lacrima.catalog``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Storage(Protocol):
     def copy(self, source: str, key: str, if_absent: bool = False) -> bool: ...
     def metadata(self, key: str) -> dict: ...
     def local_path(self, key: str) -> Path | None: ...
+    def delete(self, key: str) -> bool: ...
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -184,6 +187,15 @@ class LocalStorage:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` (and its metadata); False when it was not there."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        self._meta_path(key).unlink(missing_ok=True)
+        return True
+
 
 class StorageError(OSError):
     """A storage operation failed after its retries (S3 error, endpoint down, no credentials).
@@ -283,6 +295,17 @@ class S3Storage:
         except (BotoCoreError, ClientError) as err:
             raise self._error("list", full, err) from None
         return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True (S3 does not say whether it was there)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+            return True
+        except (ClientError, BotoCoreError) as err:
+            raise self._error("delete", full, err) from None
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
