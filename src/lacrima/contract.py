@@ -32,8 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from lacrima.study import PLAN_FILE, ROLES, SITE_FILE, sites_root
 
 
-# = lacrima.replication.CONDITIONS (a test keeps them equal; importing replication here would
-# load scipy into the preflight).
 VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi",
                       "original_significant", "larger_same_direction")
 """Conditions a verdict rule may combine (``lacrima.replication._conditions`` computes them)."""
@@ -215,26 +213,32 @@ class Replication(_Model):
     pi_level: Annotated[float, Field(gt=0, lt=1)]
     small_telescope_power: Annotated[float, Field(gt=0, lt=1)]
     sceptical_level: Union[Literal["golden", "liberal", "controlled"], Annotated[float, Field(gt=0, lt=1)]]
-    verdict_p: Literal["raw", "holm"] = "raw"   # = lacrima.replication.VERDICT_P
+    verdict_p: Literal["raw", "holm"] = "raw"
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
-    verdict_p: Literal["raw", "holm"] = "raw"
 
 
-class SyntheticItems(_Model):
-    """The item factor model: per-scale loading, subscale factors and their correlation."""
+class ItemModel(_Model):
+    """``[synthetic.items]``: loadings of each scale's items, subscale factors and their r."""
 
     loading: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
     subscales: dict[str, Names] = {}
-    subscale_r: dict[str, Annotated[float, Field(gt=-1, lt=1)]] = {}
+    subscale_r: dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
 
 
-class Noninvariance(_Model):
-    """A planted intercept shift of one item at one site (off when empty)."""
+class NonInvariance(_Model):
+    site: str
+    item: str
+    intercept_shift: Number
 
-    site: Optional[str] = None
-    item: Optional[str] = None
-    intercept_shift: Number = 0.0
+
+class Invariance(_Model):
+    scales: dict[str, Annotated[Names, Field(min_length=1)]]
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    delta_cfi: Number = -0.01
+    delta_rmsea: Number = 0.015
+    max_freed: Annotated[int, Field(ge=0)] = 3
+    max_sites: Annotated[int, Field(ge=2)] = 12
 
 
 class Synthetic(_Model):
@@ -249,20 +253,9 @@ class Synthetic(_Model):
     r_change: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_alliance: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_security: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
-    items: Optional[SyntheticItems] = None
+    items: Optional[ItemModel] = None
     intercepts: Optional[dict[str, Number]] = None
-    noninvariance: Optional[Noninvariance] = None
-
-
-class Invariance(_Model):
-    """Measurement invariance: each scale's factors (plan scores) and the step criteria."""
-
-    scales: dict[str, Annotated[Names, Field(min_length=1)]] = {}
-    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    delta_cfi: Annotated[float, Field(le=0)] = -0.01
-    delta_rmsea: Annotated[float, Field(ge=0)] = 0.015
-    max_freed: Annotated[int, Field(ge=0)] = 3
-    max_sites: Annotated[int, Field(ge=2)] = 12
+    noninvariance: Optional[Union[NonInvariance, Annotated[dict, Field(max_length=0)]]] = None
 
 
 class Validation(_Model):
@@ -270,11 +263,6 @@ class Validation(_Model):
     completion_scores: Names = []
     zero_for_non_criers: Names = []
     max_file_mb: Annotated[float, Field(gt=0)] = 200.0
-    # What a drop may expand to (lacrima.native.Limits; defaults there).
-    max_rows: Optional[Annotated[int, Field(gt=0)]] = None
-    max_columns: Optional[Annotated[int, Field(gt=0)]] = None
-    max_cell_chars: Optional[Annotated[int, Field(gt=0)]] = None
-    max_expanded_mb: Optional[Annotated[float, Field(gt=0)]] = None
 
 
 class Plan(_Model):
@@ -288,8 +276,8 @@ class Plan(_Model):
     families: list[Family]
     reliability: Optional[Reliability] = None
     pooling: Pooling
-    invariance: Optional[Invariance] = None
     ipd: Optional[Ipd] = None
+    invariance: Optional[Invariance] = None
     replication: Replication
     synthetic: Synthetic
     validation: Validation = Validation()
@@ -618,27 +606,19 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
                                    + ", ".join(VERDICT_CONDITIONS)))
         if plan.replication.original_site_role == plan.replication.replication_site_role:
             out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
+    if have("invariance", "scores"):
+        for name, subs in plan.invariance.scales.items():
+            for sub in (name, *subs):
+                if not isinstance(scores.get(sub), MeanScore):
+                    out.append(Problem(file, f"invariance.scales.{name}", f"{sub!r} is not a mean score "
+                                       f"of the plan{did_you_mean(sub, scores)}"))
     if have("validation") and refs_ok:
         for key in ("completion_scores", "zero_for_non_criers"):
             for i, name in enumerate(getattr(plan.validation, key)):
                 ref(f"validation.{key}[{i}]", name, scores if key == "completion_scores" else variables,
                     "score of the plan" if key == "completion_scores" else "variable of the plan")
-    if have("invariance", "scores") and plan.invariance is not None:
-        for scale, factors in plan.invariance.scales.items():
-            ref(f"invariance.scales.{scale}", scale, scores, "score of the plan")
-            for j, name in enumerate(factors):
-                ref(f"invariance.scales.{scale}[{j}]", name, scores, "score of the plan")
     if have("synthetic", "variables"):
         out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
-        items = plan.synthetic.items
-        for key in ("loading", "subscales", "subscale_r") if items is not None and refs_ok else ():
-            for name in getattr(items, key):
-                ref(f"synthetic.items.{key}.{name}", name, scores, "score of the plan")
-        for name in (plan.synthetic.intercepts or {}) if refs_ok else ():
-            ref(f"synthetic.intercepts.{name}", name, variables, "variable of the plan")
-        planted = plan.synthetic.noninvariance
-        if planted is not None and planted.item is not None and refs_ok:
-            ref("synthetic.noninvariance.item", planted.item, variables, "variable of the plan")
     return out
 
 
@@ -677,8 +657,28 @@ def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, com
     out = []
     if complete:
         for name, value in syn:
-            if value is None:
+            if value is None and name not in ("items", "intercepts", "noninvariance"):
                 out.append(Problem(file, f"{where}.{name}", "missing required key"))
+    for name in (syn.intercepts or {}):
+        if name not in plan.variables:
+            out.append(Problem(file, f"{where}.intercepts.{name}", "not a variable of the plan"
+                               f"{did_you_mean(name, plan.variables)}"))
+    if isinstance(syn.noninvariance, NonInvariance) and syn.noninvariance.item not in plan.variables:
+        out.append(Problem(file, f"{where}.noninvariance.item", f"{syn.noninvariance.item!r} is not a "
+                           f"variable of the plan{did_you_mean(syn.noninvariance.item, plan.variables)}"))
+    if plan.scores is None:
+        return out
+    scores = {k: (v if v is not None else MeanScore.model_construct()) for k, v in plan.scores.items()}
+    for key in ("loading", "subscales", "subscale_r"):
+        for name in getattr(syn.items, key, None) or {}:
+            if not isinstance(scores.get(name), MeanScore):
+                out.append(Problem(file, f"{where}.items.{key}.{name}", "not a mean score of the plan"
+                                   f"{did_you_mean(name, scores)}"))
+    for name, subs in (syn.items.subscales if syn.items else {}).items():
+        for sub in subs:
+            if not isinstance(scores.get(sub), MeanScore):
+                out.append(Problem(file, f"{where}.items.subscales.{name}", f"{sub!r} is not a mean "
+                                   f"score of the plan{did_you_mean(sub, scores)}"))
     for section in ("r_change", "r_alliance", "r_security"):
         for name in (getattr(syn, section) or {}):
             if name not in plan.variables:
