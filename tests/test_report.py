@@ -243,7 +243,7 @@ def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
             assert f'<section id="{section}"' in page
         analyses_part = page[page.index('<section id="analyses"'):]
         assert analyses_part.count("<tr>") - analyses_part.count("<thead>") == len(a.results)
-        assert f'href="data/{a.site}.sav"' in page and 'href="report.html"' in page
+        assert f'href="restricted/data/{a.site}.sav"' in page and 'href="report.html"' in page
 
 
 def test_inputs_are_not_mutated(run, report_inputs):
@@ -338,5 +338,5 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     [work] = report_worker
     assert work.has_worker is False and work.failed == []     # closed; nothing fell back
     assert all(future is not None for *_, future in work._calls)
-    for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
+    for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")

@@ -238,12 +238,11 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
     from lacrima.intake import LANDED, batches, read_landing_index
     from lacrima.storage import sha256_bytes
+    from lacrima.study import site_codes
 
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
-    from lacrima.study import site_codes
-
     codes = set(site_codes())
     prefix = f"landing/{site}" if site else "landing"
     for obj in storage.list(prefix):

@@ -6,13 +6,17 @@ pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
-- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``,
-  ``invariance.csv`` (measurement invariance across sites),
-  ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
+- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``
+  (counts 1-4 suppressed as the report shows them: ``<5``, with complementary ``(s)``),
+  ``invariance.csv`` (measurement invariance across sites), ``provenance.json``;
+- ``restricted/``: what must not leave the analysts (row-level data and exact counts):
+  ``restricted/data/<site>.csv`` and ``.sav``, ``restricted/analysis_ready.parquet``,
+  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts);
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
-The manifest is the run's own list: the pages link only to files in it. Every link is
-relative, so the folder opens where it is copied.
+Everything outside ``restricted/`` may be shared: copy the run folder without ``restricted/``
+(``RESTRICTED``) and send it on. The manifest is the run's own list: the pages link only to
+files in it. Every link is relative, so the folder opens where it is copied.
 """
 
 from __future__ import annotations
@@ -194,6 +198,67 @@ def _group_cells(counts: list[float], show) -> list[str]:
     return [("" if _missing(c) else f"<{MIN_CELL}" if 0 < c < MIN_CELL else SECONDARY_MARK)
             if hidden else show(i)
             for i, (c, hidden) in enumerate(zip(counts, hidden_cells(counts)))]
+
+
+def _suppressed_group(counts: list[float]) -> list[str]:
+    """Counts of one group as shareable text: ``<5`` / ``(s)`` where hidden, else the count."""
+    return _group_cells(counts, lambda i: "" if _missing(counts[i]) else str(int(counts[i])))
+
+
+def shareable_flow(flow: pd.DataFrame) -> pd.DataFrame:
+    """``participant_flow.csv`` as it may be shared: the report's suppression, in tidy form.
+
+    Parameters
+    ----------
+    flow : pandas.DataFrame
+        Tidy flow (``site, step, reason, label, n``) with exact counts; not changed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same rows; ``n`` as text: counts 1-4 as ``<5`` and, within each site's exclusion
+        reasons (whose sum is received minus analysed), one more ``(s)`` where a single hidden
+        count could be worked out, exactly as ``flow_frame`` shows them.
+    """
+    out = flow.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    for _, idx in out.groupby("site", sort=False).groups.items():
+        excluded = [i for i in idx if out.loc[i, "step"] == "excluded"]
+        cells = _suppressed_group([float(out.loc[i, "n"]) for i in excluded])
+        for i, text in zip(excluded, cells):
+            n[out.index.get_loc(i)] = text
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    return out
+
+
+def shareable_descriptives(descr: pd.DataFrame) -> pd.DataFrame:
+    """``descriptives.csv`` as it may be shared: counts 1-4 hidden as the site pages hide them.
+
+    Numeric rows: ``n`` 1-4 as ``<5``. Category rows: the levels of a variable (per site and
+    subset) suppressed as one group (``<5``, complementary ``(s)``) and the percent of a
+    hidden count left blank, since count = percent x N.
+    """
+    out = descr.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    count = ["" if _missing(v) else str(int(v)) for v in out["count"]]
+    percent = out["percent"].astype(object).tolist()
+    cat = out["count"].notna().to_numpy()
+    keys = (out["site"].astype(str) + "|" + out["variable"].astype(str) + "|"
+            + out["subset"].astype(str)).to_numpy()
+    positions = [i for i in range(len(out)) if cat[i]]
+    groups: dict[str, list[int]] = {}
+    for i in positions:
+        groups.setdefault(keys[i], []).append(i)
+    for pos in groups.values():
+        cells = _suppressed_group([float(out["count"].iloc[i]) for i in pos])
+        for i, text in zip(pos, cells):
+            count[i] = text
+            if not text.isdigit():
+                percent[i] = None
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    out["count"] = pd.Series(count, index=out.index, dtype="str")
+    out["percent"] = pd.Series(percent, index=out.index, dtype=float)
+    return out
 
 
 def fmt_n(n) -> str:
@@ -1276,16 +1341,29 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
         families=_site_analyses(analysis, study), own_downloads=list(downloads))
 
 
+RESTRICTED = "restricted"
+"""Sub-folder of a run folder for what may not be shared: row-level data and exact counts."""
+
+RESTRICTED_README = f"""Restricted outputs of a lacrima run: do not share.
+
+This folder holds row-level data (data/<site>.csv and .sav, analysis_ready.parquet) and
+exact counts (participant_flow.csv, descriptives.csv with counts 1-{MIN_CELL - 1} shown).
+Everything outside this folder may be shared: there, counts 1-{MIN_CELL - 1} show as <{MIN_CELL}
+(and (s) where a hidden count could be worked out from a total), as in report.html.
+""".encode()
+
+
 def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
                study: Study) -> dict[str, bytes]:
-    """A site's own outputs: ``data/<site>.csv``, ``data/<site>.sav`` and ``site-<site>.html``.
+    """A site's own outputs: ``restricted/data/<site>.csv`` and ``.sav`` (row-level data), and
+    ``site-<site>.html``.
 
     ``data`` is the site's analysis-ready frame (``pipeline.load_site_data``).
     """
     from lacrima.exports import spss_bytes
 
-    files = {f"data/{site.code}.csv": to_csv_bytes(data),
-             f"data/{site.code}.sav": spss_bytes(data, study, site)}
+    files = {f"{RESTRICTED}/data/{site.code}.csv": to_csv_bytes(data),
+             f"{RESTRICTED}/data/{site.code}.sav": spss_bytes(data, study, site)}
     files[f"site-{site.code}.html"] = render_site_page(analysis, site, study, list(files)).encode()
     return files
 
@@ -1450,8 +1528,11 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
-    put("participant_flow.csv", to_csv_bytes(flow))
-    put("descriptives.csv", to_csv_bytes(descr))
+    put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
+    put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
+    put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
+    put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
+    put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
     invariance = run_invariance(storage, analyses, study)
     put("invariance.csv", to_csv_bytes(invariance[0]))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
@@ -1459,7 +1540,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     pages = {}
     for a in analyses:
         if a.site not in by_code:
-            put(f"data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
+            put(f"{RESTRICTED}/data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
             continue
         if a.input_key:
             for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
@@ -1468,7 +1549,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
-    put("analysis_ready.parquet", plotted[1].result(stacked))
+    put(f"{RESTRICTED}/analysis_ready.parquet", plotted[1].result(stacked))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
