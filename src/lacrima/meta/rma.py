@@ -140,9 +140,26 @@ def _tau2_dl(yi: np.ndarray, vi: np.ndarray) -> float:
     return max(0.0, (q - (len(yi) - 1)) / c) if c > 0 else 0.0
 
 
+def _reml_loglik(tau2: float, yi: np.ndarray, vi: np.ndarray) -> float:
+    """Restricted log-likelihood of the intercept-only model (metafor's ``ll`` for REML)."""
+    w = 1.0 / (vi + tau2)
+    mu = np.sum(w * yi) / np.sum(w)
+    return float(-0.5 * (len(yi) - 1) * np.log(2 * np.pi) - 0.5 * np.sum(np.log(vi + tau2))
+                 - 0.5 * np.log(np.sum(w)) - 0.5 * np.sum(w * (yi - mu) ** 2))
+
+
 def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float) -> tuple[float, bool]:
-    """Fisher scoring on the restricted likelihood, as metafor does, with step halving at 0."""
-    tau2 = _tau2_dl(yi, vi)
+    """metafor's REML: Fisher scoring from the Hedges (HE) estimate, step halving at 0.
+
+    Step for step ``rma.uni(method = "REML")`` with its default ``control``: the start
+    ``max(0, HE)``; ``adj = (Y'PPY - tr P) / tr(PP)`` halved while ``tau2 + adj < 0``;
+    stop when the change is at most ``threshold`` (``tol``, 1e-5); the ``ll0check``
+    (tau2 set to 0 when the likelihood at 0 is higher by more than ``eps^0.25``); finally
+    ``max(0, tau2)``. A start at 0 with a negative score stays exactly 0, as in metafor.
+    """
+    k = len(yi)
+    tau2 = max(0.0, float(np.sum((yi - yi.mean()) ** 2) - np.sum(vi) * (k - 1) / k) / (k - 1))
+    converged = False
     for _ in range(max_iter):
         w = 1.0 / (vi + tau2)
         sw = np.sum(w)
@@ -150,18 +167,19 @@ def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float) -> tup
         # With P = W - w w' / sum(w): Py = w (y - mu), tr(P) and tr(PP) in closed form.
         score = np.sum(w**2 * (yi - mu) ** 2) - (sw - np.sum(w**2) / sw)
         info = np.sum(w**2) - 2 * np.sum(w**3) / sw + (np.sum(w**2) / sw) ** 2
-        if info <= 0:
-            return tau2, False
-        step = score / info
-        halvings = 0
-        while tau2 + step < 0 and halvings < 60:
-            step /= 2
-            halvings += 1
-        new = max(0.0, tau2 + step)
-        if abs(new - tau2) < tol:
-            return new, True
-        tau2 = new
-    return tau2, False
+        adj = score / info if info > 0 else 0.0
+        if not np.isfinite(adj):
+            adj = 0.0
+        while tau2 + adj < 0:
+            adj /= 2
+        old, tau2 = tau2, tau2 + adj
+        if abs(old - tau2) <= tol:
+            converged = True
+            break
+    if converged and tau2 > tol and \
+            _reml_loglik(0.0, yi, vi) - _reml_loglik(tau2, yi, vi) > np.finfo(float).eps ** 0.25:
+        tau2 = 0.0
+    return max(0.0, tau2), converged
 
 
 def _tau2_pm(yi: np.ndarray, vi: np.ndarray) -> float:
@@ -183,7 +201,7 @@ def _validate(yi, vi) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: float = 0.95,
-                   max_iter: int = 1000, tol: float = 1e-10) -> RandomEffectsResult:
+                   max_iter: int = 100, tol: float = 1e-5) -> RandomEffectsResult:
     """Random-effects meta-analysis with a fixed-effect estimate beside it.
 
     Parameters
@@ -199,7 +217,9 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     level : float, default 0.95
         Level of the confidence, prediction and tau2 intervals.
     max_iter, tol : int, float
-        Iteration limit and convergence tolerance on tau2 for REML.
+        Iteration limit and convergence threshold on the change of tau2 for REML:
+        metafor's ``control = list(maxiter = 100, threshold = 1e-5)`` defaults, so that
+        tau2 (and tau, I2 near the boundary) are metafor's own numbers.
 
     Returns
     -------
