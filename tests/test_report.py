@@ -303,3 +303,25 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     assert all(future is not None for *_, future in work._calls)
     for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
+
+
+def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):
+    storage, outputs, html, _ = run
+    het = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/heterogeneity.csv")),
+                      keep_default_na=False)
+    assert "heterogeneity.csv" in outputs.files
+    keys = set(zip(het["family"], het["x"], het["y"], het["covariates"]))
+    assert len(keys) == len(het) and keys == _pooled_keys(storage)
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    re_rows = res[(res["site"] == POOLED) & (res["method"] == "REML+knha")]
+    merged = het.merge(re_rows, on=["family", "x", "y", "covariates"])
+    # the same pooled estimate and tau2 as results.csv, on the same (effect's own) scale
+    assert (merged["re_estimate"].astype(float) - merged["estimate"].astype(float)).abs().max() < 1e-12
+    assert (merged["tau2_x"].astype(float) - merged["tau2_y"].astype(float)).abs().max() < 1e-12
+    assert (het["ci_method"] == "knha").all() and (het["metafor_test"] == "knha").all()
+    # three sites, one original: the role moderator test is on F(1, 1)
+    assert (het["role_qm_df2"].astype(float) == 1).all()
+    narrower = int((het["re_ci_narrower_than_fe"].astype(str) == "True").sum())
+    assert html.count("random-effects CI is narrower than the fixed-effect CI") == narrower
+    assert html.count("is uninformative: it cannot distinguish") == len(het)

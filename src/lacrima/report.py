@@ -5,7 +5,8 @@ A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
-- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``,
+- ``results.csv``, ``replication.csv``, ``heterogeneity.csv`` (one row per pooled effect,
+  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``,
   ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
@@ -646,6 +647,14 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
     return out
 
 
+def _fe_scale(fixed: pd.Series, back, column: str) -> float:
+    """A fixed-effect limit of a results.csv row back on the pooling scale (where the
+    random-effects detail lives), by inverting ``back``."""
+    inverse = {np.tanh: np.arctanh, np.exp: np.log}.get(back)
+    value = float(fixed[column])
+    return float(inverse(value)) if inverse is not None else value
+
+
 def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.DataFrame,
                   analysis: str, back) -> list[str]:
     """Heterogeneity and IPD sentences for one effect."""
@@ -668,6 +677,10 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
             f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
             lines.append(f"Note: {detail['note']}")
+        lines += _interval_warnings(detail if fixed is None else
+                                    pd.concat([detail, pd.Series({
+                                        "fe_ci_low": _fe_scale(fixed, back, "ci_low"),
+                                        "fe_ci_high": _fe_scale(fixed, back, "ci_high")})]))
     if fixed is not None:
         lines.append(f"Fixed effect: {fmt(fixed['estimate'], leading_zero=lz)} "
                      f"{fmt_ci(fixed['ci_low'], fixed['ci_high'], leading_zero=lz)}.")
@@ -683,6 +696,32 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
                          f"{fmt_ci(r['ci_low'], r['ci_high'])}, {p_text(r['p_value'])}"
                          + (f" ({problems.group(1)})." if problems else "."))
     return lines
+
+
+def heterogeneity_frame(comparison: Comparison, study: Study, sites: list[Site]) -> pd.DataFrame:
+    """``heterogeneity.csv``: :func:`lacrima.pooling.heterogeneity` of the run's per-site rows,
+    with each site's role (original / replication) for the moderator test."""
+    from lacrima.pooling import heterogeneity
+
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    return heterogeneity(per_site, study, {s.code: s.role for s in sites})
+
+
+def _interval_warnings(detail: pd.Series | None) -> list[str]:
+    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    if detail is None or not detail.get("k") or detail["k"] < 2:
+        return []
+    out = []
+    width_re = detail["ci_high"] - detail["ci_low"]
+    width_fe = detail["fe_ci_high"] - detail["fe_ci_low"] if "fe_ci_high" in detail else np.nan
+    if np.isfinite(width_fe) and width_re < width_fe:
+        out.append("Warning: the random-effects CI is narrower than the fixed-effect CI "
+                   "(untruncated Knapp-Hartung with few sites); read the wider one.")
+    if detail["k"] <= 3:
+        out.append(f"With k = {int(detail['k'])} sites, \u03c4\u00b2 (and I\u00b2, the "
+                   "prediction interval) is uninformative: it cannot distinguish no "
+                   "heterogeneity from a lot.")
+    return out
 
 
 def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
@@ -1270,6 +1309,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
+    put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
     put("participant_flow.csv", to_csv_bytes(flow))
     put("descriptives.csv", to_csv_bytes(descr))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
