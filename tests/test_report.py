@@ -325,3 +325,26 @@ def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(ru
     narrower = int((het["re_ci_narrower_than_fe"].astype(str) == "True").sum())
     assert html.count("random-effects CI is narrower than the fixed-effect CI") == narrower
     assert html.count("is uninformative: it cannot distinguish") == len(het)
+
+
+def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses, comparison, study, _, _ = report_inputs
+    name = report.CONTINGENCY_COUNTS
+    assert name.startswith("data/") and name in outputs.files
+    counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
+    res = comparison.results
+    for site, grp in counts.groupby("site"):
+        # the per-site chi-square row counts the same participants
+        chi = res[(res["site"] == site) & (res["method"] == "pearson_chi2")]
+        assert int(grp["n"].sum()) == int(chi["n"].iloc[0])
+        assert list(grp["row_level"]) == ["woman", "man"]
+        has_fisher = ((res["site"] == site) & (res["analysis"] == "fisher_exact")).any()
+        assert set(grp["test_used"]) == {"fisher_exact" if has_fisher else "pearson_chi2"}
+        # Woolf odds ratio from these counts (no zero cell here) is the results' one
+        (a, b), (c, d) = grp[["n_event", "n_no_event"]].to_numpy()
+        orr = res[(res["site"] == site) & (res["method"] == "odds_ratio")]["estimate"].iloc[0]
+        assert orr == pytest.approx(a * d / (b * c), rel=1e-12)
+    # the main A3 table names the test used and the crying rate of 'another' is described
+    assert "p (test used)" in html
+    assert "among Gender identity: another (not in the A3 test)" in html

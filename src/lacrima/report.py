@@ -581,6 +581,8 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         criers_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
     add(f"{_label(study, criers)}, n (%)", criers_cells)
+    for label, by_site in _rates_by_level_rows(analyses, study, criers):
+        add(label, by_site)
     for score, spec in study.scores.items():
         if spec.get("kind") == "not_equal":
             continue
@@ -597,6 +599,32 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     columns = {"Characteristic": [lab for lab, _ in rows]}
     columns.update({a.site: [cells.get(a.site, "") for _, cells in rows] for a in analyses})
     return pd.DataFrame(columns)
+
+
+def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
+                         criers: str) -> list[tuple[str, dict[str, str]]]:
+    """Crying rate, n (%), in each level of a contingency family's row variable that its
+    test leaves out (the ``another`` gender group, "reported descriptively")."""
+    out = []
+    for fam in study.families:
+        if fam.get("kind") != "contingency" or fam["column"] != criers:
+            continue
+        row_var = fam["row"]
+        for level in study.variables.get(row_var, {}).get("levels", ()):
+            if level in fam["row_levels"]:
+                continue
+            cells = {}
+            for a in analyses:
+                d = a.descriptives
+                hit = d[(d["variable"] == criers) & (d["subset"] == f"{row_var}={level}")]
+                pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
+                               .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
+                         for v in ("true", "false")]
+                cells[a.site] = _group_cells([c for c, _ in pairs],
+                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
+            out.append((f"{_label(study, criers)} among {_label(study, row_var)}: {level} "
+                        "(not in the A3 test), n (%)".replace("A3", fam["id"]), cells))
+    return out
 
 
 def _means(d: pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -644,6 +672,24 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
         out.insert(3, "df", [fmt_df(v) for v in rows["df"]])
     if analysis == "chi_square":
         out.insert(2, "\u03c7\u00b2(1)", [fmt(v) for v in rows["statistic"]])
+    return out
+
+
+def _with_test_used(table: pd.DataFrame, analysis: str, family_rows: pd.DataFrame,
+                    x: str, y: str) -> pd.DataFrame:
+    """A contingency table's per-site rows say which test applies and give its p: Fisher's
+    exact test where an expected count is below 5 (a ``fisher_exact`` row exists), else
+    the chi-square. Other analyses: unchanged."""
+    if analysis != "chi_square" or not len(table):
+        return table
+    fisher = family_rows[(family_rows["analysis"] == "fisher_exact") & (family_rows["x"] == x)
+                         & (family_rows["y"] == y)]
+    fisher_p = dict(zip(fisher["site"].astype(str), fisher["p_value"]))
+    chi_p = dict(zip(table["Site"], table["p"]))
+    out = table.copy()
+    out["Test"] = ["Fisher's exact (expected count < 5)" if s in fisher_p else "\u03c7\u00b2"
+                   for s in out["Site"]]
+    out["p (test used)"] = [fmt_p(fisher_p[s]) if s in fisher_p else chi_p[s] for s in out["Site"]]
     return out
 
 
@@ -696,6 +742,71 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
                          f"{fmt_ci(r['ci_low'], r['ci_high'])}, {p_text(r['p_value'])}"
                          + (f" ({problems.group(1)})." if problems else "."))
     return lines
+
+
+# Exact 2x2 counts per site of every contingency family (A3). Not shareable (cells of 1-4
+# are not suppressed), so it sits with the row-level data under data/.
+CONTINGENCY_COUNTS = "data/restricted_contingency_2x2_counts_by_site.csv"
+CONTINGENCY_COUNT_COLUMNS = ("family", "site", "row", "row_level", "column", "n_event",
+                             "n_no_event", "n", "min_expected", "test_used")
+
+
+def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
+    """The 2x2 table of every contingency family at every site, from the stacked data.
+
+    Parameters
+    ----------
+    parquet : bytes
+        ``analysis_ready.parquet`` of the run (the sites' analysis-ready rows, ``site``).
+    study : Study
+
+    Returns
+    -------
+    DataFrame
+        ``CONTINGENCY_COUNT_COLUMNS``: per family, site and row level (the two tested,
+        in plan order) the counts with (``n_event``) and without the column event among
+        rows where it is known; ``min_expected`` of the site's 2x2 and ``test_used``
+        (``fisher_exact`` when it is below 5, else ``pearson_chi2``), as the analysis
+        chose (lacrima.analysis._contingency).
+    """
+    import pyarrow.parquet as pq
+
+    fams = [f for f in study.families if f.get("kind") == "contingency"]
+    if not fams:
+        return pd.DataFrame(columns=list(CONTINGENCY_COUNT_COLUMNS))
+    names = set(pq.ParquetFile(pa_buffer(parquet)).schema_arrow.names)
+    cols = sorted({"site"} | {c for f in fams for c in (f["row"], f["column"])} & names)
+    data = pq.read_table(pa_buffer(parquet), columns=cols).to_pandas()
+    rows = []
+    for fam in fams:
+        if fam["row"] not in data.columns or fam["column"] not in data.columns:
+            continue
+        event = data[fam["column"]].astype("boolean")
+        level = data[fam["row"]].astype("str")
+        for site, idx in data.groupby("site", sort=True).groups.items():
+            cells = []
+            for lev in fam["row_levels"]:
+                mask = (level.loc[idx] == str(lev)).fillna(False) & event.loc[idx].notna()
+                yes = int((mask & event.loc[idx].fillna(False)).sum())
+                cells.append((lev, yes, int(mask.sum()) - yes))
+            table = np.array([[c[1], c[2]] for c in cells], dtype=float)
+            total = table.sum()
+            expected = (np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+                        if total else np.full((2, 2), np.nan))
+            min_exp = float(np.nanmin(expected)) if total else np.nan
+            for lev, yes, no in cells:
+                rows.append({"family": fam["id"], "site": str(site), "row": fam["row"],
+                             "row_level": lev, "column": fam["column"], "n_event": yes,
+                             "n_no_event": no, "n": yes + no, "min_expected": min_exp,
+                             "test_used": "fisher_exact" if min_exp < 5 else "pearson_chi2"})
+    return pd.DataFrame(rows, columns=list(CONTINGENCY_COUNT_COLUMNS))
+
+
+def pa_buffer(data: bytes):
+    """Bytes as a file pyarrow reads without a copy."""
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
 
 
 def heterogeneity_frame(comparison: Comparison, study: Study, sites: list[Site]) -> pd.DataFrame:
@@ -821,7 +932,8 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "anchor": anchor, "title": title, "svg": svg,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
-                "table": _html_table(_site_table(grp, analysis, spearman)),
+                "table": _html_table(_with_test_used(_site_table(grp, analysis, spearman),
+                                                     analysis, rows, x, y)),
                 "lines": lines,
                 "replication": _html_table(rep_frame) if len(rep_frame) else "",
             })
@@ -1326,7 +1438,10 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
-    put("analysis_ready.parquet", plotted[1].result(stacked))
+    parquet = plotted[1].result(stacked)
+    put("analysis_ready.parquet", parquet)
+    # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
+    put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plotted).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
