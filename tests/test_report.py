@@ -340,3 +340,48 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     assert all(future is not None for *_, future in work._calls)
     for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
+
+
+def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):
+    storage, outputs, html, _ = run
+    het = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/heterogeneity.csv")),
+                      keep_default_na=False)
+    assert "heterogeneity.csv" in outputs.files
+    keys = set(zip(het["family"], het["x"], het["y"], het["covariates"]))
+    assert len(keys) == len(het) and keys == _pooled_keys(storage)
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    re_rows = res[(res["site"] == POOLED) & (res["method"] == "REML+knha")]
+    merged = het.merge(re_rows, on=["family", "x", "y", "covariates"])
+    # the same pooled estimate and tau2 as results.csv, on the same (effect's own) scale
+    assert (merged["re_estimate"].astype(float) - merged["estimate"].astype(float)).abs().max() < 1e-12
+    assert (merged["tau2_x"].astype(float) - merged["tau2_y"].astype(float)).abs().max() < 1e-12
+    assert (het["ci_method"] == "knha").all() and (het["metafor_test"] == "knha").all()
+    # three sites, one original: the role moderator test is on F(1, 1)
+    assert (het["role_qm_df2"].astype(float) == 1).all()
+    narrower = int((het["re_ci_narrower_than_fe"].astype(str) == "True").sum())
+    assert html.count("random-effects CI is narrower than the fixed-effect CI") == narrower
+    assert html.count("is uninformative: it cannot distinguish") == len(het)
+
+
+def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses, comparison, study, _, _ = report_inputs
+    name = report.CONTINGENCY_COUNTS
+    assert name.startswith("data/") and name in outputs.files
+    counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
+    res = comparison.results
+    for site, grp in counts.groupby("site"):
+        # the per-site chi-square row counts the same participants
+        chi = res[(res["site"] == site) & (res["method"] == "pearson_chi2")]
+        assert int(grp["n"].sum()) == int(chi["n"].iloc[0])
+        assert list(grp["row_level"]) == ["woman", "man"]
+        has_fisher = ((res["site"] == site) & (res["analysis"] == "fisher_exact")).any()
+        assert set(grp["test_used"]) == {"fisher_exact" if has_fisher else "pearson_chi2"}
+        # Woolf odds ratio from these counts (no zero cell here) is the results' one
+        (a, b), (c, d) = grp[["n_event", "n_no_event"]].to_numpy()
+        orr = res[(res["site"] == site) & (res["method"] == "odds_ratio")]["estimate"].iloc[0]
+        assert orr == pytest.approx(a * d / (b * c), rel=1e-12)
+    # the main A3 table names the test used and the crying rate of 'another' is described
+    assert "p (test used)" in html
+    assert "among Gender identity: another (not in the A3 test)" in html

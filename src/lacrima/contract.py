@@ -191,7 +191,7 @@ class Reliability(_Model):
 
 class Pooling(_Model):
     method: Literal["REML", "DL", "PM"] = "REML"
-    test: Literal["knha", "z"] = "knha"
+    ci: Literal["knha", "knha_adhoc", "z"] = "knha"
     families: Names
 
 

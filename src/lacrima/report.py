@@ -6,12 +6,14 @@ pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
-- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``
+- ``results.csv``, ``replication.csv``, ``heterogeneity.csv`` (one row per pooled effect,
+  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``
   (counts 1-4 suppressed as the report shows them: ``<5``, with complementary ``(s)``),
   ``invariance.csv`` (measurement invariance across sites), ``provenance.json``;
 - ``restricted/``: what must not leave the analysts (row-level data and exact counts):
   ``restricted/data/<site>.csv`` and ``.sav``, ``restricted/analysis_ready.parquet``,
-  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts);
+  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts),
+  the A3 cell counts per site;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
 Everything outside ``restricted/`` may be shared: copy the run folder without ``restricted/``
@@ -730,6 +732,8 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         criers_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
     add(f"{_label(study, criers)}, n (%)", criers_cells)
+    for label, by_site in _rates_by_level_rows(analyses, study, criers):
+        add(label, by_site)
     for score, spec in study.scores.items():
         if spec.get("kind") == "not_equal":
             continue
@@ -746,6 +750,32 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     columns = {"Characteristic": [lab for lab, _ in rows]}
     columns.update({a.site: [cells.get(a.site, "") for _, cells in rows] for a in analyses})
     return pd.DataFrame(columns)
+
+
+def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
+                         criers: str) -> list[tuple[str, dict[str, str]]]:
+    """Crying rate, n (%), in each level of a contingency family's row variable that its
+    test leaves out (the ``another`` gender group, "reported descriptively")."""
+    out = []
+    for fam in study.families:
+        if fam.get("kind") != "contingency" or fam["column"] != criers:
+            continue
+        row_var = fam["row"]
+        for level in study.variables.get(row_var, {}).get("levels", ()):
+            if level in fam["row_levels"]:
+                continue
+            cells = {}
+            for a in analyses:
+                d = a.descriptives
+                hit = d[(d["variable"] == criers) & (d["subset"] == f"{row_var}={level}")]
+                pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
+                               .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
+                         for v in ("true", "false")]
+                cells[a.site] = _group_cells([c for c, _ in pairs],
+                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
+            out.append((f"{_label(study, criers)} among {_label(study, row_var)}: {level} "
+                        "(not in the A3 test), n (%)".replace("A3", fam["id"]), cells))
+    return out
 
 
 def _means(d: pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -796,6 +826,32 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
     return out
 
 
+def _with_test_used(table: pd.DataFrame, analysis: str, family_rows: pd.DataFrame,
+                    x: str, y: str) -> pd.DataFrame:
+    """A contingency table's per-site rows say which test applies and give its p: Fisher's
+    exact test where an expected count is below 5 (a ``fisher_exact`` row exists), else
+    the chi-square. Other analyses: unchanged."""
+    if analysis != "chi_square" or not len(table):
+        return table
+    fisher = family_rows[(family_rows["analysis"] == "fisher_exact") & (family_rows["x"] == x)
+                         & (family_rows["y"] == y)]
+    fisher_p = dict(zip(fisher["site"].astype(str), fisher["p_value"]))
+    chi_p = dict(zip(table["Site"], table["p"]))
+    out = table.copy()
+    out["Test"] = ["Fisher's exact (expected count < 5)" if s in fisher_p else "\u03c7\u00b2"
+                   for s in out["Site"]]
+    out["p (test used)"] = [fmt_p(fisher_p[s]) if s in fisher_p else chi_p[s] for s in out["Site"]]
+    return out
+
+
+def _fe_scale(fixed: pd.Series, back, column: str) -> float:
+    """A fixed-effect limit of a results.csv row back on the pooling scale (where the
+    random-effects detail lives), by inverting ``back``."""
+    inverse = {np.tanh: np.arctanh, np.exp: np.log}.get(back)
+    value = float(fixed[column])
+    return float(inverse(value)) if inverse is not None else value
+
+
 def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.DataFrame,
                   analysis: str, back) -> list[str]:
     """Heterogeneity and IPD sentences for one effect."""
@@ -818,6 +874,10 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
             f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
             lines.append(f"Note: {detail['note']}")
+        lines += _interval_warnings(detail if fixed is None else
+                                    pd.concat([detail, pd.Series({
+                                        "fe_ci_low": _fe_scale(fixed, back, "ci_low"),
+                                        "fe_ci_high": _fe_scale(fixed, back, "ci_high")})]))
     if fixed is not None:
         lines.append(f"Fixed effect: {fmt(fixed['estimate'], leading_zero=lz)} "
                      f"{fmt_ci(fixed['ci_low'], fixed['ci_high'], leading_zero=lz)}.")
@@ -833,6 +893,97 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
                          f"{fmt_ci(r['ci_low'], r['ci_high'])}, {p_text(r['p_value'])}"
                          + (f" ({problems.group(1)})." if problems else "."))
     return lines
+
+
+# Exact 2x2 counts per site of every contingency family (A3). Not shareable (cells of 1-4
+# are not suppressed), so it sits with the row-level data under data/.
+CONTINGENCY_COUNTS = "restricted/contingency_2x2_counts_by_site.csv"
+CONTINGENCY_COUNT_COLUMNS = ("family", "site", "row", "row_level", "column", "n_event",
+                             "n_no_event", "n", "min_expected", "test_used")
+
+
+def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
+    """The 2x2 table of every contingency family at every site, from the stacked data.
+
+    Parameters
+    ----------
+    parquet : bytes
+        ``analysis_ready.parquet`` of the run (the sites' analysis-ready rows, ``site``).
+    study : Study
+
+    Returns
+    -------
+    DataFrame
+        ``CONTINGENCY_COUNT_COLUMNS``: per family, site and row level (the two tested,
+        in plan order) the counts with (``n_event``) and without the column event among
+        rows where it is known; ``min_expected`` of the site's 2x2 and ``test_used``
+        (``fisher_exact`` when it is below 5, else ``pearson_chi2``), as the analysis
+        chose (lacrima.analysis._contingency).
+    """
+    import pyarrow.parquet as pq
+
+    fams = [f for f in study.families if f.get("kind") == "contingency"]
+    if not fams:
+        return pd.DataFrame(columns=list(CONTINGENCY_COUNT_COLUMNS))
+    names = set(pq.ParquetFile(pa_buffer(parquet)).schema_arrow.names)
+    cols = sorted({"site"} | {c for f in fams for c in (f["row"], f["column"])} & names)
+    data = pq.read_table(pa_buffer(parquet), columns=cols).to_pandas()
+    rows = []
+    for fam in fams:
+        if fam["row"] not in data.columns or fam["column"] not in data.columns:
+            continue
+        event = data[fam["column"]].astype("boolean")
+        level = data[fam["row"]].astype("str")
+        for site, idx in data.groupby("site", sort=True).groups.items():
+            cells = []
+            for lev in fam["row_levels"]:
+                mask = (level.loc[idx] == str(lev)).fillna(False) & event.loc[idx].notna()
+                yes = int((mask & event.loc[idx].fillna(False)).sum())
+                cells.append((lev, yes, int(mask.sum()) - yes))
+            table = np.array([[c[1], c[2]] for c in cells], dtype=float)
+            total = table.sum()
+            expected = (np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+                        if total else np.full((2, 2), np.nan))
+            min_exp = float(np.nanmin(expected)) if total else np.nan
+            for lev, yes, no in cells:
+                rows.append({"family": fam["id"], "site": str(site), "row": fam["row"],
+                             "row_level": lev, "column": fam["column"], "n_event": yes,
+                             "n_no_event": no, "n": yes + no, "min_expected": min_exp,
+                             "test_used": "fisher_exact" if min_exp < 5 else "pearson_chi2"})
+    return pd.DataFrame(rows, columns=list(CONTINGENCY_COUNT_COLUMNS))
+
+
+def pa_buffer(data: bytes):
+    """Bytes as a file pyarrow reads without a copy."""
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def heterogeneity_frame(comparison: Comparison, study: Study, sites: list[Site]) -> pd.DataFrame:
+    """``heterogeneity.csv``: :func:`lacrima.pooling.heterogeneity` of the run's per-site rows,
+    with each site's role (original / replication) for the moderator test."""
+    from lacrima.pooling import heterogeneity
+
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    return heterogeneity(per_site, study, {s.code: s.role for s in sites})
+
+
+def _interval_warnings(detail: pd.Series | None) -> list[str]:
+    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    if detail is None or not detail.get("k") or detail["k"] < 2:
+        return []
+    out = []
+    width_re = detail["ci_high"] - detail["ci_low"]
+    width_fe = detail["fe_ci_high"] - detail["fe_ci_low"] if "fe_ci_high" in detail else np.nan
+    if np.isfinite(width_fe) and width_re < width_fe:
+        out.append("Warning: the random-effects CI is narrower than the fixed-effect CI "
+                   "(untruncated Knapp-Hartung with few sites); read the wider one.")
+    if detail["k"] <= 3:
+        out.append(f"With k = {int(detail['k'])} sites, \u03c4\u00b2 (and I\u00b2, the "
+                   "prediction interval) is uninformative: it cannot distinguish no "
+                   "heterogeneity from a lot.")
+    return out
 
 
 def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
@@ -942,7 +1093,8 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "anchor": anchor, "title": title, "svg": svg,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
-                "table": _html_table(_site_table(grp, analysis, spearman)),
+                "table": _html_table(_with_test_used(_site_table(grp, analysis, spearman),
+                                                     analysis, rows, x, y)),
                 "lines": lines,
                 "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
@@ -1528,6 +1680,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
+    put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
     put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
     put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
     put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
@@ -1549,7 +1702,10 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
-    put(f"{RESTRICTED}/analysis_ready.parquet", plotted[1].result(stacked))
+    parquet = plotted[1].result(stacked)
+    put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
+    # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
+    put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
