@@ -40,7 +40,7 @@ def pseudonym_key(demo: bool = False) -> bytes:
     """
     if demo:
         return DEMO_KEY
-    value = os.environ.get(KEY_ENV)
+    value = os.environ.get(KEY_ENV) or None        # set but empty: not set
     where = KEY_ENV
     if value is not None and value.strip():
         key = value.encode()
