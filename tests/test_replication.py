@@ -22,8 +22,7 @@ TOL_P = 1e-12      # p values recomputed from closed forms
 TOL_R = 1e-6       # correlations from closed forms written to 7 digits
 TOL_PWR = 1e-12    # r33: R's uniroot steps taken exactly; the JSON keeps 15 digits
 TOL_P_R = 1e-12    # p values from R written with 15 significant digits
-TOL_POOLED = 1e-6  # pooled sides: lacrima's REML tau2 stops near, not at, 0 on the boundary
-                   # (issue 16 item 3): 2.5e-8 from metafor here
+TOL_POOLED = 1e-9  # pooled sides: REML iterated to convergence on both sides
 
 REFERENCE = json.loads((Path(__file__).parent / "reference" / "replication_reference.json").read_text())
 
