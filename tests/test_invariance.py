@@ -112,3 +112,32 @@ def test_one_site_is_refused():
     data = pd.read_csv(REFERENCE / "invariance_data.csv")
     with pytest.raises(ValueError, match="at least two sites"):
         invariance("change", CTSC, data[data["site"] == "us"])
+
+
+def test_plan_leaves_out_sites_too_small_to_fit_and_says_so(study):
+    import dataclasses
+
+    from lacrima.invariance import plan_invariance
+    from lacrima.study import _freeze, _thaw
+
+    raw = _thaw(study.raw)
+    raw["invariance"]["scales"] = {"change": ["change"]}   # one scale keeps the test short
+    only_change = dataclasses.replace(study, raw=_freeze(raw))
+    data = pd.read_csv(REFERENCE / "invariance_data.csv")
+    frames = {code: rows for code, rows in data.groupby("site")}
+    frames["il"] = frames["il"].head(16)   # 16 complete rows: no more than CTSCM-R's items
+    fits, notes = plan_invariance(only_change, frames)
+    assert set(fits["scale"]) == {"change"}
+    assert (fits["groups"] == 2).all() and (fits["n"] == 124 + 106).all()
+    assert notes == ["change: sites left out (no more complete rows than its 16 items): il."]
+
+
+def test_plan_does_not_fit_beyond_max_sites(study):
+    from lacrima.invariance import plan_invariance
+
+    limit = int(study.section("invariance")["max_sites"])
+    # The rows are not even read: the report passes None for each site then.
+    fits, notes = plan_invariance(study, {f"s{k}": None for k in range(limit + 1)})
+    assert fits.empty and list(fits.columns) == list(COLUMNS)
+    assert notes == [f"Not fitted: {limit + 1} sites exceed [invariance] max_sites = {limit} "
+                     "(the joint fit grows with the sites)."]

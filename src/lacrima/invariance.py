@@ -228,7 +228,16 @@ class _Joint:
 def rmsea_ci(chi2: float, df: int, n: int, groups: int, level: float = RMSEA_LEVEL):
     """RMSEA and its CI as lavaan computes them: sqrt(max(chi2/df - 1, 0) / N) sqrt(G),
     the bounds from the noncentrality lambda with P(X2 <= chi2 | df, lambda) = (1 +- level)/2
-    (Browne & Cudeck 1993; Steiger 1998 for the sqrt(G) of multiple groups)."""
+    (Browne & Cudeck 1993; Steiger 1998 for the sqrt(G) of multiple groups).
+
+    Examples
+    --------
+    R: ``sqrt(uniroot(function(l) pchisq(250, 100, ncp = l) - .95, c(0, 2000))$root
+    / (300 * 100)) * sqrt(3)`` = 0.1035726 (lower); .05 gives 0.1415696 (upper).
+
+    >>> [round(v, 4) for v in rmsea_ci(250.0, 100, 300, 3)]
+    [0.1225, 0.1036, 0.1416]
+    """
     scale = np.sqrt(groups / (n * df))
     point = float(np.sqrt(max(chi2 / df - 1, 0) / n) * np.sqrt(groups))
 
