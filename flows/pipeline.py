@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_artifacts
-from lacrima import intake, pipeline, report
+from flows.notify import notify_quarantines, notify_run_failure
+from lacrima import intake, lease, pipeline, report
 from lacrima.pipeline import RunContext
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
@@ -108,6 +109,12 @@ def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
                                      description=f"Verdict per pooled effect, run {run_id}"))
 
 
+@task(name="notify-quarantines", cache_policy=NO_CACHE, timeout_seconds=120)
+def notify_drops(ctx: RunContext, drops: list[dict]) -> int:
+    # Each quarantined drop's site contact is told (webhook and/or e-mail); never raises.
+    return notify_quarantines(drops, ctx.sites)
+
+
 def default_workers() -> int:
     """Threads or worker processes by default: one per core, at least 2, at most 4.
 
@@ -118,24 +125,42 @@ def default_workers() -> int:
 
 
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
-      log_prints=False)
+      log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
-                     run_id: str | None = None, group: int = pipeline.SITE_GROUP) -> dict:
+                     run_id: str | None = None, group: int = pipeline.SITE_GROUP,
+                     wait: float = 0.0) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
     ``group``: most sites one intake or analysis task takes (see ``pipeline.site_groups``).
+    ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
+    after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
+    message naming the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
-    logger = get_run_logger()
-    clock = pipeline.StageClock()
     ctx = pipeline.prepare_run(storage_location, demo=demo)
     run_id = run_id or pipeline.new_run_id()
+    try:
+        with lease.hold(ctx.storage, lease.default_owner(run_id), ttl=lease.LEASE_SECONDS,
+                        wait=wait) as held:
+            return _pipeline(ctx, run_id, group, held)
+    except lease.LeaseHeld as err:
+        get_run_logger().warning("%s", err)
+        return {"run_id": run_id, "busy": str(err)}
+
+
+def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
+    """The run itself, under the store's lease."""
+    logger = get_run_logger()
+    clock = pipeline.StageClock()
     with clock("plan"):
         plans = plan_run(ctx)
     with clock("intake"):
         todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
         futures = [ingest_sites.submit(ctx, g) for g in pipeline.site_groups(todo, group)]
-        intakes = [r for f in futures for r in f.result()]
+        intakes = []
+        for f in futures:
+            intakes += f.result()
+            pipeline.progress("intake", len(intakes), len(todo))
         keys = site_keys(ctx)
     outputs, analyses, unchanged = None, [], []
     if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
@@ -150,22 +175,32 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                 keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
                 futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
                            for g in pipeline.site_groups(keyed, group)]
-                kept |= {a.site: a for f in futures for a in f.result() if a is not None}
+                done = 0
+                for f in futures:
+                    got = f.result()
+                    done += len(got)
+                    kept |= {a.site: a for a in got if a is not None}
+                    pipeline.progress("analysis", done, len(keyed))
                 analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
             with clock("pooling"):
                 comparison = compare_sites(ctx, analyses)
             with clock("report"):
+                held.check()        # never publish over the run that took the store over
                 saved = save_pooled_inputs.submit(ctx, analyses)    # beside the report
                 outputs = write_report(ctx, run_id, analyses, comparison)
                 saved.result()
         finally:
             report.stop_worker()                # one the report did not take (a failure)
-    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged)
+    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged,
+                                 location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
+    if summary["quarantined"]:
+        with clock("notify"):
+            notify_drops(ctx, summary["drops"])
     summary["seconds"] = clock.seconds
     logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
                 run_id, summary["accepted"], summary["quarantined"],
@@ -209,9 +244,12 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
                  dask_address: str | None = None, run_id: str | None = None,
-                 workers: int | None = None) -> dict:
-    """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`)."""
+                 workers: int | None = None, wait: float = 0.0) -> dict:
+    """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
+
+    Returns ``{"run_id", "busy"}`` when another run holds the store past ``wait`` seconds.
+    """
     if workers is None:
         workers = default_workers()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
-    return flow_(storage_location=storage_location, demo=demo, run_id=run_id)
+    return flow_(storage_location=storage_location, demo=demo, run_id=run_id, wait=wait)

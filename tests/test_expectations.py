@@ -74,8 +74,10 @@ def test_suite_reports_rows_and_native_columns(study):
     assert findings["allowed_codes:N_gender"].rows == (13,)
     assert set(findings["unique_ids:N_participant_id"].rows) == {12, 13}
     assert findings["episode_blank_for_non_criers:N_after_sad"].rows == (12,)
-    # no value of any row appears in a message
-    assert not any("robot" in f.message for f in findings.values())
+    # the offending number of a numeric column is shown; text (it may be anything a person
+    # typed) never is
+    assert findings["value_range:N_wai_01"].found == "1 unexpected value(s): 6"
+    assert not any("robot" in f.message + f.found for f in findings.values())
 
 
 def test_findings_keep_their_wording_and_counts(study):
@@ -85,8 +87,10 @@ def test_findings_keep_their_wording_and_counts(study):
                 run_suite(frame, study, row_numbers=[11, 12, 13, 14], codebook=_Codebook())}
     # wording as before the long-format suite (GX stores range bounds as floats)
     wai = findings["value_range:N_wai_01"]
-    assert (wai.expected, wai.found) == ("values between 1.0 and 5.0", "1 unexpected value(s)")
-    assert wai.message == "1 row(s) of column N_wai_01 fail: values between 1.0 and 5.0"
+    assert (wai.expected, wai.found) == ("values between 1.0 and 5.0", "1 unexpected value(s): 6")
+    # the native column, the study's name in brackets, the offending value
+    assert wai.message == ("1 row(s) of column N_wai_01 [wai_01] fail: values between 1.0 and "
+                           "5.0; found 6")
     assert findings["unique_ids:N_participant_id"].found == "2 unexpected value(s)"
     assert findings["allowed_codes:N_gender"].expected == "one of woman, man, another"
     assert findings["episode_blank_for_non_criers:N_after_sad"].expected == (

@@ -1,16 +1,19 @@
 """The ``lacrima`` command line: data managers (check, upload, status), operators (run, serve),
 analysts and developers (synth, demo, expectations).
 
-Exit codes: 0 success / valid, 1 invalid data, 2 usage error or unreadable input.
+Exit codes: 0 success / valid, 1 invalid data, 2 usage error, unreadable input or a store
+that cannot be reached, 3 another run holds the store (``lacrima.lease``).
 Bad data never produces a Python traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -39,12 +42,23 @@ def _storage():
         _fail(str(err))
 
 
+def _reachable(storage):
+    """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
+    try:
+        storage.check()
+    except OSError as err:
+        _fail(f"store unavailable: {err}")
+    return storage
+
+
 def _site(code: str):
     from lacrima.study import load_site
     try:
         return load_site(code)
     except KeyError as err:
         _fail(str(err.args[0]))
+    except ValueError as err:       # a site.toml that breaks the contract (e.g. an unknown role)
+        _fail(str(err))
 
 
 @app.command()
@@ -52,7 +66,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
           sites: Optional[int] = typer.Option(None, "--sites",
                                               help="K: a synthetic consortium of K sites instead"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
-          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed); "
+                                             "also chooses the participant IDs"),
+          first_id: Optional[int] = typer.Option(None, "--first-id",
+                                                 help="number IDs from N (continue a site's numbering)"),
           out: Path = typer.Option(..., help="output file or folder"),
           mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
     """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
@@ -66,8 +83,8 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         _fail("give either --site CODE (one drop) or --sites K (a consortium)")
     if sites is not None:
         from lacrima.consortium import make_consortium, write_consortium_drops
-        if mess:
-            _fail("--mess applies to one site's drop (--site), not to a consortium")
+        if mess or first_id is not None:
+            _fail("--mess and --first-id apply to one site's drop (--site), not to a consortium")
         try:
             made = make_consortium(out / "sites", sites, n)
         except (ValueError, FileExistsError) as err:
@@ -75,7 +92,12 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
         typer.echo(f"export LACRIMA_SITES={made.root}")
         return
-    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
+    from lacrima.synth import seed_id_offset
+    try:
+        offset = seed_id_offset(seed, first_id)
+    except ValueError as err:
+        _fail(str(err))
+    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess, id_offset=offset)
     typer.echo(str(path))
 
 
@@ -84,8 +106,8 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
           site: str = typer.Option(..., help="site code"),
           report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
     """Validate a drop locally without uploading it."""
-    from lacrima.dropreport import render_html, rich_table
-    from lacrima.intake import extension, read_and_validate, safe_name
+    from lacrima.dropreport import print_report, render_html
+    from lacrima.intake import local_name, read_and_validate, safe_name
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import sha256_bytes
     from lacrima.study import load_study
@@ -99,12 +121,12 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         _fail(f"{file}: cannot read ({err.strerror})")
     name = safe_name(file.name)
     with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        path = Path(tmp) / f"drop{extension(name)}"
+        path = Path(tmp) / local_name(name)
         path.write_bytes(data)
         # Only the shape of IDs matters for a local check; the key never leaves this process.
         rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
                                        size_mb=len(data) / 1e6)
-    Console().print(rich_table(rep))
+    print_report(rep, Console(highlight=False))
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)
@@ -124,14 +146,16 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
 def upload(file: Path = typer.Argument(..., help="the drop to upload"),
            site: str = typer.Option(..., help="site code"),
            replaces: str = typer.Option("", help="batch (SHA-256 prefix) this file corrects"),
-           uploader: str = typer.Option("", help="who uploads (recorded as metadata)")):
+           uploader: str = typer.Option("", help="who uploads (recorded as metadata)"),
+           storage_at: Optional[str] = typer.Option(None, "--storage",
+                                                    help="storage root (default: LACRIMA_STORAGE or ./data)")):
     """Put a drop into the site's landing zone."""
     from lacrima import intake
 
     s = _site(site)
     if not file.is_file():
         _fail(f"{file}: no such file")
-    storage = _storage()
+    storage = _open_store(storage_at)
     try:
         key = intake.upload(storage, s, file, uploader=uploader, replaces=replaces)
     except LookupError as err:
@@ -143,41 +167,90 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
 
 @app.command()
 def status(site: Optional[str] = typer.Option(None, help="only this site"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Every batch with its state, rows, date and reason."""
+           storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+           batches: bool = typer.Option(False, "--batches", help="also list every batch"),
+           as_json: bool = typer.Option(False, "--json", help="print every batch as JSON")):
+    """Per site: batches, participants held, last drop, files waiting, quarantined files with
+    their reason, and files in the wrong place with what to do."""
     from rich.table import Table
+    from rich.text import Text
+
+    from lacrima.catalog import participants_held
+    from lacrima.status import misplaced, site_status
+    from lacrima.study import site_codes
 
     if site:
         _site(site)
-    storage = _storage()
+    store = _reachable(_open_store(storage))
+    codes = [site] if site else list(site_codes())
     try:
-        recs = _status_records(storage, site)
+        recs = _status_records(store, site)
+        wrong = [] if site else misplaced(store, site_codes())
+        summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
     except OSError as err:          # the store failed after its retries
-        _fail(f"status of {storage.location} failed: {err}")
+        _fail(f"status of {store.location} failed: {err}")
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
         return
-    table = Table(title=f"Batches in {storage.location}")
-    for col in ("site", "batch", "state", "rows", "received", "file", "reason"):
-        table.add_column(col, overflow="fold")
-    for r in recs:
-        table.add_row(r["site"], r["sha256"][:12], r["state"], str(r["rows"]), r["received_at"],
-                      r["original_name"], r.get("reason") or
-                      (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))
-    Console().print(table)
+    out = Console(highlight=False)
+    out.print(Text(f"Store {store.location}", style="bold"))
+    for s in summaries:
+        line = (f"{s['site']}: {s['batches']} batch(es), {s['participants']} participant(s) "
+                f"held, last drop {s['last_drop'][:10] or 'never'}, {s['pending']} file(s) "
+                "waiting for the next run")
+        out.print(Text(line))
+        for q in s["quarantined"]:
+            out.print(Text(f"    quarantined: {q['file']} (batch {q['batch']}): {q['reason']}; "
+                           f"see `lacrima status --batches`", style="red"))
+    for w in wrong:
+        out.print(Text(f"wrong place: {w['key']}: {w['problem']}. {w['fix']}", style="yellow"))
+    if batches and out.width < 120:          # one line per batch: words wrap, never break
+        out.print(Text("Batches", style="bold"))
+        for r in recs:
+            reason = r.get("reason") or (f"superseded by {r['superseded_by'][:12]}"
+                                         if r.get("superseded_by") else "")
+            out.print(Text(f"  {r['site']} {r['sha256'][:12]} {r['state']}"
+                           f"{' ' + str(r['rows']) + ' rows' if r['rows'] != '' else ''}"
+                           f"{' ' + r['received_at'][:10] if r['received_at'] else ''} "
+                           f"{r['original_name']}{': ' + reason if reason else ''}"))
+    elif batches:
+        table = Table(title="Batches", title_justify="left")
+        for col in ("site", "batch", "state", "rows", "received", "file", "reason"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("batch", "state"))
+        for r in recs:
+            table.add_row(*(Text(str(v)) for v in (
+                r["site"], r["sha256"][:12], r["state"], r["rows"], r["received_at"][:10],
+                r["original_name"], r.get("reason") or
+                (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))))
+        out.print(table)
+
+
+def _open_store(location: Optional[str]):
+    """The store at ``location`` (else LACRIMA_STORAGE, else ./data), or a clean usage error."""
+    from lacrima.storage import open_storage
+    try:
+        return open_storage(location)
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
     from lacrima.intake import LANDED, batches, read_landing_index
     from lacrima.storage import sha256_bytes
+    from lacrima.study import site_codes
 
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
+    codes = set(site_codes())
     prefix = f"landing/{site}" if site else "landing"
     for obj in storage.list(prefix):
-        code = obj.key.split("/")[1]
+        parts = obj.key.split("/")
+        # Only landing/<site>/<file> is read by a run; the rest is `misplaced`, not waiting.
+        if len(parts) != 3 or parts[1] not in codes or parts[2].startswith("."):
+            continue
+        code = parts[1]
         if code not in indexes:
             indexes[code] = read_landing_index(storage, code)
         seen = indexes[code].get(obj.key)
@@ -194,11 +267,156 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     return recs
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prefect_home() -> None:
+    """Prefect's database and settings live in the project (``.prefect``), wherever the
+    command is run from; an explicit PREFECT_HOME (as the Makefile sets) is kept."""
+    os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+
+
+def _quiet_prefect(verbose: bool, run_id: str) -> Path:
+    """Send Prefect's logs (and every library's) to a log file; with ``verbose``, also to the
+    terminal. Must run before prefect is first imported: it reads its logging setup then.
+    Returns the log file's path."""
+    _prefect_home()
+    logs = Path(os.environ["PREFECT_HOME"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{run_id}.log"
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(PROJECT_ROOT / "flows" / "logging.yml"))
+    os.environ["PREFECT_LOGGING_HANDLERS_FILE_FILENAME"] = str(path)
+    os.environ["LACRIMA_RUN_LOG"] = str(path)
+    # Prefect's default (20 s) is too short for the ephemeral server on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if verbose:
+        os.environ["PREFECT_LOGGING_ROOT_HANDLERS"] = "console,file"
+    return path
+
+
+def _preflight(storage: Optional[str], demo: bool):
+    """Key, store, plan and sites, checked before anything starts Prefect (one line, exit 2).
+
+    The key and the store come first and need no pandas, so a missing key is told at once.
+    Returns the run context the plan step needs.
+    """
+    _check_config()
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
+
+    try:
+        pseudonym_key(demo=demo)
+        store = open_storage(storage)
+        store.check()           # no such bucket, refused credentials, endpoint: no retries
+    except MissingKeyError as err:
+        _fail(str(err))
+    except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
+        _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
+    _check_custody(storage, demo)
+    from lacrima.pipeline import prepare_run
+    try:
+        return prepare_run(storage, demo=demo)
+    except (ValueError, KeyError, OSError) as err:   # site files, an unreadable plan
+        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+
+
+def _plan(ctx, run_id: str) -> Optional[dict]:
+    """The plan step, without Prefect: the run's summary when nothing changed since the latest
+    report (no new drop, same inputs), else None (the flow has work to do)."""
+    from lacrima import pipeline
+
+    try:
+        plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
+        if any(p.pending for p in plans):
+            return None
+        keys = pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
+        if pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+            return None
+    except OSError as err:          # the store failed after its retries
+        _fail(f"cannot read the store {ctx.storage.location}: {err}")
+    summary = pipeline.summarise(run_id, plans, [], [], None, sorted(keys),
+                                 location=ctx.storage.location)
+    summary["seconds"] = {}
+    return summary
+
+
+BUSY = 3       # exit code: another run holds the store's lease
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
-         dask_address: Optional[str] = None) -> dict:
-    from flows.pipeline import run_pipeline
-    return run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                        dask_address=dask_address)
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
+    """Check, plan, and only when there is work, run the flow with a progress display."""
+    ctx = _preflight(storage, demo)
+    from lacrima.pipeline import new_run_id
+
+    run_id = new_run_id()
+    log_file = _quiet_prefect(verbose, run_id)
+    quick = _plan(ctx, run_id)
+    if quick is not None:
+        return quick
+    from lacrima.lease import LeaseLost
+    with _progress(len(ctx.sites), verbose):
+        try:
+            from flows.pipeline import run_pipeline
+            summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
+                                   dask_address=dask_address, run_id=run_id, wait=wait)
+        except LeaseLost as err:
+            _fail(str(err), BUSY)
+        except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
+            logging.getLogger("lacrima").exception("run %s failed", run_id)
+            _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
+    if summary.get("busy"):         # another run holds the store: it changed nothing here
+        _fail(summary["busy"], BUSY)
+    summary["log"] = str(log_file)
+    return summary
+
+
+class _ProgressHandler(logging.Handler):
+    """Feeds ``lacrima.progress`` records (``pipeline.progress``) to a rich progress bar."""
+
+    def __init__(self, bar, task):
+        super().__init__(logging.INFO)
+        self.bar, self.task = bar, task
+
+    def emit(self, record):
+        done, total = getattr(record, "done", None), getattr(record, "total", None)
+        self.bar.update(self.task, description=getattr(record, "stage", record.getMessage()),
+                        **({"completed": done, "total": total} if total else {}))
+
+
+@contextmanager
+def _progress(n_sites: int, verbose: bool):
+    """A one-line progress display on the terminal (stage, sites done of total) for a run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    logger = logging.getLogger("lacrima.progress")
+    if verbose or not console.is_terminal:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("sites"), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=n_sites, completed=0)
+        handler = _ProgressHandler(bar, task)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+
+
+def _check_config(sites_dir: Optional[Path] = None) -> None:
+    """Refuse a broken plan or site folder before anything heavy (Prefect, pandas) is imported.
+
+    One line per problem on stderr, exit 2; the same checks as ``lacrima sites check``.
+    """
+    from lacrima.contract import check_sites
+    problems = check_sites(sites_dir)
+    if problems:
+        for p in problems:
+            typer.echo(f"config: {p}", err=True)    # one unwrapped line per problem
+        _fail(f"{len(problems)} configuration problem(s); nothing was run")
 
 
 @app.command()
@@ -206,28 +424,74 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
-        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler")):
-    """Run the pipeline flow now (ephemeral Prefect API, or PREFECT_API_URL)."""
-    from lacrima.privacy import MissingKeyError
+        dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
+        verbose: bool = typer.Option(False, "--verbose", "-v",
+                                     help="show Prefect's task logs (always in the run's log file)"),
+        wait: float = typer.Option(0.0, help="seconds to wait while another run holds the store "
+                                             "(then exit 3)")):
+    """Run the pipeline now: new drops in, a report out (ephemeral Prefect API, or PREFECT_API_URL).
+
+    Key, plan, sites and store are checked first, and a run with nothing new answers
+    without starting Prefect. One run at a time per store. Exit 0 when the run finished
+    (quarantined drops included), 1 when it failed, 2 on a usage or configuration error or
+    an unreachable store, 3 when another run holds the store (named in the message).
+    """
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
+    _print_summary(_run(storage, demo, runner, dask_address, verbose, wait), as_json)
+
+
+def drop_line(d: dict) -> str:
+    """One line per drop: site, file, outcome, record counts, rows, and where to read why."""
+    from lacrima.findings import printable
+
+    counts = ", ".join(f"{d[k]} {label}" for k, label in
+                       (("new", "new"), ("already_held", "already held"), ("changed", "changed"))
+                       if d.get(k) is not None)
+    head = f"{d['site']}  {printable(d['file'])}  {d['outcome']}"
+    if d["outcome"] == "quarantined":
+        return (f"{head}: {d['errors']} error(s) ({', '.join(d['checks'])}); "
+                f"report: {d['report']}")
+    return f"{head}: {counts or str(d['rows']) + ' rows'}" + (
+        f", {d['warnings']} warning(s)" if d.get("warnings") else "")
+
+
+def _check_custody(location: Optional[str], demo: bool):
+    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
+
+    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
+    the demo key and a real key meeting in one store. Returns (store, key).
+    """
+    from lacrima.catalog import KeyCustodyError, check_key
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
+
     try:
-        summary = _run(storage, demo, runner, dask_address)
-    except MissingKeyError as err:
+        store, key = open_storage(location), pseudonym_key(demo=demo)
+        check_key(store, key)
+    except (ValueError, MissingKeyError, KeyCustodyError) as err:
         _fail(str(err))
-    _print_summary(summary, as_json)
+    except OSError as err:
+        _fail(f"cannot read the store's key record: {err}")
+    return store, key
 
 
 def _print_summary(summary: dict, as_json: bool):
     if as_json:
         typer.echo(json.dumps(summary))
-    else:
-        if summary.get("nothing_new"):
-            console.print("nothing new since the latest report: no report written", markup=False)
-        console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
-                      f"{summary['quarantined']} quarantined, "
-                      f"{summary['skipped_duplicates']} already processed", markup=False)
-        typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
+        return
+    if summary.get("nothing_new"):
+        console.print("nothing new since the latest report: no report written", markup=False)
+    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
+               "already held)" if summary.get("records_new") is not None else "")
+    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
+                  f"{summary['quarantined']} quarantined, "
+                  f"{summary['skipped_duplicates']} already processed", markup=False)
+    for d in summary.get("drops", []):
+        console.print("  " + drop_line(d), markup=False, highlight=False, soft_wrap=True)
+    if summary.get("log"):
+        console.print(f"log: {summary['log']}", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
 
 
 @app.command()
@@ -236,6 +500,7 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
           storage: Optional[str] = typer.Option(None, help="storage root"),
           demo: bool = typer.Option(False, help="synthetic data: allow the public demo key")):
     """Register the nightly and sweep deployments on the Prefect server and serve them."""
+    _check_config()
     if not os.environ.get("PREFECT_API_URL"):
         _fail("schedules need a Prefect server: start one with `prefect server start` and set "
               "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
@@ -244,21 +509,95 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
 
 
 @app.command()
-def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
+def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data, "
+                                                 "whatever LACRIMA_STORAGE says)"),
          as_json: bool = typer.Option(False, "--json")):
-    """Synthetic drops for every site into the landing zone, then one pipeline run."""
+    """Synthetic drops for every site into the landing zone, then one pipeline run.
+
+    Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
+    real store), and refuses a store holding batches made under a real key.
+    """
+    _check_config()
     from lacrima import intake
-    from lacrima.storage import open_storage
     from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    study, store = load_study(), open_storage(storage)
+    storage = storage or "data"
+    store, _ = _check_custody(storage, True)
+    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
         for s in load_sites():
             path = write_drop(s, study, Path(tmp) / s.code)
             key = intake.upload(store, s, path, uploader="demo")
             console.print(f"synthetic drop for {s.code}: {key}", markup=False)
     _print_summary(_run(storage, True), as_json)
+
+
+@app.command()
+def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site knows it"),
+             site: str = typer.Option(..., help="site code"),
+             reason: str = typer.Option("", help="kept in the ledger entry only"),
+             purge_raw: bool = typer.Option(False, "--purge-raw",
+                                            help="also replace every raw file holding the person "
+                                                 "by a redacted copy and delete the original"),
+             storage: Optional[str] = typer.Option(None, help="storage root "
+                                                   "(default: LACRIMA_STORAGE or ./data)")):
+    """Record a participant's withdrawal of consent: every later output leaves them out.
+
+    Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
+    that still holds the person does not bring them back. See README, "Withdrawal of consent".
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.study import load_study
+
+    s = _site(site)
+    store = _open_store(storage)
+    try:
+        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                reason=reason, purge_raw=purge_raw)
+    except (MissingKeyError, KeyCustodyError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"withdrawal in {store.location} failed: {err}")
+    held = "held a record of them" if entry["held"] else "held no record of them yet"
+    console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
+                  f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
+
+
+@app.command()
+def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
+          storage: Optional[str] = typer.Option(None, help="storage root "
+                                                "(default: LACRIMA_STORAGE or ./data)"),
+          as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
+    """Re-pseudonymise every stored record under a new key, as one audited operation.
+
+    The current key comes from LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE, as for
+    a run; afterwards point those at the new key. An interrupted rekey is finished by
+    running the same command again.
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
+    from lacrima.study import load_sites, load_study
+
+    store = _open_store(storage)
+    try:
+        old = pseudonym_key()
+        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+        entry = intake.rekey(store, load_sites(), load_study(), old, new)
+    except OSError as err:
+        _fail(f"rekey of {store.location} failed: {err}")
+    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(entry))
+        return
+    console.print(f"rekeyed {sum(entry['batches'].values())} batch(es) of "
+                  f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
+                  "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
+                  markup=False)
 
 
 @app.command()
@@ -277,7 +616,80 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
     typer.echo(f"{path} matches the plan")
 
 
+sites_app = typer.Typer(no_args_is_help=True, help="The plan and the site folders: check them, "
+                        "draft a new site from its survey tool.")
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("check")
+def sites_check(sites: Optional[Path] = typer.Option(None, "--sites",
+                                                     help="sites folder (default: LACRIMA_SITES or ./sites)")):
+    """Lint the plan and every site folder: one line per problem; exit 0 clean, 1 findings."""
+    from lacrima.contract import check_sites
+    from lacrima.study import sites_root
+    root = sites or sites_root()
+    problems = check_sites(root)
+    for p in problems:
+        typer.echo(str(p))
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {root}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{root}: plan and site folders are consistent", markup=False, highlight=False)
+
+
+@sites_app.command("new")
+def sites_new(code: str = typer.Argument(..., help="code of the new site (its folder name), e.g. de"),
+              from_redcap: Optional[Path] = typer.Option(None, "--from-redcap",
+                                                         help="REDCap data dictionary (.csv)"),
+              from_qualtrics: Optional[Path] = typer.Option(None, "--from-qualtrics",
+                                                            help="Qualtrics survey file (.qsf)"),
+              from_spss: Optional[Path] = typer.Option(None, "--from-spss", help="SPSS data file (.sav)"),
+              sites: Optional[Path] = typer.Option(None, "--sites", help="sites folder"),
+              role: str = typer.Option("replication", help="original or replication"),
+              country: str = typer.Option("", help="country, e.g. Germany"),
+              language: str = typer.Option("", help="language of labels, e.g. de")):
+    """Draft sites/CODE/ (site.toml and codebook.toml) from the site's survey tool; then run
+    `lacrima sites check` to list what is left to a person (TODO lines)."""
+    from lacrima.onboarding import OnboardingError, draft_site
+    from lacrima.study import sites_root
+    given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),
+                                 ("spss", from_spss)) if v is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --from-redcap, --from-qualtrics, --from-spss")
+    tool, source = given[0]
+    try:
+        folder, todo = draft_site(code, tool, source, sites or sites_root(), role=role,
+                                  country=country, language=language)
+    except OnboardingError as err:
+        _fail(str(err))
+    typer.echo(str(folder))
+    console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
+                  markup=False, highlight=False)
+
+
+@sites_app.command("iam-policy")
+def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
+                     storage: Optional[str] = typer.Option(
+                         None, help="the S3 store (default: LACRIMA_STORAGE), s3://bucket/prefix")):
+    """Print the IAM policy (JSON) for SITE's data manager on the S3 store: write only
+    landing/SITE/, read only SITE's quarantine reports. See README, "Site isolation on S3"."""
+    from lacrima.iam import site_policy
+    from lacrima.storage import S3Storage
+
+    _site(site)
+    location = storage or os.environ.get("LACRIMA_STORAGE") or ""
+    if not location.startswith("s3://"):
+        _fail(f"an IAM policy is for an S3 store (s3://bucket/prefix); the store is "
+              f"{location or './data'!r}: give --storage s3://...")
+    try:
+        store = S3Storage(location, client=object())    # parses the URL; no connection
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(site_policy(store.bucket, store.prefix, site), indent=2))
+
+
 def main():
+    _prefect_home()
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")

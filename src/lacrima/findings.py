@@ -2,11 +2,86 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-FINDING_COLUMNS = ("check", "severity", "message", "columns", "rows", "expected", "found")
+FINDING_COLUMNS = ("check", "severity", "message", "columns", "rows", "expected", "found", "fix")
+
+# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST) and any other control character.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+# What a data manager does about each kind of finding when the check gives no more precise
+# advice. Every fix ends in the same step: upload the corrected file (a new batch).
+FIXES = {
+    "missing_columns": "re-export the file with every column of the codebook, named as the "
+                       "codebook names them, and upload it",
+    "duplicate_columns": "remove or rename the repeated column in the export, and upload it",
+    "unknown_labels": "correct these cells to one of the allowed answers (or re-export with "
+                      "choice text, not numeric codes), and upload the corrected file",
+    "non_numeric": "correct these cells to whole numbers, or leave them blank, and upload the "
+                   "corrected file",
+    "bad_dates": "correct these dates to the expected format, and upload the corrected file",
+    "future_dates": "correct these dates (a typo in the year?), and upload the corrected file",
+    "formula_cells": "replace the formulas with their values (copy, paste as values), and upload "
+                     "the corrected file",
+    "value_range": "correct the values in these rows, or blank them if unknown, and upload the "
+                   "corrected file",
+    "allowed_codes": "correct these cells to one of the allowed values, and upload the "
+                     "corrected file",
+    "episode_blank_for_non_criers": "these participants did not cry in therapy: blank their "
+                                    "episode answers (or correct the crying answer), and upload "
+                                    "the corrected file",
+    "ids_present": "fill in the missing participant IDs, and upload the corrected file",
+    "unique_ids": "give each participant one row (remove repeated rows or fix mistyped IDs), and "
+                  "upload the corrected file",
+    "completion": "check that the alliance and change items were exported, and upload a "
+                  "complete file",
+    "id_clash": "if these records were corrected on purpose, upload the file as a correction of "
+                "the batch that holds them (`lacrima upload FILE --site SITE --replaces BATCH`; "
+                "`lacrima status` lists batches); else fix the IDs",
+    "identifying_columns": "nothing to do for this drop; leave identifying columns out of future "
+                           "exports",
+    "unexpected_columns": "nothing to do if the columns are meant to be there; tell the "
+                          "coordinator if one of them should be read",
+}
+
+
+def printable(text) -> str:
+    """Text safe to print: ANSI escape sequences and control characters from a file removed.
+
+    Parameters
+    ----------
+    text : object
+        Anything that ends up on a terminal, in a report or a log (column names from a
+        file's header, file names, messages quoting them).
+
+    Returns
+    -------
+    str
+        ``str(text)`` without escape sequences, C0/C1 control characters or bidirectional
+        overrides; newlines and tabs become spaces.
+
+    Examples
+    --------
+    >>> printable("Q7" + chr(27) + "[31m" + chr(9) + "red")
+    'Q7 red'
+    """
+    text = _ANSI.sub("", str(text)).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return _CONTROL.sub("", text)
+
+
+def column_label(native: str, canonical: str = "") -> str:
+    """A column as the data manager knows it, with the study's name in brackets when it differs.
+
+    >>> column_label("Q7", "cried_in_therapy")
+    'Q7 [cried_in_therapy]'
+    >>> column_label("age", "age")
+    'age'
+    """
+    return f"{native} [{canonical}]" if canonical and canonical != native else str(native)
 
 
 @dataclass(frozen=True)
@@ -27,8 +102,17 @@ class Finding:
         and the case number from 1 for SPSS files (see sites/README.md).
     expected, found : str
         What the check wanted and what it saw (a description, never identifying values).
-    severity : {"error", "warning"}
-        Errors quarantine the drop; warnings are reported and the drop is accepted.
+    severity : {"error", "warning", "info"}
+        Errors quarantine the drop; warnings are reported and the drop is accepted; info
+        says what intake did as designed (identifying columns the codebook lists, removed).
+    fix : str
+        What to do about it, concretely; when empty, the check's general advice
+        (``FIXES``) is given.
+
+    Notes
+    -----
+    Every text field is passed through ``printable`` when the finding is made: column
+    names and file names come from the file and may carry escape sequences.
     """
 
     check: str
@@ -38,12 +122,20 @@ class Finding:
     expected: str = ""
     found: str = ""
     severity: str = "error"
+    fix: str = ""
+
+    def __post_init__(self):
+        for name in ("message", "expected", "found", "fix"):
+            object.__setattr__(self, name, printable(getattr(self, name)))
+        object.__setattr__(self, "columns", tuple(printable(c) for c in self.columns))
+        if not self.fix:
+            object.__setattr__(self, "fix", FIXES.get(self.check, ""))
 
     def to_dict(self) -> dict:
         return {
             "check": self.check, "severity": self.severity, "message": self.message,
             "columns": list(self.columns), "rows": list(self.rows),
-            "expected": self.expected, "found": self.found,
+            "expected": self.expected, "found": self.found, "fix": self.fix,
         }
 
 
@@ -54,6 +146,9 @@ class DropError(Exception):
     check: str
     message: str
     findings: tuple[Finding, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "message", printable(self.message))
 
     def __str__(self) -> str:
         return self.message

@@ -103,7 +103,7 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
 def _settings(study: Study) -> tuple[str, str]:
     """tau2 estimator and CI method: ``[pooling] method`` and ``ci`` (``test`` is the old name)."""
     cfg = study.section("pooling")
-    ci = str(cfg.get("ci", cfg.get("test", "knha")))
+    ci = str(cfg.get("ci", "knha"))
     if ci not in TESTS:
         raise ValueError(f"sites/study.toml [pooling] ci = {ci!r}: must be one of {TESTS} "
                          "(metafor's test = \"knha\", \"adhoc\", \"z\")")

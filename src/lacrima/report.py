@@ -1,19 +1,24 @@
 """Run outputs: tidy CSVs, exports, provenance, manifest and the self-contained HTML reports.
 
-A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
+A run writes ``reports/<run_id>/``, then publishes it (``pipeline.publish_report``: the
+pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
 - ``results.csv``, ``replication.csv``, ``heterogeneity.csv`` (one row per pooled effect,
-  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``,
-  ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
+  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``
+  (counts 1-4 suppressed as the report shows them: ``<5``, with complementary ``(s)``),
+  ``invariance.csv`` (measurement invariance across sites), ``provenance.json``;
+- ``restricted/``: what must not leave the analysts (row-level data and exact counts):
+  ``restricted/data/<site>.csv`` and ``.sav``, ``restricted/analysis_ready.parquet``,
+  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts),
+  the A3 cell counts per site;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
-Storage never deletes, so ``reports/latest/`` may still hold a file an older run wrote and
-this one did not (a site that has since left, say). The manifest is the run's own list: the
-pages link only to files in it, and a reader of ``latest/`` trusts the manifest, not a
-listing of the folder. Every link is relative, so the folder opens where it is copied.
+Everything outside ``restricted/`` may be shared: copy the run folder without ``restricted/``
+(``RESTRICTED``) and send it on. The manifest is the run's own list: the pages link only to
+files in it. Every link is relative, so the folder opens where it is copied.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
+from lacrima.pipeline import Comparison, SiteAnalysis, publish_report, to_csv_bytes
 from lacrima.offload import Offload
 from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.privacy import MIN_CELL, suppress_small
@@ -197,6 +202,67 @@ def _group_cells(counts: list[float], show) -> list[str]:
             for i, (c, hidden) in enumerate(zip(counts, hidden_cells(counts)))]
 
 
+def _suppressed_group(counts: list[float]) -> list[str]:
+    """Counts of one group as shareable text: ``<5`` / ``(s)`` where hidden, else the count."""
+    return _group_cells(counts, lambda i: "" if _missing(counts[i]) else str(int(counts[i])))
+
+
+def shareable_flow(flow: pd.DataFrame) -> pd.DataFrame:
+    """``participant_flow.csv`` as it may be shared: the report's suppression, in tidy form.
+
+    Parameters
+    ----------
+    flow : pandas.DataFrame
+        Tidy flow (``site, step, reason, label, n``) with exact counts; not changed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same rows; ``n`` as text: counts 1-4 as ``<5`` and, within each site's exclusion
+        reasons (whose sum is received minus analysed), one more ``(s)`` where a single hidden
+        count could be worked out, exactly as ``flow_frame`` shows them.
+    """
+    out = flow.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    for _, idx in out.groupby("site", sort=False).groups.items():
+        excluded = [i for i in idx if out.loc[i, "step"] == "excluded"]
+        cells = _suppressed_group([float(out.loc[i, "n"]) for i in excluded])
+        for i, text in zip(excluded, cells):
+            n[out.index.get_loc(i)] = text
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    return out
+
+
+def shareable_descriptives(descr: pd.DataFrame) -> pd.DataFrame:
+    """``descriptives.csv`` as it may be shared: counts 1-4 hidden as the site pages hide them.
+
+    Numeric rows: ``n`` 1-4 as ``<5``. Category rows: the levels of a variable (per site and
+    subset) suppressed as one group (``<5``, complementary ``(s)``) and the percent of a
+    hidden count left blank, since count = percent x N.
+    """
+    out = descr.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    count = ["" if _missing(v) else str(int(v)) for v in out["count"]]
+    percent = out["percent"].astype(object).tolist()
+    cat = out["count"].notna().to_numpy()
+    keys = (out["site"].astype(str) + "|" + out["variable"].astype(str) + "|"
+            + out["subset"].astype(str)).to_numpy()
+    positions = [i for i in range(len(out)) if cat[i]]
+    groups: dict[str, list[int]] = {}
+    for i in positions:
+        groups.setdefault(keys[i], []).append(i)
+    for pos in groups.values():
+        cells = _suppressed_group([float(out["count"].iloc[i]) for i in pos])
+        for i, text in zip(pos, cells):
+            count[i] = text
+            if not text.isdigit():
+                percent[i] = None
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    out["count"] = pd.Series(count, index=out.index, dtype="str")
+    out["percent"] = pd.Series(percent, index=out.index, dtype=float)
+    return out
+
+
 def fmt_n(n) -> str:
     """A count for display, suppressed below the small-cell limit (protocol section 8)."""
     return suppress_small(n) if not _missing(n) else ""
@@ -268,12 +334,25 @@ def pooled_effects(results: pd.DataFrame) -> pd.DataFrame:
     return pooled.reset_index(drop=True)
 
 
-def _roles(study: Study, sites: Iterable[Site]) -> tuple[Site | None, list[Site]]:
-    cfg = study.section("replication")
+def _roles(study: Study, sites: Iterable[Site]) -> tuple[list[Site], list[Site]]:
+    """The replication sites and the original sites among ``sites``, each in code order."""
+    from lacrima.replication import site_roles
+
     sites = list(sites)
-    reps = [s for s in sites if s.role == cfg.get("replication_site_role", "replication")]
-    origs = [s for s in sites if s.role == cfg.get("original_site_role", "original")]
-    return (reps[0] if len(reps) == 1 else None), sorted(origs, key=lambda s: s.code)
+    by_code = {s.code: s for s in sites}
+    reps, origs = site_roles(study, sites)
+    return [by_code[c] for c in reps], [by_code[c] for c in origs]
+
+
+def headline_side(replication_sites: list[Site]) -> str | None:
+    """The replication side the verdict summary leads with.
+
+    The replication site when there is one; the pooled replication sites
+    (``vocabulary.POOLED``) when there are several; ``None`` without one.
+    """
+    if not replication_sites:
+        return None
+    return replication_sites[0].code if len(replication_sites) == 1 else POOLED
 
 
 def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -> pd.DataFrame:
@@ -285,34 +364,43 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         Results (per site and pooled) and the replication table.
     study : Study
     sites : iterable of Site
-        Their roles name the replication site and the originals.
+        Their roles name the replication sites and the originals (those with estimates
+        in ``comparison.results`` count).
 
     Returns
     -------
     DataFrame
         Columns ``family, x, y, covariates, anchor, label, x_label, y_label, cov_label,
-        scale, k, pooled, i2, replication`` and one ``verdict_<original code>`` per original
-        site. ``pooled`` is
-        the formatted random-effects estimate with its interval, ``replication`` the
-        replication site's estimate; verdicts are blank for effects outside
-        ``[replication] families`` (A2, A3 are pooled, not assessed).
+        scale, k, pooled, i2, replication``, one ``verdict_<original code>`` per original
+        site and, with two or more originals, ``verdict_pooled`` (against the pooled
+        originals). ``pooled`` is the formatted random-effects estimate with its interval;
+        ``replication`` and the verdicts are those of the headline replication side
+        (:func:`headline_side`: the replication site, or the pooled replication sites when
+        there are several); verdicts are blank for effects outside ``[replication]
+        families`` (A2, A3 are pooled, not assessed). Every other pair of sides is in
+        ``replication.csv`` and in each effect's section of the report.
     """
-    rep_site, origs = _roles(study, sites)
-    pooled = pooled_effects(comparison.results)
     per_site = comparison.results[comparison.results["site"] != POOLED]
+    # Only sites with estimates have verdicts: one still without data is no column.
+    present = set(per_site["site"].astype(str))
+    rep_sites, origs = _roles(study, [s for s in sites if s.code in present])
+    head = headline_side(rep_sites)
+    pooled = pooled_effects(comparison.results)
     rep_rows = {}
-    if rep_site is not None:
-        mine = per_site[(per_site["site"] == rep_site.code)
+    if head is not None and head != POOLED:
+        mine = per_site[(per_site["site"] == head)
                         & (per_site["method"].isin(_MAIN_METHOD.values()))]
         rep_rows = dict(zip(_key(mine), mine["estimate"]))
     verdicts: dict[tuple[str, str], str] = {}
     replication = comparison.replication
-    if replication is not None and len(replication):
-        rk = (replication["effect"].astype(str) + "|" + replication["x"].astype(str) + "|"
-              + replication["y"].astype(str) + "|"
-              + replication["covariates"].fillna("").astype(str))
-        for k, o, v in zip(rk, replication["original_site"], replication["verdict"]):
-            verdicts[(k, o)] = str(v)
+    if replication is not None and len(replication) and head is not None:
+        mine = replication[replication["replication_site"].astype(str) == head]
+        rk = (mine["effect"].astype(str) + "|" + mine["x"].astype(str) + "|"
+              + mine["y"].astype(str) + "|" + mine["covariates"].fillna("").astype(str))
+        for k, o, v, r in zip(rk, mine["original_site"], mine["verdict"], mine["r_replication"]):
+            verdicts[(k, str(o))] = str(v)
+            rep_rows.setdefault(k, r)          # the pooled replication estimate
+    columns_o = [o.code for o in origs] + ([POOLED] if len(origs) > 1 else [])
     # The plan's order (families, then x, y and covariate sets as listed), which is the
     # order the per-site analysis writes its rows in; the pooled table is sorted by name.
     main = per_site[per_site["method"].map(_base).isin(_MAIN_METHOD.values())]
@@ -334,12 +422,12 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
                          f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=lz)}",
                "i2": fmt(r["i2"], 0) + ("%" if pd.notna(r["i2"]) else ""),
                "replication": fmt(rep_rows.get(key), leading_zero=lz)}
-        for o in origs:
-            row[f"verdict_{o.code}"] = verdicts.get((key, o.code), "")
+        for o in columns_o:
+            row[f"verdict_{o}"] = verdicts.get((key, o), "")
         rows.append(row)
     columns = ["family", "x", "y", "covariates", "anchor", "label", "x_label", "y_label",
                "cov_label", "scale", "k", "pooled", "i2",
-               "replication", *[f"verdict_{o.code}" for o in origs]]
+               "replication", *[f"verdict_{o}" for o in columns_o]]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -349,6 +437,63 @@ def _analysis_of(per_site: pd.DataFrame, pooled_row: pd.Series) -> str:
                  & (per_site["y"] == pooled_row["y"])
                  & per_site["method"].isin(_MAIN_METHOD.values())]
     return str(m["analysis"].iloc[0]) if len(m) else ""
+
+
+def _side_name(code: str, k: Any, role: str) -> str:
+    """A side of a replication pair in words: its site code, or the pooled sites of a role."""
+    if code == POOLED:
+        return f"pooled {role}s (k = {int(k)})" if not _missing(k) else f"pooled {role}s"
+    return code
+
+
+def _verdict_counts(rows: pd.DataFrame) -> str:
+    """``"27 replicated (5 on an original with p >= alpha), 4 not replicated (2 larger, same
+    direction), ..."``: each verdict's count, with the context a reader needs to weigh it."""
+    verdicts = rows["verdict"].astype(str)
+    weak = ~rows["original_significant"].astype(bool) if "original_significant" in rows else None
+    larger = rows["larger_same_direction"].astype(bool) if "larger_same_direction" in rows else None
+    parts = []
+    for v, n in verdicts.value_counts().items():
+        notes = []
+        if weak is not None and (k := int((weak & (verdicts == v)).sum())) and v == "replicated":
+            notes.append(f"{k} on an original with p \u2265 \u03b1")
+        if larger is not None and (k := int((larger & (verdicts == v)).sum())) and v != "replicated":
+            notes.append(f"{k} larger than the original, same direction")
+        parts.append(f"{n} {v}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
+def replication_summary(replication: pd.DataFrame
+                        ) -> tuple[str | None, list[tuple[str, str, str]], str]:
+    """What the verdict summaries lead with, from the replication table alone.
+
+    Returns
+    -------
+    (str or None, list of (str, str, str), str)
+        The headline replication side (the pooled replication sites when the table has
+        them, else its one replication site; ``None`` for an empty table); one
+        ``(original side, label, counts)`` per original side the headline is compared with
+        (label ``"<headline> vs <original>"``); and, when there are several replication sites,
+        the verdict counts over every replication site x original site pair (else "").
+    """
+    if replication is None or replication.empty:
+        return None, [], ""
+    reps = replication["replication_site"].astype(str)
+    head = POOLED if (reps == POOLED).any() else reps.iloc[0]
+    mine = replication[reps == head]
+    head_name = _side_name(head, mine["k_replication"].iloc[0] if "k_replication" in mine
+                           else None, "replication")
+    lines = []
+    for o, grp in mine.groupby(mine["original_site"].astype(str), sort=False):
+        k = grp["k_original"].iloc[0] if "k_original" in grp else None
+        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}", _verdict_counts(grp)))
+    pairs = ""
+    site_pairs = replication[(reps != POOLED) & (replication["original_site"].astype(str) != POOLED)]
+    if head == POOLED and len(site_pairs):
+        n_pairs = len(site_pairs.drop_duplicates(["replication_site", "original_site"]))
+        pairs = (f"each replication site vs each original site ({n_pairs} pairs): "
+                 f"{_verdict_counts(site_pairs)}")
+    return head, lines, pairs
 
 
 def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> str:
@@ -364,8 +509,9 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     Returns
     -------
     str
-        A count of verdicts per original site, then one table row per effect with the
-        verdict against each original site.
+        A count of verdicts per original side for the headline replication side (see
+        :func:`replication_summary`), then one table row per effect with its verdict
+        against each original side. Every pair of sides is in ``replication.csv``.
 
     Examples
     --------
@@ -381,20 +527,23 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     |---|---|---|
     | H2 | a × b | replicated |
     """
-    if replication is None or replication.empty:
+    head, counts, pairs = replication_summary(replication)
+    if head is None:
         return "## Replication verdicts\n\nNo replication assessment in this run.\n"
-    originals = list(dict.fromkeys(replication["original_site"].astype(str)))
-    rep = ", ".join(dict.fromkeys(replication["replication_site"].astype(str)))
-    lines = [f"## Replication verdicts ({rep} against {', '.join(originals)})", ""]
-    for o in originals:
-        counts = replication.loc[replication["original_site"] == o, "verdict"].value_counts()
-        text = ", ".join(f"{n} {v}" for v, n in counts.items())
-        lines.append(f"- **{rep} vs {o}**: {text}")
-    lines += ["", "| Family | Effect | " + " | ".join(f"{rep} vs {o}" for o in originals) + " |",
+    mine = replication[replication["replication_site"].astype(str) == head]
+    originals = list(dict.fromkeys(mine["original_site"].astype(str)))
+    labels = [label for _, label, _ in counts]
+    head_name = labels[0].split(" vs ")[0]
+    lines = [f"## Replication verdicts ({head_name} against "
+             f"{', '.join(label.split(' vs ', 1)[1] for label in labels)})", ""]
+    lines += [f"- **{label}**: {text}" for _, label, text in counts]
+    if pairs:
+        lines.append(f"- {pairs}")
+    lines += ["", "| Family | Effect | " + " | ".join(labels) + " |",
               "|---|---|" + "---|" * len(originals)]
-    cov = replication["covariates"].fillna("").astype(str)
-    for (fam, x, y, c), grp in replication.groupby([replication["effect"], replication["x"],
-                                                    replication["y"], cov], sort=False):
+    cov = mine["covariates"].fillna("").astype(str)
+    for (fam, x, y, c), grp in mine.groupby([mine["effect"], mine["x"], mine["y"], cov],
+                                            sort=False):
         name = (effect_label(study, x, y, c) if study is not None
                 else f"{x} \u00d7 {y}" + (f" | {c}" if c else ""))
         verdicts = dict(zip(grp["original_site"].astype(str), grp["verdict"].astype(str)))
@@ -504,6 +653,8 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
         return pd.DataFrame(columns=["Step"])
     flow = pd.concat(parts, ignore_index=True)
     order = list(dict.fromkeys(zip(flow["step"], flow["reason"], flow["label"])))
+    # A step only some sites have (withdrew consent) stays between received and analysed.
+    order.sort(key=lambda k: {"received": 0, "excluded": 1}.get(k[0], 2))
     out = pd.DataFrame({"Step": [lab for _, _, lab in order]})
     for a in analyses:
         mine = a.flow.to_frame()
@@ -746,7 +897,7 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
 
 # Exact 2x2 counts per site of every contingency family (A3). Not shareable (cells of 1-4
 # are not suppressed), so it sits with the row-level data under data/.
-CONTINGENCY_COUNTS = "data/restricted_contingency_2x2_counts_by_site.csv"
+CONTINGENCY_COUNTS = "restricted/contingency_2x2_counts_by_site.csv"
 CONTINGENCY_COUNT_COLUMNS = ("family", "site", "row", "row_level", "column", "n_event",
                              "n_no_event", "n", "min_expected", "test_used")
 
@@ -838,15 +989,26 @@ def _interval_warnings(detail: pd.Series | None) -> list[str]:
 def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
     if rep is None or not len(rep):
         return pd.DataFrame()
+
+    def side(code, k, role):
+        return _side_name(str(code), k, role) if code == POOLED else f"{code} ({countries.get(code, code)})"
+
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
     return pd.DataFrame({
-        "Original": [f"{o} ({countries.get(o, o)})" for o in rep["original_site"]],
+        "Replication": [side(c, k, "replication")
+                        for c, k in zip(rep["replication_site"], rep["k_replication"])],
+        "Original": [side(c, k, "original") for c, k in zip(rep["original_site"], rep["k_original"])],
         "r original (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
                            for r, n in zip(rep["r_original"], rep["n_original"])],
+        "p original": [fmt_p(v) for v in rep["p_original"]],
         "r replication (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
                               for r, n in zip(rep["r_replication"], rep["n_replication"])],
+        "p replication": [fmt_p(v) for v in rep["p_replication"]],
+        "p (Holm)": [fmt_p(v) for v in rep["p_replication_holm"]],
         "95% PI": [fmt_ci(a, b, leading_zero=False) for a, b in zip(rep["pi_low"], rep["pi_high"])],
-        "In PI": ["yes" if v else "no" for v in rep["in_pi"]],
-        "Same direction": ["yes" if v else "no" for v in rep["same_direction"]],
+        "In PI": [yes(v) for v in rep["in_pi"]],
+        "Same direction": [yes(v) for v in rep["same_direction"]],
+        "Larger, same direction": [yes(v) for v in rep["larger_same_direction"]],
         "p difference": [fmt_p(v) for v in rep["p_difference"]],
         "r33": [fmt(v, leading_zero=False) for v in rep["r33"]],
         "p small telescope": [fmt_p(v) for v in rep["p_small_telescope"]],
@@ -879,8 +1041,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
     details_by_key = {(r["family"], r["x"], r["y"], r["covariates"], r["model"]): r
                       for _, r in details.iterrows()}
     backs = {"fisher_z": np.tanh, "identity": lambda v: v, "log": np.exp}
-    originals = {s.code for s in sites if s.role == study.section("replication").get(
-        "original_site_role", "original")}
+    originals = {s.code for s in _roles(study, sites)[1]}
     countries = {s.code: s.country for s in sites}
     replication = comparison.replication
     if replication is not None and len(replication):
@@ -935,7 +1096,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "table": _html_table(_with_test_used(_site_table(grp, analysis, spearman),
                                                      analysis, rows, x, y)),
                 "lines": lines,
-                "replication": _html_table(rep_frame) if len(rep_frame) else "",
+                "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
         extra = _family_extra(fam, rows, study, styles, originals, work)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
@@ -1016,7 +1177,9 @@ def _provenance_tables(prov: Mapping[str, Any]) -> dict[str, Markup]:
 _CONDITIONS = {"same_direction": "same direction", "significant": "replication p < \u03b1",
                "in_pi": "inside the prediction interval",
                "not_in_pi": "outside the prediction interval",
-               "opposite_significant": "significant in the opposite direction"}
+               "opposite_significant": "significant in the opposite direction",
+               "original_significant": "the original p < \u03b1",
+               "larger_same_direction": "larger than the original in the same direction"}
 
 
 def _verdict_rules(study: Study) -> list[str]:
@@ -1033,11 +1196,21 @@ def _verdict_rules(study: Study) -> list[str]:
 def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any],
             files: Iterable[str]) -> dict[str, Any]:
     files = set(files)
-    return {"title": str(study.raw["study"]["name"]), "run_id": run_id,
+    return {"title": report_title(study, sites), "run_id": run_id,
             "created_at": prov.get("created_at", ""), "min_cell": MIN_CELL,
             "site_pages": [(s.code, s.country, f"site-{s.code}.html") for s in sites
                            if f"site-{s.code}.html" in files],
             "downloads": sorted(f for f in files if not f.endswith(".html"))}
+
+
+def report_title(study: Study, sites: Iterable[Site]) -> str:
+    """The study's name and its sites counted by role, e.g. ``"... (5 sites: 2 original,
+    3 replication)"``; every site of the study counts, with data or not yet."""
+    sites = list(sites)
+    roles = [s.role for s in sites]
+    by_role = ", ".join(f"{roles.count(r)} {r}" for r in dict.fromkeys(sorted(roles)))
+    word = "site" if len(sites) == 1 else "sites"
+    return f"{study.raw['study']['name']} ({len(sites)} {word}: {by_role})"
 
 
 # From this many sites a report's forest plots and stacked Parquet file are made by a worker
@@ -1085,9 +1258,69 @@ def _with_plots(families: list[dict[str, Any]], work: Offload) -> list[dict[str,
             for fam in families]
 
 
+def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
+                   study: Study) -> tuple[pd.DataFrame, list[str]]:
+    """``invariance.plan_invariance`` of the run's sites; their rows are read only when
+    the sites are few enough for the fit (``[invariance] max_sites``)."""
+    from lacrima.invariance import plan_invariance
+    from lacrima.pipeline import load_site_data
+
+    few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
+    return plan_invariance(study, {a.site: load_site_data(storage, a) if few else None
+                                   for a in analyses})
+
+
+INVARIANCE_MODELS = {"configural": "Configural (same factors)",
+                     "metric": "Metric (equal loadings)",
+                     "scalar": "Scalar (equal loadings and intercepts)",
+                     "partial_scalar": "Partial scalar"}
+
+
+def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+    """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
+    rows, conclusions = [], []
+    for scale, group in fits.groupby("scale", sort=False):
+        for f in group.itertuples(index=False):
+            freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
+            rows.append({
+                "Scale": scale, "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                + (f" ({freed} free)" if freed else ""),
+                "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
+                "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
+                f"{fmt_ci(f.rmsea_low, f.rmsea_high, 3, False)}",
+                "SRMR": fmt(f.srmr, 3, False), "Δχ² (Δdf)": "" if _missing(f.chi2_diff)
+                else f"{fmt(f.chi2_diff)} ({fmt_df(f.df_diff)})", "Δp": fmt_p(f.p_diff),
+                "ΔCFI": fmt(f.delta_cfi, 3, False), "ΔRMSEA": fmt(f.delta_rmsea, 3, False),
+                "Holds": "" if f.holds is None or _missing(f.holds)
+                else ("yes" if f.holds else "no"),
+            })
+        steps = group.set_index("model")
+        label = _label_scale(scale)
+        if not steps.loc["metric", "holds"]:
+            text = "loadings differ across sites (metric invariance fails): the factors " \
+                   "do not mean the same everywhere; compare correlations with care"
+        elif steps.loc["scalar", "holds"]:
+            text = "scalar invariance holds: loadings and intercepts are equal across sites"
+        elif group["model"].iloc[-1] == "partial_scalar" and bool(group["holds"].iloc[-1]):
+            freed = group["freed"].iloc[-1].replace("@", " at ").replace(";", ", ")
+            text = f"partial scalar invariance once {freed} is free (its intercept differs " \
+                   "there): correlations are comparable, mean differences on that item are not"
+        else:
+            text = "loadings are equal (metric invariance) but intercepts differ beyond " \
+                   "what freeing a few allows: correlations are comparable, means are not"
+        conclusions.append(f"{label}: {text}.")
+    return {"table": _html_table(pd.DataFrame(rows), first_left=2) if rows else None,
+            "conclusions": conclusions, "notes": notes}
+
+
+def _label_scale(scale: str) -> str:
+    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+
+
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
                   sites: list[Site], prov: dict, files: Iterable[str] | None = None,
-                  plotted: tuple[list[dict[str, Any]], Offload] | None = None) -> str:
+                  plotted: tuple[list[dict[str, Any]], Offload] | None = None,
+                  invariance: tuple[pd.DataFrame, list[str]] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
     Parameters
@@ -1106,12 +1339,14 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     plotted : (families, Offload), optional
         :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
         Default: made and drawn here.
+    invariance : (DataFrame, list of str), optional
+        ``invariance.plan_invariance`` of the run; the section is left out without it.
 
     Returns
     -------
     str
         The HTML document. Sections, in order: ``summary``, ``flow``, ``descriptives``,
-        ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
+        ``invariance`` (when given), ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
 
     Notes
     -----
@@ -1122,10 +1357,17 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     if files is None:
         files = [f"site-{c}.html" for c in present]
     styles = site_style([s.code for s in sites])
-    rep_site, origs = _roles(study, [s for s in sites if s.code in present])
-    verdicts = verdict_table(comparison, study, [s for s in sites if s.code in present])
+    analysed = [s for s in sites if s.code in present]
+    rep_sites, origs = _roles(study, analysed)
+    verdicts = verdict_table(comparison, study, analysed)
+    head, counts, pairs = replication_summary(comparison.replication)
+    rep_cfg = study.section("replication")
+    configured_reps = _roles(study, sites)[0]
+    countries = {s.code: s.country for s in sites}
     sections = [("summary", "Verdicts"), ("flow", "Participant flow"),
-                ("descriptives", "Descriptives"), ("families", "Analyses"),
+                ("descriptives", "Descriptives"),
+                *([("invariance", "Invariance")] if invariance is not None else []),
+                ("families", "Analyses"),
                 ("methods", "Methods"), ("provenance", "Provenance")]
     ctx = _common(study, sites, run_id, prov, files)
     return _env().get_template("report.html.j2").render(
@@ -1133,17 +1375,23 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         site_codes=[a.site for a in analyses],
         site_legend=[(s.code, s.country, s.role, styles[s.code][0]) for s in sites
                      if s.code in present],
-        replication_site=rep_site, originals=origs, verdicts=verdicts.to_dict("records"),
+        replication_sites=rep_sites, originals=origs, verdicts=verdicts.to_dict("records"),
+        headline=_side_name(head, len(rep_sites), "replication") if head else "",
+        verdict_columns=[(f"verdict_{o.code}", f"{o.code} ({o.country})") for o in origs]
+        + ([(f"verdict_{POOLED}", f"pooled originals (k = {len(origs)})")] if len(origs) > 1 else []),
         has_covariates=bool((verdicts["covariates"] != "").any()),
-        verdict_counts=[(o, ", ".join(f"{n} {v}" for v, n in verdicts[f"verdict_{o.code}"]
-                                      .replace("", np.nan).dropna().value_counts().items()))
-                        for o in origs],
+        verdict_counts=[(label + (f" ({countries[o]})" if o in countries else ""), text)
+                        for o, label, text in counts], pair_counts=pairs,
+        awaiting=[s for s in configured_reps if s.code not in present],
+        without_data=[s for s in sites if s.code not in present],
+        verdict_p="Holm-adjusted" if rep_cfg.get("verdict_p", "raw") == "holm" else "raw",
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
         families=_with_plots(*(plotted or report_families(comparison, study, sites, present))),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
-        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK)
+        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
+        invariance=None if invariance is None else invariance_section(*invariance))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
@@ -1245,16 +1493,29 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
         families=_site_analyses(analysis, study), own_downloads=list(downloads))
 
 
+RESTRICTED = "restricted"
+"""Sub-folder of a run folder for what may not be shared: row-level data and exact counts."""
+
+RESTRICTED_README = f"""Restricted outputs of a lacrima run: do not share.
+
+This folder holds row-level data (data/<site>.csv and .sav, analysis_ready.parquet) and
+exact counts (participant_flow.csv, descriptives.csv with counts 1-{MIN_CELL - 1} shown).
+Everything outside this folder may be shared: there, counts 1-{MIN_CELL - 1} show as <{MIN_CELL}
+(and (s) where a hidden count could be worked out from a total), as in report.html.
+""".encode()
+
+
 def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
                study: Study) -> dict[str, bytes]:
-    """A site's own outputs: ``data/<site>.csv``, ``data/<site>.sav`` and ``site-<site>.html``.
+    """A site's own outputs: ``restricted/data/<site>.csv`` and ``.sav`` (row-level data), and
+    ``site-<site>.html``.
 
     ``data`` is the site's analysis-ready frame (``pipeline.load_site_data``).
     """
     from lacrima.exports import spss_bytes
 
-    files = {f"data/{site.code}.csv": to_csv_bytes(data),
-             f"data/{site.code}.sav": spss_bytes(data, study, site)}
+    files = {f"{RESTRICTED}/data/{site.code}.csv": to_csv_bytes(data),
+             f"{RESTRICTED}/data/{site.code}.sav": spss_bytes(data, study, site)}
     files[f"site-{site.code}.html"] = render_site_page(analysis, site, study, list(files)).encode()
     return files
 
@@ -1349,7 +1610,7 @@ def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict[str, Any
 
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                   comparison: Comparison, study: Study, sites: list[Site], prov: dict) -> RunOutputs:
-    """Write every output of a run under ``reports/<run_id>/`` and copy it to ``reports/latest/``.
+    """Write every output of a run under ``reports/<run_id>/``, then publish it as the latest.
 
     Parameters
     ----------
@@ -1373,8 +1634,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     A site's page and exports come from ``site_outputs`` (written once per input key by the
     site's task, copied here) or, for an analysis without a key (in memory), are made here.
     Each file is written to the run folder (create-if-absent: a run never overwrites
-    another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
-    in both, so a reader who sees the new manifest sees every file it lists. From
+    another's files); ``manifest.json`` last, then the pointer ``reports/latest.json``
+    (``pipeline.publish_report``), so the latest report is always one whole run. From
     ``WORKER_FROM_SITES`` sites on, a worker process (``lacrima.offload``) stacks the sites'
     rows and draws the forest plots meanwhile.
     """
@@ -1410,26 +1671,29 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     def put(name: str, data: bytes) -> None:
         storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
-        storage.write_bytes(f"reports/latest/{name}", data)
         listed[name] = hashlib.sha256(data).hexdigest(), len(data)
 
     def copy(name: str, key: str, sha: str, size: int) -> None:
         # a site's stored output, as put() would write it, without its bytes passing here
         storage.copy(key, f"reports/{run_id}/{name}", if_absent=True)
-        storage.copy(key, f"reports/latest/{name}")
         listed[name] = sha, size
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
     put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
-    put("participant_flow.csv", to_csv_bytes(flow))
-    put("descriptives.csv", to_csv_bytes(descr))
+    put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
+    put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
+    put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
+    put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
+    put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
+    invariance = run_invariance(storage, analyses, study)
+    put("invariance.csv", to_csv_bytes(invariance[0]))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
     by_code = {s.code: s for s in sites}
     pages = {}
     for a in analyses:
         if a.site not in by_code:
-            put(f"data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
+            put(f"{RESTRICTED}/data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
             continue
         if a.input_key:
             for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
@@ -1439,14 +1703,14 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
     parquet = plotted[1].result(stacked)
-    put("analysis_ready.parquet", parquet)
+    put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
     # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
     put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
-                              [*listed, REPORT, MANIFEST], plotted).encode())
+                              [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
     storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
-    storage.write_bytes(f"reports/latest/{MANIFEST}", body)
+    publish_report(storage, run_id, body)               # last: the report is now the latest
     key = f"reports/{run_id}/{REPORT}"
     local = storage.local_path(key)
     return RunOutputs(run_id, f"reports/{run_id}", key,

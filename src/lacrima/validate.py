@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lacrima.findings import Finding, findings_frame
+from lacrima.findings import Finding, column_label, findings_frame
 from lacrima.scoring import score
 from lacrima.study import Study
 
@@ -56,7 +56,7 @@ def _rules(study: Study) -> list[_Rule]:
 
     ``ranged``: likert/integer variables with ``valid`` stay within it; ``category``: one of the
     levels; IDs present and unique; episode items (``group = "episode"``) blank when the criers
-    variable is false; and ``cry_sessions`` 0 for non-criers.
+    variable is false; and the ``[validation] zero_for_non_criers`` counts 0 for non-criers.
     """
     criers = study.section("analysis")["criers"]
     non_crier = f"{criers} == False"
@@ -81,9 +81,10 @@ def _rules(study: Study) -> list[_Rule]:
                                f"blank when {criers} is False (episode items are asked of "
                                "criers only)", "expect_column_values_to_be_null",
                                condition=non_crier))
-    rules.append(_Rule("value_range", "cry_sessions", f"values between {_number(0)} and "
-                       f"{_number(0)} when {non_crier}", "expect_column_values_to_be_between",
-                       (("min_value", 0), ("max_value", 0)), condition=non_crier))
+    for name in study.section("validation").get("zero_for_non_criers", ()):
+        rules.append(_Rule("value_range", name, f"values between {_number(0)} and "
+                           f"{_number(0)} when {non_crier}", "expect_column_values_to_be_between",
+                           (("min_value", 0), ("max_value", 0)), condition=non_crier))
     return rules
 
 
@@ -358,7 +359,7 @@ def run_suite_many(frames, study: Study, row_numbers_list, codebooks,
         if found is None:                     # not attributable to a drop: one run per drop
             found = [_suite_run([frames[i]], study)[0] for i in group]
         for i, failed in zip(group, found):
-            out[i] = _findings(failed, study, row_numbers_list[i], codebooks[i])
+            out[i] = _findings(failed, study, row_numbers_list[i], codebooks[i], frames[i])
     return out
 
 
@@ -428,24 +429,58 @@ def _suite_run(frames, study: Study):
     return failed
 
 
-def _findings(failed: dict, study: Study, row_numbers, codebook) -> list[Finding]:
-    """The findings of one drop from its failed (check, expected, variable) -> rows or message."""
+# Checks whose offending values may be shown: coded and numeric answers, never IDs or text.
+_SHOWN_VALUES = ("value_range", "allowed_codes")
+
+
+def _is_numeric(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _fmt(v) -> str:
+    return str(int(v)) if float(v).is_integer() else str(float(v))
+
+
+def _offending(frame: pd.DataFrame | None, variable: str, positions, limit: int = 5) -> str:
+    """The distinct offending values of a coded or numeric column, as a data manager reads them."""
+    if frame is None or variable not in frame.columns:
+        return ""
+    col = frame[variable].reset_index(drop=True)
+    values = col.iloc[[i for i in sorted(positions) if i < len(col)]].dropna().unique().tolist()
+    # Numbers only: a text value here could be anything a person typed.
+    values = [_fmt(v) for v in values if _is_numeric(v)]
+    if not values:
+        return ""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+def _findings(failed: dict, study: Study, row_numbers, codebook,
+              frame: pd.DataFrame | None = None) -> list[Finding]:
+    """The findings of one drop from its failed (check, expected, variable) -> rows or message.
+
+    Coded and numeric checks (``_SHOWN_VALUES``) name the offending values; the other checks
+    (IDs, episode items for non-criers) name rows only.
+    """
     findings = []
     for rule in _rules(study):
         got = failed.get((rule.check, rule.expected, rule.variable))
         if got is None:
             continue
         native = _native(codebook, rule.variable)
+        label = column_label(native, rule.variable)
         if isinstance(got, str):
-            findings.append(Finding(rule.check, f"check could not run on column {native}: "
+            findings.append(Finding(rule.check, f"check could not run on column {label}: "
                                     f"{got[:200]}", columns=(native,)))
             continue
         rows = tuple(int(row_numbers[i]) for i in sorted(got) if i < len(row_numbers))
+        values = _offending(frame, rule.variable, got) if rule.check in _SHOWN_VALUES else ""
         findings.append(Finding(
             check=rule.check,
-            message=f"{len(rows) or len(got)} row(s) of column {native} fail: {rule.expected}",
+            message=(f"{len(rows) or len(got)} row(s) of column {label} fail: {rule.expected}"
+                     + (f"; found {values}" if values else "")),
             columns=(native,), rows=rows, expected=rule.expected,
-            found=f"{len(got)} unexpected value(s)"))
+            found=f"{len(got)} unexpected value(s)" + (f": {values}" if values else "")))
     return findings
 
 
@@ -479,13 +514,16 @@ def id_clashes(frame: pd.DataFrame, accepted: pd.DataFrame, row_numbers, codeboo
 
 
 def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
-    """Completion threshold: enough rows with alliance and change scorable."""
+    """Completion threshold: enough rows with every ``[validation] completion_scores`` scorable."""
     if frame.empty:
         return [Finding("completion", "the drop has no data rows", expected="at least one row",
                         found="0 rows")]
     share_min = float(study.section("validation").get("min_scorable_share", 0))
-    scored = score(frame, study, names=("alliance", "change"))
-    ok = scored[["alliance", "change"]].notna().all(axis=1)
+    names = tuple(study.section("validation").get("completion_scores", ()))
+    if not names:
+        return []
+    scored = score(frame, study, names=names)
+    ok = scored[list(names)].notna().all(axis=1)
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",
