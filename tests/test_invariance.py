@@ -141,3 +141,11 @@ def test_plan_does_not_fit_beyond_max_sites(study):
     assert fits.empty and list(fits.columns) == list(COLUMNS)
     assert notes == [f"Not fitted: {limit + 1} sites exceed [invariance] max_sites = {limit} "
                      "(the joint fit grows with the sites)."]
+
+
+def test_the_score_screen_ranks_the_planted_intercept_first():
+    # screen = 1 refits only the candidate with the largest score statistic: it is the
+    # one the default screen (5 refits, best chi-square drop kept) chooses too.
+    data = pd.read_csv(REFERENCE / "invariance_data.csv")
+    fits = to_frame(invariance("alliance", WAI, data, screen=1)).set_index("model")
+    assert fits.loc["partial_scalar", "freed"] == "wai_04@il"
