@@ -1,7 +1,8 @@
 """The ``lacrima`` command line: data managers (check, upload, status), operators (run, serve),
 analysts and developers (synth, demo, expectations).
 
-Exit codes: 0 success / valid, 1 invalid data, 2 usage error or unreadable input.
+Exit codes: 0 success / valid, 1 invalid data, 2 usage error, unreadable input or a store
+that cannot be reached, 3 another run holds the store (``lacrima.lease``).
 Bad data never produces a Python traceback.
 """
 
@@ -39,6 +40,15 @@ def _storage():
         return open_storage()
     except ValueError as err:
         _fail(str(err))
+
+
+def _reachable(storage):
+    """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
+    try:
+        storage.check()
+    except OSError as err:
+        _fail(f"store unavailable: {err}")
+    return storage
 
 
 def _site(code: str):
@@ -165,18 +175,18 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.table import Table
     from rich.text import Text
 
-    from lacrima.intake import curated_frame
+    from lacrima.catalog import participants_held
     from lacrima.status import misplaced, site_status
     from lacrima.study import site_codes
 
     if site:
         _site(site)
-    store = _open_store(storage)
+    store = _reachable(_open_store(storage))
     codes = [site] if site else list(site_codes())
     try:
         recs = _status_records(store, site)
         wrong = [] if site else misplaced(store, site_codes())
-        summaries = [site_status(c, recs, len(curated_frame(store, c))) for c in codes]
+        summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
     if as_json:
@@ -228,12 +238,11 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
     from lacrima.intake import LANDED, batches, read_landing_index
     from lacrima.storage import sha256_bytes
+    from lacrima.study import site_codes
 
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
-    from lacrima.study import site_codes
-
     codes = set(site_codes())
     prefix = f"landing/{site}" if site else "landing"
     for obj in storage.list(prefix):
@@ -298,7 +307,7 @@ def _preflight(storage: Optional[str], demo: bool):
     try:
         pseudonym_key(demo=demo)
         store = open_storage(storage)
-        store.exists("reports/latest/provenance.json")    # reachable, readable
+        store.check()           # no such bucket, refused credentials, endpoint: no retries
     except MissingKeyError as err:
         _fail(str(err))
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
@@ -331,8 +340,11 @@ def _plan(ctx, run_id: str) -> Optional[dict]:
     return summary
 
 
+BUSY = 3       # exit code: another run holds the store's lease
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
-         dask_address: Optional[str] = None, verbose: bool = False) -> dict:
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
     from lacrima.pipeline import new_run_id
@@ -342,14 +354,19 @@ def _run(storage: Optional[str], demo: bool, runner: str = "thread",
     quick = _plan(ctx, run_id)
     if quick is not None:
         return quick
+    from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
             summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                                   dask_address=dask_address, run_id=run_id)
+                                   dask_address=dask_address, run_id=run_id, wait=wait)
+        except LeaseLost as err:
+            _fail(str(err), BUSY)
         except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
             logging.getLogger("lacrima").exception("run %s failed", run_id)
             _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
+    if summary.get("busy"):         # another run holds the store: it changed nothing here
+        _fail(summary["busy"], BUSY)
     summary["log"] = str(log_file)
     return summary
 
@@ -409,16 +426,19 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
         verbose: bool = typer.Option(False, "--verbose", "-v",
-                                     help="show Prefect's task logs (always in the run's log file)")):
+                                     help="show Prefect's task logs (always in the run's log file)"),
+        wait: float = typer.Option(0.0, help="seconds to wait while another run holds the store "
+                                             "(then exit 3)")):
     """Run the pipeline now: new drops in, a report out (ephemeral Prefect API, or PREFECT_API_URL).
 
     Key, plan, sites and store are checked first, and a run with nothing new answers
-    without starting Prefect. Exit 0 when the run finished (quarantined drops included),
-    1 when it failed, 2 on a usage or configuration error.
+    without starting Prefect. One run at a time per store. Exit 0 when the run finished
+    (quarantined drops included), 1 when it failed, 2 on a usage or configuration error or
+    an unreachable store, 3 when another run holds the store (named in the message).
     """
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
-    _print_summary(_run(storage, demo, runner, dask_address, verbose), as_json)
+    _print_summary(_run(storage, demo, runner, dask_address, verbose, wait), as_json)
 
 
 def drop_line(d: dict) -> str:
@@ -462,7 +482,9 @@ def _print_summary(summary: dict, as_json: bool):
         return
     if summary.get("nothing_new"):
         console.print("nothing new since the latest report: no report written", markup=False)
-    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
+               "already held)" if summary.get("records_new") is not None else "")
+    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
                   f"{summary['quarantined']} quarantined, "
                   f"{summary['skipped_duplicates']} already processed", markup=False)
     for d in summary.get("drops", []):
@@ -518,7 +540,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
              purge_raw: bool = typer.Option(False, "--purge-raw",
                                             help="also replace every raw file holding the person "
                                                  "by a redacted copy and delete the original"),
-             storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)")):
+             storage: Optional[str] = typer.Option(None, help="storage root "
+                                                   "(default: LACRIMA_STORAGE or ./data)")):
     """Record a participant's withdrawal of consent: every later output leaves them out.
 
     Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
@@ -530,7 +553,7 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
     from lacrima.study import load_study
 
     s = _site(site)
-    store = _storage() if storage is None else _open(storage)
+    store = _open_store(storage)
     try:
         entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
                                 reason=reason, purge_raw=purge_raw)
@@ -545,7 +568,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
 
 @app.command()
 def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
-          storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+          storage: Optional[str] = typer.Option(None, help="storage root "
+                                                "(default: LACRIMA_STORAGE or ./data)"),
           as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
     """Re-pseudonymise every stored record under a new key, as one audited operation.
 
@@ -558,7 +582,7 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
     from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
     from lacrima.study import load_sites, load_study
 
-    store = _storage() if storage is None else _open(storage)
+    store = _open_store(storage)
     try:
         old = pseudonym_key()
         new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
@@ -574,14 +598,6 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
                   f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
                   "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
                   markup=False)
-
-
-def _open(location: str):
-    from lacrima.storage import open_storage
-    try:
-        return open_storage(location)
-    except ValueError as err:
-        _fail(str(err))
 
 
 @app.command()
@@ -649,6 +665,27 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
     typer.echo(str(folder))
     console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
                   markup=False, highlight=False)
+
+
+@sites_app.command("iam-policy")
+def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
+                     storage: Optional[str] = typer.Option(
+                         None, help="the S3 store (default: LACRIMA_STORAGE), s3://bucket/prefix")):
+    """Print the IAM policy (JSON) for SITE's data manager on the S3 store: write only
+    landing/SITE/, read only SITE's quarantine reports. See README, "Site isolation on S3"."""
+    from lacrima.iam import site_policy
+    from lacrima.storage import S3Storage
+
+    _site(site)
+    location = storage or os.environ.get("LACRIMA_STORAGE") or ""
+    if not location.startswith("s3://"):
+        _fail(f"an IAM policy is for an S3 store (s3://bucket/prefix); the store is "
+              f"{location or './data'!r}: give --storage s3://...")
+    try:
+        store = S3Storage(location, client=object())    # parses the URL; no connection
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(site_policy(store.bucket, store.prefix, site), indent=2))
 
 
 def main():

@@ -69,6 +69,46 @@ DEFAULT_FORMATS = {
 }
 
 
+# What one drop may expand to. A few-KB workbook can declare a million-row sheet or hold a
+# deflate bomb; a file's size on disk (``max_file_mb``) says nothing of either. Beyond any
+# bound the drop is refused unread, and reading stops there, so memory stays bounded.
+# Each is configurable in study.toml ``[validation]`` (``max_rows``, ``max_columns``,
+# ``max_cell_chars``, ``max_expanded_mb``).
+MAX_ROWS = 100_000          # data rows of one drop (a site's whole cumulative export)
+MAX_COLUMNS = 500           # a Qualtrics export with every metadata column has ~150
+MAX_CELL_CHARS = 32_767     # Excel's own limit for one cell
+MAX_EXPANDED_MB = 500       # uncompressed size of an .xlsx container's parts, together
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one drop may expand to (see the ``MAX_*`` constants).
+
+    ``from_study`` reads ``max_rows``, ``max_columns``, ``max_cell_chars`` and
+    ``max_expanded_mb`` from the plan's ``[validation]`` section, defaulting to the constants.
+    """
+
+    rows: int = MAX_ROWS
+    columns: int = MAX_COLUMNS
+    cell_chars: int = MAX_CELL_CHARS
+    expanded_mb: float = MAX_EXPANDED_MB
+
+    @classmethod
+    def from_study(cls, study: Study) -> "Limits":
+        v = study.section("validation")
+        return cls(int(v.get("max_rows", MAX_ROWS)), int(v.get("max_columns", MAX_COLUMNS)),
+                   int(v.get("max_cell_chars", MAX_CELL_CHARS)),
+                   float(v.get("max_expanded_mb", MAX_EXPANDED_MB)))
+
+
+def _too_big(check: str, name: str, what: str, limit: str, found: str,
+             rows: tuple[int, ...] = (), columns: tuple[str, ...] = ()) -> DropError:
+    message = (f"drop {name} {what}; drops up to {limit} are read (study.toml [validation]): "
+               "it was not read further")
+    return DropError(check, message, (Finding(check, message, columns=columns, rows=rows,
+                                              expected=f"at most {limit}", found=found),))
+
+
 @dataclass(frozen=True)
 class NativeDrop:
     """One native drop mapped onto the canonical variables.
@@ -172,7 +212,9 @@ def read_drop(
         When the file cannot be read at all. ``check`` is one of ``missing_file``,
         ``empty_file``, ``no_data_rows``, ``binary_file``, ``bad_encoding``,
         ``encrypted_file``, ``unreadable_workbook``, ``unreadable_sav``,
-        ``unreadable_csv``. The message names the file and says what was expected.
+        ``unreadable_csv``, or, for a drop beyond its :class:`Limits`, ``too_many_rows``,
+        ``too_many_columns``, ``cell_too_long``, ``expands_too_much``. The message names
+        the file and says what was expected.
     lacrima.codebook.CodebookError
         When the site's codebook itself is inconsistent with the plan.
 
@@ -193,7 +235,7 @@ def read_drop(
     path = Path(path)
     codebook = load_codebook(site)
     codebook.check_against(study)
-    table = _read_table(path, codebook)
+    table = _read_table(path, codebook, Limits.from_study(study))
     return _map(table, codebook, study, site, path, today or dt.date.today())
 
 
@@ -215,7 +257,7 @@ def _sniff(head: bytes) -> str:
     return "text"
 
 
-def _read_table(path: Path, codebook: Codebook) -> _Table:
+def _read_table(path: Path, codebook: Codebook, limits: Limits = Limits()) -> _Table:
     name = _shown(path)
     if not path.is_file():
         raise DropError("missing_file", f"drop {name} does not exist or is not a file ({path})")
@@ -240,11 +282,11 @@ def _read_table(path: Path, codebook: Codebook) -> _Table:
             expected=accepted, found=path.suffix or "no extension",
         ))
     if fmt.kind == "xlsx":
-        table = _read_xlsx(path, fmt, sniffed, codebook)
+        table = _read_xlsx(path, fmt, sniffed, codebook, limits)
     elif fmt.kind == "sav":
-        table = _read_sav(path, fmt, sniffed)
+        table = _read_sav(path, fmt, sniffed, limits)
     else:
-        table = _read_text(path, fmt, sniffed, codebook)
+        table = _read_text(path, fmt, sniffed, codebook, limits)
         if fmt.kind == "redcap_csv":
             _redcap_names(table, codebook)
     table.findings[:0] = findings
@@ -269,7 +311,8 @@ def _raise_ole(path: Path) -> None:
     )
 
 
-def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook,
+               limits: Limits = Limits()) -> _Table:
     name = _shown(path)
     if sniffed != "text":
         what = {"zip": "an Excel workbook", "ole": "an encrypted or legacy Excel file",
@@ -294,11 +337,7 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     text = text.lstrip("\ufeff")
     findings: list[Finding] = []
     delimiter = _delimiter(text, fmt, name, findings)
-    try:
-        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
-    except csv.Error as exc:
-        raise DropError("unreadable_csv",
-                        f"drop {name} is not a readable CSV file ({exc})") from None
+    records = _bounded_records(text, delimiter, fmt, name, limits)
     if not records:
         raise DropError("empty_file", f"drop {name} holds no text")
     names = [_column_key(c) for c in records[0]]
@@ -321,6 +360,48 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             expected=f"{len(names)} fields per row", found="more fields than column names",
         ))
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _bounded_records(text: str, delimiter: str, fmt: FileFormat, name: str,
+                     limits: Limits) -> list[list[str]]:
+    """The CSV records of ``text``, refused once past ``limits`` (rows, fields, cell length)."""
+    most = fmt.header_rows + limits.rows
+    records = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        for rec in reader:
+            if len(records) == most:
+                raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} data rows",
+                               f"{limits.rows:,} data rows", f"more than {limits.rows:,} rows",
+                               rows=(reader.line_num,))
+            if len(rec) > limits.columns:
+                raise _too_big("too_many_columns", name,
+                               f"has {len(rec):,} fields in row {reader.line_num}",
+                               f"{limits.columns:,} columns", f"{len(rec):,} fields",
+                               rows=(reader.line_num,))
+            _check_cells(rec, len(records) + 1, name, limits)
+            records.append(rec)
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):      # csv's own bound, ~131,000
+            raise _too_big("cell_too_long", name, f"has a cell over {csv.field_size_limit():,} "
+                           f"characters in row {reader.line_num}",
+                           f"{limits.cell_chars:,} characters a cell",
+                           f"over {csv.field_size_limit():,} characters",
+                           rows=(reader.line_num,)) from None
+        raise DropError("unreadable_csv",
+                        f"drop {name} is not a readable CSV file ({exc})") from None
+    return records
+
+
+def _check_cells(cells: Iterable[Any], row: int, name: str, limits: Limits,
+                 names: list[str] | None = None) -> None:
+    for c, v in enumerate(cells):
+        if isinstance(v, str) and len(v) > limits.cell_chars:
+            column = names[c] if names and c < len(names) else f"column {c + 1}"
+            raise _too_big("cell_too_long", name,
+                           f"has a cell of {len(v):,} characters (row {row}, {column})",
+                           f"{limits.cell_chars:,} characters a cell", f"{len(v):,} characters",
+                           rows=(row,), columns=(column,))
 
 
 def _redcap_names(table: _Table, codebook: Codebook) -> None:
@@ -420,7 +501,72 @@ def _delimiter(text: str, fmt: FileFormat, name: str, findings: list[Finding]) -
     return fmt.delimiter
 
 
-def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+def _check_zip(path: Path, name: str, limits: Limits) -> None:
+    """Refuse a container whose parts expand beyond ``limits.expanded_mb`` (a deflate bomb).
+
+    The sizes are those the zip declares; Python's zipfile never inflates a part past its
+    declared size (a part that lies fails its CRC check), so the bound holds while reading.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return                      # openpyxl's own reading says what is wrong with it
+    if total > limits.expanded_mb * 1e6:
+        raise _too_big("expands_too_much", name,
+                       f"expands to {total / 1e6:,.0f} MB once uncompressed",
+                       f"{limits.expanded_mb:,.0f} MB uncompressed",
+                       f"{total / 1e6:,.0f} MB uncompressed")
+
+
+def _check_sheet_size(ws, name: str, sheet: str, header_rows: int, limits: Limits) -> None:
+    """Refuse a sheet whose declared dimensions exceed ``limits`` before reading its cells.
+
+    openpyxl pads every row to the declared width and fills declared empty rows, so a few-KB
+    workbook declaring ``A1:XFD1048576`` would otherwise become 17 billion cells.
+    """
+    rows, cols = ws.max_row, ws.max_column      # from the sheet's <dimension>; None if absent
+    if rows is not None and rows > header_rows + limits.rows:
+        raise _too_big("too_many_rows", name,
+                       f"declares sheet {sheet!r} of {rows:,} rows", f"{limits.rows:,} data rows",
+                       f"{rows:,} rows declared")
+    if cols is not None and cols > limits.columns:
+        raise _too_big("too_many_columns", name,
+                       f"declares sheet {sheet!r} of {cols:,} columns", f"{limits.columns:,} columns",
+                       f"{cols:,} columns declared")
+
+
+def _bounded_sheet(ws, name: str, header_rows: int, limits: Limits) -> list[list[Any]]:
+    """The sheet's values row by row, trailing blanks dropped, refused once past ``limits``.
+
+    Reading asks openpyxl for one row and one column beyond the bounds, so a sheet without
+    (or with false) declared dimensions still stops there.
+    """
+    most = header_rows + limits.rows
+    values = []
+    for r in ws.iter_rows(max_row=most + 1, max_col=limits.columns + 1, values_only=True):
+        row = list(r)
+        while row and row[-1] is None:
+            row.pop()
+        if len(values) == most and row:
+            raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} data rows",
+                           f"{limits.rows:,} data rows", f"more than {limits.rows:,} rows",
+                           rows=(most + 1,))
+        if len(row) > limits.columns:
+            raise _too_big("too_many_columns", name,
+                           f"has more than {limits.columns:,} columns in row {len(values) + 1}",
+                           f"{limits.columns:,} columns", f"more than {limits.columns:,}",
+                           rows=(len(values) + 1,))
+        _check_cells(row, len(values) + 1, name, limits, [_column_key(v) for v in values[0]]
+                     if values else None)
+        values.append(row)
+    while values and not values[-1]:
+        values.pop()
+    return values
+
+
+def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook,
+               limits: Limits = Limits()) -> _Table:
     import openpyxl  # heavy; only when a workbook arrives
 
     name = _shown(path)
@@ -429,13 +575,15 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     if sniffed != "zip":
         raise DropError("unreadable_workbook", f"drop {name} is not an .xlsx workbook (it is not a "
                         "zip container); save it from Excel as .xlsx and upload again")
+    _check_zip(path, name, limits)
     findings: list[Finding] = []
     try:
         # data_only=True: cached values only, formulas are never evaluated.
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
         try:
             ws, sheet = _sheet(wb, fmt)
-            values = [list(r) for r in ws.iter_rows(values_only=True)]
+            _check_sheet_size(ws, name, sheet, fmt.header_rows, limits)
+            values = _bounded_sheet(ws, name, fmt.header_rows, limits)
         finally:
             wb.close()
         # Second pass reads cell types only, to find formula cells (never computed).
@@ -444,7 +592,8 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             ws2 = wb[sheet]
             formula_at = {
                 (r, c): str(cell.value)
-                for r, row in enumerate(ws2.iter_rows())
+                for r, row in enumerate(ws2.iter_rows(max_row=len(values),
+                                                      max_col=limits.columns))
                 for c, cell in enumerate(row)
                 if getattr(cell, "data_type", None) == "f"
             }
@@ -498,7 +647,7 @@ def _sheet(wb, fmt: FileFormat):
     return wb[first], first
 
 
-def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
+def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits()) -> _Table:
     import pyreadstat
 
     name = _shown(path)
@@ -506,19 +655,35 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
         raise DropError("unreadable_sav",
                         f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
     try:
+        # The header alone first: a compressed .sav may declare far more cases than it shows.
+        _, head = pyreadstat.read_sav(str(path), metadataonly=True)
+    except Exception as exc:  # pyreadstat raises its own error classes for damaged files
+        raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
+                        f"({type(exc).__name__}); it may be truncated or damaged") from None
+    if (head.number_columns or 0) > limits.columns:
+        raise _too_big("too_many_columns", name, f"declares {head.number_columns:,} variables",
+                       f"{limits.columns:,} columns", f"{head.number_columns:,} variables")
+    if (head.number_rows or 0) > limits.rows:
+        raise _too_big("too_many_rows", name, f"declares {head.number_rows:,} cases",
+                       f"{limits.rows:,} data rows", f"{head.number_rows:,} cases")
+    try:
         encoding = _sav_encoding(path, fmt, pyreadstat)
         # user_missing=True keeps 99/999 visible so declared codes are recognised here.
         # A legacy code page is read as latin1 (every byte kept as one character) and
         # re-decoded here: pyreadstat 1.3.7 shifts names and labels of a windows-1255 file
         # by one character when asked for that encoding (a Hebrew letter lands in front
-        # of "id").
-        df, meta = pyreadstat.read_sav(str(path), user_missing=True,
+        # of "id"). row_limit: a header that does not count its cases still stops one
+        # past the bound.
+        df, meta = pyreadstat.read_sav(str(path), user_missing=True, row_limit=limits.rows + 1,
                                        encoding=None if encoding is None else "latin1")
     except DropError:
         raise
     except Exception as exc:  # pyreadstat raises its own error classes for damaged files
         raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
                         f"({type(exc).__name__}); it may be truncated or damaged") from None
+    if len(df) > limits.rows:
+        raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} cases",
+                       f"{limits.rows:,} data rows", f"more than {limits.rows:,} cases")
     fix = (lambda s: s) if encoding is None else _redecoder(encoding, name)
     declared = {
         fix(col): [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]

@@ -266,7 +266,9 @@ _LIGHT_FRAMES = _CACHE_FRAMES[1:]
 
 
 def _cache_prefix(site: str, key: str) -> str:
-    return f"results/{site}/{key}"
+    from lacrima.catalog import results_prefix
+
+    return results_prefix(site, key)
 
 
 def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
@@ -311,7 +313,7 @@ def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[st
 
 
 # The light analyses one comparison was made from, kept together (see save_pooled_inputs).
-_POOLED = "results/_pooled"
+from lacrima.catalog import POOLED as _POOLED  # noqa: E402  (the catalog names every zone)
 _PART = "_lacrima_site"
 
 
@@ -433,11 +435,65 @@ def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
     return h.hexdigest()
 
 
-def last_comparison_key(storage: Storage) -> str | None:
-    """The comparison key of the latest report, if any."""
-    if not storage.exists("reports/latest/provenance.json"):
+# The published report: a small pointer written last, after every file of the run folder.
+LATEST_POINTER = "reports/latest.json"
+LATEST_FOLDER = "reports/latest"
+
+
+def latest_run(storage: Storage) -> str | None:
+    """The run id of the latest published report (``reports/latest.json``), if any."""
+    if not storage.exists(LATEST_POINTER):
         return None
-    return json.loads(storage.read_bytes("reports/latest/provenance.json")).get("comparison_key")
+    return json.loads(storage.read_bytes(LATEST_POINTER))["run_id"]
+
+
+def publish_report(storage: Storage, run_id: str, manifest: bytes) -> None:
+    """Make ``reports/<run_id>/`` the latest report: write the pointer, then the local link.
+
+    Parameters
+    ----------
+    storage : Storage
+    run_id : str
+        A run whose folder is complete, its manifest written last.
+    manifest : bytes
+        The run's ``manifest.json`` as written; the pointer carries its SHA-256.
+
+    Notes
+    -----
+    The pointer ``reports/latest.json`` (``run_id``, ``manifest_sha256``, ``published_at``)
+    is one small object replaced in one write, so a reader sees the previous report or this
+    one, never a mix; a run killed before it leaves the previous report as latest, and the
+    next run, finding the latest report's inputs differ from its own, makes it again.
+
+    On a local store ``reports/latest`` is also a symbolic link to the run folder, replaced
+    atomically (a new link renamed over the old), for people browsing the folder. A
+    ``reports/latest/`` folder of copies left by an older version is moved aside to
+    ``reports/latest-until-<run_id>/`` (never deleted). S3 has no atomic way to replace a
+    set of objects, so there the pointer alone says which run is latest.
+    """
+    import os
+
+    pointer = {"run_id": run_id, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+               "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2, sort_keys=True).encode())
+    link = storage.local_path(LATEST_FOLDER)
+    if link is None:
+        return
+    if link.is_dir() and not link.is_symlink():
+        link.rename(link.with_name(f"latest-until-{run_id}"))
+    tmp = link.with_name(f".latest-{run_id}.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()                    # ours, from a run killed between these two lines
+    os.symlink(run_id, tmp)             # relative: the folder still works where it is copied
+    os.replace(tmp, link)
+
+
+def last_comparison_key(storage: Storage) -> str | None:
+    """The comparison key of the latest published report (``reports/latest.json``), if any."""
+    run_id = latest_run(storage)
+    if run_id is None:
+        return None
+    return json.loads(storage.read_bytes(f"reports/{run_id}/provenance.json")).get("comparison_key")
 
 
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:
@@ -675,6 +731,9 @@ def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAn
         "quarantined": sum(len(i.quarantined) for i in intakes),
         "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
                                + sum(p.landed for p in plans if p.site not in ingested)),
+        # records, not files: what the accepted drops brought, and what they held already
+        "records_new": sum(getattr(i, "records_new", 0) for i in intakes),
+        "records_held": sum(getattr(i, "records_held", 0) for i in intakes),
         "sites_analysed": [a.site for a in analyses],
         "sites_recomputed": [a.site for a in analyses if not a.reused],
         "sites_reused": sorted(reused),
