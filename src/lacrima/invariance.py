@@ -113,6 +113,9 @@ class _Joint:
         self.parts = []
         n_total = sum(len(x) for x in data.values())
         for k, (group, x) in enumerate(data.items()):
+            if np.linalg.slogdet(np.cov(x, rowvar=False))[0] <= 0:
+                raise ValueError(f"site {group}: the covariance of the {len(self.items)} items "
+                                 "is singular (an item without variance, or collinear items)")
             model = semopy.Model(_syntax(factors, labelled=step != "configural"))
             frame = pd.DataFrame(x, columns=self.items)
             with warnings.catch_warnings():
@@ -124,6 +127,7 @@ class _Joint:
             xs = x[:, order]
             mean = xs.mean(axis=0)
             cov = np.cov(xs, rowvar=False, bias=True)
+            logdet_s = np.linalg.slogdet(cov)[1]
             active = [name for name, p in model.parameters.items() if p.active]
             # Unlabelled parameters (residuals, factor (co)variances) belong to one group.
             cov_slots = [slot(name if not name.startswith("_") else f"{group}:{name}",
@@ -145,7 +149,7 @@ class _Joint:
                 for diffs in model.mx_diffs])
             self.parts.append({
                 "group": group, "model": model, "w": len(x) / n_total, "n": len(x),
-                "mean": mean, "cov": cov, "logdet_s": np.linalg.slogdet(cov)[1],
+                "mean": mean, "cov": cov, "logdet_s": logdet_s,
                 "observed": observed, "latent": latent,
                 "cov_slots": np.array(cov_slots), "nu_slots": np.array(nu_slots),
                 "alpha_slots": np.array(alpha_slots), "pattern": pattern,
@@ -201,8 +205,9 @@ class _Joint:
         result = optimize.minimize(self.objective, x0, jac=True, method="L-BFGS-B",
                                    options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-9,
                                             "maxcor": 30})
-        if not np.isfinite(result.fun):
-            raise RuntimeError(f"CFA did not converge: {result.message}")
+        if not np.isfinite(result.fun) or (not result.success
+                                            and np.abs(result.jac).max() > 1e-5):
+            raise RuntimeError(f"the CFA did not converge: {result.message}")
         return result.x
 
     def intercept_scores(self, theta: np.ndarray) -> dict[tuple[str, str], float]:
@@ -452,9 +457,13 @@ def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFra
         if len(frames) < 2:
             notes.append(f"{scale}: not fitted (fewer than two sites with enough rows).")
             continue
-        fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
-                           alpha=float(cfg.get("alpha", 0.05)),
-                           max_freed=int(cfg.get("max_freed", 3)),
-                           delta_cfi=float(cfg.get("delta_cfi", DELTA_CFI)),
-                           delta_rmsea=float(cfg.get("delta_rmsea", DELTA_RMSEA)))
+        try:
+            fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
+                               alpha=float(cfg.get("alpha", 0.05)),
+                               max_freed=int(cfg.get("max_freed", 3)),
+                               delta_cfi=float(cfg.get("delta_cfi", DELTA_CFI)),
+                               delta_rmsea=float(cfg.get("delta_rmsea", DELTA_RMSEA)))
+        except (ValueError, RuntimeError) as exc:
+            # One scale that cannot be fitted must not stop the run's report.
+            notes.append(f"{scale}: not fitted ({exc}).")
     return to_frame(fits), notes
