@@ -201,6 +201,34 @@ def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tm
     assert not (tmp_path / "data").exists()
 
 
+MISTAKES = {
+    "misspelt key": ("study.toml", 'families = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict',
+                     'famillies = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict',
+                     "sites/study.toml: replication.famillies: unknown key (did you mean 'families'?)"),
+    "dangling reference": ("study.toml", 'y = ["change"]', 'y = ["chnage"]',
+                           "sites/study.toml: families[0] (H1).y: 'chnage' is not a variable or score"),
+    "bad role": ("il/site.toml", 'role = "original"', 'role = "replicaton"',
+                 "sites/il/site.toml: site.role: Input should be 'original' or 'replication'"),
+    "bad rule": ("study.toml", '\nrule = "below"', '\nrule = "under"',
+                 "sites/study.toml: exclusions[2]: Input tag 'under' found using 'rule'"),
+    "codebook column rule": ("us/codebook.toml", 'file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",',
+                             "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_run_refuses_each_class_of_mistake(root, tmp_path, monkeypatch, mistake):
+    file, old, new, expected = MISTAKES[mistake]
+    edit(root / file, old, new)
+    monkeypatch.setenv("LACRIMA_SITES", str(root))
+    checked = CliRunner().invoke(app, ["sites", "check"])
+    assert checked.exit_code == 1 and checked.stdout.splitlines()[0].startswith(expected), checked.output
+    refused = CliRunner().invoke(app, ["run", "--demo", "--storage", str(tmp_path / "data")])
+    assert refused.exit_code == 2, refused.output
+    assert f"config: {checked.stdout.splitlines()[0]}" in refused.output.splitlines()
+    assert "Traceback" not in refused.output and not (tmp_path / "data").exists()
+
+
 # --------------------------------------------------------------------------- REDCap onboarding
 
 PERSON = {
