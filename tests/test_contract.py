@@ -422,10 +422,11 @@ def test_qualtrics_survey_file_draft(root):
     assert made.exit_code == 0, made.output
     import tomllib
     book = tomllib.loads((root / "fr" / "codebook.toml").read_text(encoding="utf-8"))
-    # Qualtrics' recipient, IP and location metadata are pre-marked identifying.
+    # Qualtrics' recipient, IP and location metadata are pre-marked identifying, and so is a
+    # question validated as an e-mail address.
     assert set(book["codebook"]["identifying_columns"]) == {
         "IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail", "ExternalReference",
-        "LocationLatitude", "LocationLongitude"}
+        "LocationLatitude", "LocationLongitude", "Q20"}
     cols = book["columns"]
     assert cols["participant_id"]["column"] == "ResponseId" and cols["completed_at"]["column"] == "RecordedDate"
     # Matrix statements are one column each, on the matrix's answer scale (Display text, recodes).

@@ -220,7 +220,9 @@ def read_qualtrics_survey(path: Path) -> Source:
                                           kind="choice", codes=list(codes), labels=list(labels),
                                           import_id=f"{qid}_{c}"))
         elif qtype == "TE":
-            fields.append(NativeField(name=tag, label=text, import_id=f"{qid}_TEXT"))
+            content = ((q.get("Validation") or {}).get("Settings") or {}).get("ContentType", "")
+            fields.append(NativeField(name=tag, label=text, import_id=f"{qid}_TEXT",
+                                      identifying=content in ("ValidEmail", "ValidPhone", "ValidZip")))
     if not fields:
         raise OnboardingError(f"{path}: the survey file holds no questions (no SQ elements)")
     meta = {n: NativeField(name=n, label=text, identifying=n in QUALTRICS_IDENTIFYING,
