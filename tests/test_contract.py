@@ -407,13 +407,16 @@ def test_windows_1255_sav_reads_hebrew_names_and_labels():
     assert frame["gender"].notna().all()
 
 
-def test_undecodable_sav_says_encoding(tmp_path):
+def test_sav_encoding_falls_back_and_a_failure_says_what_was_tried():
     from lacrima.findings import DropError
-    from lacrima.native import _redecoder
+    from lacrima.native import _pick_encoding
 
+    hebrew = ["\u00ee\u00e2\u00e3\u00f8"]          # the bytes of "מגדר" in windows-1255, read as latin1
+    assert _pick_encoding(["ascii", "windows-1255"], hebrew, "'x.sav'") == "windows-1255"
     with pytest.raises(DropError) as err:
-        _redecoder("ascii", "'x.sav'")("\u00ee\u00e2")
-    assert err.value.check == "bad_encoding" and "encoding" in str(err.value) and "'ascii'" in str(err.value)
+        _pick_encoding(["ascii", "utf-8"], hebrew, "'x.sav'")
+    assert err.value.check == "bad_encoding" and "encoding" in str(err.value)
+    assert "ascii, utf-8" in str(err.value)
 
 
 def test_qualtrics_survey_file_draft(root):

@@ -251,13 +251,16 @@ def read_spss_dictionary(path: Path) -> Source:
 
     from lacrima.codebook import FileFormat
     from lacrima.findings import DropError
-    from lacrima.native import _redecoder, _sav_encoding
+    from lacrima.native import _pick_encoding, _redecoder, _sav_encodings
 
     try:
         fmt = FileFormat(kind="sav", extensions=(".sav",), header_rows=0, values="codes")
-        encoding = _sav_encoding(path, fmt, pyreadstat)
+        candidates = _sav_encodings(path, fmt, pyreadstat)
         _, meta = pyreadstat.read_sav(str(path), metadataonly=True, user_missing=True,
-                                      encoding=None if encoding is None else "latin1")
+                                      encoding="latin1" if candidates else None)
+        texts = [*meta.column_names, *(x or "" for x in meta.column_labels),
+                 *(str(lab) for vl in meta.variable_value_labels.values() for lab in vl.values())]
+        encoding = _pick_encoding(candidates, texts, repr(path.name)) if candidates else None
         fix = (lambda s: s) if encoding is None else _redecoder(encoding, repr(path.name))
     except DropError as err:
         raise OnboardingError(str(err)) from None
