@@ -685,8 +685,9 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits
         raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} cases",
                        f"{limits.rows:,} data rows", f"more than {limits.rows:,} cases")
     if candidates:
-        texts = [*map(str, df.columns), *(v for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
-                                           for v in df[c].tolist() if isinstance(v, str))]
+        texts = [*map(str, df.columns),
+                 *(v for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+                   for v in df[c].tolist() if isinstance(v, str))]
         fix = _redecoder(_pick_encoding(candidates, texts, name), name)
     else:
         fix = lambda s: s  # noqa: E731  (UTF-8: pyreadstat decodes it right)
