@@ -54,7 +54,8 @@ REDCAP_METADATA = re.compile(
     r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
 )
 """Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
-timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless
+mapped."""
 
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
