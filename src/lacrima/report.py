@@ -767,7 +767,7 @@ def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
             cells = {}
             for a in analyses:
                 d = a.descriptives
-                hit = d[(d["variable"] == criers) & (d["subset"] == f"{row_var}={level}")]
+                hit = d[d["variable"] == f"{criers} ({row_var} = {level})"]
                 pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
                                .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
                          for v in ("true", "false")]
