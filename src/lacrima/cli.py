@@ -654,8 +654,9 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
               role: str = typer.Option("replication", help="original or replication"),
               country: str = typer.Option("", help="country, e.g. Germany"),
               language: str = typer.Option("", help="language of labels, e.g. de")):
-    """Draft sites/CODE/ (site.toml and codebook.toml) from the site's survey tool; then run
-    `lacrima sites check` to list what is left to a person (TODO lines)."""
+    """Draft sites/CODE/ (site.toml, codebook.toml) from the site's survey tool.
+
+    Then `lacrima sites check` lists what is left to a person (the TODOs)."""
     from lacrima.onboarding import OnboardingError, draft_site
     from lacrima.study import sites_root
     given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),
