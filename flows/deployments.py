@@ -39,6 +39,8 @@ def landing_sweep(storage_location: str | None = None, demo: bool = False) -> di
         get_run_logger().info("no new drops: nothing to do")
         return {"pending": 0, "started": False}
     summary = lacrima_pipeline(storage_location=storage_location, demo=demo)
+    if summary.get("busy"):     # another run holds the store: the next sweep looks again
+        return {"pending": pending, "started": False, "busy": summary["busy"]}
     return {"pending": pending, "started": True, "run": summary}
 
 
@@ -47,15 +49,21 @@ def build_deployments(cron: str = NIGHTLY_CRON, sweep_minutes: float = SWEEP_MIN
     """The two deployments: ``nightly`` (cron) and ``landing-sweep`` (every few minutes).
 
     Both carry tag ``lacrima``; their parameters are the storage location and the demo flag.
+    Each runs at most once at a time (``concurrency_limit=1``): a nightly run still going
+    when the next is due is queued after it, a sweep due while one runs is dropped. Between
+    the two deployments (and any ``lacrima run``) the store's lease keeps one run at a time.
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     if sweep_minutes <= 0:
         raise ValueError(f"sweep_minutes must be positive, got {sweep_minutes}")
     params = {"storage_location": storage_location, "demo": demo}
     nightly = lacrima_pipeline.to_deployment(name="nightly", cron=cron, parameters=params,
-                                             tags=["lacrima"])
-    sweep = landing_sweep.to_deployment(name="landing-sweep",
-                                        interval=timedelta(minutes=sweep_minutes),
-                                        parameters=params, tags=["lacrima"])
+                                             tags=["lacrima"], concurrency_limit=1)
+    sweep = landing_sweep.to_deployment(
+        name="landing-sweep", interval=timedelta(minutes=sweep_minutes), parameters=params,
+        tags=["lacrima"], concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
     return nightly, sweep
 
 

@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_artifacts
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, pipeline, report
+from lacrima import intake, lease, pipeline, report
 from lacrima.pipeline import RunContext
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
@@ -127,16 +127,31 @@ def default_workers() -> int:
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
       log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
-                     run_id: str | None = None, group: int = pipeline.SITE_GROUP) -> dict:
+                     run_id: str | None = None, group: int = pipeline.SITE_GROUP,
+                     wait: float = 0.0) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
     ``group``: most sites one intake or analysis task takes (see ``pipeline.site_groups``).
+    ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
+    after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
+    message naming the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
-    logger = get_run_logger()
-    clock = pipeline.StageClock()
     ctx = pipeline.prepare_run(storage_location, demo=demo)
     run_id = run_id or pipeline.new_run_id()
+    try:
+        with lease.hold(ctx.storage, lease.default_owner(run_id), ttl=lease.LEASE_SECONDS,
+                        wait=wait) as held:
+            return _pipeline(ctx, run_id, group, held)
+    except lease.LeaseHeld as err:
+        get_run_logger().warning("%s", err)
+        return {"run_id": run_id, "busy": str(err)}
+
+
+def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
+    """The run itself, under the store's lease."""
+    logger = get_run_logger()
+    clock = pipeline.StageClock()
     with clock("plan"):
         plans = plan_run(ctx)
     with clock("intake"):
@@ -170,6 +185,7 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
             with clock("pooling"):
                 comparison = compare_sites(ctx, analyses)
             with clock("report"):
+                held.check()        # never publish over the run that took the store over
                 saved = save_pooled_inputs.submit(ctx, analyses)    # beside the report
                 outputs = write_report(ctx, run_id, analyses, comparison)
                 saved.result()
@@ -228,9 +244,12 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
                  dask_address: str | None = None, run_id: str | None = None,
-                 workers: int | None = None) -> dict:
-    """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`)."""
+                 workers: int | None = None, wait: float = 0.0) -> dict:
+    """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
+
+    Returns ``{"run_id", "busy"}`` when another run holds the store past ``wait`` seconds.
+    """
     if workers is None:
         workers = default_workers()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
-    return flow_(storage_location=storage_location, demo=demo, run_id=run_id)
+    return flow_(storage_location=storage_location, demo=demo, run_id=run_id, wait=wait)

@@ -66,6 +66,10 @@ def test_build_deployments_takes_the_schedules_it_is_given():
     assert sweep.schedules[0].schedule.interval == timedelta(minutes=2)
     assert nightly.parameters == sweep.parameters == {"storage_location": "/srv/lacrima",
                                                       "demo": False}
+    # One run of each at a time; a sweep due while one runs is dropped, not queued.
+    assert nightly.concurrency_limit == 1
+    assert (sweep.concurrency_limit, sweep.concurrency_options.collision_strategy.value) == (
+        1, "CANCEL_NEW")
     with pytest.raises(ValueError, match="sweep_minutes must be positive"):
         build_deployments(sweep_minutes=0)
 
@@ -79,6 +83,9 @@ def test_prefect_yaml_declares_the_same_two_deployments():
     assert by_name["nightly"]["schedules"][0]["cron"] == NIGHTLY_CRON
     assert by_name["landing-sweep"]["entrypoint"] == "flows/deployments.py:landing_sweep"
     assert by_name["landing-sweep"]["schedules"][0]["interval"] == SWEEP_MINUTES * 60
+    assert by_name["nightly"]["concurrency_limit"] == 1
+    assert by_name["landing-sweep"]["concurrency_limit"] == {"limit": 1,
+                                                             "collision_strategy": "CANCEL_NEW"}
 
 
 SA_VERSION = tuple(int(x) for x in importlib.metadata.version("sqlalchemy").split(".")[:2])

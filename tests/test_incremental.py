@@ -94,7 +94,8 @@ def test_unchanged_sites_are_read_back_from_the_pooled_inputs_as_stored(ingested
     ckey = pipeline.save_pooled_inputs(ingested, analyses, study)
     assert ckey == pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)
     # What the flow's report step leaves behind: the latest report names the comparison.
-    ingested.write_bytes("reports/latest/provenance.json", json.dumps({"comparison_key": ckey}).encode())
+    ingested.write_bytes("reports/r1/provenance.json", json.dumps({"comparison_key": ckey}).encode())
+    pipeline.publish_report(ingested, "r1", b"{}")
     kept = pipeline.reusable_analyses(ingested, keys)
     assert sorted(kept) == sorted(a.site for a in analyses)
     for a in analyses:
@@ -116,10 +117,13 @@ def test_input_key_is_a_hash_of_file_bytes(ingested, study, sites):
 
     from lacrima.study import sha256_file
 
+    from lacrima import catalog
+
     us = next(s for s in sites if s.code == "us")
     key, accepted = pipeline.site_input_key(ingested, us, study)
     h = hashlib.sha256()
-    for part in (*accepted, sha256_file(us.codebook_path), us.sha256, study.sha256):
+    register = hashlib.sha256(ingested.read_bytes(catalog.register_key("us"))).hexdigest()
+    for part in (register, sha256_file(us.codebook_path), us.sha256, study.sha256):
         h.update(part.encode())
     assert key == h.hexdigest() and len(accepted) == 1
 

@@ -18,7 +18,8 @@ from lacrima.plots import forest_svg, site_style
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import POOLED
 
-SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "methods",
+            "provenance")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def report_inputs(study, sites, memory_analyses):
 def run(tmp_path_factory, report_inputs):
     analyses, comparison, study, sites, prov = report_inputs
     storage = LocalStorage(tmp_path_factory.mktemp("store"))
-    # A file an older run left in latest/: storage never deletes it, the report must not link it.
+    # A latest/ folder of copies an older version left: moved aside (never deleted), not linked.
     storage.write_bytes("reports/latest/data/gone.csv", b"old,run\n")
     frames_before = [a.data.copy() for a in analyses], comparison.results.copy()
     outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
@@ -93,14 +94,22 @@ def test_summary_counts_each_verdict_per_original(run):
     summary = html[html.index('<section id="summary"'):html.index('id="verdict-table"')]
     for original, grp in rep.groupby("original_site"):
         line = re.search(rf"<li><b>us vs {original} [^<]*</b>: ([^<]*)</li>", summary).group(1)
-        assert line == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        bare = re.sub(r" \([^)]*\)", "", line)         # the counts without their context
+        assert bare == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        # the context of each count: replicated on a non-significant original, and
+        # not replicated (or inconclusive) by a larger effect in the same direction
+        weak = int((~grp["original_significant"] & (grp["verdict"] == "replicated")).sum())
+        assert (f"{weak} on an original with p \u2265 \u03b1" in line) == (weak > 0)
+        larger = int((grp["larger_same_direction"] & (grp["verdict"] == "not replicated")).sum())
+        if larger:
+            assert re.search(rf"\d+ not replicated \({larger} larger than the original", line)
 
 
 def test_verdict_cells_are_the_replication_table(report_inputs):
     analyses, comparison, study, sites, _ = report_inputs
     table = report.verdict_table(comparison, study, sites)
     rep = comparison.replication.fillna({"covariates": ""})
-    assert len(rep) == 84             # 42 correlation effects x 2 originals
+    assert len(rep) == 126            # 42 correlation effects x (2 originals + pooled originals)
     for _, r in rep.iterrows():
         row = table[(table["family"] == r["effect"]) & (table["x"] == r["x"])
                     & (table["y"] == r["y"]) & (table["covariates"] == r["covariates"])]
@@ -120,6 +129,22 @@ def test_sections_in_the_order_of_the_issue(run, study):
     # A4 is not pooled: one standardised-coefficient forest plot per predictor instead.
     a4 = html[html.index('id="family-A4"'):html.index('id="methods"')]
     assert a4.count("<svg") == len(study.family("A4")["x"])
+
+
+def test_invariance_csv_and_its_section(run):
+    storage, outputs, html, _ = run
+    inv = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/invariance.csv")),
+                      keep_default_na=False)
+    assert "invariance.csv" in outputs.files
+    for scale in ("alliance", "change"):
+        rows = inv[inv["scale"] == scale]
+        assert rows["model"].tolist()[:3] == ["configural", "metric", "scalar"]
+        assert (rows["groups"] == 3).all()
+        # Nested steps: each adds constraints, so df and chi-square never go down.
+        assert rows["df"].is_monotonic_increasing or rows["model"].iloc[-1] == "partial_scalar"
+    section = html[html.index('<section id="invariance"'):html.index('<section id="families"')]
+    assert "Are the scales comparable across sites?" in section
+    assert section.count("<li>") == 2 and "WAI-SR:" in section and "CTSCM-R:" in section
 
 
 def test_report_names_no_participant_and_no_network_address(run, report_inputs):
@@ -196,8 +221,11 @@ def test_manifest_lists_exactly_the_run_files_and_latest_links_only_those(run):
         assert storage.read_bytes(f"reports/latest/{f['name']}") == data
     assert storage.read_bytes("reports/latest/manifest.json") == \
         storage.read_bytes("reports/run-1/manifest.json")
-    # The stale file is still in latest/ (storage never deletes) but nothing links it.
-    assert storage.exists("reports/latest/data/gone.csv")
+    # The old folder of copies is kept aside; latest/ is now exactly the run.
+    assert storage.exists("reports/latest-until-run-1/data/gone.csv")
+    assert not storage.exists("reports/latest/data/gone.csv")
+    assert json.loads(storage.read_bytes("reports/latest.json"))["manifest_sha256"] == \
+        hashlib.sha256(storage.read_bytes("reports/run-1/manifest.json")).hexdigest()
     assert "gone.csv" not in html
     links = [h for h in re.findall(r'href="([^"#][^"]*)"', html)]
     assert links and set(links) <= written
@@ -236,7 +264,8 @@ def test_verdict_markdown_counts_and_rows(report_inputs):
     assert len(table_rows) == n_effects
     for original in rep["original_site"].unique():
         counts = rep.loc[rep["original_site"] == original, "verdict"].value_counts()
-        line = next(line for line in md.splitlines() if f"vs {original}**" in line)
+        name = "pooled originals (k = 2)" if original == POOLED else original
+        line = next(line for line in md.splitlines() if f"vs {name}**" in line)
         for verdict, n in counts.items():
             assert f"{n} {verdict}" in line
     assert "No replication" in report.verdict_markdown(rep.iloc[0:0])
@@ -260,10 +289,18 @@ def test_forest_plot_for_125_sites_stays_bounded():
 
 
 def test_site_styles_differ_by_colour_and_marker():
-    styles = site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
-    assert len({c for c, _ in styles.values()}) == 8
-    assert len({m for _, m in styles.values()}) == 8    # greyscale: markers alone tell sites apart
-    assert styles == site_style(["us", "it", "il", "a", "b", "c", "d", "e"])
+    styles = site_style(["us", "it", "il"])
+    assert len({c for c, _ in styles.values()}) == 3
+    assert len({m for _, m in styles.values()}) == 3    # greyscale: markers alone tell sites apart
+    many = site_style([f"s{i:03d}" for i in range(200)])
+    assert len({c for c, _ in many.values()}) == 8 and len({m for _, m in many.values()}) == 8
+
+
+def test_a_site_that_joins_recolours_no_one():
+    before = site_style(["il", "it", "us"])
+    after = site_style(["de", "il", "it", "us", "aa"])      # "de" and "aa" sort first
+    assert {c: after[c] for c in before} == before
+    assert site_style(["us", "it", "il"]) == before         # order does not matter either
 
 
 def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):
@@ -303,3 +340,48 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     assert all(future is not None for *_, future in work._calls)
     for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
+
+
+def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):
+    storage, outputs, html, _ = run
+    het = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/heterogeneity.csv")),
+                      keep_default_na=False)
+    assert "heterogeneity.csv" in outputs.files
+    keys = set(zip(het["family"], het["x"], het["y"], het["covariates"]))
+    assert len(keys) == len(het) and keys == _pooled_keys(storage)
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    re_rows = res[(res["site"] == POOLED) & (res["method"] == "REML+knha")]
+    merged = het.merge(re_rows, on=["family", "x", "y", "covariates"])
+    # the same pooled estimate and tau2 as results.csv, on the same (effect's own) scale
+    assert (merged["re_estimate"].astype(float) - merged["estimate"].astype(float)).abs().max() < 1e-12
+    assert (merged["tau2_x"].astype(float) - merged["tau2_y"].astype(float)).abs().max() < 1e-12
+    assert (het["ci_method"] == "knha").all() and (het["metafor_test"] == "knha").all()
+    # three sites, one original: the role moderator test is on F(1, 1)
+    assert (het["role_qm_df2"].astype(float) == 1).all()
+    narrower = int((het["re_ci_narrower_than_fe"].astype(str) == "True").sum())
+    assert html.count("random-effects CI is narrower than the fixed-effect CI") == narrower
+    assert html.count("is uninformative: it cannot distinguish") == len(het)
+
+
+def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses, comparison, study, _, _ = report_inputs
+    name = report.CONTINGENCY_COUNTS
+    assert name.startswith("data/") and name in outputs.files
+    counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
+    res = comparison.results
+    for site, grp in counts.groupby("site"):
+        # the per-site chi-square row counts the same participants
+        chi = res[(res["site"] == site) & (res["method"] == "pearson_chi2")]
+        assert int(grp["n"].sum()) == int(chi["n"].iloc[0])
+        assert list(grp["row_level"]) == ["woman", "man"]
+        has_fisher = ((res["site"] == site) & (res["analysis"] == "fisher_exact")).any()
+        assert set(grp["test_used"]) == {"fisher_exact" if has_fisher else "pearson_chi2"}
+        # Woolf odds ratio from these counts (no zero cell here) is the results' one
+        (a, b), (c, d) = grp[["n_event", "n_no_event"]].to_numpy()
+        orr = res[(res["site"] == site) & (res["method"] == "odds_ratio")]["estimate"].iloc[0]
+        assert orr == pytest.approx(a * d / (b * c), rel=1e-12)
+    # the main A3 table names the test used and the crying rate of 'another' is described
+    assert "p (test used)" in html
+    assert "among Gender identity: another (not in the A3 test)" in html

@@ -1,7 +1,8 @@
 """The ``lacrima`` command line: data managers (check, upload, status), operators (run, serve),
 analysts and developers (synth, demo, expectations).
 
-Exit codes: 0 success / valid, 1 invalid data, 2 usage error or unreadable input.
+Exit codes: 0 success / valid, 1 invalid data, 2 usage error, unreadable input or a store
+that cannot be reached, 3 another run holds the store (``lacrima.lease``).
 Bad data never produces a Python traceback.
 """
 
@@ -41,12 +42,23 @@ def _storage():
         _fail(str(err))
 
 
+def _reachable(storage):
+    """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
+    try:
+        storage.check()
+    except OSError as err:
+        _fail(f"store unavailable: {err}")
+    return storage
+
+
 def _site(code: str):
     from lacrima.study import load_site
     try:
         return load_site(code)
     except KeyError as err:
         _fail(str(err.args[0]))
+    except ValueError as err:       # a site.toml that breaks the contract (e.g. an unknown role)
+        _fail(str(err))
 
 
 @app.command()
@@ -54,7 +66,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
           sites: Optional[int] = typer.Option(None, "--sites",
                                               help="K: a synthetic consortium of K sites instead"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
-          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed)"),
+          seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed); "
+                                             "also chooses the participant IDs"),
+          first_id: Optional[int] = typer.Option(None, "--first-id",
+                                                 help="number IDs from N (continue a site's numbering)"),
           out: Path = typer.Option(..., help="output file or folder"),
           mess: bool = typer.Option(False, help="add realistic mess (blanks, bad codes, duplicates...)")):
     """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
@@ -68,8 +83,8 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         _fail("give either --site CODE (one drop) or --sites K (a consortium)")
     if sites is not None:
         from lacrima.consortium import make_consortium, write_consortium_drops
-        if mess:
-            _fail("--mess applies to one site's drop (--site), not to a consortium")
+        if mess or first_id is not None:
+            _fail("--mess and --first-id apply to one site's drop (--site), not to a consortium")
         try:
             made = make_consortium(out / "sites", sites, n)
         except (ValueError, FileExistsError) as err:
@@ -77,7 +92,12 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
         typer.echo(f"export LACRIMA_SITES={made.root}")
         return
-    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess)
+    from lacrima.synth import seed_id_offset
+    try:
+        offset = seed_id_offset(seed, first_id)
+    except ValueError as err:
+        _fail(str(err))
+    path = write_drop(_site(site), load_study(), out, n=n, seed=seed, mess=mess, id_offset=offset)
     typer.echo(str(path))
 
 
@@ -155,18 +175,18 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.table import Table
     from rich.text import Text
 
-    from lacrima.intake import curated_frame
+    from lacrima.catalog import participants_held
     from lacrima.status import misplaced, site_status
     from lacrima.study import site_codes
 
     if site:
         _site(site)
-    store = _open_store(storage)
+    store = _reachable(_open_store(storage))
     codes = [site] if site else list(site_codes())
     try:
         recs = _status_records(store, site)
         wrong = [] if site else misplaced(store, site_codes())
-        summaries = [site_status(c, recs, len(curated_frame(store, c))) for c in codes]
+        summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
     if as_json:
@@ -280,17 +300,19 @@ def _preflight(storage: Optional[str], demo: bool):
     The key and the store come first and need no pandas, so a missing key is told at once.
     Returns the run context the plan step needs.
     """
+    _check_config()
     from lacrima.privacy import MissingKeyError, pseudonym_key
     from lacrima.storage import open_storage
 
     try:
         pseudonym_key(demo=demo)
         store = open_storage(storage)
-        store.exists("reports/latest/provenance.json")    # reachable, readable
+        store.check()           # no such bucket, refused credentials, endpoint: no retries
     except MissingKeyError as err:
         _fail(str(err))
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
+    _check_custody(storage, demo)
     from lacrima.pipeline import prepare_run
     try:
         return prepare_run(storage, demo=demo)
@@ -318,8 +340,11 @@ def _plan(ctx, run_id: str) -> Optional[dict]:
     return summary
 
 
+BUSY = 3       # exit code: another run holds the store's lease
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
-         dask_address: Optional[str] = None, verbose: bool = False) -> dict:
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
     from lacrima.pipeline import new_run_id
@@ -329,14 +354,19 @@ def _run(storage: Optional[str], demo: bool, runner: str = "thread",
     quick = _plan(ctx, run_id)
     if quick is not None:
         return quick
+    from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
             summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
-                                   dask_address=dask_address, run_id=run_id)
+                                   dask_address=dask_address, run_id=run_id, wait=wait)
+        except LeaseLost as err:
+            _fail(str(err), BUSY)
         except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
             logging.getLogger("lacrima").exception("run %s failed", run_id)
             _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
+    if summary.get("busy"):         # another run holds the store: it changed nothing here
+        _fail(summary["busy"], BUSY)
     summary["log"] = str(log_file)
     return summary
 
@@ -376,6 +406,19 @@ def _progress(n_sites: int, verbose: bool):
             logger.removeHandler(handler)
 
 
+def _check_config(sites_dir: Optional[Path] = None) -> None:
+    """Refuse a broken plan or site folder before anything heavy (Prefect, pandas) is imported.
+
+    One line per problem on stderr, exit 2; the same checks as ``lacrima sites check``.
+    """
+    from lacrima.contract import check_sites
+    problems = check_sites(sites_dir)
+    if problems:
+        for p in problems:
+            typer.echo(f"config: {p}", err=True)    # one unwrapped line per problem
+        _fail(f"{len(problems)} configuration problem(s); nothing was run")
+
+
 @app.command()
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
@@ -383,16 +426,19 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
         runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
         verbose: bool = typer.Option(False, "--verbose", "-v",
-                                     help="show Prefect's task logs (always in the run's log file)")):
+                                     help="show Prefect's task logs (always in the run's log file)"),
+        wait: float = typer.Option(0.0, help="seconds to wait while another run holds the store "
+                                             "(then exit 3)")):
     """Run the pipeline now: new drops in, a report out (ephemeral Prefect API, or PREFECT_API_URL).
 
     Key, plan, sites and store are checked first, and a run with nothing new answers
-    without starting Prefect. Exit 0 when the run finished (quarantined drops included),
-    1 when it failed, 2 on a usage or configuration error.
+    without starting Prefect. One run at a time per store. Exit 0 when the run finished
+    (quarantined drops included), 1 when it failed, 2 on a usage or configuration error or
+    an unreachable store, 3 when another run holds the store (named in the message).
     """
     if runner not in ("thread", "process", "dask"):
         _fail(f"--runner {runner!r}: expected thread, process or dask")
-    _print_summary(_run(storage, demo, runner, dask_address, verbose), as_json)
+    _print_summary(_run(storage, demo, runner, dask_address, verbose, wait), as_json)
 
 
 def drop_line(d: dict) -> str:
@@ -410,13 +456,35 @@ def drop_line(d: dict) -> str:
         f", {d['warnings']} warning(s)" if d.get("warnings") else "")
 
 
+def _check_custody(location: Optional[str], demo: bool):
+    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
+
+    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
+    the demo key and a real key meeting in one store. Returns (store, key).
+    """
+    from lacrima.catalog import KeyCustodyError, check_key
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.storage import open_storage
+
+    try:
+        store, key = open_storage(location), pseudonym_key(demo=demo)
+        check_key(store, key)
+    except (ValueError, MissingKeyError, KeyCustodyError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot read the store's key record: {err}")
+    return store, key
+
+
 def _print_summary(summary: dict, as_json: bool):
     if as_json:
         typer.echo(json.dumps(summary))
         return
     if summary.get("nothing_new"):
         console.print("nothing new since the latest report: no report written", markup=False)
-    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
+               "already held)" if summary.get("records_new") is not None else "")
+    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
                   f"{summary['quarantined']} quarantined, "
                   f"{summary['skipped_duplicates']} already processed", markup=False)
     for d in summary.get("drops", []):
@@ -432,6 +500,7 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
           storage: Optional[str] = typer.Option(None, help="storage root"),
           demo: bool = typer.Option(False, help="synthetic data: allow the public demo key")):
     """Register the nightly and sweep deployments on the Prefect server and serve them."""
+    _check_config()
     if not os.environ.get("PREFECT_API_URL"):
         _fail("schedules need a Prefect server: start one with `prefect server start` and set "
               "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
@@ -440,21 +509,95 @@ def serve(cron: str = typer.Option("0 2 * * *", help="nightly schedule (cron, se
 
 
 @app.command()
-def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data)"),
+def demo(storage: Optional[str] = typer.Option(None, help="storage root (default ./data, "
+                                                 "whatever LACRIMA_STORAGE says)"),
          as_json: bool = typer.Option(False, "--json")):
-    """Synthetic drops for every site into the landing zone, then one pipeline run."""
+    """Synthetic drops for every site into the landing zone, then one pipeline run.
+
+    Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
+    real store), and refuses a store holding batches made under a real key.
+    """
+    _check_config()
     from lacrima import intake
-    from lacrima.storage import open_storage
     from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    study, store = load_study(), open_storage(storage)
+    storage = storage or "data"
+    store, _ = _check_custody(storage, True)
+    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
         for s in load_sites():
             path = write_drop(s, study, Path(tmp) / s.code)
             key = intake.upload(store, s, path, uploader="demo")
             console.print(f"synthetic drop for {s.code}: {key}", markup=False)
     _print_summary(_run(storage, True), as_json)
+
+
+@app.command()
+def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site knows it"),
+             site: str = typer.Option(..., help="site code"),
+             reason: str = typer.Option("", help="kept in the ledger entry only"),
+             purge_raw: bool = typer.Option(False, "--purge-raw",
+                                            help="also replace every raw file holding the person "
+                                                 "by a redacted copy and delete the original"),
+             storage: Optional[str] = typer.Option(None, help="storage root "
+                                                   "(default: LACRIMA_STORAGE or ./data)")):
+    """Record a participant's withdrawal of consent: every later output leaves them out.
+
+    Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
+    that still holds the person does not bring them back. See README, "Withdrawal of consent".
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.study import load_study
+
+    s = _site(site)
+    store = _open_store(storage)
+    try:
+        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                reason=reason, purge_raw=purge_raw)
+    except (MissingKeyError, KeyCustodyError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"withdrawal in {store.location} failed: {err}")
+    held = "held a record of them" if entry["held"] else "held no record of them yet"
+    console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
+                  f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
+
+
+@app.command()
+def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
+          storage: Optional[str] = typer.Option(None, help="storage root "
+                                                "(default: LACRIMA_STORAGE or ./data)"),
+          as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
+    """Re-pseudonymise every stored record under a new key, as one audited operation.
+
+    The current key comes from LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE, as for
+    a run; afterwards point those at the new key. An interrupted rekey is finished by
+    running the same command again.
+    """
+    from lacrima import intake
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
+    from lacrima.study import load_sites, load_study
+
+    store = _open_store(storage)
+    try:
+        old = pseudonym_key()
+        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+        entry = intake.rekey(store, load_sites(), load_study(), old, new)
+    except OSError as err:
+        _fail(f"rekey of {store.location} failed: {err}")
+    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(entry))
+        return
+    console.print(f"rekeyed {sum(entry['batches'].values())} batch(es) of "
+                  f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
+                  "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
+                  markup=False)
 
 
 @app.command()
@@ -471,6 +614,78 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
     if not path.exists() or json.loads(path.read_text()) != suite_dict(study):
         _fail(f"{path} is out of date with {study.path}: run `make expectations`", 1)
     typer.echo(f"{path} matches the plan")
+
+
+sites_app = typer.Typer(no_args_is_help=True, help="The plan and the site folders: check them, "
+                        "draft a new site from its survey tool.")
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("check")
+def sites_check(sites: Optional[Path] = typer.Option(None, "--sites",
+                                                     help="sites folder (default: LACRIMA_SITES or ./sites)")):
+    """Lint the plan and every site folder: one line per problem; exit 0 clean, 1 findings."""
+    from lacrima.contract import check_sites
+    from lacrima.study import sites_root
+    root = sites or sites_root()
+    problems = check_sites(root)
+    for p in problems:
+        typer.echo(str(p))
+    if problems:
+        console.print(f"{len(problems)} problem(s) in {root}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{root}: plan and site folders are consistent", markup=False, highlight=False)
+
+
+@sites_app.command("new")
+def sites_new(code: str = typer.Argument(..., help="code of the new site (its folder name), e.g. de"),
+              from_redcap: Optional[Path] = typer.Option(None, "--from-redcap",
+                                                         help="REDCap data dictionary (.csv)"),
+              from_qualtrics: Optional[Path] = typer.Option(None, "--from-qualtrics",
+                                                            help="Qualtrics survey file (.qsf)"),
+              from_spss: Optional[Path] = typer.Option(None, "--from-spss", help="SPSS data file (.sav)"),
+              sites: Optional[Path] = typer.Option(None, "--sites", help="sites folder"),
+              role: str = typer.Option("replication", help="original or replication"),
+              country: str = typer.Option("", help="country, e.g. Germany"),
+              language: str = typer.Option("", help="language of labels, e.g. de")):
+    """Draft sites/CODE/ (site.toml and codebook.toml) from the site's survey tool; then run
+    `lacrima sites check` to list what is left to a person (TODO lines)."""
+    from lacrima.onboarding import OnboardingError, draft_site
+    from lacrima.study import sites_root
+    given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),
+                                 ("spss", from_spss)) if v is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --from-redcap, --from-qualtrics, --from-spss")
+    tool, source = given[0]
+    try:
+        folder, todo = draft_site(code, tool, source, sites or sites_root(), role=role,
+                                  country=country, language=language)
+    except OnboardingError as err:
+        _fail(str(err))
+    typer.echo(str(folder))
+    console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
+                  markup=False, highlight=False)
+
+
+@sites_app.command("iam-policy")
+def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
+                     storage: Optional[str] = typer.Option(
+                         None, help="the S3 store (default: LACRIMA_STORAGE), s3://bucket/prefix")):
+    """Print the IAM policy (JSON) for SITE's data manager on the S3 store: write only
+    landing/SITE/, read only SITE's quarantine reports. See README, "Site isolation on S3"."""
+    from lacrima.iam import site_policy
+    from lacrima.storage import S3Storage
+
+    _site(site)
+    location = storage or os.environ.get("LACRIMA_STORAGE") or ""
+    if not location.startswith("s3://"):
+        _fail(f"an IAM policy is for an S3 store (s3://bucket/prefix); the store is "
+              f"{location or './data'!r}: give --storage s3://...")
+    try:
+        store = S3Storage(location, client=object())    # parses the URL; no connection
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(site_policy(store.bucket, store.prefix, site), indent=2))
 
 
 def main():

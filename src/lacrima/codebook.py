@@ -7,6 +7,8 @@ labels, so a fourth site is a new folder, not a code change.
 
 from __future__ import annotations
 
+import re
+
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field
@@ -17,13 +19,20 @@ from typing import Any, Mapping
 
 from lacrima.study import Site, Study, sha256_file
 
-FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav")
-"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3."""
+FORMAT_KINDS: tuple[str, ...] = ("qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv")
+"""File kinds a codebook may declare. ``qualtrics_csv`` is a CSV with header rows 2-3;
+``redcap_csv`` a REDCap export (raw: field names and codes; labels: field labels and choice
+labels), whose ``redcap_*``, ``*_complete``, ``*_timestamp`` and checkbox ``field___code``
+columns are tool metadata unless the codebook maps them."""
 
 VALUE_STYLES: tuple[str, ...] = ("labels", "codes")
 """``labels``: cells hold answer text; ``codes``: cells hold numeric codes (SPSS)."""
 
-TEXT_KINDS = frozenset({"qualtrics_csv", "csv"})
+TEXT_KINDS = frozenset({"qualtrics_csv", "csv", "redcap_csv"})
+
+
+# An ID that is a whole number, however written: "00017", "17", "17.0".
+_NUMERIC_ID = re.compile(r"0*(\d+)(?:\.0*)?")
 
 
 class CodebookError(ValueError):
@@ -45,7 +54,7 @@ class FileFormat:
 
     Parameters
     ----------
-    kind : {"qualtrics_csv", "csv", "xlsx", "sav"}
+    kind : {"qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv"}
     extensions : tuple of str
         Lower-case file extensions with the dot (``".csv"``).
     encodings : tuple of str
@@ -199,6 +208,37 @@ class Codebook:
     synthetic: Mapping[str, Any] = field(repr=False, default_factory=dict)
     language: str = ""
     path: Path | None = None
+    id_pattern: str = ""        # regular expression a normalised ID must match in full
+
+    def normalise_ids(self, ids) -> tuple["pd.Series", tuple[int, ...]]:
+        """IDs as the site means them, and the positions of those not fitting ``id_pattern``.
+
+        Surrounding whitespace is dropped and an ID made of digits is compared as a number
+        (``"00001"``, ``"1"`` and ``1.0`` are one participant: SPSS and spreadsheets turn one
+        into the other). Missing IDs stay missing.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> cb = Codebook("xx", "csv", "id", (), "", id_pattern=r"\\d{1,4}")
+        >>> ids, bad = cb.normalise_ids(pd.Series([" 00001 ", "1.0", "A7", None]))
+        >>> ids.tolist()[:3], bad
+        (['1', '1', 'A7'], (2,))
+        """
+        import pandas as pd
+
+        def one(value):
+            text = str(value).strip()
+            digits = _NUMERIC_ID.fullmatch(text)
+            return (digits.group(1).lstrip("0") or "0") if digits else text
+        series = pd.Series(ids).reset_index(drop=True)
+        out = series.map(one, na_action="ignore").astype("str")
+        bad = ()
+        if self.id_pattern:
+            pattern = re.compile(self.id_pattern)
+            bad = tuple(i for i, v in enumerate(out)
+                        if not pd.isna(v) and not pattern.fullmatch(v))
+        return out, bad
 
     def native_name(self, canonical: str) -> str:
         """Native column name of a canonical variable.
@@ -384,13 +424,29 @@ def _parse(raw: Mapping[str, Any], path: Path, code: str) -> Codebook:
                     import_id=e.get("import_id", ""), synth=e.get("synth", "blank"))
         for e in raw.get("extra_columns", ())
     )
+    file_order = tuple(head.get("file_order", ()))
+    undescribed = [c for c in file_order if c not in natives and c not in {e.column for e in extras}]
+    if undescribed:
+        raise CodebookError(
+            f"codebook {path}: file_order lists {undescribed}, which neither [columns] nor "
+            "[[extra_columns]] describe; add an [[extra_columns]] entry for each")
     return Codebook(
         site=site, format=formats[0].kind, id_column=id_column, identifying_columns=identifying,
         sha256=sha256_file(path), formats=tuple(formats), columns=MappingProxyType(columns),
         scales=MappingProxyType(scales), extra_columns=extras,
-        file_order=tuple(head.get("file_order", ())),
+        file_order=file_order,
         ids=MappingProxyType(dict(raw.get("ids", {}))),
         synthetic=MappingProxyType(dict(raw.get("synthetic", {}))),
         language=head.get("language", ""),
         path=path,
+        id_pattern=_id_pattern(head.get("id_pattern", ""), path),
     )
+
+
+def _id_pattern(pattern: str, path: Path) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise CodebookError(f"codebook {path}: id_pattern {pattern!r} is not a regular "
+                            f"expression ({err})") from None
+    return str(pattern)

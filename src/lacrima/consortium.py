@@ -6,9 +6,10 @@ A consortium is a sites root like ``sites/`` (``study.toml`` plus one folder per
 published N, and the template's synthetic model (so clones of Israel keep its heterogeneous
 effect). Nothing here knows a site's columns or labels: everything is copied from the files.
 
-Roles: the replication rule compares exactly one replication site against every original
-(``replication.replication_table``), so the first clone of the template whose role is the
-plan's replication role is the replication site and every other clone is an original.
+Roles: ``replications`` clones of templates whose role is the plan's replication role
+(the first ones made) are replication sites and every other clone is an original; the
+replication assessment compares every replication site with every original
+(``replication.replication_table``), the Many Labs design.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def _toml_str(value: str) -> str:
 
 
 def make_consortium(out: Path, k: int, n: int | None = None, *, source: Path | None = None,
-                    templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Consortium:
+                    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+                    replications: int = 1) -> Consortium:
     """Write a sites root with ``k`` site folders cloned from template sites.
 
     Parameters
@@ -88,6 +90,10 @@ def make_consortium(out: Path, k: int, n: int | None = None, *, source: Path | N
         Sites root holding the plan and the templates; default :func:`lacrima.study.sites_root`.
     templates : tuple of str
         Template site codes, used in turn (clone i is made from ``templates[i % len]``).
+    replications : int, default 1
+        How many clones get the replication role: the first clones made from a template
+        whose role is replication (``templates=("us", "us", "it", "us", "il")`` with
+        ``replications=3`` gives 3 replications and 2 originals).
 
     Returns
     -------
@@ -109,6 +115,9 @@ def make_consortium(out: Path, k: int, n: int | None = None, *, source: Path | N
         raise ValueError(f"n must be a positive number of participants, got {n}")
     if not templates:
         raise ValueError("templates: expected at least one template site code")
+    if not 1 <= replications < k:
+        raise ValueError(f"replications must be between 1 and k - 1 = {k - 1} (at least one "
+                         f"original), got {replications}")
     source = Path(source or sites_root())
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -121,17 +130,21 @@ def make_consortium(out: Path, k: int, n: int | None = None, *, source: Path | N
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / PLAN_FILE, out / PLAN_FILE)
-    made, have_replication = [], False
+    made, n_rep = [], 0
     for i in range(k):
         t = tmpl[templates[i % len(templates)]]
         code = site_code(t.code, i + 1, k)
         role = orig_role
-        if t.role == rep_role and not have_replication:
-            role, have_replication = rep_role, True
+        if t.role == rep_role and n_rep < replications:
+            role, n_rep = rep_role, n_rep + 1
         _write_clone(t, out / code, code, role, n)
         made.append(ConsortiumSite(code, t.code, role, int(n or t.published_n)))
-    if not have_replication:
-        raise ValueError(f"no template has role {rep_role!r}: the consortium would have no "
+    if n_rep < replications:
+        raise ValueError(f"only {n_rep} clone(s) of a template with role {rep_role!r} among {k}: "
+                         f"asked for {replications} replication site(s) (templates: "
+                         f"{', '.join(templates)}); no replication site makes no consortium"
+                         if n_rep else
+                         f"no template has role {rep_role!r}: the consortium would have no "
                          f"replication site (templates: {', '.join(templates)})")
     for s in load_sites(out):
         load_codebook(s).check_against(study)

@@ -7,23 +7,26 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from lacrima import catalog
+# Re-exported: the ledger and the keys live in the catalog; callers used to find them here.
+from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAWN,  # noqa: F401
+                             BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
+                             read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
-from lacrima.storage import Storage, iter_json, parquet_frame, sha256_bytes, write_json
+from lacrima.storage import Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
 from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
-ACCEPTED, QUARANTINED, SUPERSEDED, LANDED = "accepted", "quarantined", "superseded", "landed"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -46,38 +49,6 @@ def extension(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class BatchRecord:
-    """The ledger entry of one batch (one distinct file) of one site."""
-
-    site: str
-    sha256: str
-    state: str
-    original_name: str
-    raw_key: str
-    received_at: str
-    processed_at: str
-    rows: int = 0
-    reason: str = ""
-    uploader: str = ""
-    replaces: str = ""
-    superseded_by: str = ""
-    identifying_dropped: tuple[str, ...] = ()
-    curated_key: str = ""
-    quarantine_key: str = ""
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["identifying_dropped"] = list(self.identifying_dropped)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BatchRecord":
-        d = dict(d)
-        d["identifying_dropped"] = tuple(d.get("identifying_dropped", ()))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class IntakeResult:
     site: str
     seen: int
@@ -85,31 +56,19 @@ class IntakeResult:
     quarantined: tuple[str, ...] = ()
     skipped_duplicates: int = 0
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
+    records_new: int = 0       # records the accepted drops brought (new or corrected)
+    records_held: int = 0      # records they held that the site already had, unchanged
 
     @property
     def changed(self) -> bool:
         return bool(self.accepted)
 
-
-def landing_index_key(site: str) -> str:
-    """The landing index: landing key -> {etag, sha256} of every object a run has hashed."""
-    return f"ledger/{site}/_landing-index.json"
-
-
-def read_landing_index(storage: Storage, site: str) -> dict:
-    key = landing_index_key(site)
-    return json.loads(storage.read_bytes(key)) if storage.exists(key) else {}
-
-
-def ledger_key(site: str, sha: str) -> str:
-    return f"ledger/{site}/{sha}.json"
-
-
-def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
-    """Every batch in the ledger (of one site, or all), oldest first."""
-    prefix = f"ledger/{site}" if site else "ledger"
-    recs = [BatchRecord.from_dict(d) for d in iter_json(storage, prefix) if "sha256" in d]
-    return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
+    @property
+    def record_counts(self) -> dict[str, dict]:
+        """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
+        return {r.sha256: {"new": r.extra.get("records_new"),
+                           "already_held": r.extra.get("records_held"),
+                           "changed": r.extra.get("records_changed")} for r in self.reports}
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -122,21 +81,11 @@ def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
     return matches[0]
 
 
-def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
-    """The site's curated data: every accepted, not superseded batch, re-sent records once."""
-    frames = [parquet_frame(storage.read_bytes(r.curated_key))
-              for r in batches(storage, site) if r.state == ACCEPTED and r.curated_key]
-    if not frames:
-        return pd.DataFrame()
-    data = pd.concat(frames, ignore_index=True)
-    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
-
-
 def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
                 report: ValidationReport) -> str:
     from lacrima.dropreport import render_html
 
-    prefix = f"quarantine/{site}/{sha}"
+    prefix = catalog.quarantine_prefix(site, sha)
     storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
     write_json(storage, f"{prefix}/report.json", report.to_dict())
     storage.write_bytes(f"{prefix}/report.html", render_html(report).encode())
@@ -174,10 +123,20 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
         findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
         return ValidationReport(site.code, name, sha, 0, tuple(findings)), None, codebook
     frame = drop.frame.copy()
-    ids = frame["participant_id"]
+    ids, bad = codebook.normalise_ids(frame["participant_id"])
+    findings = drop.findings
+    if bad:
+        rows = tuple(int(drop.row_numbers[i]) for i in bad)
+        native = codebook.native_name("participant_id")
+        findings += (Finding("id_pattern", f"{len(rows)} participant ID(s) in column {native!r} "
+                             f"of {name} do not fit the site's ID pattern",
+                             columns=(native,), rows=rows,
+                             expected=f"IDs matching {codebook.id_pattern}",
+                             found=f"{len(rows)} ID(s) of another shape"),)
+    ids.index = frame.index
     frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
     frame["site"] = site.code
-    return None, replace(drop, frame=frame), codebook
+    return None, replace(drop, frame=frame, findings=findings), codebook
 
 
 def ingest_site(storage: Storage, site: Site, study: Study, key: bytes,
@@ -247,9 +206,10 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     Three steps. Each site's new drops are kept in raw and read (``_scan``); the Great
     Expectations suite then runs once over all readable drops of the group
     (``run_suite_many``: its cost is per call, not per row); last, site by site and drop by
-    drop in listing order as ``ingest_site`` always did, each drop is checked against the
-    site's accepted rows (ID clashes: a later drop sees an earlier one's accepted rows),
-    completion, and curated or quarantined with its ledger entry. All the group's pending
+    drop in listing order as ``ingest_site`` always did, each drop's records are checked
+    against the site's register (:func:`split_records`: held, new or changed; a later drop
+    sees an earlier one's records), completion, and curated or quarantined with its ledger
+    entry. All the group's pending
     drops are held in memory between the steps: callers pass groups of sites, not all.
 
     Measured on the 2-core dev machine, 3 sites x 7 new drops of 120 rows, warm: intake took
@@ -263,6 +223,7 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
         raise ValueError(f"ingest_sites takes each site once, got {codes}")
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
+    catalog.check_key(storage, key)         # before any drop is read
     scans = [_scan(storage, site, study, key, stamp) for site in sites]
     readable = [p for scan in scans for p in scan.pending
                 if p.drop is not None and len(p.drop.frame)]
@@ -271,26 +232,35 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
                            [p.codebook for p in readable])
     suites = {id(p): f for p, f in zip(readable, found)}
     results = []
+    fingerprint = catalog.key_fingerprint(key)
     for scan in scans:
-        accepted, quarantined, reports = [], [], []
+        accepted, quarantined, reports, new, held = [], [], [], 0, 0
+        reg = catalog.read_register(storage, scan.site.code, study.variables)
         for p in scan.pending:
-            report = _process(storage, study, p, stamp, suites.get(id(p)))
+            report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
             reports.append(report)
             (accepted if report.valid else quarantined).append(p.sha)
+            if report.valid:
+                new += report.extra.get("records_new", 0)
+                held += report.extra.get("records_held", 0)
         if scan.index_changed:
-            write_json(storage, landing_index_key(scan.site.code), scan.index)
+            catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
-                                    tuple(quarantined), scan.skipped, tuple(reports)))
+                                    tuple(quarantined), scan.skipped, tuple(reports), new, held))
     return results
 
 
 def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) -> _SiteScan:
-    """The site's new landing objects: each kept in raw and read; unchanged ones skipped."""
+    """The site's new landing objects: each kept in raw and read; unchanged ones skipped.
+
+    A correction a run left half done (its intent not marked done) is finished first.
+    """
+    finish_intents(storage, site.code, study)
     records = {r.sha256: r for r in batches(storage, site.code)}
     known = set(records)
     index = read_landing_index(storage, site.code)
     pending, skipped, index_changed = [], 0, False
-    landing = storage.list(f"landing/{site.code}")
+    landing = storage.list(catalog.landing_prefix(site.code))
     for obj in landing:
         seen = index.get(obj.key)
         if seen and seen["etag"] == obj.etag and seen["sha256"] in known:
@@ -323,7 +293,7 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     """Keep one new drop in raw, then read it (IDs pseudonymised)."""
     meta = storage.metadata(landing_key)
     name = safe_name(meta.get("original_name") or landing_key.rsplit("/", 1)[-1])
-    raw_key = f"raw/{site.code}/{sha}{extension(name)}"
+    raw_key = catalog.raw_key(site.code, sha, extension(name))
     storage.write_bytes(raw_key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
@@ -335,52 +305,202 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     return _Pending(site, landing_key, data, sha, meta, name, raw_key, codebook, unreadable, drop)
 
 
-def _process(storage: Storage, study: Study, p: _Pending, stamp: str,
-             suite=None) -> ValidationReport:
-    """Validate one read drop against its site's accepted rows, then curate or quarantine it
-    and write its ledger entry. ``suite``: its findings from the group's batched GX run."""
+def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
+             reg: dict, key_fingerprint: str) -> tuple[ValidationReport, dict]:
+    """Validate one read drop, split its records against the site's register, then curate
+    or quarantine it and write its ledger entry. ``suite``: its findings from the group's
+    batched GX run. Returns the report and the register after this drop."""
     site, sha, meta, name, data = p.site, p.sha, p.meta, p.name, p.data
-    current = curated_frame(storage, site.code)
     replaced, extra = None, ()
     if meta.get("replaces"):
         try:
-            replaced = resolve_batch(storage, site.code, meta["replaces"])
+            replaced = current_batch(storage, site.code, meta["replaces"])
         except LookupError as err:
-            extra = (Finding("replaces", str(err), expected="an existing accepted batch",
+            extra = (Finding("replaces", str(err), expected="a current (accepted) batch",
                              found=safe_name(meta["replaces"])),)
-    if replaced is not None and replaced.curated_key and not current.empty:
-        old = parquet_frame(storage.read_bytes(replaced.curated_key))
-        current = current[~current["participant_id"].isin(old["participant_id"])]
     if p.drop is None:
-        report, frame = p.unreadable, None
+        report, frame, split = p.unreadable, None, None
     else:
-        report = validate_drop(p.drop, study, p.codebook, site.code, name, sha,
-                               accepted=current, suite=suite)
+        report = validate_drop(p.drop, study, p.codebook, site.code, name, sha, suite=suite)
         frame = p.drop.frame
+        split = split_records(frame, reg, study.variables, sha,
+                              replaced.sha256 if replaced else "")
+        extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
+    if split is not None:
+        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
+                                        "records_held": split.held,
+                                        "records_changed": len(split.changed)})
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                rows=report.n_rows, uploader=meta.get("uploader", ""),
                replaces=replaced.sha256 if replaced else "",
-               identifying_dropped=report.identifying_dropped)
+               identifying_dropped=report.identifying_dropped, key_fingerprint=key_fingerprint)
     if report.valid and frame is not None:
-        curated_key = f"curated/{site.code}/{sha}.parquet"
-        buf = io.BytesIO()
-        frame.to_parquet(buf, index=False)
-        storage.write_bytes(curated_key, buf.getvalue(), if_absent=True)
-        write_json(storage, ledger_key(site.code, sha),
-                   BatchRecord(state=ACCEPTED, curated_key=curated_key, **rec).to_dict())
+        new = frame[split.new].reset_index(drop=True)
+        curated_key = catalog.curated_key(site.code, sha)
+        storage.write_bytes(curated_key, catalog.frame_bytes(new), if_absent=True)
+        batch = BatchRecord(state=ACCEPTED, curated_key=curated_key, records_new=len(new),
+                            records_held=split.held, **rec)
         if replaced is not None:
-            write_json(storage, ledger_key(site.code, replaced.sha256),
-                       replace(replaced, state=SUPERSEDED, superseded_by=sha).to_dict())
+            # Two ledger changes and the register, as one intent: written first, applied,
+            # marked done; a run that finds it not done finishes it (finish_intents).
+            intent = {"kind": "correction", "batch": batch.to_dict(), "replaces": replaced.sha256}
+            catalog.write_intent(storage, site.code, intent)
+            reg = _apply_correction(storage, site.code, intent, study, reg)
+            catalog.mark_done(storage, site.code, intent)
+        else:
+            # Register first: a crash before the ledger entry leaves records no accepted
+            # batch owns (ignored), and the rerun processes the drop again to the same end.
+            reg = catalog.register_batch(reg, sha, new, study.variables)
+            catalog.write_register(storage, site.code, reg)
+            catalog.write_batch(storage, batch)
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
         reason = "; ".join(sorted({f.check for f in report.errors}))
-        write_json(storage, ledger_key(site.code, sha),
-                   BatchRecord(state=QUARANTINED, reason=reason, quarantine_key=qkey, **rec).to_dict())
-    return report
+        catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
+                                                 quarantine_key=qkey, **rec))
+    return report, reg
+
+
+def _apply_correction(storage: Storage, site: str, intent: dict, study: Study, reg: dict) -> dict:
+    """Apply a correction intent: register, the new batch accepted, the old one superseded.
+
+    Every step is idempotent, so an intent interrupted anywhere is finished by applying it
+    again from the start.
+    """
+    batch = BatchRecord.from_dict(intent["batch"])
+    frame = parquet_frame(storage.read_bytes(batch.curated_key))
+    reg = catalog.register_batch(reg, batch.sha256, frame, study.variables,
+                                 replaces=intent["replaces"])
+    catalog.write_register(storage, site, reg)
+    catalog.write_batch(storage, batch)
+    old = BatchRecord.from_dict(json.loads(storage.read_bytes(
+        catalog.ledger_key(site, intent["replaces"]))))
+    catalog.write_batch(storage, replace(old, state=SUPERSEDED, superseded_by=batch.sha256))
+    return reg
+
+
+def finish_intents(storage: Storage, site: str, study: Study) -> int:
+    """Finish every correction of ``site`` a run started and did not mark done; how many."""
+    intents = catalog.open_intents(storage, site)
+    for intent in intents:
+        reg = catalog.read_register(storage, site, study.variables)
+        _apply_correction(storage, site, intent, study, reg)
+        catalog.mark_done(storage, site, intent)
+    return len(intents)
+
+
+def current_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
+    """The batch ``ref`` names, if it is current (accepted): what a correction may replace.
+
+    Raises
+    ------
+    LookupError
+        When no single batch matches, or it is not current: a superseded batch names the
+        batch that superseded it (correct that one instead).
+    """
+    rec = resolve_batch(storage, site, ref)
+    if rec.state == SUPERSEDED:
+        raise LookupError(f"batch {rec.sha256[:12]} of site {site} was already superseded by "
+                          f"{rec.superseded_by[:12]}: send the correction with "
+                          f"--replaces {rec.superseded_by[:12]}")
+    if rec.state != ACCEPTED:
+        raise LookupError(f"batch {rec.sha256[:12]} of site {site} is {rec.state}, not a current "
+                          "batch: only an accepted batch can be replaced")
+    return rec
+
+
+@dataclass(frozen=True)
+class RecordSplit:
+    """A drop's records against the site's register (see :func:`split_records`)."""
+
+    new: list[bool]                    # per row: stored by this drop (new or corrected)
+    held: int                          # rows the site holds already, unchanged
+    withdrawn: int                     # rows of people who withdrew consent: left out
+    changed: tuple[tuple[int, str], ...]   # (row position, holding batch) of changed records
+
+
+def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
+                  replaces: str = "") -> RecordSplit:
+    """Split a drop's records into held unchanged, new, changed and withdrawn.
+
+    A record is new when the register does not hold its participant, holds them in a
+    superseded batch, in ``replaces`` (the batch a correction replaces) or in ``batch``
+    itself (a drop processed again after a crash). Its cost is the drop's rows, each one
+    dictionary look-up: the site's earlier batches are not read.
+    """
+    new, held, withdrawn, changed = [], 0, 0, []
+    for i, (pid, fp) in enumerate(zip(frame["participant_id"],
+                                      catalog.fingerprints(frame, variables))):
+        e = None if pd.isna(pid) else reg.get(pid)
+        if e is None or e.state == SUPERSEDED or e.batch in (batch, replaces):
+            new.append(e is None or e.state != WITHDRAWN)
+            withdrawn += e is not None and e.state == WITHDRAWN
+            continue
+        new.append(False)
+        if e.state == WITHDRAWN:
+            withdrawn += 1
+        elif e.fingerprint == fp:
+            held += 1
+        else:
+            changed.append((i, e.batch))
+    return RecordSplit(new, held, withdrawn, tuple(changed))
+
+
+# Changed records described one by one in a quarantine report; the rest in one finding.
+_CLASHES_SHOWN = 25
+
+
+def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, row_numbers,
+                   codebook, study: Study) -> tuple[Finding, ...]:
+    """One ``id_clash`` per changed record: its row, the columns that differ, held and new values.
+
+    Reads only the batches holding the changed records. Text answers are not quoted.
+    """
+    if not split.changed:
+        return ()
+    from lacrima.validate import _native
+
+    variables = study.variables
+    names = list(variables)
+    shown = split.changed[:_CLASHES_SHOWN]
+    held_rows = {}
+    for batch in sorted({b for _, b in shown}):
+        key = catalog.ledger_key(frame["site"].iloc[0], batch)
+        old = parquet_frame(storage.read_bytes(json.loads(storage.read_bytes(key))["curated_key"]))
+        held_rows[batch] = old.set_index("participant_id", drop=False)
+    out = []
+    for i, batch in shown:
+        pid = frame["participant_id"].iloc[i]
+        ours = json.loads(catalog.canonical_records(frame.iloc[[i]], variables)[0])
+        theirs = json.loads(catalog.canonical_records(
+            held_rows[batch].loc[[pid]].reset_index(drop=True), variables)[0])
+        diff = [k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b]
+
+        def show(values, k):
+            text = variables[names[k]].get("type") in ("string", "text")
+            return f"{_native(codebook, names[k])}={'(text)' if text else json.dumps(values[k])}"
+        cols = tuple(_native(codebook, names[k]) for k in diff)
+        row = int(row_numbers[i])
+        out.append(Finding(
+            "id_clash", f"row {row}: this participant was already accepted for this site "
+            f"(batch {batch[:12]}) with other answers in {len(diff)} column(s); send a correction "
+            f"with `lacrima upload --replaces {batch[:12]}`",
+            columns=cols, rows=(row,),
+            expected="held: " + ", ".join(show(theirs, k) for k in diff[:5]),
+            found="new: " + ", ".join(show(ours, k) for k in diff[:5])))
+    rest = split.changed[_CLASHES_SHOWN:]
+    if rest:
+        rows = tuple(int(row_numbers[i]) for i, _ in rest)
+        out.append(Finding("id_clash", f"{len(rows)} more participant(s) were already accepted "
+                           "for this site with different answers",
+                           columns=(_native(codebook, "participant_id"),), rows=rows,
+                           expected="new IDs, or identical answers for a re-sent record",
+                           found=f"{len(rows)} more changed record(s)"))
+    return tuple(out)
 
 
 def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
@@ -393,12 +513,12 @@ def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
     name = safe_name(Path(path).name)
-    key = f"landing/{site.code}/{sha[:12]}-{name}"
     if replaces:
-        # Fail early on an unknown batch; record its full SHA-256 (ASCII, unambiguous later).
-        replaces = resolve_batch(storage, site.code, replaces).sha256
-        # Its own landing key: the same bytes sent earlier without --replaces keep theirs.
-        key = f"landing/{site.code}/{sha[:12]}-replaces-{replaces[:12]}-{name}"
+        # Fail early on an unknown or superseded batch; record its full SHA-256 (ASCII,
+        # unambiguous later). Its own landing key: the same bytes sent earlier without
+        # --replaces keep theirs.
+        replaces = current_batch(storage, site.code, replaces).sha256
+    key = catalog.landing_key(site.code, sha, name, replaces)
     storage.write_bytes(key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": safe_name(uploader) if uploader else "",
         "sha256": sha, "replaces": replaces})
@@ -411,6 +531,240 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
     Cheap: one listing compared with the landing index; reads no drop.
     """
     index = read_landing_index(storage, site.code)
-    listing = storage.list(f"landing/{site.code}")
+    listing = storage.list(catalog.landing_prefix(site.code))
     return len(listing), sum(1 for obj in listing
                              if index.get(obj.key, {}).get("etag") != obj.etag)
+
+
+def _read_ids(storage: Storage, site: Site, study: Study, raw_key: str):
+    """The normalised IDs of a raw drop (not pseudonymised), or None for an unreadable file."""
+    from lacrima.codebook import load_codebook
+    from lacrima.native import read_drop
+
+    with tempfile.TemporaryDirectory(prefix="lacrima-raw-") as tmp:
+        path = Path(tmp) / f"drop{PurePosixPath(raw_key).suffix or '.bin'}"
+        path.write_bytes(storage.read_bytes(raw_key))
+        try:
+            drop = read_drop(path, site, study)
+        except DropError:
+            return None
+    ids, _ = load_codebook(site).normalise_ids(drop.frame["participant_id"])
+    return ids.dropna()
+
+
+def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
+          now: datetime | None = None) -> dict:
+    """Re-pseudonymise every stored record under ``new_key``, as one audited operation.
+
+    Each batch with curated records is read again from raw to map its pseudonyms under the
+    old key to those under the new one; curated files, the register and withdrawals are
+    rewritten under the new pseudonyms, each batch's ledger entry and the store's key record
+    name the new key. Steps: the new curated files (new keys, nothing overwritten), then an
+    intent (``ledger/_rekey/<stamp>.json``) listing every change, then the changes, then the
+    intent marked done, then the old curated files deleted. An interrupted rekey is finished
+    by running it again with the same two keys.
+
+    Returns
+    -------
+    dict
+        The ledger entry: ``from`` and ``to`` key fingerprints, ``at``, batches per site.
+
+    Notes
+    -----
+    A person whose rows were purged from raw (``withdraw --purge-raw``) cannot be mapped:
+    their withdrawal stays under the old pseudonym and the entry lists how many.
+    """
+    old_fp, new_fp = catalog.key_fingerprint(old_key), catalog.key_fingerprint(new_key)
+    if old_fp == new_fp:
+        raise catalog.KeyCustodyError("the new key is the one the store is made under: "
+                                      "nothing to do")
+    intent = catalog.open_rekey(storage)
+    if intent is not None and (intent["from"], intent["to"]) != (old_fp, new_fp):
+        raise catalog.KeyCustodyError(
+            f"a rekey from key {intent['from'][:8]} to {intent['to'][:8]} was interrupted: run "
+            "`lacrima rekey` again with those two keys to finish it")
+    if intent is None:
+        catalog.check_key(storage, old_key)
+        intent = _plan_rekey(storage, sites, study, old_key, new_key, now)
+        catalog.write_rekey(storage, intent)
+    for change in intent["writes"]:
+        storage.write_bytes(change["key"], storage.read_bytes(change["from"])
+                            if "from" in change else change["data"].encode())
+    for key in intent["deletes_before"]:
+        storage.delete(key)
+    write_json(storage, catalog.KEY_FILE, {"fingerprint": new_fp, "demo": False})
+    catalog.mark_rekey_done(storage, intent)
+    for key in intent["deletes"]:
+        storage.delete(key)
+    return {k: v for k, v in intent.items() if k not in ("writes", "deletes", "deletes_before")}
+
+
+def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
+    """Every change a rekey makes, with its new curated files already written."""
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    new_fp = catalog.key_fingerprint(new_key)
+    writes, deletes, deletes_before, counts, unmapped = [], [], [], {}, 0
+    for site in sites:
+        recs = batches(storage, site.code)
+        if not recs:
+            continue
+        mapping = {}
+        for r in recs:
+            if r.curated_key and storage.exists(r.raw_key):
+                ids = _read_ids(storage, site, study, r.raw_key)
+                if ids is not None:
+                    mapping.update(zip(pseudonymise(site.code, ids, old_key),
+                                       pseudonymise(site.code, ids, new_key)))
+        for r in recs:
+            new_rec = replace(r, key_fingerprint=new_fp)
+            if r.curated_key:
+                frame = parquet_frame(storage.read_bytes(r.curated_key))
+                mapped = frame["participant_id"].map(mapping)
+                if mapped.isna().any():
+                    raise RuntimeError(
+                        f"batch {r.sha256[:12]} of site {site.code}: {int(mapped.isna().sum())} "
+                        "stored record(s) have no ID in the batch's raw file; rekey stopped, "
+                        "nothing changed")
+                key = catalog.curated_key(site.code, r.sha256, new_fp[:8])
+                storage.write_bytes(key, catalog.frame_bytes(frame.assign(participant_id=mapped)),
+                                    if_absent=True)
+                deletes.append(r.curated_key)
+                new_rec = replace(new_rec, curated_key=key)
+            writes.append({"key": catalog.ledger_key(site.code, r.sha256),
+                           "data": json.dumps(new_rec.to_dict(), indent=2, sort_keys=True)})
+        reg = catalog.read_register(storage, site.code, study.variables)
+        unmapped += sum(1 for p in reg if p not in mapping)
+        reg = {mapping.get(p, p): e for p, e in reg.items()}
+        writes.append({"key": catalog.register_key(site.code),
+                       "data": catalog.register_bytes(site.code, reg)})
+        for w in catalog.withdrawals(storage, site.code):
+            moved = {**w, "pseudonym": mapping.get(w["pseudonym"], w["pseudonym"])}
+            if moved["pseudonym"] != w["pseudonym"]:
+                deletes_before.append(catalog.withdrawal_key(site.code, w["pseudonym"]))
+            writes.append({"key": catalog.withdrawal_key(site.code, moved["pseudonym"]),
+                           "data": json.dumps(moved, indent=2, sort_keys=True)})
+        counts[site.code] = len(recs)
+    # the old withdrawal files go before the key record changes (a rerun rewrites them all)
+    deletes_before = [k for k in deletes_before if k not in {w["key"] for w in writes}]
+    return {"kind": "rekey", "from": catalog.key_fingerprint(old_key), "to": new_fp,
+            "at": stamp, "batches": counts, "unmapped_people": unmapped,
+            "writes": writes, "deletes": deletes, "deletes_before": deletes_before}
+
+
+def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant_id: str,
+             reason: str = "", purge_raw: bool = False, now: datetime | None = None) -> dict:
+    """Record that a participant withdrew consent; optionally purge them from raw.
+
+    The withdrawal is a ledger entry by pseudonym (never the ID), written first; the
+    register then marks the person withdrawn, so curated data and every later output leave
+    them out and a later export that still holds them does not bring them back.
+
+    Parameters
+    ----------
+    participant_id : str
+        The ID as the site knows it (normalised by the codebook, then pseudonymised).
+    reason : str
+        Kept in the ledger entry only; never in curated data, reports or logs.
+    purge_raw : bool
+        Also replace every raw file (and quarantined or landed copy) holding the person by
+        a redacted copy, delete the originals, and rewrite curated files without them
+        (:func:`purge_person`).
+
+    Returns
+    -------
+    dict
+        The ledger entry: ``pseudonym``, ``site``, ``at``, ``held`` (whether the site had
+        a record of them), ``purged`` (files replaced).
+
+    Raises
+    ------
+    ValueError
+        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+    """
+    from lacrima.codebook import load_codebook
+
+    catalog.check_key(storage, key)
+    codebook = load_codebook(site)
+    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
+    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
+        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
+                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    pseudonym = pseudonymise(site.code, ids, key).iloc[0]
+    reg = catalog.read_register(storage, site.code, study.variables)
+    old = reg.get(pseudonym)
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    entry = {"pseudonym": pseudonym, "site": site.code, "at": stamp, "reason": reason,
+             "held": bool(old and old.batch), "purged": []}
+    prior = [w for w in catalog.withdrawals(storage, site.code) if w["pseudonym"] == pseudonym]
+    if prior:
+        entry = {**prior[0], "purged": prior[0].get("purged", [])}
+    catalog.write_withdrawal(storage, site.code, entry)
+    reg[pseudonym] = catalog.Entry(old.fingerprint if old else "", old.batch if old else "",
+                                   WITHDRAWN)
+    catalog.write_register(storage, site.code, reg)
+    if purge_raw:
+        entry["purged"] = entry["purged"] + purge_person(storage, site, study, key,
+                                                         str(ids.iloc[0]), pseudonym)
+        catalog.write_withdrawal(storage, site.code, entry)
+    return entry
+
+
+def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normalised_id: str,
+                 pseudonym: str) -> list[dict]:
+    """Remove one person from every stored file of their site (the audited exception).
+
+    Raw files holding them are replaced by a redacted copy (new key, ledger entry updated)
+    and the originals deleted; a quarantined copy is overwritten by the redacted one; a
+    landing object with the original bytes is deleted; curated files and the site's cached
+    analyses (``results/<site>/``) holding the pseudonym are rewritten or deleted. Returns
+    what was replaced, for the ledger entry.
+    """
+    from lacrima.codebook import load_codebook
+    from lacrima.native import read_drop
+    from lacrima.redact import redact
+
+    codebook = load_codebook(site)
+    done = []
+    index = read_landing_index(storage, site.code)
+    for rec in batches(storage, site.code):
+        if not storage.exists(rec.raw_key):
+            continue
+        data = storage.read_bytes(rec.raw_key)
+        with tempfile.TemporaryDirectory(prefix="lacrima-purge-") as tmp:
+            path = Path(tmp) / f"drop{PurePosixPath(rec.raw_key).suffix}"
+            path.write_bytes(data)
+            try:
+                drop = read_drop(path, site, study)
+            except DropError:
+                continue
+        ids, _ = codebook.normalise_ids(drop.frame["participant_id"])
+        rows = {int(drop.row_numbers[i]) for i, v in enumerate(ids) if v == normalised_id}
+        if not rows:
+            continue
+        clean = redact(data, rec.original_name, codebook, rows)
+        new_key = catalog.redacted_raw_key(site.code, rec.sha256, sha256_bytes(clean),
+                                           extension(rec.original_name))
+        storage.write_bytes(new_key, clean, metadata=storage.metadata(rec.raw_key))
+        catalog.write_batch(storage, replace(rec, raw_key=new_key))
+        if rec.quarantine_key and storage.exists(f"{rec.quarantine_key}/{rec.original_name}"):
+            storage.write_bytes(f"{rec.quarantine_key}/{rec.original_name}", clean)
+        for landing, seen in index.items():
+            if seen.get("sha256") == rec.sha256 and storage.exists(landing):
+                storage.delete(landing)
+        storage.delete(rec.raw_key)
+        done.append({"batch": rec.sha256, "removed": rec.raw_key, "now": new_key,
+                     "rows": len(rows)})
+    for rec in batches(storage, site.code):
+        if rec.curated_key and storage.exists(rec.curated_key):
+            frame = parquet_frame(storage.read_bytes(rec.curated_key))
+            if (frame["participant_id"] == pseudonym).any():
+                storage.write_bytes(rec.curated_key, catalog.frame_bytes(
+                    frame[frame["participant_id"] != pseudonym].reset_index(drop=True)))
+    for obj in storage.list(catalog.results_prefix(site.code)):
+        if obj.key.endswith("/data.parquet"):
+            frame = parquet_frame(storage.read_bytes(obj.key))
+            if (frame["participant_id"] == pseudonym).any():
+                prefix = obj.key.rsplit("/", 1)[0]
+                for cached in storage.list(prefix):
+                    storage.delete(cached.key)
+    return done

@@ -47,6 +47,15 @@ Applied only to columns the codebook does not map, so a canonical column can nev
 dropped by accident; codebooks list their known identifying columns explicitly.
 """
 
+REDCAP_METADATA = re.compile(
+    r"^redcap_|_complete$|_timestamp$|___[A-Za-z0-9_]+$"
+    # the same columns as a labels export heads them
+    r"|\(choice=.*\)$|^Complete\?$|^Survey (Identifier|Timestamp)$"
+    r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
+)
+"""Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
+
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
 DELIMITERS = (",", ";", "\t", "|")
@@ -58,6 +67,46 @@ DEFAULT_FORMATS = {
     "sav": FileFormat(kind="sav", extensions=(), header_rows=0, values="codes"),
     "csv": FileFormat(kind="csv", extensions=(), encodings=("utf-8-sig", "cp1252"), header_rows=1),
 }
+
+
+# What one drop may expand to. A few-KB workbook can declare a million-row sheet or hold a
+# deflate bomb; a file's size on disk (``max_file_mb``) says nothing of either. Beyond any
+# bound the drop is refused unread, and reading stops there, so memory stays bounded.
+# Each is configurable in study.toml ``[validation]`` (``max_rows``, ``max_columns``,
+# ``max_cell_chars``, ``max_expanded_mb``).
+MAX_ROWS = 100_000          # data rows of one drop (a site's whole cumulative export)
+MAX_COLUMNS = 500           # a Qualtrics export with every metadata column has ~150
+MAX_CELL_CHARS = 32_767     # Excel's own limit for one cell
+MAX_EXPANDED_MB = 500       # uncompressed size of an .xlsx container's parts, together
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one drop may expand to (see the ``MAX_*`` constants).
+
+    ``from_study`` reads ``max_rows``, ``max_columns``, ``max_cell_chars`` and
+    ``max_expanded_mb`` from the plan's ``[validation]`` section, defaulting to the constants.
+    """
+
+    rows: int = MAX_ROWS
+    columns: int = MAX_COLUMNS
+    cell_chars: int = MAX_CELL_CHARS
+    expanded_mb: float = MAX_EXPANDED_MB
+
+    @classmethod
+    def from_study(cls, study: Study) -> "Limits":
+        v = study.section("validation")
+        return cls(int(v.get("max_rows", MAX_ROWS)), int(v.get("max_columns", MAX_COLUMNS)),
+                   int(v.get("max_cell_chars", MAX_CELL_CHARS)),
+                   float(v.get("max_expanded_mb", MAX_EXPANDED_MB)))
+
+
+def _too_big(check: str, name: str, what: str, limit: str, found: str,
+             rows: tuple[int, ...] = (), columns: tuple[str, ...] = ()) -> DropError:
+    message = (f"drop {name} {what}; drops up to {limit} are read (study.toml [validation]): "
+               "it was not read further")
+    return DropError(check, message, (Finding(check, message, columns=columns, rows=rows,
+                                              expected=f"at most {limit}", found=found),))
 
 
 @dataclass(frozen=True)
@@ -163,19 +212,22 @@ def read_drop(
         When the file cannot be read at all. ``check`` is one of ``missing_file``,
         ``empty_file``, ``no_data_rows``, ``binary_file``, ``bad_encoding``,
         ``encrypted_file``, ``unreadable_workbook``, ``unreadable_sav``,
-        ``unreadable_csv``. The message names the file and says what was expected.
+        ``unreadable_csv``, or, for a drop beyond its :class:`Limits`, ``too_many_rows``,
+        ``too_many_columns``, ``cell_too_long``, ``expands_too_much``. The message names
+        the file and says what was expected.
     lacrima.codebook.CodebookError
         When the site's codebook itself is inconsistent with the plan.
 
     Notes
     -----
     Finding checks: ``missing_columns``, ``duplicate_columns``, ``unknown_labels``,
-    ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
+    ``unknown_codes``, ``non_numeric``, ``bad_dates``, ``future_dates``, ``formula_cells``,
     ``ragged_rows``, ``unexpected_format`` (errors); ``unexpected_columns``,
     ``identifying_columns``, ``delimiter``, ``decimal_mark``, ``sheet``,
     ``header_rows`` (warnings).
     Declared missing codes (codebook ``missing_codes`` and SPSS user-missing values)
-    become missing; other numeric codes pass through (range checks are validation's).
+    become missing; in a ``codes`` file a code its scale does not have is ``unknown_codes``;
+    other numeric values pass through (range checks are validation's).
     Formula-like cells are never evaluated: workbooks are read with
     ``openpyxl.load_workbook(data_only=True)`` and a second pass only looks at cell
     types; CSV cells are plain text. Findings never show a participant's values.
@@ -183,7 +235,7 @@ def read_drop(
     path = Path(path)
     codebook = load_codebook(site)
     codebook.check_against(study)
-    table = _read_table(path, codebook)
+    table = _read_table(path, codebook, Limits.from_study(study))
     return _map(table, codebook, study, site, path, today or dt.date.today())
 
 
@@ -205,7 +257,7 @@ def _sniff(head: bytes) -> str:
     return "text"
 
 
-def _read_table(path: Path, codebook: Codebook) -> _Table:
+def _read_table(path: Path, codebook: Codebook, limits: Limits = Limits()) -> _Table:
     name = _shown(path)
     if not path.is_file():
         raise DropError("missing_file", f"drop {name} does not exist or is not a file ({path})")
@@ -230,11 +282,13 @@ def _read_table(path: Path, codebook: Codebook) -> _Table:
             expected=accepted, found=path.suffix or "no extension",
         ))
     if fmt.kind == "xlsx":
-        table = _read_xlsx(path, fmt, sniffed, codebook)
+        table = _read_xlsx(path, fmt, sniffed, codebook, limits)
     elif fmt.kind == "sav":
-        table = _read_sav(path, fmt, sniffed)
+        table = _read_sav(path, fmt, sniffed, limits)
     else:
-        table = _read_text(path, fmt, sniffed, codebook)
+        table = _read_text(path, fmt, sniffed, codebook, limits)
+        if fmt.kind == "redcap_csv":
+            _redcap_names(table, codebook)
     table.findings[:0] = findings
     if not any(n for n in table.names):
         raise DropError("empty_file", f"drop {name} has no column names; expected a "
@@ -257,7 +311,8 @@ def _raise_ole(path: Path) -> None:
     )
 
 
-def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook,
+               limits: Limits = Limits()) -> _Table:
     name = _shown(path)
     if sniffed != "text":
         what = {"zip": "an Excel workbook", "ole": "an encrypted or legacy Excel file",
@@ -282,11 +337,7 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     text = text.lstrip("\ufeff")
     findings: list[Finding] = []
     delimiter = _delimiter(text, fmt, name, findings)
-    try:
-        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
-    except csv.Error as exc:
-        raise DropError("unreadable_csv",
-                        f"drop {name} is not a readable CSV file ({exc})") from None
+    records = _bounded_records(text, delimiter, fmt, name, limits)
     if not records:
         raise DropError("empty_file", f"drop {name} holds no text")
     names = [_column_key(c) for c in records[0]]
@@ -309,6 +360,63 @@ def _read_text(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             expected=f"{len(names)} fields per row", found="more fields than column names",
         ))
     return _Table(names=names, rows=rows, row_numbers=numbers, fmt=fmt, findings=findings)
+
+
+def _bounded_records(text: str, delimiter: str, fmt: FileFormat, name: str,
+                     limits: Limits) -> list[list[str]]:
+    """The CSV records of ``text``, refused once past ``limits`` (rows, fields, cell length)."""
+    most = fmt.header_rows + limits.rows
+    records = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        for rec in reader:
+            if len(records) == most:
+                raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} data rows",
+                               f"{limits.rows:,} data rows", f"more than {limits.rows:,} rows",
+                               rows=(reader.line_num,))
+            if len(rec) > limits.columns:
+                raise _too_big("too_many_columns", name,
+                               f"has {len(rec):,} fields in row {reader.line_num}",
+                               f"{limits.columns:,} columns", f"{len(rec):,} fields",
+                               rows=(reader.line_num,))
+            _check_cells(rec, len(records) + 1, name, limits)
+            records.append(rec)
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):      # csv's own bound, ~131,000
+            raise _too_big("cell_too_long", name, f"has a cell over {csv.field_size_limit():,} "
+                           f"characters in row {reader.line_num}",
+                           f"{limits.cell_chars:,} characters a cell",
+                           f"over {csv.field_size_limit():,} characters",
+                           rows=(reader.line_num,)) from None
+        raise DropError("unreadable_csv",
+                        f"drop {name} is not a readable CSV file ({exc})") from None
+    return records
+
+
+def _check_cells(cells: Iterable[Any], row: int, name: str, limits: Limits,
+                 names: list[str] | None = None) -> None:
+    for c, v in enumerate(cells):
+        if isinstance(v, str) and len(v) > limits.cell_chars:
+            column = names[c] if names and c < len(names) else f"column {c + 1}"
+            raise _too_big("cell_too_long", name,
+                           f"has a cell of {len(v):,} characters (row {row}, {column})",
+                           f"{limits.cell_chars:,} characters a cell", f"{len(v):,} characters",
+                           rows=(row,), columns=(column,))
+
+
+def _redcap_names(table: _Table, codebook: Codebook) -> None:
+    """A REDCap *labels* export heads its columns with field labels: name them by the codebook.
+
+    A raw export (field names) holds the ID column by name and is left alone. Labels are
+    the codebook's ``text`` of each column, compared as answer labels are.
+    """
+    if _column_key(codebook.id_column) in table.names:
+        return
+    by_label = {normalise_label(spec.text): spec.column
+                for spec in (*codebook.columns.values(), *codebook.extra_columns) if spec.text}
+    renamed = [by_label.get(normalise_label(n), n) if n else n for n in table.names]
+    if _column_key(codebook.id_column) in renamed:
+        table.names[:] = renamed
 
 
 def _column_key(name: Any) -> str:
@@ -393,7 +501,72 @@ def _delimiter(text: str, fmt: FileFormat, name: str, findings: list[Finding]) -
     return fmt.delimiter
 
 
-def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) -> _Table:
+def _check_zip(path: Path, name: str, limits: Limits) -> None:
+    """Refuse a container whose parts expand beyond ``limits.expanded_mb`` (a deflate bomb).
+
+    The sizes are those the zip declares; Python's zipfile never inflates a part past its
+    declared size (a part that lies fails its CRC check), so the bound holds while reading.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return                      # openpyxl's own reading says what is wrong with it
+    if total > limits.expanded_mb * 1e6:
+        raise _too_big("expands_too_much", name,
+                       f"expands to {total / 1e6:,.0f} MB once uncompressed",
+                       f"{limits.expanded_mb:,.0f} MB uncompressed",
+                       f"{total / 1e6:,.0f} MB uncompressed")
+
+
+def _check_sheet_size(ws, name: str, sheet: str, header_rows: int, limits: Limits) -> None:
+    """Refuse a sheet whose declared dimensions exceed ``limits`` before reading its cells.
+
+    openpyxl pads every row to the declared width and fills declared empty rows, so a few-KB
+    workbook declaring ``A1:XFD1048576`` would otherwise become 17 billion cells.
+    """
+    rows, cols = ws.max_row, ws.max_column      # from the sheet's <dimension>; None if absent
+    if rows is not None and rows > header_rows + limits.rows:
+        raise _too_big("too_many_rows", name,
+                       f"declares sheet {sheet!r} of {rows:,} rows", f"{limits.rows:,} data rows",
+                       f"{rows:,} rows declared")
+    if cols is not None and cols > limits.columns:
+        raise _too_big("too_many_columns", name,
+                       f"declares sheet {sheet!r} of {cols:,} columns", f"{limits.columns:,} columns",
+                       f"{cols:,} columns declared")
+
+
+def _bounded_sheet(ws, name: str, header_rows: int, limits: Limits) -> list[list[Any]]:
+    """The sheet's values row by row, trailing blanks dropped, refused once past ``limits``.
+
+    Reading asks openpyxl for one row and one column beyond the bounds, so a sheet without
+    (or with false) declared dimensions still stops there.
+    """
+    most = header_rows + limits.rows
+    values = []
+    for r in ws.iter_rows(max_row=most + 1, max_col=limits.columns + 1, values_only=True):
+        row = list(r)
+        while row and row[-1] is None:
+            row.pop()
+        if len(values) == most and row:
+            raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} data rows",
+                           f"{limits.rows:,} data rows", f"more than {limits.rows:,} rows",
+                           rows=(most + 1,))
+        if len(row) > limits.columns:
+            raise _too_big("too_many_columns", name,
+                           f"has more than {limits.columns:,} columns in row {len(values) + 1}",
+                           f"{limits.columns:,} columns", f"more than {limits.columns:,}",
+                           rows=(len(values) + 1,))
+        _check_cells(row, len(values) + 1, name, limits, [_column_key(v) for v in values[0]]
+                     if values else None)
+        values.append(row)
+    while values and not values[-1]:
+        values.pop()
+    return values
+
+
+def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook,
+               limits: Limits = Limits()) -> _Table:
     import openpyxl  # heavy; only when a workbook arrives
 
     name = _shown(path)
@@ -402,13 +575,15 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
     if sniffed != "zip":
         raise DropError("unreadable_workbook", f"drop {name} is not an .xlsx workbook (it is not a "
                         "zip container); save it from Excel as .xlsx and upload again")
+    _check_zip(path, name, limits)
     findings: list[Finding] = []
     try:
         # data_only=True: cached values only, formulas are never evaluated.
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
         try:
             ws, sheet = _sheet(wb, fmt)
-            values = [list(r) for r in ws.iter_rows(values_only=True)]
+            _check_sheet_size(ws, name, sheet, fmt.header_rows, limits)
+            values = _bounded_sheet(ws, name, fmt.header_rows, limits)
         finally:
             wb.close()
         # Second pass reads cell types only, to find formula cells (never computed).
@@ -417,7 +592,8 @@ def _read_xlsx(path: Path, fmt: FileFormat, sniffed: str, codebook: Codebook) ->
             ws2 = wb[sheet]
             formula_at = {
                 (r, c): str(cell.value)
-                for r, row in enumerate(ws2.iter_rows())
+                for r, row in enumerate(ws2.iter_rows(max_row=len(values),
+                                                      max_col=limits.columns))
                 for c, cell in enumerate(row)
                 if getattr(cell, "data_type", None) == "f"
             }
@@ -471,7 +647,7 @@ def _sheet(wb, fmt: FileFormat):
     return wb[first], first
 
 
-def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
+def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits()) -> _Table:
     import pyreadstat
 
     name = _shown(path)
@@ -479,17 +655,42 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
         raise DropError("unreadable_sav",
                         f"drop {name} is not an SPSS .sav file (no $FL2 signature)")
     try:
-        # user_missing=True keeps 99/999 visible so declared codes are recognised here.
-        df, meta = pyreadstat.read_sav(str(path), user_missing=True)
+        # The header alone first: a compressed .sav may declare far more cases than it shows.
+        _, head = pyreadstat.read_sav(str(path), metadataonly=True)
     except Exception as exc:  # pyreadstat raises its own error classes for damaged files
         raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
                         f"({type(exc).__name__}); it may be truncated or damaged") from None
+    if (head.number_columns or 0) > limits.columns:
+        raise _too_big("too_many_columns", name, f"declares {head.number_columns:,} variables",
+                       f"{limits.columns:,} columns", f"{head.number_columns:,} variables")
+    if (head.number_rows or 0) > limits.rows:
+        raise _too_big("too_many_rows", name, f"declares {head.number_rows:,} cases",
+                       f"{limits.rows:,} data rows", f"{head.number_rows:,} cases")
+    try:
+        encoding = _sav_encoding(path, fmt, pyreadstat)
+        # user_missing=True keeps 99/999 visible so declared codes are recognised here.
+        # A legacy code page is read as latin1 (every byte kept as one character) and
+        # re-decoded here: pyreadstat 1.3.7 shifts names and labels of a windows-1255 file
+        # by one character when asked for that encoding (a Hebrew letter lands in front
+        # of "id"). row_limit: a header that does not count its cases still stops one
+        # past the bound.
+        df, meta = pyreadstat.read_sav(str(path), user_missing=True, row_limit=limits.rows + 1,
+                                       encoding=None if encoding is None else "latin1")
+    except DropError:
+        raise
+    except Exception as exc:  # pyreadstat raises its own error classes for damaged files
+        raise DropError("unreadable_sav", f"drop {name} could not be read as an SPSS file "
+                        f"({type(exc).__name__}); it may be truncated or damaged") from None
+    if len(df) > limits.rows:
+        raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} cases",
+                       f"{limits.rows:,} data rows", f"more than {limits.rows:,} cases")
+    fix = (lambda s: s) if encoding is None else _redecoder(encoding, name)
     declared = {
-        col: [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
+        fix(col): [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
         for col, ranges in (meta.missing_ranges or {}).items()
     }
-    names = [_column_key(c) for c in df.columns]
-    columns = [df[c].tolist() for c in df.columns]
+    names = [_column_key(fix(c)) for c in df.columns]
+    columns = [[fix(v) if isinstance(v, str) else v for v in df[c].tolist()] for c in df.columns]
     rows = []
     for i in range(len(df)):
         rows.append([_clean_cell(col[i]) for col in columns])
@@ -497,6 +698,38 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str) -> _Table:
     keep = [k for k, r in enumerate(rows) if any(v is not None for v in r)]
     return _Table(names=names, rows=[rows[k] for k in keep], row_numbers=[numbers[k] for k in keep],
                   fmt=fmt, declared_missing=declared)
+
+
+_UTF8 = {"utf8", "utf-8", "utf-8-sig", "utf_8", "utf_8_sig"}
+
+
+def _sav_encoding(path: Path, fmt: FileFormat, pyreadstat) -> str | None:
+    """Code page of an SPSS file's text, or None when it is UTF-8 (read as is).
+
+    The file's declared encoding wins; a file that declares none (or UTF-8 while the
+    codebook lists a legacy code page) is read with the codebook's first non-UTF-8 one.
+    """
+    _, meta = pyreadstat.read_sav(str(path), metadataonly=True)
+    declared = (meta.file_encoding or "").strip().lower()
+    legacy = [e for e in fmt.encodings if e.lower() not in _UTF8]
+    if declared and declared not in _UTF8:
+        return declared
+    return legacy[0] if legacy else None
+
+
+def _redecoder(encoding: str, name: str):
+    def fix(text: str) -> str:
+        try:
+            return text.encode("latin1").decode(encoding)
+        except LookupError:
+            raise DropError("bad_encoding", f"drop {name}: encoding {encoding!r} (declared by the "
+                            "file or the codebook) is not a known text encoding") from None
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise DropError("bad_encoding", f"drop {name}: encoding - its names or labels do not "
+                            f"decode as {encoding!r} (tried the file's declared encoding, then the "
+                            "codebook's [[formats]] encodings); set encodings in the codebook "
+                            "to the code page the file was saved in") from None
+    return fix
 
 
 def _clean_cell(v: Any) -> Any:
@@ -564,7 +797,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
             ident_declared.append(n)
         elif n and IDENTIFYING_NAME.search(n):
             ident_other.append(n)
-        elif n in known_extra:
+        elif n in known_extra or (fmt.kind == "redcap_csv" and REDCAP_METADATA.search(n)):
             continue
         elif n or any(r[i] is not None for r in table.rows):
             unexpected.append(n or f"(column {i + 1}, no name)")
@@ -726,7 +959,11 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
     if fmt.values == "codes" and scale is not None:
         try:
             return int(scale.value_of_code(number))
-        except (KeyError, TypeError, ValueError):
+        except KeyError:
+            # A code the scale does not have (REDCap or SPSS 5 on a 0-4 item): never a value.
+            issues.add("unknown_codes", rownum, _fmt_number(number))
+            return None
+        except (TypeError, ValueError):
             pass
     if not float(number).is_integer():
         issues.add("non_numeric", rownum, "a number with decimals")
@@ -833,11 +1070,26 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
                 message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
-                         f"codebook: {what}; they were read as missing"),
+                         f"codebook: {what}; they were read as missing"
+                         + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
                 found=f"{len(found)} unknown answer(s): {what}",
                 fix=(f"{how} to one of the allowed answers, then upload the corrected file "
                      f"(`lacrima upload FILE --site {site}`)" if site else ""),
+            ))
+        elif check == "unknown_codes":
+            allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
+                                if isinstance(c, (int, float)) and not isinstance(c, bool))
+            out.append(Finding(
+                check=check, columns=(column,), rows=tuple(rows),
+                message=(f"{k} cell(s) in column {label} of {name} hold codes not in the "
+                         f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
+                         "read as missing"),
+                expected=f"one of the codes: {allowed}",
+                found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
+                fix=(f"correct these cells to one of the codes {allowed} in the site's tool, "
+                     f"then upload the corrected file (`lacrima upload FILE --site {site}`)"
+                     if site else ""),
             ))
         elif check == "non_numeric":
             out.append(Finding(
@@ -861,6 +1113,18 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
                 expected=f"a date on or before {today:%Y-%m-%d}", found="dates in the future",
             ))
     return out
+
+
+def _codes_hint(found: list[str], fmt: FileFormat) -> str:
+    """Why a labels codebook meets numbers: the export setting, named as the tool names it."""
+    if fmt.values != "labels" or not found or not all(f.startswith("code ") for f in found):
+        return ""
+    if fmt.kind == "qualtrics_csv":
+        return ('. The file holds numeric codes where the codebook expects choice text: it was '
+                'exported with Qualtrics\' "Use numeric values"; export again with "Use choice '
+                'text", or declare values = "codes" with native_codes in the codebook')
+    return ('. The file holds numeric codes where the codebook expects answer labels (values = '
+            '"labels"): export the labels, or declare values = "codes" with native_codes')
 
 
 def _formula_finding(column: str, rows: list[int], name: str) -> Finding:

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.catalog import withdrawn_received
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage, parquet_frame
@@ -89,14 +90,25 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
     Notes
     -----
-    key = SHA-256(accepted batch hashes, sorted | codebook file hash | site file hash | plan hash).
-    Every part is a hash of file bytes, never of a pickled frame, so the key is stable across
-    Python, pandas and platform versions. Reads only the site's ledger: no data file is opened.
+    key = SHA-256(register hash | codebook file hash | site file hash | plan hash), where the
+    register (``catalog.register_digest``) says which record of which batch is each
+    participant's current one: it changes with new or corrected records, a withdrawal or a
+    rekey, and not with a re-export that brought nothing new. A store without a register
+    (made before it existed) uses the accepted batch hashes, sorted, instead. Every part is
+    a hash of file bytes, never of a pickled frame, so the key is stable across Python,
+    pandas and platform versions. Reads only the site's ledger and register: no data file
+    is opened. The batches returned are those whose records are in use (a re-export that
+    brought nothing is left out).
     """
-    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code) if r.state == ACCEPTED))
+    from lacrima.catalog import register_digest
+
+    accepted = tuple(sorted(r.sha256 for r in batches(storage, site.code)
+                            if r.state == ACCEPTED and r.records_new != 0))
+    register = register_digest(storage, site.code) if accepted else ""
     h = hashlib.sha256()
     # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
-    for part in (*accepted, sha256_file(site.codebook_path), site.sha256, study.sha256):
+    for part in ((register,) if register else accepted) + (
+            sha256_file(site.codebook_path), site.sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
@@ -181,6 +193,7 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     from lacrima.ipd import site_moments
 
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
+    flow = with_withdrawals(flow, withdrawn_received(storage, site.code))
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
     result = SiteAnalysis(site.code, key, accepted, data, flow, results,
                           describe_site(data, study, site.code), moments=site_moments(data, study))
@@ -188,6 +201,24 @@ def analyse_site_data(storage: Storage, site: Site, study: Study,
     # Hand on the frames as stored, so a fresh analysis and a reused one are the same frames
     # (parquet settles dtypes, e.g. an all-missing text column), whichever a run gets.
     return replace(result, **frames)
+
+
+WITHDREW = ("withdrew_consent", "Withdrew consent")
+
+
+def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
+    """The participant flow with people who withdrew consent counted as received, then
+    excluded first ("withdrew consent"); unchanged when nobody withdrew.
+
+    Examples
+    --------
+    >>> with_withdrawals(Flow("it", 10, (("age", "Too young", 1),), 9), 2).excluded[0]
+    ('withdrew_consent', 'Withdrew consent', 2)
+    """
+    if not withdrawn:
+        return flow
+    return Flow(flow.site, flow.received + withdrawn, ((*WITHDREW, withdrawn), *flow.excluded),
+                flow.analysed)
 
 
 def site_step(storage: Storage, site: Site, study: Study,
@@ -235,7 +266,9 @@ _LIGHT_FRAMES = _CACHE_FRAMES[1:]
 
 
 def _cache_prefix(site: str, key: str) -> str:
-    return f"results/{site}/{key}"
+    from lacrima.catalog import results_prefix
+
+    return results_prefix(site, key)
 
 
 def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
@@ -280,7 +313,7 @@ def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[st
 
 
 # The light analyses one comparison was made from, kept together (see save_pooled_inputs).
-_POOLED = "results/_pooled"
+from lacrima.catalog import POOLED as _POOLED  # noqa: E402  (the catalog names every zone)
 _PART = "_lacrima_site"
 
 
@@ -402,11 +435,65 @@ def comparison_key(input_keys: Mapping[str, str], study: Study) -> str:
     return h.hexdigest()
 
 
-def last_comparison_key(storage: Storage) -> str | None:
-    """The comparison key of the latest report, if any."""
-    if not storage.exists("reports/latest/provenance.json"):
+# The published report: a small pointer written last, after every file of the run folder.
+LATEST_POINTER = "reports/latest.json"
+LATEST_FOLDER = "reports/latest"
+
+
+def latest_run(storage: Storage) -> str | None:
+    """The run id of the latest published report (``reports/latest.json``), if any."""
+    if not storage.exists(LATEST_POINTER):
         return None
-    return json.loads(storage.read_bytes("reports/latest/provenance.json")).get("comparison_key")
+    return json.loads(storage.read_bytes(LATEST_POINTER))["run_id"]
+
+
+def publish_report(storage: Storage, run_id: str, manifest: bytes) -> None:
+    """Make ``reports/<run_id>/`` the latest report: write the pointer, then the local link.
+
+    Parameters
+    ----------
+    storage : Storage
+    run_id : str
+        A run whose folder is complete, its manifest written last.
+    manifest : bytes
+        The run's ``manifest.json`` as written; the pointer carries its SHA-256.
+
+    Notes
+    -----
+    The pointer ``reports/latest.json`` (``run_id``, ``manifest_sha256``, ``published_at``)
+    is one small object replaced in one write, so a reader sees the previous report or this
+    one, never a mix; a run killed before it leaves the previous report as latest, and the
+    next run, finding the latest report's inputs differ from its own, makes it again.
+
+    On a local store ``reports/latest`` is also a symbolic link to the run folder, replaced
+    atomically (a new link renamed over the old), for people browsing the folder. A
+    ``reports/latest/`` folder of copies left by an older version is moved aside to
+    ``reports/latest-until-<run_id>/`` (never deleted). S3 has no atomic way to replace a
+    set of objects, so there the pointer alone says which run is latest.
+    """
+    import os
+
+    pointer = {"run_id": run_id, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+               "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2, sort_keys=True).encode())
+    link = storage.local_path(LATEST_FOLDER)
+    if link is None:
+        return
+    if link.is_dir() and not link.is_symlink():
+        link.rename(link.with_name(f"latest-until-{run_id}"))
+    tmp = link.with_name(f".latest-{run_id}.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()                    # ours, from a run killed between these two lines
+    os.symlink(run_id, tmp)             # relative: the folder still works where it is copied
+    os.replace(tmp, link)
+
+
+def last_comparison_key(storage: Storage) -> str | None:
+    """The comparison key of the latest published report (``reports/latest.json``), if any."""
+    run_id = latest_run(storage)
+    if run_id is None:
+        return None
+    return json.loads(storage.read_bytes(f"reports/{run_id}/provenance.json")).get("comparison_key")
 
 
 def compare_sites(analyses: list[SiteAnalysis], study: Study, sites: list[Site]) -> Comparison:
@@ -573,14 +660,18 @@ def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
 
 def prepare_run(storage_location: str | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
-    """Open the store, read the plan and the sites, get the pseudonym key."""
+    """Open the store, read the plan and the sites, get the pseudonym key and check it fits
+    the store (``catalog.KeyCustodyError`` otherwise)."""
     from lacrima.privacy import pseudonym_key
     from lacrima.storage import open_storage
     from lacrima.study import load_site, load_sites, load_study
 
+    from lacrima.catalog import check_key
+
     sites = (tuple(load_site(c) for c in site_codes) if site_codes else load_sites())
-    return RunContext(open_storage(storage_location), load_study(), sites,
-                      pseudonym_key(demo=demo), demo)
+    storage, key = open_storage(storage_location), pseudonym_key(demo=demo)
+    check_key(storage, key)        # another key, or demo and real data: refuse before any drop
+    return RunContext(storage, load_study(), sites, key, demo)
 
 
 def drop_outcomes(intakes, location: str = "") -> list[dict]:
@@ -640,6 +731,9 @@ def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAn
         "quarantined": sum(len(i.quarantined) for i in intakes),
         "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
                                + sum(p.landed for p in plans if p.site not in ingested)),
+        # records, not files: what the accepted drops brought, and what they held already
+        "records_new": sum(getattr(i, "records_new", 0) for i in intakes),
+        "records_held": sum(getattr(i, "records_held", 0) for i in intakes),
         "sites_analysed": [a.site for a in analyses],
         "sites_recomputed": [a.site for a in analyses if not a.reused],
         "sites_reused": sorted(reused),

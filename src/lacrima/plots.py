@@ -9,6 +9,7 @@ keeps no global state and is safe from the flow's worker threads (and from a wor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from typing import Mapping
@@ -32,21 +33,33 @@ ORIGINAL_MARK = "\u2020"   # dagger after an original study's label
 
 
 def site_style(sites: list[str]) -> dict[str, tuple[str, str]]:
-    """Colour and marker per site code, fixed by the order of ``sites``.
+    """Colour and marker per site code, each fixed by the site's code alone.
 
     Parameters
     ----------
     sites : list of str
-        Site codes in the study's order (``load_sites()``); every plot of a run uses the
-        same mapping so a site keeps its colour across pages.
+        Site codes; every plot of a run uses the same mapping so a site keeps its colour
+        across pages.
 
     Returns
     -------
     dict
         ``code -> (hex colour, matplotlib marker)``.
+
+    Notes
+    -----
+    The first 8 bytes of SHA-256(code), as an integer h, pick colour ``h mod 8`` and marker
+    ``(h div 8) mod 8``: a site's style never depends on which other sites exist, so a site
+    that joins (or leaves) recolours no one, in this run or the next. Two sites may share a
+    colour (1 in 8) or, rarely, colour and marker (1 in 64); the plots name every site on
+    its row, so colour is never the only way to tell sites apart. The study's three sites
+    (us, it, il) differ in both.
     """
-    return {s: (_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)])
-            for i, s in enumerate(sites)}
+    out = {}
+    for s in sites:
+        h = int.from_bytes(hashlib.sha256(str(s).encode()).digest()[:8], "big")
+        out[s] = (_PALETTE[h % len(_PALETTE)], _MARKERS[(h // len(_PALETTE)) % len(_MARKERS)])
+    return out
 
 
 def _finite(*values) -> bool:

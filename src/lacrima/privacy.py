@@ -17,6 +17,9 @@ KEY_ENV = "LACRIMA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "LACRIMA_PSEUDONYM_KEY_FILE"
 DEMO_KEY = b"lacrima-demo-key: synthetic data only"
 MIN_CELL = 5
+# A pseudonym key shorter than this is refused: HMAC under a short or empty key is a hash
+# anyone can recompute from a guessed ID (an ID space of a few thousand numbers).
+MIN_KEY_BYTES = 16
 
 
 class MissingKeyError(RuntimeError):
@@ -26,22 +29,45 @@ class MissingKeyError(RuntimeError):
 def pseudonym_key(demo: bool = False) -> bytes:
     """The HMAC key: ``LACRIMA_PSEUDONYM_KEY``, else the file named by ``LACRIMA_PSEUDONYM_KEY_FILE``.
 
-    In demo mode (synthetic data) a fixed, public demo key is used when neither is set.
+    In demo mode (synthetic data) the fixed, public demo key, always: demo rows and real
+    rows never share a key, so they can never share a store (``catalog.check_key``).
+
+    Raises
+    ------
+    MissingKeyError
+        No key, or a key shorter than ``catalog.MIN_KEY_BYTES`` (an empty key file gives an
+        HMAC anyone can compute).
     """
-    value = os.environ.get(KEY_ENV)
-    if value:
-        return value.encode()
-    path = os.environ.get(KEY_FILE_ENV)
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise MissingKeyError(f"{KEY_FILE_ENV} names {p}, which is not a readable file")
-        return p.read_bytes().strip()
     if demo:
         return DEMO_KEY
-    raise MissingKeyError(
-        f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV} (a file outside the repository); "
-        "only `lacrima demo` runs without one")
+    value = os.environ.get(KEY_ENV)
+    where = KEY_ENV
+    if value is not None and value.strip():
+        key = value.encode()
+    else:
+        path = os.environ.get(KEY_FILE_ENV)
+        if not path and value is None:
+            raise MissingKeyError(
+                f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV} (a file outside the "
+                "repository); only `lacrima demo` runs without one")
+        if not path:
+            key = b""
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise MissingKeyError(f"{KEY_FILE_ENV} names {p}, which is not a readable file")
+            key, where = p.read_bytes().strip(), f"{KEY_FILE_ENV} ({p})"
+    return check_key_strength(key, where)
+
+
+def check_key_strength(key: bytes, where: str = "the key") -> bytes:
+    """``key`` if it is long enough; else MissingKeyError saying how to make one."""
+    if len(key.strip()) < MIN_KEY_BYTES:
+        raise MissingKeyError(
+            f"{where}: the pseudonymisation key is {'blank' if not key.strip() else 'too short'} "
+            f"({len(key.strip())} bytes; at least {MIN_KEY_BYTES}): make one with "
+            "`python -c \"import secrets; print(secrets.token_hex(32))\"`")
+    return key
 
 
 def pseudonymise(site: str, ids: pd.Series, key: bytes) -> pd.Series:

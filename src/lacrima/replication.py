@@ -1,9 +1,13 @@
-"""Replication assessment: the replication site against each original site, per effect.
+"""Replication assessment: every replication site against every original site, per effect.
 
-Protocol section 7, third point. For every correlation and partial correlation of the
-families in ``study.section("replication")["families"]``: same direction and
-significance, the Patil-Peng-Leek prediction interval, the z test of the difference,
-small telescopes, Held's sceptical p value, and a verdict by the configured rule.
+Protocol section 7, third point (the Many Labs design: any number of sites of either role).
+For every correlation and partial correlation of the families in
+``study.section("replication")["families"]``: same direction and significance, the
+Patil-Peng-Leek prediction interval, the z test of the difference, small telescopes,
+Held's sceptical p value, and a verdict by the configured rule; each replication site
+against each original, and the pooled replication sites against each original and against
+the pooled originals (pooled as ``lacrima.pooling`` pools: the plan's ``[pooling]``
+estimator and test).
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from lacrima import vocabulary as voc
-from lacrima.study import Site, Study
+from lacrima.study import ROLES, Site, Study
 
 __all__ = [
     "replication_table", "assess_replication", "ReplicationAssessment", "patil_interval",
-    "difference_p", "r33", "small_telescope_p", "sceptical_p", "CONDITIONS",
+    "difference_p", "r33", "small_telescope_p", "sceptical_p", "CONDITIONS", "VERDICT_P",
 ]
 
 ANALYSES = {"correlation": "pearson", "partial_correlation": "pearson_partial"}
-CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi")
+CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi",
+              "original_significant", "larger_same_direction")
+# Which replication p value the ``significant`` condition reads ([replication] verdict_p).
+VERDICT_P = ("raw", "holm")
 GOLDEN_RATIO = (1 + np.sqrt(5)) / 2
 
 # The normal distribution through the ufuncs scipy.stats.norm itself uses (cdf = ndtr,
@@ -95,51 +102,158 @@ def difference_p(r_original: float, n_original: float, r_replication: float,
     return float(2 * _norm_sf(abs(z)))
 
 
-def r33(n_original: float, g: int = 0, alpha: float = 0.05, power: float = 0.33,
+def r33(n_original: float, g: int = 0, alpha: float = 0.05, power: float = 1 / 3,
         sign: float = 1.0) -> float:
     """The correlation the original study had ``power`` to detect (small telescopes).
 
+    Parameters
+    ----------
+    n_original : float
+        Sample size of the original (partial) correlation.
+    g : int, default 0
+        Covariates partialled out: the calculation runs on ``n_original - g``.
+    alpha : float, default 0.05
+        Two-sided significance level of the original test.
+    power : float, default 1/3
+        Simonsohn's 33% (``[replication] small_telescope_power``).
+    sign : float, default 1
+        Direction of the original effect; r33 points the same way.
+
+    Returns
+    -------
+    float
+        ``sign * pwr::pwr.r.test(n = n_original - g, sig.level = alpha, power = power)$r``;
+        NaN when ``n_original - g < 4`` (pwr refuses fewer than 4 observations).
+
     Notes
     -----
-    Solves :math:`\\Phi(\\delta - z_{1-\\alpha/2}) + \\Phi(-\\delta - z_{1-\\alpha/2}) = power`
-    for :math:`\\delta = \\tanh^{-1}(r)\\sqrt{n_o - 3 - g}` (two-sided test at ``alpha``,
-    Fisher-z approximation), and returns ``sign * tanh(delta / sqrt(n_o - 3 - g))`` so
-    r33 points in the original's direction (Simonsohn 2015).
+    pwr 1.3-0's two-sided power of a correlation test with n observations, as its code has it:
+    critical :math:`r_c = \\sqrt{t^2/(t^2 + n - 2)}` with :math:`t = t_{1-\\alpha/2}(n-2)`,
+    :math:`z_r = \\tanh^{-1}(r) + r/(2(n-1))` (the bias term of the Fisher z of r),
+    power :math:`= \\Phi((z_r - \\tanh^{-1} r_c)\\sqrt{n-3}) +
+    \\Phi((-z_r - \\tanh^{-1} r_c)\\sqrt{n-3})`. ``pwr.r.test`` solves power(r) = ``power``
+    with ``uniroot`` over (1e-10, 1 - 1e-10) at R's default tolerance
+    (``.Machine$double.eps^0.25``, about 1.2e-4 in r); :func:`_r_uniroot` takes the same
+    steps as R's ``zeroin`` so the value is pwr's to the last digits, not merely the root
+    to within uniroot's tolerance (the exact root differs from pwr's by up to 3e-5).
+    For a partial correlation the calculation runs on n - g, as the test of a partial
+    correlation has n - 2 - g degrees of freedom.
 
     References
     ----------
     Simonsohn, U. (2015). Small telescopes: Detectability and the evaluation of
     replication results. Psychological Science, 26(5), 559-569.
+    Champely, S. (2020). pwr: Basic functions for power analysis (R package 1.3-0).
+
+    Examples
+    --------
+    >>> round(r33(106), 6)    # pwr.r.test(n = 106, sig.level = .05, power = 1/3)$r
+    0.148912
     """
     if not alpha < power < 1:
         raise ValueError(f"power must lie between alpha ({alpha}) and 1, got {power}")
-    delta = _r33_delta(float(alpha), float(power))
-    return float(np.sign(sign) * np.tanh(delta * np.sqrt(_var_z(n_original, g))))
+    n = float(n_original) - g
+    if not (n >= 4 and np.isfinite(n)):
+        return float("nan")
+    return float((np.sign(sign) or 1.0) * _pwr_r(n, float(alpha), float(power)))
 
 
-@functools.lru_cache(maxsize=64)
-def _r33_delta(alpha: float, power: float) -> float:
-    """The noncentrality with ``power`` at two-sided ``alpha``: the root :func:`r33` needs.
+@functools.lru_cache(maxsize=4096)
+def _pwr_r(n: float, alpha: float, power: float) -> float:
+    """``pwr.r.test(n, sig.level = alpha, power = power)$r`` (two-sided), memoised.
 
-    It depends on ``alpha`` and ``power`` only, not on the study, so it is solved once
-    per pair rather than once per original-replication comparison (thousands at 125 sites).
+    It depends on n, alpha and power only, so it is solved once per sample size rather
+    than once per original-replication comparison (thousands at 125 sites).
     """
-    zc = stats.norm.isf(alpha / 2)
-    f = lambda d: stats.norm.cdf(d - zc) + stats.norm.cdf(-d - zc) - power  # noqa: E731
-    return optimize.brentq(f, 0.0, 40.0, xtol=1e-14)
+    ttt = -special.stdtrit(n - 2, alpha / 2)          # qt(alpha/2, n - 2, lower = FALSE)
+    zrc = np.arctanh(np.sqrt(ttt**2 / (ttt**2 + n - 2)))
+    root = np.sqrt(n - 3)
+
+    def excess(r: float) -> float:
+        zr = np.arctanh(r) + r / (2 * (n - 1))
+        return float(_norm_cdf((zr - zrc) * root) + _norm_cdf((-zr - zrc) * root) - power)
+
+    return _r_uniroot(excess, 1e-10, 1 - 1e-10)
 
 
-def small_telescope_p(r_replication: float, n_replication: float, r_33: float, g: int = 0) -> float:
+_EPS = float(np.finfo(float).eps)
+
+
+def _r_uniroot(f, lower: float, upper: float, tol: float = _EPS ** 0.25,
+               maxiter: int = 1000) -> float:
+    """R's ``uniroot(f, c(lower, upper))$root``: Brent's method step for step as R takes it.
+
+    R's ``uniroot`` calls ``zeroin`` (Brent 1973, the netlib algorithm as R's
+    ``src/library/stats/src/zeroin.c`` has it) with ``f.lower``, ``f.upper`` evaluated
+    first and an absolute tolerance ``tol``; each iteration's own tolerance is
+    ``2 eps |b| + tol / 2``. scipy's ``brentq`` is the same method but takes other steps,
+    so its answer differs from R's by up to the tolerance; pwr's documented numbers are R's.
+
+    References
+    ----------
+    Brent, R. P. (1973). Algorithms for minimization without derivatives, chapter 4.
+    Prentice-Hall.
+    """
+    a, b = lower, upper
+    fa, fb = f(a), f(b)
+    if fa == 0:
+        return a
+    if fb == 0:
+        return b
+    if (fa > 0) == (fb > 0):
+        raise ValueError(f"f({lower}) and f({upper}) have the same sign: no root between them")
+    c, fc = a, fa
+    for _ in range(maxiter + 1):
+        prev_step = b - a
+        if abs(fc) < abs(fb):          # b is the best approximation so far
+            a, b, c = b, c, b
+            fa, fb, fc = fb, fc, fb
+        tol_act = 2 * _EPS * abs(b) + tol / 2
+        new_step = (c - b) / 2
+        if abs(new_step) <= tol_act or fb == 0:
+            return b
+        if abs(prev_step) >= tol_act and abs(fa) > abs(fb):
+            cb = c - b
+            if a == c:                 # two distinct points: secant
+                t1 = fb / fa
+                p, q = cb * t1, 1.0 - t1
+            else:                      # inverse quadratic interpolation
+                q, t1, t2 = fa / fc, fb / fc, fb / fa
+                p = t2 * (cb * q * (q - t1) - (b - a) * (t1 - 1.0))
+                q = (q - 1.0) * (t1 - 1.0) * (t2 - 1.0)
+            if p > 0:
+                q = -q
+            else:
+                p = -p
+            if p < 0.75 * cb * q - abs(tol_act * q) / 2 and p < abs(prev_step * q / 2):
+                new_step = p / q
+        if abs(new_step) < tol_act:
+            new_step = tol_act if new_step > 0 else -tol_act
+        a, fa = b, fb
+        b += new_step
+        fb = f(b)
+        if (fb > 0 and fc > 0) or (fb < 0 and fc < 0):
+            c, fc = a, fa
+    raise ValueError(f"no root found in {maxiter} iterations")
+
+
+def small_telescope_p(r_replication: float, n_replication: float, r_33: float, g: int = 0,
+                      var_replication: float | None = None) -> float:
     """One-sided p of H0: rho = r33 against rho closer to 0 than r33 (Simonsohn 2015).
 
     Notes
     -----
     For a positive r33 the alternative is rho < r33:
-    :math:`p = \\Phi((\\tanh^{-1} r_r - \\tanh^{-1} r_{33})\\sqrt{n_r - 3 - g})`; for a
-    negative r33 the test is mirrored (alternative rho > r33), so a small p always means
-    the replication effect is smaller than one the original could have detected.
+    :math:`p = \\Phi((\\tanh^{-1} r_r - \\tanh^{-1} r_{33}) / \\sqrt{v_r})` with
+    :math:`v_r = 1/(n_r - 3 - g)` (or ``var_replication``, the variance of a pooled
+    replication estimate on the Fisher-z scale); for a negative r33 the test is mirrored
+    (alternative rho > r33), so a small p always means the replication effect is smaller
+    than one the original could have detected. NaN when r33 is.
     """
-    z = (np.arctanh(r_replication) - np.arctanh(r_33)) / np.sqrt(_var_z(n_replication, g))
+    if not np.isfinite(r_33):
+        return float("nan")
+    v = _var_z(n_replication, g) if var_replication is None else var_replication
+    z = (np.arctanh(r_replication) - np.arctanh(r_33)) / np.sqrt(v)
     return float(_norm_cdf(z if r_33 >= 0 else -z))
 
 
@@ -205,7 +319,10 @@ def sceptical_p(zo: float, zr: float, c: float, alternative: str = "one.sided",
 
 @dataclass(frozen=True)
 class ReplicationAssessment:
-    """One effect, one original site against the replication site (fields = REPLICATION_COLUMNS)."""
+    """One effect, one original side against one replication side (fields = REPLICATION_COLUMNS).
+
+    A side is a site or the pooled sites of one role (``voc.POOLED``, with ``k`` > 1).
+    """
 
     effect: str
     x: str
@@ -213,28 +330,38 @@ class ReplicationAssessment:
     covariates: str
     original_site: str
     replication_site: str
+    k_original: int
+    k_replication: int
     r_original: float
     n_original: float
+    p_original: float
+    original_significant: bool
     r_replication: float
     n_replication: float
+    p_replication: float
+    p_replication_holm: float
     pi_low: float
     pi_high: float
     in_pi: bool
     same_direction: bool
+    larger_same_direction: bool
     p_difference: float
     r33: float
     p_small_telescope: float
     p_sceptical: float
+    verdict_p: str
     verdict: str
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(self)], columns=list(voc.REPLICATION_COLUMNS))
 
 
-def _conditions(same_direction: bool, significant: bool, in_pi: bool) -> dict[str, bool]:
+def _conditions(same_direction: bool, significant: bool, in_pi: bool,
+                original_significant: bool = False, larger: bool = False) -> dict[str, bool]:
     return {
         "same_direction": same_direction, "significant": significant, "in_pi": in_pi,
         "opposite_significant": significant and not same_direction, "not_in_pi": not in_pi,
+        "original_significant": original_significant, "larger_same_direction": larger,
     }
 
 
@@ -259,37 +386,74 @@ def evaluate_verdict(conditions: Mapping[str, bool], rules: Sequence[Mapping[str
     return "unclassified"
 
 
+def verdict_p_choice(settings: Mapping[str, Any]) -> str:
+    """``[replication] verdict_p``: which replication p the ``significant`` condition reads.
+
+    ``"raw"`` (default, the protocol's rule) or ``"holm"`` (Holm-adjusted within the
+    family, per replication site, as protocol section 6 adjusts every site's p values).
+    """
+    choice = str(settings.get("verdict_p", "raw"))
+    if choice not in VERDICT_P:
+        raise ValueError(f"[replication] verdict_p = {choice!r}: expected one of {list(VERDICT_P)}")
+    return choice
+
+
+def _covariate_count(covariates: str) -> int:
+    return len([c for c in covariates.split(voc.COVARIATE_SEPARATOR) if c]) if covariates else 0
+
+
 def assess_replication(effect: str, x: str, y: str, covariates: str, original_site: str,
                        replication_site: str, r_original: float, n_original: float,
                        r_replication: float, n_replication: float, p_replication: float,
-                       settings: Mapping[str, Any]) -> ReplicationAssessment:
+                       settings: Mapping[str, Any], *, p_original: float = float("nan"),
+                       p_replication_holm: float = float("nan"),
+                       var_original: float | None = None, var_replication: float | None = None,
+                       k_original: int = 1, k_replication: int = 1) -> ReplicationAssessment:
     """Assess one effect (see :func:`replication_table` for every quantity).
 
     ``settings`` is ``study.section("replication")``: alpha, pi_level,
-    small_telescope_power, sceptical_level and verdicts.
+    small_telescope_power, sceptical_level, verdict_p and verdicts. ``var_original``,
+    ``var_replication``: variance of the Fisher z of a pooled side (default 1/(n - 3 - g),
+    a single site's); ``p_original``: the original's raw p (for ``original_significant``).
     """
-    g = len([c for c in covariates.split(voc.COVARIATE_SEPARATOR) if c]) if covariates else 0
+    g = _covariate_count(covariates)
     alpha = float(settings.get("alpha", 0.05))
-    lo, hi = patil_interval(r_original, n_original, n_replication, g,
-                            float(settings.get("pi_level", 0.95)))
+    v_o = _var_z(n_original, g) if var_original is None else float(var_original)
+    v_r = _var_z(n_replication, g) if var_replication is None else float(var_replication)
+    z_o, z_r = np.arctanh(r_original), np.arctanh(r_replication)
+    # patil_interval and difference_p, with the variances of the two sides
+    half = _norm_ppf((1 + float(settings.get("pi_level", 0.95))) / 2) * np.sqrt(v_o + v_r)
+    lo, hi = float(np.tanh(z_o - half)), float(np.tanh(z_o + half))
     in_pi = bool(lo <= r_replication <= hi)
     same = bool(np.sign(r_original) == np.sign(r_replication) and r_original != 0)
-    significant = bool(p_replication < alpha)
-    r_33 = r33(n_original, g, alpha, float(settings.get("small_telescope_power", 0.33)),
+    larger = bool(same and abs(r_replication) > abs(r_original))
+    choice = verdict_p_choice(settings)
+    p_used = p_replication if choice == "raw" else p_replication_holm
+    significant = bool(p_used < alpha)
+    original_significant = bool(p_original < alpha)
+    # A pooled original enters small telescopes with the n its pooled variance stands for.
+    # (a zero Hartung-Knapp variance, identical originals, stands for no finite n: r33 NaN).
+    n_power = n_original if var_original is None else (1.0 / v_o + 3 + g if v_o > 0 else np.inf)
+    r_33 = r33(n_power, g, alpha, float(settings.get("small_telescope_power", 1 / 3)),
                sign=np.sign(r_original) or 1.0)
-    v_o, v_r = _var_z(n_original, g), _var_z(n_replication, g)
-    p_s = sceptical_p(np.arctanh(r_original) / np.sqrt(v_o), np.arctanh(r_replication) / np.sqrt(v_r),
-                      v_o / v_r, "one.sided", str(settings.get("sceptical_level", "golden")))
-    verdict = evaluate_verdict(_conditions(same, significant, in_pi), settings.get("verdicts", ()))
+    p_s = float("nan")
+    if v_o > 0 and v_r > 0:     # a pooled side of identical sites can have a zero HK variance
+        p_s = sceptical_p(z_o / np.sqrt(v_o), z_r / np.sqrt(v_r), v_o / v_r, "one.sided",
+                          str(settings.get("sceptical_level", "golden")))
+    verdict = evaluate_verdict(_conditions(same, significant, in_pi, original_significant, larger),
+                               settings.get("verdicts", ()))
     return ReplicationAssessment(
         effect=effect, x=x, y=y, covariates=covariates, original_site=original_site,
-        replication_site=replication_site, r_original=float(r_original),
-        n_original=float(n_original), r_replication=float(r_replication),
-        n_replication=float(n_replication), pi_low=lo, pi_high=hi, in_pi=in_pi,
-        same_direction=same,
-        p_difference=difference_p(r_original, n_original, r_replication, n_replication, g),
-        r33=r_33, p_small_telescope=small_telescope_p(r_replication, n_replication, r_33, g),
-        p_sceptical=p_s, verdict=verdict,
+        replication_site=replication_site, k_original=int(k_original),
+        k_replication=int(k_replication), r_original=float(r_original),
+        n_original=float(n_original), p_original=float(p_original),
+        original_significant=original_significant, r_replication=float(r_replication),
+        n_replication=float(n_replication), p_replication=float(p_replication),
+        p_replication_holm=float(p_replication_holm), pi_low=lo, pi_high=hi, in_pi=in_pi,
+        same_direction=same, larger_same_direction=larger,
+        p_difference=float(2 * _norm_sf(abs((z_o - z_r) / np.sqrt(v_o + v_r)))),
+        r33=r_33, p_small_telescope=small_telescope_p(r_replication, n_replication, r_33, g, v_r),
+        p_sceptical=p_s, verdict_p=choice, verdict=verdict,
     )
 
 
@@ -299,8 +463,65 @@ def _correlation_p(r: float, n: float, g: int) -> float:
     return float(2 * special.stdtr(df, -abs(t)))    # stats.t.sf(|t|, df), as scipy computes it
 
 
+@dataclass(frozen=True)
+class _Side:
+    """One side of a comparison for one effect: a site, or the pooled sites of one role."""
+
+    code: str
+    k: int
+    r: float
+    n: float
+    p: float                 # raw p
+    p_holm: float            # Holm within the family, for this side
+    var: float | None        # Fisher-z variance of a pooled side; None: 1/(n - 3 - g)
+
+
+def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: float) -> _Side:
+    """The sites of one role pooled as ``lacrima.pooling`` pools a correlation.
+
+    Under ``test = "knha"`` the standard error is Knapp and Hartung's (2003) ad hoc
+    version, never below the random-effects Wald one (metafor's ``test = "adhoc"``), and
+    the p value is the t test on k - 1 df with it. The untruncated Hartung-Knapp standard
+    error shrinks towards 0 when two or three sites agree more closely than their sampling
+    variances lead one to expect (0.005 against a Wald 0.071 for r = .30 and .31 at n = 100
+    and 97): a pooled side would then be far more precise than any of its sites, and every
+    prediction interval around it too narrow.
+    """
+    from lacrima.meta.effects import fisher_z
+    from lacrima.meta.rma import random_effects
+
+    yi, vi = fisher_z(np.array([s.r for s in sides]), np.array([s.n for s in sides]), g)
+    res = random_effects(yi, vi, method=method, test=test, level=level)
+    se, p = float(res.se), float(res.p_value)
+    if test == "knha":
+        se = max(se, float(np.sqrt(1 / np.sum(1 / (vi + res.tau2)))))
+        p = float(2 * special.stdtr(len(sides) - 1, -abs(res.estimate) / se))
+    return _Side(voc.POOLED, len(sides), float(np.tanh(res.estimate)),
+                 float(sum(s.n for s in sides)), p, float("nan"), se ** 2)
+
+
+def site_roles(study: Study, sites: Sequence[Site]) -> tuple[list[str], list[str]]:
+    """Codes of the replication and of the original sites (each sorted).
+
+    The roles are the closed set ``study.ROLES``; ``[replication] replication_site_role``
+    and ``original_site_role`` name which is which (default ``"replication"`` and
+    ``"original"``). A site with any other role is an error naming the site and its role.
+    """
+    cfg = study.section("replication")
+    rep_role = cfg.get("replication_site_role", "replication")
+    orig_role = cfg.get("original_site_role", "original")
+    bad = [(s.code, s.role) for s in sites if s.role not in (rep_role, orig_role)]
+    if bad:
+        raise ValueError(
+            "site role not in the closed set {" + ", ".join(sorted({rep_role, orig_role, *ROLES}))
+            + "}: " + ", ".join(f"site {c!r} has role {r!r}" for c, r in bad)
+            + " (sites/<code>/site.toml [site] role)")
+    return (sorted(s.code for s in sites if s.role == rep_role),
+            sorted(s.code for s in sites if s.role == orig_role))
+
+
 def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[Site]) -> pd.DataFrame:
-    """Replication of every correlation effect, replication site against each original.
+    """Replication of every correlation effect: each replication side against each original side.
 
     Parameters
     ----------
@@ -310,49 +531,70 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
         the families in ``study.section("replication")["families"]``.
     study : Study
         The plan; ``[replication]`` gives roles, alpha, pi_level, small_telescope_power,
-        sceptical_level and the ordered verdict rules.
+        sceptical_level, verdict_p and the ordered verdict rules; ``[pooling]`` the
+        estimator and test of the pooled sides.
     sites : sequence of Site
-        Exactly one with role ``replication_site_role``, any number with
-        ``original_site_role``.
+        Any number with ``replication_site_role`` and with ``original_site_role``
+        (a site without estimates is skipped; no replication site gives no row).
 
     Returns
     -------
     DataFrame
-        Columns exactly ``vocabulary.REPLICATION_COLUMNS``, one row per (effect,
-        original site) where both sites have an estimate:
+        Columns exactly ``vocabulary.REPLICATION_COLUMNS``. Per effect (family, x, y,
+        covariates), rows for these pairs of sides that have estimates:
+
+        1. each replication site against each original site;
+        2. the pooled replication sites (``replication_site = "pooled"``, when two or
+           more have an estimate) against each original site;
+        3. the pooled replication sites, or the only one, against the pooled originals
+           (``original_site = "pooled"``, when two or more originals have an estimate).
+
+        Columns:
 
         - ``effect``: the family id; with x, y and covariates it names the effect.
-        - ``r_original``, ``n_original``, ``r_replication``, ``n_replication``.
+        - ``k_original``, ``k_replication``: sites on each side (1 for a site).
+        - ``r_original``, ``n_original``, ``p_original`` (raw, two-sided),
+          ``original_significant`` (``p_original < alpha``); ``r_replication``,
+          ``n_replication``, ``p_replication`` (raw) and ``p_replication_holm``
+          (Holm within the family, per replication side). A pooled side has the
+          back-transformed random-effects estimate, the total n and the pooled test's p.
         - ``pi_low``, ``pi_high``, ``in_pi``: Patil-Peng-Leek interval at ``pi_level``
-          (variance 1/(n-3-g) for g covariates) and whether the replication r is inside.
-        - ``same_direction``: the two r have the same sign.
+          (variance 1/(n-3-g) of a site, the squared standard error of a pooled side)
+          and whether the replication r is inside.
+        - ``same_direction``: the two r have the same sign; ``larger_same_direction``:
+          and the replication's is larger in absolute value (a "not replicated" verdict
+          with this flag is a stronger effect, not a failure to find one).
         - ``p_difference``: two-sided z test of equal correlations.
-        - ``r33``, ``p_small_telescope``: Simonsohn's r33 (two-sided ``alpha``,
-          ``small_telescope_power``) and the one-sided test of the replication r
-          against it.
+        - ``r33``, ``p_small_telescope``: Simonsohn's r33 as ``pwr.r.test(n_o - g,
+          alpha, small_telescope_power)`` computes it (a pooled original: n_o = 1/v + 3 + g
+          from its variance v) and the one-sided test of the replication r against it.
         - ``p_sceptical``: Held's one-sided sceptical p, recalibrated at the golden
           level (ReplicationSuccess ``pSceptical(zo, zr, c, "one.sided", "golden")``)
-          with z = atanh(r) sqrt(n-3-g) and c = (n_r-3-g)/(n_o-3-g).
+          with z = atanh(r) / sqrt(v) and c = v_o / v_r.
+        - ``verdict_p``: which replication p the rule read (``raw`` or ``holm``).
         - ``verdict``: the first configured rule that holds, over the conditions
-          ``same_direction``, ``significant`` (replication raw p < alpha),
-          ``in_pi``, ``opposite_significant`` (significant, other direction),
-          ``not_in_pi``.
+          ``same_direction``, ``significant`` (the ``verdict_p`` p < alpha), ``in_pi``,
+          ``opposite_significant`` (significant, other direction), ``not_in_pi``,
+          ``original_significant`` and ``larger_same_direction``.
 
     Notes
     -----
-    The replication p value is the row's raw (not Holm-adjusted) ``p_value``; when it
-    is missing it is recomputed from r with the t test on n - 2 - g df.
+    A site's raw p is its row's ``p_value``; when missing it is recomputed from r with the
+    t test on n - 2 - g df. Pooled sides are pooled as ``lacrima.pooling`` pools
+    correlations (Fisher z with variance 1/(n - 3 - g), ``[pooling] method`` and
+    ``test``, e.g. REML with the Hartung-Knapp test on k - 1 df), the Hartung-Knapp
+    standard error in its ad hoc form (never below the Wald one; metafor
+    ``rma(..., test = "adhoc")``, see :func:`_pooled_side`); their ``p_replication_holm``
+    adjusts the pooled p values of the family's effects together.
     """
+    from lacrima.pooling import _settings as pooling_settings
+    from lacrima.stats.adjust import adjust_pvalues
+
     cfg = study.section("replication")
-    rep_role = cfg.get("replication_site_role", "replication")
-    orig_role = cfg.get("original_site_role", "original")
-    replicators = [s for s in sites if s.role == rep_role]
-    if len(replicators) != 1:
-        raise ValueError(f"expected exactly one site with role {rep_role!r}, found "
-                         f"{[s.code for s in replicators]}")
-    rep = replicators[0].code
-    originals = sorted(s.code for s in sites if s.role == orig_role)
+    verdict_p_choice(cfg)
+    reps, originals = site_roles(study, sites)
     families = tuple(cfg.get("families", ()))
+    method, test = pooling_settings(study)
 
     rows = site_results.loc[
         site_results["family"].isin(families)
@@ -360,29 +602,55 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
         & (site_results["method"] == site_results["analysis"].map(ANALYSES))
     ].copy()
     rows["covariates"] = rows["covariates"].fillna("").astype(str)
-    for col in ("estimate", "n", "p_value"):
+    for col in ("estimate", "n", "p_value", "p_adjusted"):
         rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(float)
     rows = rows[rows["estimate"].notna() & rows["n"].notna() & (rows["estimate"].abs() < 1)]
+    if not reps or rows.empty:
+        return pd.DataFrame(columns=list(voc.REPLICATION_COLUMNS))
+
+    # Per effect: the sides with estimates (sites, then the pooled side of each role).
+    key = ["family", "x", "y", "covariates"]
+    effects = []
+    for (family, x, y, cov), grp in rows.groupby(key, sort=True):
+        g = _covariate_count(cov)
+        by_site = {}      # site -> its side: the first row per site
+        for site, r, n, p, p_h in zip(grp["site"], grp["estimate"], grp["n"], grp["p_value"],
+                                      grp["p_adjusted"]):
+            if site not in by_site and n - 3 - g > 0:
+                by_site[site] = _Side(site, 1, r, n, _correlation_p(r, n, g) if np.isnan(p) else p,
+                                      p_h, None)
+        rep_sides = [by_site[c] for c in reps if c in by_site]
+        orig_sides = [by_site[c] for c in originals if c in by_site]
+        if not rep_sides or not orig_sides:
+            continue
+        pooled_rep = (_pooled_side(rep_sides, g, method, test, study.level)
+                      if len(rep_sides) > 1 else None)
+        pooled_orig = (_pooled_side(orig_sides, g, method, test, study.level)
+                       if len(orig_sides) > 1 else None)
+        effects.append([(family, x, y, cov), rep_sides, orig_sides, pooled_rep, pooled_orig])
+
+    # Holm within the family for the pooled replication side, as for any site's p values.
+    by_family: dict[str, list[int]] = {}
+    for i, eff in enumerate(effects):
+        if eff[3] is not None:
+            by_family.setdefault(eff[0][0], []).append(i)
+    for idx in by_family.values():
+        adjusted = adjust_pvalues(np.array([effects[i][3].p for i in idx]), "holm")
+        for i, p_h in zip(idx, adjusted):
+            side = effects[i][3]
+            effects[i][3] = _Side(side.code, side.k, side.r, side.n, side.p, float(p_h), side.var)
 
     out = []
-    key = ["family", "x", "y", "covariates"]
-    for (family, x, y, cov), grp in rows.groupby(key, sort=True):
-        # site -> (estimate, n, p): the first row per site, looked up without pandas indexing
-        by_site = {}
-        for site, r, n, p in zip(grp["site"], grp["estimate"], grp["n"], grp["p_value"]):
-            by_site.setdefault(site, (r, n, p))
-        if rep not in by_site:
-            continue
-        r_r, n_r, p_r = by_site[rep]
-        g = len([c for c in cov.split(voc.COVARIATE_SEPARATOR) if c]) if cov else 0
-        if not n_r - 3 - g > 0:
-            continue
-        if np.isnan(p_r):
-            p_r = _correlation_p(r_r, n_r, g)
-        for orig in originals:
-            if orig not in by_site or not by_site[orig][1] - 3 - g > 0:
-                continue
-            r_o, n_o, _ = by_site[orig]
-            a = assess_replication(family, x, y, cov, orig, rep, r_o, n_o, r_r, n_r, p_r, cfg)
+    for (family, x, y, cov), rep_sides, orig_sides, pooled_rep, pooled_orig in effects:
+        pairs = [(r, o) for r in rep_sides for o in orig_sides]
+        if pooled_rep is not None:
+            pairs += [(pooled_rep, o) for o in orig_sides]
+        if pooled_orig is not None:
+            pairs.append((pooled_rep or rep_sides[0], pooled_orig))
+        for rep, orig in pairs:
+            a = assess_replication(
+                family, x, y, cov, orig.code, rep.code, orig.r, orig.n, rep.r, rep.n, rep.p, cfg,
+                p_original=orig.p, p_replication_holm=rep.p_holm, var_original=orig.var,
+                var_replication=rep.var, k_original=orig.k, k_replication=rep.k)
             out.append(vars(a))      # scalar fields: asdict's deep copy is not needed
     return pd.DataFrame(out, columns=list(voc.REPLICATION_COLUMNS))

@@ -1,25 +1,24 @@
 """Run outputs: tidy CSVs, exports, provenance, manifest and the self-contained HTML reports.
 
-A run writes ``reports/<run_id>/`` and copies it to ``reports/latest/``:
+A run writes ``reports/<run_id>/``, then publishes it (``pipeline.publish_report``: the
+pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
-- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``
+- ``results.csv``, ``replication.csv``, ``heterogeneity.csv`` (one row per pooled effect,
+  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``
   (counts 1-4 suppressed as the report shows them: ``<5``, with complementary ``(s)``),
-  ``provenance.json``;
+  ``invariance.csv`` (measurement invariance across sites), ``provenance.json``;
 - ``restricted/``: what must not leave the analysts (row-level data and exact counts):
   ``restricted/data/<site>.csv`` and ``.sav``, ``restricted/analysis_ready.parquet``,
-  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts);
+  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts),
+  the A3 cell counts per site;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
 Everything outside ``restricted/`` may be shared: copy the run folder without ``restricted/``
-(``RESTRICTED``) and send it on.
-
-Storage never deletes, so ``reports/latest/`` may still hold a file an older run wrote and
-this one did not (a site that has since left, say). The manifest is the run's own list: the
-pages link only to files in it, and a reader of ``latest/`` trusts the manifest, not a
-listing of the folder. Every link is relative, so the folder opens where it is copied.
+(``RESTRICTED``) and send it on. The manifest is the run's own list: the pages link only to
+files in it. Every link is relative, so the folder opens where it is copied.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from lacrima.pipeline import Comparison, SiteAnalysis, to_csv_bytes
+from lacrima.pipeline import Comparison, SiteAnalysis, publish_report, to_csv_bytes
 from lacrima.offload import Offload
 from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.privacy import MIN_CELL, suppress_small
@@ -335,12 +334,25 @@ def pooled_effects(results: pd.DataFrame) -> pd.DataFrame:
     return pooled.reset_index(drop=True)
 
 
-def _roles(study: Study, sites: Iterable[Site]) -> tuple[Site | None, list[Site]]:
-    cfg = study.section("replication")
+def _roles(study: Study, sites: Iterable[Site]) -> tuple[list[Site], list[Site]]:
+    """The replication sites and the original sites among ``sites``, each in code order."""
+    from lacrima.replication import site_roles
+
     sites = list(sites)
-    reps = [s for s in sites if s.role == cfg.get("replication_site_role", "replication")]
-    origs = [s for s in sites if s.role == cfg.get("original_site_role", "original")]
-    return (reps[0] if len(reps) == 1 else None), sorted(origs, key=lambda s: s.code)
+    by_code = {s.code: s for s in sites}
+    reps, origs = site_roles(study, sites)
+    return [by_code[c] for c in reps], [by_code[c] for c in origs]
+
+
+def headline_side(replication_sites: list[Site]) -> str | None:
+    """The replication side the verdict summary leads with.
+
+    The replication site when there is one; the pooled replication sites
+    (``vocabulary.POOLED``) when there are several; ``None`` without one.
+    """
+    if not replication_sites:
+        return None
+    return replication_sites[0].code if len(replication_sites) == 1 else POOLED
 
 
 def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -> pd.DataFrame:
@@ -352,34 +364,43 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
         Results (per site and pooled) and the replication table.
     study : Study
     sites : iterable of Site
-        Their roles name the replication site and the originals.
+        Their roles name the replication sites and the originals (those with estimates
+        in ``comparison.results`` count).
 
     Returns
     -------
     DataFrame
         Columns ``family, x, y, covariates, anchor, label, x_label, y_label, cov_label,
-        scale, k, pooled, i2, replication`` and one ``verdict_<original code>`` per original
-        site. ``pooled`` is
-        the formatted random-effects estimate with its interval, ``replication`` the
-        replication site's estimate; verdicts are blank for effects outside
-        ``[replication] families`` (A2, A3 are pooled, not assessed).
+        scale, k, pooled, i2, replication``, one ``verdict_<original code>`` per original
+        site and, with two or more originals, ``verdict_pooled`` (against the pooled
+        originals). ``pooled`` is the formatted random-effects estimate with its interval;
+        ``replication`` and the verdicts are those of the headline replication side
+        (:func:`headline_side`: the replication site, or the pooled replication sites when
+        there are several); verdicts are blank for effects outside ``[replication]
+        families`` (A2, A3 are pooled, not assessed). Every other pair of sides is in
+        ``replication.csv`` and in each effect's section of the report.
     """
-    rep_site, origs = _roles(study, sites)
-    pooled = pooled_effects(comparison.results)
     per_site = comparison.results[comparison.results["site"] != POOLED]
+    # Only sites with estimates have verdicts: one still without data is no column.
+    present = set(per_site["site"].astype(str))
+    rep_sites, origs = _roles(study, [s for s in sites if s.code in present])
+    head = headline_side(rep_sites)
+    pooled = pooled_effects(comparison.results)
     rep_rows = {}
-    if rep_site is not None:
-        mine = per_site[(per_site["site"] == rep_site.code)
+    if head is not None and head != POOLED:
+        mine = per_site[(per_site["site"] == head)
                         & (per_site["method"].isin(_MAIN_METHOD.values()))]
         rep_rows = dict(zip(_key(mine), mine["estimate"]))
     verdicts: dict[tuple[str, str], str] = {}
     replication = comparison.replication
-    if replication is not None and len(replication):
-        rk = (replication["effect"].astype(str) + "|" + replication["x"].astype(str) + "|"
-              + replication["y"].astype(str) + "|"
-              + replication["covariates"].fillna("").astype(str))
-        for k, o, v in zip(rk, replication["original_site"], replication["verdict"]):
-            verdicts[(k, o)] = str(v)
+    if replication is not None and len(replication) and head is not None:
+        mine = replication[replication["replication_site"].astype(str) == head]
+        rk = (mine["effect"].astype(str) + "|" + mine["x"].astype(str) + "|"
+              + mine["y"].astype(str) + "|" + mine["covariates"].fillna("").astype(str))
+        for k, o, v, r in zip(rk, mine["original_site"], mine["verdict"], mine["r_replication"]):
+            verdicts[(k, str(o))] = str(v)
+            rep_rows.setdefault(k, r)          # the pooled replication estimate
+    columns_o = [o.code for o in origs] + ([POOLED] if len(origs) > 1 else [])
     # The plan's order (families, then x, y and covariate sets as listed), which is the
     # order the per-site analysis writes its rows in; the pooled table is sorted by name.
     main = per_site[per_site["method"].map(_base).isin(_MAIN_METHOD.values())]
@@ -401,12 +422,12 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
                          f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=lz)}",
                "i2": fmt(r["i2"], 0) + ("%" if pd.notna(r["i2"]) else ""),
                "replication": fmt(rep_rows.get(key), leading_zero=lz)}
-        for o in origs:
-            row[f"verdict_{o.code}"] = verdicts.get((key, o.code), "")
+        for o in columns_o:
+            row[f"verdict_{o}"] = verdicts.get((key, o), "")
         rows.append(row)
     columns = ["family", "x", "y", "covariates", "anchor", "label", "x_label", "y_label",
                "cov_label", "scale", "k", "pooled", "i2",
-               "replication", *[f"verdict_{o.code}" for o in origs]]
+               "replication", *[f"verdict_{o}" for o in columns_o]]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -416,6 +437,63 @@ def _analysis_of(per_site: pd.DataFrame, pooled_row: pd.Series) -> str:
                  & (per_site["y"] == pooled_row["y"])
                  & per_site["method"].isin(_MAIN_METHOD.values())]
     return str(m["analysis"].iloc[0]) if len(m) else ""
+
+
+def _side_name(code: str, k: Any, role: str) -> str:
+    """A side of a replication pair in words: its site code, or the pooled sites of a role."""
+    if code == POOLED:
+        return f"pooled {role}s (k = {int(k)})" if not _missing(k) else f"pooled {role}s"
+    return code
+
+
+def _verdict_counts(rows: pd.DataFrame) -> str:
+    """``"27 replicated (5 on an original with p >= alpha), 4 not replicated (2 larger, same
+    direction), ..."``: each verdict's count, with the context a reader needs to weigh it."""
+    verdicts = rows["verdict"].astype(str)
+    weak = ~rows["original_significant"].astype(bool) if "original_significant" in rows else None
+    larger = rows["larger_same_direction"].astype(bool) if "larger_same_direction" in rows else None
+    parts = []
+    for v, n in verdicts.value_counts().items():
+        notes = []
+        if weak is not None and (k := int((weak & (verdicts == v)).sum())) and v == "replicated":
+            notes.append(f"{k} on an original with p \u2265 \u03b1")
+        if larger is not None and (k := int((larger & (verdicts == v)).sum())) and v != "replicated":
+            notes.append(f"{k} larger than the original, same direction")
+        parts.append(f"{n} {v}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
+def replication_summary(replication: pd.DataFrame
+                        ) -> tuple[str | None, list[tuple[str, str, str]], str]:
+    """What the verdict summaries lead with, from the replication table alone.
+
+    Returns
+    -------
+    (str or None, list of (str, str, str), str)
+        The headline replication side (the pooled replication sites when the table has
+        them, else its one replication site; ``None`` for an empty table); one
+        ``(original side, label, counts)`` per original side the headline is compared with
+        (label ``"<headline> vs <original>"``); and, when there are several replication sites,
+        the verdict counts over every replication site x original site pair (else "").
+    """
+    if replication is None or replication.empty:
+        return None, [], ""
+    reps = replication["replication_site"].astype(str)
+    head = POOLED if (reps == POOLED).any() else reps.iloc[0]
+    mine = replication[reps == head]
+    head_name = _side_name(head, mine["k_replication"].iloc[0] if "k_replication" in mine
+                           else None, "replication")
+    lines = []
+    for o, grp in mine.groupby(mine["original_site"].astype(str), sort=False):
+        k = grp["k_original"].iloc[0] if "k_original" in grp else None
+        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}", _verdict_counts(grp)))
+    pairs = ""
+    site_pairs = replication[(reps != POOLED) & (replication["original_site"].astype(str) != POOLED)]
+    if head == POOLED and len(site_pairs):
+        n_pairs = len(site_pairs.drop_duplicates(["replication_site", "original_site"]))
+        pairs = (f"each replication site vs each original site ({n_pairs} pairs): "
+                 f"{_verdict_counts(site_pairs)}")
+    return head, lines, pairs
 
 
 def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> str:
@@ -431,8 +509,9 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     Returns
     -------
     str
-        A count of verdicts per original site, then one table row per effect with the
-        verdict against each original site.
+        A count of verdicts per original side for the headline replication side (see
+        :func:`replication_summary`), then one table row per effect with its verdict
+        against each original side. Every pair of sides is in ``replication.csv``.
 
     Examples
     --------
@@ -448,20 +527,23 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     |---|---|---|
     | H2 | a × b | replicated |
     """
-    if replication is None or replication.empty:
+    head, counts, pairs = replication_summary(replication)
+    if head is None:
         return "## Replication verdicts\n\nNo replication assessment in this run.\n"
-    originals = list(dict.fromkeys(replication["original_site"].astype(str)))
-    rep = ", ".join(dict.fromkeys(replication["replication_site"].astype(str)))
-    lines = [f"## Replication verdicts ({rep} against {', '.join(originals)})", ""]
-    for o in originals:
-        counts = replication.loc[replication["original_site"] == o, "verdict"].value_counts()
-        text = ", ".join(f"{n} {v}" for v, n in counts.items())
-        lines.append(f"- **{rep} vs {o}**: {text}")
-    lines += ["", "| Family | Effect | " + " | ".join(f"{rep} vs {o}" for o in originals) + " |",
+    mine = replication[replication["replication_site"].astype(str) == head]
+    originals = list(dict.fromkeys(mine["original_site"].astype(str)))
+    labels = [label for _, label, _ in counts]
+    head_name = labels[0].split(" vs ")[0]
+    lines = [f"## Replication verdicts ({head_name} against "
+             f"{', '.join(label.split(' vs ', 1)[1] for label in labels)})", ""]
+    lines += [f"- **{label}**: {text}" for _, label, text in counts]
+    if pairs:
+        lines.append(f"- {pairs}")
+    lines += ["", "| Family | Effect | " + " | ".join(labels) + " |",
               "|---|---|" + "---|" * len(originals)]
-    cov = replication["covariates"].fillna("").astype(str)
-    for (fam, x, y, c), grp in replication.groupby([replication["effect"], replication["x"],
-                                                    replication["y"], cov], sort=False):
+    cov = mine["covariates"].fillna("").astype(str)
+    for (fam, x, y, c), grp in mine.groupby([mine["effect"], mine["x"], mine["y"], cov],
+                                            sort=False):
         name = (effect_label(study, x, y, c) if study is not None
                 else f"{x} \u00d7 {y}" + (f" | {c}" if c else ""))
         verdicts = dict(zip(grp["original_site"].astype(str), grp["verdict"].astype(str)))
@@ -571,6 +653,8 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
         return pd.DataFrame(columns=["Step"])
     flow = pd.concat(parts, ignore_index=True)
     order = list(dict.fromkeys(zip(flow["step"], flow["reason"], flow["label"])))
+    # A step only some sites have (withdrew consent) stays between received and analysed.
+    order.sort(key=lambda k: {"received": 0, "excluded": 1}.get(k[0], 2))
     out = pd.DataFrame({"Step": [lab for _, _, lab in order]})
     for a in analyses:
         mine = a.flow.to_frame()
@@ -648,6 +732,8 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         criers_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
     add(f"{_label(study, criers)}, n (%)", criers_cells)
+    for label, by_site in _rates_by_level_rows(analyses, study, criers):
+        add(label, by_site)
     for score, spec in study.scores.items():
         if spec.get("kind") == "not_equal":
             continue
@@ -664,6 +750,32 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     columns = {"Characteristic": [lab for lab, _ in rows]}
     columns.update({a.site: [cells.get(a.site, "") for _, cells in rows] for a in analyses})
     return pd.DataFrame(columns)
+
+
+def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
+                         criers: str) -> list[tuple[str, dict[str, str]]]:
+    """Crying rate, n (%), in each level of a contingency family's row variable that its
+    test leaves out (the ``another`` gender group, "reported descriptively")."""
+    out = []
+    for fam in study.families:
+        if fam.get("kind") != "contingency" or fam["column"] != criers:
+            continue
+        row_var = fam["row"]
+        for level in study.variables.get(row_var, {}).get("levels", ()):
+            if level in fam["row_levels"]:
+                continue
+            cells = {}
+            for a in analyses:
+                d = a.descriptives
+                hit = d[(d["variable"] == criers) & (d["subset"] == f"{row_var}={level}")]
+                pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
+                               .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
+                         for v in ("true", "false")]
+                cells[a.site] = _group_cells([c for c, _ in pairs],
+                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
+            out.append((f"{_label(study, criers)} among {_label(study, row_var)}: {level} "
+                        "(not in the A3 test), n (%)".replace("A3", fam["id"]), cells))
+    return out
 
 
 def _means(d: pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -714,6 +826,32 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
     return out
 
 
+def _with_test_used(table: pd.DataFrame, analysis: str, family_rows: pd.DataFrame,
+                    x: str, y: str) -> pd.DataFrame:
+    """A contingency table's per-site rows say which test applies and give its p: Fisher's
+    exact test where an expected count is below 5 (a ``fisher_exact`` row exists), else
+    the chi-square. Other analyses: unchanged."""
+    if analysis != "chi_square" or not len(table):
+        return table
+    fisher = family_rows[(family_rows["analysis"] == "fisher_exact") & (family_rows["x"] == x)
+                         & (family_rows["y"] == y)]
+    fisher_p = dict(zip(fisher["site"].astype(str), fisher["p_value"]))
+    chi_p = dict(zip(table["Site"], table["p"]))
+    out = table.copy()
+    out["Test"] = ["Fisher's exact (expected count < 5)" if s in fisher_p else "\u03c7\u00b2"
+                   for s in out["Site"]]
+    out["p (test used)"] = [fmt_p(fisher_p[s]) if s in fisher_p else chi_p[s] for s in out["Site"]]
+    return out
+
+
+def _fe_scale(fixed: pd.Series, back, column: str) -> float:
+    """A fixed-effect limit of a results.csv row back on the pooling scale (where the
+    random-effects detail lives), by inverting ``back``."""
+    inverse = {np.tanh: np.arctanh, np.exp: np.log}.get(back)
+    value = float(fixed[column])
+    return float(inverse(value)) if inverse is not None else value
+
+
 def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.DataFrame,
                   analysis: str, back) -> list[str]:
     """Heterogeneity and IPD sentences for one effect."""
@@ -736,6 +874,10 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
             f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
             lines.append(f"Note: {detail['note']}")
+        lines += _interval_warnings(detail if fixed is None else
+                                    pd.concat([detail, pd.Series({
+                                        "fe_ci_low": _fe_scale(fixed, back, "ci_low"),
+                                        "fe_ci_high": _fe_scale(fixed, back, "ci_high")})]))
     if fixed is not None:
         lines.append(f"Fixed effect: {fmt(fixed['estimate'], leading_zero=lz)} "
                      f"{fmt_ci(fixed['ci_low'], fixed['ci_high'], leading_zero=lz)}.")
@@ -753,18 +895,120 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
     return lines
 
 
+# Exact 2x2 counts per site of every contingency family (A3). Not shareable (cells of 1-4
+# are not suppressed), so it sits with the row-level data under data/.
+CONTINGENCY_COUNTS = "restricted/contingency_2x2_counts_by_site.csv"
+CONTINGENCY_COUNT_COLUMNS = ("family", "site", "row", "row_level", "column", "n_event",
+                             "n_no_event", "n", "min_expected", "test_used")
+
+
+def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
+    """The 2x2 table of every contingency family at every site, from the stacked data.
+
+    Parameters
+    ----------
+    parquet : bytes
+        ``analysis_ready.parquet`` of the run (the sites' analysis-ready rows, ``site``).
+    study : Study
+
+    Returns
+    -------
+    DataFrame
+        ``CONTINGENCY_COUNT_COLUMNS``: per family, site and row level (the two tested,
+        in plan order) the counts with (``n_event``) and without the column event among
+        rows where it is known; ``min_expected`` of the site's 2x2 and ``test_used``
+        (``fisher_exact`` when it is below 5, else ``pearson_chi2``), as the analysis
+        chose (lacrima.analysis._contingency).
+    """
+    import pyarrow.parquet as pq
+
+    fams = [f for f in study.families if f.get("kind") == "contingency"]
+    if not fams:
+        return pd.DataFrame(columns=list(CONTINGENCY_COUNT_COLUMNS))
+    names = set(pq.ParquetFile(pa_buffer(parquet)).schema_arrow.names)
+    cols = sorted({"site"} | {c for f in fams for c in (f["row"], f["column"])} & names)
+    data = pq.read_table(pa_buffer(parquet), columns=cols).to_pandas()
+    rows = []
+    for fam in fams:
+        if fam["row"] not in data.columns or fam["column"] not in data.columns:
+            continue
+        event = data[fam["column"]].astype("boolean")
+        level = data[fam["row"]].astype("str")
+        for site, idx in data.groupby("site", sort=True).groups.items():
+            cells = []
+            for lev in fam["row_levels"]:
+                mask = (level.loc[idx] == str(lev)).fillna(False) & event.loc[idx].notna()
+                yes = int((mask & event.loc[idx].fillna(False)).sum())
+                cells.append((lev, yes, int(mask.sum()) - yes))
+            table = np.array([[c[1], c[2]] for c in cells], dtype=float)
+            total = table.sum()
+            expected = (np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+                        if total else np.full((2, 2), np.nan))
+            min_exp = float(np.nanmin(expected)) if total else np.nan
+            for lev, yes, no in cells:
+                rows.append({"family": fam["id"], "site": str(site), "row": fam["row"],
+                             "row_level": lev, "column": fam["column"], "n_event": yes,
+                             "n_no_event": no, "n": yes + no, "min_expected": min_exp,
+                             "test_used": "fisher_exact" if min_exp < 5 else "pearson_chi2"})
+    return pd.DataFrame(rows, columns=list(CONTINGENCY_COUNT_COLUMNS))
+
+
+def pa_buffer(data: bytes):
+    """Bytes as a file pyarrow reads without a copy."""
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def heterogeneity_frame(comparison: Comparison, study: Study, sites: list[Site]) -> pd.DataFrame:
+    """``heterogeneity.csv``: :func:`lacrima.pooling.heterogeneity` of the run's per-site rows,
+    with each site's role (original / replication) for the moderator test."""
+    from lacrima.pooling import heterogeneity
+
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    return heterogeneity(per_site, study, {s.code: s.role for s in sites})
+
+
+def _interval_warnings(detail: pd.Series | None) -> list[str]:
+    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    if detail is None or not detail.get("k") or detail["k"] < 2:
+        return []
+    out = []
+    width_re = detail["ci_high"] - detail["ci_low"]
+    width_fe = detail["fe_ci_high"] - detail["fe_ci_low"] if "fe_ci_high" in detail else np.nan
+    if np.isfinite(width_fe) and width_re < width_fe:
+        out.append("Warning: the random-effects CI is narrower than the fixed-effect CI "
+                   "(untruncated Knapp-Hartung with few sites); read the wider one.")
+    if detail["k"] <= 3:
+        out.append(f"With k = {int(detail['k'])} sites, \u03c4\u00b2 (and I\u00b2, the "
+                   "prediction interval) is uninformative: it cannot distinguish no "
+                   "heterogeneity from a lot.")
+    return out
+
+
 def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
     if rep is None or not len(rep):
         return pd.DataFrame()
+
+    def side(code, k, role):
+        return _side_name(str(code), k, role) if code == POOLED else f"{code} ({countries.get(code, code)})"
+
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
     return pd.DataFrame({
-        "Original": [f"{o} ({countries.get(o, o)})" for o in rep["original_site"]],
+        "Replication": [side(c, k, "replication")
+                        for c, k in zip(rep["replication_site"], rep["k_replication"])],
+        "Original": [side(c, k, "original") for c, k in zip(rep["original_site"], rep["k_original"])],
         "r original (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
                            for r, n in zip(rep["r_original"], rep["n_original"])],
+        "p original": [fmt_p(v) for v in rep["p_original"]],
         "r replication (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
                               for r, n in zip(rep["r_replication"], rep["n_replication"])],
+        "p replication": [fmt_p(v) for v in rep["p_replication"]],
+        "p (Holm)": [fmt_p(v) for v in rep["p_replication_holm"]],
         "95% PI": [fmt_ci(a, b, leading_zero=False) for a, b in zip(rep["pi_low"], rep["pi_high"])],
-        "In PI": ["yes" if v else "no" for v in rep["in_pi"]],
-        "Same direction": ["yes" if v else "no" for v in rep["same_direction"]],
+        "In PI": [yes(v) for v in rep["in_pi"]],
+        "Same direction": [yes(v) for v in rep["same_direction"]],
+        "Larger, same direction": [yes(v) for v in rep["larger_same_direction"]],
         "p difference": [fmt_p(v) for v in rep["p_difference"]],
         "r33": [fmt(v, leading_zero=False) for v in rep["r33"]],
         "p small telescope": [fmt_p(v) for v in rep["p_small_telescope"]],
@@ -797,8 +1041,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
     details_by_key = {(r["family"], r["x"], r["y"], r["covariates"], r["model"]): r
                       for _, r in details.iterrows()}
     backs = {"fisher_z": np.tanh, "identity": lambda v: v, "log": np.exp}
-    originals = {s.code for s in sites if s.role == study.section("replication").get(
-        "original_site_role", "original")}
+    originals = {s.code for s in _roles(study, sites)[1]}
     countries = {s.code: s.country for s in sites}
     replication = comparison.replication
     if replication is not None and len(replication):
@@ -850,9 +1093,10 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "anchor": anchor, "title": title, "svg": svg,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
-                "table": _html_table(_site_table(grp, analysis, spearman)),
+                "table": _html_table(_with_test_used(_site_table(grp, analysis, spearman),
+                                                     analysis, rows, x, y)),
                 "lines": lines,
-                "replication": _html_table(rep_frame) if len(rep_frame) else "",
+                "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
         extra = _family_extra(fam, rows, study, styles, originals, work)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
@@ -933,7 +1177,9 @@ def _provenance_tables(prov: Mapping[str, Any]) -> dict[str, Markup]:
 _CONDITIONS = {"same_direction": "same direction", "significant": "replication p < \u03b1",
                "in_pi": "inside the prediction interval",
                "not_in_pi": "outside the prediction interval",
-               "opposite_significant": "significant in the opposite direction"}
+               "opposite_significant": "significant in the opposite direction",
+               "original_significant": "the original p < \u03b1",
+               "larger_same_direction": "larger than the original in the same direction"}
 
 
 def _verdict_rules(study: Study) -> list[str]:
@@ -950,11 +1196,21 @@ def _verdict_rules(study: Study) -> list[str]:
 def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any],
             files: Iterable[str]) -> dict[str, Any]:
     files = set(files)
-    return {"title": str(study.raw["study"]["name"]), "run_id": run_id,
+    return {"title": report_title(study, sites), "run_id": run_id,
             "created_at": prov.get("created_at", ""), "min_cell": MIN_CELL,
             "site_pages": [(s.code, s.country, f"site-{s.code}.html") for s in sites
                            if f"site-{s.code}.html" in files],
             "downloads": sorted(f for f in files if not f.endswith(".html"))}
+
+
+def report_title(study: Study, sites: Iterable[Site]) -> str:
+    """The study's name and its sites counted by role, e.g. ``"... (5 sites: 2 original,
+    3 replication)"``; every site of the study counts, with data or not yet."""
+    sites = list(sites)
+    roles = [s.role for s in sites]
+    by_role = ", ".join(f"{roles.count(r)} {r}" for r in dict.fromkeys(sorted(roles)))
+    word = "site" if len(sites) == 1 else "sites"
+    return f"{study.raw['study']['name']} ({len(sites)} {word}: {by_role})"
 
 
 # From this many sites a report's forest plots and stacked Parquet file are made by a worker
@@ -1002,9 +1258,69 @@ def _with_plots(families: list[dict[str, Any]], work: Offload) -> list[dict[str,
             for fam in families]
 
 
+def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
+                   study: Study) -> tuple[pd.DataFrame, list[str]]:
+    """``invariance.plan_invariance`` of the run's sites; their rows are read only when
+    the sites are few enough for the fit (``[invariance] max_sites``)."""
+    from lacrima.invariance import plan_invariance
+    from lacrima.pipeline import load_site_data
+
+    few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
+    return plan_invariance(study, {a.site: load_site_data(storage, a) if few else None
+                                   for a in analyses})
+
+
+INVARIANCE_MODELS = {"configural": "Configural (same factors)",
+                     "metric": "Metric (equal loadings)",
+                     "scalar": "Scalar (equal loadings and intercepts)",
+                     "partial_scalar": "Partial scalar"}
+
+
+def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+    """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
+    rows, conclusions = [], []
+    for scale, group in fits.groupby("scale", sort=False):
+        for f in group.itertuples(index=False):
+            freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
+            rows.append({
+                "Scale": scale, "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                + (f" ({freed} free)" if freed else ""),
+                "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
+                "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
+                f"{fmt_ci(f.rmsea_low, f.rmsea_high, 3, False)}",
+                "SRMR": fmt(f.srmr, 3, False), "Δχ² (Δdf)": "" if _missing(f.chi2_diff)
+                else f"{fmt(f.chi2_diff)} ({fmt_df(f.df_diff)})", "Δp": fmt_p(f.p_diff),
+                "ΔCFI": fmt(f.delta_cfi, 3, False), "ΔRMSEA": fmt(f.delta_rmsea, 3, False),
+                "Holds": "" if f.holds is None or _missing(f.holds)
+                else ("yes" if f.holds else "no"),
+            })
+        steps = group.set_index("model")
+        label = _label_scale(scale)
+        if not steps.loc["metric", "holds"]:
+            text = "loadings differ across sites (metric invariance fails): the factors " \
+                   "do not mean the same everywhere; compare correlations with care"
+        elif steps.loc["scalar", "holds"]:
+            text = "scalar invariance holds: loadings and intercepts are equal across sites"
+        elif group["model"].iloc[-1] == "partial_scalar" and bool(group["holds"].iloc[-1]):
+            freed = group["freed"].iloc[-1].replace("@", " at ").replace(";", ", ")
+            text = f"partial scalar invariance once {freed} is free (its intercept differs " \
+                   "there): correlations are comparable, mean differences on that item are not"
+        else:
+            text = "loadings are equal (metric invariance) but intercepts differ beyond " \
+                   "what freeing a few allows: correlations are comparable, means are not"
+        conclusions.append(f"{label}: {text}.")
+    return {"table": _html_table(pd.DataFrame(rows), first_left=2) if rows else None,
+            "conclusions": conclusions, "notes": notes}
+
+
+def _label_scale(scale: str) -> str:
+    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+
+
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
                   sites: list[Site], prov: dict, files: Iterable[str] | None = None,
-                  plotted: tuple[list[dict[str, Any]], Offload] | None = None) -> str:
+                  plotted: tuple[list[dict[str, Any]], Offload] | None = None,
+                  invariance: tuple[pd.DataFrame, list[str]] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
     Parameters
@@ -1023,12 +1339,14 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     plotted : (families, Offload), optional
         :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
         Default: made and drawn here.
+    invariance : (DataFrame, list of str), optional
+        ``invariance.plan_invariance`` of the run; the section is left out without it.
 
     Returns
     -------
     str
         The HTML document. Sections, in order: ``summary``, ``flow``, ``descriptives``,
-        ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
+        ``invariance`` (when given), ``families`` (one ``family-<id>`` per plan family), ``methods``, ``provenance``.
 
     Notes
     -----
@@ -1039,10 +1357,17 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     if files is None:
         files = [f"site-{c}.html" for c in present]
     styles = site_style([s.code for s in sites])
-    rep_site, origs = _roles(study, [s for s in sites if s.code in present])
-    verdicts = verdict_table(comparison, study, [s for s in sites if s.code in present])
+    analysed = [s for s in sites if s.code in present]
+    rep_sites, origs = _roles(study, analysed)
+    verdicts = verdict_table(comparison, study, analysed)
+    head, counts, pairs = replication_summary(comparison.replication)
+    rep_cfg = study.section("replication")
+    configured_reps = _roles(study, sites)[0]
+    countries = {s.code: s.country for s in sites}
     sections = [("summary", "Verdicts"), ("flow", "Participant flow"),
-                ("descriptives", "Descriptives"), ("families", "Analyses"),
+                ("descriptives", "Descriptives"),
+                *([("invariance", "Invariance")] if invariance is not None else []),
+                ("families", "Analyses"),
                 ("methods", "Methods"), ("provenance", "Provenance")]
     ctx = _common(study, sites, run_id, prov, files)
     return _env().get_template("report.html.j2").render(
@@ -1050,17 +1375,23 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         site_codes=[a.site for a in analyses],
         site_legend=[(s.code, s.country, s.role, styles[s.code][0]) for s in sites
                      if s.code in present],
-        replication_site=rep_site, originals=origs, verdicts=verdicts.to_dict("records"),
+        replication_sites=rep_sites, originals=origs, verdicts=verdicts.to_dict("records"),
+        headline=_side_name(head, len(rep_sites), "replication") if head else "",
+        verdict_columns=[(f"verdict_{o.code}", f"{o.code} ({o.country})") for o in origs]
+        + ([(f"verdict_{POOLED}", f"pooled originals (k = {len(origs)})")] if len(origs) > 1 else []),
         has_covariates=bool((verdicts["covariates"] != "").any()),
-        verdict_counts=[(o, ", ".join(f"{n} {v}" for v, n in verdicts[f"verdict_{o.code}"]
-                                      .replace("", np.nan).dropna().value_counts().items()))
-                        for o in origs],
+        verdict_counts=[(label + (f" ({countries[o]})" if o in countries else ""), text)
+                        for o, label, text in counts], pair_counts=pairs,
+        awaiting=[s for s in configured_reps if s.code not in present],
+        without_data=[s for s in sites if s.code not in present],
+        verdict_p="Holm-adjusted" if rep_cfg.get("verdict_p", "raw") == "holm" else "raw",
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
         families=_with_plots(*(plotted or report_families(comparison, study, sites, present))),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
-        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK)
+        provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
+        invariance=None if invariance is None else invariance_section(*invariance))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
@@ -1279,7 +1610,7 @@ def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict[str, Any
 
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
                   comparison: Comparison, study: Study, sites: list[Site], prov: dict) -> RunOutputs:
-    """Write every output of a run under ``reports/<run_id>/`` and copy it to ``reports/latest/``.
+    """Write every output of a run under ``reports/<run_id>/``, then publish it as the latest.
 
     Parameters
     ----------
@@ -1303,8 +1634,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     A site's page and exports come from ``site_outputs`` (written once per input key by the
     site's task, copied here) or, for an analysis without a key (in memory), are made here.
     Each file is written to the run folder (create-if-absent: a run never overwrites
-    another's files) and then to ``latest/`` (overwritten); ``manifest.json`` is written last
-    in both, so a reader who sees the new manifest sees every file it lists. From
+    another's files); ``manifest.json`` last, then the pointer ``reports/latest.json``
+    (``pipeline.publish_report``), so the latest report is always one whole run. From
     ``WORKER_FROM_SITES`` sites on, a worker process (``lacrima.offload``) stacks the sites'
     rows and draws the forest plots meanwhile.
     """
@@ -1340,22 +1671,23 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     def put(name: str, data: bytes) -> None:
         storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
-        storage.write_bytes(f"reports/latest/{name}", data)
         listed[name] = hashlib.sha256(data).hexdigest(), len(data)
 
     def copy(name: str, key: str, sha: str, size: int) -> None:
         # a site's stored output, as put() would write it, without its bytes passing here
         storage.copy(key, f"reports/{run_id}/{name}", if_absent=True)
-        storage.copy(key, f"reports/latest/{name}")
         listed[name] = sha, size
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
+    put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
     put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
     put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
     put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
     put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
     put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
+    invariance = run_invariance(storage, analyses, study)
+    put("invariance.csv", to_csv_bytes(invariance[0]))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
     by_code = {s.code: s for s in sites}
     pages = {}
@@ -1370,12 +1702,15 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
-    put(f"{RESTRICTED}/analysis_ready.parquet", plotted[1].result(stacked))
+    parquet = plotted[1].result(stacked)
+    put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
+    # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
+    put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
-                              [*listed, REPORT, MANIFEST], plotted).encode())
+                              [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()
     storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
-    storage.write_bytes(f"reports/latest/{MANIFEST}", body)
+    publish_report(storage, run_id, body)               # last: the report is now the latest
     key = f"reports/{run_id}/{REPORT}"
     local = storage.local_path(key)
     return RunOutputs(run_id, f"reports/{run_id}", key,

@@ -9,9 +9,12 @@ same code runs against AWS, MinIO or a moto server. Keys are the same on both ba
     curated/<site>/<sha256>.parquet    canonical, typed, pseudonymised data of accepted drops
     quarantine/<site>/<sha256>/        original file + validation report of rejected drops
     ledger/<site>/<sha256>.json        state of each batch (accepted, quarantined, superseded)
-    reports/<run_id>/ and reports/latest/
+    reports/<run_id>/, reports/latest.json  a run's outputs; the pointer to the latest (report.py)
+    locks/run.json                       the lease of the run holding the store (lease.py)
 
-Raw writes are conditional (never overwrite); the pipeline never deletes anything.
+Raw writes are conditional (never overwrite); the pipeline never deletes anything. The
+one audited exception: ``lacrima withdraw --purge-raw`` (and ``rekey`` dropping curated
+files made under the old key), see ``lacrima.catalog``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -30,6 +34,7 @@ from typing import Iterator, Protocol
 
 STORAGE_ENV = "LACRIMA_STORAGE"
 DEFAULT_ROOT = "data"
+log = logging.getLogger("lacrima.storage")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class Storage(Protocol):
     the caller where the store can avoid it (metadata is not copied). ``metadata`` holds short ASCII
     strings (S3 object metadata). ``list(prefix)`` gives every object under the folder
     ``prefix`` ("" = all), sorted by key. Failures are ``OSError`` (``StorageError`` on S3).
+
+    ``read_tagged(key)`` gives ``(bytes, tag)`` or ``None`` when absent; ``swap(key, data, tag)``
+    is a compare-and-swap: it writes only if the object's tag is still ``tag`` (``None``: only
+    if absent) and returns the new tag, or ``None`` when the condition failed. The run lease
+    (``lacrima.lease``) is built on these two. ``check()`` fails fast (``StorageError``, one
+    line) on a store that cannot work at all: no such bucket, credentials refused, endpoint
+    unreachable.
     """
 
     location: str
@@ -64,6 +76,16 @@ class Storage(Protocol):
     def copy(self, source: str, key: str, if_absent: bool = False) -> bool: ...
     def metadata(self, key: str) -> dict: ...
     def local_path(self, key: str) -> Path | None: ...
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None: ...
+    def check(self) -> None: ...
+    def delete(self, key: str) -> bool: ...
+
+
+def _is_object_key(key: str) -> bool:
+    """True for a key a store may hold as a file (see ``_check_key``)."""
+    return bool(key) and not key.startswith("/") and all(
+        p not in ("", ".", "..") for p in key.split("/"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -184,6 +206,42 @@ class LocalStorage:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"{self.root}: not a folder")
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, sha256_bytes(data)
+
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None:
+        import fcntl
+
+        if tag is None:
+            return sha256_bytes(data) if self.write_bytes(key, data, if_absent=True) else None
+        # Writers of a swapped key hold this lock between reading and replacing; an
+        # exclusive create (tag None) needs none: a swap requires the key to exist.
+        lock = self.root / ".locks" / _check_key(key)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            now = self.read_tagged(key)
+            if now is None or now[1] != tag:
+                return None
+            self.write_bytes(key, data)
+            return sha256_bytes(data)
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` (and its metadata); False when it was not there."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        self._meta_path(key).unlink(missing_ok=True)
+        return True
+
 
 class StorageError(OSError):
     """A storage operation failed after its retries (S3 error, endpoint down, no credentials).
@@ -229,6 +287,12 @@ class S3Storage:
     object has a full-object checksum.
     """
 
+    # botocore error codes that no retry can mend: the bucket is absent, or these credentials
+    # are refused (HEAD answers carry only the status: 404, 403, 400).
+    _NO_BUCKET = ("NoSuchBucket", "404", "NotFound")
+    _REFUSED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                "ExpiredToken", "InvalidToken", "400", "301", "PermanentRedirect")
+
     def __init__(self, url: str, client=None):
         if not url.startswith("s3://"):
             raise ValueError(f"{url!r}: expected s3://bucket/prefix")
@@ -238,6 +302,7 @@ class S3Storage:
             raise ValueError(f"{STORAGE_ENV}={url!r}: expected s3://bucket/prefix")
         self.prefix = prefix.strip("/")
         self.location = url.rstrip("/")
+        self._own_client = client is None
         if client is None:
             import boto3
             from botocore.config import Config
@@ -245,6 +310,42 @@ class S3Storage:
                 retries={"total_max_attempts": 8, "mode": "standard"},
                 connect_timeout=10, read_timeout=60))
         self.client = client
+
+    def check(self) -> None:
+        """One ``HeadBucket``, not retried: fail in seconds when no retry could succeed.
+
+        Raises
+        ------
+        StorageError
+            No such bucket; credentials missing or refused (or the bucket in another
+            region); the endpoint unreachable. A throttled or 5xx answer passes: the
+            retried calls of the run carry those.
+        """
+        from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
+                                         NoCredentialsError)
+
+        client = self.client
+        if self._own_client:
+            import boto3
+            from botocore.config import Config
+            client = boto3.client("s3", config=Config(retries={"total_max_attempts": 1},
+                                                      connect_timeout=5, read_timeout=20))
+        where = f"{self.location} (endpoint {client.meta.endpoint_url})"
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            code = self._code(err)
+            if code in self._NO_BUCKET:
+                raise StorageError(f"{where}: no such bucket {self.bucket!r}") from None
+            if code in self._REFUSED:
+                raise StorageError(f"{where}: access refused ({code}): check the credentials "
+                                   "(AWS_ACCESS_KEY_ID, AWS_PROFILE) and the region") from None
+        except NoCredentialsError:
+            raise StorageError(f"{where}: no AWS credentials found") from None
+        except EndpointConnectionError as err:
+            raise StorageError(f"{where}: cannot connect ({err})") from None
+        except BotoCoreError as err:
+            raise StorageError(f"{where}: {err}") from None
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -278,11 +379,28 @@ class S3Storage:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(self._rel(obj["Key"]), obj["Size"],
-                                          obj["ETag"].strip('"')))
+                    key = self._rel(obj["Key"])
+                    if not _is_object_key(key):
+                        # A "folder" (what the S3 console makes: ``landing/it/``, zero bytes) or
+                        # a key no file system could hold (``landing/it//x.csv``): not a drop.
+                        log.warning("ignoring s3://%s/%s: a folder marker or a key with an "
+                                    "empty segment, not a file", self.bucket, obj["Key"])
+                        continue
+                    out.append(ObjectInfo(key, obj["Size"], obj["ETag"].strip('"')))
         except (BotoCoreError, ClientError) as err:
             raise self._error("list", full, err) from None
         return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True (S3 does not say whether it was there)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+            return True
+        except (ClientError, BotoCoreError) as err:
+            raise self._error("delete", full, err) from None
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -367,6 +485,35 @@ class S3Storage:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=full)
+            return obj["Body"].read(), obj["ETag"].strip('"')
+        except ClientError as err:
+            if self._code(err) in _MISSING:
+                return None
+            raise self._error("read", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("read", full, err) from None
+
+    def swap(self, key: str, data: bytes, tag: str | None) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        cond = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": f'"{tag}"'}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                          **cond)["ETag"].strip('"')
+        except ClientError as err:
+            if self._code(err) in (*_EXISTS, *_MISSING):
+                return None
+            raise self._error("write", full, err) from None
+        except BotoCoreError as err:
+            raise self._error("write", full, err) from None
 
 
 def open_storage(location: str | None = None) -> Storage:

@@ -18,6 +18,9 @@ from typing import Any, Mapping
 
 PLAN_FILE = "study.toml"
 SITE_FILE = "site.toml"
+# A site's role is one of these (sites/README.md): an original study, or a replication of
+# it. Replication assessment compares every replication site with every original.
+ROLES = ("original", "replication")
 
 
 def sites_root() -> Path:
@@ -167,6 +170,9 @@ def load_site(code: str, root: Path | None = None) -> Site:
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     meta = raw["site"]
+    if meta.get("role") not in ROLES:
+        raise ValueError(f"{path}: [site] role = {meta.get('role')!r} is not a role; "
+                         f"expected one of {list(ROLES)}")
     return Site(
         code=meta["code"], folder=folder, role=meta["role"], country=meta["country"],
         language=meta["language"], published_n=int(meta["published_n"]),

@@ -21,12 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from lacrima.codebook import Codebook, FileFormat, load_codebook
+from lacrima.codebook import TEXT_KINDS, Codebook, FileFormat, load_codebook
 from lacrima.native import canonical_series
 from lacrima.study import Site, Study
-
-LOADINGS: Mapping[str, float] = {"alliance": 0.70, "change": 0.60}
-"""Item loadings on the latent score: Cronbach's alpha about .92 (WAI-SR) and .90 (CTSCM-R)."""
 
 CATEGORY_PROBS: Mapping[int, tuple[float, ...]] = {
     5: (0.08, 0.17, 0.30, 0.28, 0.17),
@@ -75,26 +72,49 @@ def item_validity(thr: np.ndarray) -> float:
     return float(c1 / np.sqrt(_category_var(thr)))
 
 
-def score_validity(thr: np.ndarray, loading: float, k: int) -> float:
-    """corr(mean of k discretised items, T) when each item is loading*T + noise.
+def score_validity(thr: np.ndarray, loadings: np.ndarray, corr: np.ndarray) -> float:
+    """corr(mean of k discretised items, T) for jointly normal latent items.
+
+    Parameters
+    ----------
+    thr : numpy.ndarray
+        Thresholds of each item, shape (k, K - 1) (or (K - 1,) shared by all items);
+        an item's intercept nu moves its thresholds to ``thr - nu``.
+    loadings : numpy.ndarray
+        corr(Y_j, T) of each standard normal latent item Y_j with the standard normal T.
+    corr : numpy.ndarray
+        (k, k) correlations of the latent items.
 
     Notes
     -----
-    cov(f(Y_j), T) = loading * sum phi(tau); var(mean) = (v + (k - 1) c2) / k with
-    v = var f(Y) and c2 = cov(f(Y_i), f(Y_j)) = Var_T E[f(Y) | T], computed by
-    Gauss-Hermite quadrature of E[f(Y) | T = t] = 1 + sum_k Phi((loading t - tau_k) / s),
-    s = sqrt(1 - loading^2).
+    With f(Y) = 1 + sum_a 1{Y > tau_a}, cov(f(Y_j), T) = corr(Y_j, T) sum_a phi(tau_ja)
+    (Stein's lemma) and cov(f(Y_i), f(Y_j)) = sum_ab [Phi2(tau_ia, tau_jb; r_ij) -
+    Phi(tau_ia) Phi(tau_jb)], the bivariate-normal orthant sums behind the polychoric
+    correlation (Olsson 1979); this is the discretisation attenuation of a Likert
+    scale score (Olsson, Drasgow & Dorans 1982).
     """
-    if k == 1 and loading == 1.0:
-        return item_validity(thr)
-    c1 = stats.norm.pdf(thr).sum()
-    v = _category_var(thr)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(GAUSS_HERMITE_NODES)
-    weights = weights / np.sqrt(2 * np.pi)
-    s = np.sqrt(1 - loading**2)
-    m = 1 + stats.norm.cdf((loading * nodes[:, None] - thr) / s).sum(axis=1)
-    c2 = float((weights * m**2).sum() - (weights * m).sum() ** 2)
-    return float(loading * c1 / np.sqrt((v + (k - 1) * c2) / k))
+    loadings = np.asarray(loadings, dtype=float)
+    k = len(loadings)
+    thr = np.broadcast_to(np.asarray(thr, dtype=float), (k, np.shape(thr)[-1]))
+    cov_t = loadings * stats.norm.pdf(thr).sum(axis=1)
+    var = np.array([[_category_var(thr[i]) if i == j else 0.0 for j in range(k)]
+                    for i in range(k)])
+    pairs: dict[tuple, float] = {}
+    for i in range(k):
+        for j in range(i + 1, k):
+            key = (tuple(thr[i]), tuple(thr[j]), round(float(corr[i, j]), 12))
+            if key not in pairs:
+                pairs[key] = _category_cov(thr[i], thr[j], float(corr[i, j]))
+            var[i, j] = var[j, i] = pairs[key]
+    return float(cov_t.sum() / np.sqrt(var.sum()))
+
+
+def _category_cov(thr_i: np.ndarray, thr_j: np.ndarray, r: float) -> float:
+    a, b = np.meshgrid(thr_i, thr_j, indexing="ij")
+    points = np.column_stack([a.ravel(), b.ravel()])
+    joint = stats.multivariate_normal(mean=[0.0, 0.0], cov=[[1.0, r], [r, 1.0]]).cdf(points)
+    independent = stats.norm.cdf(points[:, 0]) * stats.norm.cdf(points[:, 1])
+    return float((np.atleast_1d(joint) - independent).sum())
 
 
 def _category_var(thr: np.ndarray) -> float:
@@ -129,9 +149,12 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     -----
     Latent model (all N(0, 1) unless noted). Alliance T_a and change T_c correlate
     rho; attachment security T_s is independent. Non-criers have T_c shifted down by
-    d / v_change. Items: WAI_j = cut(l_a T_a + e), CTSC_j = cut(l_c T_c + e),
+    d / v_change. Items follow the factor model of [synthetic.items] (``item_model``):
+    WAI_j = cut(nu_j + l F_k + sqrt(1 - l^2) e) with F_k = sqrt(r_s) T_a + sqrt(1 - r_s) u_k
+    for its subscale k (task, bond, goal correlating r_s), CTSC_j = cut(nu_j + l T_c + ...),
     rq_secure = cut7(T_s). Each episode item with a configured r to score S is
-    cut(r* T_S + sqrt(1 - r*^2) e) with r* = r / (v_item * v_S), where v_item =
+    cut(nu + r* T_S + sqrt(1 - r*^2) (k P + sqrt(1 - k^2) e)) with P the factor of its
+    after-crying scale (k its loading there) and r* = r / (v_item * v_S), where v_item =
     ``item_validity`` and v_S = ``score_validity`` (corr of the observed score with
     its latent), so that the *observed* item-score r matches the configured r: the
     latent r is disattenuated for discretisation (Olsson, Drasgow & Dorans 1982) and
@@ -158,10 +181,9 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     variables = study.variables
     rng = np.random.default_rng(seed)
     thr5, thr7 = thresholds(5), thresholds(7)
-    items = {s: tuple(study.scores[s]["items"]) for s in ("alliance", "change")}
-    validity = {
-        s: score_validity(thr5, LOADINGS[s], len(items[s])) for s in ("alliance", "change")
-    }
+    model = item_model(site, study)
+    validity = {s: score_validity(thr5 - m["intercepts"][:, None], m["t_loadings"], m["corr"])
+                for s, m in model.items() if s in ("alliance", "change")}
     validity["attachment_security"] = item_validity(thr7)
 
     genders = list(config["gender_share"])
@@ -188,10 +210,17 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
 
     out: dict[str, Any] = {}
     for score in ("alliance", "change"):
-        lam = LOADINGS[score]
-        noise = rng.standard_normal((n, len(items[score])))
-        cats = discretise(lam * latent[score][:, None] + np.sqrt(1 - lam**2) * noise, thr5)
-        for j, var in enumerate(items[score]):
+        m = model[score]
+        # Factor k = sqrt(r) T + sqrt(1 - r) u_k: subscales correlate r and T is their
+        # common part, the latent the configured correlations refer to.
+        unique = rng.standard_normal((n, len(m["factors"])))
+        factors = (np.sqrt(m["factor_r"]) * latent[score][:, None]
+                   + np.sqrt(1 - m["factor_r"]) * unique)
+        noise = rng.standard_normal((n, len(m["items"])))
+        lam = m["loadings"]
+        y = m["intercepts"] + lam * factors[:, m["factor_of"]] + np.sqrt(1 - lam**2) * noise
+        cats = discretise(y, thr5)
+        for j, var in enumerate(m["items"]):
             out[var] = cats[:, j]
     rq_noise = rng.standard_normal((n, 3))
     rq_latent = {
@@ -210,18 +239,27 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     for section, score in TARGETS.items():
         for var, r in config.get(section, {}).items():
             targets[var] = (score, float(r))
-    v_item = item_validity(thr5)
     episode = study.variables_in("episode")
+    episode_scales = [s for s in model if s not in ("alliance", "change")]
+    scale_factor = dict(zip(episode_scales, rng.standard_normal((len(episode_scales), n))))
     episode_noise = rng.standard_normal((n, len(episode)))
     for j, var in enumerate(episode):
+        nu = _intercepts(config, site.code).get(var, 0.0)
+        residual = episode_noise[:, j]
+        scale = next((s for s in episode_scales if var in model[s]["items"]), None)
+        if scale is not None:
+            # The item's part not explained by its target score loads on the scale's own
+            # factor, so the scale has a common factor (alpha) and the item-score r holds.
+            kappa = float(model[scale]["loadings"][model[scale]["items"].index(var)])
+            residual = kappa * scale_factor[scale] + np.sqrt(1 - kappa**2) * residual
         if var in targets:
             score, r = targets[var]
-            r_latent = r / (v_item * validity[score])
+            r_latent = r / (item_validity(thr5 - nu) * validity[score])
             _check_r(r_latent, f"{var} with {score} (latent)")
-            x = r_latent * latent[score] + np.sqrt(1 - r_latent**2) * episode_noise[:, j]
+            x = r_latent * latent[score] + np.sqrt(1 - r_latent**2) * residual
         else:
-            x = episode_noise[:, j]
-        out[var] = np.where(cried, discretise(x, thr5), 0)
+            x = residual
+        out[var] = np.where(cried, discretise(nu + x, thr5), 0)
 
     cry_frequency = discretise(rng.standard_normal(n), thr7)
     months = np.clip(np.round(np.exp(rng.normal(np.log(14), 0.8, n))), 0, 600)
@@ -244,7 +282,7 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     }
     for var in episode:
         values[var] = [int(x) if c else None for x, c in zip(out[var], cried)]
-    for var in (*items["alliance"], *items["change"], *rq_latent):
+    for var in (*model["alliance"]["items"], *model["change"]["items"], *rq_latent):
         values[var] = [int(x) for x in out[var]]
     values["rq_best"] = [str(x) for x in out["rq_best"]]
 
@@ -288,6 +326,64 @@ def _check_r(r: float, what: str) -> None:
                          "correlation cannot be reached after discretisation")
 
 
+def item_model(site: Site, study: Study) -> dict[str, dict[str, Any]]:
+    """The item factor model of each scale in ``[synthetic.items]`` for ``site``.
+
+    Returns
+    -------
+    dict
+        Per scale (a plan score name): ``items`` (list), ``factors`` (subscale names, or
+        the scale itself), ``factor_of`` (each item's factor index), ``factor_r``
+        (correlation between the subscale factors), ``loadings`` and ``intercepts``
+        (arrays over items), ``t_loadings`` (each latent item's correlation with the
+        scale's latent T = loading * sqrt(factor_r)) and ``corr`` (latent item
+        correlations).
+    """
+    config = site.synthetic(study)
+    spec = config.get("items", {})
+    intercepts = _intercepts(config, site.code)
+    out = {}
+    for scale, loading in spec.get("loading", {}).items():
+        if scale not in study.scores or "items" not in study.scores[scale]:
+            raise ValueError(f"[synthetic.items] loading names {scale!r}, which is not a "
+                             "plan score with items")
+        items = list(study.scores[scale]["items"])
+        subscales = list(spec.get("subscales", {}).get(scale, [])) or [scale]
+        factor_of = []
+        for var in items:
+            owners = [k for k, sub in enumerate(subscales) if var in study.scores[sub]["items"]]
+            if len(owners) != 1:
+                raise ValueError(f"[synthetic.items] subscales of {scale!r}: item {var!r} is "
+                                 f"in {len(owners)} of {subscales}, expected exactly one")
+            factor_of.append(owners[0])
+        factor_r = float(spec.get("subscale_r", {}).get(scale, 1.0))
+        lam = np.full(len(items), float(loading))
+        same = np.equal.outer(factor_of, factor_of)
+        corr = np.outer(lam, lam) * np.where(same, 1.0, factor_r)
+        np.fill_diagonal(corr, 1.0)
+        out[scale] = {
+            "items": items, "factors": subscales, "factor_of": np.array(factor_of),
+            "factor_r": factor_r, "loadings": lam,
+            "intercepts": np.array([intercepts.get(v, 0.0) for v in items]),
+            "t_loadings": lam * np.sqrt(factor_r), "corr": corr,
+        }
+    for scale in ("alliance", "change"):
+        if scale not in out:
+            raise ValueError(f"[synthetic.items] loading has no entry for {scale!r}")
+    return out
+
+
+def _intercepts(config: Mapping[str, Any], code: str) -> dict[str, float]:
+    """Latent item intercepts of this site: [synthetic.intercepts] plus the planted
+    non-invariance shift when [synthetic.noninvariance] names this site."""
+    out = {k: float(v) for k, v in config.get("intercepts", {}).items()}
+    planted = config.get("noninvariance", {})
+    if planted.get("site") == code:
+        item = planted["item"]
+        out[item] = out.get(item, 0.0) + float(planted["intercept_shift"])
+    return out
+
+
 def participant_ids(codebook: Codebook, n: int, id_offset: int = 0) -> list[str]:
     """IDs number id_offset + 1 .. id_offset + n in the site's ID shape (codebook [ids]).
 
@@ -310,6 +406,31 @@ def participant_ids(codebook: Codebook, n: int, id_offset: int = 0) -> list[str]
     if len(set(out)) != len(out):
         raise ValueError(f"synthetic IDs of site {codebook.site!r} collide; lengthen [ids] length")
     return out
+
+
+# IDs a seed's block of numbers may use: seed k numbers from (k mod 1000) * 100,000 + 1, so
+# synthetic batches of up to 100,000 people under different seeds never share an ID (and
+# numeric IDs stay within SPSS's 8-digit F8.0 format).
+ID_BLOCK = 100_000
+
+
+def seed_id_offset(seed: int | None, first_id: int | None = None) -> int:
+    """``id_offset`` for a synthetic drop: IDs from ``first_id`` on, else a block per seed.
+
+    ``first_id`` continues a site's numbering (``lacrima synth --first-id N``); without
+    it a seed gives its own IDs (``--seed``), so two synthetic batches with different seeds
+    are different people, not the same people with other answers. No seed: IDs from 1.
+
+    Examples
+    --------
+    >>> seed_id_offset(None), seed_id_offset(3), seed_id_offset(3, first_id=41)
+    (0, 300000, 40)
+    """
+    if first_id is not None:
+        if first_id < 1:
+            raise ValueError(f"first ID {first_id}: IDs are numbered from 1")
+        return first_id - 1
+    return 0 if seed is None else (int(seed) % 1000) * ID_BLOCK
 
 
 def _hash_id(key: str, length: int) -> str:
@@ -375,7 +496,7 @@ def write_drop(site: Site, study: Study, out: Path, n: int | None = None, seed: 
         raise ValueError(f"site {site.code!r} sends {fmt.kind} files "
                          f"({', '.join(fmt.extensions)}); cannot write one as {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         _write_csv(table, codebook, fmt, path)
     elif fmt.kind == "xlsx":
         _write_xlsx(table, codebook, fmt, path, study)
@@ -433,7 +554,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
     """Canonical frame -> native columns (python values, None for blank), in file order."""
     n = len(frame)
     labels = fmt.values == "labels"
-    text = fmt.kind in ("qualtrics_csv", "csv")
+    text = fmt.kind in TEXT_KINDS
     # Time of day and survey duration: the tool's metadata, not canonical data.
     seconds = rng.integers(8 * 3600, 22 * 3600, n)
     duration = rng.integers(600, 2400, n)
@@ -469,7 +590,7 @@ def _encode(frame: pd.DataFrame, codebook: Codebook, study: Study, fmt: FileForm
 
 def _date_cell(stamp: pd.Timestamp, fmt: FileFormat) -> Any:
     """Text in the codebook's format (CSV), a date (SPSS) or a midnight datetime (Excel)."""
-    if fmt.kind in ("qualtrics_csv", "csv"):
+    if fmt.kind in TEXT_KINDS:
         return stamp.strftime(fmt.date_format)
     if fmt.kind == "sav":
         return stamp.date()

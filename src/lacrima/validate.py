@@ -56,7 +56,7 @@ def _rules(study: Study) -> list[_Rule]:
 
     ``ranged``: likert/integer variables with ``valid`` stay within it; ``category``: one of the
     levels; IDs present and unique; episode items (``group = "episode"``) blank when the criers
-    variable is false; and ``cry_sessions`` 0 for non-criers.
+    variable is false; and the ``[validation] zero_for_non_criers`` counts 0 for non-criers.
     """
     criers = study.section("analysis")["criers"]
     non_crier = f"{criers} == False"
@@ -81,9 +81,10 @@ def _rules(study: Study) -> list[_Rule]:
                                f"blank when {criers} is False (episode items are asked of "
                                "criers only)", "expect_column_values_to_be_null",
                                condition=non_crier))
-    rules.append(_Rule("value_range", "cry_sessions", f"values between {_number(0)} and "
-                       f"{_number(0)} when {non_crier}", "expect_column_values_to_be_between",
-                       (("min_value", 0), ("max_value", 0)), condition=non_crier))
+    for name in study.section("validation").get("zero_for_non_criers", ()):
+        rules.append(_Rule("value_range", name, f"values between {_number(0)} and "
+                           f"{_number(0)} when {non_crier}", "expect_column_values_to_be_between",
+                           (("min_value", 0), ("max_value", 0)), condition=non_crier))
     return rules
 
 
@@ -513,13 +514,16 @@ def id_clashes(frame: pd.DataFrame, accepted: pd.DataFrame, row_numbers, codeboo
 
 
 def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
-    """Completion threshold: enough rows with alliance and change scorable."""
+    """Completion threshold: enough rows with every ``[validation] completion_scores`` scorable."""
     if frame.empty:
         return [Finding("completion", "the drop has no data rows", expected="at least one row",
                         found="0 rows")]
     share_min = float(study.section("validation").get("min_scorable_share", 0))
-    scored = score(frame, study, names=("alliance", "change"))
-    ok = scored[["alliance", "change"]].notna().all(axis=1)
+    names = tuple(study.section("validation").get("completion_scores", ()))
+    if not names:
+        return []
+    scored = score(frame, study, names=names)
+    ok = scored[list(names)].notna().all(axis=1)
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",

@@ -17,9 +17,11 @@ ANALYSES: tuple[str, ...] = (
 )
 
 REPLICATION_COLUMNS: tuple[str, ...] = (
-    "effect", "x", "y", "covariates", "original_site", "replication_site", "r_original",
-    "n_original", "r_replication", "n_replication", "pi_low", "pi_high", "in_pi",
-    "same_direction", "p_difference", "r33", "p_small_telescope", "p_sceptical", "verdict",
+    "effect", "x", "y", "covariates", "original_site", "replication_site", "k_original",
+    "k_replication", "r_original", "n_original", "p_original", "original_significant",
+    "r_replication", "n_replication", "p_replication", "p_replication_holm", "pi_low",
+    "pi_high", "in_pi", "same_direction", "larger_same_direction", "p_difference", "r33",
+    "p_small_telescope", "p_sceptical", "verdict_p", "verdict",
 )
 
 FLOW_COLUMNS: tuple[str, ...] = ("site", "step", "reason", "label", "n")

@@ -1,0 +1,499 @@
+"""The catalog: the one owner of storage keys, the ledger and the per-site participant register.
+
+Zones and their keys (the same on a local folder and on S3)::
+
+    landing/<site>/<name>                 what data managers upload
+    raw/<site>/<sha256>.<ext>             immutable, content-addressed copy of every drop
+    curated/<site>/<sha256>.parquet       the records a batch brought (new or corrected)
+    quarantine/<site>/<sha256>/           original file + validation report of rejected drops
+    ledger/<site>/<sha256>.json           state of each batch (accepted, quarantined, superseded)
+    ledger/<site>/_landing-index.json     landing key -> {etag, sha256} a run has hashed
+    ledger/<site>/_intent-<sha256>.json   a correction: written first, then marked done
+    ledger/<site>/_withdrawn-<pseudonym>.json   a withdrawal of consent
+    ledger/_key.json                      fingerprint of the pseudonym key the store is made under
+    ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
+    register/<site>.json                  pseudonym -> (fingerprint, batch, state)
+    results/<site>/<input_key>/           a site's cached analysis; results/_pooled/<key>/
+
+Other modules ask this one for keys; none builds them. Ledger files whose name starts with
+``_`` are not batches.
+
+A record is one participant's answers. Its canonical form (:func:`canonical_records`) lists
+every canonical variable in plan order: missing is ``null`` (never NaN or ""), integers as
+integers, floats as shortest round-trip, booleans ``true``/``false``, dates ``YYYY-MM-DD``,
+categories and text as their canonical value. Its fingerprint is the SHA-256 of that form
+(without the ID, the register's key), so
+two records hold the same answers exactly when their fingerprints are equal, whatever file
+type, row order or pandas dtype they came through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Mapping
+
+import pandas as pd
+
+from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
+from lacrima.storage import Storage, parquet_frame, read_json, write_json
+
+ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
+    "accepted", "quarantined", "superseded", "landed", "withdrawn")
+
+KEY_FILE = "ledger/_key.json"
+_KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def landing_prefix(site: str | None = None) -> str:
+    return f"landing/{site}" if site else "landing"
+
+
+def landing_key(site: str, sha: str, name: str, replaces: str = "") -> str:
+    """The landing name carries the content hash (and the batch a correction replaces)."""
+    if replaces:
+        return f"landing/{site}/{sha[:12]}-replaces-{replaces[:12]}-{name}"
+    return f"landing/{site}/{sha[:12]}-{name}"
+
+
+def raw_key(site: str, sha: str, ext: str) -> str:
+    return f"raw/{site}/{sha}{ext}"
+
+
+def curated_key(site: str, sha: str, tag: str = "") -> str:
+    """``tag``: a key fingerprint prefix, for batches re-pseudonymised by ``rekey``."""
+    return f"curated/{site}/{sha}{'-' + tag if tag else ''}.parquet"
+
+
+def quarantine_prefix(site: str, sha: str) -> str:
+    return f"quarantine/{site}/{sha}"
+
+
+def ledger_prefix(site: str | None = None) -> str:
+    return f"ledger/{site}" if site else "ledger"
+
+
+def ledger_key(site: str, sha: str) -> str:
+    return f"ledger/{site}/{sha}.json"
+
+
+def landing_index_key(site: str) -> str:
+    """The landing index: landing key -> {etag, sha256} of every object a run has hashed."""
+    return f"ledger/{site}/_landing-index.json"
+
+
+def intent_key(site: str, sha: str) -> str:
+    return f"ledger/{site}/_intent-{sha}.json"
+
+
+def withdrawal_key(site: str, pseudonym: str) -> str:
+    return f"ledger/{site}/_withdrawn-{pseudonym}.json"
+
+
+def redacted_raw_key(site: str, sha: str, redacted_sha: str, ext: str) -> str:
+    """A raw file with a withdrawn person's rows removed (``withdraw --purge-raw``)."""
+    return f"raw/{site}/{sha}-redacted-{redacted_sha[:12]}{ext}"
+
+
+def register_key(site: str) -> str:
+    return f"register/{site}.json"
+
+
+def results_prefix(site: str, input_key: str | None = None) -> str:
+    """Cached analyses of a site: ``results/<site>/<input_key>/`` (all of them without a key)."""
+    return f"results/{site}/{input_key}" if input_key else f"results/{site}"
+
+
+# The light analyses each comparison was made from: results/_pooled/<comparison_key>/.
+POOLED = "results/_pooled"
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The ledger entry of one batch (one distinct file) of one site.
+
+    ``records_new``: records the batch brought (new, or corrected); ``records_held``: records
+    it held that the site already had, unchanged (-1: written before records were counted).
+    ``key_fingerprint``: :func:`key_fingerprint` of the pseudonym key it was made under.
+    """
+
+    site: str
+    sha256: str
+    state: str
+    original_name: str
+    raw_key: str
+    received_at: str
+    processed_at: str
+    rows: int = 0
+    reason: str = ""
+    uploader: str = ""
+    replaces: str = ""
+    superseded_by: str = ""
+    identifying_dropped: tuple[str, ...] = ()
+    curated_key: str = ""
+    quarantine_key: str = ""
+    records_new: int = -1
+    records_held: int = 0
+    key_fingerprint: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["identifying_dropped"] = list(self.identifying_dropped)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BatchRecord":
+        d = dict(d)
+        d["identifying_dropped"] = tuple(d.get("identifying_dropped", ()))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _ledger_json(storage: Storage, site: str | None, special: str = ""):
+    """Ledger files of one site (or all): batches (``special=""``) or ``_<special>-*`` files.
+
+    A name or folder starting with ``_`` is never a batch (``_key.json``, ``_rekey/``...).
+    """
+    for obj in storage.list(ledger_prefix(site)):
+        parts = obj.key.split("/")[1:]
+        if not parts[-1].endswith(".json"):
+            continue
+        if (parts[-1].startswith(f"_{special}-") if special
+                else not any(p.startswith("_") for p in parts)):
+            yield read_json(storage, obj.key)
+
+
+def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
+    """Every batch in the ledger (of one site, or all), oldest first."""
+    recs = [BatchRecord.from_dict(d) for d in _ledger_json(storage, site) if "sha256" in d]
+    return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
+
+
+def write_batch(storage: Storage, rec: BatchRecord) -> None:
+    write_json(storage, ledger_key(rec.site, rec.sha256), rec.to_dict())
+
+
+def withdrawals(storage: Storage, site: str) -> list[dict]:
+    """The site's withdrawals of consent (``pseudonym``, ``at``, ``reason``), oldest first."""
+    return sorted(_ledger_json(storage, site, "withdrawn"), key=lambda d: (d["at"], d["pseudonym"]))
+
+
+def write_withdrawal(storage: Storage, site: str, entry: dict) -> None:
+    write_json(storage, withdrawal_key(site, entry["pseudonym"]), entry)
+
+
+def withdrawn_received(storage: Storage, site: str) -> int:
+    """People who withdrew consent after the site had sent a record of them."""
+    return sum(1 for w in withdrawals(storage, site) if w.get("held"))
+
+
+def read_landing_index(storage: Storage, site: str) -> dict:
+    key = landing_index_key(site)
+    return json.loads(storage.read_bytes(key)) if storage.exists(key) else {}
+
+
+def write_landing_index(storage: Storage, site: str, index: dict) -> None:
+    write_json(storage, landing_index_key(site), index)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _canonical_column(series: pd.Series, kind: str) -> list:
+    """One column as JSON-ready Python values: None for missing, the type's one form."""
+    values = series.astype(object).where(series.notna(), None).tolist()
+    if kind in ("integer", "likert"):
+        conv = int
+    elif kind == "float":
+        conv = float           # json writes repr(): the shortest text that round-trips
+    elif kind == "bool":
+        conv = bool
+    elif kind == "date":
+        def conv(v):
+            return (v.date() if isinstance(v, datetime) else
+                    v if isinstance(v, date) else pd.Timestamp(v).date()).isoformat()
+    else:
+        conv = str
+    return [None if v is None else conv(v) for v in values]
+
+
+def canonical_records(frame: pd.DataFrame, variables: Mapping[str, Mapping]) -> list[str]:
+    """The canonical form of each row of ``frame`` (JSON text), in row order.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Canonical (read and typed) rows; a variable the frame lacks is missing.
+    variables : mapping
+        The plan's variables (``Study.variables``), in plan order, each with its ``type``.
+
+    Examples
+    --------
+    >>> v = {"id": {"type": "string"}, "age": {"type": "integer"}, "ok": {"type": "bool"}}
+    >>> canonical_records(pd.DataFrame({"id": ["a"], "age": pd.array([None], "Int64"),
+    ...                                 "ok": pd.array([True], "boolean")}), v)
+    ['["a",null,true]']
+    """
+    columns = [_canonical_column(frame[name], spec.get("type", "string")) if name in frame
+               else [None] * len(frame) for name, spec in variables.items()]
+    return [json.dumps(list(row), separators=(",", ":"), ensure_ascii=False)
+            for row in zip(*columns)] if columns else ["[]"] * len(frame)
+
+
+def fingerprints(frame: pd.DataFrame, variables: Mapping[str, Mapping]) -> list[str]:
+    """SHA-256 (hex) of each row's canonical answers: equal exactly when the answers are.
+
+    The participant ID is left out: it is the register's key, and a pseudonym changes
+    with the key (``rekey``) while the answers do not.
+    """
+    answers = {k: v for k, v in variables.items() if k != "participant_id"}
+    return [hashlib.sha256(t.encode()).hexdigest() for t in canonical_records(frame, answers)]
+
+
+# --------------------------------------------------------------------------- register
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A participant of a site in the register: where their current record is."""
+
+    fingerprint: str
+    batch: str
+    state: str      # accepted (current), superseded (its batch was replaced), withdrawn
+
+
+def read_register(storage: Storage, site: str, variables: Mapping[str, Mapping] | None = None
+                  ) -> dict[str, Entry]:
+    """Pseudonym -> :class:`Entry` of every participant the site has sent.
+
+    A store made before the register existed has none: it is built from the accepted
+    batches (the first batch holding a pseudonym wins, as curated data did then), which
+    needs ``variables``; the next intake writes it.
+    """
+    key = register_key(site)
+    if storage.exists(key):
+        reg = {p: Entry(*e) for p, e in read_json(storage, key)["records"].items()}
+        return _with_withdrawals(storage, site, reg)
+    reg: dict[str, Entry] = {}
+    for rec in batches(storage, site):
+        if rec.state != ACCEPTED or not rec.curated_key or variables is None:
+            continue
+        frame = parquet_frame(storage.read_bytes(rec.curated_key))
+        for pid, fp in zip(frame["participant_id"], fingerprints(frame, variables)):
+            reg.setdefault(pid, Entry(fp, rec.sha256, ACCEPTED))
+    return _with_withdrawals(storage, site, reg)
+
+
+def _with_withdrawals(storage: Storage, site: str, reg: dict[str, Entry]) -> dict[str, Entry]:
+    # The ledger's withdrawals are the record; the register follows them (a withdrawal
+    # interrupted before its register write still holds).
+    for w in withdrawals(storage, site):
+        old = reg.get(w["pseudonym"])
+        if old is None or old.state != WITHDRAWN:
+            reg[w["pseudonym"]] = Entry(old.fingerprint if old else "",
+                                        old.batch if old else "", WITHDRAWN)
+    return reg
+
+
+def register_bytes(site: str, reg: Mapping[str, Entry]) -> str:
+    records = {p: [e.fingerprint, e.batch, e.state] for p, e in sorted(reg.items())}
+    return json.dumps({"site": site, "records": records}, separators=(",", ":"))
+
+
+def write_register(storage: Storage, site: str, reg: Mapping[str, Entry]) -> None:
+    storage.write_bytes(register_key(site), register_bytes(site, reg).encode())
+
+
+def register_batch(reg: dict[str, Entry], batch: str, frame: pd.DataFrame,
+                   variables: Mapping[str, Mapping], replaces: str = "") -> dict[str, Entry]:
+    """The register after accepting ``batch`` whose stored records are ``frame``.
+
+    The records of ``replaces`` (a corrected batch) that are still current become
+    superseded first; withdrawn participants stay withdrawn. Idempotent: applying the same
+    batch twice gives the same register (what finishing an interrupted correction relies on).
+    """
+    out = dict(reg)
+    if replaces:
+        for pid, e in reg.items():
+            if e.batch == replaces and e.state == ACCEPTED:
+                out[pid] = Entry(e.fingerprint, e.batch, SUPERSEDED)
+    for pid, fp in zip(frame["participant_id"], fingerprints(frame, variables)):
+        if out.get(pid, Entry("", "", "")).state != WITHDRAWN:
+            out[pid] = Entry(fp, batch, ACCEPTED)
+    return out
+
+
+def current_by_batch(reg: Mapping[str, Entry]) -> dict[str, set[str]]:
+    """Batch -> the participants whose current record is the one that batch brought."""
+    out: dict[str, set[str]] = {}
+    for pid, e in reg.items():
+        if e.state == ACCEPTED:
+            out.setdefault(e.batch, set()).add(pid)
+    return out
+
+
+def participants_held(storage: Storage, site: str) -> int:
+    """People whose current record the site holds (withdrawn and superseded ones left out):
+    one read of the register, not of the curated data."""
+    if not storage.exists(register_key(site)):
+        return len(curated_frame(storage, site))
+    return sum(1 for e in read_register(storage, site).values() if e.state == ACCEPTED)
+
+
+def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
+    """The site's curated data: each participant's current record once, withdrawn people left out.
+
+    Reads the accepted batches' curated files and keeps, from each, the rows the register
+    says are current in it (a store without a register yet: every row, the first batch
+    holding a participant winning).
+    """
+    current = (current_by_batch(read_register(storage, site))
+               if storage.exists(register_key(site)) else None)
+    frames = []
+    for rec in batches(storage, site):
+        if rec.state != ACCEPTED or not rec.curated_key:
+            continue
+        frame = parquet_frame(storage.read_bytes(rec.curated_key))
+        if current is not None:
+            frame = frame[frame["participant_id"].isin(current.get(rec.sha256, ()))]
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    data = pd.concat(frames, ignore_index=True)
+    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
+
+
+def frame_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- key custody
+
+
+def key_fingerprint(key: bytes) -> str:
+    """HMAC-SHA256 of a fixed label under the pseudonym key: names the key, never reveals it."""
+    return hmac.new(key, _KEY_LABEL, hashlib.sha256).hexdigest()[:32]
+
+
+def register_digest(storage: Storage, site: str) -> str:
+    """SHA-256 of the site's register file ("" when it has none): changes iff its records do."""
+    key = register_key(site)
+    return hashlib.sha256(storage.read_bytes(key)).hexdigest() if storage.exists(key) else ""
+
+
+def store_key(storage: Storage) -> dict | None:
+    """The store's key record (``fingerprint``, ``demo``), or None for a store without batches."""
+    return read_json(storage, KEY_FILE) if storage.exists(KEY_FILE) else None
+
+
+class KeyCustodyError(RuntimeError):
+    """The pseudonym key does not fit the store (another key, or demo and real key mixed)."""
+
+
+def check_key(storage: Storage, key: bytes) -> None:
+    """Refuse a key other than the one the store was made under; claim a fresh store for it.
+
+    Raises
+    ------
+    KeyCustodyError
+        With one line saying what to do.
+    """
+    from lacrima.privacy import DEMO_KEY
+
+    fp, demo = key_fingerprint(key), key == DEMO_KEY
+    interrupted = open_rekey(storage)
+    if interrupted is not None:
+        raise KeyCustodyError(
+            f"a rekey of {storage.location} from key {interrupted['from'][:8]} to "
+            f"{interrupted['to'][:8]} was interrupted: run `lacrima rekey` again with those two "
+            "keys to finish it")
+    held = store_key(storage)
+    if held is None:
+        # A store from before the key file: its batches name their keys, if any (a store
+        # older still names none, and is claimed by the first key that runs on it).
+        recs = batches(storage)
+        fps = {r.key_fingerprint for r in recs if r.key_fingerprint}
+        unnamed = [r for r in recs
+                   if r.state == ACCEPTED and r.curated_key and not r.key_fingerprint]
+        if fps <= {fp} and (fps or not unnamed or _made_under(storage, unnamed[0], key)):
+            write_json(storage, KEY_FILE, {"fingerprint": fp, "demo": demo}, if_absent=True)
+            return
+        other = sorted(fps - {fp})[0] if fps - {fp} else "unknown"
+        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)
+                or (other == "unknown" and not demo and _made_under(storage, unnamed[0], DEMO_KEY))}
+    if held["fingerprint"] == fp:
+        return
+    if demo:
+        raise KeyCustodyError(
+            f"{storage.location} holds batches made under a real pseudonym key: the demo "
+            "(public key, synthetic data) never writes into it; give the demo its own store "
+            "(--storage DIR)")
+    if held.get("demo"):
+        raise KeyCustodyError(
+            f"{storage.location} holds demo batches (public key, synthetic data): real data "
+            "never goes into a demo store; use another --storage")
+    raise KeyCustodyError(
+        f"{storage.location} was made under another pseudonym key (fingerprint "
+        f"{held['fingerprint'][:8]}, this key {fp[:8]}): set the key the store was made under, "
+        "or move the store to the new key with `lacrima rekey`")
+
+
+# --------------------------------------------------------------------------- intents
+
+
+def _made_under(storage: Storage, rec: BatchRecord, key: bytes) -> bool:
+    """Whether a batch from before key fingerprints were kept was pseudonymised under ``key``:
+    its raw IDs, pseudonymised under ``key``, are the pseudonyms its curated file holds."""
+    from lacrima.intake import _read_ids
+    from lacrima.privacy import pseudonymise
+    from lacrima.study import load_site, load_study
+
+    if not storage.exists(rec.raw_key):
+        return False
+    ids = _read_ids(storage, load_site(rec.site), load_study(), rec.raw_key)
+    held = set(parquet_frame(storage.read_bytes(rec.curated_key))["participant_id"])
+    return ids is not None and bool(set(pseudonymise(rec.site, ids, key)) & held)
+
+
+def write_intent(storage: Storage, site: str, intent: dict) -> None:
+    write_json(storage, intent_key(site, intent["batch"]["sha256"]), {**intent, "done": False})
+
+
+def mark_done(storage: Storage, site: str, intent: dict) -> None:
+    write_json(storage, intent_key(site, intent["batch"]["sha256"]), {**intent, "done": True})
+
+
+def rekey_key(stamp: str) -> str:
+    return f"ledger/_rekey/{stamp.replace(':', '')}.json"
+
+
+def write_rekey(storage: Storage, intent: dict) -> None:
+    write_json(storage, rekey_key(intent["at"]), {**intent, "done": False})
+
+
+def mark_rekey_done(storage: Storage, intent: dict) -> None:
+    # The audit entry keeps what was done, not the copies of the files it wrote.
+    kept = {k: v for k, v in intent.items() if k not in ("writes", "deletes", "deletes_before")}
+    write_json(storage, rekey_key(intent["at"]), {**kept, "done": True})
+
+
+def open_rekey(storage: Storage) -> dict | None:
+    """A rekey that was started and not marked done, if any."""
+    return next((d for d in (read_json(storage, o.key) for o in storage.list("ledger/_rekey"))
+                 if not d.get("done")), None)
+
+
+def open_intents(storage: Storage, site: str) -> list[dict]:
+    """Intents written and not marked done: a run died between their steps."""
+    return [d for d in _ledger_json(storage, site, "intent") if not d.get("done")]

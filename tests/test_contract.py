@@ -1,0 +1,425 @@
+"""The plan and site folders as a checked contract (issue 12 items 1, 2, 4, 5).
+
+One test per class of configuration mistake: each is a clear one-line problem from
+``lacrima sites check`` and a refusal from ``run`` before Prefect is imported. Then a
+German REDCap site onboarded with ``sites new`` plus the mappings left to a person, a
+Qualtrics export made with "Use numeric values", and a windows-1255 SPSS file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lacrima.cli import app
+from lacrima.contract import check_sites
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A private copy of the repository's sites folder, to break."""
+    dest = tmp_path / "sites"
+    shutil.copytree(REPO / "sites", dest)
+    return dest
+
+
+def edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+def lines(root: Path) -> list[str]:
+    return [str(p) for p in check_sites(root)]
+
+
+def test_repository_sites_are_clean():
+    assert check_sites(REPO / "sites") == []
+
+
+# --------------------------------------------------------------------------- one per mistake
+
+
+def test_misspelt_key_names_file_path_and_suggests(root):
+    edit(root / "study.toml", 'families = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict',
+         'famillies = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict')
+    got = lines(root)
+    assert any(line.startswith("sites/study.toml: replication.famillies: unknown key (did you mean "
+                               "'families'?)") for line in got), got
+    # One mistake, one line: the key it should have been is not reported missing as well.
+    assert len(got) == 1
+
+
+def test_dangling_references(root):
+    edit(root / "study.toml", 'families = ["H1", "H2", "H3", "H4", "A1", "A2", "A3"]',
+         'families = ["H1", "H2", "H3", "H4", "A9", "A2", "A3"]')
+    edit(root / "study.toml", 'y = ["change"]', 'y = ["chnage"]')
+    edit(root / "us" / "codebook.toml", 'scale = "wai", text = "Working Alliance Inventory (short revised) - item 3"',
+         'scale = "wia", text = "Working Alliance Inventory (short revised) - item 3"')
+    got = lines(root)
+    assert any(line.startswith("sites/study.toml: pooling.families[4]: 'A9' is not a family id of the plan")
+               for line in got), got
+    assert ("sites/study.toml: families[0] (H1).y: 'chnage' is not a variable or score of the plan "
+            "(did you mean 'change'?)") in got
+    assert ("sites/us/codebook.toml: columns.wai_03.scale: 'wia' is not a scale of this codebook "
+            "(did you mean 'wai'?)") in got
+
+
+def test_bad_role(root):
+    edit(root / "il" / "site.toml", 'role = "original"', 'role = "replicaton"')
+    got = lines(root)
+    assert len(got) == 1 and got[0].startswith("sites/il/site.toml: site.role: Input should be "
+                                               "'original' or 'replication'; found 'replicaton'"), got
+
+
+def test_no_replication_site(root):
+    edit(root / "us" / "site.toml", 'role = "replication"', 'role = "original"')
+    assert any("no site has role 'replication'" in line for line in lines(root))
+
+
+def test_bad_rules(root):
+    edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')
+    edit(root / "study.toml", '{ verdict = "inconclusive", all = ["in_pi"] }',
+         '{ verdict = "inconclusive", all = ["inside_pi"] }')
+    got = lines(root)
+    assert any(line.startswith("sites/study.toml: exclusions[2]: Input tag 'under' found using 'rule' "
+                               "does not match any of the expected tags") for line in got), got
+    assert any(line.startswith("sites/study.toml: replication.verdicts[2].all[0]: Input should be "
+                               "'same_direction', 'significant'") and "found 'inside_pi'" in line
+               for line in got), got
+
+
+def test_impossible_values(root):
+    edit(root / "study.toml", "level = 0.95", "level = 95")
+    edit(root / "study.toml", "min_present = 10", "min_present = 20")
+    got = lines(root)
+    assert "sites/study.toml: study.level: Input should be less than 1; found 95" in got
+    assert "sites/study.toml: scores.alliance.min_present: 20 is more than the 12 items" in got
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    # file_order names a column nothing describes: synth used to stop with a bare StopIteration
+    (('file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",'),
+     "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither a mapped column nor an "
+     "[[extra_columns]] entry"),
+    (('wai_02 = { column = "Q14_2"', 'wai_02 = { column = "Q14_1"'),
+     "sites/us/codebook.toml: columns: native column 'Q14_1' is mapped twice"),
+    (('rq_best = { column = "Q17"', '# rq_best = { column = "Q17"'),
+     "sites/us/codebook.toml: columns.rq_best: missing: every variable of the plan needs a column"),
+    (('labels = ["Woman", "Man", "Another gender identity"]', 'labels = ["Woman", "Man"]'),
+     "sites/us/codebook.toml: scales.gender: 3 values, 2 labels and 3 native codes"),
+    (('values = ["woman", "man", "another"]', 'values = ["woman", "man", "other"]'),
+     "sites/us/codebook.toml: scales.gender.values: 'other' cannot be a value of category variable 'gender'"),
+])
+def test_codebook_column_rules(root, mistake, expected):
+    edit(root / "us" / "codebook.toml", *mistake)
+    got = lines(root)
+    assert any(line.startswith(expected) for line in got), got
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    (('template = "IT-{n:04d}"', 'template = "IT-0001"'),
+     "sites/it/codebook.toml: ids.template: 'IT-0001': expected a template with {n}"),
+    (('date_format = "%d/%m/%Y"\ndecimal', 'date_format = "%d/%m"\ndecimal'),
+     "sites/it/codebook.toml: formats[0].date_format: '%d/%m' does not read back the dates it writes"),
+    (('encodings = ["utf-8-sig", "cp1252"]', 'encodings = ["utf-8-sig", "cp-1252-it"]'),
+     "sites/it/codebook.toml: formats[1].encodings: 'cp-1252-it' is not a known text encoding"),
+])
+def test_codebook_id_and_format_rules(root, mistake, expected):
+    edit(root / "it" / "codebook.toml", *mistake)
+    got = lines(root)
+    assert any(line.startswith(expected) for line in got), got
+
+
+def test_file_order_without_extra_column_is_a_codebook_error_not_stop_iteration(root, tmp_path):
+    from lacrima.codebook import CodebookError
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    edit(root / "us" / "codebook.toml", 'file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",')
+    with pytest.raises(CodebookError, match=r"file_order lists \['Q99'\].*\[\[extra_columns\]\]"):
+        write_drop(load_site("us", root), load_study(root), tmp_path, n=5)
+
+
+def test_unknown_role_is_refused_by_the_loader(root):
+    from lacrima.study import load_site
+
+    edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
+    with pytest.raises(ValueError, match=r"role = 'replica' is not a role; expected one of \['original', 'replication'\]"):
+        load_site("us", root)
+
+
+def test_every_problem_is_collected(root):
+    edit(root / "study.toml", "level = 0.95", "levle = 0.95")
+    edit(root / "il" / "site.toml", 'role = "original"', 'role = "pilot"')
+    edit(root / "it" / "codebook.toml", 'values = "labels"\nsheet', 'values = "label"\nsheet')
+    files = {line.split(":")[0] for line in lines(root)}
+    assert files == {"sites/study.toml", "sites/il/site.toml", "sites/it/codebook.toml"}
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_sites_check_command(root):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["sites", "check", "--sites", str(root)])
+    assert ok.exit_code == 0, ok.output
+    edit(root / "it" / "site.toml", 'role = "original"', 'role = "originale"')
+    bad = runner.invoke(app, ["sites", "check", "--sites", str(root)])
+    assert bad.exit_code == 1
+    assert "sites/it/site.toml: site.role:" in bad.stdout and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("command", [["run", "--demo"], ["demo"], ["serve", "--demo"]])
+def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tmp_path, command):
+    edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')
+    edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
+    probe = ("import sys\nfrom lacrima.cli import main\nsys.argv = ['lacrima', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('prefect' in sys.modules, 'pandas' in sys.modules, code)\n")
+    env = dict(os.environ, LACRIMA_SITES=str(root), PYTHONPATH=os.pathsep.join(sys.path),
+               PREFECT_API_URL="http://127.0.0.1:9/api", LACRIMA_STORAGE=str(tmp_path / "data"))
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=60)
+    assert out.stdout.split() == ["False", "False", "2"], (out.stdout, out.stderr)
+    problems = [line for line in out.stderr.splitlines() if line.startswith("config:")]
+    assert len(problems) == 2 and "Traceback" not in out.stderr
+    assert any("sites/us/site.toml: site.role" in p for p in problems)
+    assert not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------- REDCap onboarding
+
+PERSON = {
+    # What the data coordinator fills in after `sites new`: the German field names.
+    "completed_at": 'completed_at = { column = "datum", text = "Ausfülldatum" }',
+    "consent": 'consent = { column = "einwilligung", scale = "einwilligung" }',
+    "in_therapy": 'in_therapy = { column = "in_therapie", scale = "in_therapie" }',
+    "attention_check": 'attention_check = { column = "aufmerksamkeit", scale = "aufmerksamkeit" }',
+    "age": 'age = { column = "alter" }',
+    "gender": 'gender = { column = "geschlecht", scale = "geschlecht" }',
+    "rq_secure": 'rq_secure = { column = "rq_a", scale = "rq_a" }',
+    "rq_fearful": 'rq_fearful = { column = "rq_b", scale = "rq_b" }',
+    "rq_preoccupied": 'rq_preoccupied = { column = "rq_c", scale = "rq_c" }',
+    "rq_dismissing": 'rq_dismissing = { column = "rq_d", scale = "rq_d" }',
+}
+
+
+def _fill_in(folder: Path) -> None:
+    book = folder / "codebook.toml"
+    text = book.read_text(encoding="utf-8")
+    for canonical, line in PERSON.items():
+        text, n = re.subn(rf"^# TODO {canonical} = .*$", line, text, flags=re.M)
+        assert n == 1, canonical
+    text = re.sub(r'(\[scales\.rq_best\].*\nvalues = )\[[^\]]*\]',
+                  r'\1["secure", "fearful", "preoccupied", "dismissing"]', text)
+    text = text.replace('[scales.geschlecht]\nvalues = [1, 2, 3]',
+                        '[scales.geschlecht]\nvalues = ["woman", "man", "another"]')
+    # "Please select 'manchmal'" (code 2): that answer passes, any other fails.
+    text = text.replace('[scales.aufmerksamkeit]\nvalues = [1, 2, 3, 4, 5]',
+                        '[scales.aufmerksamkeit]\nvalues = [false, true, false, false, false]')
+    book.write_text(text, encoding="utf-8")
+    edit(folder / "site.toml", 'published_n = "TODO: published (or planned) sample size"', "published_n = 120")
+
+
+def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses, sites):
+    from lacrima.analysis import analyse_site
+    from lacrima.intake import read_and_validate
+    from lacrima.privacy import DEMO_KEY
+    from lacrima.scoring import apply_exclusions, score
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["sites", "new", "de", "--from-redcap", str(FIXTURES / "de_redcap_dictionary.csv"),
+                               "--sites", str(root), "--country", "Germany", "--language", "de"])
+    assert made.exit_code == 0, made.output
+    folder = root / "de"
+    book = (folder / "codebook.toml").read_text(encoding="utf-8")
+    # Identifying fields pre-marked from "Identifier?" (and e-mail / phone validation).
+    assert 'identifying_columns = ["name", "email", "telefon"]' in book
+    # Certain mappings: the record ID, and names equal up to separators and leading zeros.
+    assert 'participant_id = { column = "record_id"' in book
+    assert 'wai_01 = { column = "wai_1", scale = "wai_1"' in book
+    # Every other field is listed with its labels and codes: the checkbox choices, free text.
+    assert 'column = "therapieform___2"' in book and 'column = "kommentar"' in book
+    todo = [line for line in lines(root)]
+    assert all(line.startswith("sites/de/") for line in todo), todo
+    assert {line.split(":")[1].strip() for line in todo} >= {f"columns.{c}" for c in PERSON}
+
+    _fill_in(folder)
+    assert lines(root) == []
+
+    study, site = load_study(root), load_site("de", root)
+    assert site.role == "replication"
+    drop = write_drop(site, study, tmp_path / "drop", n=150, seed=11)
+    # What REDCap adds to a real export: survey identifier, timestamps, form status.
+    text = drop.read_text(encoding="utf-8").splitlines()
+    text = [f"{row},,,2" if k else f"{row},redcap_survey_identifier,fragebogen_timestamp,fragebogen_complete"
+            for k, row in enumerate(text)]
+    drop.write_text("\r\n".join(text) + "\r\n", encoding="utf-8")
+    rep, frame = read_and_validate(drop, site, study, DEMO_KEY, drop.name, "0" * 64, size_mb=0.1)
+    assert rep.valid, [f.message for f in rep.findings]
+    assert not [f for f in rep.findings if f.check == "unexpected_columns"]
+    assert len(frame) == 150 and set(frame["gender"].dropna()) <= {"woman", "man", "another"}
+    analysed, flow = apply_exclusions(score(frame, study), study, "de")
+    results = analyse_site(analysed, study, "de")
+    assert set(results["family"]) >= {"H1", "H2", "H3", "H4", "A1", "A2", "A3", "A4"}
+    assert results["estimate"].notna().mean() > 0.9
+    # The fourth site, a second replication, gets its own verdicts against each original.
+    from lacrima.replication import replication_table
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    per_site = pd.concat([*(a.results for a in memory_analyses),
+                          results.reindex(columns=list(RESULTS_COLUMNS))], ignore_index=True)
+    table = replication_table(per_site, study, [*sites, site])
+    mine = table[table["replication_site"] == "de"]
+    assert set(mine["original_site"]) == {"it", "il"}
+    assert len(mine) == len(table[table["replication_site"] == "us"]) > 0
+    assert mine["verdict"].isin(["replicated", "not replicated", "inconclusive", "unclassified"]).all()
+
+
+def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):
+    from lacrima.native import read_drop
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    CliRunner().invoke(app, ["sites", "new", "de", "--from-redcap", str(FIXTURES / "de_redcap_dictionary.csv"),
+                             "--sites", str(root), "--country", "Germany", "--language", "de"])
+    _fill_in(root / "de")
+    study, site = load_study(root), load_site("de", root)
+    raw = write_drop(site, study, tmp_path / "raw", n=30, seed=5)
+    header, *rows = raw.read_text(encoding="utf-8").splitlines()
+    from lacrima.codebook import load_codebook
+    cb = load_codebook(site)
+    label_of = {s.column: s.text for s in (*cb.columns.values(), *cb.extra_columns) if s.text}
+    labels = tmp_path / "labels.csv"
+    import csv
+    import io
+    names = next(csv.reader([header]))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow([label_of.get(n, n) for n in names])
+    labels.write_text(buf.getvalue() + "\r\n".join(rows) + "\r\n", encoding="utf-8")
+    a = read_drop(raw, site, study).to_frame()
+    b = read_drop(labels, site, study).to_frame()
+    assert not read_drop(labels, site, study).errors
+    assert a.equals(b)
+
+
+# --------------------------------------------------------------------------- native variants
+
+
+def _numeric_us(root: Path) -> None:
+    """Site us as a Qualtrics "Use numeric values" export: codes are the RecodeValues."""
+    book = root / "us" / "codebook.toml"
+    edit(book, 'header_rows = 3\ndate_format = "%Y-%m-%d %H:%M:%S"\nvalues = "labels"',
+         'header_rows = 3\ndate_format = "%Y-%m-%d %H:%M:%S"\nvalues = "codes"')
+    for scale, codes in [("yes_no", "[1, 2]"), ("consent", "[1, 2]"), ("gender", "[1, 2, 3]"),
+                         ("rq_best", "[1, 2, 3, 4]"), ("attention", "[2, 1, 3, 4, 5]")]:
+        text = book.read_text(encoding="utf-8")
+        text = re.sub(rf"(\[scales\.{scale}\]\nvalues = .*\nlabels = .*\n)", rf"\1native_codes = {codes}\n", text)
+        book.write_text(text, encoding="utf-8")
+
+
+def test_qualtrics_numeric_export_through_the_codebook(root, tmp_path):
+    from lacrima.native import read_drop
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    study = load_study(root)
+    labels_drop = write_drop(load_site("us", root), study, tmp_path / "labels", n=60, seed=4)
+    _numeric_us(root)
+    assert lines(root) == []
+    numeric_root = tmp_path / "numeric_sites"
+    shutil.copytree(root, numeric_root)
+    shutil.rmtree(root)
+    shutil.copytree(REPO / "sites", root)
+    numeric_site = load_site("us", numeric_root)
+    numeric_drop = write_drop(numeric_site, study, tmp_path / "numeric", n=60, seed=4)
+    assert ",Seldom," not in numeric_drop.read_text(encoding="utf-8-sig")
+    a = read_drop(labels_drop, load_site("us", root), study)
+    b = read_drop(numeric_drop, numeric_site, study)
+    assert not a.errors and not b.errors
+    assert a.to_frame().equals(b.to_frame())
+    # The labels codebook meeting the numeric file names the export setting.
+    c = read_drop(numeric_drop, load_site("us", root), study)
+    unknown = [f for f in c.errors if f.check == "unknown_labels"]
+    assert unknown and all('"Use numeric values"' in f.message and '"Use choice text"' in f.message
+                           for f in unknown)
+
+
+def test_windows_1255_sav_reads_hebrew_names_and_labels():
+    """tests/fixtures/il_windows1255.sav: written by PSPP from il_windows1255.sps."""
+    import pyreadstat
+
+    from lacrima.native import read_drop
+    from lacrima.study import load_site, load_study
+
+    path = FIXTURES / "il_windows1255.sav"
+    _, meta = pyreadstat.read_sav(str(path), metadataonly=True)
+    assert meta.file_encoding.lower() == "windows-1255"
+    assert meta.column_names[0] != "id"      # what pyreadstat alone gives: a shifted name
+    drop = read_drop(path, load_site("il"), load_study(), today=dt.date(2026, 1, 1))
+    assert not drop.findings, [f.message for f in drop.findings]
+    frame = drop.to_frame()
+    assert frame["participant_id"].tolist() == [str(i) for i in range(1, 9)]
+    assert frame["gender"].notna().all()
+
+
+def test_undecodable_sav_says_encoding(tmp_path):
+    from lacrima.findings import DropError
+    from lacrima.native import _redecoder
+
+    with pytest.raises(DropError) as err:
+        _redecoder("ascii", "'x.sav'")("\u00ee\u00e2")
+    assert err.value.check == "bad_encoding" and "encoding" in str(err.value) and "'ascii'" in str(err.value)
+
+
+def test_qualtrics_survey_file_draft(root):
+    made = CliRunner().invoke(app, ["sites", "new", "fr", "--from-qualtrics", str(FIXTURES / "fr_survey.qsf"),
+                                    "--sites", str(root), "--country", "France", "--language", "fr"])
+    assert made.exit_code == 0, made.output
+    import tomllib
+    book = tomllib.loads((root / "fr" / "codebook.toml").read_text(encoding="utf-8"))
+    # Qualtrics' recipient, IP and location metadata are pre-marked identifying.
+    assert set(book["codebook"]["identifying_columns"]) == {
+        "IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail", "ExternalReference",
+        "LocationLatitude", "LocationLongitude"}
+    cols = book["columns"]
+    assert cols["participant_id"]["column"] == "ResponseId" and cols["completed_at"]["column"] == "RecordedDate"
+    # Matrix statements are one column each, on the matrix's answer scale (Display text, recodes).
+    assert cols["wai_02"] == {"column": "wai_2", "scale": "wai_2", "import_id": "QID14_2",
+                              "text": "Inventaire de l'alliance de travail (WAI-SR) - Énoncé 2"}
+    assert book["scales"]["wai_2"]["labels"][0] == "Rarement"
+    # RecodeValues are the codes a "Use numeric values" export holds.
+    assert book["scales"]["in_therapy"]["native_codes"] == [1, 0]
+    extras = {e["column"]: e for e in book["extra_columns"]}
+    assert extras["Q3"]["text"] == "Quel âge avez-vous (en années) ?" and "StartDate" in extras
+    assert any(line.startswith("sites/fr/codebook.toml: columns.age: missing") for line in lines(root))
+
+
+def test_spss_draft_reads_a_legacy_code_page(root):
+    made = CliRunner().invoke(app, ["sites", "new", "hb", "--from-spss", str(FIXTURES / "il_windows1255.sav"),
+                                    "--sites", str(root), "--role", "original"])
+    assert made.exit_code == 0, made.output
+    import tomllib
+    book = tomllib.loads((root / "hb" / "codebook.toml").read_text(encoding="utf-8"))
+    assert book["formats"][0]["encodings"] == ["windows-1255"]
+    assert book["scales"]["gender"]["labels"] == ["אישה", "גבר", "אחר"]
+    assert book["scales"]["gender"]["missing_codes"] == [99]
+    assert book["columns"]["wai_01"]["column"] == "wai1"
+    got = lines(root)
+    assert "sites/hb/codebook.toml: codebook.id_column: left to a person: TODO" in got

@@ -1,0 +1,163 @@
+"""One run at a time per store (issue 11, item 8): the lease in ``lacrima.lease``.
+
+Before the lease, two ``lacrima run`` at once both ingested the same fresh batches and the
+second overwrote the ledger (Italy and Israel then quarantined as clashing with themselves).
+Here: exactly one of several runs racing for a store wins; a second run changes nothing and
+exits 3 naming the holder; a killed run's lease expires and is taken over; on local storage
+and on S3 (moto server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
+
+from lacrima import lease
+from lacrima.storage import LocalStorage
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    return request.getfixturevalue("s3").storage
+
+
+def test_a_second_run_is_refused_naming_the_holder_until_the_first_lets_go(store):
+    first = lease.acquire(store, "alice@host-a pid 1 run R1", ttl=60)
+    with pytest.raises(lease.LeaseHeld, match="alice@host-a pid 1 run R1") as err:
+        lease.acquire(store, "bob@host-b pid 2", ttl=60)
+    assert "expires in" in str(err.value) and store.location in str(err.value)
+    assert lease.release(store, first)
+    second = lease.acquire(store, "bob@host-b pid 2", ttl=60)
+    assert lease.current(store)["owner"] == "bob@host-b pid 2"
+    assert lease.current(store)["token"] == second.token
+
+
+def test_a_waiting_run_gets_the_lease_when_the_holder_lets_go(store):
+    first = lease.acquire(store, "first", ttl=60)
+    threading.Timer(0.5, lease.release, (store, first)).start()
+    start = time.monotonic()
+    got = lease.acquire(store, "second", ttl=60, wait=10, poll=0.1)
+    assert got.owner == "second" and 0.4 < time.monotonic() - start < 5
+
+
+def test_waiting_is_bounded(store):
+    lease.acquire(store, "first", ttl=60)
+    start = time.monotonic()
+    with pytest.raises(lease.LeaseHeld):
+        lease.acquire(store, "second", ttl=60, wait=0.6, poll=0.2)
+    assert 0.5 < time.monotonic() - start < 3
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(store):
+    old = lease.acquire(store, "crashed", ttl=0.3)
+    time.sleep(0.5)
+    new = lease.acquire(store, "next", ttl=60)
+    assert lease.current(store)["owner"] == "next"
+    with pytest.raises(lease.LeaseLost):
+        lease.renew(store, old)
+    assert not lease.release(store, old)           # cannot release what it no longer holds
+    assert lease.current(store)["token"] == new.token
+
+
+def test_hold_renews_while_the_run_works(store):
+    with lease.hold(store, "long run", ttl=0.6) as held:
+        time.sleep(1.5)                             # longer than the ttl: renewed meanwhile
+        with pytest.raises(lease.LeaseHeld):
+            lease.acquire(store, "other", ttl=60)
+        held.check()
+    assert lease.current(store)["released"]
+    lease.acquire(store, "other", ttl=60)
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_of_runs_racing_for_a_local_store_exactly_one_wins(tmp_path, expired):
+    store = LocalStorage(tmp_path)
+    if expired:
+        lease.acquire(store, "crashed", ttl=0.01)
+        time.sleep(0.05)
+    barrier, won, refused = threading.Barrier(8), [], []
+
+    def contend(i):
+        barrier.wait()
+        try:
+            won.append(lease.acquire(store, f"run {i}", ttl=60))
+        except lease.LeaseHeld:
+            refused.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7
+    assert lease.current(store)["token"] == won[0].token
+
+
+def test_a_killed_runs_lease_expires_and_is_taken_over(tmp_path):
+    store = tmp_path / "store"
+    code = ("import os, signal, sys; sys.path.insert(0, %r)\n"
+            "from lacrima import lease; from lacrima.storage import LocalStorage\n"
+            "lease.acquire(LocalStorage(%r), 'doomed run', ttl=2)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n") % (SRC, str(store))
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == -9
+    st = LocalStorage(store)
+    with pytest.raises(lease.LeaseHeld, match="doomed run"):
+        lease.acquire(st, "next", ttl=60)
+    got = lease.acquire(st, "next", ttl=60, wait=10, poll=0.2)
+    assert got.owner == "next"
+
+
+@pytest.fixture
+def busy_demo_store(tmp_path, demo_drops, sites, monkeypatch):
+    """A store with every site's demo drop landed, whose lease another run holds."""
+    from lacrima import intake
+
+    st = LocalStorage(tmp_path / "store")
+    for s in sites:
+        intake.upload(st, s, demo_drops[s.code])
+    holder = lease.acquire(st, "nightly@server pid 4242 run 20261129T020000Z", ttl=300)
+    return st, holder
+
+
+def test_lacrima_run_on_a_busy_store_exits_3_naming_the_holder_and_changes_nothing(
+        busy_demo_store, prefect_harness):
+    from lacrima.cli import app
+
+    st, holder = busy_demo_store
+    before = sorted(o.key for o in st.list(""))
+    result = CliRunner().invoke(app, ["run", "--demo", "--storage", st.location])
+    assert result.exit_code == 3, result.output
+    said = " ".join(result.output.split())          # the console wraps long lines
+    assert "another run holds" in said and "nightly@server pid 4242" in said
+    assert "Traceback" not in said
+    assert sorted(o.key for o in st.list("")) == before     # no ledger, raw or report written
+    assert not st.list("ledger")
+    assert lease.current(st)["token"] == holder.token
+
+
+def test_a_run_takes_over_after_the_holder_lets_go_and_releases_when_done(
+        busy_demo_store, prefect_harness):
+    from flows.pipeline import run_pipeline
+
+    st, holder = busy_demo_store
+    threading.Timer(0.5, lease.release, (st, holder)).start()
+    summary = run_pipeline(storage_location=st.location, demo=True, wait=30)
+    assert summary["accepted"] == 3 and summary["report"]
+    record = lease.current(st)
+    assert record["released"] and f"run {summary['run_id']}" in record["owner"]
+    assert json.loads(st.read_bytes(lease.LEASE_KEY)) == record
