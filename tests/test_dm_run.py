@@ -54,7 +54,7 @@ def _probe(*args, env=None, cwd=None):
 
 
 def test_missing_key_is_refused_before_anything_heavy_loads(tmp_path):
-    env = {k: "" for k in ("LACRIMA_PSEUDONYM_KEY", "LACRIMA_PSEUDONYM_KEY_FILE")}
+    env = {k: None for k in ("LACRIMA_PSEUDONYM_KEY", "LACRIMA_PSEUDONYM_KEY_FILE")}   # unset
     got, res = _probe("run", "--storage", str(tmp_path / "store"), env=env)
     assert got["code"] == 2 and not got["prefect"] and not got["pandas"]
     assert "Traceback" not in res.stderr and "no pseudonymisation key" in res.stderr
@@ -73,9 +73,10 @@ def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_dr
         intake.upload(storage, s, demo_drops[s.code])
     intake.ingest_sites(storage, sites, study, DEMO_KEY)
     keys = pipeline.site_keys(storage, sites, study)
-    # What the latest report was made from: exactly these inputs.
-    write_json(storage, "reports/latest/provenance.json", {
+    # The latest published report was made from exactly these inputs.
+    write_json(storage, "reports/r0/provenance.json", {
         "comparison_key": pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
+    pipeline.publish_report(storage, "r0", b"{}")
     # run from elsewhere, without the Makefile's PREFECT_HOME: Prefect's home is the project's
     got, res = _probe("run", "--demo", "--json", "--storage", str(tmp_path / "store"),
                       env={"PREFECT_HOME": None}, cwd=tmp_path)
