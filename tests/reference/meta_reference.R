@@ -190,7 +190,7 @@ for (nm in names(hetero)) {
     cases[[paste("hetero", nm, tst, sep = "_")]] <- list(
       input = h,
       call = sprintf("re <- rma(yi, vi, method = \"REML\", test = \"%s\"); fe <- rma(yi, vi, method = \"FE\"); confint(re, type = \"QP\", control = list(tol = 1e-12)); predict(re); rma(yi, vi, mods = ~ role, method = \"REML\", test = \"%s\")", tst, tst),
-      test = tst, k = re$k,
+      test = tst, threshold = 1e-5, k = re$k,
       fe_estimate = as.numeric(fe$b), fe_ci_low = fe$ci.lb, fe_ci_high = fe$ci.ub,
       re_estimate = as.numeric(re$b), re_se = re$se, re_ci_low = re$ci.lb, re_ci_high = re$ci.ub,
       re_statistic = re$zval, re_p_value = re$pval,
