@@ -163,3 +163,19 @@ def test_a_run_takes_over_after_the_holder_lets_go_and_releases_when_done(
     record = lease.current(st)
     assert record["released"] and f"run {summary['run_id']}" in record["owner"]
     assert json.loads(st.read_bytes(lease.LEASE_KEY)) == record
+
+
+@pytest.mark.parametrize("command", [["withdraw", "1001", "--site", "it"],
+                                     ["rekey", "--new-key-file", "KEYFILE"]])
+def test_withdraw_and_rekey_wait_for_no_one_on_a_busy_store(tmp_path, command):
+    from lacrima.cli import app
+
+    st = LocalStorage(tmp_path / "store")
+    lease.acquire(st, "nightly@server pid 4242", ttl=300)
+    keyfile = tmp_path / "new.key"
+    keyfile.write_text("a-new-key-long-enough-to-be-accepted-0123456789")
+    args = [str(keyfile) if a == "KEYFILE" else a for a in command]
+    result = CliRunner().invoke(app, [*args, "--storage", st.location])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 3 and "nightly@server pid 4242" in said, result.output
+    assert [o.key for o in st.list("")] == [lease.LEASE_KEY]       # nothing else touched

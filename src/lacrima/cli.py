@@ -344,6 +344,23 @@ def _plan(ctx, run_id: str) -> Optional[dict]:
 BUSY = 3       # exit code: another run holds the store's lease
 
 
+@contextmanager
+def _exclusive(store, what: str):
+    """Hold the store's lease (``lacrima.lease``, renewed) while a command changes its state;
+    exit 3 naming the holder when another run or command holds it."""
+    from contextlib import ExitStack
+
+    from lacrima import lease
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(lease.hold(store, f"{lease.default_owner()} {what}"))
+        except lease.LeaseHeld as err:
+            _fail(str(err), BUSY)
+        except OSError as err:
+            _fail(f"cannot take the lease of {store.location}: {err}")
+        yield
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
@@ -552,13 +569,14 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
 
     s = _site(site)
     store = _storage() if storage is None else _open(storage)
-    try:
-        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
-                                reason=reason, purge_raw=purge_raw)
-    except (MissingKeyError, KeyCustodyError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"withdrawal in {store.location} failed: {err}")
+    with _exclusive(store, "withdraw"):
+        try:
+            entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                    reason=reason, purge_raw=purge_raw)
+        except (MissingKeyError, KeyCustodyError, ValueError) as err:
+            _fail(str(err))
+        except OSError as err:
+            _fail(f"withdrawal in {store.location} failed: {err}")
     held = "held a record of them" if entry["held"] else "held no record of them yet"
     console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
                   f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
@@ -580,14 +598,15 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
     from lacrima.study import load_sites, load_study
 
     store = _storage() if storage is None else _open(storage)
-    try:
-        old = pseudonym_key()
-        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
-        entry = intake.rekey(store, load_sites(), load_study(), old, new)
-    except OSError as err:
-        _fail(f"rekey of {store.location} failed: {err}")
-    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
-        _fail(str(err))
+    with _exclusive(store, "rekey"):
+        try:
+            old = pseudonym_key()
+            new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+            entry = intake.rekey(store, load_sites(), load_study(), old, new)
+        except OSError as err:
+            _fail(f"rekey of {store.location} failed: {err}")
+        except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+            _fail(str(err))
     if as_json:
         typer.echo(json.dumps(entry))
         return
