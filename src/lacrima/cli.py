@@ -698,7 +698,7 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
     """Print the IAM policy (JSON) for SITE's data manager on the S3 store: write only
     landing/SITE/, read only SITE's quarantine reports. See README, "Site isolation on S3"."""
     from lacrima.iam import site_policy
-    from lacrima.storage import S3Storage
+    from lacrima.storage import parse_s3_url
 
     _site(site)
     location = storage or os.environ.get("LACRIMA_STORAGE") or ""
@@ -706,10 +706,10 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
         _fail(f"an IAM policy is for an S3 store (s3://bucket/prefix); the store is "
               f"{location or './data'!r}: give --storage s3://...")
     try:
-        store = S3Storage(location, client=object())    # parses the URL; no connection
+        bucket, prefix = parse_s3_url(location)
     except ValueError as err:
         _fail(str(err))
-    typer.echo(json.dumps(site_policy(store.bucket, store.prefix, site), indent=2))
+    typer.echo(json.dumps(site_policy(bucket, prefix, site), indent=2))
 
 
 def main():
