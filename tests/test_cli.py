@@ -156,7 +156,7 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
     assert s3.storage.exists(f"raw/us/{first}.csv")
     assert s3.storage.exists(f"curated/us/{first}.parquet")
     s3.proxy.reset()
-    table = lacrima("status", "--site", "us")
+    table = lacrima("status", "--site", "us", "--batches")
     assert table.exit_code == 0 and "superseded" in table.output and s3.url in table.output
     # Processed landing objects are known by their listing ETag: status downloads none of them.
     assert not [r.key for r in s3.proxy.requests if r.method == "GET" and "/landing/" in r.key]

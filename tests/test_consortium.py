@@ -85,3 +85,14 @@ def test_cli_synth_needs_exactly_one_of_site_and_sites(tmp_path):
 
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "either --site" in result.output
+
+
+def test_several_replication_sites(tmp_path):
+    made = make_consortium(tmp_path / "a", 4, n=20, replications=2)
+    roles = made.to_frame().set_index("code")["role"].to_dict()
+    assert roles == {"us001": "replication", "it002": "original", "il003": "original",
+                     "us004": "replication"}
+    with pytest.raises(ValueError, match="at least one original"):
+        make_consortium(tmp_path / "b", 3, replications=3)
+    with pytest.raises(ValueError, match="asked for 3 replication"):
+        make_consortium(tmp_path / "c", 5, replications=3)     # only us001 and us004

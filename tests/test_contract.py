@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -157,7 +158,7 @@ def test_unknown_role_is_refused_by_the_loader(root):
     from lacrima.study import load_site
 
     edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
-    with pytest.raises(ValueError, match="role 'replica'.*original, replication"):
+    with pytest.raises(ValueError, match=r"role = 'replica' is not a role; expected one of \['original', 'replication'\]"):
         load_site("us", root)
 
 
@@ -234,7 +235,7 @@ def _fill_in(folder: Path) -> None:
     edit(folder / "site.toml", 'published_n = "TODO: published (or planned) sample size"', "published_n = 120")
 
 
-def test_redcap_site_from_dictionary_to_analysis(root, tmp_path):
+def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses, sites):
     from lacrima.analysis import analyse_site
     from lacrima.intake import read_and_validate
     from lacrima.privacy import DEMO_KEY
@@ -278,6 +279,17 @@ def test_redcap_site_from_dictionary_to_analysis(root, tmp_path):
     results = analyse_site(analysed, study, "de")
     assert set(results["family"]) >= {"H1", "H2", "H3", "H4", "A1", "A2", "A3", "A4"}
     assert results["estimate"].notna().mean() > 0.9
+    # The fourth site, a second replication, gets its own verdicts against each original.
+    from lacrima.replication import replication_table
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    per_site = pd.concat([*(a.results for a in memory_analyses),
+                          results.reindex(columns=list(RESULTS_COLUMNS))], ignore_index=True)
+    table = replication_table(per_site, study, [*sites, site])
+    mine = table[table["replication_site"] == "de"]
+    assert set(mine["original_site"]) == {"it", "il"}
+    assert len(mine) == len(table[table["replication_site"] == "us"]) > 0
+    assert mine["verdict"].isin(["replicated", "not replicated", "inconclusive", "unclassified"]).all()
 
 
 def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):

@@ -137,7 +137,8 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
                                   before.drop(columns="participant_id"))
     (rec,) = intake.batches(storage, "it")
     assert rec.key_fingerprint == entry["to"]
-    audit = [json.loads(p.read_text()) for p in (tmp_path / "store" / "ledger").glob("_rekey-*")]
+    audit = [json.loads(p.read_text())
+             for p in (tmp_path / "store" / "ledger" / "_rekey").glob("*.json")]
     assert [a["done"] for a in audit] == [True] and "writes" not in audit[0]
     assert not any(p.name.startswith(rec.sha256 + ".") for p in
                    (tmp_path / "store" / "curated" / "it").iterdir())    # old pseudonyms gone
@@ -148,3 +149,45 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
     intake.upload(storage, it, write_drop(it, study, tmp_path / "d", n=20, seed=1, format="csv"))
     res = intake.ingest_site(storage, it, study, OTHER)
     assert len(res.accepted) == 1 and (res.records_new, res.records_held) == (0, 20)
+
+
+def test_a_store_from_before_key_fingerprints_is_checked_against_its_data(real_store, tmp_path):
+    import shutil
+
+    shutil.copytree(real_store, tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
+    storage.delete(catalog.KEY_FILE)
+    for rec in intake.batches(storage):      # as the ledger was written before this issue
+        catalog.write_batch(storage, rec.__class__(**{**rec.to_dict(), "key_fingerprint": "",
+                                                      "identifying_dropped": ()}))
+    for key in (DEMO_KEY, OTHER):
+        with pytest.raises(catalog.KeyCustodyError):
+            catalog.check_key(storage, key)
+    catalog.check_key(storage, KEY)
+    assert catalog.store_key(storage)["fingerprint"] == catalog.key_fingerprint(KEY)
+
+
+def test_an_interrupted_rekey_blocks_runs_until_it_is_finished(real_store, tmp_path, monkeypatch,
+                                                               study, sites):
+    import shutil
+
+    shutil.copytree(real_store, tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
+    before = intake.curated_frame(storage, "it")
+    real = catalog.mark_rekey_done
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt("machine died")
+    monkeypatch.setattr(catalog, "mark_rekey_done", dies)
+    with pytest.raises(KeyboardInterrupt):
+        intake.rekey(storage, sites, study, KEY, OTHER)
+    monkeypatch.setattr(catalog, "mark_rekey_done", real)
+    for key in (KEY, OTHER):
+        with pytest.raises(catalog.KeyCustodyError, match="interrupted"):
+            catalog.check_key(storage, key)
+    with pytest.raises(catalog.KeyCustodyError, match="interrupted"):
+        intake.rekey(storage, sites, study, KEY, b"a-third-key-0123456789")
+    intake.rekey(storage, sites, study, KEY, OTHER)
+    catalog.check_key(storage, OTHER)
+    after = intake.curated_frame(storage, "it")
+    assert len(after) == len(before) and not set(after["participant_id"]) & set(before["participant_id"])

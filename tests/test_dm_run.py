@@ -6,7 +6,9 @@ it loaded: a refusal or a no-change answer must not have imported Prefect (no se
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -36,16 +38,18 @@ try:
     code = 0
 except SystemExit as exc:
     code = exc.code
+import os
 print(json.dumps({"code": code, "prefect": "prefect" in sys.modules,
-                  "pandas": "pandas" in sys.modules}))
+                  "pandas": "pandas" in sys.modules, "home": os.environ.get("PREFECT_HOME")}))
 """
 
 
-def _probe(*args, env=None):
+def _probe(*args, env=None, cwd=None):
     """Run `lacrima ARGS` in a fresh interpreter; its exit code, output and loaded modules."""
     full = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}     # None: unset
     res = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
-                         env=full, timeout=300)
+                         env=full, timeout=300, cwd=cwd)
     return json.loads(res.stdout.strip().splitlines()[-1]), res
 
 
@@ -72,8 +76,11 @@ def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_dr
     # What the latest report was made from: exactly these inputs.
     write_json(storage, "reports/latest/provenance.json", {
         "comparison_key": pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
-    got, res = _probe("run", "--demo", "--json", "--storage", str(tmp_path / "store"))
+    # run from elsewhere, without the Makefile's PREFECT_HOME: Prefect's home is the project's
+    got, res = _probe("run", "--demo", "--json", "--storage", str(tmp_path / "store"),
+                      env={"PREFECT_HOME": None}, cwd=tmp_path)
     assert got["code"] == 0 and not got["prefect"], res.stderr
+    assert got["home"] == str(ROOT / ".prefect")
     summary = json.loads(res.stdout.strip().splitlines()[-2])
     assert summary["nothing_new"] and summary["report"] is None and summary["drops"] == []
     assert sorted(summary["sites_reused"]) == ["il", "it", "us"]
@@ -100,6 +107,28 @@ def test_status_flags_files_in_the_wrong_place(tmp_path, demo_drops):
     assert res.exit_code == 0 and res.output.count("wrong place:") == 3
     assert "us: 0 batch(es), 0 participant(s) held, last drop never, 1 file(s)" in " ".join(
         res.output.split())
+
+
+def test_progress_records_drive_the_progress_display():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from lacrima.cli import _ProgressHandler
+
+    bar = Progress(console=Console(file=io.StringIO()))
+    task = bar.add_task("starting", total=3, completed=0)
+    handler = _ProgressHandler(bar, task)
+    logger = logging.getLogger(pipeline.PROGRESS_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        pipeline.progress("intake", 2, 3)
+        assert (bar.tasks[0].description, bar.tasks[0].completed) == ("intake", 2)
+        with pipeline.StageClock()("analysis"):
+            pass
+        assert bar.tasks[0].description == "analysis"
+    finally:
+        logger.removeHandler(handler)
 
 
 # -- notifications ---------------------------------------------------------------------------

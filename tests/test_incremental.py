@@ -214,15 +214,17 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
         old[old["site"] == "us"].drop(columns="run_id").reset_index(drop=True))
     # Site pages and exports: written once per input key by the site's task and copied,
     # so an unchanged site's files are the same bytes; the changed site's are new.
-    for name in ("site-us.html", "data/us.sav", "data/us.csv"):
+    for name in ("site-us.html", "restricted/data/us.sav", "restricted/data/us.csv"):
         assert storage.read_bytes(f"reports/r3/{name}") == storage.read_bytes(f"reports/r1/{name}")
-    assert storage.read_bytes("reports/r3/data/it.csv") != storage.read_bytes("reports/r1/data/it.csv")
+    assert (storage.read_bytes("reports/r3/restricted/data/it.csv")
+            != storage.read_bytes("reports/r1/restricted/data/it.csv"))
     outputs = [o.key for o in storage.list("results/us/") if "/outputs-" in o.key]
     assert sum(k.endswith("/files.json") for k in outputs) == 1
     # copied site files are listed in the manifest with the hash and size of what was copied
     import hashlib
     listed = json.loads(storage.read_bytes("reports/r3/manifest.json"))["files"]
-    assert {f["name"] for f in listed} >= {"site-us.html", "data/us.sav", "data/it.csv"}
+    assert {f["name"] for f in listed} >= {"site-us.html", "restricted/data/us.sav",
+                                           "restricted/data/it.csv"}
     for f in listed:
         data = storage.read_bytes(f"reports/r3/{f['name']}")
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (f["sha256"], f["bytes"]), f["name"]
@@ -252,5 +254,5 @@ def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
     report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
     [work] = made
     assert work.failed == [] and work._calls[0][0] is pipeline.stacked_site_data
-    assert (ingested.read_bytes("reports/worker/analysis_ready.parquet")
-            == ingested.read_bytes("reports/plain/analysis_ready.parquet"))
+    assert (ingested.read_bytes("reports/worker/restricted/analysis_ready.parquet")
+            == ingested.read_bytes("reports/plain/restricted/analysis_ready.parquet"))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from lacrima import intake, pipeline, report
 from lacrima.consortium import make_consortium, write_consortium_drops
@@ -91,20 +93,28 @@ def test_every_pair_of_sides_is_assessed(many_run, consortium):
 
 def test_pooled_replication_side_is_the_pooled_estimate_of_the_replication_sites(many_run):
     comparison, _, _, rep, study, sites = many_run
-    from lacrima.pooling import pool_estimates
+    from lacrima.pooling import pool_details
 
     per_site = comparison.results[comparison.results["site"] != POOLED]
     reps = per_site[per_site["site"].isin(["us001", "us002", "us004"])]
-    pooled = pool_estimates(reps, study)
-    pooled = pooled[pooled["method"] != "FE"].fillna({"covariates": ""})
+    details = pool_details(reps, study)
+    details = details[details["model"] == "random"].fillna({"covariates": ""})
     mine = rep[(rep["replication_site"] == POOLED) & (rep["original_site"] == POOLED)]
-    merged = mine.merge(pooled, left_on=["effect", "x", "y", "covariates"],
+    merged = mine.merge(details, left_on=["effect", "x", "y", "covariates"],
                         right_on=["family", "x", "y", "covariates"])
     assert len(merged) == len(mine) == 42
-    pd.testing.assert_series_equal(merged["r_replication"], merged["estimate"],
-                                   check_names=False, atol=1e-12, rtol=0)
-    pd.testing.assert_series_equal(merged["p_replication"], merged["p_value"],
-                                   check_names=False, atol=1e-12, rtol=0)
+    assert np.allclose(merged["r_replication"], np.tanh(merged["estimate"]), atol=1e-12, rtol=0)
+    # The p of the Hartung-Knapp t test on k - 1 = 2 df with the ad hoc se: the larger of
+    # the Hartung-Knapp and the Wald se, 1 / sqrt(sum 1 / (v_i + tau2)).
+    rows = reps[reps["method"].isin(["pearson", "pearson_partial"])].fillna({"covariates": ""})
+    for _, m in merged.iterrows():
+        sub = rows[(rows["family"] == m["effect"]) & (rows["x"] == m["x"])
+                   & (rows["y"] == m["y"]) & (rows["covariates"] == m["covariates"])]
+        g = len([c for c in m["covariates"].split("+") if c])
+        vi = 1 / (sub["n"].astype(float) - 3 - g)
+        se = max(m["se"], np.sqrt(1 / np.sum(1 / (vi + m["tau2"]))))
+        assert m["p_replication"] == pytest.approx(2 * stats.t.sf(abs(m["estimate"]) / se, 2),
+                                                   abs=1e-12)
 
 
 def test_report_counts_sites_and_lists_the_one_without_data(many_run, consortium):

@@ -323,7 +323,7 @@ def test_sav_code_outside_value_labels_and_user_missing(study, sites, drops, tmp
     df.loc[0, "gender"] = 4          # no value label for 4
     df.loc[1, "wai1"] = 99           # declared user-missing
     df.loc[2, "age"] = 999           # user-missing for age (codebook missing_codes)
-    df.loc[3, "wai2"] = 6            # out of range: passed through, validation's job
+    df.loc[3, "wai2"] = 6            # not among the scale's native codes 1-5
     path = tmp_path / "edited.sav"
     pyreadstat.write_sav(df, str(path), column_labels=meta.column_names_to_labels,
                          variable_value_labels=meta.variable_value_labels,
@@ -334,8 +334,10 @@ def test_sav_code_outside_value_labels_and_user_missing(study, sites, drops, tmp
     frame = drop.frame
     assert pd.isna(frame.loc[0, "gender"]) and pd.isna(frame.loc[1, "wai_01"])
     assert pd.isna(frame.loc[2, "age"])
-    assert frame.loc[3, "wai_02"] == 6
-    assert {f.check for f in drop.errors} == {"unknown_labels"}
+    codes = finding(drop, "unknown_codes")
+    assert codes.columns == ("wai2",) and codes.rows == (4,) and "1, 2, 3, 4, 5" in codes.expected
+    assert pd.isna(frame.loc[3, "wai_02"])
+    assert {f.check for f in drop.errors} == {"unknown_labels", "unknown_codes"}
 
 
 def test_dates_in_the_wrong_format_or_future(study, sites, drops, tmp_path):
@@ -408,7 +410,10 @@ def test_messy_drop_reads_with_findings(study, sites, tmp_path, code):
     assert "identifying_columns" in checks(drop)
     frame = drop.frame
     assert frame["participant_id"].duplicated().any()                  # for validation to catch
-    assert (frame["wai_03"] == 7).any()                   # out of range, passed through
+    if code == "il":                       # codes file: a 7 on a 1-5 scale is not a code
+        assert "unknown_codes" in checks(drop, "error")
+    else:                                  # numbers in label files: validation's range check
+        assert (frame["wai_03"] == 7).any()
     noncrier = frame["cried_in_therapy"] == False  # noqa: E712
     assert frame.loc[noncrier, "after_relaxed"].notna().any()
     assert frame[[c for c in frame if c.startswith(("wai_", "ctsc_"))]].isna().any().any()
@@ -466,7 +471,8 @@ def test_arbitrary_cells_become_findings(study, sites, drops, tmp_path, cells, r
     drop = read_drop(path, sites["us"], study)
     assert drop.n_rows >= N - 1          # a cell of only line breaks may blank a whole row
     for f in drop.findings:
-        assert f.columns and (f.severity == "warning" or f.rows or f.check == "missing_columns")
+        assert f.columns and (f.severity in ("warning", "info") or f.rows
+                              or f.check == "missing_columns")
 
 
 def test_carriage_return_inside_the_first_line_is_no_traceback(study, sites, tmp_path):

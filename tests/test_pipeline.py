@@ -61,7 +61,7 @@ def test_latest_is_a_copy_of_the_run(completed_run):
 def test_analysis_ready_data_carries_pseudonyms_only(completed_run, demo_drops, sites):
     storage, _, analyses, *_ = completed_run
     for a in analyses:
-        data = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/data/{a.site}.csv")))
+        data = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/restricted/data/{a.site}.csv")))
         assert data["participant_id"].str.fullmatch(rf"{a.site}-[0-9a-f]{{16}}").all()
         assert len(data) == a.flow.analysed
 

@@ -150,3 +150,73 @@ def test_holm_within_family(study):
 def test_missing_columns_are_named(study):
     with pytest.raises(ValueError, match="lack columns"):
         pool_estimates(pd.DataFrame({"family": ["H1"]}), study)
+
+
+# ---- heterogeneity.csv against metafor (meta_reference.R, cases "hetero_*") ----
+
+HETERO = sorted(k for k in CASES if k.startswith("hetero_"))
+_CI_OF = {"knha": "knha", "adhoc": "knha_adhoc", "z": "z"}
+HETERO_COLUMNS = ("fe_estimate", "fe_ci_low", "fe_ci_high", "re_estimate", "re_ci_low",
+                  "re_ci_high", "re_p_value", "pi_low", "pi_high", "tau2", "tau2_ci_low",
+                  "tau2_ci_high", "tau", "tau_ci_low", "tau_ci_high", "i2", "i2_ci_low",
+                  "i2_ci_high", "h2", "h2_ci_low", "h2_ci_high", "q", "q_df", "q_p",
+                  "role_qm", "role_qm_df", "role_qm_p")
+
+
+_TAU2_DEPENDENT = {"re_estimate", "re_ci_low", "re_ci_high", "re_p_value", "pi_low", "pi_high",
+                   "tau2", "tau", "i2", "h2"}
+
+
+def _with_ci(study, ci):
+    import dataclasses
+
+    return dataclasses.replace(study, raw={**study.raw, "pooling": {**study.raw["pooling"], "ci": ci}})
+
+
+def _hetero_rows(case):
+    """Per-site rows whose pooling inputs are the case's yi, vi: Hedges' g rows with a
+    symmetric CI of half-width z * sqrt(vi), so every case goes through one route."""
+    inp = case["input"]
+    sites = [f"s{i}" for i in range(len(inp["yi"]))]
+    rows = [_row(family="A2", analysis="t_test", site=s, x="cried_in_therapy", y="change", n=100,
+                 estimate=y, ci_low=y - Z975 * np.sqrt(v), ci_high=y + Z975 * np.sqrt(v),
+                 method="hedges_g", p_value=0.5)
+            for s, y, v in zip(sites, inp["yi"], inp["vi"])]
+    return pd.DataFrame(rows, columns=list(voc.RESULTS_COLUMNS)), dict(zip(sites, inp["role"]))
+
+
+@pytest.mark.parametrize("name", HETERO)
+def test_heterogeneity_matches_metafor(name, study):
+    from lacrima.pooling import HETEROGENEITY_COLUMNS, heterogeneity
+
+    case = CASES[name]  # the metafor calls are case["call"]
+    rows, roles = _hetero_rows(case)
+    got = heterogeneity(rows, _with_ci(study, _CI_OF[case["test"]]), roles)
+    assert list(got.columns) == list(HETEROGENEITY_COLUMNS) and len(got) == 1
+    row = got.iloc[0]
+    assert row["k"] == case["k"] and row["metafor_test"] == case["test"]
+    for col in HETERO_COLUMNS:
+        want = case[col]
+        # An interior tau2 is iterated to 1e-10, metafor stops at a change of 1e-5 (its tau2
+        # is ~1e-6 short): what depends on it agrees to 2e-5, as in test_meta_rma. At the
+        # boundary, and everything else (FE, Q, Q-profile limits, the moderator test), 1e-8.
+        tol = 2e-5 if col in _TAU2_DEPENDENT and case["tau2"] > 0 else 1e-8
+        if want is None:  # chi-square QM under z has no second df
+            assert np.isnan(row[col]), col
+        else:
+            assert row[col] == pytest.approx(want, abs=tol, rel=tol), col
+    if case["role_qm_df2"] is not None:
+        assert row["role_qm_df2"] == case["role_qm_df2"]
+    narrower = case["re_ci_high"] - case["re_ci_low"] < case["fe_ci_high"] - case["fe_ci_low"]
+    assert bool(row["re_ci_narrower_than_fe"]) == narrower
+    assert bool(row["tau2_uninformative"]) == (case["k"] <= 3)
+
+
+def test_plan_ci_option_is_checked(study):
+    rows, roles = _hetero_rows(CASES["hetero_k3_knha"])
+    from lacrima.pooling import heterogeneity
+
+    with pytest.raises(ValueError, match=r"\[pooling\] ci = 'hksj'"):
+        heterogeneity(rows, _with_ci(study, "hksj"), roles)
+    pooled = pool_estimates(rows, _with_ci(study, "knha_adhoc"))
+    assert set(pooled["method"]) == {"REML+knha_adhoc", "FE"}

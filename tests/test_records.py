@@ -278,7 +278,8 @@ def test_synth_seed_changes_the_ids_and_first_id_continues_the_numbering(tmp_pat
         res = CliRunner().invoke(app, ["synth", "--site", "it", "--n", "5", "--out", str(out),
                                        *map(str, args)])
         assert res.exit_code == 0, res.output
-        return read_drop(next(out.iterdir()), _site(sites, "it"), study).frame["participant_id"].tolist()
+        drop = read_drop(next(out.iterdir()), _site(sites, "it"), study)
+        return drop.frame["participant_id"].tolist()
 
     one, two = ids("--seed", 1), ids("--seed", 2)
     assert not set(one) & set(two)

@@ -239,8 +239,16 @@ def test_a_role_outside_the_closed_set_is_an_error(study, tmp_path):
     text = (load_site("us").folder / "site.toml").read_text().replace(
         'role = "replication"', 'role = "copy"')
     (folder / "site.toml").write_text(text)
-    with pytest.raises(ValueError, match=r"site.toml: \[site\] role = 'copy' is not a role"):
+    with pytest.raises(ValueError, match=r"site.toml: role 'copy' is not a site role"):
         load_site("de", tmp_path)
+
+
+def test_the_plan_schema_knows_the_verdict_conditions_and_options():
+    from lacrima import contract
+    from lacrima.replication import CONDITIONS, VERDICT_P
+
+    assert contract.VERDICT_CONDITIONS == CONDITIONS
+    assert set(VERDICT_P) == set(contract.Replication.model_fields["verdict_p"].annotation.__args__)
 
 
 def _many_sites(case, family="H1", x="after_relaxed", cov=""):
@@ -261,10 +269,13 @@ def _many_sites(case, family="H1", x="after_relaxed", cov=""):
 
 
 @pytest.mark.parametrize("name, family, cov", [("correlation", "H1", ""),
+                                               ("agreeing", "H1", ""),
                                                ("partial", "A1", "alliance+attachment_anxiety")])
 def test_pooled_sides_match_metafor(study, name, family, cov):
     # tests/reference/replication_reference.R: each role pooled with
-    # rma(yi = atanh(r), vi = 1/(n - 3 - g), method = "REML", test = "knha").
+    # rma(yi = atanh(r), vi = 1/(n - 3 - g), method = "REML", test = "adhoc"): REML and
+    # Hartung-Knapp as [pooling] says, the se never below the Wald one ("agreeing": two
+    # originals .30 and .31, whose untruncated Hartung-Knapp se is 0.005, not 0.071).
     case = REFERENCE["pooled"][name]
     rows, sites = _many_sites(case, family, cov=cov)
     table = replication_table(rows, study, sites)

@@ -94,7 +94,15 @@ def test_summary_counts_each_verdict_per_original(run):
     summary = html[html.index('<section id="summary"'):html.index('id="verdict-table"')]
     for original, grp in rep.groupby("original_site"):
         line = re.search(rf"<li><b>us vs {original} [^<]*</b>: ([^<]*)</li>", summary).group(1)
-        assert line == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        bare = re.sub(r" \([^)]*\)", "", line)         # the counts without their context
+        assert bare == ", ".join(f"{n} {v}" for v, n in grp["verdict"].value_counts().items())
+        # the context of each count: replicated on a non-significant original, and
+        # not replicated (or inconclusive) by a larger effect in the same direction
+        weak = int((~grp["original_significant"] & (grp["verdict"] == "replicated")).sum())
+        assert (f"{weak} on an original with p \u2265 \u03b1" in line) == (weak > 0)
+        larger = int((grp["larger_same_direction"] & (grp["verdict"] == "not replicated")).sum())
+        if larger:
+            assert re.search(rf"\d+ not replicated \({larger} larger than the original", line)
 
 
 def test_verdict_cells_are_the_replication_table(report_inputs):
@@ -235,7 +243,7 @@ def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
             assert f'<section id="{section}"' in page
         analyses_part = page[page.index('<section id="analyses"'):]
         assert analyses_part.count("<tr>") - analyses_part.count("<thead>") == len(a.results)
-        assert f'href="data/{a.site}.sav"' in page and 'href="report.html"' in page
+        assert f'href="restricted/data/{a.site}.sav"' in page and 'href="report.html"' in page
 
 
 def test_inputs_are_not_mutated(run, report_inputs):
@@ -330,5 +338,50 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     [work] = report_worker
     assert work.has_worker is False and work.failed == []     # closed; nothing fell back
     assert all(future is not None for *_, future in work._calls)
-    for name in ("report.html", "analysis_ready.parquet"):      # (SPSS files carry a time)
+    for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
+
+
+def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):
+    storage, outputs, html, _ = run
+    het = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/heterogeneity.csv")),
+                      keep_default_na=False)
+    assert "heterogeneity.csv" in outputs.files
+    keys = set(zip(het["family"], het["x"], het["y"], het["covariates"]))
+    assert len(keys) == len(het) and keys == _pooled_keys(storage)
+    res = pd.read_csv(io.BytesIO(storage.read_bytes("reports/run-1/results.csv")),
+                      keep_default_na=False)
+    re_rows = res[(res["site"] == POOLED) & (res["method"] == "REML+knha")]
+    merged = het.merge(re_rows, on=["family", "x", "y", "covariates"])
+    # the same pooled estimate and tau2 as results.csv, on the same (effect's own) scale
+    assert (merged["re_estimate"].astype(float) - merged["estimate"].astype(float)).abs().max() < 1e-12
+    assert (merged["tau2_x"].astype(float) - merged["tau2_y"].astype(float)).abs().max() < 1e-12
+    assert (het["ci_method"] == "knha").all() and (het["metafor_test"] == "knha").all()
+    # three sites, one original: the role moderator test is on F(1, 1)
+    assert (het["role_qm_df2"].astype(float) == 1).all()
+    narrower = int((het["re_ci_narrower_than_fe"].astype(str) == "True").sum())
+    assert html.count("random-effects CI is narrower than the fixed-effect CI") == narrower
+    assert html.count("is uninformative: it cannot distinguish") == len(het)
+
+
+def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inputs):
+    storage, outputs, html, _ = run
+    analyses, comparison, study, _, _ = report_inputs
+    name = report.CONTINGENCY_COUNTS
+    assert name.startswith(f"{report.RESTRICTED}/") and name in outputs.files
+    counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
+    res = comparison.results
+    for site, grp in counts.groupby("site"):
+        # the per-site chi-square row counts the same participants
+        chi = res[(res["site"] == site) & (res["method"] == "pearson_chi2")]
+        assert int(grp["n"].sum()) == int(chi["n"].iloc[0])
+        assert list(grp["row_level"]) == ["woman", "man"]
+        has_fisher = ((res["site"] == site) & (res["analysis"] == "fisher_exact")).any()
+        assert set(grp["test_used"]) == {"fisher_exact" if has_fisher else "pearson_chi2"}
+        # Woolf odds ratio from these counts (no zero cell here) is the results' one
+        (a, b), (c, d) = grp[["n_event", "n_no_event"]].to_numpy()
+        orr = res[(res["site"] == site) & (res["method"] == "odds_ratio")]["estimate"].iloc[0]
+        assert orr == pytest.approx(a * d / (b * c), rel=1e-12)
+    # the main A3 table names the test used and the crying rate of 'another' is described
+    assert "p (test used)" in html
+    assert "among Gender identity: another (not in the A3 test)" in html

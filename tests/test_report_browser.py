@@ -28,7 +28,8 @@ CHROMIUM = os.environ.get("LACRIMA_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--window-size=1280,1000", "--remote-debugging-port=0"]
-SECTIONS = ("summary", "flow", "descriptives", "families", "methods", "provenance")
+SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "methods",
+            "provenance")
 STARTUP_S = 20.0
 
 # No skip when Chromium is missing: `make test` installs it, and a missing browser must fail.

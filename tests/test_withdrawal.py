@@ -2,10 +2,8 @@
 every later output, not brought back by a later export; ``--purge-raw`` redacts raw files."""
 
 import io
-import json
 
 import pandas as pd
-import pyreadstat
 import pytest
 from typer.testing import CliRunner
 

@@ -312,6 +312,28 @@ def _criers_only(study: Study) -> set[str]:
     return only
 
 
+def _rates_by_row_level(data: pd.DataFrame, study: Study, criers_col: str) -> list[pd.DataFrame]:
+    """The contingency families' column (crying) within every level of their row variable,
+    those left out of the test (``another`` gender: "reported descriptively") included.
+
+    Rows ``variable`` = ``"<column> (<row> = <level>)"`` (so variable and level stay a
+    unique key), ``subset`` = ``"<row>=<level>"``.
+    """
+    frames = []
+    for fam in study.families:
+        if fam.get("kind") != "contingency" or fam["column"] not in data.columns \
+                or fam["row"] not in data.columns:
+            continue
+        row_var, col_var = fam["row"], fam["column"]
+        values = data[row_var].astype("str")
+        for level in study.variables.get(row_var, {}).get("levels", fam["row_levels"]):
+            rows = data.loc[(values == str(level)).fillna(False).to_numpy(dtype=bool)]
+            name = f"{col_var} ({row_var} = {level})"
+            for d in describe_categorical(rows[col_var].astype("boolean"), [True, False], name):
+                frames.append(d.to_frame().assign(subset=f"{row_var}={level}"))
+    return frames
+
+
 def describe_site(data: pd.DataFrame, study: Study, site: str) -> pd.DataFrame:
     """Descriptives of one site: every item, integer variable and score; categorical shares.
 
@@ -336,6 +358,9 @@ def describe_site(data: pd.DataFrame, study: Study, site: str) -> pd.DataFrame:
         non-missing. Episode items (and scores made only of them) are asked only of
         criers, so they are described among criers (``subset="criers"``; ``pct_missing``
         among criers); everything else over all analysed participants (``subset="all"``).
+        Last, the contingency families' column within each level of their row variable
+        (the crying rate by gender, ``another`` included):
+        ``variable="cried_in_therapy (gender = another)"``, ``subset="gender=another"``.
         Cell counts are not suppressed here: small-cell suppression is the report's job.
     """
     if not isinstance(data, pd.DataFrame):
@@ -362,6 +387,7 @@ def describe_site(data: pd.DataFrame, study: Study, site: str) -> pd.DataFrame:
         values = rows[var].astype("boolean") if levels == [True, False] else rows[var]
         for d in describe_categorical(values, levels, var):
             frames.append(d.to_frame().assign(subset=subset))
+    frames += _rates_by_row_level(data, study, criers_col)
     out = pd.concat(frames, ignore_index=True).assign(site=site)
     out = out[list(DESCRIPTIVE_COLUMNS)]
     for c in ("site", "variable", "subset", "level"):

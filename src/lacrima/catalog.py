@@ -4,14 +4,16 @@ Zones and their keys (the same on a local folder and on S3)::
 
     landing/<site>/<name>                 what data managers upload
     raw/<site>/<sha256>.<ext>             immutable, content-addressed copy of every drop
-    curated/<site>/<sha256>.parquet       the records a batch brought (new or corrected), pseudonymised
+    curated/<site>/<sha256>.parquet       the records a batch brought (new or corrected)
     quarantine/<site>/<sha256>/           original file + validation report of rejected drops
     ledger/<site>/<sha256>.json           state of each batch (accepted, quarantined, superseded)
     ledger/<site>/_landing-index.json     landing key -> {etag, sha256} a run has hashed
-    ledger/<site>/_intent-<sha256>.json   a two-step change (a correction), written first, marked done
+    ledger/<site>/_intent-<sha256>.json   a correction: written first, then marked done
     ledger/<site>/_withdrawn-<pseudonym>.json   a withdrawal of consent
     ledger/_key.json                      fingerprint of the pseudonym key the store is made under
+    ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
+    results/<site>/<input_key>/           a site's cached analysis; results/_pooled/<key>/
 
 Other modules ask this one for keys; none builds them. Ledger files whose name starts with
 ``_`` are not batches.
@@ -37,15 +39,13 @@ from typing import Mapping
 
 import pandas as pd
 
+from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.storage import Storage, parquet_frame, read_json, write_json
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
     "accepted", "quarantined", "superseded", "landed", "withdrawn")
 
 KEY_FILE = "ledger/_key.json"
-# A pseudonym key shorter than this is refused: HMAC under a short or empty key is a hash
-# anyone can recompute from a guessed ID (an ID space of a few thousand numbers).
-MIN_KEY_BYTES = 16
 _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
 
 
@@ -106,6 +106,15 @@ def register_key(site: str) -> str:
     return f"register/{site}.json"
 
 
+def results_prefix(site: str, input_key: str | None = None) -> str:
+    """Cached analyses of a site: ``results/<site>/<input_key>/`` (all of them without a key)."""
+    return f"results/{site}/{input_key}" if input_key else f"results/{site}"
+
+
+# The light analyses each comparison was made from: results/_pooled/<comparison_key>/.
+POOLED = "results/_pooled"
+
+
 # --------------------------------------------------------------------------- ledger
 
 
@@ -150,12 +159,16 @@ class BatchRecord:
 
 
 def _ledger_json(storage: Storage, site: str | None, special: str = ""):
-    """Ledger files of one site (or all): batches (``special=""``) or ``_<special>-*`` files."""
+    """Ledger files of one site (or all): batches (``special=""``) or ``_<special>-*`` files.
+
+    A name or folder starting with ``_`` is never a batch (``_key.json``, ``_rekey/``...).
+    """
     for obj in storage.list(ledger_prefix(site)):
-        name = obj.key.rsplit("/", 1)[-1]
-        if not name.endswith(".json"):
+        parts = obj.key.split("/")[1:]
+        if not parts[-1].endswith(".json"):
             continue
-        if (name.startswith(f"_{special}-") if special else not name.startswith("_")):
+        if (parts[-1].startswith(f"_{special}-") if special
+                else not any(p.startswith("_") for p in parts)):
             yield read_json(storage, obj.key)
 
 
@@ -328,6 +341,14 @@ def current_by_batch(reg: Mapping[str, Entry]) -> dict[str, set[str]]:
     return out
 
 
+def participants_held(storage: Storage, site: str) -> int:
+    """People whose current record the site holds (withdrawn and superseded ones left out):
+    one read of the register, not of the curated data."""
+    if not storage.exists(register_key(site)):
+        return len(curated_frame(storage, site))
+    return sum(1 for e in read_register(storage, site).values() if e.state == ACCEPTED)
+
+
 def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
     """The site's curated data: each participant's current record once, withdrawn people left out.
 
@@ -401,12 +422,16 @@ def check_key(storage: Storage, key: bytes) -> None:
     if held is None:
         # A store from before the key file: its batches name their keys, if any (a store
         # older still names none, and is claimed by the first key that runs on it).
-        fps = {r.key_fingerprint for r in batches(storage) if r.key_fingerprint}
-        if fps <= {fp}:
+        recs = batches(storage)
+        fps = {r.key_fingerprint for r in recs if r.key_fingerprint}
+        unnamed = [r for r in recs
+                   if r.state == ACCEPTED and r.curated_key and not r.key_fingerprint]
+        if fps <= {fp} and (fps or not unnamed or _made_under(storage, unnamed[0], key)):
             write_json(storage, KEY_FILE, {"fingerprint": fp, "demo": demo}, if_absent=True)
             return
-        other = sorted(fps - {fp})[0]
-        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)}
+        other = sorted(fps - {fp})[0] if fps - {fp} else "unknown"
+        held = {"fingerprint": other, "demo": other == key_fingerprint(DEMO_KEY)
+                or (other == "unknown" and not demo and _made_under(storage, unnamed[0], DEMO_KEY))}
     if held["fingerprint"] == fp:
         return
     if demo:
@@ -427,6 +452,20 @@ def check_key(storage: Storage, key: bytes) -> None:
 # --------------------------------------------------------------------------- intents
 
 
+def _made_under(storage: Storage, rec: BatchRecord, key: bytes) -> bool:
+    """Whether a batch from before key fingerprints were kept was pseudonymised under ``key``:
+    its raw IDs, pseudonymised under ``key``, are the pseudonyms its curated file holds."""
+    from lacrima.intake import _read_ids
+    from lacrima.privacy import pseudonymise
+    from lacrima.study import load_site, load_study
+
+    if not storage.exists(rec.raw_key):
+        return False
+    ids = _read_ids(storage, load_site(rec.site), load_study(), rec.raw_key)
+    held = set(parquet_frame(storage.read_bytes(rec.curated_key))["participant_id"])
+    return ids is not None and bool(set(pseudonymise(rec.site, ids, key)) & held)
+
+
 def write_intent(storage: Storage, site: str, intent: dict) -> None:
     write_json(storage, intent_key(site, intent["batch"]["sha256"]), {**intent, "done": False})
 
@@ -436,7 +475,7 @@ def mark_done(storage: Storage, site: str, intent: dict) -> None:
 
 
 def rekey_key(stamp: str) -> str:
-    return f"ledger/_rekey-{stamp.replace(':', '')}.json"
+    return f"ledger/_rekey/{stamp.replace(':', '')}.json"
 
 
 def write_rekey(storage: Storage, intent: dict) -> None:
@@ -451,8 +490,8 @@ def mark_rekey_done(storage: Storage, intent: dict) -> None:
 
 def open_rekey(storage: Storage) -> dict | None:
     """A rekey that was started and not marked done, if any."""
-    return next((d for d in _ledger_json(storage, None, "rekey")
-                 if d.get("kind") == "rekey" and not d.get("done")), None)
+    return next((d for d in (read_json(storage, o.key) for o in storage.list("ledger/_rekey"))
+                 if not d.get("done")), None)
 
 
 def open_intents(storage: Storage, site: str) -> list[dict]:

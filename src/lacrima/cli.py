@@ -175,7 +175,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.table import Table
     from rich.text import Text
 
-    from lacrima.intake import curated_frame
+    from lacrima.catalog import participants_held
     from lacrima.status import misplaced, site_status
     from lacrima.study import site_codes
 
@@ -186,7 +186,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     try:
         recs = _status_records(store, site)
         wrong = [] if site else misplaced(store, site_codes())
-        summaries = [site_status(c, recs, len(curated_frame(store, c))) for c in codes]
+        summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
     if as_json:
@@ -238,12 +238,11 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
     from lacrima.intake import LANDED, batches, read_landing_index
     from lacrima.storage import sha256_bytes
+    from lacrima.study import site_codes
 
     recs = [r.to_dict() for r in batches(storage, site)]
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
-    from lacrima.study import site_codes
-
     codes = set(site_codes())
     prefix = f"landing/{site}" if site else "landing"
     for obj in storage.list(prefix):
@@ -500,7 +499,9 @@ def _print_summary(summary: dict, as_json: bool):
         return
     if summary.get("nothing_new"):
         console.print("nothing new since the latest report: no report written", markup=False)
-    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted, "
+    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
+               "already held)" if summary.get("records_new") is not None else "")
+    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
                   f"{summary['quarantined']} quarantined, "
                   f"{summary['skipped_duplicates']} already processed", markup=False)
     for d in summary.get("drops", []):
@@ -556,7 +557,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
              purge_raw: bool = typer.Option(False, "--purge-raw",
                                             help="also replace every raw file holding the person "
                                                  "by a redacted copy and delete the original"),
-             storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)")):
+             storage: Optional[str] = typer.Option(None, help="storage root "
+                                                   "(default: LACRIMA_STORAGE or ./data)")):
     """Record a participant's withdrawal of consent: every later output leaves them out.
 
     Recorded in the ledger by pseudonym; the ID is never stored or printed. A later export
@@ -568,7 +570,7 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
     from lacrima.study import load_study
 
     s = _site(site)
-    store = _storage() if storage is None else _open(storage)
+    store = _open_store(storage)
     with _exclusive(store, "withdraw"):
         try:
             entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
@@ -584,7 +586,8 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
 
 @app.command()
 def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseudonymisation key"),
-          storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
+          storage: Optional[str] = typer.Option(None, help="storage root "
+                                                "(default: LACRIMA_STORAGE or ./data)"),
           as_json: bool = typer.Option(False, "--json", help="print the ledger entry as JSON")):
     """Re-pseudonymise every stored record under a new key, as one audited operation.
 
@@ -597,7 +600,7 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
     from lacrima.privacy import MissingKeyError, check_key_strength, pseudonym_key
     from lacrima.study import load_sites, load_study
 
-    store = _storage() if storage is None else _open(storage)
+    store = _open_store(storage)
     with _exclusive(store, "rekey"):
         try:
             old = pseudonym_key()
@@ -614,14 +617,6 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
                   f"{len(entry['batches'])} site(s) to key {entry['to'][:8]}: point "
                   "LACRIMA_PSEUDONYM_KEY or LACRIMA_PSEUDONYM_KEY_FILE at the new key now",
                   markup=False)
-
-
-def _open(location: str):
-    from lacrima.storage import open_storage
-    try:
-        return open_storage(location)
-    except ValueError as err:
-        _fail(str(err))
 
 
 @app.command()

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from lacrima.study import PLAN_FILE, ROLES, SITE_FILE, sites_root
 
 
-VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi")
+VERDICT_CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi",
+                      "original_significant", "larger_same_direction")
 """Conditions a verdict rule may combine (``lacrima.replication._conditions`` computes them)."""
 
 SYNTH_KINDS = ("blank", "start_datetime", "end_datetime", "duration", "ip", "latitude", "longitude")
@@ -190,7 +191,7 @@ class Reliability(_Model):
 
 class Pooling(_Model):
     method: Literal["REML", "DL", "PM"] = "REML"
-    test: Literal["knha", "z"] = "knha"
+    ci: Literal["knha", "knha_adhoc", "z"] = "knha"
     families: Names
 
 
@@ -212,8 +213,32 @@ class Replication(_Model):
     pi_level: Annotated[float, Field(gt=0, lt=1)]
     small_telescope_power: Annotated[float, Field(gt=0, lt=1)]
     sceptical_level: Union[Literal["golden", "liberal", "controlled"], Annotated[float, Field(gt=0, lt=1)]]
+    verdict_p: Literal["raw", "holm"] = "raw"
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
+
+
+class ItemModel(_Model):
+    """``[synthetic.items]``: loadings of each scale's items, subscale factors and their r."""
+
+    loading: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
+    subscales: dict[str, Names] = {}
+    subscale_r: dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
+
+
+class NonInvariance(_Model):
+    site: str
+    item: str
+    intercept_shift: Number
+
+
+class Invariance(_Model):
+    scales: dict[str, Annotated[Names, Field(min_length=1)]]
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    delta_cfi: Number = -0.01
+    delta_rmsea: Number = 0.015
+    max_freed: Annotated[int, Field(ge=0)] = 3
+    max_sites: Annotated[int, Field(ge=2)] = 12
 
 
 class Synthetic(_Model):
@@ -228,6 +253,9 @@ class Synthetic(_Model):
     r_change: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_alliance: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
     r_security: Optional[dict[str, Annotated[float, Field(gt=-1, lt=1)]]] = None
+    items: Optional[ItemModel] = None
+    intercepts: Optional[dict[str, Number]] = None
+    noninvariance: Optional[Union[NonInvariance, Annotated[dict, Field(max_length=0)]]] = None
 
 
 class Validation(_Model):
@@ -235,11 +263,6 @@ class Validation(_Model):
     completion_scores: Names = []
     zero_for_non_criers: Names = []
     max_file_mb: Annotated[float, Field(gt=0)] = 200.0
-    # What a drop may expand to (lacrima.native.Limits; defaults there).
-    max_rows: Optional[Annotated[int, Field(gt=0)]] = None
-    max_columns: Optional[Annotated[int, Field(gt=0)]] = None
-    max_cell_chars: Optional[Annotated[int, Field(gt=0)]] = None
-    max_expanded_mb: Optional[Annotated[float, Field(gt=0)]] = None
 
 
 class Plan(_Model):
@@ -254,6 +277,7 @@ class Plan(_Model):
     reliability: Optional[Reliability] = None
     pooling: Pooling
     ipd: Optional[Ipd] = None
+    invariance: Optional[Invariance] = None
     replication: Replication
     synthetic: Synthetic
     validation: Validation = Validation()
@@ -582,6 +606,12 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
                                    + ", ".join(VERDICT_CONDITIONS)))
         if plan.replication.original_site_role == plan.replication.replication_site_role:
             out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
+    if have("invariance", "scores"):
+        for name, subs in plan.invariance.scales.items():
+            for sub in (name, *subs):
+                if not isinstance(scores.get(sub), MeanScore):
+                    out.append(Problem(file, f"invariance.scales.{name}", f"{sub!r} is not a mean score "
+                                       f"of the plan{did_you_mean(sub, scores)}"))
     if have("validation") and refs_ok:
         for key in ("completion_scores", "zero_for_non_criers"):
             for i, name in enumerate(getattr(plan.validation, key)):
@@ -627,8 +657,28 @@ def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, com
     out = []
     if complete:
         for name, value in syn:
-            if value is None:
+            if value is None and name not in ("items", "intercepts", "noninvariance"):
                 out.append(Problem(file, f"{where}.{name}", "missing required key"))
+    for name in (syn.intercepts or {}):
+        if name not in plan.variables:
+            out.append(Problem(file, f"{where}.intercepts.{name}", "not a variable of the plan"
+                               f"{did_you_mean(name, plan.variables)}"))
+    if isinstance(syn.noninvariance, NonInvariance) and syn.noninvariance.item not in plan.variables:
+        out.append(Problem(file, f"{where}.noninvariance.item", f"{syn.noninvariance.item!r} is not a "
+                           f"variable of the plan{did_you_mean(syn.noninvariance.item, plan.variables)}"))
+    if plan.scores is None:
+        return out
+    scores = {k: (v if v is not None else MeanScore.model_construct()) for k, v in plan.scores.items()}
+    for key in ("loading", "subscales", "subscale_r"):
+        for name in getattr(syn.items, key, None) or {}:
+            if not isinstance(scores.get(name), MeanScore):
+                out.append(Problem(file, f"{where}.items.{key}.{name}", "not a mean score of the plan"
+                                   f"{did_you_mean(name, scores)}"))
+    for name, subs in (syn.items.subscales if syn.items else {}).items():
+        for sub in subs:
+            if not isinstance(scores.get(sub), MeanScore):
+                out.append(Problem(file, f"{where}.items.subscales.{name}", f"{sub!r} is not a mean "
+                                   f"score of the plan{did_you_mean(sub, scores)}"))
     for section in ("r_change", "r_alliance", "r_security"):
         for name in (getattr(syn, section) or {}):
             if name not in plan.variables:

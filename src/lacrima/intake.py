@@ -7,11 +7,10 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -63,6 +62,13 @@ class IntakeResult:
     @property
     def changed(self) -> bool:
         return bool(self.accepted)
+
+    @property
+    def record_counts(self) -> dict[str, dict]:
+        """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
+        return {r.sha256: {"new": r.extra.get("records_new"),
+                           "already_held": r.extra.get("records_held"),
+                           "changed": r.extra.get("records_changed")} for r in self.reports}
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -234,8 +240,9 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
             report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
             reports.append(report)
             (accepted if report.valid else quarantined).append(p.sha)
-            new += report.extra.get("records_new", 0)
-            held += report.extra.get("records_held", 0)
+            if report.valid:
+                new += report.extra.get("records_new", 0)
+                held += report.extra.get("records_held", 0)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
@@ -321,6 +328,10 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
+    if split is not None:
+        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
+                                        "records_held": split.held,
+                                        "records_changed": len(split.changed)})
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -346,8 +357,6 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             reg = catalog.register_batch(reg, sha, new, study.variables)
             catalog.write_register(storage, site.code, reg)
             catalog.write_batch(storage, batch)
-        report = replace(report, extra={**report.extra, "records_new": len(new),
-                                        "records_held": split.held})
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
         reason = "; ".join(sorted({f.check for f in report.errors}))
@@ -551,7 +560,7 @@ def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
     old key to those under the new one; curated files, the register and withdrawals are
     rewritten under the new pseudonyms, each batch's ledger entry and the store's key record
     name the new key. Steps: the new curated files (new keys, nothing overwritten), then an
-    intent (``ledger/_rekey-<stamp>.json``) listing every change, then the changes, then the
+    intent (``ledger/_rekey/<stamp>.json``) listing every change, then the changes, then the
     intent marked done, then the old curated files deleted. An interrupted rekey is finished
     by running it again with the same two keys.
 
@@ -567,7 +576,8 @@ def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
     """
     old_fp, new_fp = catalog.key_fingerprint(old_key), catalog.key_fingerprint(new_key)
     if old_fp == new_fp:
-        raise catalog.KeyCustodyError("the new key is the key the store is made under: nothing to do")
+        raise catalog.KeyCustodyError("the new key is the one the store is made under: "
+                                      "nothing to do")
     intent = catalog.open_rekey(storage)
     if intent is not None and (intent["from"], intent["to"]) != (old_fp, new_fp):
         raise catalog.KeyCustodyError(
@@ -750,7 +760,7 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
             if (frame["participant_id"] == pseudonym).any():
                 storage.write_bytes(rec.curated_key, catalog.frame_bytes(
                     frame[frame["participant_id"] != pseudonym].reset_index(drop=True)))
-    for obj in storage.list(f"results/{site.code}"):
+    for obj in storage.list(catalog.results_prefix(site.code)):
         if obj.key.endswith("/data.parquet"):
             frame = parquet_frame(storage.read_bytes(obj.key))
             if (frame["participant_id"] == pseudonym).any():

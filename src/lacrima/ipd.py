@@ -5,7 +5,7 @@ For every (x, y) pair of the families in ``study.section("ipd")["families"]``:
 - OLS ``y ~ x * C(site)`` against ``y ~ x + C(site)``: the F test of the x-by-site
   interaction is the heterogeneity test (rows ``analysis = "ipd_interaction"``);
 - mixed model ``y ~ x`` with a random intercept and a random slope of x by site, fitted
-  by REML (statsmodels ``MixedLM``'s likelihood, computed from per-site sums), for the
+  by REML (lme4's criterion and parametrisation, computed from per-site sums), for the
   pooled slope (rows ``analysis = "mixed_model"``). The random-slope variance is often
   on the boundary; every such problem or failure is written into ``method`` rather than
   hidden.
@@ -140,62 +140,166 @@ def _site_moments(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, fl
 
 
 def _psi(theta: np.ndarray) -> np.ndarray:
-    """Random-effects covariance relative to the residual variance, from its packed Cholesky factor."""
-    q = 1 if len(theta) == 1 else 2
-    chol = np.zeros((q, q))
-    chol[np.tril_indices(q)] = theta
-    return chol @ chol.T
+    """Random-effects covariance relative to the residual variance, from theta.
+
+    theta is lme4's: the lower Cholesky factor packed by columns (``l11`` or
+    ``l11, l21, l22``), so ``Psi = L L'``.
+    """
+    if len(theta) == 1:
+        return np.array([[theta[0] ** 2]])
+    l11, l21, l22 = theta
+    return np.array([[l11 * l11, l11 * l21], [l11 * l21, l21 * l21 + l22 * l22]])
+
+
+def _inv_logdet(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of a stack of 1 x 1 or 2 x 2 matrices, in closed form.
+
+    ``numpy.linalg`` on stacks of tiny matrices costs more in call overhead than in
+    arithmetic; the likelihood is evaluated thousands of times per fit.
+    """
+    if a.shape[-1] == 1:
+        return 1.0 / a, np.log(a[..., 0, 0])
+    det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+    inv = np.empty_like(a)
+    inv[..., 0, 0], inv[..., 1, 1] = a[..., 1, 1] / det, a[..., 0, 0] / det
+    inv[..., 0, 1], inv[..., 1, 0] = -a[..., 0, 1] / det, -a[..., 1, 0] / det
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inv, np.log(det)
 
 
 def _gls_parts(theta: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray):
-    """GLS pieces at ``theta``: fixed effects, ``r'V^-1 r``, ``X'V^-1 X`` and ``I + Z'Z Psi`` per site.
+    """GLS pieces at ``theta``: fixed effects, ``r'V^-1 r``, ``X'V^-1 X``, ``log|I + Z'Z Psi|``.
 
     Within site j, ``V_j = I + Z_j Psi Z_j'`` (in units of the residual variance) with
     ``Z_j`` the first q columns of ``X_j``. By Woodbury, ``V_j^-1 = I - Z_j M_j Z_j'``
     with ``M_j = Psi (I + Z_j'Z_j Psi)^-1``, so every quantity needs only the site's
     cross-products, never its rows, and stays finite when ``Psi`` is singular (where
-    inverting ``Psi`` itself, as statsmodels does, loses all precision).
+    inverting ``Psi`` itself, as statsmodels does, loses all precision). The last item is
+    summed over sites (``log|L|^2`` in lme4's notation).
     """
     psi = _psi(theta)
     q = len(psi)
     inner = np.eye(q) + xtx[:, :q, :q] @ psi
-    m = psi @ np.linalg.inv(inner)
+    inner_inv, logdet = _inv_logdet(inner)
+    if not np.all(np.isfinite(logdet)):
+        raise np.linalg.LinAlgError("I + Z'Z Psi is singular")
+    m = psi @ inner_inv
     xz_m = xtx[:, :, :q] @ m
     xvx = (xtx - xz_m @ xtx[:, :q, :]).sum(axis=0)
-    xvy = (xty - np.einsum("kij,kj->ki", xz_m, xty[:, :q])).sum(axis=0)
-    yvy = float((yty - np.einsum("ki,kij,kj->k", xty[:, :q], m, xty[:, :q])).sum())
-    fe = np.linalg.solve(xvx, xvy)
-    return fe, yvy - fe @ xvy, xvx, inner
+    xvy = (xty - (xz_m @ xty[:, :q, None])[..., 0]).sum(axis=0)
+    yvy = float((yty - (xty[:, None, :q] @ m @ xty[:, :q, None])[:, 0, 0]).sum())
+    fe = _inv_logdet(xvx)[0] @ xvy
+    return fe, yvy - fe @ xvy, xvx, float(logdet.sum())
 
 
-def _neg_reml(theta: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray,
-              n: float) -> float:
-    """Minus the profile REML log-likelihood per observation (up to a constant)."""
+def _reml_criterion(theta: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray,
+                    n: float) -> float:
+    """lme4's REML criterion (``REMLcrit``, -2 restricted log-likelihood) at ``theta``.
+
+    Profiled over the fixed effects and the residual variance, as lme4 does (Bates et al.
+    2015, eq. 42): ``log|I + Z'Z Psi| + log|X'V^-1 X| + (n - p)(1 + log(2 pi r'V^-1 r / (n - p)))``
+    summed over sites, so the value can be compared with lme4's own number.
+    """
     try:
-        _, qf, xvx, inner = _gls_parts(theta, xtx, xty, yty)
+        _, qf, xvx, logdet_l = _gls_parts(theta, xtx, xty, yty)
     except np.linalg.LinAlgError:
         return np.inf
-    if not qf > 0:
+    det_x = xvx[0, 0] * xvx[1, 1] - xvx[0, 1] * xvx[1, 0]
+    if not (qf > 0 and det_x > 0):
         return np.inf
-    return ((n - 2) * np.log(qf) + np.linalg.slogdet(inner)[1].sum()
-            + np.linalg.slogdet(xvx)[1]) / (2 * n)
+    dof = n - xtx.shape[1]
+    return float(logdet_l + np.log(det_x) + dof * (1 + np.log(2 * np.pi * qf / dof)))
+
+
+def _theta_bounds(q: int) -> list[tuple[float | None, float | None]]:
+    """lme4's bounds on its theta (the packed lower Cholesky factor): 0 on the diagonal."""
+    rows, cols = np.tril_indices(q)
+    return [(0.0, None) if r == c else (None, None) for r, c in zip(rows, cols)]
+
+
+# lme4's convergence check (``lmerControl(check.conv.grad = .makeCC("warning", tol = 2e-3))``):
+# the largest absolute gradient of the REML criterion over the free parameters.
+GRAD_TOL = 2e-3
+# lme4's isSingular(): a diagonal element of theta below this is on the boundary.
+SINGULAR_TOL = 1e-4
+# A boundary point (a diagonal of theta at exactly 0) is preferred to an interior one whose
+# REML criterion is lower by less than this: rounding noise of a criterion of a few hundred.
+BOUNDARY_TOL = 1e-9
+
+
+def _minimize(crit, x0: np.ndarray, bounds: list) -> tuple[np.ndarray, float]:
+    """L-BFGS-B with tight tolerances, then a bounded Nelder-Mead polish; the better end.
+
+    The polish starts from a small simplex (steps of 1e-4) around the L-BFGS-B end point:
+    the finite-difference gradient leaves theta about 1e-6 from the optimum, which moves
+    the slope's CI by up to 1e-6 when the criterion is flat (fits near the boundary).
+    """
+    res = optimize.minimize(crit, x0, method="L-BFGS-B", bounds=bounds,
+                            options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 5000})
+    x = res.x
+    simplex = np.vstack([x, x + 1e-4 * np.eye(len(x))])
+    pol = optimize.minimize(crit, x, method="Nelder-Mead", bounds=bounds,
+                            options={"xatol": 1e-10, "fatol": 1e-11, "maxfev": 2000,
+                                     "initial_simplex": simplex})
+    return (pol.x, float(pol.fun)) if pol.fun < res.fun else (res.x, float(res.fun))
+
+
+def _gradient_ok(crit, theta: np.ndarray, bounds: list) -> bool:
+    """lme4's gradient check: every free parameter's |gradient| below ``GRAD_TOL``, and a
+    parameter at its bound of 0 pushed there (its gradient not negative beyond it)."""
+    h = 1e-6
+    for i, (low, _) in enumerate(bounds):
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        at_bound = low is not None and theta[i] - h < low
+        down[i] = theta[i] if at_bound else theta[i] - h
+        g = (crit(up) - crit(down)) / (up[i] - down[i])
+        if (g < -GRAD_TOL) if at_bound else (abs(g) > GRAD_TOL):
+            return False
+    return True
 
 
 def _reml_fit(moments: tuple, q: int) -> tuple[np.ndarray, bool]:
-    """REML optimum of the packed Cholesky factor of ``Psi`` (q = 2: ``~x``; q = 1: ``~1``).
+    """REML optimum of theta, the relative Cholesky factor of ``Psi`` (q = 2: ``~x``; q = 1: ``~1``).
 
-    L-BFGS-B from statsmodels' own start (``Psi = I``) and from a small ``Psi``; the
-    better end point is kept. Returns the factor and whether the optimizer converged.
+    Parametrised and bounded as lme4's theta (diagonal >= 0), so an optimum on the boundary
+    is reached exactly rather than approached. L-BFGS-B with tight tolerances from lme4's
+    start (``Psi = I``), a small ``Psi`` and one with a zero last diagonal; the best end
+    point is polished by bounded Nelder-Mead, and each diagonal element below ``1e-3`` is
+    tried at exactly 0 with the rest re-optimised. The lowest REML criterion wins. Returns
+    theta and whether it passes lme4's gradient check.
     """
-    best = None
-    tril = np.tril_indices(q)
-    for start in (np.eye(q)[tril], 0.1 * np.eye(q)[tril]):
-        res = optimize.minimize(_neg_reml, start, args=moments, method="L-BFGS-B")
-        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-            best = res
-    if best is None:
+    crit = lambda t: _reml_criterion(t, *moments)  # noqa: E731
+    bounds = _theta_bounds(q)
+    diag = [i for i, b in enumerate(bounds) if b[0] == 0.0]
+    eye = np.eye(q)[np.tril_indices(q)]
+    starts = [eye, 0.1 * eye, np.where(np.arange(len(eye)) == diag[-1], 0.0, eye)]
+    ends = [optimize.minimize(crit, x0, method="L-BFGS-B", bounds=bounds,
+                              options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 5000})
+            for x0 in starts]
+    ends = [e for e in ends if np.isfinite(e.fun)]
+    if not ends:
         raise np.linalg.LinAlgError("the REML likelihood is not finite at any start")
-    return best.x, bool(best.success)
+    best_x, best_f = _minimize(crit, min(ends, key=lambda e: e.fun).x, bounds)
+    # An optimum on the boundary: the near-zero diagonal at exactly 0, the rest re-optimised.
+    for i in diag:
+        if best_x[i] >= 1e-3:
+            continue
+        free = [j for j in range(len(best_x)) if j != i]
+        trial = best_x.copy()
+        trial[i] = 0.0
+        if free:
+            def sub(t, free=free, trial=trial):
+                full = trial.copy()
+                full[free] = t
+                return crit(full)
+
+            x, _ = _minimize(sub, trial[free], [bounds[j] for j in free])
+            trial[free] = x
+        f = crit(trial)
+        if f <= best_f + BOUNDARY_TOL:
+            best_x, best_f = trial, f
+    return best_x, _gradient_ok(crit, best_x, bounds)
 
 
 def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
@@ -222,18 +326,39 @@ def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
     -----
     :math:`y_{ij} = (\\beta_0 + u_{0j}) + (\\beta_1 + u_{1j}) x_{ij} + e_{ij}`,
     :math:`(u_{0j}, u_{1j}) \\sim N(0, \\sigma^2 \\Psi)`, fitted by REML (Riley, Lambert &
-    Abo-Zaid 2010 on one-stage IPD meta-analysis). The likelihood is statsmodels
-    ``MixedLM``'s profile REML likelihood (fixed effects and :math:`\\sigma^2` profiled
-    out, :math:`\\Psi` through its Cholesky factor), computed from per-site sums of
-    squares and cross-products via Woodbury: one evaluation costs microseconds at any
-    number of sites, where statsmodels loops over sites in Python (about 1.5 s per model
-    at 125 sites). The slope's variance is :math:`\\hat\\sigma^2 (X'V^{-1}X)^{-1}`, the
-    interval and test are Wald (normal), as in statsmodels. The problems written into
-    ``method`` follow statsmodels' rules: a random-effect variance below 0.01 is "on the
-    boundary"; a :math:`\\Psi` with smallest eigenvalue at most 1e-8 of its largest is
-    "singular".
+    Abo-Zaid 2010 on one-stage IPD meta-analysis), as
+    ``lme4::lmer(y ~ x + (x | site), REML = TRUE)``: the same profiled REML criterion
+    (``REMLcrit``; Bates, Maechler, Bolker & Walker 2015, JSS 67(1)), the same
+    parameter theta (relative Cholesky factor, diagonal bounded below by 0), computed from
+    per-site sums of squares and cross-products via Woodbury: one evaluation costs
+    microseconds at any number of sites. The optimum is lme4's or better (see
+    :func:`_reml_fit`); tests/reference/ipd_reference.R holds the lme4 calls and values.
+    The slope's variance is lme4's ``vcov``, :math:`\hat\sigma^2 (X'V^{-1}X)^{-1}` with
+    :math:`\hat\sigma^2 = r'V^{-1}r / (n - 2)`; interval and test are Wald (normal),
+    ``confint(fit, method = "Wald")`` and ``2 * pnorm(-abs(z))``. Problems written into
+    ``method`` follow lme4's relative rules: a random-effect standard deviation below
+    1e-4 of the residual one is "on the boundary (estimated as 0)", a zero diagonal of
+    theta otherwise "singular" (correlation +-1) (``isSingular(fit, tol = 1e-4)``); a
+    gradient above 2e-3 at the end is "did not converge" (``check.conv.grad``).
     """
     return _mixed_from_sums(_sums(data), level)
+
+
+def _boundary_notes(theta: np.ndarray) -> list[str]:
+    """Plain words for a fit on the boundary, by lme4's relative rule (``isSingular``).
+
+    A variance whose standard deviation relative to the residual one is below
+    ``SINGULAR_TOL`` is "on the boundary (estimated as 0)"; a diagonal element of theta
+    below it with both variances positive is a correlation of +-1 ("singular").
+    """
+    psi_sd = np.sqrt(np.diag(_psi(theta)))
+    diag = theta[[0]] if len(theta) == 1 else theta[[0, 2]]
+    notes = []
+    if np.any(psi_sd < SINGULAR_TOL):
+        notes.append(_BOUNDARY)
+    elif np.any(diag < SINGULAR_TOL):
+        notes.append(_SINGULAR)
+    return notes
 
 
 def _mixed_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
@@ -245,7 +370,7 @@ def _mixed_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
             theta, converged = _reml_fit(moments, q)
             fe, qf, xvx, _ = _gls_parts(theta, *moments[:3])
             scale = qf / (moments[3] - 2)
-            se = float(np.sqrt(scale * np.linalg.inv(xvx)[1, 1]))
+            se = float(np.sqrt(scale * _inv_logdet(xvx)[0][1, 1]))
             if not np.isfinite(se):
                 raise np.linalg.LinAlgError("the slope's standard error is not finite")
         except (np.linalg.LinAlgError, ValueError) as err:
@@ -259,11 +384,7 @@ def _mixed_from_sums(s: np.ndarray, level: float) -> dict[str, Any]:
                 continue
             notes.append("NOT CONVERGED")
         cov_re = scale * _psi(theta)
-        eig = np.linalg.eigvalsh(cov_re)
-        if eig[0] <= 1e-8 * max(eig[-1], 0.0):
-            notes.append(_SINGULAR)
-        if np.min(np.abs(np.diag(cov_re))) < 0.01:
-            notes.append(_BOUNDARY)
+        notes += _boundary_notes(theta)
         note = "; ".join(reasons + notes)
         slope = float(fe[1])
         half = stats.norm.ppf(0.5 + level / 2) * se

@@ -127,8 +127,9 @@ def read_redcap_dictionary(path: Path) -> Source:
     header = rows[0].keys() if rows else []
     missing = [c for c in REDCAP_COLUMNS.values() if c not in header]
     if missing:
-        raise OnboardingError(f"{path}: not a REDCap data dictionary: column(s) {missing} missing "
-                              f"(expected the header REDCap writes: {', '.join(REDCAP_COLUMNS.values())})")
+        raise OnboardingError(f"{path}: not a REDCap data dictionary: no column(s) "
+                              f"{', '.join(repr(c) for c in missing)} (download it from REDCap: "
+                              "Project Setup > Data Dictionary)")
     fields, extras, forms = [], [], []
     for row in rows:
         name = row[REDCAP_COLUMNS["name"]].strip()

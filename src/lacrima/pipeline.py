@@ -266,7 +266,9 @@ _LIGHT_FRAMES = _CACHE_FRAMES[1:]
 
 
 def _cache_prefix(site: str, key: str) -> str:
-    return f"results/{site}/{key}"
+    from lacrima.catalog import results_prefix
+
+    return results_prefix(site, key)
 
 
 def save_site_analysis(storage: Storage, a: SiteAnalysis) -> dict[str, pd.DataFrame]:
@@ -311,7 +313,7 @@ def load_site_analysis(storage: Storage, site: str, key: str, accepted: tuple[st
 
 
 # The light analyses one comparison was made from, kept together (see save_pooled_inputs).
-_POOLED = "results/_pooled"
+from lacrima.catalog import POOLED as _POOLED  # noqa: E402  (the catalog names every zone)
 _PART = "_lacrima_site"
 
 
@@ -729,6 +731,9 @@ def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAn
         "quarantined": sum(len(i.quarantined) for i in intakes),
         "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
                                + sum(p.landed for p in plans if p.site not in ingested)),
+        # records, not files: what the accepted drops brought, and what they held already
+        "records_new": sum(getattr(i, "records_new", 0) for i in intakes),
+        "records_held": sum(getattr(i, "records_held", 0) for i in intakes),
         "sites_analysed": [a.site for a in analyses],
         "sites_recomputed": [a.site for a in analyses if not a.reused],
         "sites_reused": sorted(reused),

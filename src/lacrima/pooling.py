@@ -16,11 +16,11 @@ import pandas as pd
 
 from lacrima import vocabulary as voc
 from lacrima.meta.effects import fisher_z, from_symmetric_ci
-from lacrima.meta.rma import FRAME_COLUMNS, random_effects
+from lacrima.meta.rma import FRAME_COLUMNS, METAFOR_TEST, TESTS, moderator_test, random_effects
 from lacrima.stats.adjust import adjust_pvalues
 from lacrima.study import Study
 
-__all__ = ["pool_estimates", "pool_details", "EFFECT_KEY", "POOLED_ANALYSES"]
+__all__ = ["pool_estimates", "pool_details", "heterogeneity", "HETEROGENEITY_COLUMNS", "EFFECT_KEY", "POOLED_ANALYSES"]
 
 EFFECT_KEY = ("family", "analysis", "x", "y", "covariates")
 
@@ -101,8 +101,13 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
 
 
 def _settings(study: Study) -> tuple[str, str]:
+    """tau2 estimator and CI method: ``[pooling] method`` and ``ci`` (``test`` is the old name)."""
     cfg = study.section("pooling")
-    return str(cfg.get("method", "REML")), str(cfg.get("test", "knha"))
+    ci = str(cfg.get("ci", "knha"))
+    if ci not in TESTS:
+        raise ValueError(f"sites/study.toml [pooling] ci = {ci!r}: must be one of {TESTS} "
+                         "(metafor's test = \"knha\", \"adhoc\", \"z\")")
+    return str(cfg.get("method", "REML")), ci
 
 
 def pool_details(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
@@ -233,3 +238,97 @@ def pool_estimates(site_results: pd.DataFrame, study: Study,
             # (about 0.15 s each, 14 families x models), for the same arithmetic.
             out.loc[p[ok].index, "p_adjusted"] = adjust_pvalues(p[ok].to_numpy(), "holm")
     return out
+
+
+HETEROGENEITY_COLUMNS = EFFECT_KEY + (
+    "scale", "k", "n", "sites", "tau2_method", "ci_method", "metafor_test", "level",
+    "fe_estimate", "fe_ci_low", "fe_ci_high",
+    "re_estimate", "re_ci_low", "re_ci_high", "re_statistic", "re_df", "re_p_value",
+    "pi_low", "pi_high",
+    "tau2", "tau2_ci_low", "tau2_ci_high", "tau", "tau_ci_low", "tau_ci_high",
+    "i2", "i2_ci_low", "i2_ci_high", "h2", "h2_ci_low", "h2_ci_high",
+    "q", "q_df", "q_p",
+    "role_k_original", "role_qm", "role_qm_df", "role_qm_df2", "role_qm_p",
+    "re_ci_narrower_than_fe", "tau2_uninformative", "note",
+)
+# With this few studies tau2 (and I2, the prediction interval) say next to nothing.
+TAU2_UNINFORMATIVE_K = 3
+
+
+def _i2_h2(tau2: np.ndarray, vi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """I2 (percent) and H2 at tau2, with metafor's typical within-study variance."""
+    w = 1.0 / vi
+    s2 = (len(vi) - 1) * w.sum() / (w.sum() ** 2 - (w ** 2).sum())
+    tau2 = np.asarray(tau2, dtype=float)
+    return 100 * tau2 / (tau2 + s2), (tau2 + s2) / s2
+
+
+def heterogeneity(site_results: pd.DataFrame, study: Study,
+                  roles: dict[str, str]) -> pd.DataFrame:
+    """One row per pooled effect (k >= 2): every heterogeneity statistic, as Many Labs 2 exports.
+
+    Parameters
+    ----------
+    site_results : DataFrame
+        Per-site tidy rows, as for :func:`pool_estimates`.
+    study : Study
+        ``[pooling]`` families, ``method`` and ``ci``; ``[study].level``.
+    roles : dict
+        Site code -> role (``original`` / ``replication``), for the moderator test.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``HETEROGENEITY_COLUMNS``. Estimates and their intervals (fixed effect,
+        random effects, prediction interval) are on the effect's own scale, as in
+        results.csv: r for correlations (back from Fisher z), Hedges' g, the odds ratio
+        (back from the log); ``scale`` names the pooling scale, on which ``tau2``, ``tau``
+        and their Q-profile intervals are given (as results.csv's ``tau2``). I2 (percent)
+        and H2 with the intervals implied by tau2's. Q, its df and p. ``role_*``: the
+        test of original vs replication sites as a moderator (``role_qm`` F(1, k - 2)
+        under Knapp-Hartung, chi-square(1) under ``z``; blank when k < 3 or one role
+        only). ``re_ci_narrower_than_fe``: the random-effects CI is narrower than the
+        fixed-effect one (possible under untruncated Knapp-Hartung at small k).
+        ``tau2_uninformative``: k <= 3.
+
+    Notes
+    -----
+    metafor: ``rma(yi, vi, method, test)``, ``rma(yi, vi, method = "FE")``,
+    ``confint(., type = "QP")``, ``predict(.)``, ``rma(yi, vi, mods = ~ role, ...)``
+    (tests/reference/meta_reference.R, cases ``hetero_*``).
+    """
+    method, ci = _settings(study)
+    rows = []
+    for eff in _effect_inputs(site_results, study):
+        if len(eff.yi) < MIN_K_POOLED:
+            continue
+        res = random_effects(eff.yi, eff.vi, method=method, test=ci, level=study.level)
+        back = _BACK[eff.scale]
+        site_roles = [roles.get(s, "") for s in eff.sites]
+        mod = moderator_test(eff.yi, eff.vi, site_roles, test=ci)
+        i2_ci, h2_ci = _i2_h2(np.array([res.tau2_ci_low, res.tau2_ci_high]), eff.vi)
+        rows.append({
+            **dict(zip(EFFECT_KEY, eff.key)), "scale": eff.scale, "k": res.k, "n": eff.n,
+            "sites": "+".join(eff.sites), "tau2_method": method, "ci_method": ci,
+            "metafor_test": METAFOR_TEST[ci], "level": study.level,
+            "fe_estimate": float(back(res.fe_estimate)), "fe_ci_low": float(back(res.fe_ci_low)),
+            "fe_ci_high": float(back(res.fe_ci_high)),
+            "re_estimate": float(back(res.estimate)), "re_ci_low": float(back(res.ci_low)),
+            "re_ci_high": float(back(res.ci_high)), "re_statistic": res.statistic,
+            "re_df": res.df, "re_p_value": res.p_value,
+            "pi_low": float(back(res.pi_low)), "pi_high": float(back(res.pi_high)),
+            "tau2": res.tau2, "tau2_ci_low": res.tau2_ci_low, "tau2_ci_high": res.tau2_ci_high,
+            "tau": res.tau, "tau_ci_low": float(np.sqrt(res.tau2_ci_low)),
+            "tau_ci_high": float(np.sqrt(res.tau2_ci_high)),
+            "i2": res.i2, "i2_ci_low": float(i2_ci[0]), "i2_ci_high": float(i2_ci[1]),
+            "h2": res.h2, "h2_ci_low": float(h2_ci[0]), "h2_ci_high": float(h2_ci[1]),
+            "q": res.q, "q_df": res.q_df, "q_p": res.q_p,
+            "role_k_original": sum(r == "original" for r in site_roles),
+            "role_qm": mod["qm"], "role_qm_df": mod["qm_df"], "role_qm_df2": mod["qm_df2"],
+            "role_qm_p": mod["qm_p"],
+            # compared on the pooling scale, where both intervals are symmetric
+            "re_ci_narrower_than_fe": bool(res.ci_high - res.ci_low < res.fe_ci_high - res.fe_ci_low),
+            "tau2_uninformative": bool(res.k <= TAU2_UNINFORMATIVE_K),
+            "note": res.note,
+        })
+    return pd.DataFrame(rows, columns=list(HETEROGENEITY_COLUMNS))

@@ -17,6 +17,9 @@ KEY_ENV = "LACRIMA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "LACRIMA_PSEUDONYM_KEY_FILE"
 DEMO_KEY = b"lacrima-demo-key: synthetic data only"
 MIN_CELL = 5
+# A pseudonym key shorter than this is refused: HMAC under a short or empty key is a hash
+# anyone can recompute from a guessed ID (an ID space of a few thousand numbers).
+MIN_KEY_BYTES = 16
 
 
 class MissingKeyError(RuntimeError):
@@ -59,8 +62,6 @@ def pseudonym_key(demo: bool = False) -> bytes:
 
 def check_key_strength(key: bytes, where: str = "the key") -> bytes:
     """``key`` if it is long enough; else MissingKeyError saying how to make one."""
-    from lacrima.catalog import MIN_KEY_BYTES
-
     if len(key.strip()) < MIN_KEY_BYTES:
         raise MissingKeyError(
             f"{where}: the pseudonymisation key is {'blank' if not key.strip() else 'too short'} "

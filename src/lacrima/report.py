@@ -6,13 +6,19 @@ pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
   pooled effect, methods, provenance), with inline CSS and inline SVG, no network;
 - ``site-<code>.html``: one page per site (its flow, descriptives and every analysis);
-- ``results.csv``, ``replication.csv``, ``participant_flow.csv``, ``descriptives.csv``,
-  ``invariance.csv`` (measurement invariance across sites),
-  ``provenance.json``; ``data/<site>.csv`` and ``data/<site>.sav``; ``analysis_ready.parquet``;
+- ``results.csv``, ``replication.csv``, ``heterogeneity.csv`` (one row per pooled effect,
+  :func:`lacrima.pooling.heterogeneity`), ``participant_flow.csv``, ``descriptives.csv``
+  (counts 1-4 suppressed as the report shows them: ``<5``, with complementary ``(s)``),
+  ``invariance.csv`` (measurement invariance across sites), ``provenance.json``;
+- ``restricted/``: what must not leave the analysts (row-level data and exact counts):
+  ``restricted/data/<site>.csv`` and ``.sav``, ``restricted/analysis_ready.parquet``,
+  ``restricted/participant_flow.csv`` and ``restricted/descriptives.csv`` (exact counts),
+  the A3 cell counts per site;
 - ``manifest.json``: every file of this run with its size and SHA-256.
 
-The manifest is the run's own list: the pages link only to files in it. Every link is
-relative, so the folder opens where it is copied.
+Everything outside ``restricted/`` may be shared: copy the run folder without ``restricted/``
+(``RESTRICTED``) and send it on. The manifest is the run's own list: the pages link only to
+files in it. Every link is relative, so the folder opens where it is copied.
 """
 
 from __future__ import annotations
@@ -194,6 +200,67 @@ def _group_cells(counts: list[float], show) -> list[str]:
     return [("" if _missing(c) else f"<{MIN_CELL}" if 0 < c < MIN_CELL else SECONDARY_MARK)
             if hidden else show(i)
             for i, (c, hidden) in enumerate(zip(counts, hidden_cells(counts)))]
+
+
+def _suppressed_group(counts: list[float]) -> list[str]:
+    """Counts of one group as shareable text: ``<5`` / ``(s)`` where hidden, else the count."""
+    return _group_cells(counts, lambda i: "" if _missing(counts[i]) else str(int(counts[i])))
+
+
+def shareable_flow(flow: pd.DataFrame) -> pd.DataFrame:
+    """``participant_flow.csv`` as it may be shared: the report's suppression, in tidy form.
+
+    Parameters
+    ----------
+    flow : pandas.DataFrame
+        Tidy flow (``site, step, reason, label, n``) with exact counts; not changed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same rows; ``n`` as text: counts 1-4 as ``<5`` and, within each site's exclusion
+        reasons (whose sum is received minus analysed), one more ``(s)`` where a single hidden
+        count could be worked out, exactly as ``flow_frame`` shows them.
+    """
+    out = flow.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    for _, idx in out.groupby("site", sort=False).groups.items():
+        excluded = [i for i in idx if out.loc[i, "step"] == "excluded"]
+        cells = _suppressed_group([float(out.loc[i, "n"]) for i in excluded])
+        for i, text in zip(excluded, cells):
+            n[out.index.get_loc(i)] = text
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    return out
+
+
+def shareable_descriptives(descr: pd.DataFrame) -> pd.DataFrame:
+    """``descriptives.csv`` as it may be shared: counts 1-4 hidden as the site pages hide them.
+
+    Numeric rows: ``n`` 1-4 as ``<5``. Category rows: the levels of a variable (per site and
+    subset) suppressed as one group (``<5``, complementary ``(s)``) and the percent of a
+    hidden count left blank, since count = percent x N.
+    """
+    out = descr.copy()
+    n = [fmt_n(v) for v in out["n"]]
+    count = ["" if _missing(v) else str(int(v)) for v in out["count"]]
+    percent = out["percent"].astype(object).tolist()
+    cat = out["count"].notna().to_numpy()
+    keys = (out["site"].astype(str) + "|" + out["variable"].astype(str) + "|"
+            + out["subset"].astype(str)).to_numpy()
+    positions = [i for i in range(len(out)) if cat[i]]
+    groups: dict[str, list[int]] = {}
+    for i in positions:
+        groups.setdefault(keys[i], []).append(i)
+    for pos in groups.values():
+        cells = _suppressed_group([float(out["count"].iloc[i]) for i in pos])
+        for i, text in zip(pos, cells):
+            count[i] = text
+            if not text.isdigit():
+                percent[i] = None
+    out["n"] = pd.Series(n, index=out.index, dtype="str")
+    out["count"] = pd.Series(count, index=out.index, dtype="str")
+    out["percent"] = pd.Series(percent, index=out.index, dtype=float)
+    return out
 
 
 def fmt_n(n) -> str:
@@ -379,8 +446,21 @@ def _side_name(code: str, k: Any, role: str) -> str:
     return code
 
 
-def _verdict_counts(verdicts: pd.Series) -> str:
-    return ", ".join(f"{n} {v}" for v, n in verdicts.astype(str).value_counts().items())
+def _verdict_counts(rows: pd.DataFrame) -> str:
+    """``"27 replicated (5 on an original with p >= alpha), 4 not replicated (2 larger, same
+    direction), ..."``: each verdict's count, with the context a reader needs to weigh it."""
+    verdicts = rows["verdict"].astype(str)
+    weak = ~rows["original_significant"].astype(bool) if "original_significant" in rows else None
+    larger = rows["larger_same_direction"].astype(bool) if "larger_same_direction" in rows else None
+    parts = []
+    for v, n in verdicts.value_counts().items():
+        notes = []
+        if weak is not None and (k := int((weak & (verdicts == v)).sum())) and v == "replicated":
+            notes.append(f"{k} on an original with p \u2265 \u03b1")
+        if larger is not None and (k := int((larger & (verdicts == v)).sum())) and v != "replicated":
+            notes.append(f"{k} larger than the original, same direction")
+        parts.append(f"{n} {v}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
 
 
 def replication_summary(replication: pd.DataFrame
@@ -406,14 +486,13 @@ def replication_summary(replication: pd.DataFrame
     lines = []
     for o, grp in mine.groupby(mine["original_site"].astype(str), sort=False):
         k = grp["k_original"].iloc[0] if "k_original" in grp else None
-        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}",
-                      _verdict_counts(grp["verdict"])))
+        lines.append((o, f"{head_name} vs {_side_name(o, k, 'original')}", _verdict_counts(grp)))
     pairs = ""
     site_pairs = replication[(reps != POOLED) & (replication["original_site"].astype(str) != POOLED)]
     if head == POOLED and len(site_pairs):
         n_pairs = len(site_pairs.drop_duplicates(["replication_site", "original_site"]))
         pairs = (f"each replication site vs each original site ({n_pairs} pairs): "
-                 f"{_verdict_counts(site_pairs['verdict'])}")
+                 f"{_verdict_counts(site_pairs)}")
     return head, lines, pairs
 
 
@@ -653,6 +732,8 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
         criers_cells[a.site] = _group_cells([c for c, _ in pairs],
                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
     add(f"{_label(study, criers)}, n (%)", criers_cells)
+    for label, by_site in _rates_by_level_rows(analyses, study, criers):
+        add(label, by_site)
     for score, spec in study.scores.items():
         if spec.get("kind") == "not_equal":
             continue
@@ -669,6 +750,32 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     columns = {"Characteristic": [lab for lab, _ in rows]}
     columns.update({a.site: [cells.get(a.site, "") for _, cells in rows] for a in analyses})
     return pd.DataFrame(columns)
+
+
+def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
+                         criers: str) -> list[tuple[str, dict[str, str]]]:
+    """Crying rate, n (%), in each level of a contingency family's row variable that its
+    test leaves out (the ``another`` gender group, "reported descriptively")."""
+    out = []
+    for fam in study.families:
+        if fam.get("kind") != "contingency" or fam["column"] != criers:
+            continue
+        row_var = fam["row"]
+        for level in study.variables.get(row_var, {}).get("levels", ()):
+            if level in fam["row_levels"]:
+                continue
+            cells = {}
+            for a in analyses:
+                d = a.descriptives
+                hit = d[d["variable"] == f"{criers} ({row_var} = {level})"]
+                pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
+                               .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
+                         for v in ("true", "false")]
+                cells[a.site] = _group_cells([c for c, _ in pairs],
+                                             lambda i, pairs=pairs: _count_cell(*pairs[i]))[0]
+            out.append((f"{_label(study, criers)} among {_label(study, row_var)}: {level} "
+                        "(not in the A3 test), n (%)".replace("A3", fam["id"]), cells))
+    return out
 
 
 def _means(d: pd.DataFrame) -> dict[str, tuple[float, float]]:
@@ -719,6 +826,32 @@ def _site_table(rows: pd.DataFrame, analysis: str, spearman: pd.DataFrame) -> pd
     return out
 
 
+def _with_test_used(table: pd.DataFrame, analysis: str, family_rows: pd.DataFrame,
+                    x: str, y: str) -> pd.DataFrame:
+    """A contingency table's per-site rows say which test applies and give its p: Fisher's
+    exact test where an expected count is below 5 (a ``fisher_exact`` row exists), else
+    the chi-square. Other analyses: unchanged."""
+    if analysis != "chi_square" or not len(table):
+        return table
+    fisher = family_rows[(family_rows["analysis"] == "fisher_exact") & (family_rows["x"] == x)
+                         & (family_rows["y"] == y)]
+    fisher_p = dict(zip(fisher["site"].astype(str), fisher["p_value"]))
+    chi_p = dict(zip(table["Site"], table["p"]))
+    out = table.copy()
+    out["Test"] = ["Fisher's exact (expected count < 5)" if s in fisher_p else "\u03c7\u00b2"
+                   for s in out["Site"]]
+    out["p (test used)"] = [fmt_p(fisher_p[s]) if s in fisher_p else chi_p[s] for s in out["Site"]]
+    return out
+
+
+def _fe_scale(fixed: pd.Series, back, column: str) -> float:
+    """A fixed-effect limit of a results.csv row back on the pooling scale (where the
+    random-effects detail lives), by inverting ``back``."""
+    inverse = {np.tanh: np.arctanh, np.exp: np.log}.get(back)
+    value = float(fixed[column])
+    return float(inverse(value)) if inverse is not None else value
+
+
 def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.DataFrame,
                   analysis: str, back) -> list[str]:
     """Heterogeneity and IPD sentences for one effect."""
@@ -741,6 +874,10 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
             f"Q({fmt(detail['q_df'], 0)}) = {fmt(detail['q'])}, {p_text(detail['q_p'])}.")
         if isinstance(detail.get("note"), str) and detail["note"]:
             lines.append(f"Note: {detail['note']}")
+        lines += _interval_warnings(detail if fixed is None else
+                                    pd.concat([detail, pd.Series({
+                                        "fe_ci_low": _fe_scale(fixed, back, "ci_low"),
+                                        "fe_ci_high": _fe_scale(fixed, back, "ci_high")})]))
     if fixed is not None:
         lines.append(f"Fixed effect: {fmt(fixed['estimate'], leading_zero=lz)} "
                      f"{fmt_ci(fixed['ci_low'], fixed['ci_high'], leading_zero=lz)}.")
@@ -756,6 +893,97 @@ def _pooled_lines(detail: pd.Series | None, fixed: pd.Series | None, ipd: pd.Dat
                          f"{fmt_ci(r['ci_low'], r['ci_high'])}, {p_text(r['p_value'])}"
                          + (f" ({problems.group(1)})." if problems else "."))
     return lines
+
+
+# Exact 2x2 counts per site of every contingency family (A3). Not shareable (cells of 1-4
+# are not suppressed), so it sits with the row-level data under data/.
+CONTINGENCY_COUNTS = "restricted/contingency_2x2_counts_by_site.csv"
+CONTINGENCY_COUNT_COLUMNS = ("family", "site", "row", "row_level", "column", "n_event",
+                             "n_no_event", "n", "min_expected", "test_used")
+
+
+def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
+    """The 2x2 table of every contingency family at every site, from the stacked data.
+
+    Parameters
+    ----------
+    parquet : bytes
+        ``analysis_ready.parquet`` of the run (the sites' analysis-ready rows, ``site``).
+    study : Study
+
+    Returns
+    -------
+    DataFrame
+        ``CONTINGENCY_COUNT_COLUMNS``: per family, site and row level (the two tested,
+        in plan order) the counts with (``n_event``) and without the column event among
+        rows where it is known; ``min_expected`` of the site's 2x2 and ``test_used``
+        (``fisher_exact`` when it is below 5, else ``pearson_chi2``), as the analysis
+        chose (lacrima.analysis._contingency).
+    """
+    import pyarrow.parquet as pq
+
+    fams = [f for f in study.families if f.get("kind") == "contingency"]
+    if not fams:
+        return pd.DataFrame(columns=list(CONTINGENCY_COUNT_COLUMNS))
+    names = set(pq.ParquetFile(pa_buffer(parquet)).schema_arrow.names)
+    cols = sorted({"site"} | {c for f in fams for c in (f["row"], f["column"])} & names)
+    data = pq.read_table(pa_buffer(parquet), columns=cols).to_pandas()
+    rows = []
+    for fam in fams:
+        if fam["row"] not in data.columns or fam["column"] not in data.columns:
+            continue
+        event = data[fam["column"]].astype("boolean")
+        level = data[fam["row"]].astype("str")
+        for site, idx in data.groupby("site", sort=True).groups.items():
+            cells = []
+            for lev in fam["row_levels"]:
+                mask = (level.loc[idx] == str(lev)).fillna(False) & event.loc[idx].notna()
+                yes = int((mask & event.loc[idx].fillna(False)).sum())
+                cells.append((lev, yes, int(mask.sum()) - yes))
+            table = np.array([[c[1], c[2]] for c in cells], dtype=float)
+            total = table.sum()
+            expected = (np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+                        if total else np.full((2, 2), np.nan))
+            min_exp = float(np.nanmin(expected)) if total else np.nan
+            for lev, yes, no in cells:
+                rows.append({"family": fam["id"], "site": str(site), "row": fam["row"],
+                             "row_level": lev, "column": fam["column"], "n_event": yes,
+                             "n_no_event": no, "n": yes + no, "min_expected": min_exp,
+                             "test_used": "fisher_exact" if min_exp < 5 else "pearson_chi2"})
+    return pd.DataFrame(rows, columns=list(CONTINGENCY_COUNT_COLUMNS))
+
+
+def pa_buffer(data: bytes):
+    """Bytes as a file pyarrow reads without a copy."""
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def heterogeneity_frame(comparison: Comparison, study: Study, sites: list[Site]) -> pd.DataFrame:
+    """``heterogeneity.csv``: :func:`lacrima.pooling.heterogeneity` of the run's per-site rows,
+    with each site's role (original / replication) for the moderator test."""
+    from lacrima.pooling import heterogeneity
+
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    return heterogeneity(per_site, study, {s.code: s.role for s in sites})
+
+
+def _interval_warnings(detail: pd.Series | None) -> list[str]:
+    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    if detail is None or not detail.get("k") or detail["k"] < 2:
+        return []
+    out = []
+    width_re = detail["ci_high"] - detail["ci_low"]
+    width_fe = detail["fe_ci_high"] - detail["fe_ci_low"] if "fe_ci_high" in detail else np.nan
+    if np.isfinite(width_fe) and width_re < width_fe:
+        out.append("Warning: the random-effects CI is narrower than the fixed-effect CI "
+                   "(untruncated Knapp-Hartung with few sites); read the wider one.")
+    if detail["k"] <= 3:
+        out.append(f"With k = {int(detail['k'])} sites, \u03c4\u00b2 (and I\u00b2, the "
+                   "prediction interval) is uninformative: it cannot distinguish no "
+                   "heterogeneity from a lot.")
+    return out
 
 
 def _replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.DataFrame:
@@ -865,7 +1093,8 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "anchor": anchor, "title": title, "svg": svg,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
-                "table": _html_table(_site_table(grp, analysis, spearman)),
+                "table": _html_table(_with_test_used(_site_table(grp, analysis, spearman),
+                                                     analysis, rows, x, y)),
                 "lines": lines,
                 "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
@@ -1054,7 +1283,7 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
         for f in group.itertuples(index=False):
             freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
             rows.append({
-                "Scale": scale, "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                "Scale": _label_scale(scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
                 + (f" ({freed} free)" if freed else ""),
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
@@ -1264,16 +1493,29 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
         families=_site_analyses(analysis, study), own_downloads=list(downloads))
 
 
+RESTRICTED = "restricted"
+"""Sub-folder of a run folder for what may not be shared: row-level data and exact counts."""
+
+RESTRICTED_README = f"""Restricted outputs of a lacrima run: do not share.
+
+This folder holds row-level data (data/<site>.csv and .sav, analysis_ready.parquet) and
+exact counts (participant_flow.csv, descriptives.csv with counts 1-{MIN_CELL - 1} shown).
+Everything outside this folder may be shared: there, counts 1-{MIN_CELL - 1} show as <{MIN_CELL}
+(and (s) where a hidden count could be worked out from a total), as in report.html.
+""".encode()
+
+
 def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
                study: Study) -> dict[str, bytes]:
-    """A site's own outputs: ``data/<site>.csv``, ``data/<site>.sav`` and ``site-<site>.html``.
+    """A site's own outputs: ``restricted/data/<site>.csv`` and ``.sav`` (row-level data), and
+    ``site-<site>.html``.
 
     ``data`` is the site's analysis-ready frame (``pipeline.load_site_data``).
     """
     from lacrima.exports import spss_bytes
 
-    files = {f"data/{site.code}.csv": to_csv_bytes(data),
-             f"data/{site.code}.sav": spss_bytes(data, study, site)}
+    files = {f"{RESTRICTED}/data/{site.code}.csv": to_csv_bytes(data),
+             f"{RESTRICTED}/data/{site.code}.sav": spss_bytes(data, study, site)}
     files[f"site-{site.code}.html"] = render_site_page(analysis, site, study, list(files)).encode()
     return files
 
@@ -1438,8 +1680,12 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
 
     put("results.csv", to_csv_bytes(results))
     put("replication.csv", to_csv_bytes(comparison.replication))
-    put("participant_flow.csv", to_csv_bytes(flow))
-    put("descriptives.csv", to_csv_bytes(descr))
+    put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
+    put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
+    put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
+    put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
+    put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
+    put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
     invariance = run_invariance(storage, analyses, study)
     put("invariance.csv", to_csv_bytes(invariance[0]))
     put("provenance.json", json.dumps(prov, indent=2, default=str).encode())
@@ -1447,7 +1693,7 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     pages = {}
     for a in analyses:
         if a.site not in by_code:
-            put(f"data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
+            put(f"{RESTRICTED}/data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
             continue
         if a.input_key:
             for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
@@ -1456,7 +1702,10 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
             for name, data in site_files(a, a.data, by_code[a.site], study).items():
                 put(name, data)
         pages[a.site] = f"site-{a.site}.html"
-    put("analysis_ready.parquet", plotted[1].result(stacked))
+    parquet = plotted[1].result(stacked)
+    put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
+    # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
+    put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plotted, invariance).encode())
     body = json.dumps(manifest(run_id, listed), indent=2).encode()

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 PLAN_FILE = "study.toml"
 SITE_FILE = "site.toml"
-ROLES: tuple[str, ...] = ("original", "replication")
-"""The closed set of site roles (sites/README.md): original studies, and replications assessed
-against every original."""
+# A site's role is one of these (sites/README.md): an original study, or a replication of
+# it. Replication assessment compares every replication site with every original.
+ROLES = ("original", "replication")
 
 
 def sites_root() -> Path:
@@ -171,8 +171,8 @@ def load_site(code: str, root: Path | None = None) -> Site:
         raw = tomllib.load(fh)
     meta = raw["site"]
     if meta.get("role") not in ROLES:
-        raise ValueError(f"{path}: role {meta.get('role')!r} is not a site role; expected one of "
-                         f"{', '.join(ROLES)} (`lacrima sites check` lists every problem)")
+        raise ValueError(f"{path}: [site] role = {meta.get('role')!r} is not a role; "
+                         f"expected one of {list(ROLES)}")
     return Site(
         code=meta["code"], folder=folder, role=meta["role"], country=meta["country"],
         language=meta["language"], published_n=int(meta["published_n"]),

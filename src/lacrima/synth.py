@@ -113,7 +113,8 @@ def _category_cov(thr_i: np.ndarray, thr_j: np.ndarray, r: float) -> float:
     a, b = np.meshgrid(thr_i, thr_j, indexing="ij")
     points = np.column_stack([a.ravel(), b.ravel()])
     joint = stats.multivariate_normal(mean=[0.0, 0.0], cov=[[1.0, r], [r, 1.0]]).cdf(points)
-    return float((np.atleast_1d(joint) - stats.norm.cdf(points[:, 0]) * stats.norm.cdf(points[:, 1])).sum())
+    independent = stats.norm.cdf(points[:, 0]) * stats.norm.cdf(points[:, 1])
+    return float((np.atleast_1d(joint) - independent).sum())
 
 
 def _category_var(thr: np.ndarray) -> float:
@@ -148,9 +149,12 @@ def simulate(site: Site, study: Study, n: int, seed: int, *, id_offset: int = 0)
     -----
     Latent model (all N(0, 1) unless noted). Alliance T_a and change T_c correlate
     rho; attachment security T_s is independent. Non-criers have T_c shifted down by
-    d / v_change. Items: WAI_j = cut(l_a T_a + e), CTSC_j = cut(l_c T_c + e),
+    d / v_change. Items follow the factor model of [synthetic.items] (``item_model``):
+    WAI_j = cut(nu_j + l F_k + sqrt(1 - l^2) e) with F_k = sqrt(r_s) T_a + sqrt(1 - r_s) u_k
+    for its subscale k (task, bond, goal correlating r_s), CTSC_j = cut(nu_j + l T_c + ...),
     rq_secure = cut7(T_s). Each episode item with a configured r to score S is
-    cut(r* T_S + sqrt(1 - r*^2) e) with r* = r / (v_item * v_S), where v_item =
+    cut(nu + r* T_S + sqrt(1 - r*^2) (k P + sqrt(1 - k^2) e)) with P the factor of its
+    after-crying scale (k its loading there) and r* = r / (v_item * v_S), where v_item =
     ``item_validity`` and v_S = ``score_validity`` (corr of the observed score with
     its latent), so that the *observed* item-score r matches the configured r: the
     latent r is disattenuated for discretisation (Olsson, Drasgow & Dorans 1982) and

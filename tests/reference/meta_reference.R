@@ -114,6 +114,75 @@ cases[["zpcor_escalc"]] <- list(
   call = 'ti <- ri * sqrt(ni - gi - 2) / sqrt(1 - ri^2); escalc(measure = "ZPCOR", ti = ti, ni = ni, mi = gi + 1) with ri = c(0.25, -0.1, 0.4), ni = c(106, 100, 124), gi = c(3, 3, 3)',
   input = pcor_in)
 
+# 8. Boundary: REML tau2 at 0. (a) the Hedges start is negative: metafor stays at exactly 0;
+#    (b) the Hedges start is positive but the optimum is 0: metafor's Fisher scoring halves
+#    its steps towards 0 and stops within its threshold (tau2 ~ 1e-15, not exactly 0).
+bnd <- list(boundary_he_negative = list(yi = c(0.10, 0.12, 0.11), vi = c(0.01, 0.02, 0.015)),
+            boundary_he_positive = list(yi = c(0.10, 0.10, 1.20), vi = c(0.01, 0.01, 1.0)),
+            boundary_k2 = list(yi = c(0.20, 0.25), vi = c(0.01, 0.02)))
+for (nm in names(bnd)) {
+  for (tst in c("knha", "z", "adhoc")) {
+    call <- sprintf("rma(yi = c(%s), vi = c(%s), method = \"REML\", test = \"%s\")",
+                    paste(bnd[[nm]]$yi, collapse = ", "), paste(bnd[[nm]]$vi, collapse = ", "), tst)
+    res <- rma(yi = bnd[[nm]]$yi, vi = bnd[[nm]]$vi, method = "REML", test = tst)
+    out <- c(list(input = bnd[[nm]]), fit_summary(res, call))
+    out$tau <- sqrt(res$tau2)
+    cases[[paste(nm, "REML", tst, sep = "_")]] <- out
+  }
+}
+
+# 9. test = "adhoc" (Knapp-Hartung with the ad hoc truncation, s2 = max(1, s2)).
+for (kk in c(16, 3)) {
+  sub <- molloy[1:kk, ]
+  call <- sprintf('rma(yi, vi, data = escalc(measure = "ZCOR", ri = ri, ni = ni, data = dat.molloy2014)[1:%d, ], method = "REML", test = "adhoc")', kk)
+  res <- rma(yi, vi, data = sub, method = "REML", test = "adhoc")
+  cases[[sprintf("molloy2014_k%d_REML_adhoc", kk)]] <- c(list(input = list(yi = as.numeric(sub$yi), vi = as.numeric(sub$vi))), fit_summary(res, call))
+}
+
+# 10. heterogeneity.csv: every column of one pooled effect, for each CI method. With
+#   re <- rma(yi, vi, method = "REML", test = test)          # random effects (test: knha, adhoc, z)
+#   fe <- rma(yi, vi, method = "FE")                           # fixed effect (z)
+#   ci <- confint(re, type = "QP", control = list(tol = 1e-12)) # tau2, tau, I2, H2 (Q-profile)
+#   pr <- predict(re)                                          # prediction interval
+#   mod <- rma(yi, vi, mods = ~ role, method = "REML", test = test)  # QM, QMdf, QMp
+# (confint's default uniroot tolerance is 1.2e-4; 1e-12 makes the limits exact.)
+hetero <- list(
+  k3 = list(yi = c(0.24, 0.41, 0.05), vi = 1 / (c(124, 106, 100) - 3),
+            role = c("original", "replication", "replication")),
+  k4 = list(yi = c(0.30, 0.12, 0.18, -0.02), vi = 1 / (c(124, 106, 100, 90) - 3),
+            role = c("original", "replication", "replication", "replication")),
+  k5_boundary = list(yi = c(0.21, 0.20, 0.23, 0.19, 0.22), vi = c(0.010, 0.012, 0.009, 0.011, 0.010),
+                     role = c("original", "replication", "replication", "replication", "replication")),
+  k3_g = list(yi = c(0.45, -0.05, 0.20), vi = c(0.034, 0.038, 0.041),
+              role = c("original", "replication", "replication"))
+)
+for (nm in names(hetero)) {
+  h <- hetero[[nm]]
+  for (tst in c("knha", "adhoc", "z")) {
+    re <- rma(yi = h$yi, vi = h$vi, method = "REML", test = tst)
+    fe <- rma(yi = h$yi, vi = h$vi, method = "FE")
+    ci <- confint(re, type = "QP", control = list(tol = 1e-12))
+    pr <- predict(re)
+    role <- h$role
+    mod <- rma(yi = h$yi, vi = h$vi, mods = ~ role, method = "REML", test = tst)
+    cases[[paste("hetero", nm, tst, sep = "_")]] <- list(
+      input = h,
+      call = sprintf("re <- rma(yi, vi, method = \"REML\", test = \"%s\"); fe <- rma(yi, vi, method = \"FE\"); confint(re, type = \"QP\", control = list(tol = 1e-12)); predict(re); rma(yi, vi, mods = ~ role, method = \"REML\", test = \"%s\")", tst, tst),
+      test = tst, k = re$k,
+      fe_estimate = as.numeric(fe$b), fe_ci_low = fe$ci.lb, fe_ci_high = fe$ci.ub,
+      re_estimate = as.numeric(re$b), re_se = re$se, re_ci_low = re$ci.lb, re_ci_high = re$ci.ub,
+      re_statistic = re$zval, re_p_value = re$pval,
+      pi_low = pr$pi.lb, pi_high = pr$pi.ub,
+      tau2 = re$tau2, tau2_ci_low = ci$random["tau^2", "ci.lb"], tau2_ci_high = ci$random["tau^2", "ci.ub"],
+      tau = sqrt(re$tau2), tau_ci_low = ci$random["tau", "ci.lb"], tau_ci_high = ci$random["tau", "ci.ub"],
+      i2 = re$I2, i2_ci_low = ci$random["I^2(%)", "ci.lb"], i2_ci_high = ci$random["I^2(%)", "ci.ub"],
+      h2 = re$H2, h2_ci_low = ci$random["H^2", "ci.lb"], h2_ci_high = ci$random["H^2", "ci.ub"],
+      q = re$QE, q_df = re$k - re$p, q_p = re$QEp,
+      role_qm = mod$QM, role_qm_df = mod$QMdf[1], role_qm_df2 = mod$QMdf[2], role_qm_p = mod$QMp,
+      role_estimate = as.numeric(mod$b[2]))
+  }
+}
+
 meta <- list(R = R.version.string, metafor = as.character(packageVersion("metafor")))
 write_json(list(meta = meta, cases = cases), "meta_reference.json", auto_unbox = TRUE,
            digits = NA, pretty = TRUE, na = "null")

@@ -56,11 +56,12 @@ for (i in seq_len(nrow(st))) {
 }
 
 # --- Pooled sides: 2 originals x 3 replications of one correlation (g covariates).
-# Each role pooled with rma(yi, vi, method = "REML", test = "knha") on Fisher z,
-# vi = 1/(n - 3 - g), as lacrima.pooling pools; a pooled side enters the assessment with
-# its estimate and se^2 in place of atanh(r) and 1/(n - 3 - g).
+# Each role pooled with rma(yi, vi, method = "REML", test = "adhoc") on Fisher z,
+# vi = 1/(n - 3 - g), as lacrima.pooling pools (REML, Hartung-Knapp on k - 1 df) with the
+# Knapp-Hartung ad hoc standard error (never below the Wald one); a pooled side enters the
+# assessment with its estimate and se^2 in place of atanh(r) and 1/(n - 3 - g).
 pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
-  fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "knha")
+  fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc")
   fo <- fit(orig_r, orig_n); fr <- fit(rep_r, rep_n)
   side <- function(f) list(estimate = as.numeric(f$b), se = f$se, p = f$pval)
   pair <- function(zo, vo, zr, vr, r_r) {
@@ -78,7 +79,7 @@ pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
     pair(atanh(orig_r[i]), 1 / (orig_n[i] - 3 - g), zr, vr, tanh(zr)))
   list(
     input = list(orig_r = orig_r, orig_n = orig_n, rep_r = rep_r, rep_n = rep_n, g = g),
-    call = paste0("rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'knha') per role; ",
+    call = paste0("rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'adhoc') per role; ",
                   "PI tanh(zo +/- qnorm(.975) sqrt(vo + vr)); p_difference 2 pnorm(-|zo - zr| / sqrt(vo + vr)); ",
                   "r33 sign(zo) pwr.r.test(n = 1/vo + 3, power = 1/3)$r; ",
                   "p_small_telescope pnorm((atanh(r_r) - atanh(r33)) / sqrt(vr)), mirrored when r33 < 0"),
@@ -89,6 +90,9 @@ pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
 pooled <- list(
   correlation = pooled_case("correlation", c(0.35, 0.28), c(106, 100), c(0.30, 0.12, 0.22),
                             c(124, 90, 150), 0),
+  # two originals that agree closely: the untruncated Hartung-Knapp se would be ~0.005
+  agreeing = pooled_case("agreeing", c(0.30, 0.31), c(100, 97), c(0.25, 0.12, 0.20),
+                         c(124, 90, 150), 0),
   partial = pooled_case("partial", c(-0.30, -0.18), c(106, 100), c(-0.05, -0.20, -0.11),
                         c(124, 90, 150), 2))
 

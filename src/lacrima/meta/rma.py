@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-__all__ = ["RandomEffectsResult", "random_effects", "ESTIMATORS", "TESTS", "FRAME_COLUMNS"]
+__all__ = ["RandomEffectsResult", "random_effects", "moderator_test", "METAFOR_TEST", "ESTIMATORS", "TESTS", "FRAME_COLUMNS"]
 
 ESTIMATORS = ("REML", "DL", "PM")
-TESTS = ("knha", "z")
+TESTS = ("knha", "knha_adhoc", "z")
+# lacrima's CI method -> metafor's rma(test = ...)
+METAFOR_TEST = {"knha": "knha", "knha_adhoc": "adhoc", "z": "z"}
 # Fewer studies than this and no prediction interval is given (see Notes of random_effects).
 PI_MIN_K = 3
 
@@ -140,8 +142,136 @@ def _tau2_dl(yi: np.ndarray, vi: np.ndarray) -> float:
     return max(0.0, (q - (len(yi) - 1)) / c) if c > 0 else 0.0
 
 
+def _reml_loglik(tau2: float, yi: np.ndarray, vi: np.ndarray, x: np.ndarray) -> float:
+    """Restricted log-likelihood of ``yi ~ x`` (metafor's ``ll`` for REML)."""
+    w = 1.0 / (vi + tau2)
+    a = x.T @ (w[:, None] * x)
+    b = np.linalg.solve(a, x.T @ (w * yi))
+    return float(-0.5 * (len(yi) - x.shape[1]) * np.log(2 * np.pi)
+                 - 0.5 * np.sum(np.log(vi + tau2)) - 0.5 * np.linalg.slogdet(a)[1]
+                 - 0.5 * np.sum(w * (yi - x @ b) ** 2))
+
+
+# metafor's rma.uni control defaults (maxiter, threshold) for its REML Fisher scoring.
+METAFOR_MAXITER = 100
+METAFOR_THRESHOLD = 1e-5
+
+
+def _tau2_reml_metafor(yi: np.ndarray, vi: np.ndarray, x: np.ndarray | None = None,
+                       max_iter: int = METAFOR_MAXITER,
+                       tol: float = METAFOR_THRESHOLD) -> tuple[float, bool]:
+    """metafor's REML: Fisher scoring from the Hedges (HE) estimate, step halving at 0.
+
+    Step for step ``rma.uni(method = "REML")`` with its default ``control``: the start
+    ``max(0, HE)``; ``adj = (Y'PPY - tr P) / tr(PP)`` halved while ``tau2 + adj < 0``;
+    stop when the change is at most ``threshold`` (``tol``, 1e-5); the ``ll0check``
+    (tau2 set to 0 when the likelihood at 0 is higher by more than ``eps^0.25``); finally
+    ``max(0, tau2)``. A start at 0 with a negative score stays exactly 0, as in metafor.
+    ``x`` is the design (default: intercept only, the plain random-effects model). With
+    ``P = W - W X A^-1 X' W``, ``A = X'WX``, the traces need only p x p matrices:
+    ``tr P = sum w - tr(A^-1 X'W^2 X)``, ``tr PP = sum w^2 - 2 tr(A^-1 X'W^3 X) +
+    tr((A^-1 X'W^2 X)^2)``, never a k x k matrix.
+    """
+    k = len(yi)
+    x = np.ones((k, 1)) if x is None else x
+    p = x.shape[1]
+    ols = np.linalg.lstsq(x, yi, rcond=None)[0]
+    tr_pv = np.sum(vi) - np.trace(np.linalg.solve(x.T @ x, x.T @ (vi[:, None] * x)))
+    tau2 = max(0.0, float(np.sum((yi - x @ ols) ** 2) - tr_pv) / (k - p))
+    converged = False
+    for _ in range(max_iter):
+        w = 1.0 / (vi + tau2)
+        a_inv = np.linalg.inv(x.T @ (w[:, None] * x))
+        py = w * (yi - x @ (a_inv @ (x.T @ (w * yi))))
+        b2 = a_inv @ (x.T @ ((w ** 2)[:, None] * x))
+        tr_p = np.sum(w) - np.trace(b2)
+        tr_pp = (np.sum(w ** 2) - 2 * np.trace(a_inv @ (x.T @ ((w ** 3)[:, None] * x)))
+                 + np.trace(b2 @ b2))
+        adj = (np.sum(py ** 2) - tr_p) / tr_pp if tr_pp > 0 else 0.0
+        if not np.isfinite(adj):
+            adj = 0.0
+        while tau2 + adj < 0:
+            adj /= 2
+        old, tau2 = tau2, float(tau2 + adj)
+        if abs(old - tau2) <= tol:
+            converged = True
+            break
+    if converged and tau2 > tol and \
+            _reml_loglik(0.0, yi, vi, x) - _reml_loglik(tau2, yi, vi, x) > np.finfo(float).eps ** 0.25:
+        tau2 = 0.0
+    return max(0.0, tau2), converged
+
+
+def moderator_test(yi, vi, moderator, test: str = "knha") -> dict[str, float]:
+    """Test of a two-level moderator in a mixed-effects meta-regression (REML).
+
+    Parameters
+    ----------
+    yi, vi : array_like
+        Effect sizes and sampling variances, as for :func:`random_effects`.
+    moderator : array_like
+        One label per study with exactly two distinct values (e.g. the site's role,
+        ``original`` or ``replication``); the first in sorted order is the reference.
+    test : {"knha", "knha_adhoc", "z"}
+        As in :func:`random_effects`.
+
+    Returns
+    -------
+    dict
+        ``qm``, ``qm_df`` (numerator df, 1), ``qm_df2`` (denominator df ``k - 2`` for
+        the F test of ``knha``/``knha_adhoc``; NaN for the chi-square of ``z``),
+        ``qm_p``, ``estimate`` (difference of the second level from the first),
+        ``tau2`` (residual). All NaN when fewer than 3 studies or not two levels.
+
+    Notes
+    -----
+    metafor's ``rma(yi, vi, mods = ~ moderator, method = "REML", test = test)`` with
+    ``test`` ``"knha"``, ``"adhoc"`` or ``"z"``: ``QM = b^2 / Var(b)``; under
+    Knapp-Hartung ``Var(b)`` is scaled by ``s^2 = sum w e^2 / (k - 2)`` (by
+    ``max(1, s^2)`` under the ad hoc rule) and ``QM`` is F(1, k - 2); under ``z`` it
+    is chi-square(1).
+    """
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    y, v = _validate(yi, vi)
+    labels = np.asarray(moderator).astype(str)
+    levels = np.unique(labels)
+    nan = float("nan")
+    out = {"qm": nan, "qm_df": nan, "qm_df2": nan, "qm_p": nan, "estimate": nan, "tau2": nan}
+    if len(labels) != len(y) or len(levels) != 2 or len(y) < 3:
+        return out
+    x = np.column_stack([np.ones(len(y)), (labels == levels[1]).astype(float)])
+    tau2, _ = _tau2_reml_metafor(y, v, x)
+    w = 1.0 / (v + tau2)
+    vb = np.linalg.inv(x.T @ (w[:, None] * x))
+    b = vb @ (x.T @ (w * y))
+    k, p = x.shape
+    if test == "z":
+        qm = b[1] ** 2 / vb[1, 1]
+        return dict(out, qm=float(qm), qm_df=1.0, qm_p=float(stats.chi2.sf(qm, 1)),
+                    estimate=float(b[1]), tau2=tau2)
+    s2 = float(np.sum(w * (y - x @ b) ** 2) / (k - p))
+    if test == "knha_adhoc":
+        s2 = max(1.0, s2)
+    qm = b[1] ** 2 / (s2 * vb[1, 1])
+    return dict(out, qm=float(qm), qm_df=1.0, qm_df2=float(k - p),
+                qm_p=float(stats.f.sf(qm, 1, k - p)), estimate=float(b[1]), tau2=tau2)
+
+
 def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float) -> tuple[float, bool]:
-    """Fisher scoring on the restricted likelihood, as metafor does, with step halving at 0."""
+    """Fisher scoring on the restricted likelihood to ``tol``, from DL, with step halving at 0.
+
+    At the boundary (the REML score at tau2 = 0 is not positive, so the optimum is 0)
+    metafor's own path is followed instead (:func:`_tau2_reml_metafor`): from a Hedges
+    start at or below 0 it stays at exactly 0, as metafor does; from a positive start it
+    halves its steps towards 0 and stops within metafor's threshold, at metafor's value.
+    tau2, tau and I2 are then metafor's to rounding, where iterating to ``tol`` would stop
+    at ~1e-11 (tau ~3e-6) and exactly 0 would differ from metafor wherever it does not reach 0.
+    """
+    w0 = 1.0 / vi
+    mu0 = np.sum(w0 * yi) / np.sum(w0)
+    if np.sum(w0**2 * (yi - mu0) ** 2) - (np.sum(w0) - np.sum(w0**2) / np.sum(w0)) <= 0:
+        return _tau2_reml_metafor(yi, vi)
     tau2 = _tau2_dl(yi, vi)
     for _ in range(max_iter):
         w = 1.0 / (vi + tau2)
@@ -194,12 +324,15 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
         Their sampling variances, all positive.
     method : {"REML", "DL", "PM"}, default "REML"
         tau2 estimator: restricted maximum likelihood, DerSimonian-Laird, Paule-Mandel.
-    test : {"knha", "z"}, default "knha"
-        Hartung-Knapp-Sidik-Jonkman t on ``k - 1`` df, or the normal (Wald) z.
+    test : {"knha", "knha_adhoc", "z"}, default "knha"
+        Hartung-Knapp-Sidik-Jonkman t on ``k - 1`` df (metafor ``test = "knha"``); the
+        same with the ad hoc truncation ``s^2 = max(1, s^2)`` (Knapp & Hartung 2003;
+        metafor ``test = "adhoc"``); or the normal (Wald) z (``test = "z"``).
     level : float, default 0.95
         Level of the confidence, prediction and tau2 intervals.
     max_iter, tol : int, float
-        Iteration limit and convergence tolerance on tau2 for REML.
+        Iteration limit and convergence tolerance on tau2 for REML (an interior optimum;
+        at the boundary metafor's own path and threshold are followed, see Notes).
 
     Returns
     -------
@@ -216,7 +349,10 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     DL: :math:`\\max(0, (Q - (k-1)) / (\\sum w - \\sum w^2 / \\sum w))` with
     :math:`w = 1/v` (DerSimonian & Laird 1986). PM solves
     :math:`\\sum w_i (y_i - \\hat\\mu)^2 = k - 1` (Paule & Mandel 1982). REML uses
-    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005).
+    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005); when the optimum
+    is on the boundary (the REML score at tau2 = 0 is not positive) the iteration is
+    metafor's step for step (Hedges start, step halving, threshold 1e-5, its ``ll0check``),
+    so tau2 is exactly 0 where metafor's is and metafor's value where it stops short.
     The tau2 interval is the Q-profile interval: the tau2 values where the
     generalised Q equals the chi-square(k-1) quantiles (Viechtbauer 2007).
     :math:`I^2 = 100\\,\\hat\\tau^2 / (\\hat\\tau^2 + s^2)` and
@@ -291,8 +427,11 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
 
     w = 1.0 / (v + tau2)
     mu = float(np.sum(w * y) / np.sum(w))
-    if test == "knha":
-        se = float(np.sqrt(np.sum(w * (y - mu) ** 2) / ((k - 1) * np.sum(w))))
+    if test in ("knha", "knha_adhoc"):
+        s2 = float(np.sum(w * (y - mu) ** 2) / (k - 1))
+        if test == "knha_adhoc":
+            s2 = max(1.0, s2)  # metafor's test = "adhoc": never narrower than the z interval
+        se = float(np.sqrt(s2 / np.sum(w)))
         df = float(k - 1)
         crit = float(stats.t.ppf((1 + level) / 2, df))
         dist_sf = lambda s: 2 * stats.t.sf(abs(s), df)  # noqa: E731

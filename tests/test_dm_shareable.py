@@ -1,0 +1,67 @@
+"""Issue 13, point 6: a run folder splits what may be shared from what may not (restricted/)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from lacrima import intake, pipeline, report
+from lacrima.privacy import MIN_CELL
+from lacrima.storage import LocalStorage
+
+KEY = b"shareable-test-key"
+COUNT = ("n", "count", "n_original", "n_replication")
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, study, sites, demo_drops):
+    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    for s in sites:
+        intake.upload(storage, s, demo_drops[s.code])
+    intake.ingest_sites(storage, sites, study, KEY)
+    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("r1", analyses, study, list(sites))
+    out = report.write_outputs(storage, "r1", analyses, comparison, study, list(sites), prov)
+    return storage, out, analyses
+
+
+def _csv(storage, name):
+    return pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/r1/{name}")), dtype=str,
+                       keep_default_na=False)
+
+
+def test_no_count_1_to_4_in_any_shareable_csv(run_folder):
+    storage, out, _ = run_folder
+    shareable = [f for f in out.files if f.endswith(".csv") and not f.startswith("restricted/")]
+    assert {"participant_flow.csv", "descriptives.csv", "results.csv"} <= set(shareable)
+    for name in shareable:
+        table = _csv(storage, name)
+        for col in (c for c in table.columns if c in COUNT):
+            small = [v for v in table[col] if v.replace(".0", "").isdigit()
+                     and 0 < int(float(v)) < MIN_CELL]
+            assert not small, f"{name}: {col} shows {small}"
+    # the exact counts exist, restricted: the demo has exclusions of 1, 3 and 4 people
+    exact = _csv(storage, "restricted/participant_flow.csv")
+    assert any(0 < int(v) < MIN_CELL for v in exact["n"])
+
+
+def test_shareable_flow_shows_what_the_report_shows(run_folder):
+    storage, _, analyses = run_folder
+    shared = _csv(storage, "participant_flow.csv")
+    shown = report.flow_frame(analyses).set_index("Step")
+    for row in shared.itertuples():
+        assert row.n == shown.loc[row.label, row.site], (row.site, row.label)
+
+
+def test_row_level_data_and_exports_sit_under_restricted(run_folder):
+    storage, out, _ = run_folder
+    for name in out.files:
+        if not name.startswith("restricted/") and (name.endswith((".sav", ".parquet"))
+                                                   or name.startswith("data/")):
+            pytest.fail(f"{name} is row-level data outside restricted/")
+    assert {"restricted/analysis_ready.parquet", "restricted/data/us.sav",
+            "restricted/data/us.csv", "restricted/README.txt"} <= set(out.files)
+    assert "do not share" in storage.read_bytes("reports/r1/restricted/README.txt").decode()
