@@ -349,6 +349,23 @@ def _plan(ctx, run_id: str) -> Optional[dict]:
 BUSY = 3       # exit code: another run holds the store's lease
 
 
+@contextmanager
+def _exclusive(store, what: str):
+    """Hold the store's lease (``lacrima.lease``, renewed) while a command changes its state;
+    exit 3 naming the holder when another run or command holds it."""
+    from contextlib import ExitStack
+
+    from lacrima import lease
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(lease.hold(store, f"{lease.default_owner()} {what}"))
+        except lease.LeaseHeld as err:
+            _fail(str(err), BUSY)
+        except OSError as err:
+            _fail(f"cannot take the lease of {store.location}: {err}")
+        yield
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "thread",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
@@ -560,13 +577,14 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
 
     s = _site(site)
     store = _open_store(storage)
-    try:
-        entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
-                                reason=reason, purge_raw=purge_raw)
-    except (MissingKeyError, KeyCustodyError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"withdrawal in {store.location} failed: {err}")
+    with _exclusive(store, "withdraw"):
+        try:
+            entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
+                                    reason=reason, purge_raw=purge_raw)
+        except (MissingKeyError, KeyCustodyError, ValueError) as err:
+            _fail(str(err))
+        except OSError as err:
+            _fail(f"withdrawal in {store.location} failed: {err}")
     held = "held a record of them" if entry["held"] else "held no record of them yet"
     console.print(f"withdrawal recorded for site {site} as {entry['pseudonym']} (the site "
                   f"{held}); {len(entry['purged'])} raw file(s) redacted", markup=False)
@@ -589,14 +607,15 @@ def rekey(new_key_file: Path = typer.Option(..., help="file holding the new pseu
     from lacrima.study import load_sites, load_study
 
     store = _open_store(storage)
-    try:
-        old = pseudonym_key()
-        new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
-        entry = intake.rekey(store, load_sites(), load_study(), old, new)
-    except OSError as err:
-        _fail(f"rekey of {store.location} failed: {err}")
-    except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
-        _fail(str(err))
+    with _exclusive(store, "rekey"):
+        try:
+            old = pseudonym_key()
+            new = check_key_strength(new_key_file.read_bytes().strip(), str(new_key_file))
+            entry = intake.rekey(store, load_sites(), load_study(), old, new)
+        except OSError as err:
+            _fail(f"rekey of {store.location} failed: {err}")
+        except (MissingKeyError, KeyCustodyError, RuntimeError) as err:
+            _fail(str(err))
     if as_json:
         typer.echo(json.dumps(entry))
         return
@@ -681,7 +700,7 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
     """Print the IAM policy (JSON) for SITE's data manager on the S3 store: write only
     landing/SITE/, read only SITE's quarantine reports. See README, "Site isolation on S3"."""
     from lacrima.iam import site_policy
-    from lacrima.storage import S3Storage
+    from lacrima.storage import parse_s3_url
 
     _site(site)
     location = storage or os.environ.get("LACRIMA_STORAGE") or ""
@@ -689,10 +708,10 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
         _fail(f"an IAM policy is for an S3 store (s3://bucket/prefix); the store is "
               f"{location or './data'!r}: give --storage s3://...")
     try:
-        store = S3Storage(location, client=object())    # parses the URL; no connection
+        bucket, prefix = parse_s3_url(location)
     except ValueError as err:
         _fail(str(err))
-    typer.echo(json.dumps(site_policy(store.bucket, store.prefix, site), indent=2))
+    typer.echo(json.dumps(site_policy(bucket, prefix, site), indent=2))
 
 
 def main():

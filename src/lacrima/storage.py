@@ -82,6 +82,19 @@ class Storage(Protocol):
     def delete(self, key: str) -> bool: ...
 
 
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> ``(bucket, prefix)`` (prefix without slashes at its ends).
+
+    Raises ``ValueError`` for anything else (no scheme, no bucket).
+    """
+    if not url.startswith("s3://"):
+        raise ValueError(f"{url!r}: expected s3://bucket/prefix")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{STORAGE_ENV}={url!r}: expected s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
 def _is_object_key(key: str) -> bool:
     """True for a key a store may hold as a file (see ``_check_key``)."""
     return bool(key) and not key.startswith("/") and all(
@@ -294,13 +307,7 @@ class S3Storage:
                 "ExpiredToken", "InvalidToken", "400", "301", "PermanentRedirect")
 
     def __init__(self, url: str, client=None):
-        if not url.startswith("s3://"):
-            raise ValueError(f"{url!r}: expected s3://bucket/prefix")
-        rest = url[len("s3://"):]
-        self.bucket, _, prefix = rest.partition("/")
-        if not self.bucket:
-            raise ValueError(f"{STORAGE_ENV}={url!r}: expected s3://bucket/prefix")
-        self.prefix = prefix.strip("/")
+        self.bucket, self.prefix = parse_s3_url(url)
         self.location = url.rstrip("/")
         self._own_client = client is None
         if client is None:
