@@ -114,7 +114,8 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     again = tmp_path / "again.csv"
     again.write_bytes(demo_drops["us"].read_bytes())
     intake.upload(ingested, us, again)
-    assert intake.ingest_site(ingested, us, study, DEMO_KEY).skipped_duplicates == 1
+    res = intake.ingest_site(ingested, us, study, DEMO_KEY)
+    assert res.skipped_duplicates == res.seen and not res.accepted
     assert pipeline.site_input_key(ingested, us, study) == (key, accepted)
     # One byte more in the codebook file (a comment), another site file or another plan: new key.
     codebook = tmp_path / "codebook.toml"
