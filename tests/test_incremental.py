@@ -17,7 +17,6 @@ from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
-KEY = b"test-key-not-secret"    # the key conftest puts in LACRIMA_PSEUDONYM_KEY
 N = 40                          # small sites: every analysis still runs, quickly
 
 
@@ -38,16 +37,14 @@ def ingested(demo_store):
     return demo_store
 
 
-def test_plan_counts_pending_drops_from_listings(tmp_path, study, sites, small_drops):
-    storage = LocalStorage(tmp_path / "store")
+def test_plan_counts_pending_drops_from_listings(tmp_path, ingested, sites, small_drops):
     us = next(s for s in sites if s.code == "us")
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 0, 0)
-    intake.upload(storage, us, small_drops["us"])
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 1)
-    intake.ingest_site(storage, us, study, KEY)
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 0)
-    assert pipeline.plan_site(storage, us).to_frame().to_dict("records") == [
-        {"site": "us", "landed": 1, "pending": 0}]
+    assert pipeline.plan_site(LocalStorage(tmp_path / "empty"), us) == pipeline.SitePlan("us", 0, 0)
+    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 1, 0)    # one drop, ingested
+    intake.upload(ingested, us, small_drops["us"])
+    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 2, 1)
+    assert pipeline.plan_site(ingested, us).to_frame().to_dict("records") == [
+        {"site": "us", "landed": 2, "pending": 1}]
 
 
 def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
@@ -127,16 +124,15 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     assert len(moved) == 3 and key not in moved
 
 
-def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested, study, sites):
-    analyses = [pipeline.analyse_site_data(ingested, s, study) for s in sites]
-    keys = {a.site: a.input_key for a in analyses}
-    assert pipeline.needs_report(ingested, keys, study)
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("r1", analyses, study, list(sites))
-    report.write_outputs(ingested, "r1", analyses, comparison, study, list(sites), prov)
-    assert pipeline.last_comparison_key(ingested) == pipeline.comparison_key(keys, study)
-    assert not pipeline.needs_report(ingested, keys, study)
-    assert not pipeline.needs_report(ingested, {}, study)
+def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested_demo, demo_run,
+                                                                           study):
+    # demo_run: the ingested demo store (no report yet) after one report of the same inputs
+    keys = {a.site: a.input_key for a in demo_run.analyses}
+    assert pipeline.needs_report(LocalStorage(ingested_demo.root), keys, study)
+    reported = demo_run.storage
+    assert pipeline.last_comparison_key(reported) == pipeline.comparison_key(keys, study)
+    assert not pipeline.needs_report(reported, keys, study)
+    assert not pipeline.needs_report(reported, {}, study)
 
 
 def test_run_context_pickles_without_the_key(tmp_path, monkeypatch):
@@ -244,14 +240,13 @@ def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sit
 
 
 def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
-        ingested, study, sites, request):
+        ingested, study, sites, demo_run, report_worker):
     analyses = [pipeline.site_step(ingested, s, study) for s in sites]     # light: no rows
     comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("plain", analyses, study, list(sites))
-    report.write_outputs(ingested, "plain", analyses, comparison, study, list(sites), prov)
-    made = request.getfixturevalue("report_worker")               # from here on, a worker
+    prov = pipeline.provenance("worker", analyses, study, list(sites))
     report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
-    [(work, had_worker)] = made
+    [(work, had_worker)] = report_worker
     assert had_worker and work.failed == []
+    # the same rows as a report made in one process from the analyses' own frames
     assert (ingested.read_bytes("reports/worker/restricted/analysis_ready.parquet")
-            == ingested.read_bytes("reports/plain/restricted/analysis_ready.parquet"))
+            == demo_run.storage.read_bytes("reports/run-1/restricted/analysis_ready.parquet"))
