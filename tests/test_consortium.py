@@ -96,3 +96,17 @@ def test_several_replication_sites(tmp_path):
         make_consortium(tmp_path / "b", 3, replications=3)
     with pytest.raises(ValueError, match="asked for 3 replication"):
         make_consortium(tmp_path / "c", 5, replications=3)     # only us001 and us004
+
+
+def test_cli_synth_sites_with_several_replications(tmp_path):
+    from lacrima.cli import app
+
+    result = CliRunner().invoke(app, ["synth", "--sites", "5", "--replications", "3", "--n", "8",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    roles = {s.code: s.role for s in load_sites(tmp_path / "sites")}
+    assert roles == {"us001": "replication", "us002": "replication", "us003": "replication",
+                     "it004": "original", "il005": "original"}
+    bad = CliRunner().invoke(app, ["synth", "--sites", "3", "--replications", "3",
+                                   "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "at least one original" in bad.output

@@ -26,6 +26,8 @@ from lacrima.contract import check_sites
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
+DICTIONARY = FIXTURES / "de_redcap_dictionary.csv"
+Q99 = ('file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",')
 
 
 @pytest.fixture
@@ -67,11 +69,11 @@ def test_dangling_references(root):
     edit(root / "study.toml", 'families = ["H1", "H2", "H3", "H4", "A1", "A2", "A3"]',
          'families = ["H1", "H2", "H3", "H4", "A9", "A2", "A3"]')
     edit(root / "study.toml", 'y = ["change"]', 'y = ["chnage"]')
-    edit(root / "us" / "codebook.toml", 'scale = "wai", text = "Working Alliance Inventory (short revised) - item 3"',
-         'scale = "wia", text = "Working Alliance Inventory (short revised) - item 3"')
+    item3 = 'text = "Working Alliance Inventory (short revised) - item 3"'
+    edit(root / "us" / "codebook.toml", f'scale = "wai", {item3}', f'scale = "wia", {item3}')
     got = lines(root)
-    assert any(line.startswith("sites/study.toml: pooling.families[4]: 'A9' is not a family id of the plan")
-               for line in got), got
+    assert any(line.startswith("sites/study.toml: pooling.families[4]: 'A9' is not a family id "
+                               "of the plan") for line in got), got
     assert ("sites/study.toml: families[0] (H1).y: 'chnage' is not a variable or score of the plan "
             "(did you mean 'change'?)") in got
     assert ("sites/us/codebook.toml: columns.wai_03.scale: 'wia' is not a scale of this codebook "
@@ -81,8 +83,9 @@ def test_dangling_references(root):
 def test_bad_role(root):
     edit(root / "il" / "site.toml", 'role = "original"', 'role = "replicaton"')
     got = lines(root)
-    assert len(got) == 1 and got[0].startswith("sites/il/site.toml: site.role: Input should be "
-                                               "'original' or 'replication'; found 'replicaton'"), got
+    assert len(got) == 1 and got[0].startswith(
+        "sites/il/site.toml: site.role: Input should be 'original' or 'replication'; "
+        "found 'replicaton'"), got
 
 
 def test_no_replication_site(root):
@@ -95,8 +98,9 @@ def test_bad_rules(root):
     edit(root / "study.toml", '{ verdict = "inconclusive", all = ["in_pi"] }',
          '{ verdict = "inconclusive", all = ["inside_pi"] }')
     got = lines(root)
-    assert any(line.startswith("sites/study.toml: exclusions[2]: Input tag 'under' found using 'rule' "
-                               "does not match any of the expected tags") for line in got), got
+    assert any(line.startswith("sites/study.toml: exclusions[2]: Input tag 'under' found using "
+                               "'rule' does not match any of the expected tags")
+               for line in got), got
     assert any(line.startswith("sites/study.toml: replication.verdicts[2].all[0]: Input should be "
                                "'same_direction', 'significant'") and "found 'inside_pi'" in line
                for line in got), got
@@ -112,7 +116,7 @@ def test_impossible_values(root):
 
 @pytest.mark.parametrize("mistake, expected", [
     # file_order names a column nothing describes: synth used to stop with a bare StopIteration
-    (('file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",'),
+    (Q99,
      "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither a mapped column nor an "
      "[[extra_columns]] entry"),
     (('wai_02 = { column = "Q14_2"', 'wai_02 = { column = "Q14_1"'),
@@ -122,7 +126,8 @@ def test_impossible_values(root):
     (('labels = ["Woman", "Man", "Another gender identity"]', 'labels = ["Woman", "Man"]'),
      "sites/us/codebook.toml: scales.gender: 3 values, 2 labels and 3 native codes"),
     (('values = ["woman", "man", "another"]', 'values = ["woman", "man", "other"]'),
-     "sites/us/codebook.toml: scales.gender.values: 'other' cannot be a value of category variable 'gender'"),
+     "sites/us/codebook.toml: scales.gender.values: 'other' cannot be a value of category "
+     "variable 'gender'"),
 ])
 def test_codebook_column_rules(root, mistake, expected):
     edit(root / "us" / "codebook.toml", *mistake)
@@ -134,7 +139,7 @@ def test_codebook_column_rules(root, mistake, expected):
     (('template = "IT-{n:04d}"', 'template = "IT-0001"'),
      "sites/it/codebook.toml: ids.template: 'IT-0001': expected a template with {n}"),
     (('date_format = "%d/%m/%Y"\ndecimal', 'date_format = "%d/%m"\ndecimal'),
-     "sites/it/codebook.toml: formats[0].date_format: '%d/%m' does not read back the dates it writes"),
+     "sites/it/codebook.toml: formats[0].date_format: '%d/%m' does not read back the dates"),
     (('encodings = ["utf-8-sig", "cp1252"]', 'encodings = ["utf-8-sig", "cp-1252-it"]'),
      "sites/it/codebook.toml: formats[1].encodings: 'cp-1252-it' is not a known text encoding"),
 ])
@@ -149,7 +154,7 @@ def test_file_order_without_extra_column_is_a_codebook_error_not_stop_iteration(
     from lacrima.study import load_site, load_study
     from lacrima.synth import write_drop
 
-    edit(root / "us" / "codebook.toml", 'file_order = ["StartDate",', 'file_order = ["StartDate", "Q99",')
+    edit(root / "us" / "codebook.toml", *Q99)
     with pytest.raises(CodebookError, match=r"file_order lists \['Q99'\].*\[\[extra_columns\]\]"):
         write_drop(load_site("us", root), load_study(root), tmp_path, n=5)
 
@@ -158,7 +163,8 @@ def test_unknown_role_is_refused_by_the_loader(root):
     from lacrima.study import load_site
 
     edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
-    with pytest.raises(ValueError, match=r"role = 'replica' is not a role; expected one of \['original', 'replication'\]"):
+    with pytest.raises(ValueError, match=r"role = 'replica' is not a role; expected one of "
+                                         r"\['original', 'replication'\]"):
         load_site("us", root)
 
 
@@ -201,6 +207,36 @@ def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tm
     assert not (tmp_path / "data").exists()
 
 
+MISTAKES = {
+    "misspelt key": ("study.toml", 'families = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict',
+                     'famillies = ["H1", "H2", "H3", "H4", "A1"]\n# Verdict',
+                     "sites/study.toml: replication.famillies: unknown key (did you mean "
+                     "'families'?)"),
+    "dangling reference": ("study.toml", 'y = ["change"]', 'y = ["chnage"]',
+                           "sites/study.toml: families[0] (H1).y: 'chnage' is not a variable"),
+    "bad role": ("il/site.toml", 'role = "original"', 'role = "replicaton"',
+                 "sites/il/site.toml: site.role: Input should be 'original' or 'replication'"),
+    "bad rule": ("study.toml", '\nrule = "below"', '\nrule = "under"',
+                 "sites/study.toml: exclusions[2]: Input tag 'under' found using 'rule'"),
+    "codebook column rule": ("us/codebook.toml", *Q99,
+                             "sites/us/codebook.toml: codebook.file_order[1]: 'Q99' is neither"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_run_refuses_each_class_of_mistake(root, tmp_path, monkeypatch, mistake):
+    file, old, new, expected = MISTAKES[mistake]
+    edit(root / file, old, new)
+    monkeypatch.setenv("LACRIMA_SITES", str(root))
+    checked = CliRunner().invoke(app, ["sites", "check"])
+    first = checked.stdout.splitlines()[0]
+    assert checked.exit_code == 1 and first.startswith(expected), checked.output
+    refused = CliRunner().invoke(app, ["run", "--demo", "--storage", str(tmp_path / "data")])
+    assert refused.exit_code == 2, refused.output
+    assert f"config: {checked.stdout.splitlines()[0]}" in refused.output.splitlines()
+    assert "Traceback" not in refused.output and not (tmp_path / "data").exists()
+
+
 # --------------------------------------------------------------------------- REDCap onboarding
 
 PERSON = {
@@ -232,7 +268,8 @@ def _fill_in(folder: Path) -> None:
     text = text.replace('[scales.aufmerksamkeit]\nvalues = [1, 2, 3, 4, 5]',
                         '[scales.aufmerksamkeit]\nvalues = [false, true, false, false, false]')
     book.write_text(text, encoding="utf-8")
-    edit(folder / "site.toml", 'published_n = "TODO: published (or planned) sample size"', "published_n = 120")
+    edit(folder / "site.toml", 'published_n = "TODO: published (or planned) sample size"',
+         "published_n = 120")
 
 
 def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses, sites):
@@ -244,7 +281,7 @@ def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses
     from lacrima.synth import write_drop
 
     runner = CliRunner()
-    made = runner.invoke(app, ["sites", "new", "de", "--from-redcap", str(FIXTURES / "de_redcap_dictionary.csv"),
+    made = runner.invoke(app, ["sites", "new", "de", "--from-redcap", str(DICTIONARY),
                                "--sites", str(root), "--country", "Germany", "--language", "de"])
     assert made.exit_code == 0, made.output
     folder = root / "de"
@@ -268,8 +305,8 @@ def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses
     drop = write_drop(site, study, tmp_path / "drop", n=150, seed=11)
     # What REDCap adds to a real export: survey identifier, timestamps, form status.
     text = drop.read_text(encoding="utf-8").splitlines()
-    text = [f"{row},,,2" if k else f"{row},redcap_survey_identifier,fragebogen_timestamp,fragebogen_complete"
-            for k, row in enumerate(text)]
+    added = "redcap_survey_identifier,fragebogen_timestamp,fragebogen_complete"
+    text = [f"{row},,,2" if k else f"{row},{added}" for k, row in enumerate(text)]
     drop.write_text("\r\n".join(text) + "\r\n", encoding="utf-8")
     rep, frame = read_and_validate(drop, site, study, DEMO_KEY, drop.name, "0" * 64, size_mb=0.1)
     assert rep.valid, [f.message for f in rep.findings]
@@ -289,7 +326,8 @@ def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses
     mine = table[table["replication_site"] == "de"]
     assert set(mine["original_site"]) == {"it", "il"}
     assert len(mine) == len(table[table["replication_site"] == "us"]) > 0
-    assert mine["verdict"].isin(["replicated", "not replicated", "inconclusive", "unclassified"]).all()
+    verdicts = ["replicated", "not replicated", "inconclusive", "unclassified"]
+    assert mine["verdict"].isin(verdicts).all()
 
 
 def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):
@@ -297,7 +335,7 @@ def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):
     from lacrima.study import load_site, load_study
     from lacrima.synth import write_drop
 
-    CliRunner().invoke(app, ["sites", "new", "de", "--from-redcap", str(FIXTURES / "de_redcap_dictionary.csv"),
+    CliRunner().invoke(app, ["sites", "new", "de", "--from-redcap", str(DICTIONARY),
                              "--sites", str(root), "--country", "Germany", "--language", "de"])
     _fill_in(root / "de")
     study, site = load_study(root), load_site("de", root)
@@ -330,7 +368,8 @@ def _numeric_us(root: Path) -> None:
     for scale, codes in [("yes_no", "[1, 2]"), ("consent", "[1, 2]"), ("gender", "[1, 2, 3]"),
                          ("rq_best", "[1, 2, 3, 4]"), ("attention", "[2, 1, 3, 4, 5]")]:
         text = book.read_text(encoding="utf-8")
-        text = re.sub(rf"(\[scales\.{scale}\]\nvalues = .*\nlabels = .*\n)", rf"\1native_codes = {codes}\n", text)
+        text = re.sub(rf"(\[scales\.{scale}\]\nvalues = .*\nlabels = .*\n)",
+                      rf"\1native_codes = {codes}\n", text)
         book.write_text(text, encoding="utf-8")
 
 
@@ -379,27 +418,33 @@ def test_windows_1255_sav_reads_hebrew_names_and_labels():
     assert frame["gender"].notna().all()
 
 
-def test_undecodable_sav_says_encoding(tmp_path):
+def test_sav_encoding_falls_back_and_a_failure_says_what_was_tried():
     from lacrima.findings import DropError
-    from lacrima.native import _redecoder
+    from lacrima.native import _pick_encoding
 
+    hebrew = ["\u00ee\u00e2\u00e3\u00f8"]    # the windows-1255 bytes of "מגדר", read as latin1
+    assert _pick_encoding(["ascii", "windows-1255"], hebrew, "'x.sav'") == "windows-1255"
     with pytest.raises(DropError) as err:
-        _redecoder("ascii", "'x.sav'")("\u00ee\u00e2")
-    assert err.value.check == "bad_encoding" and "encoding" in str(err.value) and "'ascii'" in str(err.value)
+        _pick_encoding(["ascii", "utf-8"], hebrew, "'x.sav'")
+    assert err.value.check == "bad_encoding" and "encoding" in str(err.value)
+    assert "ascii, utf-8" in str(err.value)
 
 
 def test_qualtrics_survey_file_draft(root):
-    made = CliRunner().invoke(app, ["sites", "new", "fr", "--from-qualtrics", str(FIXTURES / "fr_survey.qsf"),
-                                    "--sites", str(root), "--country", "France", "--language", "fr"])
+    made = CliRunner().invoke(app, ["sites", "new", "fr", "--from-qualtrics",
+                                    str(FIXTURES / "fr_survey.qsf"), "--sites", str(root),
+                                    "--country", "France", "--language", "fr"])
     assert made.exit_code == 0, made.output
     import tomllib
     book = tomllib.loads((root / "fr" / "codebook.toml").read_text(encoding="utf-8"))
-    # Qualtrics' recipient, IP and location metadata are pre-marked identifying.
+    # Qualtrics' recipient, IP and location metadata are pre-marked identifying, and so is a
+    # question validated as an e-mail address.
     assert set(book["codebook"]["identifying_columns"]) == {
-        "IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail", "ExternalReference",
-        "LocationLatitude", "LocationLongitude"}
+        "IPAddress", "RecipientLastName", "RecipientFirstName", "RecipientEmail",
+        "ExternalReference", "LocationLatitude", "LocationLongitude", "Q20"}
     cols = book["columns"]
-    assert cols["participant_id"]["column"] == "ResponseId" and cols["completed_at"]["column"] == "RecordedDate"
+    assert cols["participant_id"]["column"] == "ResponseId"
+    assert cols["completed_at"]["column"] == "RecordedDate"
     # Matrix statements are one column each, on the matrix's answer scale (Display text, recodes).
     assert cols["wai_02"] == {"column": "wai_2", "scale": "wai_2", "import_id": "QID14_2",
                               "text": "Inventaire de l'alliance de travail (WAI-SR) - Énoncé 2"}
@@ -408,11 +453,13 @@ def test_qualtrics_survey_file_draft(root):
     assert book["scales"]["in_therapy"]["native_codes"] == [1, 0]
     extras = {e["column"]: e for e in book["extra_columns"]}
     assert extras["Q3"]["text"] == "Quel âge avez-vous (en années) ?" and "StartDate" in extras
-    assert any(line.startswith("sites/fr/codebook.toml: columns.age: missing") for line in lines(root))
+    assert any(line.startswith("sites/fr/codebook.toml: columns.age: missing")
+               for line in lines(root))
 
 
 def test_spss_draft_reads_a_legacy_code_page(root):
-    made = CliRunner().invoke(app, ["sites", "new", "hb", "--from-spss", str(FIXTURES / "il_windows1255.sav"),
+    made = CliRunner().invoke(app, ["sites", "new", "hb", "--from-spss",
+                                    str(FIXTURES / "il_windows1255.sav"),
                                     "--sites", str(root), "--role", "original"])
     assert made.exit_code == 0, made.output
     import tomllib

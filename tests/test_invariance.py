@@ -141,3 +141,29 @@ def test_plan_does_not_fit_beyond_max_sites(study):
     assert fits.empty and list(fits.columns) == list(COLUMNS)
     assert notes == [f"Not fitted: {limit + 1} sites exceed [invariance] max_sites = {limit} "
                      "(the joint fit grows with the sites)."]
+
+
+def test_the_score_screen_ranks_the_planted_intercept_first():
+    # screen = 1 refits only the candidate with the largest score statistic: it is the
+    # one the default screen (5 refits, best chi-square drop kept) chooses too.
+    data = pd.read_csv(REFERENCE / "invariance_data.csv")
+    fits = to_frame(invariance("alliance", WAI, data, screen=1)).set_index("model")
+    assert fits.loc["partial_scalar", "freed"] == "wai_04@il"
+
+
+def test_a_scale_that_cannot_be_fitted_is_a_note_not_a_failed_run(study):
+    import dataclasses
+
+    from lacrima.invariance import plan_invariance
+    from lacrima.study import _freeze, _thaw
+
+    raw = _thaw(study.raw)
+    raw["invariance"]["scales"] = {"change": ["change"]}
+    only_change = dataclasses.replace(study, raw=_freeze(raw))
+    data = pd.read_csv(REFERENCE / "invariance_data.csv")
+    frames = {code: rows.copy() for code, rows in data.groupby("site")}
+    frames["it"]["ctsc_05"] = 3          # everyone at it answers 3: no variance
+    fits, notes = plan_invariance(only_change, frames)
+    assert fits.empty
+    assert notes == ["change: not fitted (site it: the covariance of the 16 items is singular "
+                     "(an item without variance, or collinear items))."]

@@ -163,6 +163,10 @@ HETERO_COLUMNS = ("fe_estimate", "fe_ci_low", "fe_ci_high", "re_estimate", "re_c
                   "role_qm", "role_qm_df", "role_qm_p")
 
 
+_TAU2_DEPENDENT = {"re_estimate", "re_ci_low", "re_ci_high", "re_p_value", "pi_low", "pi_high",
+                   "tau2", "tau", "i2", "h2"}
+
+
 def _with_ci(study, ci):
     import dataclasses
 
@@ -193,10 +197,14 @@ def test_heterogeneity_matches_metafor(name, study):
     assert row["k"] == case["k"] and row["metafor_test"] == case["test"]
     for col in HETERO_COLUMNS:
         want = case[col]
+        # An interior tau2 is iterated to 1e-10, metafor stops at a change of 1e-5 (its tau2
+        # is ~1e-6 short): what depends on it agrees to 2e-5, as in test_meta_rma. At the
+        # boundary, and everything else (FE, Q, Q-profile limits, the moderator test), 1e-8.
+        tol = 2e-5 if col in _TAU2_DEPENDENT and case["tau2"] > 0 else 1e-8
         if want is None:  # chi-square QM under z has no second df
             assert np.isnan(row[col]), col
         else:
-            assert row[col] == pytest.approx(want, abs=1e-8, rel=1e-8), col
+            assert row[col] == pytest.approx(want, abs=tol, rel=tol), col
     if case["role_qm_df2"] is not None:
         assert row["role_qm_df2"] == case["role_qm_df2"]
     narrower = case["re_ci_high"] - case["re_ci_low"] < case["fe_ci_high"] - case["fe_ci_low"]

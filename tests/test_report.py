@@ -364,7 +364,7 @@ def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inp
     storage, outputs, html, _ = run
     analyses, comparison, study, _, _ = report_inputs
     name = report.CONTINGENCY_COUNTS
-    assert name.startswith("data/") and name in outputs.files
+    assert name.startswith(f"{report.RESTRICTED}/") and name in outputs.files
     counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
     res = comparison.results
     for site, grp in counts.groupby("site"):

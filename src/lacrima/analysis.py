@@ -316,7 +316,8 @@ def _rates_by_row_level(data: pd.DataFrame, study: Study, criers_col: str) -> li
     """The contingency families' column (crying) within every level of their row variable,
     those left out of the test (``another`` gender: "reported descriptively") included.
 
-    Rows ``variable`` = the column variable, ``subset`` = ``"<row>=<level>"``.
+    Rows ``variable`` = ``"<column> (<row> = <level>)"`` (so variable and level stay a
+    unique key), ``subset`` = ``"<row>=<level>"``.
     """
     frames = []
     for fam in study.families:
@@ -327,7 +328,8 @@ def _rates_by_row_level(data: pd.DataFrame, study: Study, criers_col: str) -> li
         values = data[row_var].astype("str")
         for level in study.variables.get(row_var, {}).get("levels", fam["row_levels"]):
             rows = data.loc[(values == str(level)).fillna(False).to_numpy(dtype=bool)]
-            for d in describe_categorical(rows[col_var].astype("boolean"), [True, False], col_var):
+            name = f"{col_var} ({row_var} = {level})"
+            for d in describe_categorical(rows[col_var].astype("boolean"), [True, False], name):
                 frames.append(d.to_frame().assign(subset=f"{row_var}={level}"))
     return frames
 
@@ -357,7 +359,8 @@ def describe_site(data: pd.DataFrame, study: Study, site: str) -> pd.DataFrame:
         criers, so they are described among criers (``subset="criers"``; ``pct_missing``
         among criers); everything else over all analysed participants (``subset="all"``).
         Last, the contingency families' column within each level of their row variable
-        (the crying rate by gender, ``another`` included): ``subset="gender=another"``.
+        (the crying rate by gender, ``another`` included):
+        ``variable="cried_in_therapy (gender = another)"``, ``subset="gender=another"``.
         Cell counts are not suppressed here: small-cell suppression is the report's job.
     """
     if not isinstance(data, pd.DataFrame):

@@ -65,6 +65,8 @@ def _site(code: str):
 def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one drop)"),
           sites: Optional[int] = typer.Option(None, "--sites",
                                               help="K: a synthetic consortium of K sites instead"),
+          replications: int = typer.Option(1, "--replications",
+                                           help="with --sites: how many of the K are replication sites"),
           n: Optional[int] = typer.Option(None, help="participants (default: the site's published N)"),
           seed: Optional[int] = typer.Option(None, help="random seed (default: the plan's seed); "
                                              "also chooses the participant IDs"),
@@ -75,7 +77,8 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
     """Write a synthetic drop in the site's native format, or a whole consortium (--sites K).
 
     With --sites K, OUT/sites holds K site folders cloned from the real sites (point
-    LACRIMA_SITES at it) and OUT/drops one drop per site.
+    LACRIMA_SITES at it) and OUT/drops one drop per site; --replications R makes R of them
+    replication sites (the Many Labs design), the others originals.
     """
     from lacrima.study import load_study
     from lacrima.synth import write_drop
@@ -86,7 +89,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
         if mess or first_id is not None:
             _fail("--mess and --first-id apply to one site's drop (--site), not to a consortium")
         try:
-            made = make_consortium(out / "sites", sites, n)
+            # Replication clones first (of us, the replication template), then it and il in
+            # turn: one replication gives the default us, it, il cycle.
+            made = make_consortium(out / "sites", sites, n, replications=replications,
+                                   templates=("us",) * max(1, replications) + ("it", "il"))
         except (ValueError, FileExistsError) as err:
             _fail(str(err))
         write_consortium_drops(made.root, out / "drops", n, seed, workers=min(4, os.cpu_count() or 1))
@@ -648,8 +654,9 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
               role: str = typer.Option("replication", help="original or replication"),
               country: str = typer.Option("", help="country, e.g. Germany"),
               language: str = typer.Option("", help="language of labels, e.g. de")):
-    """Draft sites/CODE/ (site.toml and codebook.toml) from the site's survey tool; then run
-    `lacrima sites check` to list what is left to a person (TODO lines)."""
+    """Draft sites/CODE/ (site.toml, codebook.toml) from the site's survey tool.
+
+    Then `lacrima sites check` lists what is left to a person (the TODOs)."""
     from lacrima.onboarding import OnboardingError, draft_site
     from lacrima.study import sites_root
     given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),

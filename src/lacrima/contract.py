@@ -53,7 +53,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        return f"{where}: {self.message}"
 
 
 class ConfigurationError(ValueError):
@@ -200,10 +201,14 @@ class Ipd(_Model):
     mixed_model: bool = True
 
 
+Conditions = Annotated[list[Literal[VERDICT_CONDITIONS]],  # type: ignore[valid-type]
+                       Field(min_length=1)]
+
+
 class Verdict(_Model):
     verdict: str
-    all: Optional[Annotated[list[Literal[VERDICT_CONDITIONS]], Field(min_length=1)]] = None  # type: ignore[valid-type]
-    any: Optional[Annotated[list[Literal[VERDICT_CONDITIONS]], Field(min_length=1)]] = None  # type: ignore[valid-type]
+    all: Optional[Conditions] = None
+    any: Optional[Conditions] = None
 
 
 class Replication(_Model):
@@ -212,7 +217,8 @@ class Replication(_Model):
     alpha: Annotated[float, Field(gt=0, lt=1)]
     pi_level: Annotated[float, Field(gt=0, lt=1)]
     small_telescope_power: Annotated[float, Field(gt=0, lt=1)]
-    sceptical_level: Union[Literal["golden", "liberal", "controlled"], Annotated[float, Field(gt=0, lt=1)]]
+    sceptical_level: Union[Literal["golden", "liberal", "controlled"],
+                           Annotated[float, Field(gt=0, lt=1)]]
     verdict_p: Literal["raw", "holm"] = "raw"
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
@@ -314,7 +320,8 @@ class CodebookHead(_Model):
 
 class Format(_Model):
     kind: Literal["qualtrics_csv", "csv", "xlsx", "sav", "redcap_csv"]
-    extensions: Annotated[list[Annotated[str, Field(pattern=r"^\.[A-Za-z0-9]+$")]], Field(min_length=1)]
+    extensions: Annotated[list[Annotated[str, Field(pattern=r"^\.[A-Za-z0-9]+$")]],
+                          Field(min_length=1)]
     encodings: Annotated[list[str], Field(min_length=1)] = ["utf-8-sig"]
     write_encoding: Optional[str] = None
     delimiter: Literal[",", ";", "\t", "|"] = ","
@@ -352,7 +359,8 @@ class ExtraColumnSpec(_Model):
     column: Annotated[str, Field(min_length=1)]
     text: str = ""
     import_id: str = ""
-    synth: Union[Literal[SYNTH_KINDS], Annotated[str, Field(pattern=r"^constant:")]] = "blank"  # type: ignore[valid-type]
+    synth: Union[Literal[SYNTH_KINDS],  # type: ignore[valid-type]
+                 Annotated[str, Field(pattern=r"^constant:")]] = "blank"
 
 
 class UnknownLabel(_Model):
@@ -482,7 +490,8 @@ def _schema_problems(model: type[BaseModel], raw: dict, file: str) -> tuple[Any,
             elif e["type"] == "missing":
                 problems.append(Problem(file, key, "missing required key"))
             else:
-                found = "" if isinstance(e.get("input"), (dict, list)) else f"; found {_shown(e['input'])}"
+                table = isinstance(e.get("input"), (dict, list))
+                found = "" if table else f"; found {_shown(e['input'])}"
                 problems.append(Problem(file, key, f"{e['msg']}{found}"))
         return None, _dedupe(problems)
 
@@ -530,9 +539,11 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
         if v is None:           # an entry that failed its schema (reported there)
             continue
         if v.type == "category" and not v.levels:
-            out.append(Problem(file, f"variables.{name}.levels", "a category variable needs levels"))
+            out.append(Problem(file, f"variables.{name}.levels",
+                               "a category variable needs levels"))
         if v.levels and v.type != "category":
-            out.append(Problem(file, f"variables.{name}.levels", f"levels given for a {v.type} variable"))
+            out.append(Problem(file, f"variables.{name}.levels",
+                               f"levels given for a {v.type} variable"))
         if v.valid and v.valid[0] > v.valid[1]:
             out.append(Problem(file, f"variables.{name}.valid", f"{v.valid} is not [min, max]"))
     for name, s in scores.items():
@@ -587,8 +598,8 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
             if name in scores and scores[name] is None:
                 continue
             if not isinstance(scores.get(name), MeanScore):
-                out.append(Problem(file, f"reliability.scores[{i}]", f"{name!r} is not a mean score of "
-                                   f"the plan{did_you_mean(name, scores)}"))
+                out.append(Problem(file, f"reliability.scores[{i}]", f"{name!r} is not a mean "
+                                   f"score of the plan{did_you_mean(name, scores)}"))
     if have("families"):
         for section in ("pooling", "replication", "ipd"):
             for i, fid in enumerate(getattr(plan, section).families if have(section) else ()):
@@ -596,27 +607,29 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
         by_id = {f.id: f for f in families}
         for i, fid in enumerate(plan.ipd.families if have("ipd") else ()):
             if fid in by_id and not isinstance(by_id[fid], Correlation):
-                out.append(Problem(file, f"ipd.families[{i}]", f"{fid!r} is a {by_id[fid].kind} family; "
-                                   "IPD models take correlation families"))
+                out.append(Problem(file, f"ipd.families[{i}]", f"{fid!r} is a {by_id[fid].kind} "
+                                   "family; IPD models take correlation families"))
     if have("replication"):
         for i, v in enumerate(plan.replication.verdicts):
             if not v.all and not v.any:
                 out.append(Problem(file, f"replication.verdicts[{i}]",
-                                   "a verdict rule needs 'all' or 'any' conditions; expected some of "
-                                   + ", ".join(VERDICT_CONDITIONS)))
+                                   "a verdict rule needs 'all' or 'any' conditions; expected "
+                                   "some of " + ", ".join(VERDICT_CONDITIONS)))
         if plan.replication.original_site_role == plan.replication.replication_site_role:
-            out.append(Problem(file, "replication", "original_site_role and replication_site_role are the same"))
+            out.append(Problem(file, "replication",
+                               "original_site_role and replication_site_role are the same"))
     if have("invariance", "scores"):
         for name, subs in plan.invariance.scales.items():
             for sub in (name, *subs):
                 if not isinstance(scores.get(sub), MeanScore):
-                    out.append(Problem(file, f"invariance.scales.{name}", f"{sub!r} is not a mean score "
-                                       f"of the plan{did_you_mean(sub, scores)}"))
+                    out.append(Problem(file, f"invariance.scales.{name}", f"{sub!r} is not a "
+                                       f"mean score of the plan{did_you_mean(sub, scores)}"))
     if have("validation") and refs_ok:
         for key in ("completion_scores", "zero_for_non_criers"):
             for i, name in enumerate(getattr(plan.validation, key)):
-                ref(f"validation.{key}[{i}]", name, scores if key == "completion_scores" else variables,
-                    "score of the plan" if key == "completion_scores" else "variable of the plan")
+                of_scores = key == "completion_scores"
+                ref(f"validation.{key}[{i}]", name, scores if of_scores else variables,
+                    "score of the plan" if of_scores else "variable of the plan")
     if have("synthetic", "variables"):
         out += _synthetic_references(plan.synthetic, plan, file, "synthetic", complete=True)
     return out
@@ -642,7 +655,8 @@ def _sections(model: type[BaseModel], raw: dict) -> SimpleNamespace:
             continue
         ann = f.annotation
         try:
-            values[name] = TypeAdapter(f.rebuild_annotation()).validate_python(raw[name], strict=True)
+            values[name] = TypeAdapter(f.rebuild_annotation()).validate_python(raw[name],
+                                                                               strict=True)
         except ValidationError:
             values[name] = None
             if typing.get_origin(ann) is dict and isinstance(raw[name], dict):
@@ -653,7 +667,8 @@ def _sections(model: type[BaseModel], raw: dict) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
-def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, complete: bool) -> list[Problem]:
+def _synthetic_references(syn: Synthetic, plan: Any, file: str, where: str,
+                          complete: bool) -> list[Problem]:
     out = []
     if complete:
         for name, value in syn:
@@ -663,22 +678,25 @@ def _synthetic_references(syn: Synthetic, plan: Plan, file: str, where: str, com
         if name not in plan.variables:
             out.append(Problem(file, f"{where}.intercepts.{name}", "not a variable of the plan"
                                f"{did_you_mean(name, plan.variables)}"))
-    if isinstance(syn.noninvariance, NonInvariance) and syn.noninvariance.item not in plan.variables:
-        out.append(Problem(file, f"{where}.noninvariance.item", f"{syn.noninvariance.item!r} is not a "
-                           f"variable of the plan{did_you_mean(syn.noninvariance.item, plan.variables)}"))
+    planted = syn.noninvariance
+    if isinstance(planted, NonInvariance) and planted.item not in plan.variables:
+        out.append(Problem(file, f"{where}.noninvariance.item", f"{planted.item!r} is not a "
+                           f"variable of the plan{did_you_mean(planted.item, plan.variables)}"))
     if plan.scores is None:
         return out
-    scores = {k: (v if v is not None else MeanScore.model_construct()) for k, v in plan.scores.items()}
+    # A score that failed its own schema counts as one here: it was reported there.
+    scores = {k: (v if v is not None else MeanScore.model_construct())
+              for k, v in plan.scores.items()}
     for key in ("loading", "subscales", "subscale_r"):
         for name in getattr(syn.items, key, None) or {}:
             if not isinstance(scores.get(name), MeanScore):
-                out.append(Problem(file, f"{where}.items.{key}.{name}", "not a mean score of the plan"
-                                   f"{did_you_mean(name, scores)}"))
+                out.append(Problem(file, f"{where}.items.{key}.{name}", "not a mean score of "
+                                   f"the plan{did_you_mean(name, scores)}"))
     for name, subs in (syn.items.subscales if syn.items else {}).items():
         for sub in subs:
             if not isinstance(scores.get(sub), MeanScore):
-                out.append(Problem(file, f"{where}.items.subscales.{name}", f"{sub!r} is not a mean "
-                                   f"score of the plan{did_you_mean(sub, scores)}"))
+                out.append(Problem(file, f"{where}.items.subscales.{name}", f"{sub!r} is not a "
+                                   f"mean score of the plan{did_you_mean(sub, scores)}"))
     for section in ("r_change", "r_alliance", "r_security"):
         for name in (getattr(syn, section) or {}):
             if name not in plan.variables:
@@ -695,36 +713,35 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
     if book.columns is None or book.codebook is None:
         # Without its columns or head there is little to cross-check; the schema said why.
         return out
-    book = SimpleNamespace(**{k: v for k, v in vars(book).items()}) if isinstance(book, SimpleNamespace) \
-        else SimpleNamespace(**{k: getattr(book, k) for k in type(book).model_fields})
-    for name, empty in (("formats", []), ("scales", {}), ("extra_columns", []),
-                        ("synthetic", CodebookSynthetic())):
-        if getattr(book, name) is None:
-            setattr(book, name, empty)
+    empty = {"formats": [], "scales": {}, "extra_columns": [], "synthetic": CodebookSynthetic()}
+    book = SimpleNamespace(**{k: empty[k] if getattr(book, k) is None and k in empty
+                              else getattr(book, k) for k in CodebookFile.model_fields})
     head = book.codebook
     if head.site != code:
         out.append(Problem(file, "codebook.site", f"{head.site!r} but the folder is site {code!r}"))
     for i, fmt in enumerate(book.formats):
-        for j, enc in enumerate([*fmt.encodings, *([fmt.write_encoding] if fmt.write_encoding else [])]):
+        for enc in [*fmt.encodings, *([fmt.write_encoding] if fmt.write_encoding else [])]:
             try:
                 codecs.lookup(enc)
             except LookupError:
-                out.append(Problem(file, f"formats[{i}].encodings", f"{enc!r} is not a known text encoding"))
+                out.append(Problem(file, f"formats[{i}].encodings",
+                                   f"{enc!r} is not a known text encoding"))
         try:
             when = datetime.datetime(2024, 1, 31, 13, 45, 30)
-            if datetime.datetime.strptime(when.strftime(fmt.date_format), fmt.date_format).date() != when.date():
+            back = datetime.datetime.strptime(when.strftime(fmt.date_format), fmt.date_format)
+            if back.date() != when.date():
                 raise ValueError
         except ValueError:
-            out.append(Problem(file, f"formats[{i}].date_format", f"{fmt.date_format!r} does not read back "
-                               "the dates it writes; expected a strptime format with day, month and year "
-                               "(e.g. %d/%m/%Y)"))
+            out.append(Problem(file, f"formats[{i}].date_format", f"{fmt.date_format!r} does not "
+                               "read back the dates it writes; expected a strptime format with "
+                               "day, month and year (e.g. %d/%m/%Y)"))
     if book.ids is not None and book.ids.kind == "sequence":
         try:
             if book.ids.template.format(n=1) == book.ids.template.format(n=2):
                 raise ValueError
         except (ValueError, KeyError, IndexError):
-            out.append(Problem(file, "ids.template", f"{book.ids.template!r}: expected a template with "
-                               "{n} (e.g. \"IT-{n:04d}\")"))
+            out.append(Problem(file, "ids.template", f"{book.ids.template!r}: expected a "
+                               "template with {n} (e.g. \"IT-{n:04d}\")"))
     exts = [e.lower() for f in book.formats for e in f.extensions]
     for dup in sorted({e for e in exts if exts.count(e) > 1}):
         out.append(Problem(file, "formats", f"extension {dup!r} is declared by two formats; a file "
@@ -734,14 +751,15 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
             continue
         n_codes = len(s.native_codes) if s.native_codes is not None else len(s.values)
         if not len(s.values) == len(s.labels) == n_codes:
-            out.append(Problem(file, f"scales.{name}", f"{len(s.values)} values, {len(s.labels)} labels "
-                               f"and {n_codes} native codes; expected the same number of each"))
+            out.append(Problem(file, f"scales.{name}", f"{len(s.values)} values, {len(s.labels)} "
+                               f"labels and {n_codes} native codes; expected the same number of "
+                               "each"))
         codes = s.native_codes if s.native_codes is not None else s.values
         both = sorted({c for c in s.missing_codes if any(
             c == x and not isinstance(x, bool) for x in codes if isinstance(x, (int, float)))})
         if both:
-            out.append(Problem(file, f"scales.{name}.missing_codes", f"{both} are answer codes too; "
-                               "expected missing codes outside native_codes"))
+            out.append(Problem(file, f"scales.{name}.missing_codes", f"{both} are answer codes "
+                               "too; expected missing codes outside native_codes"))
     natives = [c.column for c in book.columns.values() if c is not None]
     for dup in sorted({n for n in natives if natives.count(n) > 1}):
         out.append(Problem(file, "columns", f"native column {dup!r} is mapped twice"))
@@ -756,23 +774,24 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
         except re.error as exc:
             out.append(Problem(file, "codebook.id_pattern", f"not a regular expression ({exc})"))
     for name in sorted(set(head.identifying_columns) & set(natives)):
-        out.append(Problem(file, "codebook.identifying_columns", f"{name!r} is also a canonical column"))
+        out.append(Problem(file, "codebook.identifying_columns",
+                           f"{name!r} is also a canonical column"))
     extras = [e.column for e in book.extra_columns]
     described = set(natives) | set(extras)
     for i, name in enumerate(head.file_order):
         if name not in described:
-            out.append(Problem(file, f"codebook.file_order[{i}]", f"{name!r} is neither a mapped column "
-                               "nor an [[extra_columns]] entry (identifying ones too: synth needs to "
-                               "know how to fake it); add an [[extra_columns]] entry for it"
-                               f"{did_you_mean(name, described)}"))
+            out.append(Problem(file, f"codebook.file_order[{i}]", f"{name!r} is neither a mapped "
+                               "column nor an [[extra_columns]] entry (identifying ones too: synth "
+                               "needs to know how to fake it); add an [[extra_columns]] entry for "
+                               f"it{did_you_mean(name, described)}"))
     codes_format = any(f.values == "codes" for f in book.formats)
     for canonical, spec in book.columns.items():
         if spec is None:
             continue
         key = f"columns.{canonical}"
         if spec.scale and spec.scale not in book.scales:
-            out.append(Problem(file, f"{key}.scale", f"{spec.scale!r} is not a scale of this codebook"
-                               f"{did_you_mean(spec.scale, book.scales)}"))
+            out.append(Problem(file, f"{key}.scale", f"{spec.scale!r} is not a scale of this "
+                               f"codebook{did_you_mean(spec.scale, book.scales)}"))
         if plan is None:
             continue
         var = plan.variables.get(canonical)
@@ -784,7 +803,8 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
             continue
         scale = book.scales.get(spec.scale)
         if var.type in ("bool", "category") and not spec.scale and var.type == "category":
-            out.append(Problem(file, f"{key}.scale", f"the category variable {canonical!r} needs a scale"))
+            out.append(Problem(file, f"{key}.scale",
+                               f"the category variable {canonical!r} needs a scale"))
         if scale is None:
             continue
         for value in scale.values:
@@ -799,26 +819,28 @@ def _codebook_problems(book: Any, plan: Any, code: str, file: str) -> list[Probl
             if bad:
                 expected = {"bool": "true or false", "category": f"one of {var.levels}"}.get(
                     var.type, f"a number in {var.valid}" if var.valid else "a number")
-                out.append(Problem(file, f"scales.{spec.scale}.values", f"{value!r} cannot be a value of "
-                                   f"{var.type} variable {canonical!r}; expected {expected}"))
+                out.append(Problem(file, f"scales.{spec.scale}.values", f"{value!r} cannot be a "
+                                   f"value of {var.type} variable {canonical!r}; expected "
+                                   f"{expected}"))
                 break
         if codes_format and var.type in ("bool", "category"):
             native = scale.native_codes if scale.native_codes is not None else scale.values
             if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in native):
-                out.append(Problem(file, f"scales.{spec.scale}.native_codes", "a format with values = "
-                                   "\"codes\" needs numeric native_codes for this scale (used by "
-                                   f"{canonical!r})"))
+                out.append(Problem(file, f"scales.{spec.scale}.native_codes", "a format with "
+                                   "values = \"codes\" needs numeric native_codes for this scale "
+                                   f"(used by {canonical!r})"))
     if plan is not None:
         for name in plan.variables:
             if name not in book.columns:
                 var = plan.variables[name]
                 what = f" ({var.label}; {var.type})" if var is not None else ""
-                out.append(Problem(file, f"columns.{name}", "missing: every variable of the plan needs "
-                                   f"a column{what}"))
+                out.append(Problem(file, f"columns.{name}", "missing: every variable of the plan "
+                                   f"needs a column{what}"))
     unknown = book.synthetic.mess_unknown_label
     if unknown is not None and unknown.column not in natives:
         out.append(Problem(file, "synthetic.mess_unknown_label.column",
-                           f"{unknown.column!r} is not a mapped native column{did_you_mean(unknown.column, natives)}"))
+                           f"{unknown.column!r} is not a mapped native column"
+                           f"{did_you_mean(unknown.column, natives)}"))
     return out
 
 
@@ -853,7 +875,7 @@ def _check_plan(root: Path) -> tuple[Plan | None, list[Problem]]:
     return view, problems
 
 
-def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | None, list[Problem]]:
+def check_site(folder: Path, plan: Any, root: Path) -> tuple[SiteFile | None, list[Problem]]:
     """Problems of one site folder (``site.toml`` and its codebook) against the plan."""
     path = folder / SITE_FILE
     shown = _shown_path(path, root)
@@ -862,7 +884,8 @@ def check_site(folder: Path, plan: Plan | None, root: Path) -> tuple[SiteFile | 
         return None, problems
     site, problems = _schema_problems(SiteFile, raw, shown)
     if site is not None and site.site.code != folder.name:
-        problems.append(Problem(shown, "site.code", f"{site.site.code!r} but the folder is {folder.name!r}"))
+        problems.append(Problem(shown, "site.code",
+                                f"{site.site.code!r} but the folder is {folder.name!r}"))
     if site is not None and plan is not None and plan.variables is not None:
         problems += _synthetic_references(site.synthetic, plan, shown, "synthetic", complete=False)
     meta = raw.get("site") if isinstance(raw.get("site"), dict) else {}
@@ -892,8 +915,8 @@ def check_sites(root: Path | None = None) -> list[Problem]:
     """
     root = Path(root or sites_root())
     if not (root / PLAN_FILE).is_file():
-        return [Problem(str(root), "", f"no {PLAN_FILE} here: not a sites folder (set LACRIMA_SITES "
-                        "or pass --sites)")]
+        return [Problem(str(root), "", f"no {PLAN_FILE} here: not a sites folder (set "
+                        "LACRIMA_SITES or pass --sites)")]
     plan, problems = _check_plan(root)
     if plan is None and not problems:
         problems = [Problem(str(root / PLAN_FILE), "", "unreadable")]
@@ -908,6 +931,7 @@ def check_sites(root: Path | None = None) -> list[Problem]:
         problems.append(Problem(_shown_path(p, root), "", f"has a codebook but no {SITE_FILE}"))
     for role in ROLES:
         if folders and None not in roles and role not in roles:
-            problems.append(Problem(_shown_path(root, root), "", f"no site has role {role!r}; a "
-                                    "replication study needs at least one original and one replication"))
+            problems.append(Problem(_shown_path(root, root), "", f"no site has role {role!r}; "
+                                    "a replication study needs at least one original and one "
+                                    "replication"))
     return problems

@@ -113,6 +113,9 @@ class _Joint:
         self.parts = []
         n_total = sum(len(x) for x in data.values())
         for k, (group, x) in enumerate(data.items()):
+            if np.linalg.slogdet(np.cov(x, rowvar=False))[0] <= 0:
+                raise ValueError(f"site {group}: the covariance of the {len(self.items)} items "
+                                 "is singular (an item without variance, or collinear items)")
             model = semopy.Model(_syntax(factors, labelled=step != "configural"))
             frame = pd.DataFrame(x, columns=self.items)
             with warnings.catch_warnings():
@@ -124,6 +127,7 @@ class _Joint:
             xs = x[:, order]
             mean = xs.mean(axis=0)
             cov = np.cov(xs, rowvar=False, bias=True)
+            logdet_s = np.linalg.slogdet(cov)[1]
             active = [name for name, p in model.parameters.items() if p.active]
             # Unlabelled parameters (residuals, factor (co)variances) belong to one group.
             cov_slots = [slot(name if not name.startswith("_") else f"{group}:{name}",
@@ -145,7 +149,7 @@ class _Joint:
                 for diffs in model.mx_diffs])
             self.parts.append({
                 "group": group, "model": model, "w": len(x) / n_total, "n": len(x),
-                "mean": mean, "cov": cov, "logdet_s": np.linalg.slogdet(cov)[1],
+                "mean": mean, "cov": cov, "logdet_s": logdet_s,
                 "observed": observed, "latent": latent,
                 "cov_slots": np.array(cov_slots), "nu_slots": np.array(nu_slots),
                 "alpha_slots": np.array(alpha_slots), "pattern": pattern,
@@ -201,9 +205,26 @@ class _Joint:
         result = optimize.minimize(self.objective, x0, jac=True, method="L-BFGS-B",
                                    options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-9,
                                             "maxcor": 30})
-        if not np.isfinite(result.fun):
-            raise RuntimeError(f"CFA did not converge: {result.message}")
+        if not np.isfinite(result.fun) or (not result.success
+                                            and np.abs(result.jac).max() > 1e-5):
+            raise RuntimeError(f"the CFA did not converge: {result.message}")
         return result.x
+
+    def intercept_scores(self, theta: np.ndarray) -> dict[tuple[str, str], float]:
+        """Chi-square drop from freeing each item's intercept at each site, other
+        parameters held: n_g (Sigma_g^-1 d_g)_j^2 / (Sigma_g^-1)_jj.
+
+        The univariate score (modification-index) form of the likelihood ratio, a lower
+        bound on the drop once the other parameters move too (Sorbom 1989).
+        """
+        out = {}
+        for part in self.parts:
+            sigma, _, mu = self._pieces(part, theta)
+            inv = np.linalg.inv(sigma)
+            inv_d = inv @ (part["mean"] - mu)
+            for j, v in enumerate(part["observed"]):
+                out[(v, part["group"])] = float(part["n"] * inv_d[j] ** 2 / inv[j, j])
+        return out
 
     def srmr(self, theta: np.ndarray) -> float:
         """lavaan's SRMR (Bentler): residual covariances and means standardised by the
@@ -322,7 +343,8 @@ def compare(restricted: Fit, free: Fit, alpha: float = 0.05, delta_cfi: float = 
 
 def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataFrame,
                group: str = "site", alpha: float = 0.05, max_freed: int = 3,
-               delta_cfi: float = DELTA_CFI, delta_rmsea: float = DELTA_RMSEA) -> list[Fit]:
+               delta_cfi: float = DELTA_CFI, delta_rmsea: float = DELTA_RMSEA,
+               screen: int = 5) -> list[Fit]:
     """Configural, metric and scalar fits of one scale across sites, then partial scalar.
 
     Parameters
@@ -337,6 +359,8 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
         When a step holds (``compare``).
     max_freed : int
         At most this many intercepts are freed.
+    screen : int
+        Candidates refitted per freeing, those with the largest score statistics.
 
     Returns
     -------
@@ -346,10 +370,12 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
 
     Notes
     -----
-    Partial invariance by sequential freeing: every (item, site) intercept is freed in
-    turn and the one whose freeing lowers chi-square most is kept (the likelihood-ratio
-    form of the modification index, Sorbom 1989), until the step holds or ``max_freed``
-    are free. Freeing is per site, so the row names the site whose item differs.
+    Partial invariance by sequential freeing: the ``screen`` (item, site) intercepts with
+    the largest score statistics (``_Joint.intercept_scores``, the modification index with
+    the other parameters held) are each freed and refitted, and the one whose freeing
+    lowers chi-square most is kept (Sorbom 1989), until the step holds or ``max_freed``
+    are free. Freeing is per site, so the row names the site whose item differs; lavaan's
+    ``lavTestScore`` on the reference data points at the same intercept.
     """
     items = [v for vs in factors.values() for v in vs]
     complete = frame[[group, *items]].dropna()
@@ -369,7 +395,10 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
         out = [configural, metric, current]
         freed: list[tuple[str, str]] = []
         while not current.holds and len(freed) < max_freed:
-            candidates = [(v, g) for v in items for g in data if (v, g) not in freed]
+            joint = _Joint(factors, data, "scalar", freed)
+            scores = joint.intercept_scores(np.array([estimates[n] for n in joint.names]))
+            ranked = sorted((c for c in scores if c not in freed), key=lambda c: -scores[c])
+            candidates = ranked[:screen]
             fits = [fit_step(scale, factors, data, "scalar", [*freed, c], estimates)
                     for c in candidates]
             best = int(np.argmin([f.chi2 for f, _ in fits]))
@@ -428,9 +457,13 @@ def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFra
         if len(frames) < 2:
             notes.append(f"{scale}: not fitted (fewer than two sites with enough rows).")
             continue
-        fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
-                           alpha=float(cfg.get("alpha", 0.05)),
-                           max_freed=int(cfg.get("max_freed", 3)),
-                           delta_cfi=float(cfg.get("delta_cfi", DELTA_CFI)),
-                           delta_rmsea=float(cfg.get("delta_rmsea", DELTA_RMSEA)))
+        try:
+            fits += invariance(scale, factors, pd.concat(frames, ignore_index=True),
+                               alpha=float(cfg.get("alpha", 0.05)),
+                               max_freed=int(cfg.get("max_freed", 3)),
+                               delta_cfi=float(cfg.get("delta_cfi", DELTA_CFI)),
+                               delta_rmsea=float(cfg.get("delta_rmsea", DELTA_RMSEA)))
+        except (ValueError, RuntimeError) as exc:
+            # One scale that cannot be fitted must not stop the run's report.
+            notes.append(f"{scale}: not fitted ({exc}).")
     return to_frame(fits), notes

@@ -54,7 +54,8 @@ REDCAP_METADATA = re.compile(
     r"|^(Event Name|Repeat Instrument|Repeat Instance|Data Access Group)$"
 )
 """Columns a REDCap export adds (event, repeat instance, survey identifier, form status and
-timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless mapped."""
+timestamps, checkbox choices), raw or labels: tool metadata in a ``redcap_csv`` drop unless
+mapped."""
 
 DATE_TOKENS = {"%d": "dd", "%m": "mm", "%Y": "yyyy", "%y": "yy", "%H": "HH", "%M": "MM", "%S": "SS"}
 SNIFF_BYTES = 1 << 16
@@ -667,7 +668,7 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits
         raise _too_big("too_many_rows", name, f"declares {head.number_rows:,} cases",
                        f"{limits.rows:,} data rows", f"{head.number_rows:,} cases")
     try:
-        encoding = _sav_encoding(path, fmt, pyreadstat)
+        candidates = _sav_encodings(path, fmt, pyreadstat)
         # user_missing=True keeps 99/999 visible so declared codes are recognised here.
         # A legacy code page is read as latin1 (every byte kept as one character) and
         # re-decoded here: pyreadstat 1.3.7 shifts names and labels of a windows-1255 file
@@ -675,7 +676,7 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits
         # of "id"). row_limit: a header that does not count its cases still stops one
         # past the bound.
         df, meta = pyreadstat.read_sav(str(path), user_missing=True, row_limit=limits.rows + 1,
-                                       encoding=None if encoding is None else "latin1")
+                                       encoding="latin1" if candidates else None)
     except DropError:
         raise
     except Exception as exc:  # pyreadstat raises its own error classes for damaged files
@@ -684,7 +685,13 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits
     if len(df) > limits.rows:
         raise _too_big("too_many_rows", name, f"has more than {limits.rows:,} cases",
                        f"{limits.rows:,} data rows", f"more than {limits.rows:,} cases")
-    fix = (lambda s: s) if encoding is None else _redecoder(encoding, name)
+    if candidates:
+        texts = [*map(str, df.columns),
+                 *(v for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+                   for v in df[c].tolist() if isinstance(v, str))]
+        fix = _redecoder(_pick_encoding(candidates, texts, name), name)
+    else:
+        fix = lambda s: s  # noqa: E731  (UTF-8: pyreadstat decodes it right)
     declared = {
         fix(col): [(float(r["lo"]), float(r["hi"])) for r in ranges if _is_number(r.get("lo"))]
         for col, ranges in (meta.missing_ranges or {}).items()
@@ -703,18 +710,33 @@ def _read_sav(path: Path, fmt: FileFormat, sniffed: str, limits: Limits = Limits
 _UTF8 = {"utf8", "utf-8", "utf-8-sig", "utf_8", "utf_8_sig"}
 
 
-def _sav_encoding(path: Path, fmt: FileFormat, pyreadstat) -> str | None:
-    """Code page of an SPSS file's text, or None when it is UTF-8 (read as is).
+def _sav_encodings(path: Path, fmt: FileFormat, pyreadstat) -> list[str]:
+    """Code pages to try for an SPSS file's text, in order; empty when it is UTF-8 (read as is).
 
-    The file's declared encoding wins; a file that declares none (or UTF-8 while the
-    codebook lists a legacy code page) is read with the codebook's first non-UTF-8 one.
+    The file's declared encoding first, then the codebook's non-UTF-8 ``encodings`` (for a
+    file that declares none, or declares one wrongly).
     """
     _, meta = pyreadstat.read_sav(str(path), metadataonly=True)
     declared = (meta.file_encoding or "").strip().lower()
     legacy = [e for e in fmt.encodings if e.lower() not in _UTF8]
-    if declared and declared not in _UTF8:
-        return declared
-    return legacy[0] if legacy else None
+    if declared in _UTF8 and not legacy:
+        return []
+    return list(dict.fromkeys(([declared] if declared and declared not in _UTF8 else []) + legacy))
+
+
+def _pick_encoding(candidates: list[str], texts: list[str], name: str) -> str:
+    """The first candidate in which every name and string cell (read as latin1) decodes."""
+    for enc in candidates:
+        try:
+            for text in texts:
+                text.encode("latin1").decode(enc)
+            return enc
+        except (LookupError, UnicodeEncodeError, UnicodeDecodeError):
+            continue
+    raise DropError("bad_encoding", f"drop {name}: encoding - its names or text do not decode in "
+                    f"any encoding tried ({', '.join(candidates)}: the file's declared encoding, "
+                    "then the codebook's [[formats]] encodings); set encodings in the codebook to "
+                    "the code page the file was saved in")
 
 
 def _redecoder(encoding: str, name: str):

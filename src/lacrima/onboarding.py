@@ -47,9 +47,11 @@ QUALTRICS_IDENTIFYING = ("IPAddress", "RecipientLastName", "RecipientFirstName",
 QUALTRICS_METADATA = {
     "StartDate": ("Start Date", "startDate"), "EndDate": ("End Date", "endDate"),
     "Status": ("Response Type", "status"), "IPAddress": ("IP Address", "ipAddress"),
-    "Progress": ("Progress", "progress"), "Duration (in seconds)": ("Duration (in seconds)", "duration"),
+    "Progress": ("Progress", "progress"),
+    "Duration (in seconds)": ("Duration (in seconds)", "duration"),
     "Finished": ("Finished", "finished"), "RecordedDate": ("Recorded Date", "recordedDate"),
-    "ResponseId": ("Response ID", "_recordId"), "RecipientLastName": ("Recipient Last Name", "recipientLastName"),
+    "ResponseId": ("Response ID", "_recordId"),
+    "RecipientLastName": ("Recipient Last Name", "recipientLastName"),
     "RecipientFirstName": ("Recipient First Name", "recipientFirstName"),
     "RecipientEmail": ("Recipient Email", "recipientEmail"),
     "ExternalReference": ("External Data Reference", "externalDataReference"),
@@ -62,7 +64,7 @@ QUALTRICS_METADATA = {
 
 
 class OnboardingError(ValueError):
-    """The source file cannot be read as the tool's dictionary (message names file and what was expected)."""
+    """The source is not the tool's dictionary (the message names the file and what it expected)."""
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _redcap_choices(text: str, name: str, path: Path) -> tuple[list[Any], list[s
 
 
 def read_redcap_dictionary(path: Path) -> Source:
-    """Fields of a REDCap data dictionary (CSV as REDCap's "Download the Data Dictionary" writes it).
+    """Fields of a REDCap data dictionary (the CSV "Download the Data Dictionary" gives).
 
     The first field is the record ID (REDCap's rule). Radio and dropdown fields become
     choice fields; yesno / truefalse are booleans coded 1 / 0; checkbox fields export one
@@ -142,7 +144,8 @@ def read_redcap_dictionary(path: Path) -> Source:
             forms.append(form)
         if ftype == "descriptive":
             continue
-        f = NativeField(name=name, label=label, identifying=ident or validation in ("email", "phone"))
+        f = NativeField(name=name, label=label,
+                        identifying=ident or validation in ("email", "phone"))
         if ftype in ("radio", "dropdown"):
             f.kind = "choice"
             f.codes, f.labels = _redcap_choices(row[REDCAP_COLUMNS["choices"]], name, path)
@@ -152,8 +155,8 @@ def read_redcap_dictionary(path: Path) -> Source:
         elif ftype == "checkbox":
             codes, labels = _redcap_choices(row[REDCAP_COLUMNS["choices"]], name, path)
             for code, lab in zip(codes, labels):
-                extras.append(NativeField(name=f"{name}___{str(code).lower()}", label=f"{label} ({lab})",
-                                          identifying=f.identifying))
+                extras.append(NativeField(name=f"{name}___{str(code).lower()}",
+                                          label=f"{label} ({lab})", identifying=f.identifying))
             continue
         elif validation.startswith("date"):
             f.kind = "date"
@@ -166,8 +169,9 @@ def read_redcap_dictionary(path: Path) -> Source:
         tool="redcap", fields=fields, id_column=fields[0].name, extras=extras,
         format_lines=[
             '# REDCap "Export Data > CSV / Microsoft Excel (raw data)" (field names, codes); the',
-            '# "labels" export (field labels, choice labels) is read too, through the text of each column.',
-            "[[formats]]", 'kind = "redcap_csv"', 'extensions = [".csv"]', 'encodings = ["utf-8-sig"]',
+            '# "labels" export (field labels, choice labels) is read too, by each column\'s text.',
+            "[[formats]]", 'kind = "redcap_csv"', 'extensions = [".csv"]',
+            'encodings = ["utf-8-sig"]',
             'write_encoding = "utf-8"', 'delimiter = ","', 'decimal = "."', "header_rows = 1",
             'date_format = "%Y-%m-%d"', 'values = "codes"',
         ],
@@ -188,7 +192,8 @@ def read_qualtrics_survey(path: Path) -> Source:
         elements = survey["SurveyElements"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise OnboardingError(f"{path}: not a Qualtrics survey file (expected the JSON of "
-                              "Survey > Tools > Import/Export > Export Survey, with SurveyElements)") from None
+                              "Survey > Tools > Import/Export > Export Survey, with "
+                              "SurveyElements)") from None
     fields = []
     for el in elements:
         if el.get("Element") != "SQ":
@@ -207,8 +212,8 @@ def read_qualtrics_survey(path: Path) -> Source:
 
         if qtype == "MC":
             codes, labels = scale(order, choices, recode)
-            fields.append(NativeField(name=tag, label=text, kind="choice", codes=codes, labels=labels,
-                                      import_id=qid))
+            fields.append(NativeField(name=tag, label=text, kind="choice", codes=codes,
+                                      labels=labels, import_id=qid))
         elif qtype == "Matrix":
             answers = q.get("Answers") or {}
             a_order = [str(a) for a in (q.get("AnswerOrder") or list(answers))]
@@ -216,11 +221,15 @@ def read_qualtrics_survey(path: Path) -> Source:
             tags = q.get("ChoiceDataExportTags") or {}
             for c in order:
                 statement = re.sub(r"<[^>]+>", "", str(choices[c].get("Display", ""))).strip()
-                fields.append(NativeField(name=tags.get(c) or f"{tag}_{c}", label=f"{text} - {statement}",
-                                          kind="choice", codes=list(codes), labels=list(labels),
+                fields.append(NativeField(name=tags.get(c) or f"{tag}_{c}",
+                                          label=f"{text} - {statement}", kind="choice",
+                                          codes=list(codes), labels=list(labels),
                                           import_id=f"{qid}_{c}"))
         elif qtype == "TE":
-            fields.append(NativeField(name=tag, label=text, import_id=f"{qid}_TEXT"))
+            content = ((q.get("Validation") or {}).get("Settings") or {}).get("ContentType", "")
+            personal = content in ("ValidEmail", "ValidPhone", "ValidZip")
+            fields.append(NativeField(name=tag, label=text, import_id=f"{qid}_TEXT",
+                                      identifying=personal))
     if not fields:
         raise OnboardingError(f"{path}: the survey file holds no questions (no SQ elements)")
     meta = {n: NativeField(name=n, label=text, identifying=n in QUALTRICS_IDENTIFYING,
@@ -235,7 +244,8 @@ def read_qualtrics_survey(path: Path) -> Source:
         format_lines=[
             '# Qualtrics "Export data > CSV, Use choice text": three header rows. A file exported',
             '# with "Use numeric values" needs values = "codes" (codes are the RecodeValues).',
-            "[[formats]]", 'kind = "qualtrics_csv"', 'extensions = [".csv"]', 'encodings = ["utf-8-sig"]',
+            "[[formats]]", 'kind = "qualtrics_csv"', 'extensions = [".csv"]',
+            'encodings = ["utf-8-sig"]',
             'write_encoding = "utf-8-sig"', 'delimiter = ","', 'decimal = "."', "header_rows = 3",
             'date_format = "%Y-%m-%d %H:%M:%S"', 'values = "labels"',
         ],
@@ -244,23 +254,27 @@ def read_qualtrics_survey(path: Path) -> Source:
 
 
 def read_spss_dictionary(path: Path) -> Source:
-    """Fields of an SPSS .sav file's dictionary (names, variable labels, value labels, user-missing)."""
+    """Fields of an SPSS .sav file's dictionary: names, variable and value labels, user-missing."""
     import pyreadstat
 
     from lacrima.codebook import FileFormat
     from lacrima.findings import DropError
-    from lacrima.native import _redecoder, _sav_encoding
+    from lacrima.native import _pick_encoding, _redecoder, _sav_encodings
 
     try:
         fmt = FileFormat(kind="sav", extensions=(".sav",), header_rows=0, values="codes")
-        encoding = _sav_encoding(path, fmt, pyreadstat)
+        candidates = _sav_encodings(path, fmt, pyreadstat)
         _, meta = pyreadstat.read_sav(str(path), metadataonly=True, user_missing=True,
-                                      encoding=None if encoding is None else "latin1")
+                                      encoding="latin1" if candidates else None)
+        texts = [*meta.column_names, *(x or "" for x in meta.column_labels),
+                 *(str(lab) for vl in meta.variable_value_labels.values() for lab in vl.values())]
+        encoding = _pick_encoding(candidates, texts, repr(path.name)) if candidates else None
         fix = (lambda s: s) if encoding is None else _redecoder(encoding, repr(path.name))
     except DropError as err:
         raise OnboardingError(str(err)) from None
     except Exception as exc:  # pyreadstat's own error classes
-        raise OnboardingError(f"{path}: not a readable SPSS .sav file ({type(exc).__name__})") from None
+        raise OnboardingError(f"{path}: not a readable SPSS .sav file "
+                              f"({type(exc).__name__})") from None
     labels = dict(zip(meta.column_names, meta.column_labels))
     fields = []
     for name in meta.column_names:
@@ -279,7 +293,8 @@ def read_spss_dictionary(path: Path) -> Source:
     enc = f'encodings = ["{encoding}"]' if encoding else 'encodings = ["utf-8"]'
     return Source(
         tool="spss", fields=fields, id_column="",
-        format_lines=["# SPSS .sav: numeric codes, value labels, user-missing codes.", "[[formats]]",
+        format_lines=["# SPSS .sav: numeric codes, value labels, user-missing codes.",
+                      "[[formats]]",
                       'kind = "sav"', 'extensions = [".sav"]', enc, "header_rows = 0",
                       'date_format = "%d.%m.%Y"', 'values = "codes"'],
         ids_lines=["[ids]", 'kind = "sequence"', 'template = "{n}"'],
@@ -380,8 +395,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str) -
     ident = [f.name for f in (*source.fields, *source.extras)
              if f.name not in mapped_fields and (f.identifying or IDENTIFYING_NAME.search(f.name))]
     todo = 0
-    lines = [f"# Codebook of site {code!r}: DRAFT written by `lacrima sites new` from its {source.tool} "
-             "dictionary.",
+    lines = [f"# Codebook of site {code!r}: DRAFT written by `lacrima sites new` from its "
+             f"{source.tool} dictionary.",
              "# Lines marked TODO are left to a person; `lacrima sites check` lists what remains.",
              "# Every native field is listed: under [columns] (canonical), in identifying_columns,",
              "# or under [[extra_columns]] (kept out of the analysis, no warning).", "",
@@ -402,8 +417,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str) -
         values, certain = _scale_values(f, var)
         name = _scale_name(f.name)
         scales[f.name] = name
-        lines.append(f"[scales.{name}]" + ("" if certain else
-                                            "  # TODO: check values (the canonical value of each label)"))
+        lines.append(f"[scales.{name}]" + (
+            "" if certain else "  # TODO: check values (the canonical value of each label)"))
         todo += 0 if certain else 1
         lines += [f"values = {_list(values)}", f"labels = {_list(f.labels)}",
                   f"native_codes = {_list(f.codes)}"]
@@ -431,8 +446,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str) -
     extras = [f for f in (*source.fields, *source.extras)
               if f.name not in mapped_fields and f.name not in ident]
     if extras:
-        lines += ["", "# Native fields not (yet) mapped: map one under [columns] (and remove its entry",
-                  "# here) when it is a canonical variable; leave the rest as they are."]
+        lines += ["", "# Native fields not (yet) mapped: map one under [columns] (and remove its",
+                  "# entry here) when it is a canonical variable; leave the rest as they are."]
     for f in extras:
         lines += ["", "[[extra_columns]]", f"column = {_q(f.name)}"]
         if f.label:
@@ -440,7 +455,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str) -
         if f.import_id:
             lines.append(f"import_id = {_q(f.import_id)}")
         if f.labels and f.name not in scales:
-            lines.append("# choices: " + "; ".join(f"{c} = {lab}" for c, lab in zip(f.codes, f.labels)))
+            choices = "; ".join(f"{c} = {lab}" for c, lab in zip(f.codes, f.labels))
+            lines.append(f"# choices: {choices}")
         elif f.name in scales:
             lines.append(f"# choices: see [scales.{scales[f.name]}]")
     return "\n".join(lines) + "\n", todo
@@ -476,8 +492,8 @@ def draft_site(code: str, tool: str, source_path: Path, root: Path, *, role: str
     """
     root, source_path = Path(root), Path(source_path)
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", code):
-        raise OnboardingError(f"site code {code!r}: expected lower-case letters, digits, '_' or '-', "
-                              "starting with a letter (e.g. de)")
+        raise OnboardingError(f"site code {code!r}: expected lower-case letters, digits, '_' or "
+                              "'-', starting with a letter (e.g. de)")
     if role not in ROLES:
         raise OnboardingError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     readers = {"redcap": read_redcap_dictionary, "qualtrics": read_qualtrics_survey,
@@ -492,7 +508,8 @@ def draft_site(code: str, tool: str, source_path: Path, root: Path, *, role: str
     source = readers[tool](source_path)
     study = load_study(root)
     variables = {k: dict(v) for k, v in study.variables.items()}
-    book, todo = render_codebook(code, source, variables, language or TODO + ": language code, e.g. de")
+    book, todo = render_codebook(code, source, variables,
+                                 language or TODO + ": language code, e.g. de")
     todo += sum(1 for v in (country, language) if not v) + 1   # published N is always a person's
     site = "\n".join([
         f"# Site {code!r}: DRAFT written by `lacrima sites new` from {source_path.name}.",

@@ -479,9 +479,9 @@ class _Side:
 def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: float) -> _Side:
     """The sites of one role pooled as ``lacrima.pooling`` pools a correlation.
 
-    Under ``test = "knha"`` the standard error is Knapp and Hartung's (2003) ad hoc
-    version, never below the random-effects Wald one (metafor's ``test = "adhoc"``), and
-    the p value is the t test on k - 1 df with it. The untruncated Hartung-Knapp standard
+    Under ``[pooling] ci = "knha"`` a pooled side takes ``knha_adhoc``: Knapp and
+    Hartung's (2003) ad hoc standard error, never below the random-effects Wald one
+    (metafor's ``test = "adhoc"``), with the t test on k - 1 df. The untruncated Hartung-Knapp standard
     error shrinks towards 0 when two or three sites agree more closely than their sampling
     variances lead one to expect (0.005 against a Wald 0.071 for r = .30 and .31 at n = 100
     and 97): a pooled side would then be far more precise than any of its sites, and every
@@ -491,13 +491,11 @@ def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: floa
     from lacrima.meta.rma import random_effects
 
     yi, vi = fisher_z(np.array([s.r for s in sides]), np.array([s.n for s in sides]), g)
-    res = random_effects(yi, vi, method=method, test=test, level=level)
-    se, p = float(res.se), float(res.p_value)
-    if test == "knha":
-        se = max(se, float(np.sqrt(1 / np.sum(1 / (vi + res.tau2)))))
-        p = float(2 * special.stdtr(len(sides) - 1, -abs(res.estimate) / se))
+    res = random_effects(yi, vi, method=method, test="knha_adhoc" if test == "knha" else test,
+                         level=level)
     return _Side(voc.POOLED, len(sides), float(np.tanh(res.estimate)),
-                 float(sum(s.n for s in sides)), p, float("nan"), se ** 2)
+                 float(sum(s.n for s in sides)), float(res.p_value), float("nan"),
+                 float(res.se) ** 2)
 
 
 def site_roles(study: Study, sites: Sequence[Site]) -> tuple[list[str], list[str]]:
@@ -532,7 +530,7 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     study : Study
         The plan; ``[replication]`` gives roles, alpha, pi_level, small_telescope_power,
         sceptical_level, verdict_p and the ordered verdict rules; ``[pooling]`` the
-        estimator and test of the pooled sides.
+        estimator and CI method of the pooled sides.
     sites : sequence of Site
         Any number with ``replication_site_role`` and with ``original_site_role``
         (a site without estimates is skipped; no replication site gives no row).
@@ -582,9 +580,9 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     A site's raw p is its row's ``p_value``; when missing it is recomputed from r with the
     t test on n - 2 - g df. Pooled sides are pooled as ``lacrima.pooling`` pools
     correlations (Fisher z with variance 1/(n - 3 - g), ``[pooling] method`` and
-    ``test``, e.g. REML with the Hartung-Knapp test on k - 1 df), the Hartung-Knapp
-    standard error in its ad hoc form (never below the Wald one; metafor
-    ``rma(..., test = "adhoc")``, see :func:`_pooled_side`); their ``p_replication_holm``
+    ``ci``, e.g. REML with the Hartung-Knapp test on k - 1 df), the Hartung-Knapp
+    standard error in its ad hoc form (never below the Wald one; ``ci = "knha_adhoc"``,
+    metafor ``rma(..., test = "adhoc")``, see :func:`_pooled_side`); their ``p_replication_holm``
     adjusts the pooled p values of the family's effects together.
     """
     from lacrima.pooling import _settings as pooling_settings

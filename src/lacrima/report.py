@@ -767,7 +767,7 @@ def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
             cells = {}
             for a in analyses:
                 d = a.descriptives
-                hit = d[(d["variable"] == criers) & (d["subset"] == f"{row_var}={level}")]
+                hit = d[d["variable"] == f"{criers} ({row_var} = {level})"]
                 pairs = [tuple(hit.loc[hit["level"] == v, ["count", "percent"]].astype(float)
                                .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
                          for v in ("true", "false")]
@@ -1283,7 +1283,7 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
         for f in group.itertuples(index=False):
             freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
             rows.append({
-                "Scale": scale, "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                "Scale": _label_scale(scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
                 + (f" ({freed} free)" if freed else ""),
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "

@@ -61,6 +61,7 @@ for (i in seq_len(nrow(st))) {
 # Knapp-Hartung ad hoc standard error (never below the Wald one); a pooled side enters the
 # assessment with its estimate and se^2 in place of atanh(r) and 1/(n - 3 - g).
 pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
+  # metafor's default control (REML threshold 1e-5): lacrima.meta.rma takes its steps
   fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc")
   fo <- fit(orig_r, orig_n); fr <- fit(rep_r, rep_n)
   side <- function(f) list(estimate = as.numeric(f$b), se = f$se, p = f$pval)

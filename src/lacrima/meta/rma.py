@@ -152,8 +152,14 @@ def _reml_loglik(tau2: float, yi: np.ndarray, vi: np.ndarray, x: np.ndarray) -> 
                  - 0.5 * np.sum(w * (yi - x @ b) ** 2))
 
 
-def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float,
-               x: np.ndarray | None = None) -> tuple[float, bool]:
+# metafor's rma.uni control defaults (maxiter, threshold) for its REML Fisher scoring.
+METAFOR_MAXITER = 100
+METAFOR_THRESHOLD = 1e-5
+
+
+def _tau2_reml_metafor(yi: np.ndarray, vi: np.ndarray, x: np.ndarray | None = None,
+                       max_iter: int = METAFOR_MAXITER,
+                       tol: float = METAFOR_THRESHOLD) -> tuple[float, bool]:
     """metafor's REML: Fisher scoring from the Hedges (HE) estimate, step halving at 0.
 
     Step for step ``rma.uni(method = "REML")`` with its default ``control``: the start
@@ -196,8 +202,7 @@ def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float,
     return max(0.0, tau2), converged
 
 
-def moderator_test(yi, vi, moderator, test: str = "knha", max_iter: int = 100,
-                   tol: float = 1e-5) -> dict[str, float]:
+def moderator_test(yi, vi, moderator, test: str = "knha") -> dict[str, float]:
     """Test of a two-level moderator in a mixed-effects meta-regression (REML).
 
     Parameters
@@ -236,7 +241,7 @@ def moderator_test(yi, vi, moderator, test: str = "knha", max_iter: int = 100,
     if len(labels) != len(y) or len(levels) != 2 or len(y) < 3:
         return out
     x = np.column_stack([np.ones(len(y)), (labels == levels[1]).astype(float)])
-    tau2, _ = _tau2_reml(y, v, max_iter, tol, x)
+    tau2, _ = _tau2_reml_metafor(y, v, x)
     w = 1.0 / (v + tau2)
     vb = np.linalg.inv(x.T @ (w[:, None] * x))
     b = vb @ (x.T @ (w * y))
@@ -251,6 +256,42 @@ def moderator_test(yi, vi, moderator, test: str = "knha", max_iter: int = 100,
     qm = b[1] ** 2 / (s2 * vb[1, 1])
     return dict(out, qm=float(qm), qm_df=1.0, qm_df2=float(k - p),
                 qm_p=float(stats.f.sf(qm, 1, k - p)), estimate=float(b[1]), tau2=tau2)
+
+
+def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float) -> tuple[float, bool]:
+    """Fisher scoring on the restricted likelihood to ``tol``, from DL, with step halving at 0.
+
+    At the boundary (the REML score at tau2 = 0 is not positive, so the optimum is 0)
+    metafor's own path is followed instead (:func:`_tau2_reml_metafor`): from a Hedges
+    start at or below 0 it stays at exactly 0, as metafor does; from a positive start it
+    halves its steps towards 0 and stops within metafor's threshold, at metafor's value.
+    tau2, tau and I2 are then metafor's to rounding, where iterating to ``tol`` would stop
+    at ~1e-11 (tau ~3e-6) and exactly 0 would differ from metafor wherever it does not reach 0.
+    """
+    w0 = 1.0 / vi
+    mu0 = np.sum(w0 * yi) / np.sum(w0)
+    if np.sum(w0**2 * (yi - mu0) ** 2) - (np.sum(w0) - np.sum(w0**2) / np.sum(w0)) <= 0:
+        return _tau2_reml_metafor(yi, vi)
+    tau2 = _tau2_dl(yi, vi)
+    for _ in range(max_iter):
+        w = 1.0 / (vi + tau2)
+        sw = np.sum(w)
+        mu = np.sum(w * yi) / sw
+        # With P = W - w w' / sum(w): Py = w (y - mu), tr(P) and tr(PP) in closed form.
+        score = np.sum(w**2 * (yi - mu) ** 2) - (sw - np.sum(w**2) / sw)
+        info = np.sum(w**2) - 2 * np.sum(w**3) / sw + (np.sum(w**2) / sw) ** 2
+        if info <= 0:
+            return tau2, False
+        step = score / info
+        halvings = 0
+        while tau2 + step < 0 and halvings < 60:
+            step /= 2
+            halvings += 1
+        new = max(0.0, tau2 + step)
+        if abs(new - tau2) < tol:
+            return new, True
+        tau2 = new
+    return tau2, False
 
 
 def _tau2_pm(yi: np.ndarray, vi: np.ndarray) -> float:
@@ -272,7 +313,7 @@ def _validate(yi, vi) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: float = 0.95,
-                   max_iter: int = 100, tol: float = 1e-5) -> RandomEffectsResult:
+                   max_iter: int = 1000, tol: float = 1e-10) -> RandomEffectsResult:
     """Random-effects meta-analysis with a fixed-effect estimate beside it.
 
     Parameters
@@ -290,9 +331,8 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     level : float, default 0.95
         Level of the confidence, prediction and tau2 intervals.
     max_iter, tol : int, float
-        Iteration limit and convergence threshold on the change of tau2 for REML:
-        metafor's ``control = list(maxiter = 100, threshold = 1e-5)`` defaults, so that
-        tau2 (and tau, I2 near the boundary) are metafor's own numbers.
+        Iteration limit and convergence tolerance on tau2 for REML (an interior optimum;
+        at the boundary metafor's own path and threshold are followed, see Notes).
 
     Returns
     -------
@@ -309,7 +349,10 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     DL: :math:`\\max(0, (Q - (k-1)) / (\\sum w - \\sum w^2 / \\sum w))` with
     :math:`w = 1/v` (DerSimonian & Laird 1986). PM solves
     :math:`\\sum w_i (y_i - \\hat\\mu)^2 = k - 1` (Paule & Mandel 1982). REML uses
-    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005).
+    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005); when the optimum
+    is on the boundary (the REML score at tau2 = 0 is not positive) the iteration is
+    metafor's step for step (Hedges start, step halving, threshold 1e-5, its ``ll0check``),
+    so tau2 is exactly 0 where metafor's is and metafor's value where it stops short.
     The tau2 interval is the Q-profile interval: the tau2 values where the
     generalised Q equals the chi-square(k-1) quantiles (Viechtbauer 2007).
     :math:`I^2 = 100\\,\\hat\\tau^2 / (\\hat\\tau^2 + s^2)` and
