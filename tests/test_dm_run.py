@@ -69,9 +69,10 @@ def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_st
     storage = demo_store            # ingested under DEMO_KEY, which `run --demo` uses
     sites = load_sites()
     keys = pipeline.site_keys(storage, sites, study)
-    # What the latest report was made from: exactly these inputs.
-    write_json(storage, "reports/latest/provenance.json", {
+    # The latest published report was made from exactly these inputs.
+    write_json(storage, "reports/r0/provenance.json", {
         "comparison_key": pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
+    pipeline.publish_report(storage, "r0", b"{}")
     # run from elsewhere, without the Makefile's PREFECT_HOME: Prefect's home is the project's
     got, res = _probe("run", "--demo", "--json", "--storage", storage.location,
                       env={"PREFECT_HOME": None}, cwd=tmp_path)
