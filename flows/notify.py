@@ -8,7 +8,7 @@ environment; nothing is saved on the Prefect server, so no secret is stored ther
 Environment
 -----------
 ``LACRIMA_SMTP``            SMTP server ``host:port`` (e-mail is sent only when set)
-``LACRIMA_SMTP_FROM``       sender address (default ``lacrima@<host>``)
+``LACRIMA_SMTP_FROM``       sender address (default ``lacrima@<host>``, or ``lacrima@localhost``)
 ``LACRIMA_SMTP_MODE``       ``starttls`` (default), ``ssl`` or ``insecure`` (a local relay)
 ``LACRIMA_SMTP_USER`` / ``LACRIMA_SMTP_PASSWORD``  login, when the server needs one
 ``LACRIMA_OPERATOR_WEBHOOK`` / ``LACRIMA_OPERATOR_EMAIL``  who hears of a failed run
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from urllib.parse import quote, urlencode
 
 from prefect.blocks.notifications import AppriseNotificationBlock, CustomWebhookNotificationBlock
@@ -42,9 +43,11 @@ def smtp_url(to: list[str]) -> str | None:
     if not server or not to:
         return None
     host = server.split(":")[0]
+    # A sender at an IP address is refused by Apprise; a bare host name gives a valid one.
+    default_from = f"lacrima@{host}" if re.search(r"[a-z]\.[a-z]", host, re.I) else "lacrima@localhost"
     user, password = os.environ.get("LACRIMA_SMTP_USER", ""), os.environ.get("LACRIMA_SMTP_PASSWORD", "")
     login = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
-    query = {"from": os.environ.get("LACRIMA_SMTP_FROM", f"lacrima@{host}"), "to": ",".join(to),
+    query = {"from": os.environ.get("LACRIMA_SMTP_FROM", default_from), "to": ",".join(to),
              "mode": os.environ.get("LACRIMA_SMTP_MODE", "starttls")}
     return f"mailto://{login}{server}?{urlencode(query)}"
 
@@ -69,7 +72,8 @@ def send(contact: dict, subject: str, body: str) -> int:
     sent = 0
     for block in blocks_for(contact):
         try:
-            block.notify(body, subject)
+            with block.raise_on_failure():     # else Apprise only logs a message not sent
+                block.notify(body, subject)
             sent += 1
         except Exception as err:        # noqa: BLE001 - a lost notice must not fail the run
             log.warning("notification through %s failed: %s", type(block).__name__, err)

@@ -53,7 +53,7 @@ def _probe(*args, env=None, cwd=None):
 
 
 def test_missing_key_is_refused_before_anything_heavy_loads(tmp_path):
-    env = {k: "" for k in ("LACRIMA_PSEUDONYM_KEY", "LACRIMA_PSEUDONYM_KEY_FILE")}
+    env = {k: None for k in ("LACRIMA_PSEUDONYM_KEY", "LACRIMA_PSEUDONYM_KEY_FILE")}   # unset
     got, res = _probe("run", "--storage", str(tmp_path / "store"), env=env)
     assert got["code"] == 2 and not got["prefect"] and not got["pandas"]
     assert "Traceback" not in res.stderr and "no pseudonymisation key" in res.stderr
@@ -174,7 +174,6 @@ def smtp(monkeypatch):
     controller.start()
     monkeypatch.setenv("LACRIMA_SMTP", f"127.0.0.1:{port}")
     monkeypatch.setenv("LACRIMA_SMTP_MODE", "insecure")
-    monkeypatch.setenv("LACRIMA_SMTP_FROM", "lacrima@localhost")
     yield got
     controller.stop()
 
@@ -189,6 +188,21 @@ def sites_with_contact(tmp_path, webhook, monkeypatch):
                                        'email = "dm@it.example"\n')
     monkeypatch.setenv("LACRIMA_SITES", str(root))
     return root
+
+
+def test_the_site_file_schema_knows_the_contact():
+    from pydantic import ValidationError
+
+    from lacrima.contract import SiteFile
+
+    base = {"code": "it", "country": "Italy", "language": "it", "role": "original",
+            "published_n": 100}
+    ok = SiteFile.model_validate({"site": {**base, "contact": {
+        "webhook": "https://hooks.example.org/x", "email": ["dm@it.example"]}}})
+    assert ok.site.contact.webhook == "https://hooks.example.org/x"
+    for bad in ({"phone": "123"}, {"email": "not an address"}, {"webhook": "ftp://x"}):
+        with pytest.raises(ValidationError):
+            SiteFile.model_validate({"site": {**base, "contact": bad}})
 
 
 SECRET = "Mario Rossi mrossi@ex.it"
@@ -244,6 +258,10 @@ def test_an_undeliverable_notification_does_not_fail(monkeypatch):
     from flows.notify import send
 
     assert send({"webhook": f"http://127.0.0.1:{_free_port()}/none"}, "s", "b") == 0
+    # an SMTP server that is not there: counted as not sent, not raised
+    monkeypatch.setenv("LACRIMA_SMTP", f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("LACRIMA_SMTP_MODE", "insecure")
+    assert send({"email": ["dm@site.example"]}, "s", "b") == 0
 
 
 @pytest.mark.prefect
@@ -267,6 +285,7 @@ def test_run_lists_each_drop_and_tells_the_site(prefect_harness, tmp_path, sites
     it = by_site["it"]
     assert (it["outcome"], it["file"]) == ("quarantined", "it_marzo.xlsx")
     assert "unknown_labels" in it["checks"]
+    assert it["new"] is None and by_site["us"]["new"] == 124     # a quarantined drop adds none
     assert it["report"].endswith(f"quarantine/it/{it['batch']}/report.html")
     assert Path(it["report"]).is_file()
     (hook,) = webhook[1]

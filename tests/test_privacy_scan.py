@@ -190,7 +190,7 @@ def test_the_run_covers_every_zone_that_must_stay_clean(scanned, sites):
     keys = _scanned_keys(scanned.storage)
     for prefix in ("curated/us/", "curated/it/", "curated/il/", "ledger/us/",
                    "reports/scan/results.csv", "reports/scan/report.html",
-                   "reports/scan/data/us.csv", "reports/latest.json"):
+                   "reports/scan/restricted/data/us.csv", "reports/latest.json"):
         assert any(k.startswith(prefix) for k in keys), prefix
     assert sum(k.endswith("/report.json") for k in keys) == 2
     # Every planted kind is really there to be found.

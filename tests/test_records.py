@@ -103,6 +103,9 @@ def test_a_changed_record_is_a_clash_naming_row_column_held_and_new_value(tmp_pa
     assert f.rows == (3 + 5,)           # three header rows, then the fifth participant
     assert f.columns == ("age",) or load_codebook(us).native_name("age") in f.columns
     assert held in f.expected and str(int(held) + 1) in f.found
+    # what to do names the site and the batch that holds the record
+    first = intake.batches(storage, "us")[0].sha256
+    assert f"--site us --replaces {first[:12]}" in f.fix
     assert len(intake.curated_frame(storage, "us")) == 20
 
 

@@ -292,6 +292,16 @@ class Plan(_Model):
 # --------------------------------------------------------------------------- a site
 
 
+_EMAIL = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
+class SiteContact(_Model):
+    """``[site.contact]``: who hears of the site's quarantined drops (flows/notify.py)."""
+
+    webhook: Optional[Annotated[str, Field(pattern=r"^https?://\S+$")]] = None
+    email: Union[_EMAIL, list[_EMAIL]] = []
+
+
 class SiteMeta(_Model):
     code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
     country: str
@@ -300,6 +310,7 @@ class SiteMeta(_Model):
     reference: str = ""
     published_n: Annotated[int, Field(ge=1)]
     codebook: str = "codebook.toml"
+    contact: Optional[SiteContact] = None
 
 
 class SiteFile(_Model):

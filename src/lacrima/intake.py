@@ -491,7 +491,10 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
             f"with `lacrima upload --replaces {batch[:12]}`",
             columns=cols, rows=(row,),
             expected="held: " + ", ".join(show(theirs, k) for k in diff[:5]),
-            found="new: " + ", ".join(show(ours, k) for k in diff[:5])))
+            found="new: " + ", ".join(show(ours, k) for k in diff[:5]),
+            fix=(f"if the new answers are right, send this file as a correction: `lacrima "
+                 f"upload FILE --site {frame['site'].iloc[0]} --replaces {batch[:12]}`; "
+                 "else correct this row to the held answers")))
     rest = split.changed[_CLASHES_SHOWN:]
     if rest:
         rows = tuple(int(row_numbers[i]) for i, _ in rest)

@@ -698,7 +698,8 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
         counts_of = getattr(result, "record_counts", None) or {}
         for rep in result.reports:
             bad = rep.sha256 in quarantined
-            counts = counts_of.get(rep.sha256, {})
+            # A quarantined drop's records were not taken: no counts to report for it.
+            counts = {} if rep.sha256 in quarantined else counts_of.get(rep.sha256, {})
             prefix = f"quarantine/{result.site}/{rep.sha256}/report.html"
             out.append({
                 "site": result.site, "file": rep.file_name, "batch": rep.sha256,

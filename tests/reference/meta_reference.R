@@ -42,6 +42,28 @@ fit_summary <- function(res, call) {
 
 cases <- list()
 
+# Tight REML refits. metafor's default control (threshold = 1e-5) stops Fisher scoring when
+# tau2 changes by at most 1e-5, typically ~1e-6 short of the optimum; lacrima iterates an
+# interior tau2 to 1e-10. Every REML case with tau2 > 0 therefore also carries "tight": the
+# same fit with control = list(threshold = 1e-12, maxiter = 1000), its exact call beside
+# it. The top-level values stay metafor's default-threshold output (threshold 1e-5).
+TIGHT <- list(threshold = 1e-12, maxiter = 1000)
+TIGHT_CALL <- "control = list(threshold = 1e-12, maxiter = 1000)"
+tight_call <- function(call) sub("\\)$", paste0(", ", TIGHT_CALL, ")"), call)
+tight_fit <- function(res, call) {
+  if (res$method != "REML" || res$tau2 <= 0) return(NULL)
+  rt <- update(res, control = TIGHT)
+  out <- fit_summary(rt, tight_call(call))
+  out$tau <- sqrt(rt$tau2)
+  out
+}
+with_tight <- function(case, res, call) {
+  tt <- tight_fit(res, call)
+  if (res$method == "REML") case$threshold <- 1e-5
+  if (!is.null(tt)) case$tight <- tt
+  case
+}
+
 # 1. Molloy et al. (2014): correlations, Fisher z (metafor's analysis example and the
 #    documentation of dat.molloy2014).
 molloy <- escalc(measure = "ZCOR", ri = ri, ni = ni, data = dat.molloy2014)
@@ -51,7 +73,7 @@ for (spec in list(c("REML", "knha"), c("REML", "z"), c("DL", "z"), c("DL", "knha
                   c("PM", "z"), c("PM", "knha"), c("FE", "z"))) {
   call <- sprintf('rma(yi, vi, data = escalc(measure = "ZCOR", ri = ri, ni = ni, data = dat.molloy2014), method = "%s", test = "%s")', spec[1], spec[2])
   res <- rma(yi, vi, data = molloy, method = spec[1], test = spec[2])
-  cases[[paste("molloy2014", spec[1], spec[2], sep = "_")]] <- c(list(input = molloy_in), fit_summary(res, call))
+  cases[[paste("molloy2014", spec[1], spec[2], sep = "_")]] <- with_tight(c(list(input = molloy_in), fit_summary(res, call)), res, call)
 }
 
 # 2. BCG vaccine trials (dat.bcg): log risk ratios, the classic metafor example.
@@ -60,7 +82,7 @@ bcg_in <- list(yi = as.numeric(bcg$yi), vi = as.numeric(bcg$vi))
 for (spec in list(c("REML", "z"), c("REML", "knha"), c("DL", "z"), c("PM", "z"))) {
   call <- sprintf('rma(yi, vi, data = escalc(measure = "RR", ai = tpos, bi = tneg, ci = cpos, di = cneg, data = dat.bcg), method = "%s", test = "%s")', spec[1], spec[2])
   res <- rma(yi, vi, data = bcg, method = spec[1], test = spec[2])
-  cases[[paste("bcg_rr", spec[1], spec[2], sep = "_")]] <- c(list(input = bcg_in), fit_summary(res, call))
+  cases[[paste("bcg_rr", spec[1], spec[2], sep = "_")]] <- with_tight(c(list(input = bcg_in), fit_summary(res, call)), res, call)
 }
 
 # 3. dat.bcg as log odds ratios (tests the log OR effect size and its pooling).
@@ -69,14 +91,14 @@ bcg_or_in <- list(ai = dat.bcg$tpos, bi = dat.bcg$tneg, ci = dat.bcg$cpos, di = 
                   yi = as.numeric(bcg_or$yi), vi = as.numeric(bcg_or$vi))
 call <- 'rma(yi, vi, data = escalc(measure = "OR", ai = tpos, bi = tneg, ci = cpos, di = cneg, data = dat.bcg), method = "REML", test = "knha")'
 res <- rma(yi, vi, data = bcg_or, method = "REML", test = "knha")
-cases[["bcg_or_REML_knha"]] <- c(list(input = bcg_or_in), fit_summary(res, call))
+cases[["bcg_or_REML_knha"]] <- with_tight(c(list(input = bcg_or_in), fit_summary(res, call)), res, call)
 
 # 4. Hackshaw et al. (1998): passive smoking, log odds ratios given as yi/vi.
 hack_in <- list(yi = as.numeric(dat.hackshaw1998$yi), vi = as.numeric(dat.hackshaw1998$vi))
 for (spec in list(c("REML", "knha"), c("DL", "z"))) {
   call <- sprintf('rma(yi, vi, data = dat.hackshaw1998, method = "%s", test = "%s")', spec[1], spec[2])
   res <- rma(yi, vi, data = dat.hackshaw1998, method = spec[1], test = spec[2])
-  cases[[paste("hackshaw1998", spec[1], spec[2], sep = "_")]] <- c(list(input = hack_in), fit_summary(res, call))
+  cases[[paste("hackshaw1998", spec[1], spec[2], sep = "_")]] <- with_tight(c(list(input = hack_in), fit_summary(res, call)), res, call)
 }
 
 # 5. Normand (1999): standardised mean differences (Hedges' g with the exact correction).
@@ -87,7 +109,7 @@ norm_in <- list(m1i = dat.normand1999$m1i, sd1i = dat.normand1999$sd1i, n1i = da
                 yi = as.numeric(norm$yi), vi = as.numeric(norm$vi))
 call <- 'rma(yi, vi, data = escalc(measure = "SMD", m1i = m1i, sd1i = sd1i, n1i = n1i, m2i = m2i, sd2i = sd2i, n2i = n2i, data = dat.normand1999), method = "REML", test = "knha")'
 res <- rma(yi, vi, data = norm, method = "REML", test = "knha")
-cases[["normand1999_smd_REML_knha"]] <- c(list(input = norm_in), fit_summary(res, call))
+cases[["normand1999_smd_REML_knha"]] <- with_tight(c(list(input = norm_in), fit_summary(res, call)), res, call)
 
 # 6. Small k: the first three and the first two Molloy studies (three sites is this study's k).
 for (kk in c(3, 2)) {
@@ -96,7 +118,7 @@ for (kk in c(3, 2)) {
   for (spec in list(c("REML", "knha"), c("DL", "knha"), c("PM", "knha"))) {
     call <- sprintf('rma(yi, vi, data = escalc(measure = "ZCOR", ri = ri, ni = ni, data = dat.molloy2014)[1:%d, ], method = "%s", test = "%s")', kk, spec[1], spec[2])
     res <- rma(yi, vi, data = sub, method = spec[1], test = spec[2])
-    cases[[sprintf("molloy2014_k%d_%s_%s", kk, spec[1], spec[2])]] <- c(list(input = sub_in), fit_summary(res, call))
+    cases[[sprintf("molloy2014_k%d_%s_%s", kk, spec[1], spec[2])]] <- with_tight(c(list(input = sub_in), fit_summary(res, call)), res, call)
   }
 }
 
@@ -127,7 +149,7 @@ for (nm in names(bnd)) {
     res <- rma(yi = bnd[[nm]]$yi, vi = bnd[[nm]]$vi, method = "REML", test = tst)
     out <- c(list(input = bnd[[nm]]), fit_summary(res, call))
     out$tau <- sqrt(res$tau2)
-    cases[[paste(nm, "REML", tst, sep = "_")]] <- out
+    cases[[paste(nm, "REML", tst, sep = "_")]] <- with_tight(out, res, call)
   }
 }
 
@@ -136,7 +158,7 @@ for (kk in c(16, 3)) {
   sub <- molloy[1:kk, ]
   call <- sprintf('rma(yi, vi, data = escalc(measure = "ZCOR", ri = ri, ni = ni, data = dat.molloy2014)[1:%d, ], method = "REML", test = "adhoc")', kk)
   res <- rma(yi, vi, data = sub, method = "REML", test = "adhoc")
-  cases[[sprintf("molloy2014_k%d_REML_adhoc", kk)]] <- c(list(input = list(yi = as.numeric(sub$yi), vi = as.numeric(sub$vi))), fit_summary(res, call))
+  cases[[sprintf("molloy2014_k%d_REML_adhoc", kk)]] <- with_tight(c(list(input = list(yi = as.numeric(sub$yi), vi = as.numeric(sub$vi))), fit_summary(res, call)), res, call)
 }
 
 # 10. heterogeneity.csv: every column of one pooled effect, for each CI method. With
@@ -168,7 +190,7 @@ for (nm in names(hetero)) {
     cases[[paste("hetero", nm, tst, sep = "_")]] <- list(
       input = h,
       call = sprintf("re <- rma(yi, vi, method = \"REML\", test = \"%s\"); fe <- rma(yi, vi, method = \"FE\"); confint(re, type = \"QP\", control = list(tol = 1e-12)); predict(re); rma(yi, vi, mods = ~ role, method = \"REML\", test = \"%s\")", tst, tst),
-      test = tst, k = re$k,
+      test = tst, threshold = 1e-5, k = re$k,
       fe_estimate = as.numeric(fe$b), fe_ci_low = fe$ci.lb, fe_ci_high = fe$ci.ub,
       re_estimate = as.numeric(re$b), re_se = re$se, re_ci_low = re$ci.lb, re_ci_high = re$ci.ub,
       re_statistic = re$zval, re_p_value = re$pval,
@@ -180,6 +202,17 @@ for (nm in names(hetero)) {
       q = re$QE, q_df = re$k - re$p, q_p = re$QEp,
       role_qm = mod$QM, role_qm_df = mod$QMdf[1], role_qm_df2 = mod$QMdf[2], role_qm_p = mod$QMp,
       role_estimate = as.numeric(mod$b[2]))
+    if (re$tau2 > 0) {
+      # The tau2-dependent columns at the tight threshold (the Q-profile limits, FE, Q and
+      # the moderator test do not depend on re's tau2 and are not repeated).
+      rt <- rma(yi = h$yi, vi = h$vi, method = "REML", test = tst, control = TIGHT)
+      prt <- predict(rt)
+      cases[[paste("hetero", nm, tst, sep = "_")]]$tight <- list(
+        call = sprintf("rma(yi, vi, method = \"REML\", test = \"%s\", %s); predict(re)", tst, TIGHT_CALL),
+        re_estimate = as.numeric(rt$b), re_se = rt$se, re_ci_low = rt$ci.lb, re_ci_high = rt$ci.ub,
+        re_statistic = rt$zval, re_p_value = rt$pval, pi_low = prt$pi.lb, pi_high = prt$pi.ub,
+        tau2 = rt$tau2, tau = sqrt(rt$tau2), i2 = rt$I2, h2 = rt$H2)
+    }
   }
 }
 
