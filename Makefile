@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MPLBACKEND := Agg
 
-.PHONY: install demo test bench lock expectations clean system-deps
+.PHONY: install demo test test-fast bench lock expectations clean system-deps
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,9 +32,14 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; }
 
-## test: the whole test suite
+## test: the whole test suite and the docstrings' examples (CI runs this)
 test: install system-deps
 	$(PY) -m pytest -q
+
+## test-fast: the edit-test loop: no Prefect server, moto S3 server, browser or Dask cluster
+FAST := not prefect and not s3 and not browser and not dask
+test-fast: install
+	$(PY) -m pytest -q -m "$(FAST)"
 
 ## bench: speed and memory benchmark (not part of test)
 bench: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -14,6 +15,18 @@ os.environ.setdefault("LACRIMA_PSEUDONYM_KEY", "test-key-not-secret")
 import pytest  # noqa: E402
 
 from lacrima.study import load_study  # noqa: E402
+
+# A test that uses one of these fixtures starts the service behind it and gets its marker here,
+# so it cannot slip into the fast tier (`make test-fast`) by forgetting the marker.
+SERVICE_MARKERS = {"prefect_harness": "prefect", "s3_endpoint": "s3"}
+
+
+@pytest.hookimpl(tryfirst=True)     # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in SERVICE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +60,68 @@ def demo_drops(tmp_path_factory, study, sites):
 
 
 @pytest.fixture(scope="session")
+def ingested_demo(tmp_path_factory, study, sites, demo_drops):
+    """The demo drops uploaded and ingested under ``DEMO_KEY``, once for the whole session.
+
+    Read only: ``root`` is the store's folder, ``intakes`` what ``ingest_sites`` said per site
+    (in the order of ``sites``). A test that writes to a store takes a copy (``demo_store``,
+    or ``shutil.copytree(root, ...)`` in a module fixture): copying costs milliseconds, intake
+    seconds. Checked unchanged at the end of the session.
+    """
+    from types import SimpleNamespace
+
+    from lacrima import intake
+    from lacrima.privacy import DEMO_KEY
+    from lacrima.storage import LocalStorage
+
+    root = tmp_path_factory.mktemp("ingested") / "store"
+    storage = LocalStorage(root)
+    for s in sites:
+        intake.upload(storage, s, demo_drops[s.code])
+    intakes = intake.ingest_sites(storage, sites, study, DEMO_KEY)
+    before = _listing(root)
+    yield SimpleNamespace(root=root, key=DEMO_KEY, intakes=intakes)
+    assert _listing(root) == before, "a test wrote to the shared ingested store: copy it first"
+
+
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in root.rglob("*"))
+
+
+@pytest.fixture
+def demo_store(tmp_path, ingested_demo):
+    """A private copy of the session's ingested demo store, to write to."""
+    from lacrima.storage import LocalStorage
+
+    shutil.copytree(ingested_demo.root, tmp_path / "store")
+    return LocalStorage(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, study, sites, ingested_demo):
+    """A copy of the ingested demo store, analysed and reported as run ``run-1``, once.
+
+    Read only, like ``ingested_demo``: ``storage``, ``analyses``, ``comparison`` and
+    ``outputs`` (what ``report.write_outputs`` returned).
+    """
+    from types import SimpleNamespace
+
+    from lacrima import pipeline, report
+    from lacrima.storage import LocalStorage
+
+    root = tmp_path_factory.mktemp("run") / "store"
+    shutil.copytree(ingested_demo.root, root)
+    storage = LocalStorage(root)
+    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
+    comparison = pipeline.compare_sites(analyses, study, list(sites))
+    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, list(sites), prov)
+    return SimpleNamespace(storage=storage, analyses=analyses, comparison=comparison,
+                           outputs=outputs)
+
+
+@pytest.fixture(scope="session")
 def memory_analyses(study, sites):
     """The demo's per-site analyses built in memory (synthetic canonical data at the published N).
 
@@ -71,8 +146,9 @@ def memory_analyses(study, sites):
 
 @pytest.fixture
 def report_worker(monkeypatch):
-    """Reports made in this test use a worker process even for 3 sites; the list of the
-    ``lacrima.offload.Offload`` objects they made (to check what the worker did)."""
+    """Reports made in this test use a worker process even for 3 sites; a list of
+    ``(offload, had_worker)``: each ``lacrima.offload.Offload`` they made, and whether it had a
+    worker process when made."""
     from lacrima import offload, report
 
     made = []
@@ -80,7 +156,7 @@ def report_worker(monkeypatch):
 
     def spy(self, *args, **kwargs):
         real(self, *args, **kwargs)
-        made.append(self)
+        made.append((self, self.has_worker))
 
     monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)
     monkeypatch.setattr(offload.Offload, "__init__", spy)

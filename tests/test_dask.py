@@ -34,6 +34,7 @@ def test_dask_runner_uses_one_thread_per_worker_process():
 
 
 @pytest.mark.prefect
+@pytest.mark.dask
 def test_dask_and_processes_give_the_same_results_csv_as_the_thread_pool(prefect_harness, tmp_path,
                                                                          study, sites):
     from flows.pipeline import run_pipeline

@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 
 from lacrima import intake, pipeline
 from lacrima.cli import app
-from lacrima.privacy import DEMO_KEY
 from lacrima.status import misplaced
 from lacrima.storage import LocalStorage, write_json
 from lacrima.study import load_site, load_sites, load_study
@@ -66,19 +65,16 @@ def test_a_bad_store_is_refused_before_prefect(tmp_path):
     assert got["code"] == 2 and not got["prefect"] and "Traceback" not in res.stderr
 
 
-def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_drops):
-    storage = LocalStorage(tmp_path / "store")
+def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_store):
+    storage = demo_store            # ingested under DEMO_KEY, which `run --demo` uses
     sites = load_sites()
-    for s in sites:
-        intake.upload(storage, s, demo_drops[s.code])
-    intake.ingest_sites(storage, sites, study, DEMO_KEY)
     keys = pipeline.site_keys(storage, sites, study)
     # The latest published report was made from exactly these inputs.
     write_json(storage, "reports/r0/provenance.json", {
         "comparison_key": pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
     pipeline.publish_report(storage, "r0", b"{}")
     # run from elsewhere, without the Makefile's PREFECT_HOME: Prefect's home is the project's
-    got, res = _probe("run", "--demo", "--json", "--storage", str(tmp_path / "store"),
+    got, res = _probe("run", "--demo", "--json", "--storage", storage.location,
                       env={"PREFECT_HOME": None}, cwd=tmp_path)
     assert got["code"] == 0 and not got["prefect"], res.stderr
     assert got["home"] == str(ROOT / ".prefect")

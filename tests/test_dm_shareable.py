@@ -7,29 +7,19 @@ import io
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline, report
+from lacrima import report
 from lacrima.privacy import MIN_CELL
-from lacrima.storage import LocalStorage
 
-KEY = b"shareable-test-key"
 COUNT = ("n", "count", "n_original", "n_replication")
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory, study, sites, demo_drops):
-    storage = LocalStorage(tmp_path_factory.mktemp("store"))
-    for s in sites:
-        intake.upload(storage, s, demo_drops[s.code])
-    intake.ingest_sites(storage, sites, study, KEY)
-    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("r1", analyses, study, list(sites))
-    out = report.write_outputs(storage, "r1", analyses, comparison, study, list(sites), prov)
-    return storage, out, analyses
+def run_folder(demo_run):
+    return demo_run.storage, demo_run.outputs, demo_run.analyses
 
 
 def _csv(storage, name):
-    return pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/r1/{name}")), dtype=str,
+    return pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")), dtype=str,
                        keep_default_na=False)
 
 
@@ -64,4 +54,4 @@ def test_row_level_data_and_exports_sit_under_restricted(run_folder):
             pytest.fail(f"{name} is row-level data outside restricted/")
     assert {"restricted/analysis_ready.parquet", "restricted/data/us.sav",
             "restricted/data/us.csv", "restricted/README.txt"} <= set(out.files)
-    assert "do not share" in storage.read_bytes("reports/r1/restricted/README.txt").decode()
+    assert "do not share" in storage.read_bytes("reports/run-1/restricted/README.txt").decode()

@@ -26,6 +26,8 @@ from lacrima.cli import app
 from lacrima.storage import S3Storage
 from lacrima.study import load_site
 
+pytestmark = pytest.mark.s3     # a moto server of its own
+
 BUCKET, PREFIX = "consortium", "lacrima"
 SETUP_REQUESTS = 8      # counted below: every request before the data manager's first
 

@@ -4,18 +4,19 @@ Plain ``src`` calls first; then the flow three times under the session Prefect h
 first run, a run with nothing new, a run after one new drop at one site.
 """
 
+import dataclasses
 import json
 import pickle
-import shutil
+import re
 
 import pandas as pd
 import pytest
 
 from lacrima import intake, pipeline, report
+from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
-KEY = b"test-key-not-secret"    # the key conftest puts in LACRIMA_PSEUDONYM_KEY
 N = 40                          # small sites: every analysis still runs, quickly
 
 
@@ -30,33 +31,20 @@ def _second_drop(study, site, folder):
     return write_drop(site, study, folder, n=N, seed=99, id_offset=10_000)
 
 
-@pytest.fixture(scope="module")
-def ingested_once(tmp_path_factory, study, sites, small_drops):
-    root = tmp_path_factory.mktemp("ingested") / "store"
-    storage = LocalStorage(root)
-    for s in sites:
-        intake.upload(storage, s, small_drops[s.code])
-        intake.ingest_site(storage, s, study, KEY)
-    return root
-
-
 @pytest.fixture()
-def ingested(tmp_path, ingested_once):
-    # A copy per test: intake costs seconds, copying the folder milliseconds.
-    shutil.copytree(ingested_once, tmp_path / "store")
-    return LocalStorage(tmp_path / "store")
+def ingested(demo_store):
+    # The session's ingested demo store (tests/conftest.py), a copy per test.
+    return demo_store
 
 
-def test_plan_counts_pending_drops_from_listings(tmp_path, study, sites, small_drops):
-    storage = LocalStorage(tmp_path / "store")
+def test_plan_counts_pending_drops_from_listings(tmp_path, ingested, sites, small_drops):
     us = next(s for s in sites if s.code == "us")
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 0, 0)
-    intake.upload(storage, us, small_drops["us"])
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 1)
-    intake.ingest_site(storage, us, study, KEY)
-    assert pipeline.plan_site(storage, us) == pipeline.SitePlan("us", 1, 0)
-    assert pipeline.plan_site(storage, us).to_frame().to_dict("records") == [
-        {"site": "us", "landed": 1, "pending": 0}]
+    assert pipeline.plan_site(LocalStorage(tmp_path / "empty"), us) == pipeline.SitePlan("us", 0, 0)
+    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 1, 0)    # one drop, ingested
+    intake.upload(ingested, us, small_drops["us"])
+    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 2, 1)
+    assert pipeline.plan_site(ingested, us).to_frame().to_dict("records") == [
+        {"site": "us", "landed": 2, "pending": 1}]
 
 
 def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
@@ -75,7 +63,7 @@ def test_a_new_batch_changes_only_its_sites_key(ingested, study, sites, tmp_path
     before = {c: k for c, (k, _) in pipeline.site_keys(ingested, sites, study).items()}
     il = next(s for s in sites if s.code == "il")
     intake.upload(ingested, il, _second_drop(study, il, tmp_path / "il2"))
-    res = intake.ingest_site(ingested, il, study, KEY)
+    res = intake.ingest_site(ingested, il, study, DEMO_KEY)
     assert res.accepted, [r.to_dict() for r in res.reports]
     after = pipeline.site_keys(ingested, sites, study)
     assert after["il"][0] != before["il"] and len(after["il"][1]) == 2
@@ -112,32 +100,39 @@ def test_unchanged_sites_are_read_back_from_the_pooled_inputs_as_stored(ingested
     assert sorted(pipeline.reusable_analyses(ingested, keys)) == ["il", "us"]
 
 
-def test_input_key_is_a_hash_of_file_bytes(ingested, study, sites):
-    import hashlib
-
-    from lacrima.study import sha256_file
-
-    from lacrima import catalog
-
+def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop(
+        ingested, study, sites, demo_drops, tmp_path):
     us = next(s for s in sites if s.code == "us")
     key, accepted = pipeline.site_input_key(ingested, us, study)
-    h = hashlib.sha256()
-    register = hashlib.sha256(ingested.read_bytes(catalog.register_key("us"))).hexdigest()
-    for part in (register, sha256_file(us.codebook_path), us.sha256, study.sha256):
-        h.update(part.encode())
-    assert key == h.hexdigest() and len(accepted) == 1
+    assert re.fullmatch("[0-9a-f]{64}", key) and pipeline.site_input_key(ingested, us, study) == (
+        key, accepted)
+    assert accepted == tuple(r.sha256 for r in intake.batches(ingested, "us"))
+    # The same export sent again under another name brings nothing: same key.
+    again = tmp_path / "again.csv"
+    again.write_bytes(demo_drops["us"].read_bytes())
+    intake.upload(ingested, us, again)
+    res = intake.ingest_site(ingested, us, study, DEMO_KEY)
+    assert res.skipped_duplicates == res.seen and not res.accepted
+    assert pipeline.site_input_key(ingested, us, study) == (key, accepted)
+    # One byte more in the codebook file (a comment), another site file or another plan: new key.
+    codebook = tmp_path / "codebook.toml"
+    codebook.write_bytes(us.codebook_path.read_bytes() + b"\n# edited\n")
+    moved = {pipeline.site_input_key(ingested, dataclasses.replace(us, codebook_path=codebook),
+                                     study)[0],
+             pipeline.site_input_key(ingested, dataclasses.replace(us, sha256="0" * 64), study)[0],
+             pipeline.site_input_key(ingested, us, dataclasses.replace(study, sha256="0" * 64))[0]}
+    assert len(moved) == 3 and key not in moved
 
 
-def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested, study, sites):
-    analyses = [pipeline.analyse_site_data(ingested, s, study) for s in sites]
-    keys = {a.site: a.input_key for a in analyses}
-    assert pipeline.needs_report(ingested, keys, study)
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("r1", analyses, study, list(sites))
-    report.write_outputs(ingested, "r1", analyses, comparison, study, list(sites), prov)
-    assert pipeline.last_comparison_key(ingested) == pipeline.comparison_key(keys, study)
-    assert not pipeline.needs_report(ingested, keys, study)
-    assert not pipeline.needs_report(ingested, {}, study)
+def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested_demo, demo_run,
+                                                                           study):
+    # demo_run: the ingested demo store (no report yet) after one report of the same inputs
+    keys = {a.site: a.input_key for a in demo_run.analyses}
+    assert pipeline.needs_report(LocalStorage(ingested_demo.root), keys, study)
+    reported = demo_run.storage
+    assert pipeline.last_comparison_key(reported) == pipeline.comparison_key(keys, study)
+    assert not pipeline.needs_report(reported, keys, study)
+    assert not pipeline.needs_report(reported, {}, study)
 
 
 def test_run_context_pickles_without_the_key(tmp_path, monkeypatch):
@@ -245,14 +240,13 @@ def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sit
 
 
 def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
-        ingested, study, sites, request):
+        ingested, study, sites, demo_run, report_worker):
     analyses = [pipeline.site_step(ingested, s, study) for s in sites]     # light: no rows
     comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("plain", analyses, study, list(sites))
-    report.write_outputs(ingested, "plain", analyses, comparison, study, list(sites), prov)
-    made = request.getfixturevalue("report_worker")               # from here on, a worker
+    prov = pipeline.provenance("worker", analyses, study, list(sites))
     report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
-    [work] = made
-    assert work.failed == [] and work._calls[0][0] is pipeline.stacked_site_data
+    [(work, had_worker)] = report_worker
+    assert had_worker and work.failed == []
+    # the same rows as a report made in one process from the analyses' own frames
     assert (ingested.read_bytes("reports/worker/restricted/analysis_ready.parquet")
-            == ingested.read_bytes("reports/plain/restricted/analysis_ready.parquet"))
+            == demo_run.storage.read_bytes("reports/run-1/restricted/analysis_ready.parquet"))

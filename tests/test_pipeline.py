@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline, report
+from lacrima import intake
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import RESULTS_COLUMNS
 
@@ -23,15 +23,9 @@ def _land_all(storage, sites, drops):
 
 
 @pytest.fixture(scope="module")
-def completed_run(tmp_path_factory, study, sites, demo_drops):
-    storage = LocalStorage(tmp_path_factory.mktemp("store"))
-    _land_all(storage, sites, demo_drops)
-    intakes = [intake.ingest_site(storage, s, study, KEY) for s in sites]
-    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("run-1", analyses, study, list(sites))
-    outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, list(sites), prov)
-    return storage, intakes, analyses, comparison, outputs
+def completed_run(ingested_demo, demo_run):
+    return (demo_run.storage, ingested_demo.intakes, demo_run.analyses, demo_run.comparison,
+            demo_run.outputs)
 
 
 def test_every_clean_drop_is_accepted(completed_run, sites):
@@ -74,13 +68,14 @@ def test_provenance_names_inputs_plan_and_versions(completed_run, study):
     assert prov["packages"]["pandas"] and prov["sites"]["us"]["codebook_sha256"]
 
 
-def test_same_file_twice_is_processed_once(completed_run, study, sites, demo_drops, tmp_path):
-    storage, *_ = completed_run
+def test_same_file_twice_is_processed_once(demo_store, ingested_demo, study, sites, demo_drops,
+                                           tmp_path):
+    storage = demo_store
     us = next(s for s in sites if s.code == "us")
     renamed = tmp_path / "again.csv"
     renamed.write_bytes(demo_drops["us"].read_bytes())
     intake.upload(storage, us, renamed)
-    res = intake.ingest_site(storage, us, study, KEY)
+    res = intake.ingest_site(storage, us, study, ingested_demo.key)
     assert res.skipped_duplicates == res.seen and not res.accepted and not res.quarantined
     assert len([r for r in intake.batches(storage, "us")]) == 1
 

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import re
-import time
 
 import pandas as pd
 import pytest
@@ -276,12 +275,9 @@ def test_forest_plot_for_125_sites_stays_bounded():
     rows = pd.DataFrame({"site": codes, "estimate": 0.3, "ci_low": 0.1, "ci_high": 0.5, "n": 100})
     pooled = pd.Series({"estimate": 0.3, "ci_low": 0.25, "ci_high": 0.35, "pi_low": 0.1,
                         "pi_high": 0.5})
-    start = time.perf_counter()
     svg = forest_svg(rows, pooled, "125 sites", "Pearson r", site_style(codes), {"s000"})
-    elapsed = time.perf_counter() - start
     height_pt = float(re.search(r'height="([0-9.]+)pt"', svg).group(1))
-    assert height_pt <= 11.0 * 72          # the plot height cap, in points
-    assert elapsed < 10.0                  # generous: about 0.1 s on a laptop
+    assert height_pt <= 11.0 * 72          # the plot height cap, in points (its time: make bench)
     # every site still drawn: one horizontal interval segment per site (the intervals of
     # one colour share a <path>, so <path> elements no longer count sites)
     assert len(re.findall(r"M [0-9.]+ ([0-9.]+) \s*L [0-9.]+ \1 ", svg)) >= 125
@@ -335,9 +331,9 @@ def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, re
     analyses, comparison, study, sites, prov = report_inputs
     storage = LocalStorage(tmp_path / "store")
     report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
-    [work] = report_worker
-    assert work.has_worker is False and work.failed == []     # closed; nothing fell back
-    assert all(future is not None for *_, future in work._calls)
+    [(work, had_worker)] = report_worker
+    assert had_worker and work.failed == []       # a worker; no call failed there and was redone
+    assert work.has_worker is False               # and it was closed
     for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
         assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
 

@@ -1,4 +1,4 @@
-"""Importing the analysis layer stays cheap: statsmodels is imported only where it is used."""
+"""Importing the library stays cheap: statsmodels only where it is used, never Prefect or flows."""
 
 from __future__ import annotations
 
@@ -45,3 +45,13 @@ def test_lazily_imported_methods_match_statsmodels(method):
     np.testing.assert_allclose(got[finite], multipletests(p[finite], method=method)[1])
     if method == "bonferroni":
         np.testing.assert_allclose(got[finite], np.minimum(p[finite] * 4, 1))
+
+
+def test_importing_every_module_loads_neither_prefect_nor_flows():
+    # What doctest collection (--doctest-modules over src/lacrima) does; __main__ runs the CLI.
+    loaded = _modules_after(
+        "import importlib, pkgutil, lacrima; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(lacrima.__path__, "
+        "'lacrima.') if m.name != 'lacrima.__main__']")
+    assert {"lacrima.cli", "lacrima.bench", "lacrima.stats.regression"} <= loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("prefect", "flows")}
