@@ -552,7 +552,8 @@ def demo(storage: Optional[str] = typer.Option(None, help="storage root (default
         for s in load_sites():
             path = write_drop(s, study, Path(tmp) / s.code)
             key = intake.upload(store, s, path, uploader="demo")
-            console.print(f"synthetic drop for {s.code}: {key}", markup=False)
+            # soft_wrap: a storage key is never broken over two lines
+            console.print(f"synthetic drop for {s.code}: {key}", markup=False, soft_wrap=True)
     _print_summary(_run(storage, True), as_json)
 
 
