@@ -318,10 +318,12 @@ def _preflight(storage: Optional[str], demo: bool):
         _fail(str(err))
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
-    _check_custody(storage, demo)
+    from lacrima.catalog import KeyCustodyError
     from lacrima.pipeline import prepare_run
     try:
-        return prepare_run(storage, demo=demo)
+        return prepare_run(storage, demo=demo)      # refuses a key that does not fit the store
+    except KeyCustodyError as err:
+        _fail(str(err))
     except (ValueError, KeyError, OSError) as err:   # site files, an unreadable plan
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
 
