@@ -37,7 +37,7 @@ test: install system-deps
 	$(PY) -m pytest -q
 
 ## test-fast: the edit-test loop: no Prefect server, moto S3 server, browser or Dask cluster
-FAST := not prefect and not s3 and not browser and not dask
+FAST := not prefect and not s3 and not browser and not dask and not slow
 test-fast: install
 	$(PY) -m pytest -q -m "$(FAST)"
 

@@ -1,0 +1,66 @@
+"""Restructuring changes no number: results.csv byte for byte, on the demo and on 125 sites.
+
+The reference files under ``tests/reference/golden/`` were written by this module
+at commit 5048d72, before the architecture work of issue 14;
+a change that alters any estimate, any row or the CSV format fails here, and the difference is
+shown line by line. A deliberate change of a number rewrites the references in its own commit
+(``LACRIMA_WRITE_GOLDEN=1 pytest tests/test_golden.py``), saying why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "reference" / "golden"
+CONSORTIUM_SITES, CONSORTIUM_N, SEED = 125, 40, 20261129
+RUN_ID = "golden"
+
+
+def consortium_results(work: Path) -> bytes:
+    """results.csv of a 125-site consortium (40 participants a site), through the library steps."""
+    from lacrima import intake, pipeline
+    from lacrima.consortium import make_consortium, write_consortium_drops
+    from lacrima.privacy import DEMO_KEY
+    from lacrima.storage import LocalStorage
+    from lacrima.study import load_sites, load_study
+    from lacrima.vocabulary import RESULTS_COLUMNS
+
+    made = make_consortium(work / "sites", CONSORTIUM_SITES, n=CONSORTIUM_N)
+    drops = write_consortium_drops(made.root, work / "drops", seed=SEED, text_formats=True)
+    study, sites = load_study(made.root), load_sites(made.root)
+    storage = LocalStorage(work / "store")
+    for s in sites:
+        intake.upload(storage, s, drops[s.code])
+    intake.ingest_sites(storage, sites, study, DEMO_KEY)
+    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
+    comparison = pipeline.compare_sites([a for a in analyses if a], study, sites)
+    results = comparison.results.assign(run_id=RUN_ID).reindex(columns=list(RESULTS_COLUMNS))
+    return pipeline.to_csv_bytes(results)
+
+
+def _same(got: bytes, name: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("LACRIMA_WRITE_GOLDEN"):        # a deliberate change of numbers only
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(got, mtime=0))
+    reference = gzip.decompress(path.read_bytes())
+    if got == reference:
+        return
+    diff = difflib.unified_diff(reference.decode().splitlines(), got.decode().splitlines(),
+                                "reference", "now", n=0, lineterm="")
+    pytest.fail(f"{name} differs from the reference:\n" + "\n".join(list(diff)[:40]))
+
+
+def test_demo_results_csv_is_unchanged(demo_run):
+    _same(demo_run.storage.read_bytes(f"{demo_run.outputs.prefix}/results.csv"),
+          "demo_results.csv.gz")
+
+
+@pytest.mark.slow
+def test_consortium_results_csv_is_unchanged(tmp_path):
+    _same(consortium_results(tmp_path), "consortium125_results.csv.gz")
