@@ -128,6 +128,30 @@ def memory_analyses(study, sites):
     Same steps as ``pipeline.analyse_site_data`` without intake and storage, which report
     tests do not need (tests/test_pipeline.py covers them): seconds instead of half a minute.
     """
+    return analyses_in_memory(study, sites)
+
+
+@pytest.fixture(scope="session")
+def small_plan(tmp_path_factory):
+    """The demo's sites under a plan cut to one or a few effects of each kind
+    (tests/smallplan.py): ``root``, ``study`` and ``sites``. For tests of lifecycle logic,
+    whose comparison and report then cost a second instead of ten."""
+    from types import SimpleNamespace
+
+    from smallplan import small_plan as make
+
+    root = tmp_path_factory.mktemp("small") / "sites"
+    study, sites = make(root)
+    return SimpleNamespace(root=root, study=study, sites=sites)
+
+
+@pytest.fixture(scope="session")
+def small_memory_analyses(small_plan):
+    """``memory_analyses`` under the small plan."""
+    return analyses_in_memory(small_plan.study, small_plan.sites)
+
+
+def analyses_in_memory(study, sites):
     from lacrima import analysis, pipeline, scoring, synth
     from lacrima.privacy import pseudonymise
     from lacrima.vocabulary import RESULTS_COLUMNS

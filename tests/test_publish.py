@@ -20,16 +20,19 @@ from lacrima.storage import LocalStorage
 
 
 @pytest.fixture(scope="module")
-def inputs(study, sites, memory_analyses):
+def inputs(small_plan, small_memory_analyses):
+    # The pointer's logic does not depend on the report's size: the small plan's reports
+    # (tests/smallplan.py) are whole reports of every kind of section, at a fifth of the cost.
     from lacrima.pooling import pool_estimates
     from lacrima.replication import replication_table
     from lacrima.vocabulary import RESULTS_COLUMNS
 
-    per_site = pd.concat([a.results for a in memory_analyses], ignore_index=True)
+    study, sites = small_plan.study, list(small_plan.sites)
+    per_site = pd.concat([a.results for a in small_memory_analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    comparison = pipeline.Comparison(results, replication_table(per_site, study, list(sites)))
-    return memory_analyses, comparison, study, list(sites)
+    comparison = pipeline.Comparison(results, replication_table(per_site, study, sites))
+    return small_memory_analyses, comparison, study, sites
 
 
 def _write(storage, run_id, inputs, ckey):
@@ -52,7 +55,8 @@ def _latest_is_exactly(storage, run_id):
 
 
 def test_a_run_killed_mid_report_leaves_the_previous_report_latest_and_the_next_run_repairs(
-        tmp_path, inputs, study, monkeypatch):
+        tmp_path, inputs, monkeypatch):
+    study = inputs[2]
     storage = LocalStorage(tmp_path)
     _write(storage, "r1", inputs, "K1")
     _latest_is_exactly(storage, "r1")
