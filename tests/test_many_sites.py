@@ -3,6 +3,10 @@
 End to end through the library (intake, analysis, comparison, report; no Prefect): a
 consortium of 2 originals x 3 replications cloned from the real sites, a replication site
 that has sent nothing yet, and a run before any replication site has data.
+
+The shape of a consortium (pairs, counts, pooled sides, the report's headings) does not depend
+on the plan's size: the fast tier runs it under the small plan (tests/smallplan.py), the full
+suite under the demo's plan too (``slow``).
 """
 
 from __future__ import annotations
@@ -42,12 +46,29 @@ def _run(storage, study, sites, drops, run_id="run-1"):
     return comparison, outputs, html, rep
 
 
+def _replicated_effects(study) -> int:
+    """Correlation effects the plan's replication families hold (x by y by covariate set)."""
+    families = [study.family(f) for f in study.section("replication")["families"]]
+    return sum(len(f["x"]) * len(f["y"]) * max(1, len(f.get("covariate_sets", ())))
+               for f in families if f["kind"] in ("correlation", "partial_correlation"))
+
+
+def test_the_demo_plan_replicates_42_correlation_effects(study):
+    assert _replicated_effects(study) == 42
+
+
+@pytest.fixture(scope="module", params=["small", pytest.param("demo", marks=pytest.mark.slow)])
+def plan_root(request):
+    """The sites root the consortium is cloned from: the small plan's, or the demo's own."""
+    return request.getfixturevalue("small_plan").root if request.param == "small" else None
+
+
 @pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
+def consortium(tmp_path_factory, plan_root):
     """2 originals x 3 replications, 70 participants each; replication r3 sends nothing."""
     root = tmp_path_factory.mktemp("many") / "sites"
     made = make_consortium(root, 6, n=70, templates=("us", "us", "it", "us", "il", "us"),
-                           replications=4)
+                           replications=4, source=plan_root)
     drops = write_consortium_drops(root, tmp_path_factory.mktemp("drops"), text_formats=True)
     silent = "us006"                      # a replication site that has not sent data yet
     drops.pop(silent)
@@ -80,11 +101,11 @@ def test_every_pair_of_sides_is_assessed(many_run, consortium):
     assert pairs == ({(r, o) for r in reps for o in origs} | {(POOLED, o) for o in origs}
                      | {(POOLED, POOLED)})
     assert silent not in set(rep["replication_site"])           # no data: skipped
-    # One row per effect and pair: the plan's 42 correlation effects x 9 pairs.
+    # One row per effect and pair: the plan's correlation effects (42 in the demo's) x 9 pairs.
     assert len(rep) == len(rep.drop_duplicates(["effect", "x", "y", "covariates",
                                                 "replication_site", "original_site"]))
     n_effects = len(rep.drop_duplicates(["effect", "x", "y", "covariates"]))
-    assert n_effects == 42 and len(rep) == 42 * 9
+    assert n_effects == _replicated_effects(study) and len(rep) == n_effects * 9
     pooled = rep[rep["replication_site"] == POOLED]
     assert set(pooled["k_replication"]) == {3}
     assert set(rep.loc[rep["original_site"] == POOLED, "k_original"]) == {2}
@@ -102,7 +123,7 @@ def test_pooled_replication_side_is_the_pooled_estimate_of_the_replication_sites
     mine = rep[(rep["replication_site"] == POOLED) & (rep["original_site"] == POOLED)]
     merged = mine.merge(details, left_on=["effect", "x", "y", "covariates"],
                         right_on=["family", "x", "y", "covariates"])
-    assert len(merged) == len(mine) == 42
+    assert len(merged) == len(mine) == _replicated_effects(study)
     assert np.allclose(merged["r_replication"], np.tanh(merged["estimate"]), atol=1e-12, rtol=0)
     # The p of the Hartung-Knapp t test on k - 1 = 2 df with the ad hoc se: the larger of
     # the Hartung-Knapp and the Wald se, 1 / sqrt(sum 1 / (v_i + tau2)).
@@ -132,7 +153,8 @@ def test_report_counts_sites_and_lists_the_one_without_data(many_run, consortium
     summary = html[html.index('<section id="summary"'):html.index('id="verdict-table"')]
     assert "each replication site vs each original site (6 pairs)" in summary
     # every pair appears in the effects' own tables (rows name both sides)
-    assert html.count("<td class=l>us002 (") == 2 * 42      # against it003 and il005
+    # against it003 and il005
+    assert html.count("<td class=l>us002 (") == 2 * _replicated_effects(study)
 
 
 def test_a_joining_site_keeps_the_others_colours(consortium):
@@ -142,8 +164,11 @@ def test_a_joining_site_keeps_the_others_colours(consortium):
     assert {c: site_style(codes)[c] for c in before} == before
 
 
-def test_before_any_replication_data_the_report_holds_the_originals(study, sites, demo_drops,
+def test_before_any_replication_data_the_report_holds_the_originals(small_plan, demo_drops,
                                                                     tmp_path):
+    # Which sections a report without replication data shows does not depend on the plan's
+    # size: the small plan (tests/smallplan.py), with the demo's drops of the originals.
+    study, sites = small_plan.study, small_plan.sites
     storage = LocalStorage(tmp_path / "store")
     originals = {c: p for c, p in demo_drops.items() if c != "us"}
     comparison, outputs, html, rep = _run(storage, study, sites, originals)
