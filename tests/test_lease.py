@@ -135,6 +135,7 @@ def busy_demo_store(tmp_path, demo_drops, sites, monkeypatch):
     return st, holder
 
 
+@pytest.mark.prefect     # the run's flow meets the lease inside an ephemeral Prefect server
 def test_lacrima_run_on_a_busy_store_exits_3_naming_the_holder_and_changes_nothing(
         busy_demo_store, tmp_path):
     # A process of its own, as an operator runs it (and so that Prefect's log handlers,

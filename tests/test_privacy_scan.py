@@ -8,6 +8,10 @@ ledger/, and every quarantine report (report.json, report.html), is decoded to t
 pandas) and searched for each of those values. The quarantined original files are, of course,
 kept as sent and are not searched; the scanner is shown to find the values in the raw drops.
 
+The run uses the small plan (tests/smallplan.py: every kind of analysis, table and section,
+fewer effects): which values could leak depends on the kinds of output, not on how many
+effects each holds.
+
 Israel's IDs are plain integers (1, 2, ...): they cannot be told apart from other numbers in a
 text search, so for il only the identifying values planted by the messy drop are searched.
 """
@@ -125,9 +129,10 @@ class _Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def scanned(tmp_path_factory, study, sites):
+def scanned(tmp_path_factory, small_plan):
     from lacrima.synth import write_drop
 
+    study, sites = small_plan.study, small_plan.sites
     folder = tmp_path_factory.mktemp("privacy")
     rng = np.random.default_rng(20240601)
     drops = {}
@@ -181,7 +186,8 @@ def _scanned_keys(storage) -> list[str]:
     return keys
 
 
-def test_the_run_covers_every_zone_that_must_stay_clean(scanned, sites):
+def test_the_run_covers_every_zone_that_must_stay_clean(scanned, small_plan):
+    sites = small_plan.sites
     """The scan is only as good as what it reads: accepted and quarantined drops, a full report."""
     for s in sites:
         res = scanned.intakes[s.code]
