@@ -110,8 +110,26 @@ def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, 
         np.testing.assert_allclose(a[code].results[num].to_numpy(float),
                                    b[code].results[num].to_numpy(float), rtol=1e-9, atol=1e-12)
     assert a["us"].flow.excluded[0] == ("withdrew_consent", "Withdrew consent", 1)
-    ca = pipeline.compare_sites(list(a.values()), study, list(sites)).results
-    cb = pipeline.compare_sites(list(b.values()), study, list(sites)).results
+
+
+@pytest.fixture(params=["small", pytest.param("demo", marks=pytest.mark.slow)])
+def plan(request, study, sites):
+    """The plan the sites are compared under: the small plan (tests/smallplan.py: pooling and
+    an IPD mixed model of each kind, at a tenth of the cost), or the demo's own (``slow``)."""
+    if request.param == "small":
+        small = request.getfixturevalue("small_plan")
+        return small.study, small.sites
+    return study, sites
+
+
+def test_months_of_drops_give_the_pooled_estimates_of_one_drop(stores, plan):
+    monthly, once = stores
+    study, sites = plan
+    ca = pipeline.compare_sites([pipeline.analyse_site_data(monthly, s, study) for s in sites],
+                                study, list(sites)).results
+    cb = pipeline.compare_sites([pipeline.analyse_site_data(once, s, study) for s in sites],
+                                study, list(sites)).results
+    assert ca["method"].astype(str).str.startswith("mixedlm").any()
     num = ca.select_dtypes("number").columns
     pd.testing.assert_frame_equal(ca.drop(columns=num), cb.drop(columns=num))
     # The IPD mixed models are fitted by L-BFGS-B from per-site sums: sums of the same rows
