@@ -168,11 +168,22 @@ def test_mixed_model_matches_statsmodels_mixedlm_interior():
     assert res["method"] == "mixedlm_reml"
 
 
-def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(memory_analyses, study):
+@pytest.fixture(params=["small", pytest.param("demo", marks=pytest.mark.slow)])
+def planned_analyses(request):
+    """``(analyses, study)``: the demo's sites in memory under the small plan
+    (tests/smallplan.py: the mixed models of one family, a tenth of the fits) or the demo's."""
+    if request.param == "small":
+        return request.getfixturevalue("small_memory_analyses"), \
+            request.getfixturevalue("small_plan").study
+    return request.getfixturevalue("memory_analyses"), request.getfixturevalue("study")
+
+
+def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(planned_analyses):
     # What the pooled step does (each site hands on its sums, never its rows) against the
     # stacked data: the same rows and numbers, summed in the same order.
     from lacrima.ipd import ipd_from_moments, site_moments
 
+    memory_analyses, study = planned_analyses
     analyses = list(memory_analyses)
     stacked = pd.concat([a.data for a in analyses], ignore_index=True)
     per_site = pd.concat([site_moments(a.data, study) for a in analyses], ignore_index=True)
