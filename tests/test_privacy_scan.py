@@ -8,9 +8,9 @@ ledger/, and every quarantine report (report.json, report.html), is decoded to t
 pandas) and searched for each of those values. The quarantined original files are, of course,
 kept as sent and are not searched; the scanner is shown to find the values in the raw drops.
 
-The run uses the small plan (tests/smallplan.py: every kind of analysis, table and section,
-fewer effects): which values could leak depends on the kinds of output, not on how many
-effects each holds.
+The fast tier runs it under the small plan (tests/smallplan.py: every kind of analysis, table
+and section, fewer effects): which values could leak depends on the kinds of output, not on
+how many effects each holds. The full suite runs it under the demo's plan too (``slow``).
 
 Israel's IDs are plain integers (1, 2, ...): they cannot be told apart from other numbers in a
 text search, so for il only the identifying values planted by the messy drop are searched.
@@ -128,11 +128,15 @@ class _Records(logging.Handler):
                           f"{record.exc_text or ''}")
 
 
-@pytest.fixture(scope="module")
-def scanned(tmp_path_factory, small_plan):
+@pytest.fixture(scope="module", params=["small", pytest.param("demo", marks=pytest.mark.slow)])
+def scanned(request, tmp_path_factory):
     from lacrima.synth import write_drop
 
-    study, sites = small_plan.study, small_plan.sites
+    if request.param == "small":
+        study, sites = request.getfixturevalue("small_plan").study, \
+            request.getfixturevalue("small_plan").sites
+    else:
+        study, sites = request.getfixturevalue("study"), request.getfixturevalue("sites")
     folder = tmp_path_factory.mktemp("privacy")
     rng = np.random.default_rng(20240601)
     drops = {}
@@ -176,7 +180,7 @@ def scanned(tmp_path_factory, small_plan):
         root.setLevel(old_level)
     logs = "\n".join(handler.lines) + "\n" + out.getvalue() + "\n" + err.getvalue()
     return SimpleNamespace(storage=storage, drops=drops, values=values, intakes=intakes,
-                           logs=logs, n_log_records=len(handler.lines))
+                           logs=logs, n_log_records=len(handler.lines), sites=sites)
 
 
 def _scanned_keys(storage) -> list[str]:
@@ -186,8 +190,8 @@ def _scanned_keys(storage) -> list[str]:
     return keys
 
 
-def test_the_run_covers_every_zone_that_must_stay_clean(scanned, small_plan):
-    sites = small_plan.sites
+def test_the_run_covers_every_zone_that_must_stay_clean(scanned):
+    sites = scanned.sites
     """The scan is only as good as what it reads: accepted and quarantined drops, a full report."""
     for s in sites:
         res = scanned.intakes[s.code]
