@@ -8,7 +8,6 @@ participant: curated data, register and ledger equal a store that was never inte
 import csv
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,39 +42,24 @@ def _child(store, site: str, kill_at: str) -> int:
                           capture_output=True, timeout=600).returncode
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory, study, sites):
-    """A store that took the month-earlier export (30 of 45) and has the cumulative one landed,
-    to copy for each kill; and the same store after a clean intake of the cumulative export."""
-    tmp = tmp_path_factory.mktemp("killed")
+@pytest.mark.parametrize("kill_at", ["write_batch", "write_register", "write_landing_index"])
+def test_a_sigkill_mid_intake_then_a_rerun_equals_one_clean_run(tmp_path, study, sites, kill_at):
     us = next(s for s in sites if s.code == "us")
-    cumulative = write_drop(us, study, tmp / "all", n=45, seed=1)
+    cumulative = write_drop(us, study, tmp_path / "all", n=45, seed=1)
     rows = list(csv.reader(io.StringIO(cumulative.read_bytes().decode("utf-8-sig"))))
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\r\n").writerows(rows[:3 + 30])    # Qualtrics: 3 header rows
-    first = tmp / "first.csv"
+    first = tmp_path / "first.csv"
     first.write_bytes(buf.getvalue().encode("utf-8-sig"))    # the export a month earlier: 30 of 45
-    landed = LocalStorage(tmp / "landed")
-    intake.upload(landed, us, first, uploader="t")
-    intake.ingest_site(landed, us, study, KEY.encode())
-    intake.upload(landed, us, cumulative, uploader="t")
-    shutil.copytree(tmp / "landed", tmp / "clean")
-    clean = LocalStorage(tmp / "clean")
-    done = intake.ingest_site(clean, us, study, KEY.encode())
-    assert not done.quarantined, [(f.check, f.message[:300]) for r in done.reports for f in r.errors]
-    return tmp / "landed", clean
-
-
-@pytest.mark.parametrize("kill_at", ["write_batch", "write_register", "write_landing_index"])
-def test_a_sigkill_mid_intake_then_a_rerun_equals_one_clean_run(tmp_path, study, sites, kill_at,
-                                                               stores):
-    us = next(s for s in sites if s.code == "us")
-    landed, clean = stores
-    shutil.copytree(landed, tmp_path / "killed")
-    killed = LocalStorage(tmp_path / "killed")
+    killed, clean = LocalStorage(tmp_path / "killed"), LocalStorage(tmp_path / "clean")
+    for store in (killed, clean):
+        intake.upload(store, us, first, uploader="t")
+        intake.ingest_site(store, us, study, KEY.encode())
+        intake.upload(store, us, cumulative, uploader="t")
     assert _child(tmp_path / "killed", "us", kill_at) == -signal.SIGKILL
     again = intake.ingest_site(killed, us, study, KEY.encode())
-    assert not again.quarantined, [(f.check, f.message[:300]) for r in again.reports for f in r.errors]
+    done = intake.ingest_site(clean, us, study, KEY.encode())
+    assert not again.quarantined and not done.quarantined, [(f.check, f.message[:300]) for r in again.reports for f in r.errors]
     a, b = intake.curated_frame(killed, "us"), intake.curated_frame(clean, "us")
     assert len(b) == 45
     pd.testing.assert_frame_equal(a.sort_values("participant_id").reset_index(drop=True),
