@@ -1,4 +1,4 @@
-"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against the bare statistics.
+"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against bare statistics.
 
 Every time is the wall time of one command in a process of its own, as typed at a shell:
 ``lacrima run`` (default thread runner; the ephemeral Prefect API unless ``PREFECT_API_URL``
@@ -25,6 +25,7 @@ within this one run (:func:`evaluate_targets`). Writes ``results.json`` and ``re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -62,17 +63,17 @@ class Timed:
     summary: dict = field(default_factory=dict)
 
 
-def lacrima_command() -> list[str]:
+@functools.cache          # one command for the whole run, even if the venv is reinstalled
+def lacrima_command() -> tuple[str, ...]:
     """The ``lacrima`` script beside this interpreter, as a user types it.
 
-    ``python -m flows`` (the same ``main``) when the script is missing or was installed
-    before the command line moved to ``flows.cli`` (a worktree sharing another checkout's
-    venv: its script would run the other checkout's code).
+    ``python -m flows`` (the same ``main``) when the script is missing or older than the
+    command line's move to ``flows.cli``.
     """
     script = Path(sys.executable).parent / "lacrima"
     if script.is_file() and "from flows.cli import main" in script.read_text(errors="replace"):
-        return [str(script)]
-    return [sys.executable, "-m", "flows"]
+        return (str(script),)
+    return (sys.executable, "-m", "flows")
 
 
 def user_env(work: Path, sites_root: Path | None = None) -> dict:
@@ -185,7 +186,7 @@ def real_sites(work: Path, repeats: int) -> dict:
     runs = []
     for i in range(repeats):
         t = timed(_run(_copy(base / "landed", base / f"store-{i}")), env, True)
-        _expect(t.summary.get("accepted") == len(sites), f"3x: {len(sites)} drops not all accepted", t)
+        _expect(t.summary.get("accepted") == len(sites), "3x: not every drop accepted", t)
         runs.append(t)
     return {"sites": len(sites), "n_per_site": round(statistics.mean(s.published_n for s in sites)),
             "full": [asdict(t) for t in runs]}

@@ -57,7 +57,8 @@ def local_prefect_server(home: Path, port: int | None = None, timeout: float = 1
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {proc.returncode}: see {home}/server.log")
+                raise RuntimeError(f"prefect server exited with {proc.returncode}: "
+                                   f"see {home}/server.log")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                     if r.status == 200:

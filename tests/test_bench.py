@@ -126,7 +126,8 @@ def test_results_page_quotes_targets_commands_and_provenance():
     assert "the ephemeral Prefect API" in page and "Quick mode" not in page
     assert ("| 125 x 120: `lacrima run`, drop to report, at most 3x the bare statistics | "
             "31.0 s / 10.0 s = 3.10x | **no** |") in page
-    assert "| 125 x 120 | `lacrima run`, drop to report | 31.00 | 30.00, 31.00, 40.00 | 100 |" in page
+    assert ("| 125 x 120 | `lacrima run`, drop to report | 31.00 | 30.00, 31.00, 40.00 | 100 |"
+            in page)
     assert "| 1,000 x 1,000 | `lacrima run --runner dask` | 320.00 | 320.00 | 3,000 |" in page
     assert "- run on a quiet machine" in page and "sent CSV, not xlsx" in page
     assert "Quick mode" in to_markdown(meta | {"quick": True}, m, [])
