@@ -132,6 +132,10 @@ def timed(cmd: list[str], env: dict, json_summary: bool = False) -> Timed:
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{err[-3000:]}")
     summary = json.loads(out.strip().splitlines()[-1]) if json_summary else {}
+    # what says which work the run did; lists of sites as counts (results.json stays small)
+    summary = {k: len(v) if isinstance(v, list) else v for k, v in summary.items()
+               if k in ("accepted", "quarantined", "nothing_new", "report", "sites_recomputed",
+                        "sites_reused")}
     return Timed(round(seconds, 3), round(peak[0] / 2**20, 1), summary)
 
 
@@ -421,8 +425,9 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
            f"`lacrima` is `{meta['lacrima']}`, default (thread) runner, {meta['prefect_api']}. "
            "The bare statistics are `python -m bench.bare`: the plan's statistics and REML "
            "pooling on the same analysis-ready data in one plain process, start-up included. "
-           f"Median of {meta['repeats']} run(s), full runs on fresh copies of the landed store; "
-           "peak memory is that of the command's whole process tree.", ""]
+           f"Median of {meta['repeats']} run(s), full runs on fresh copies of the landed store, "
+           "after one untimed run (the Prefect home's database is made once, as on a user's "
+           "first run); peak memory is that of the command's whole process tree.", ""]
     if meta.get("quick"):
         out += ["**Quick mode** (`--quick`): every scenario at a tiny size, to show the "
                 "benchmark works; the targets are not judged at their sizes here.", ""]
