@@ -528,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     api = os.environ.get("PREFECT_API_URL")
     meta = machine() | {
         "argv": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
-        "lacrima": " ".join(Path(c).name if i == 0 else c
-                            for i, c in enumerate(lacrima_command())),
+        "lacrima": " ".join(lacrima_command()),
         "prefect_api": f"the Prefect server at {api}" if api else "the ephemeral Prefect API",
         "repeats": size["repeats"], "quick": args.quick, "notes": list(args.note)}
     m: dict = {}
