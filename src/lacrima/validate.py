@@ -200,6 +200,9 @@ def _gx_suite(suite: dict):
 # GX keeps one process-wide project context: two threads validating at once through it
 # mixed up their batches (a clean drop was quarantined at 125 sites on 4 threads). Only
 # the GX call takes turns; reading, pseudonymising and writing a drop stay parallel.
+# Building the context and the suite takes the lock too: ``functools.cache`` does not stop
+# threads that miss together from each building one (4 intake groups starting at once on
+# the thread runner built 4 contexts), so a process builds exactly one.
 _GX_LOCK = threading.RLock()
 
 
@@ -393,9 +396,9 @@ def _suite_run(frames, study: Study):
     message (``str``) for each of its variables.
     """
     suite = suite_dict(study)
-    gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
     data = _stacked_long(frames, study)
     with _GX_LOCK:
+        gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
         # Pass/fail first: listing unexpected rows costs GX several more metrics per
         # expectation, so only the failed ones (none, in most drops) are run again for them.
