@@ -132,10 +132,10 @@ def timed(cmd: list[str], env: dict, json_summary: bool = False) -> Timed:
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{err[-3000:]}")
     summary = json.loads(out.strip().splitlines()[-1]) if json_summary else {}
-    # what says which work the run did; lists of sites as counts (results.json stays small)
+    # which work the run did and its seconds per stage; lists of sites as counts
     summary = {k: len(v) if isinstance(v, list) else v for k, v in summary.items()
                if k in ("accepted", "quarantined", "nothing_new", "report", "sites_recomputed",
-                        "sites_reused")}
+                        "sites_reused", "seconds")}
     return Timed(round(seconds, 3), round(peak[0] / 2**20, 1), summary)
 
 
@@ -462,6 +462,14 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
                 + f". The last brought {c['records_new']} new records and {c['records_held']:,} "
                 "already held."]
     notes = list(meta.get("notes", []))
+    if m.get("consortium"):
+        c = m["consortium"]
+        median_run = sorted(c["full"], key=lambda r: r["seconds"])[(len(c["full"]) - 1) // 2]
+        stages = median_run["summary"].get("seconds") or {}
+        if stages:
+            notes.append(f"Stages of the median {c['sites']} x {c['n_per_site']} full run "
+                         "(`lacrima run --json`, seconds): "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ".")
     if m.get("consortium", {}).get("text_formats"):
         notes.append("At 100 sites and more, sites that also send CSV (Italy's clones) sent "
                      "CSV, not xlsx.")

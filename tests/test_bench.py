@@ -131,4 +131,7 @@ def test_results_page_quotes_targets_commands_and_provenance():
             in page)
     assert "| 1,000 x 1,000 | `lacrima run --runner dask` | 320.00 | 320.00 | 3,000 |" in page
     assert "- run on a quiet machine" in page and "sent CSV, not xlsx" in page
+    m["consortium"]["full"][1]["summary"] = {"seconds": {"intake": 10.04, "report": 3.0}}
+    assert ("Stages of the median 125 x 120 full run (`lacrima run --json`, seconds): "
+            "intake 10.0, report 3.0.") in to_markdown(meta, m, [])
     assert "Quick mode" in to_markdown(meta | {"quick": True}, m, [])
