@@ -560,7 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in (s for s in SCENARIOS if s in wanted):
         print(f"bench: {scenario}", file=sys.stderr, flush=True)
         key, measure = steps[scenario]
-        m[key] = measure()
+        try:
+            m[key] = measure()
+        except RuntimeError as err:         # a command failed: what it said, no traceback
+            print(f"bench: {scenario} failed: {err}", file=sys.stderr)
+            save()
+            return 1
         save()
     save()
     print((out_dir / "results.md").read_text())
