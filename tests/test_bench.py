@@ -135,3 +135,19 @@ def test_results_page_quotes_targets_commands_and_provenance():
     assert ("Stages of the median 125 x 120 full run (`lacrima run --json`, seconds): "
             "intake 10.0, report 3.0.") in to_markdown(meta, m, [])
     assert "Quick mode" in to_markdown(meta | {"quick": True}, m, [])
+
+
+def test_a_command_is_timed_with_its_summary_and_a_failure_says_what_it_printed():
+    import os
+    import sys
+
+    from bench.bench import timed
+
+    summary = '{"accepted": 2, "sites_reused": ["a", "b", "c"], "drops": [{"file": "x"}]}'
+    t = timed([sys.executable, "-c", f"print('progress'); print({summary!r})"], dict(os.environ),
+              json_summary=True)
+    assert t.seconds > 0 and t.peak_rss_mb >= 0
+    assert t.summary == {"accepted": 2, "sites_reused": 3}          # drop lists left out
+    with pytest.raises(RuntimeError, match=r"exited 3:\nno such store"):
+        timed([sys.executable, "-c", "import sys; print('no such store', file=sys.stderr); "
+               "sys.exit(3)"], dict(os.environ))
