@@ -26,5 +26,23 @@ REPLICATION_COLUMNS: tuple[str, ...] = (
 
 FLOW_COLUMNS: tuple[str, ...] = ("site", "step", "reason", "label", "n")
 
+# The per-site estimate each pooled analysis is pooled on and compared by (lacrima.analysis
+# conventions: ``method`` of its rows). Spearman rows and robustness tests are deliberately
+# absent: they are reported per site, never pooled.
+POOLED_METHODS: dict[str, str] = {
+    "correlation": "pearson", "partial_correlation": "pearson_partial",
+    "t_test": "hedges_g", "chi_square": "odds_ratio",
+}
+
 POOLED = "pooled"
 COVARIATE_SEPARATOR = "+"
+
+
+def blank_covariates(frame):
+    """A copy of ``frame`` whose ``covariates`` are text, blank (never missing) for none.
+
+    Effects are keyed by ``family, x, y, covariates``; a missing set and an empty one must
+    be one key. The library's own frames are made this way; functions that accept results
+    from elsewhere (``pooling``, ``replication``) pass them through this once.
+    """
+    return frame.assign(covariates=frame["covariates"].fillna("").astype(str))
