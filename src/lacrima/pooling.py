@@ -47,12 +47,6 @@ class _EffectInput:
     sites: tuple[str, ...]
 
 
-def _covariate_count(covariates: str) -> int:
-    text = "" if covariates is None or (isinstance(covariates, float) and np.isnan(covariates)) \
-        else str(covariates)
-    return len([c for c in text.split(voc.COVARIATE_SEPARATOR) if c]) if text else 0
-
-
 def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(frame[column], errors="coerce").astype(float).to_numpy()
 
@@ -78,7 +72,7 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
         n = _numeric(grp, "n")
         if scale == "fisher_z":
             ok = np.isfinite(est) & np.isfinite(n) & (np.abs(est) < 1)
-            g = _covariate_count(key[4])
+            g = len(voc.covariate_names(key[4]))
             ok &= n - 3 - g > 0
             if not ok.any():
                 continue

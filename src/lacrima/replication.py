@@ -404,10 +404,6 @@ def verdict_p_choice(settings: Mapping[str, Any]) -> str:
     return choice
 
 
-def _covariate_count(covariates: str) -> int:
-    return len([c for c in covariates.split(voc.COVARIATE_SEPARATOR) if c]) if covariates else 0
-
-
 def assess_replication(effect: str, x: str, y: str, covariates: str, original_site: str,
                        replication_site: str, r_original: float, n_original: float,
                        r_replication: float, n_replication: float, p_replication: float,
@@ -422,7 +418,7 @@ def assess_replication(effect: str, x: str, y: str, covariates: str, original_si
     ``var_replication``: variance of the Fisher z of a pooled side (default 1/(n - 3 - g),
     a single site's); ``p_original``: the original's raw p (for ``original_significant``).
     """
-    g = _covariate_count(covariates)
+    g = len(voc.covariate_names(covariates))
     alpha = float(settings.get("alpha", 0.05))
     v_o = _var_z(n_original, g) if var_original is None else float(var_original)
     v_r = _var_z(n_replication, g) if var_replication is None else float(var_replication)
@@ -607,7 +603,7 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     key = ["family", "x", "y", "covariates"]
     effects = []
     for (family, x, y, cov), grp in rows.groupby(key, sort=True):
-        g = _covariate_count(cov)
+        g = len(voc.covariate_names(cov))
         by_site = {}      # site -> its side: the first row per site
         for site, r, n, p, p_h in zip(grp["site"], grp["estimate"], grp["n"], grp["p_value"],
                                       grp["p_adjusted"]):

@@ -21,7 +21,7 @@ from lacrima.disclosure import count_cell, fmt_n, group_cells
 from lacrima.pooling import heterogeneity
 from lacrima.replication import site_roles
 from lacrima.study import Site, Study
-from lacrima.vocabulary import COVARIATE_SEPARATOR, POOLED, POOLED_METHODS
+from lacrima.vocabulary import POOLED, POOLED_METHODS, covariate_names
 
 if TYPE_CHECKING:
     from lacrima.pipeline import Comparison, SiteAnalysis
@@ -52,7 +52,7 @@ def variable_label(study: Study, name: str) -> str:
 
 def covariates_label(study: Study, covariates: str) -> str:
     """A covariate set (names joined by ``vocabulary.COVARIATE_SEPARATOR``) as labels."""
-    return ", ".join(variable_label(study, c) for c in covariates.split(COVARIATE_SEPARATOR) if c)
+    return ", ".join(variable_label(study, c) for c in covariate_names(covariates))
 
 
 def effect_label(study: Study, x: str, y: str, covariates: str = "") -> str:

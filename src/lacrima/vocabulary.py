@@ -4,6 +4,8 @@ The tidy estimates table (``RESULTS_COLUMNS``) is the contract between per-site 
 cross-site work: pooling is recomputed from it without touching any site's data.
 """
 
+from __future__ import annotations
+
 RESULTS_COLUMNS: tuple[str, ...] = (
     "run_id", "family", "analysis", "site", "x", "y", "covariates", "n", "estimate",
     "ci_low", "ci_high", "statistic", "df", "p_value", "p_adjusted", "method", "k",
@@ -36,6 +38,17 @@ POOLED_METHODS: dict[str, str] = {
 
 POOLED = "pooled"
 COVARIATE_SEPARATOR = "+"
+
+
+def covariate_names(covariates: str | None) -> list[str]:
+    """The names in a ``covariates`` cell (joined by ``COVARIATE_SEPARATOR``); none for blank.
+
+    Examples
+    --------
+    >>> covariate_names("age+gender"), covariate_names("")
+    (['age', 'gender'], [])
+    """
+    return [c for c in covariates.split(COVARIATE_SEPARATOR) if c] if covariates else []
 
 
 def blank_covariates(frame):
