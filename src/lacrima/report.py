@@ -294,7 +294,8 @@ def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
             r2 = dict(zip(rows.loc[rows["base"] == "ols_r2", "site"],
                           rows.loc[rows["base"] == "ols_r2", "estimate"]))
             tables.append(_html_table(pd.DataFrame({
-                "Site": table["site"].to_numpy(), "Term": [variable_label(study, t) for t in table["x"]],
+                "Site": table["site"].to_numpy(),
+                "Term": [variable_label(study, t) for t in table["x"]],
                 "n": [fmt_n(v) for v in table["n"]], "B": [fmt(v) for v in table["estimate"]],
                 "95% CI": [fmt_ci(a, b) for a, b in zip(table["ci_low"], table["ci_high"])],
                 "t (HC3)": [fmt(v) for v in table["statistic"]],

@@ -65,7 +65,9 @@ def effect_label(study: Study, x: str, y: str, covariates: str = "") -> str:
     'After crying: happy × Client-reported change (CTSCM-R)'
     """
     text = f"{variable_label(study, x)} \u00d7 {variable_label(study, y)}"
-    return text + (f" | controlling for {covariates_label(study, covariates)}" if covariates else "")
+    if covariates:
+        text += f" | controlling for {covariates_label(study, covariates)}"
+    return text
 
 
 def effect_anchor(family: str, x: str, y: str, covariates: str = "") -> str:
@@ -245,7 +247,7 @@ def replication_summary(replication: pd.DataFrame
     head = POOLED if (reps == POOLED).any() else reps.iloc[0]
     mine = replication[reps == head]
     head_name = side_name(head, mine["k_replication"].iloc[0] if "k_replication" in mine
-                           else None, "replication")
+                          else None, "replication")
     lines = []
     for o, grp in mine.groupby(mine["original_site"].astype(str), sort=False):
         k = grp["k_original"].iloc[0] if "k_original" in grp else None
@@ -287,7 +289,7 @@ def flow_frame(analyses: list[SiteAnalysis]) -> pd.DataFrame:
         # The exclusions sum to received minus analysed: suppress them as one group.
         excluded = [k for k in order if k[0] == "excluded" and k in counts]
         cells.update(zip(excluded, group_cells([counts[k] for k in excluded],
-                                                lambda i: fmt_n(counts[excluded[i]]))))
+                                               lambda i: fmt_n(counts[excluded[i]]))))
         out[a.site] = [cells[k] for k in order]
     return out
 
@@ -337,7 +339,7 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     for a in analyses:
         pairs = [level_count(a.site, "gender", level) for level in gender_levels]
         gender_cells[a.site] = group_cells([c for c, _ in pairs],
-                                            lambda i, pairs=pairs: count_cell(*pairs[i]))
+                                           lambda i, pairs=pairs: count_cell(*pairs[i]))
     for i, level in enumerate(gender_levels):
         add(f"{variable_label(study, 'gender')}: {level}, n (%)",
             {code: cells[i] for code, cells in gender_cells.items()})
@@ -345,7 +347,7 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     for a in analyses:
         pairs = [level_count(a.site, criers, v) for v in ("true", "false")]
         criers_cells[a.site] = group_cells([c for c, _ in pairs],
-                                            lambda i, pairs=pairs: count_cell(*pairs[i]))[0]
+                                           lambda i, pairs=pairs: count_cell(*pairs[i]))[0]
     add(f"{variable_label(study, criers)}, n (%)", criers_cells)
     for label, by_site in _rates_by_level_rows(analyses, study, criers):
         add(label, by_site)
@@ -387,8 +389,9 @@ def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study,
                                .iloc[0]) if (hit["level"] == v).any() else (np.nan, np.nan)
                          for v in ("true", "false")]
                 cells[a.site] = group_cells([c for c, _ in pairs],
-                                             lambda i, pairs=pairs: count_cell(*pairs[i]))[0]
-            out.append((f"{variable_label(study, criers)} among {variable_label(study, row_var)}: {level} "
+                                            lambda i, pairs=pairs: count_cell(*pairs[i]))[0]
+            out.append((f"{variable_label(study, criers)} among "
+                        f"{variable_label(study, row_var)}: {level} "
                         "(not in the A3 test), n (%)".replace("A3", fam["id"]), cells))
     return out
 
@@ -522,13 +525,16 @@ def replication_frame(rep: pd.DataFrame, countries: Mapping[str, str]) -> pd.Dat
         return pd.DataFrame()
 
     def side(code, k, role):
-        return side_name(str(code), k, role) if code == POOLED else f"{code} ({countries.get(code, code)})"
+        if code == POOLED:
+            return side_name(str(code), k, role)
+        return f"{code} ({countries.get(code, code)})"
 
     yes = lambda v: "yes" if v else "no"  # noqa: E731
     return pd.DataFrame({
         "Replication": [side(c, k, "replication")
                         for c, k in zip(rep["replication_site"], rep["k_replication"])],
-        "Original": [side(c, k, "original") for c, k in zip(rep["original_site"], rep["k_original"])],
+        "Original": [side(c, k, "original")
+                     for c, k in zip(rep["original_site"], rep["k_original"])],
         "r original (n)": [f"{fmt(r, leading_zero=False)} ({fmt_n(n)})"
                            for r, n in zip(rep["r_original"], rep["n_original"])],
         "p original": [fmt_p(v) for v in rep["p_original"]],
