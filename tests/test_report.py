@@ -380,3 +380,11 @@ def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inp
     # the main A3 table names the test used and the crying rate of 'another' is described
     assert "p (test used)" in html
     assert "among Gender identity: another (not in the A3 test)" in html
+
+
+def test_artifact_text_examples_run():
+    """flows/ is outside the doctest paths: its examples run here."""
+    import doctest
+
+    result = doctest.testmod(artifacts, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0
