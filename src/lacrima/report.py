@@ -1,5 +1,8 @@
 """Run outputs: tidy CSVs, exports, provenance, manifest and the self-contained HTML reports.
 
+This module renders (Jinja) and writes; the numbers come formatted from ``lacrima.apa``,
+counts hidden by ``lacrima.disclosure``, and tables built by ``lacrima.tables``.
+
 A run writes ``reports/<run_id>/``, then publishes it (``pipeline.publish_report``: the
 pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 
