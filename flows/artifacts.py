@@ -64,7 +64,7 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
         lines.append(f"- {pairs}")
     lines += ["", "| Family | Effect | " + " | ".join(labels) + " |",
               "|---|---|" + "---|" * len(originals)]
-    cov = mine["covariates"].fillna("").astype(str)
+    cov = mine["covariates"].astype(str)
     for (fam, x, y, c), grp in mine.groupby([mine["effect"], mine["x"], mine["y"], cov],
                                             sort=False):
         name = (effect_label(study, x, y, c) if study is not None
