@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from lacrima.analysis import base_method
 from lacrima.apa import fmt, fmt_ci, fmt_df, fmt_p, is_missing, p_text
 from lacrima.disclosure import (count_cell, fmt_n, group_cells, shareable_descriptives,
                                 shareable_flow)
@@ -49,7 +50,6 @@ from lacrima.pooling import pool_details
 from lacrima.privacy import MIN_CELL
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
-from lacrima.analysis import base_method
 from lacrima.tables import (BOUNDED, CONTINGENCY_COUNTS, FIXED_METHOD, SCALE_NAMES,
                             contingency_counts, covariates_label, descriptives_frame,
                             effect_anchor, effect_label, flow_frame, heterogeneity_frame,
