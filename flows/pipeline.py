@@ -20,15 +20,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.artifacts import publish_artifacts
+from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, lease, pipeline, report
+from lacrima import intake, lease, pipeline, report, tables
 from lacrima.pipeline import RunContext
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
 # Seconds. Generous: a site's intake at 1,000 participants takes seconds; these catch a hung
 # store or a runaway model, not a slow day.
-VERDICT_TABLE_KEY = report.artifact_key("lacrima-verdict-table")
+VERDICT_TABLE_KEY = artifact_key("lacrima-verdict-table")
 SITE_TIMEOUT = 1800
 POOL_TIMEOUT = 3600
 
@@ -103,7 +103,7 @@ def save_pooled_inputs(ctx: RunContext, analyses) -> str:
 def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
     from prefect.artifacts import create_table_artifact
 
-    table = report.verdict_table(comparison, ctx.study, ctx.sites)
+    table = tables.verdict_table(comparison, ctx.study, ctx.sites)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     return str(create_table_artifact(table=rows, key=VERDICT_TABLE_KEY,
                                      description=f"Verdict per pooled effect, run {run_id}"))
@@ -195,7 +195,7 @@ def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -
                                  location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
-            publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
+            publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
     if summary["quarantined"]:

@@ -25,6 +25,7 @@ from typing import Mapping
 import pandas as pd
 
 from lacrima.catalog import withdrawn_received
+from lacrima.formula import escape_formula
 from lacrima.intake import ACCEPTED, batches, curated_frame
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.storage import Storage, parquet_frame
@@ -539,13 +540,7 @@ def to_csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _escape_formula(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
+    return escape_formula(value)        # the rule intake flags by (lacrima.formula)
 
 
 def provenance(run_id: str, analyses: list[SiteAnalysis], study: Study, sites: list[Site],
