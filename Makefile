@@ -39,7 +39,7 @@ test: install system-deps
 ## test-fast: the edit-test loop: no Prefect server, moto S3 server, browser or Dask cluster
 FAST := not prefect and not s3 and not browser and not dask and not slow
 test-fast: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "$(FAST)"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
 
 ## bench: the commands a user types, timed against the bare statistics; writes bench/results.md
 ## (not part of test; about half an hour; `make bench BENCH_ARGS=--quick` runs every scenario tiny)

@@ -22,19 +22,11 @@ SERVICE_MARKERS = {"prefect_harness": "prefect", "s3_endpoint": "s3"}
 
 
 @pytest.hookimpl(tryfirst=True)     # before -m deselects by marker
-def pytest_collection_modifyitems(config, items):
-    xdist = config.pluginmanager.hasplugin("xdist")
+def pytest_collection_modifyitems(items):
     for item in items:
-        names = getattr(item, "fixturenames", ())
         for fixture, marker in SERVICE_MARKERS.items():
-            if fixture in names:
+            if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
-        if xdist:
-            # Under `-n 2 --dist loadgroup` (`make test-fast`), a file's tests share one worker
-            # and so its module fixtures; the tests of the analysed and reported demo store
-            # (half a minute to make) share one too.
-            group = "demo_run" if "demo_run" in names else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
