@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline
+from lacrima import intake, steps
 from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import simulate, write_drop
@@ -99,8 +99,8 @@ def test_months_of_drops_give_the_curated_data_of_one_drop(stores, code):
 
 def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, sites):
     monthly, once = stores
-    a = {s.code: pipeline.analyse_site_data(monthly, s, study) for s in sites}
-    b = {s.code: pipeline.analyse_site_data(once, s, study) for s in sites}
+    a = {s.code: steps.analyse_site_data(monthly, s, study) for s in sites}
+    b = {s.code: steps.analyse_site_data(once, s, study) for s in sites}
     for code in a:
         assert a[code].flow == b[code].flow
         num = a[code].results.select_dtypes("number").columns
@@ -110,8 +110,8 @@ def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, 
         np.testing.assert_allclose(a[code].results[num].to_numpy(float),
                                    b[code].results[num].to_numpy(float), rtol=1e-9, atol=1e-12)
     assert a["us"].flow.excluded[0] == ("withdrew_consent", "Withdrew consent", 1)
-    ca = pipeline.compare_sites(list(a.values()), study, list(sites)).results
-    cb = pipeline.compare_sites(list(b.values()), study, list(sites)).results
+    ca = steps.compare_sites(list(a.values()), study, list(sites)).results
+    cb = steps.compare_sites(list(b.values()), study, list(sites)).results
     num = ca.select_dtypes("number").columns
     pd.testing.assert_frame_equal(ca.drop(columns=num), cb.drop(columns=num))
     # The IPD mixed models are fitted by L-BFGS-B from per-site sums: sums of the same rows

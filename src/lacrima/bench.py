@@ -145,7 +145,8 @@ def bare_statistics(curated: dict[str, pd.DataFrame], study, sites):
     (list of SiteAnalysis, Comparison, BareTimings)
     """
     from lacrima.analysis import analyse_site, describe_site
-    from lacrima.pipeline import SiteAnalysis, compare_sites
+    from lacrima.results import SiteAnalysis
+    from lacrima.steps import compare_sites
     from lacrima.scoring import analysis_ready
     from lacrima.vocabulary import RESULTS_COLUMNS
 
@@ -190,7 +191,7 @@ def _land(storage, sites, drops: dict[str, Path]) -> None:
 
 def staged_run(root: Path, store: Path) -> tuple[dict, float]:
     """The staged in-process run (see module docstring); returns stage seconds and bare seconds."""
-    from lacrima import intake, pipeline, report
+    from lacrima import intake, report, steps as pipeline
     from lacrima.storage import LocalStorage
     from lacrima.study import load_sites, load_study
 

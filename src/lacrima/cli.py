@@ -319,7 +319,7 @@ def _preflight(storage: Optional[str], demo: bool):
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
     from lacrima.catalog import KeyCustodyError
-    from lacrima.pipeline import prepare_run
+    from lacrima.steps import prepare_run
     try:
         return prepare_run(storage, demo=demo)      # refuses a key that does not fit the store
     except KeyCustodyError as err:
@@ -331,7 +331,7 @@ def _preflight(storage: Optional[str], demo: bool):
 def _plan(ctx, run_id: str) -> Optional[dict]:
     """The plan step, without Prefect: the run's summary when nothing changed since the latest
     report (no new drop, same inputs), else None (the flow has work to do)."""
-    from lacrima import pipeline
+    from lacrima import steps as pipeline
 
     try:
         plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
@@ -372,7 +372,7 @@ def _run(storage: Optional[str], demo: bool, runner: str = "thread",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
-    from lacrima.pipeline import new_run_id
+    from lacrima.steps import new_run_id
 
     run_id = new_run_id()
     log_file = _quiet_prefect(verbose, run_id)

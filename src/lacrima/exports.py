@@ -251,3 +251,24 @@ def read_labels(parquet: bytes) -> Mapping[str, str]:
 
     meta = pq.read_schema(io.BytesIO(parquet)).metadata or {}
     return json.loads(meta.get(b"lacrima.labels", b"{}"))
+
+
+def to_csv_bytes(frame: pd.DataFrame) -> bytes:
+    """CSV at full precision; text cells that a spreadsheet would run as a formula are escaped."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(_escape_formula, na_action="ignore")
+    buf = io.StringIO()
+    out.to_csv(buf, index=False, float_format="%.17g")
+    return buf.getvalue().encode()
+
+
+def _escape_formula(value):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
