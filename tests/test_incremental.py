@@ -12,8 +12,9 @@ import re
 import pandas as pd
 import pytest
 
-from lacrima import catalog, intake, report, results, steps
+from lacrima import catalog, intake, report, steps
 from lacrima.privacy import DEMO_KEY
+from lacrima.results import SitePlan
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
@@ -39,10 +40,10 @@ def ingested(demo_store):
 
 def test_plan_counts_pending_drops_from_listings(tmp_path, ingested, sites, small_drops):
     us = next(s for s in sites if s.code == "us")
-    assert steps.plan_site(LocalStorage(tmp_path / "empty"), us) == results.SitePlan("us", 0, 0)
-    assert steps.plan_site(ingested, us) == results.SitePlan("us", 1, 0)    # one drop, ingested
+    assert steps.plan_site(LocalStorage(tmp_path / "empty"), us) == SitePlan("us", 0, 0)
+    assert steps.plan_site(ingested, us) == SitePlan("us", 1, 0)    # one drop, ingested
     intake.upload(ingested, us, small_drops["us"])
-    assert steps.plan_site(ingested, us) == results.SitePlan("us", 2, 1)
+    assert steps.plan_site(ingested, us) == SitePlan("us", 2, 1)
     assert steps.plan_site(ingested, us).to_frame().to_dict("records") == [
         {"site": "us", "landed": 2, "pending": 1}]
 

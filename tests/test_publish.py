@@ -15,7 +15,8 @@ import json
 import pandas as pd
 import pytest
 
-from lacrima import catalog, report, results, steps
+from lacrima import catalog, report, steps
+from lacrima.results import Comparison
 from lacrima.storage import LocalStorage
 
 
@@ -28,7 +29,7 @@ def inputs(study, sites, memory_analyses, store_memory):
     per_site = pd.concat([a.results for a in memory_analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    comparison = results.Comparison(results, replication_table(per_site, study, list(sites)))
+    comparison = Comparison(results, replication_table(per_site, study, list(sites)))
     return memory_analyses, comparison, study, list(sites), store_memory
 
 

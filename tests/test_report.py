@@ -25,7 +25,8 @@ SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "method
 def report_inputs(study, sites, memory_analyses):
     """The demo's inputs in memory, compared without the IPD models (3-4 s of MixedLM fits;
     tests/test_report_browser.py renders the full comparison and checks the IPD lines)."""
-    from lacrima import results, steps
+    from lacrima import steps
+    from lacrima.results import Comparison
     from lacrima.pooling import pool_estimates
     from lacrima.replication import replication_table
     from lacrima.vocabulary import RESULTS_COLUMNS
@@ -34,7 +35,7 @@ def report_inputs(study, sites, memory_analyses):
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    comparison = results.Comparison(results, replication_table(per_site, study, list(sites)))
+    comparison = Comparison(results, replication_table(per_site, study, list(sites)))
     prov = steps.provenance("run-1", analyses, study, list(sites))
     return analyses, comparison, study, list(sites), prov
 
