@@ -115,30 +115,30 @@ def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tup
     """
     out = {}
     for s in sites:
-        key, accepted = site_input_key(storage, s, study)
+        input_key, accepted = site_input_key(storage, s, study)
         if accepted:
-            out[s.code] = (key, accepted)
+            out[s.code] = (input_key, accepted)
     return out
 
 
 def analyse_site_data(storage: Storage, site: Site, study: Study,
-                      key: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
+                      keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
     """A site's analysis, read back under its input key or computed and stored; ``None``
     when the site has no accepted data yet.
 
     Results are kept under ``results/<site>/<input_key>/`` (``catalog.save_site_analysis``)
     and reused while the site's register, codebook, site file and plan are unchanged (the key
-    is a SHA-256 of those, never of pickled frames). ``key`` is the site's
+    is a SHA-256 of those, never of pickled frames). ``keyed`` is the site's
     ``site_input_key`` when the caller has it already.
     """
-    key, accepted = key or site_input_key(storage, site, study)
+    input_key, accepted = keyed or site_input_key(storage, site, study)
     if not accepted:
         return None
-    stored = catalog.load_site_analysis(storage, site.code, key, accepted)
-    return stored if stored is not None else _analyse(storage, site, study, key, accepted)[0]
+    stored = catalog.load_site_analysis(storage, site.code, input_key, accepted)
+    return stored if stored is not None else _analyse(storage, site, study, input_key, accepted)[0]
 
 
-def _analyse(storage: Storage, site: Site, study: Study, key: str,
+def _analyse(storage: Storage, site: Site, study: Study, input_key: str,
              accepted: tuple[str, ...]) -> tuple[SiteAnalysis, pd.DataFrame]:
     """Score, exclude and analyse the site's curated records; store the analysis and rows."""
     # The statistics (scipy, statsmodels: seconds of imports) are imported by the steps that
@@ -149,7 +149,7 @@ def _analyse(storage: Storage, site: Site, study: Study, key: str,
     data, flow = analysis_ready(curated_frame(storage, site.code), study, site.code)
     flow = with_withdrawals(flow, catalog.withdrawn_received(storage, site.code))
     results = analyse_site(data, study, site.code).reindex(columns=list(RESULTS_COLUMNS))
-    fresh = SiteAnalysis(site.code, key, accepted, flow, results,
+    fresh = SiteAnalysis(site.code, input_key, accepted, flow, results,
                          describe_site(data, study, site.code), site_moments(data, study))
     return catalog.save_site_analysis(storage, fresh, data), data
 
@@ -173,7 +173,7 @@ def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
 
 
 def site_step(storage: Storage, site: Site, study: Study,
-              key: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
+              keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
     """One site's whole share of a run: its analysis (computed or reused) and its own outputs.
 
     The site's page and exports (``report.site_outputs``) are written here, once per input
@@ -181,13 +181,13 @@ def site_step(storage: Storage, site: Site, study: Study,
     analysis hands them the rows it was computed from, a reused one reads them from the store
     only if its outputs are missing.
     """
-    key, accepted = key or site_input_key(storage, site, study)
+    input_key, accepted = keyed or site_input_key(storage, site, study)
     if not accepted:
         return None
-    analysis = catalog.load_site_analysis(storage, site.code, key, accepted)
+    analysis = catalog.load_site_analysis(storage, site.code, input_key, accepted)
     data = None
     if analysis is None:
-        analysis, data = _analyse(storage, site, study, key, accepted)
+        analysis, data = _analyse(storage, site, study, input_key, accepted)
     site_outputs(storage, analysis, site, study, data)
     return analysis
 
@@ -219,9 +219,9 @@ def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tupl
     for s in sites:
         if s.code not in keys:
             continue
-        key = keys[s.code][0]
-        done = (storage.exists(f"{catalog.results_prefix(s.code, key)}/flow.json")
-                and site_outputs_ready(storage, s.code, key))
+        input_key = keys[s.code][0]
+        done = (storage.exists(f"{catalog.results_prefix(s.code, input_key)}/flow.json")
+                and site_outputs_ready(storage, s.code, input_key))
         (reuse if done else analyse).append(s)
     return reuse, analyse
 
