@@ -226,12 +226,6 @@ def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tupl
     return reuse, analyse
 
 
-def reused_analyses(storage: Storage, sites,
-                    keys: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[SiteAnalysis]:
-    """The stored analyses of ``sites`` (``catalog.load_site_analysis``), in their order."""
-    return [catalog.load_site_analysis(storage, s.code, *keys[s.code]) for s in sites]
-
-
 def in_site_order(sites, analyses: list[SiteAnalysis]) -> list[SiteAnalysis]:
     """``analyses`` in the order of ``sites`` (the plan's): reused and fresh ones merged."""
     by_code = {a.site: a for a in analyses}
