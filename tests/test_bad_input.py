@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lacrima import intake
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.storage import LocalStorage, sha256_bytes
 from lacrima.study import load_site
 from lacrima.synth import write_drop

@@ -19,7 +19,7 @@ from s3util import run_aws
 from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lacrima import intake
-from lacrima.cli import app
+from flows.cli import app
 
 KEY = b"test-key"
 N = 40
@@ -104,7 +104,7 @@ def test_check_usage_errors_exit_2_with_a_message(drops, args, message):
 
 def test_check_as_a_real_process_prints_no_traceback(drops):
     """The installed entry point, not only the in-process runner: stderr stays clean."""
-    proc = subprocess.run([sys.executable, "-m", "lacrima", "check",
+    proc = subprocess.run([sys.executable, "-m", "flows", "check",
                            str(drops.bad / "garbage.xlsx"), "--site", "it"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

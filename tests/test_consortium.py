@@ -71,7 +71,7 @@ def test_bad_requests_say_what_was_wrong(tmp_path):
 
 
 def test_cli_synth_sites_writes_a_consortium(tmp_path):
-    from lacrima.cli import app
+    from flows.cli import app
 
     result = CliRunner().invoke(app, ["synth", "--sites", "3", "--n", "8", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -81,7 +81,7 @@ def test_cli_synth_sites_writes_a_consortium(tmp_path):
 
 
 def test_cli_synth_needs_exactly_one_of_site_and_sites(tmp_path):
-    from lacrima.cli import app
+    from flows.cli import app
 
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "either --site" in result.output
@@ -99,7 +99,7 @@ def test_several_replication_sites(tmp_path):
 
 
 def test_cli_synth_sites_with_several_replications(tmp_path):
-    from lacrima.cli import app
+    from flows.cli import app
 
     result = CliRunner().invoke(app, ["synth", "--sites", "5", "--replications", "3", "--n", "8",
                                       "--out", str(tmp_path)])

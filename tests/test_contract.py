@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.contract import check_sites
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_sites_check_command(root):
 def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tmp_path, command):
     edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')
     edit(root / "us" / "site.toml", 'role = "replication"', 'role = "replica"')
-    probe = ("import sys\nfrom lacrima.cli import main\nsys.argv = ['lacrima', *sys.argv[1:]]\n"
+    probe = ("import sys\nfrom flows.cli import main\nsys.argv = ['lacrima', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
              "print('prefect' in sys.modules, 'pandas' in sys.modules, code)\n")
     env = dict(os.environ, LACRIMA_SITES=str(root), PYTHONPATH=os.pathsep.join(sys.path),

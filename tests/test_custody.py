@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lacrima import catalog, intake
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.privacy import DEMO_KEY, MissingKeyError, pseudonym_key
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
@@ -106,7 +106,7 @@ def test_real_data_is_refused_into_a_demo_store(tmp_path, study, sites):
 
 
 def test_the_demo_writes_to_data_not_to_the_configured_store(tmp_path, monkeypatch):
-    from lacrima import cli
+    from flows import cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LACRIMA_STORAGE", str(tmp_path / "real"))

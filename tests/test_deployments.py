@@ -107,7 +107,7 @@ def served(tmp_path_factory):
         env = dict(os.environ, PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "serve-home"),
                    PREFECT_RUNNER_POLL_FREQUENCY="2", PREFECT_LOGGING_LEVEL="WARNING")
         serve = subprocess.Popen(
-            [sys.executable, "-m", "lacrima", "serve", "--cron", "0 3 * * *", "--sweep-minutes",
+            [sys.executable, "-m", "flows", "serve", "--cron", "0 3 * * *", "--sweep-minutes",
              str(SWEEP_SECONDS / 60), "--storage", str(store), "--demo"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)

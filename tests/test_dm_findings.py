@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.dropreport import print_report, render_html
 from lacrima.intake import read_and_validate
 from lacrima.privacy import DEMO_KEY

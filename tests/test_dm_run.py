@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lacrima import catalog, intake, steps
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.status import misplaced
 from lacrima.storage import LocalStorage, write_json
 from lacrima.study import load_site, load_sites, load_study
@@ -30,7 +30,7 @@ from lacrima.study import load_site, load_sites, load_study
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
-from lacrima.cli import main
+from flows.cli import main
 sys.argv = ["lacrima", *sys.argv[1:]]
 try:
     main()
@@ -110,7 +110,7 @@ def test_progress_records_drive_the_progress_display():
     from rich.console import Console
     from rich.progress import Progress
 
-    from lacrima.cli import _ProgressHandler
+    from flows.cli import _ProgressHandler
 
     bar = Progress(console=Console(file=io.StringIO()))
     task = bar.add_task("starting", total=3, completed=0)

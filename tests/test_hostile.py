@@ -143,7 +143,7 @@ def test_limits_come_from_the_plan(study):
 def _check_peak(path: Path, site: str) -> tuple[int, str, float]:
     """Run ``lacrima check`` as a process: exit code, stderr+stdout, peak RSS in MB."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-    proc = subprocess.Popen([sys.executable, "-m", "lacrima", "check", str(path), "--site", site],
+    proc = subprocess.Popen([sys.executable, "-m", "flows", "check", str(path), "--site", site],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = io.BytesIO()
     out.write(proc.stdout.read())

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from lacrima import intake
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.storage import S3Storage
 from lacrima.study import load_site
 

@@ -143,7 +143,7 @@ def test_lacrima_run_on_a_busy_store_exits_3_naming_the_holder_and_changes_nothi
     before = sorted(o.key for o in st.list(""))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(Path(SRC).parent)]),
                PREFECT_HOME=str(tmp_path / "prefect-home"))
-    proc = subprocess.run([sys.executable, "-m", "lacrima", "run", "--demo", "--storage",
+    proc = subprocess.run([sys.executable, "-m", "flows", "run", "--demo", "--storage",
                            st.location], env=env, capture_output=True, text=True, timeout=600,
                           cwd=Path(SRC).parent)
     said = " ".join(proc.stderr.split())                     # the console wraps long lines
@@ -173,7 +173,7 @@ def test_a_run_takes_over_after_the_holder_lets_go_and_releases_when_done(
 @pytest.mark.parametrize("command", [["withdraw", "1001", "--site", "it"],
                                      ["rekey", "--new-key-file", "KEYFILE"]])
 def test_withdraw_and_rekey_wait_for_no_one_on_a_busy_store(tmp_path, command):
-    from lacrima.cli import app
+    from flows.cli import app
 
     st = LocalStorage(tmp_path / "store")
     lease.acquire(st, "nightly@server pid 4242", ttl=300)

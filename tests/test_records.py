@@ -273,7 +273,7 @@ def test_a_code_outside_the_scales_native_codes_is_an_error(tmp_path, study, sit
 def test_synth_seed_changes_the_ids_and_first_id_continues_the_numbering(tmp_path, study, sites):
     from typer.testing import CliRunner
 
-    from lacrima.cli import app
+    from flows.cli import app
     from lacrima.native import read_drop
 
     def ids(*args):

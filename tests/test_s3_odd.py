@@ -21,7 +21,7 @@ from s3util import SLOW_DOWN
 from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lacrima import intake
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.study import load_site
 
 KEY = b"test-key"

@@ -48,10 +48,39 @@ def test_lazily_imported_methods_match_statsmodels(method):
 
 
 def test_importing_every_module_loads_neither_prefect_nor_flows():
-    # What doctest collection (--doctest-modules over src/lacrima) does; __main__ runs the CLI.
+    # What doctest collection (--doctest-modules over src/lacrima) does. The command line
+    # lives in flows/ (the app layer), so every module of the package is imported here.
     loaded = _modules_after(
         "import importlib, pkgutil, lacrima; "
         "[importlib.import_module(m.name) for m in pkgutil.walk_packages(lacrima.__path__, "
-        "'lacrima.') if m.name != 'lacrima.__main__']")
-    assert {"lacrima.cli", "lacrima.bench", "lacrima.stats.regression"} <= loaded
+        "'lacrima.')]")
+    assert {"lacrima.intake", "lacrima.stats.regression"} <= loaded
     assert not {m for m in loaded if m.split(".")[0] in ("prefect", "flows")}
+
+
+
+def _cli_modules(cwd, *argv: str) -> set[str]:
+    """Modules loaded by the ``lacrima`` command (``flows.cli:main``) run with ``argv``."""
+    import os
+
+    probe = ("import sys\nfrom flows.cli import main\nsys.argv = ['lacrima', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('exit', code)\nprint('\\n'.join(sys.modules))\n")
+    # this session's path (src and flows of this checkout first), whatever the cwd
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                         cwd=cwd, env=env, timeout=120)
+    lines = out.stdout.splitlines()
+    exit_line = next((i for i, line in enumerate(lines) if line.startswith("exit ")), None)
+    assert exit_line is not None and lines[exit_line] == "exit 0", (out.stdout[-2000:],
+                                                                    out.stderr[-2000:])
+    return set(lines[exit_line + 1:])
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("check", "{drop}", "--site", "us")],
+                         ids=["help", "check"])
+def test_help_and_check_load_neither_prefect_nor_matplotlib(tmp_path, demo_drops, argv):
+    loaded = _cli_modules(tmp_path, *(a.format(drop=demo_drops["us"]) for a in argv))
+    assert "flows.cli" in loaded
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("prefect", "matplotlib"))
+    assert not heavy, heavy[:5]

@@ -31,3 +31,31 @@ def test_concurrent_validations_do_not_mix_up_drops(study):
     assert concurrent == sequential
     assert [bool(s) for s in sequential] == [False, True] * 2
     assert sequential[3] == [("value_range", ("wai_01",), (4,))]
+
+
+def test_threads_starting_together_build_one_gx_context(study, monkeypatch):
+    # Intake groups start together on the thread runner; each must not build its own context.
+    import threading
+    import time
+
+    import great_expectations as gx
+
+    from lacrima import validate
+
+    built = []
+    real = gx.get_context
+
+    def slow_get_context(*args, **kwargs):
+        built.append(threading.get_ident())
+        time.sleep(0.2)       # every thread is inside a cold cache before the first returns
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gx, "get_context", slow_get_context)
+    validate._batch_definition.cache_clear()
+    validate._suite_for.cache_clear()
+    frame = simulate(load_site("us"), study, 20, 0)
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: run_suite(frame, study, list(range(1, 21)), _Codebook()),
+                              range(4)))
+    assert len(built) == 1
+    assert found == [found[0]] * 4

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lacrima import catalog, intake, steps
-from lacrima.cli import app
+from flows.cli import app
 from lacrima.codebook import load_codebook
 from lacrima.privacy import pseudonymise
 from lacrima.storage import LocalStorage

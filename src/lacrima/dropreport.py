@@ -8,11 +8,13 @@ was found (offending numbers and answer codes, never free text or IDs) and what 
 from __future__ import annotations
 
 from functools import cache
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from lacrima.findings import format_rows, printable
 from lacrima.validate import ValidationReport
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Below this width the findings are listed one block each; at or above it, one table.
 WIDE = 120
@@ -32,6 +34,8 @@ def rows_note(file_name: str) -> str:
 
 @cache
 def _env() -> jinja2.Environment:
+    import jinja2   # only for an HTML report: `lacrima check` prints to the terminal
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("lacrima", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.globals["rows"] = format_rows

@@ -12,6 +12,12 @@ Expectations' cost is per expectation and per metric, not per row: for a drop of
 ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
 unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
 per call, so several drops are validated in one run (``run_suite_many``).
+
+Importing Great Expectations is the floor of ``lacrima check``: measured on the shared 2-core
+machine under load (2026-11-29, CPU seconds of one check of a 124-row drop), the import took
+6.2-6.7 of 8.5-8.7 s (73-77 %; it pulls scipy.stats, sqlalchemy and altair in), everything
+before it (typer, pandas, reading the drop) 1.2-1.3 s, the suite itself 0.5 s. It is therefore
+imported only when a readable drop reaches the suite, and its context is built once a process.
 """
 
 from __future__ import annotations
@@ -200,6 +206,9 @@ def _gx_suite(suite: dict):
 # GX keeps one process-wide project context: two threads validating at once through it
 # mixed up their batches (a clean drop was quarantined at 125 sites on 4 threads). Only
 # the GX call takes turns; reading, pseudonymising and writing a drop stay parallel.
+# Building the context and the suite takes the lock too: ``functools.cache`` does not stop
+# threads that miss together from each building one (4 intake groups starting at once on
+# the thread runner built 4 contexts), so a process builds exactly one.
 _GX_LOCK = threading.RLock()
 
 
@@ -393,9 +402,9 @@ def _suite_run(frames, study: Study):
     message (``str``) for each of its variables.
     """
     suite = suite_dict(study)
-    gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
     data = _stacked_long(frames, study)
     with _GX_LOCK:
+        gx_suite = _suite_for(json.dumps(suite, sort_keys=True))
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
         # Pass/fail first: listing unexpected rows costs GX several more metrics per
         # expectation, so only the failed ones (none, in most drops) are run again for them.

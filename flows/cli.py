@@ -273,7 +273,7 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     return recs
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _prefect_home() -> None:

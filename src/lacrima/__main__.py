@@ -1,3 +1,0 @@
-from lacrima.cli import main
-
-main()
