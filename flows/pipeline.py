@@ -21,9 +21,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.artifacts import publish_artifacts
+from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, lease, report, steps
+from lacrima import intake, lease, report, steps, tables
 from lacrima.results import Comparison, RunOutputs, SiteAnalysis, SitePlan
 from lacrima.steps import RunContext
 from lacrima.storage import open_storage
@@ -32,7 +32,7 @@ from lacrima.study import load_sites, load_study
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
 # Seconds. Generous: a site's intake at 1,000 participants takes seconds; these catch a hung
 # store or a runaway model, not a slow day.
-VERDICT_TABLE_KEY = report.artifact_key("lacrima-verdict-table")
+VERDICT_TABLE_KEY = artifact_key("lacrima-verdict-table")
 SITE_TIMEOUT = 1800
 POOL_TIMEOUT = 3600
 
@@ -101,7 +101,7 @@ def write_report(ctx: RunContext, run_id: str, analyses, comparison, plots) -> R
 def publish_verdict_table(ctx: RunContext, run_id: str, comparison) -> str:
     from prefect.artifacts import create_table_artifact
 
-    table = report.verdict_table(comparison, ctx.study, ctx.sites)
+    table = tables.verdict_table(comparison, ctx.study, ctx.sites)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     return str(create_table_artifact(table=rows, key=VERDICT_TABLE_KEY,
                                      description=f"Verdict per pooled effect, run {run_id}"))
@@ -174,7 +174,7 @@ def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dic
                               [] if outputs else sorted(keys), location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
-            publish_artifacts(summary, report.verdict_markdown(comparison.replication, ctx.study),
+            publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
     if summary["quarantined"]:

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import pytest
 
-from lacrima import report
+from lacrima import tables
 from lacrima.privacy import MIN_CELL
 
 COUNT = ("n", "count", "n_original", "n_replication")
@@ -41,7 +41,7 @@ def test_no_count_1_to_4_in_any_shareable_csv(run_folder):
 def test_shareable_flow_shows_what_the_report_shows(run_folder):
     storage, _, analyses = run_folder
     shared = _csv(storage, "participant_flow.csv")
-    shown = report.flow_frame(analyses).set_index("Step")
+    shown = tables.flow_frame(analyses).set_index("Step")
     for row in shared.itertuples():
         assert row.n == shown.loc[row.label, row.site], (row.site, row.label)
 

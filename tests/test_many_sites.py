@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lacrima import intake, report, steps
+from flows import artifacts
+from lacrima import intake, report, steps, tables
 from lacrima.consortium import make_consortium, write_consortium_drops
 from lacrima.plots import site_style
 from lacrima.storage import LocalStorage
@@ -154,8 +155,8 @@ def test_before_any_replication_data_the_report_holds_the_originals(study, sites
     # The originals are pooled and shown; the verdict columns are blank.
     pooled = comparison.results[comparison.results["site"] == POOLED]
     assert len(pooled) and set(pooled["k"].dropna()) == {2}
-    table = report.verdict_table(comparison, study, sites)
+    table = tables.verdict_table(comparison, study, sites)
     assert not [c for c in table.columns if c.startswith("verdict_")] or \
         (table.filter(like="verdict_") == "").all().all()
     assert set(outputs.site_pages) == {"it", "il"}
-    assert "No replication assessment in this run" in report.verdict_markdown(rep, study)
+    assert "No replication assessment in this run" in artifacts.verdict_markdown(rep, study)

@@ -226,3 +226,23 @@ def test_plan_ci_option_is_checked(study):
         heterogeneity(rows, _with_ci(study, "hksj"), roles)
     pooled = pool_estimates(rows, _with_ci(study, "knha_adhoc"))
     assert set(pooled["method"]) == {"REML+knha_adhoc", "FE"}
+
+
+def test_role_names_come_from_the_plan(study, sites):
+    """The plan may name the roles the other way round ([replication] *_site_role): every
+    role lookup reads it through one place (Study.role_names)."""
+    import dataclasses
+
+    from lacrima.pooling import heterogeneity
+    from lacrima.replication import site_roles
+
+    assert study.role_names == ("replication", "original")
+    swapped = dataclasses.replace(study, raw={**study.raw, "replication": {
+        **study.raw["replication"], "replication_site_role": "original",
+        "original_site_role": "replication"}})
+    assert swapped.role_names == ("original", "replication")
+    assert site_roles(swapped, sites) == site_roles(study, sites)[::-1]
+    rows, roles = _hetero_rows(CASES["hetero_k3_knha"])
+    k_original = sum(r == "original" for r in roles.values())
+    assert heterogeneity(rows, study, roles)["role_k_original"].iloc[0] == k_original
+    assert heterogeneity(rows, swapped, roles)["role_k_original"].iloc[0] == len(roles) - k_original

@@ -12,7 +12,8 @@ import re
 import pandas as pd
 import pytest
 
-from lacrima import report
+from flows import artifacts
+from lacrima import apa, disclosure, report, tables
 from lacrima.plots import forest_svg, site_style
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import POOLED
@@ -107,7 +108,7 @@ def test_summary_counts_each_verdict_per_original(run):
 
 def test_verdict_cells_are_the_replication_table(report_inputs):
     analyses, comparison, study, sites, _ = report_inputs
-    table = report.verdict_table(comparison, study, sites)
+    table = tables.verdict_table(comparison, study, sites)
     rep = comparison.replication.fillna({"covariates": ""})
     assert len(rep) == 126            # 42 correlation effects x (2 originals + pooled originals)
     for _, r in rep.iterrows():
@@ -171,41 +172,41 @@ def test_flow_and_descriptives_suppress_cells_below_five(report_inputs):
     descr.loc[another, "count"] = 2
     descr.loc[another, "percent"] = 2.02
     small = dataclasses.replace(a, flow=flow, descriptives=descr)
-    f = report.flow_frame([small])
+    f = tables.flow_frame([small])
     assert f.loc[f["Step"] == label, a.site].tolist() == ["<5"]
     # Exclusions sum to received minus analysed (both shown): one more count is hidden, so
     # the small one cannot be worked out; the cells shown still hold the true counts.
     excluded = f[~f["Step"].isin(["Records received", "Analysed"])][a.site].tolist()
-    assert excluded.count("<5") + excluded.count(report.SECONDARY_MARK) >= 2
-    d = report.descriptives_frame([small], study)
+    assert excluded.count("<5") + excluded.count(disclosure.SECONDARY_MARK) >= 2
+    d = tables.descriptives_frame([small], study)
     cells = dict(zip(d["Characteristic"], d[a.site]))
     assert cells["Gender identity: another, n (%)"] == "<5"    # no count, no percent
-    assert report.SECONDARY_MARK in (cells["Gender identity: man, n (%)"],
+    assert disclosure.SECONDARY_MARK in (cells["Gender identity: man, n (%)"],
                                      cells["Gender identity: woman, n (%)"])
-    assert report.fmt_n(0) == "0" and report.fmt_n(5) == "5" and report.fmt_n(4) == "<5"
+    assert disclosure.fmt_n(0) == "0" and disclosure.fmt_n(5) == "5" and disclosure.fmt_n(4) == "<5"
 
 
 def test_complementary_suppression_hides_a_second_cell_only_when_needed():
-    assert report.hidden_cells([10, 3, 40]) == [True, True, False]    # 3 = total - 10 - 40
-    assert report.hidden_cells([2, 3, 40]) == [True, True, False]     # two hidden already
-    assert report.hidden_cells([10, 20, 40]) == [False, False, False]
-    assert report.hidden_cells([3]) == [True]
+    assert disclosure.hidden_cells([10, 3, 40]) == [True, True, False]    # 3 = total - 10 - 40
+    assert disclosure.hidden_cells([2, 3, 40]) == [True, True, False]     # two hidden already
+    assert disclosure.hidden_cells([10, 20, 40]) == [False, False, False]
+    assert disclosure.hidden_cells([3]) == [True]
 
 
 def test_apa_number_formats():
     # APA Publication Manual, 7th ed., sections 6.36 (decimals) and 6.44 (leading zeros):
     # r = .35, p = .043, p < .001, M = 0.56; a true minus sign.
-    assert report.fmt(0.3456, leading_zero=False) == ".35"
-    assert report.fmt(-0.3456, leading_zero=False) == "\u2212.35"
-    assert report.fmt(0.5612) == "0.56" and report.fmt(12.3456, 1) == "12.3"
-    assert report.fmt(-0.001) == "0.00"              # no negative zero
-    assert report.fmt(float("nan")) == "" and report.fmt(None) == ""
-    assert report.fmt_p(0.04321) == ".043" and report.fmt_p(0.0004) == "< .001"
-    assert report.fmt_p(0.001) == ".001"
-    assert report.p_text(0.0004) == "p < .001" and report.p_text(0.2) == "p = .200"
-    assert report.fmt_ci(-0.11, 0.31, leading_zero=False) == "[\u2212.11, .31]"
-    assert report.fmt_ci(0.1, float("nan")) == ""
-    assert report.fmt_df(90.0) == "90" and report.fmt_df(18.63) == "18.6"   # t(90), Welch t(18.6)
+    assert apa.fmt(0.3456, leading_zero=False) == ".35"
+    assert apa.fmt(-0.3456, leading_zero=False) == "\u2212.35"
+    assert apa.fmt(0.5612) == "0.56" and apa.fmt(12.3456, 1) == "12.3"
+    assert apa.fmt(-0.001) == "0.00"              # no negative zero
+    assert apa.fmt(float("nan")) == "" and apa.fmt(None) == ""
+    assert apa.fmt_p(0.04321) == ".043" and apa.fmt_p(0.0004) == "< .001"
+    assert apa.fmt_p(0.001) == ".001"
+    assert apa.p_text(0.0004) == "p < .001" and apa.p_text(0.2) == "p = .200"
+    assert apa.fmt_ci(-0.11, 0.31, leading_zero=False) == "[\u2212.11, .31]"
+    assert apa.fmt_ci(0.1, float("nan")) == ""
+    assert apa.fmt_df(90.0) == "90" and apa.fmt_df(18.63) == "18.6"   # t(90), Welch t(18.6)
 
 
 def test_manifest_lists_exactly_the_run_files_and_latest_links_only_those(run):
@@ -256,7 +257,7 @@ def test_inputs_are_not_mutated(run, report_inputs):
 def test_verdict_markdown_counts_and_rows(report_inputs):
     _, comparison, study, _, _ = report_inputs
     rep = comparison.replication
-    md = report.verdict_markdown(rep, study)
+    md = artifacts.verdict_markdown(rep, study)
     table_rows = [line for line in md.splitlines()
                   if line.startswith("| ") and "Family" not in line]
     n_effects = len(rep.drop_duplicates(["effect", "x", "y", "covariates"]))
@@ -267,7 +268,7 @@ def test_verdict_markdown_counts_and_rows(report_inputs):
         line = next(line for line in md.splitlines() if f"vs {name}**" in line)
         for verdict, n in counts.items():
             assert f"{n} {verdict}" in line
-    assert "No replication" in report.verdict_markdown(rep.iloc[0:0])
+    assert "No replication" in artifacts.verdict_markdown(rep.iloc[0:0])
 
 
 def test_forest_plot_for_125_sites_stays_bounded():
@@ -302,15 +303,13 @@ def test_a_site_that_joins_recolours_no_one():
 def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):
     from prefect.client.schemas.actions import ArtifactCreate
 
-    from flows import artifacts
-
     sent = {}
     monkeypatch.setattr(artifacts, "create_markdown_artifact",
                         lambda **kw: sent.setdefault("markdown", kw) and "md-id")
     monkeypatch.setattr(artifacts, "create_link_artifact",
                         lambda **kw: sent.setdefault("link", kw) and "link-id")
     _, comparison, study, _, _ = report_inputs
-    md = report.verdict_markdown(comparison.replication, study)
+    md = artifacts.verdict_markdown(comparison.replication, study)
     location = tmp_path / "reports" / "r1" / "report.html"
     summary = {"run_id": "r1", "accepted": 3, "quarantined": 0, "skipped_duplicates": 0,
                "sites_analysed": ["il", "it", "us"], "report": str(location)}
@@ -322,9 +321,9 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
     for kw in sent.values():
         ArtifactCreate(key=kw["key"])      # Prefect's own key rule accepts it
         assert re.fullmatch(r"[a-z0-9-]+", kw["key"])
-    assert report.report_link("s3://bucket/reports/r1/report.html").startswith("s3://")
+    assert artifacts.report_link("s3://bucket/reports/r1/report.html").startswith("s3://")
     with pytest.raises(ValueError, match="artifact key"):
-        report.artifact_key("__")
+        artifacts.artifact_key("__")
 
 
 def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):
@@ -352,7 +351,7 @@ def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(ru
 def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inputs):
     storage, outputs, html, _ = run
     analyses, comparison, study, _, _ = report_inputs
-    name = report.CONTINGENCY_COUNTS
+    name = tables.CONTINGENCY_COUNTS
     assert name.startswith(f"{report.RESTRICTED}/") and name in outputs.files
     counts = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/run-1/{name}")))
     res = comparison.results
@@ -370,3 +369,11 @@ def test_contingency_counts_are_restricted_and_match_the_a3_rows(run, report_inp
     # the main A3 table names the test used and the crying rate of 'another' is described
     assert "p (test used)" in html
     assert "among Gender identity: another (not in the A3 test)" in html
+
+
+def test_artifact_text_examples_run():
+    """flows/ is outside the doctest paths: its examples run here."""
+    import doctest
+
+    result = doctest.testmod(artifacts, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0

@@ -123,9 +123,7 @@ def make_consortium(out: Path, k: int, n: int | None = None, *, source: Path | N
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder for the consortium")
     study = load_study(source)
-    cfg = study.section("replication")
-    rep_role = cfg.get("replication_site_role", "replication")
-    orig_role = cfg.get("original_site_role", "original")
+    rep_role, orig_role = study.role_names
     tmpl = {code: load_site(code, source) for code in templates}
 
     out.mkdir(parents=True, exist_ok=True)

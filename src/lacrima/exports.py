@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from lacrima.formula import escape_formula
 from lacrima.storage import parquet_frame
 from lacrima.study import Site, Study
 
@@ -258,17 +259,7 @@ def to_csv_bytes(frame: pd.DataFrame) -> bytes:
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            out[col] = out[col].map(_escape_formula, na_action="ignore")
+            out[col] = out[col].map(escape_formula, na_action="ignore")  # lacrima.formula
     buf = io.StringIO()
     out.to_csv(buf, index=False, float_format="%.17g")
     return buf.getvalue().encode()
-
-
-def _escape_formula(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value

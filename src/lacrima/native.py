@@ -33,6 +33,7 @@ import pandas as pd
 
 from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
 from lacrima.findings import DropError, Finding, column_label, findings_frame
+from lacrima.formula import looks_like_formula
 from lacrima.study import Site, Study
 
 IDENTIFYING_NAME = re.compile(
@@ -910,22 +911,6 @@ def _names(names: Iterable[str], limit: int = 8) -> str:
     return head + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _looks_like_formula(text: str) -> bool:
-    """Text a spreadsheet would evaluate: starts with =, @, or +/- not followed by a number.
-
-    Notes
-    -----
-    OWASP "CSV injection": cells beginning ``=``, ``+``, ``-`` or ``@`` are formulas in
-    Excel and LibreOffice. A signed number (``-3``) is data, not a formula.
-    """
-    s = text.strip()
-    if len(s) < 2 or s[0] not in "=+-@":
-        return False
-    if s[0] in "+-" and NUMBER.match(s):
-        return False
-    return True
-
-
 def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes: set[float],
              ranges: list[tuple[float, float]], today: dt.date, rownum: int,
              issues: _Issues) -> Any:
@@ -936,7 +921,7 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
         text = cell.strip()
         if not text:
             return None
-        if _looks_like_formula(text):
+        if looks_like_formula(text):
             issues.add("formula_cells", rownum)
             # Neutralised: kept as inert text where text is kept, else missing.
             return "'" + text if vtype == "string" else None

@@ -15,24 +15,21 @@ import numpy as np
 import pandas as pd
 
 from lacrima import vocabulary as voc
-from lacrima.meta.effects import fisher_z, from_symmetric_ci
+from lacrima.meta.effects import FROM_SCALE, fisher_z, from_symmetric_ci
 from lacrima.meta.rma import FRAME_COLUMNS, METAFOR_TEST, TESTS, moderator_test, random_effects
 from lacrima.stats.adjust import adjust_pvalues
 from lacrima.study import Study
 
-__all__ = ["pool_estimates", "pool_details", "heterogeneity", "HETEROGENEITY_COLUMNS", "EFFECT_KEY", "POOLED_ANALYSES"]
+__all__ = ["pool_estimates", "pool_details", "heterogeneity", "pooling_settings",
+           "HETEROGENEITY_COLUMNS", "EFFECT_KEY", "POOLED_ANALYSES"]
 
 EFFECT_KEY = ("family", "analysis", "x", "y", "covariates")
 
-# analysis -> (per-site method, pooling scale). Spearman rows and robustness tests are
-# deliberately absent: they are reported per site, never pooled.
-POOLED_ANALYSES = {
-    "correlation": ("pearson", "fisher_z"),
-    "partial_correlation": ("pearson_partial", "fisher_z"),
-    "t_test": ("hedges_g", "identity"),
-    "chi_square": ("odds_ratio", "log"),
-}
-_BACK = {"fisher_z": np.tanh, "identity": lambda a: a, "log": np.exp}
+# The scale each pooled per-site estimate is pooled on (lacrima.meta.effects).
+_SCALE = {"pearson": "fisher_z", "pearson_partial": "fisher_z", "hedges_g": "identity",
+          "odds_ratio": "log"}
+# analysis -> (per-site method, pooling scale), for the analyses of vocabulary.POOLED_METHODS.
+POOLED_ANALYSES = {a: (m, _SCALE[m]) for a, m in voc.POOLED_METHODS.items()}
 
 # A single site is not a pooled estimate (sites/study.toml [pooling], k = 1 rule).
 MIN_K_POOLED = 2
@@ -50,12 +47,6 @@ class _EffectInput:
     sites: tuple[str, ...]
 
 
-def _covariate_count(covariates: str) -> int:
-    text = "" if covariates is None or (isinstance(covariates, float) and np.isnan(covariates)) \
-        else str(covariates)
-    return len([c for c in text.split(voc.COVARIATE_SEPARATOR) if c]) if text else 0
-
-
 def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(frame[column], errors="coerce").astype(float).to_numpy()
 
@@ -67,12 +58,11 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
         raise ValueError(f"site results lack columns {missing}; expected vocabulary.RESULTS_COLUMNS")
     families = tuple(study.section("pooling").get("families", ()))
     level = study.level
-    rows = site_results.loc[
+    rows = voc.blank_covariates(site_results.loc[
         site_results["family"].isin(families)
         & site_results["analysis"].isin(tuple(POOLED_ANALYSES))
         & (site_results["site"] != voc.POOLED)
-    ].copy()
-    rows["covariates"] = rows["covariates"].fillna("").astype(str)
+    ])
     out = []
     for key, grp in rows.groupby(list(EFFECT_KEY), sort=True, dropna=False):
         analysis = key[1]
@@ -82,7 +72,7 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
         n = _numeric(grp, "n")
         if scale == "fisher_z":
             ok = np.isfinite(est) & np.isfinite(n) & (np.abs(est) < 1)
-            g = _covariate_count(key[4])
+            g = len(voc.covariate_names(key[4]))
             ok &= n - 3 - g > 0
             if not ok.any():
                 continue
@@ -100,7 +90,7 @@ def _effect_inputs(site_results: pd.DataFrame, study: Study) -> list[_EffectInpu
     return out
 
 
-def _settings(study: Study) -> tuple[str, str]:
+def pooling_settings(study: Study) -> tuple[str, str]:
     """tau2 estimator and CI method: ``[pooling] method`` and ``ci`` (``test`` is the old name)."""
     cfg = study.section("pooling")
     ci = str(cfg.get("ci", "knha"))
@@ -135,7 +125,7 @@ def pool_details(site_results: pd.DataFrame, study: Study) -> pd.DataFrame:
     -----
     Estimates stay on the pooling scale here; :func:`pool_estimates` back-transforms.
     """
-    method, test = _settings(study)
+    method, test = pooling_settings(study)
     frames = []
     for eff in _effect_inputs(site_results, study):
         res = random_effects(eff.yi, eff.vi, method=method, test=test, level=study.level)
@@ -209,12 +199,12 @@ def pool_estimates(site_results: pd.DataFrame, study: Study,
     """
     if details is None:
         details = pool_details(site_results, study)
-    method, test = _settings(study)
+    method, test = pooling_settings(study)
     rows = []
     for rec in details.to_dict("records"):
         if rec["k"] < MIN_K_POOLED:
             continue
-        back = _BACK[rec["scale"]]
+        back = FROM_SCALE[rec["scale"]]
         rows.append({
             "run_id": _run_id(site_results), "family": rec["family"],
             "analysis": "meta_analysis", "site": voc.POOLED, "x": rec["x"], "y": rec["y"],
@@ -297,13 +287,13 @@ def heterogeneity(site_results: pd.DataFrame, study: Study,
     ``confint(., type = "QP")``, ``predict(.)``, ``rma(yi, vi, mods = ~ role, ...)``
     (tests/reference/meta_reference.R, cases ``hetero_*``).
     """
-    method, ci = _settings(study)
+    method, ci = pooling_settings(study)
     rows = []
     for eff in _effect_inputs(site_results, study):
         if len(eff.yi) < MIN_K_POOLED:
             continue
         res = random_effects(eff.yi, eff.vi, method=method, test=ci, level=study.level)
-        back = _BACK[eff.scale]
+        back = FROM_SCALE[eff.scale]
         site_roles = [roles.get(s, "") for s in eff.sites]
         mod = moderator_test(eff.yi, eff.vi, site_roles, test=ci)
         i2_ci, h2_ci = _i2_h2(np.array([res.tau2_ci_low, res.tau2_ci_high]), eff.vi)
@@ -323,7 +313,7 @@ def heterogeneity(site_results: pd.DataFrame, study: Study,
             "i2": res.i2, "i2_ci_low": float(i2_ci[0]), "i2_ci_high": float(i2_ci[1]),
             "h2": res.h2, "h2_ci_low": float(h2_ci[0]), "h2_ci_high": float(h2_ci[1]),
             "q": res.q, "q_df": res.q_df, "q_p": res.q_p,
-            "role_k_original": sum(r == "original" for r in site_roles),
+            "role_k_original": sum(r == study.role_names[1] for r in site_roles),
             "role_qm": mod["qm"], "role_qm_df": mod["qm_df"], "role_qm_df2": mod["qm_df2"],
             "role_qm_p": mod["qm_p"],
             # compared on the pooling scale, where both intervals are symmetric

@@ -18,9 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
+from scipy import special, stats
 
 from lacrima import vocabulary as voc
+from lacrima.meta.effects import fisher_z
+from lacrima.meta.rma import random_effects
+from lacrima.pooling import pooling_settings
+from lacrima.stats.adjust import adjust_pvalues
 from lacrima.study import ROLES, Site, Study
 
 __all__ = [
@@ -28,7 +32,9 @@ __all__ = [
     "difference_p", "r33", "small_telescope_p", "sceptical_p", "CONDITIONS", "VERDICT_P",
 ]
 
-ANALYSES = {"correlation": "pearson", "partial_correlation": "pearson_partial"}
+# The analyses assessed for replication (correlations, on the Fisher z scale) and their
+# per-site method.
+ANALYSES = {a: voc.POOLED_METHODS[a] for a in ("correlation", "partial_correlation")}
 CONDITIONS = ("same_direction", "significant", "in_pi", "opposite_significant", "not_in_pi",
               "original_significant", "larger_same_direction")
 # Which replication p value the ``significant`` condition reads ([replication] verdict_p).
@@ -398,10 +404,6 @@ def verdict_p_choice(settings: Mapping[str, Any]) -> str:
     return choice
 
 
-def _covariate_count(covariates: str) -> int:
-    return len([c for c in covariates.split(voc.COVARIATE_SEPARATOR) if c]) if covariates else 0
-
-
 def assess_replication(effect: str, x: str, y: str, covariates: str, original_site: str,
                        replication_site: str, r_original: float, n_original: float,
                        r_replication: float, n_replication: float, p_replication: float,
@@ -416,7 +418,7 @@ def assess_replication(effect: str, x: str, y: str, covariates: str, original_si
     ``var_replication``: variance of the Fisher z of a pooled side (default 1/(n - 3 - g),
     a single site's); ``p_original``: the original's raw p (for ``original_significant``).
     """
-    g = _covariate_count(covariates)
+    g = len(voc.covariate_names(covariates))
     alpha = float(settings.get("alpha", 0.05))
     v_o = _var_z(n_original, g) if var_original is None else float(var_original)
     v_r = _var_z(n_replication, g) if var_replication is None else float(var_replication)
@@ -487,9 +489,6 @@ def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: floa
     and 97): a pooled side would then be far more precise than any of its sites, and every
     prediction interval around it too narrow.
     """
-    from lacrima.meta.effects import fisher_z
-    from lacrima.meta.rma import random_effects
-
     yi, vi = fisher_z(np.array([s.r for s in sides]), np.array([s.n for s in sides]), g)
     res = random_effects(yi, vi, method=method, test="knha_adhoc" if test == "knha" else test,
                          level=level)
@@ -505,9 +504,7 @@ def site_roles(study: Study, sites: Sequence[Site]) -> tuple[list[str], list[str
     and ``original_site_role`` name which is which (default ``"replication"`` and
     ``"original"``). A site with any other role is an error naming the site and its role.
     """
-    cfg = study.section("replication")
-    rep_role = cfg.get("replication_site_role", "replication")
-    orig_role = cfg.get("original_site_role", "original")
+    rep_role, orig_role = study.role_names
     bad = [(s.code, s.role) for s in sites if s.role not in (rep_role, orig_role)]
     if bad:
         raise ValueError(
@@ -585,21 +582,17 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     metafor ``rma(..., test = "adhoc")``, see :func:`_pooled_side`); their ``p_replication_holm``
     adjusts the pooled p values of the family's effects together.
     """
-    from lacrima.pooling import _settings as pooling_settings
-    from lacrima.stats.adjust import adjust_pvalues
-
     cfg = study.section("replication")
     verdict_p_choice(cfg)
     reps, originals = site_roles(study, sites)
     families = tuple(cfg.get("families", ()))
     method, test = pooling_settings(study)
 
-    rows = site_results.loc[
+    rows = voc.blank_covariates(site_results.loc[
         site_results["family"].isin(families)
         & site_results["analysis"].isin(tuple(ANALYSES))
         & (site_results["method"] == site_results["analysis"].map(ANALYSES))
-    ].copy()
-    rows["covariates"] = rows["covariates"].fillna("").astype(str)
+    ])
     for col in ("estimate", "n", "p_value", "p_adjusted"):
         rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(float)
     rows = rows[rows["estimate"].notna() & rows["n"].notna() & (rows["estimate"].abs() < 1)]
@@ -610,7 +603,7 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     key = ["family", "x", "y", "covariates"]
     effects = []
     for (family, x, y, cov), grp in rows.groupby(key, sort=True):
-        g = _covariate_count(cov)
+        g = len(voc.covariate_names(cov))
         by_site = {}      # site -> its side: the first row per site
         for site, r, n, p, p_h in zip(grp["site"], grp["estimate"], grp["n"], grp["p_value"],
                                       grp["p_adjusted"]):

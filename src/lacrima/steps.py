@@ -31,7 +31,6 @@ import pandas as pd
 from lacrima import catalog
 from lacrima.catalog import ACCEPTED, batches, curated_frame
 from lacrima.intake import landing_counts
-from lacrima.report import site_outputs, site_outputs_ready
 from lacrima.results import Comparison, SiteAnalysis, SitePlan
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.privacy import pseudonym_key
@@ -181,6 +180,8 @@ def site_step(storage: Storage, site: Site, study: Study,
     analysis hands them the rows it was computed from, a reused one reads them from the store
     only if its outputs are missing.
     """
+    from lacrima.report import site_outputs     # rendering: see sites_to_analyse
+
     input_key, accepted = keyed or site_input_key(storage, site, study)
     if not accepted:
         return None
@@ -215,6 +216,10 @@ def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tupl
         ``reuse``: an analysis and its own outputs are stored under the site's input key
         (existence checks only, no file read); ``analyse``: the rest (:func:`site_step`).
     """
+    # The report module (Jinja, the table builders and their statistics) is imported by the
+    # steps that render, so planning a run, and a run with nothing new, never pays for it.
+    from lacrima.report import site_outputs_ready
+
     reuse, analyse = [], []
     for s in sites:
         if s.code not in keys:

@@ -104,6 +104,17 @@ class Study:
     def section(self, name: str) -> Mapping[str, Any]:
         return self.raw.get(name, MappingProxyType({}))
 
+    @property
+    def role_names(self) -> tuple[str, str]:
+        """The roles of replication sites and of original sites, in that order.
+
+        ``[replication] replication_site_role`` and ``original_site_role`` (default
+        ``"replication"`` and ``"original"``, the closed set ``ROLES``).
+        """
+        cfg = self.section("replication")
+        return (str(cfg.get("replication_site_role", "replication")),
+                str(cfg.get("original_site_role", "original")))
+
     def variables_in(self, group: str) -> tuple[str, ...]:
         return tuple(k for k, v in self.variables.items() if v.get("group") == group)
 

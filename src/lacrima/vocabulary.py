@@ -4,6 +4,8 @@ The tidy estimates table (``RESULTS_COLUMNS``) is the contract between per-site 
 cross-site work: pooling is recomputed from it without touching any site's data.
 """
 
+from __future__ import annotations
+
 RESULTS_COLUMNS: tuple[str, ...] = (
     "run_id", "family", "analysis", "site", "x", "y", "covariates", "n", "estimate",
     "ci_low", "ci_high", "statistic", "df", "p_value", "p_adjusted", "method", "k",
@@ -26,5 +28,34 @@ REPLICATION_COLUMNS: tuple[str, ...] = (
 
 FLOW_COLUMNS: tuple[str, ...] = ("site", "step", "reason", "label", "n")
 
+# The per-site estimate each pooled analysis is pooled on and compared by (lacrima.analysis
+# conventions: ``method`` of its rows). Spearman rows and robustness tests are deliberately
+# absent: they are reported per site, never pooled.
+POOLED_METHODS: dict[str, str] = {
+    "correlation": "pearson", "partial_correlation": "pearson_partial",
+    "t_test": "hedges_g", "chi_square": "odds_ratio",
+}
+
 POOLED = "pooled"
 COVARIATE_SEPARATOR = "+"
+
+
+def covariate_names(covariates: str | None) -> list[str]:
+    """The names in a ``covariates`` cell (joined by ``COVARIATE_SEPARATOR``); none for blank.
+
+    Examples
+    --------
+    >>> covariate_names("age+gender"), covariate_names("")
+    (['age', 'gender'], [])
+    """
+    return [c for c in covariates.split(COVARIATE_SEPARATOR) if c] if covariates else []
+
+
+def blank_covariates(frame):
+    """A copy of ``frame`` whose ``covariates`` are text, blank (never missing) for none.
+
+    Effects are keyed by ``family, x, y, covariates``; a missing set and an empty one must
+    be one key. The library's own frames are made this way; functions that accept results
+    from elsewhere (``pooling``, ``replication``) pass them through this once.
+    """
+    return frame.assign(covariates=frame["covariates"].fillna("").astype(str))

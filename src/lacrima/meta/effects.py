@@ -12,7 +12,18 @@ from scipy import special, stats
 
 __all__ = [
     "fisher_z", "hedges_g", "log_odds_ratio", "from_symmetric_ci", "z_critical",
+    "TO_SCALE", "FROM_SCALE",
 ]
+
+
+def _identity(values):
+    return values
+
+
+# Each pooling scale (``fisher_z`` for r, ``log`` for the odds ratio, ``identity`` for g),
+# the way onto it and the way back, as metafor's ``transf`` argument does (tanh for z).
+TO_SCALE = {"fisher_z": np.arctanh, "identity": _identity, "log": np.log}
+FROM_SCALE = {"fisher_z": np.tanh, "identity": _identity, "log": np.exp}
 
 
 def _as_float(name: str, values) -> np.ndarray:
