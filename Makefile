@@ -41,9 +41,10 @@ FAST := not prefect and not s3 and not browser and not dask and not slow
 test-fast: install
 	$(PY) -m pytest -q -m "$(FAST)"
 
-## bench: speed and memory benchmark (not part of test)
+## bench: the commands a user types, timed against the bare statistics; writes bench/results.md
+## (not part of test; about half an hour; `make bench BENCH_ARGS=--quick` runs every scenario tiny)
 bench: install
-	$(PY) -m lacrima.bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## lock: re-resolve requirements.in into requirements.lock
 lock:

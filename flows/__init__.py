@@ -1,1 +1,2 @@
-"""Prefect wiring of lacrima: flows and tasks only; the logic lives in ``lacrima``."""
+"""The app layer over the ``lacrima`` library: Prefect flows, tasks and deployments, and the
+``lacrima`` command line (``flows/cli.py``). The logic lives in ``lacrima``."""

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefect_server import local_prefect_server
+
 from lacrima import intake
-from lacrima.bench import local_prefect_server
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 

@@ -1,0 +1,572 @@
+"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against bare statistics.
+
+Every time is the wall time of one command in a process of its own, as typed at a shell:
+``lacrima run`` (default thread runner; the ephemeral Prefect API unless ``PREFECT_API_URL``
+names a server), ``lacrima check``, and the yardstick ``python -m bench.bare``: the plan's
+statistics and REML pooling on the same analysis-ready data in one plain process, start-up
+included (``bench/bare.py``). Peak memory is that of the command's whole process tree,
+sampled every 0.1 s.
+
+Scenarios, all in one run (``--scenarios`` picks some, ``--quick`` makes them tiny):
+
+- ``3x``: the three real sites at their published N: ``lacrima run``, drop to report;
+- ``125x120``: a synthetic consortium (``--mid-sites`` x ``--mid-n``): ``lacrima run``,
+  drop to report; the bare statistics on the data it analysed; ``lacrima run`` again with
+  nothing new; one new drop at one site, then ``lacrima run``;
+- ``check``: ``lacrima check`` of the US site's drop at its published N (124 rows);
+- ``cumulative``: 24 monthly cumulative exports of one 1,000-participant site (intake);
+- ``dask``: ``lacrima run --runner dask`` at sites x 1,000 for each size of ``--dask-sites``.
+
+Each command but the Dask ones runs ``--repeats`` times (the full runs on fresh copies of
+the landed store) and the tables show the median. The targets of issue 15 are ratios
+within this one run (:func:`evaluate_targets`). Writes ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_KEY = "bench-key-not-secret"
+SCENARIOS = ("3x", "125x120", "check", "cumulative", "dask")
+# Sizes of a full benchmark and of --quick (every scenario at a tiny size, for development).
+FULL = {"mid_sites": 125, "mid_n": 120, "dask_sites": "100,250,1000", "dask_n": 1000,
+        "repeats": 3, "months": 24, "export_n": 1000}
+QUICK = {"mid_sites": 10, "mid_n": 30, "dask_sites": "4,8", "dask_n": 30,
+         "repeats": 1, "months": 3, "export_n": 100}
+CHECK_SITE = "us"       # its published N is the 124-row drop of the check target
+GB4_MB = 4096
+
+
+# --------------------------------------------------------------------------- one command
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One command: wall seconds, peak memory of its process tree, its JSON summary if any."""
+
+    seconds: float
+    peak_rss_mb: float
+    summary: dict = field(default_factory=dict)
+
+
+@functools.cache          # one command for the whole run, even if the venv is reinstalled
+def lacrima_command() -> tuple[str, ...]:
+    """The ``lacrima`` script beside this interpreter, as a user types it.
+
+    ``python -m flows`` (the same ``main``) when the script is missing or older than the
+    command line's move to ``flows.cli``.
+    """
+    script = Path(sys.executable).parent / "lacrima"
+    if script.is_file() and "from flows.cli import main" in script.read_text(errors="replace"):
+        return (str(script),)
+    return (sys.executable, "-m", "flows")
+
+
+def user_env(work: Path, sites_root: Path | None = None) -> dict:
+    """The environment of a user's shell: this one, with the bench's key, sites and Prefect home.
+
+    A configured ``PREFECT_API_URL`` is kept (then runs use that server); otherwise ``lacrima
+    run`` starts the ephemeral API, as it does for a user.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LACRIMA_")}
+    env |= {"LACRIMA_PSEUDONYM_KEY": BENCH_KEY, "PREFECT_HOME": str(work / "prefect-home")}
+    if sites_root is not None:
+        env["LACRIMA_SITES"] = str(sites_root)
+    return env
+
+
+def _tree_rss(proc) -> int:
+    total = 0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - a child may exit between listing and reading
+                pass
+    except Exception:  # noqa: BLE001 - the command itself has exited
+        pass
+    return total
+
+
+def timed(cmd: list[str], env: dict, json_summary: bool = False) -> Timed:
+    """Run ``cmd`` from the repository and time it; a failing command stops the benchmark.
+
+    With ``json_summary`` the last line of its output is read as JSON (``lacrima run --json``).
+    """
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        try:
+            ps = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(ps))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{err[-3000:]}")
+    summary = json.loads(out.strip().splitlines()[-1]) if json_summary else {}
+    # which work the run did and its seconds per stage; lists of sites as counts
+    summary = {k: len(v) if isinstance(v, list) else v for k, v in summary.items()
+               if k in ("accepted", "quarantined", "nothing_new", "report", "sites_recomputed",
+                        "sites_reused", "seconds")}
+    return Timed(round(seconds, 3), round(peak[0] / 2**20, 1), summary)
+
+
+def _expect(ok: bool, what: str, t: Timed) -> None:
+    # A run that did other work than the scenario means would time the wrong thing.
+    if not ok:
+        raise RuntimeError(f"{what}; the run said: {json.dumps(t.summary)[:2000]}")
+
+
+def _run(store: Path, *options: str) -> list[str]:
+    return [*lacrima_command(), "run", "--json", "--storage", str(store), *options]
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _land(store: Path, sites, drops: dict[str, Path]) -> None:
+    from lacrima import intake
+    from lacrima.storage import LocalStorage
+
+    for s in sites:
+        intake.upload(LocalStorage(store), s, drops[s.code], uploader="bench")
+
+
+def _copy(landed: Path, store: Path) -> Path:
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(landed, store)
+    return store
+
+
+def real_sites(work: Path, repeats: int) -> dict:
+    """``lacrima run`` of the three real sites at their published N, drop to report.
+
+    One untimed run first: it creates the Prefect home's database, once, as a user's
+    first run does.
+    """
+    from lacrima.consortium import write_consortium_drops
+    from lacrima.study import load_sites, sites_root
+
+    base = _fresh(work / "3x")
+    root = sites_root()
+    sites = load_sites(root)
+    _land(base / "landed", sites, write_consortium_drops(root, base / "drops"))
+    env = user_env(work, root)
+    timed(_run(_copy(base / "landed", base / "warm-up")), env, True)
+    runs = []
+    for i in range(repeats):
+        t = timed(_run(_copy(base / "landed", base / f"store-{i}")), env, True)
+        _expect(t.summary.get("accepted") == len(sites), "3x: not every drop accepted", t)
+        runs.append(t)
+    return {"sites": len(sites), "n_per_site": round(statistics.mean(s.published_n for s in sites)),
+            "full": [asdict(t) for t in runs]}
+
+
+def consortium_runs(work: Path, k: int, n: int, repeats: int) -> dict:
+    """A consortium of ``k`` x ``n``: full run, bare statistics, nothing new, one new drop.
+
+    Per repeat, on a fresh copy of the landed store: ``lacrima run`` (drop to report), the
+    bare statistics on the analysis-ready data of that run, ``lacrima run`` again (nothing
+    new), then a second drop of the first site and ``lacrima run``.
+    """
+    from bench.bare import write_ready
+    from lacrima.consortium import make_consortium, write_consortium_drops
+    from lacrima.storage import LocalStorage
+    from lacrima.study import load_sites, load_study
+
+    base = _fresh(work / f"{k}x{n}")
+    root = make_consortium(base / "sites", k, n).root
+    study, sites = load_study(root), load_sites(root)
+    # Workbooks take seconds each to write and read: at 100 sites and more, sites that
+    # also send CSV (Italy's clones) send CSV.
+    text = k >= 100
+    drops = write_consortium_drops(root, base / "drops", n, text_formats=text, workers=2)
+    one = sites[0]
+    second = write_consortium_drops(root, base / "drops-2", n, seed=7, id_offset=10**6,
+                                    sites=(one.code,), text_formats=text)
+    _land(base / "landed", sites, drops)
+    env = user_env(work, root)
+    bare = [sys.executable, "-m", "bench.bare", str(base / "ready"), "--sites", str(root)]
+    out = {"sites": k, "n_per_site": n, "text_formats": text, "new_drop_site": one.code,
+           "full": [], "bare": [], "nothing_new": [], "one_new_drop": []}
+    for i in range(repeats):
+        store = _copy(base / "landed", base / f"store-{i}")
+        full = timed(_run(store), env, True)
+        _expect(full.summary.get("accepted") == k, f"{k}x{n}: {k} drops not all accepted", full)
+        if i == 0:
+            write_ready(LocalStorage(store), study, sites, base / "ready")
+        # right after the full run, so both see the machine in the same state
+        out["bare"].append(asdict(timed(bare, env)))
+        same = timed(_run(store), env, True)
+        _expect(bool(same.summary.get("nothing_new")), f"{k}x{n}: the rerun found work", same)
+        _land(store, [one], second)
+        new = timed(_run(store), env, True)
+        _expect(new.summary.get("accepted") == 1, f"{k}x{n}: the new drop was not accepted", new)
+        for name, t in (("full", full), ("nothing_new", same), ("one_new_drop", new)):
+            out[name].append(asdict(t))
+        shutil.rmtree(store)
+    shutil.rmtree(base / "drops", ignore_errors=True)
+    return out
+
+
+def check_runs(work: Path, repeats: int) -> dict:
+    """``lacrima check`` of the US site's synthetic drop at its published N."""
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    site = load_site(CHECK_SITE)
+    drop = write_drop(site, load_study(), _fresh(work / "check") / CHECK_SITE)
+    cmd = [*lacrima_command(), "check", str(drop), "--site", CHECK_SITE]
+    return {"site": CHECK_SITE, "rows": site.published_n,
+            "runs": [asdict(timed(cmd, user_env(work))) for _ in range(repeats)]}
+
+
+def dask_runs(work: Path, ladder: list[int], n: int) -> list[dict]:
+    """``lacrima run --runner dask`` once at each number of sites of ``ladder``, ``n`` a site."""
+    from lacrima.consortium import make_consortium, write_consortium_drops
+    from lacrima.study import load_sites
+
+    out = []
+    for k in ladder:
+        base = _fresh(work / f"{k}x{n}-dask")
+        root = make_consortium(base / "sites", k, n).root
+        drops = write_consortium_drops(root, base / "drops", n, text_formats=k >= 100, workers=2)
+        _land(base / "store", load_sites(root), drops)
+        shutil.rmtree(base / "drops")
+        t = timed(_run(base / "store", "--runner", "dask"), user_env(work, root), True)
+        _expect(t.summary.get("accepted") == k, f"dask {k}x{n}: {k} drops not all accepted", t)
+        out.append({"sites": k, "n_per_site": n, "run": asdict(t)})
+        shutil.rmtree(base)
+        print(f"dask {k} x {n}: {t.seconds:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def cumulative_exports(work: Path, months: int = 24, n: int = 1000, growth: int = 10,
+                       code: str = "us") -> dict:
+    """Intake seconds of each of ``months`` cumulative exports of one site (issue 11).
+
+    Export m holds the site's first ``n + growth * (m - 1)`` records, as a Qualtrics or
+    REDCap export does: everything so far, a few new. Each is compared with the site's
+    register only, so the 24th should cost about what the first does (target: at most 2x),
+    not grow with the batches held.
+
+    Returns
+    -------
+    dict
+        ``seconds`` per month, ``first``, ``last``, ``ratio`` (last / first) and what the
+        last export brought (``records_new``, ``records_held``).
+
+    Notes
+    -----
+    The first intake of a process also pays one-off imports and Great Expectations'
+    set-up, so it is taken twice: the first time untimed.
+    """
+    import csv
+    import io
+
+    from lacrima import intake
+    from lacrima.storage import LocalStorage
+    from lacrima.study import load_site, load_study
+    from lacrima.synth import write_drop
+
+    study, site = load_study(), load_site(code)
+    folder = _fresh(work / "cumulative")
+    full = write_drop(site, study, folder / "all", n=n + growth * (months - 1), seed=1)
+    rows = list(csv.reader(io.StringIO(full.read_bytes().decode("utf-8-sig"))))
+    header, body = rows[:3], rows[3:]
+    storage, key = LocalStorage(folder / "store"), BENCH_KEY.encode()
+    intake.upload(LocalStorage(folder / "warm"), site, full)       # one-off costs, untimed
+    intake.ingest_site(LocalStorage(folder / "warm"), site, study, key)
+    seconds, last = [], None
+    for m in range(months):
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerows(header + body[:n + growth * m])
+        path = folder / f"export-{m + 1:02d}.csv"
+        path.write_bytes(buf.getvalue().encode("utf-8-sig"))
+        intake.upload(storage, site, path)
+        start = time.perf_counter()
+        last = intake.ingest_site(storage, site, study, key)
+        seconds.append(round(time.perf_counter() - start, 3))
+        if not last.accepted:
+            raise RuntimeError(f"export {m + 1} was quarantined: {last.reports[0].errors[:2]}")
+    shutil.rmtree(folder)
+    return {"months": months, "n": n, "growth": growth, "seconds": seconds,
+            "first": seconds[0], "last": seconds[-1], "ratio": round(seconds[-1] / seconds[0], 2),
+            "records_new": last.records_new, "records_held": last.records_held}
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 15: what was measured, and met (True/False) or not judged (None)."""
+
+    name: str
+    measured: str
+    met: bool | None
+
+
+def median_seconds(runs: list[dict]) -> float:
+    """Median wall seconds of repeated runs (``Timed`` as dicts)."""
+    return statistics.median(r["seconds"] for r in runs)
+
+
+def evaluate_targets(m: dict) -> list[Target]:
+    """The targets of issue 15 from one run's measurements (``results.json``'s form).
+
+    Scenarios missing from ``m`` are left out; linearity needs three Dask sizes.
+    """
+    out = []
+    mid, three = m.get("consortium"), m.get("3x")
+    if mid:
+        size = f"{mid['sites']} x {mid['n_per_site']}"
+        full, bare = median_seconds(mid["full"]), median_seconds(mid["bare"])
+        same = median_seconds(mid["nothing_new"])
+        out += [Target(f"{size}: `lacrima run`, drop to report, at most 3x the bare statistics",
+                       f"{full:.1f} s / {bare:.1f} s = {full / bare:.2f}x", full / bare <= 3),
+                Target(f"{size}: `lacrima run` with nothing new at most 5% of the full run",
+                       f"{same:.2f} s = {100 * same / full:.1f}%", same / full <= 0.05)]
+        if three:
+            new, real = median_seconds(mid["one_new_drop"]), median_seconds(three["full"])
+            out.append(Target(f"one new drop at one of {mid['sites']} sites at most 1.0x a full "
+                              "run of the three real sites",
+                              f"{new:.1f} s / {real:.1f} s = {new / real:.2f}x", new / real <= 1.0))
+    if m.get("check"):
+        c = median_seconds(m["check"]["runs"])
+        out.append(Target(f"`lacrima check` of a {m['check']['rows']}-row drop at most 3 s",
+                          f"{c:.2f} s", c <= 3.0))
+    if m.get("dask"):
+        biggest = max(m["dask"], key=lambda d: d["sites"] * d["n_per_site"])
+        peak = max(d["run"]["peak_rss_mb"] for d in m["dask"])
+        out.append(Target(f"Dask, {biggest['sites']:,} x {biggest['n_per_site']:,}: peak memory "
+                          "of the process tree under 4 GB", f"{peak:,.0f} MB", peak < GB4_MB))
+        points = sorted((d["sites"], d["run"]["seconds"]) for d in m["dask"])
+        out.append(Target("Dask: time linear in sites (seconds = a + b x sites, largest miss "
+                          "of the line at most 10%)", *linear_fit(points)) if len(points) >= 3
+                   else Target("Dask: time linear in sites", "needs three sizes", None))
+    if m.get("cumulative"):
+        c = m["cumulative"]
+        out.append(Target(f"a site's monthly cumulative exports: export {c['months']} at most "
+                          "2x the first",
+                          f"{c['last']:.2f} s / {c['first']:.2f} s = {c['ratio']:.2f}x",
+                          c["ratio"] <= 2))
+    return out
+
+
+def linear_fit(points: list[tuple[int, float]], tolerance: float = 0.10) -> tuple[str, bool]:
+    """Least-squares line through (sites, seconds); linear when every point is within ``tolerance``.
+
+    Returns the text shown in the targets table (intercept, seconds per added site, the
+    largest relative miss) and whether the largest miss is within ``tolerance``. Seconds
+    *per site* would call a run with fixed start-up costs "not linear" at every size.
+    """
+    import numpy as np
+
+    k, y = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    b, a = np.polyfit(k, y, 1)
+    miss = float(np.max(np.abs(y - (a + b * k)) / y))
+    return (f"a = {a:.1f} s, b = {b:.3f} s per site, largest miss {100 * miss:.1f}% "
+            f"(sites {', '.join(str(int(x)) for x in k)})", miss <= tolerance)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _row(scenario: str, command: str, runs: list[dict]) -> str:
+    every = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    peak = max(r["peak_rss_mb"] for r in runs)
+    return (f"| {scenario} | {command} | {median_seconds(runs):.2f} | {every} | "
+            f"{peak:,.0f} |")
+
+
+def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
+    """``bench/results.md``: the targets, then every command timed, then notes."""
+    met = {True: "yes", False: "**no**", None: "n/a"}
+    out = ["# lacrima benchmark", "",
+           f"Measured {meta['date']} at commit {meta['commit']} on {meta['host_cpu']}, "
+           f"{meta['cores']} cores, {meta['memory_gb']} GB RAM, Python {meta['python']}. "
+           f"Produced by `make bench` (`{meta['argv']}`).", "",
+           "Every time is the wall time of one command in its own process, as a user runs it: "
+           f"`lacrima` is `{meta['lacrima']}`, default (thread) runner, {meta['prefect_api']}. "
+           "The bare statistics are `python -m bench.bare`: the plan's statistics and REML "
+           "pooling on the same analysis-ready data in one plain process, start-up included. "
+           f"Median of {meta['repeats']} run(s), full runs on fresh copies of the landed store, "
+           "after one untimed run (the Prefect home's database is made once, as on a user's "
+           "first run); peak memory is that of the command's whole process tree.", ""]
+    if meta.get("quick"):
+        out += ["**Quick mode** (`--quick`): every scenario at a tiny size, to show the "
+                "benchmark works; the targets are not judged at their sizes here.", ""]
+    out += ["## Targets (issue 15)", "", "| target | measured | met |", "|---|---|---|"]
+    out += [f"| {t.name} | {t.measured} | {met[t.met]} |" for t in targets]
+    out += ["", "## Commands", "",
+            "| scenario | command | median (s) | runs (s) | peak memory (MB) |",
+            "|---|---|---|---|---|"]
+    if m.get("3x"):
+        out.append(_row(f"3 real sites (mean N {m['3x']['n_per_site']})",
+                        "`lacrima run`, drop to report", m["3x"]["full"]))
+    if m.get("consortium"):
+        c = m["consortium"]
+        size = f"{c['sites']} x {c['n_per_site']}"
+        out += [_row(size, "`lacrima run`, drop to report", c["full"]),
+                _row(size, "`python -m bench.bare`, bare statistics", c["bare"]),
+                _row(size, "`lacrima run`, nothing new", c["nothing_new"]),
+                _row(size, f"`lacrima run`, one new drop (site {c['new_drop_site']})",
+                     c["one_new_drop"])]
+    if m.get("check"):
+        out.append(_row(f"{m['check']['rows']} rows ({m['check']['site']})", "`lacrima check`",
+                        m["check"]["runs"]))
+    for d in m.get("dask", []):
+        out.append(_row(f"{d['sites']:,} x {d['n_per_site']:,}", "`lacrima run --runner dask`",
+                        [d["run"]]))
+    if m.get("cumulative"):
+        c = m["cumulative"]
+        out += ["", "## Cumulative exports", "",
+                f"{c['months']} monthly cumulative exports of one site ({c['n']:,} participants, "
+                f"{c['growth']} more a month), intake seconds of each: "
+                + ", ".join(f"{s:.2f}" for s in c["seconds"])
+                + f". The last brought {c['records_new']} new records and {c['records_held']:,} "
+                "already held."]
+    notes = list(meta.get("notes", []))
+    if m.get("consortium"):
+        c = m["consortium"]
+        median_run = sorted(c["full"], key=lambda r: r["seconds"])[(len(c["full"]) - 1) // 2]
+        stages = median_run["summary"].get("seconds") or {}
+        if stages:
+            notes.append(f"Stages of the median {c['sites']} x {c['n_per_site']} full run "
+                         "(`lacrima run --json`, seconds): "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ".")
+    if m.get("consortium", {}).get("text_formats"):
+        notes.append("At 100 sites and more, sites that also send CSV (Italy's clones) sent "
+                     "CSV, not xlsx.")
+    if notes:
+        out += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    return "\n".join(out) + "\n"
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + (" with uncommitted changes" if dirty.strip() else "")
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commit": _commit(), "host_cpu": cpu, "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="every scenario at a tiny size (development); writes to --work "
+                         "unless --out is given")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    ap.add_argument("--skip-dask", action="store_true", help="leave out the Dask ladder")
+    ap.add_argument("--mid-sites", type=int, help="sites of the 125x120 scenario")
+    ap.add_argument("--mid-n", type=int, help="participants a site of the 125x120 scenario")
+    ap.add_argument("--dask-sites", help="the Dask ladder: sites at each size, e.g. 100,250,1000")
+    ap.add_argument("--dask-n", type=int, help="participants a site on Dask")
+    ap.add_argument("--repeats", type=int, help="runs of each command (the tables show the median)")
+    ap.add_argument("--out", type=Path, help="where results.md and results.json go "
+                                             "(default: bench/)")
+    ap.add_argument("--work", type=Path, default=REPO / "bench" / "work")
+    ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
+    args = ap.parse_args(argv)
+    size = {k: getattr(args, k) if getattr(args, k, None) is not None else v
+            for k, v in (QUICK if args.quick else FULL).items()}
+    wanted = set(args.scenarios.split(",")) - ({"dask"} if args.skip_dask else set())
+    if wanted - set(SCENARIOS):
+        ap.error(f"--scenarios: unknown {', '.join(sorted(wanted - set(SCENARIOS)))}")
+    out_dir = args.out or (args.work if args.quick else REPO / "bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    api = os.environ.get("PREFECT_API_URL")
+    meta = machine() | {
+        "argv": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "lacrima": " ".join(lacrima_command()),
+        "prefect_api": f"the Prefect server at {api}" if api else "the ephemeral Prefect API",
+        "repeats": size["repeats"], "quick": args.quick, "notes": list(args.note)}
+    m: dict = {}
+
+    def save():
+        targets = evaluate_targets(m)
+        (out_dir / "results.json").write_text(json.dumps(
+            {"machine": meta, "measurements": m, "targets": [asdict(t) for t in targets]},
+            indent=2) + "\n")
+        (out_dir / "results.md").write_text(to_markdown(meta, m, targets))
+
+    # scenario -> (its key in the measurements, how to measure it)
+    steps = {"3x": ("3x", lambda: real_sites(args.work, size["repeats"])),
+             "125x120": ("consortium", lambda: consortium_runs(
+                 args.work, size["mid_sites"], size["mid_n"], size["repeats"])),
+             "check": ("check", lambda: check_runs(args.work, size["repeats"])),
+             "cumulative": ("cumulative", lambda: cumulative_exports(
+                 args.work, size["months"], size["export_n"])),
+             "dask": ("dask", lambda: dask_runs(
+                 args.work, [int(x) for x in size["dask_sites"].split(",")], size["dask_n"]))}
+    for scenario in (s for s in SCENARIOS if s in wanted):
+        print(f"bench: {scenario}", file=sys.stderr, flush=True)
+        key, measure = steps[scenario]
+        try:
+            m[key] = measure()
+        except RuntimeError as err:         # a command failed: what it said, no traceback
+            print(f"bench: {scenario} failed: {err}", file=sys.stderr)
+            save()
+            return 1
+        save()
+    save()
+    print((out_dir / "results.md").read_text())
+    return 0
