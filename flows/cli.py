@@ -368,7 +368,7 @@ def _exclusive(store, what: str):
         yield
 
 
-def _run(storage: Optional[str], demo: bool, runner: str = "thread",
+def _run(storage: Optional[str], demo: bool, runner: str = "auto",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
@@ -448,7 +448,9 @@ def _check_config(sites_dir: Optional[Path] = None) -> None:
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
-        runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
+        runner: str = typer.Option("auto", help="task runner: auto (default: threads for a few "
+                                                "sites to analyse, processes for many), thread, "
+                                                "process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
         verbose: bool = typer.Option(False, "--verbose", "-v",
                                      help="show Prefect's task logs (always in the run's log file)"),
@@ -461,8 +463,8 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
     (quarantined drops included), 1 when it failed, 2 on a usage or configuration error or
     an unreachable store, 3 when another run holds the store (named in the message).
     """
-    if runner not in ("thread", "process", "dask"):
-        _fail(f"--runner {runner!r}: expected thread, process or dask")
+    if runner not in ("auto", "thread", "process", "dask"):
+        _fail(f"--runner {runner!r}: expected auto, thread, process or dask")
     _print_summary(_run(storage, demo, runner, dask_address, verbose, wait), as_json)
 
 
