@@ -20,7 +20,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="lacrima: three-site replication data platform.")
 console = Console(stderr=True)
 
@@ -646,7 +646,7 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
     typer.echo(f"{path} matches the plan")
 
 
-sites_app = typer.Typer(no_args_is_help=True, help="The plan and the site folders: check them, "
+sites_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The plan and the site folders: check them, "
                         "draft a new site from its survey tool.")
 app.add_typer(sites_app, name="sites")
 
