@@ -20,7 +20,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="lacrima: three-site replication data platform.")
 console = Console(stderr=True)
 
@@ -319,7 +319,7 @@ def _preflight(storage: Optional[str], demo: bool):
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
     from lacrima.catalog import KeyCustodyError
-    from lacrima.pipeline import prepare_run
+    from lacrima.steps import prepare_run
     try:
         return prepare_run(storage, demo=demo)      # refuses a key that does not fit the store
     except KeyCustodyError as err:
@@ -331,7 +331,7 @@ def _preflight(storage: Optional[str], demo: bool):
 def _plan(ctx, run_id: str) -> Optional[dict]:
     """The plan step, without Prefect: the run's summary when nothing changed since the latest
     report (no new drop, same inputs), else None (the flow has work to do)."""
-    from lacrima import pipeline
+    from lacrima import steps as pipeline
 
     try:
         plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
@@ -368,11 +368,11 @@ def _exclusive(store, what: str):
         yield
 
 
-def _run(storage: Optional[str], demo: bool, runner: str = "thread",
+def _run(storage: Optional[str], demo: bool, runner: str = "auto",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
-    from lacrima.pipeline import new_run_id
+    from lacrima.steps import new_run_id
 
     run_id = new_run_id()
     log_file = _quiet_prefect(verbose, run_id)
@@ -448,7 +448,9 @@ def _check_config(sites_dir: Optional[Path] = None) -> None:
 def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
         storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
         demo: bool = typer.Option(False, help="synthetic data: allow the public demo pseudonym key"),
-        runner: str = typer.Option("thread", help="task runner: thread (default), process or dask"),
+        runner: str = typer.Option("auto", help="task runner: auto (default: threads for a few "
+                                                "sites to analyse, processes for many), thread, "
+                                                "process or dask"),
         dask_address: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler"),
         verbose: bool = typer.Option(False, "--verbose", "-v",
                                      help="show Prefect's task logs (always in the run's log file)"),
@@ -461,8 +463,8 @@ def run(as_json: bool = typer.Option(False, "--json", help="print a JSON summary
     (quarantined drops included), 1 when it failed, 2 on a usage or configuration error or
     an unreachable store, 3 when another run holds the store (named in the message).
     """
-    if runner not in ("thread", "process", "dask"):
-        _fail(f"--runner {runner!r}: expected thread, process or dask")
+    if runner not in ("auto", "thread", "process", "dask"):
+        _fail(f"--runner {runner!r}: expected auto, thread, process or dask")
     _print_summary(_run(storage, demo, runner, dask_address, verbose, wait), as_json)
 
 
@@ -644,7 +646,7 @@ def expectations(write: bool = typer.Option(False, help="regenerate expectations
     typer.echo(f"{path} matches the plan")
 
 
-sites_app = typer.Typer(no_args_is_help=True, help="The plan and the site folders: check them, "
+sites_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The plan and the site folders: check them, "
                         "draft a new site from its survey tool.")
 app.add_typer(sites_app, name="sites")
 

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, serve, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import IO_RETRIES, lacrima_pipeline
-from lacrima import pipeline
+from lacrima import steps
 
 NIGHTLY_CRON = "0 2 * * *"
 SWEEP_MINUTES = 5
@@ -25,7 +25,7 @@ def count_pending(storage_location: str | None) -> int:
 
     # Listings only: no data file is read, so no pseudonym key is needed here.
     storage = open_storage(storage_location)
-    return sum(pipeline.plan_site(storage, s).pending for s in load_sites())
+    return sum(steps.plan_site(storage, s).pending for s in load_sites())
 
 
 @flow(name="lacrima-landing-sweep")

@@ -1,14 +1,15 @@
-"""The pipeline flow: plan, ingest new drops, analyse each site, compare, report.
+"""The pipeline flow: plan, ingest, analyse, compare, report, notify.
 
 Each task is a few lines around one ``lacrima`` call and works on a group of sites (at most
-16, see ``pipeline.site_groups``) or on the pool, never on a row or an item. Site tasks hand on
-each site's estimates and IPD sums, not its rows. Retries with backoff go on I/O tasks only
-(listing, intake, report); every task has a timeout.
+16, see ``steps.site_groups``), on a few plan families' plots, or on the pool; never on a row.
+Site tasks hand on each site's estimates and IPD sums, not its rows (those stay in the store).
+Retries with backoff go on I/O tasks only (listing, intake, report); every task has a timeout.
 
 Incremental: a site with no new landing object is not ingested; a site whose content key
-(accepted batches, codebook, site file, plan) is unchanged reuses its stored results (the
-sites the latest report used are read in one go, ``pipeline.reusable_analyses``); when no
-key changed at all since the latest report, nothing is analysed and no report is written.
+(register, codebook, site file, plan) has a complete stored entry is read back, not analysed
+(``steps.sites_to_analyse``); when no key changed at all since the latest report, nothing is
+analysed and no report is written (``steps.needs_report``). Every decision is a plain
+function in ``lacrima.steps``, tested without Prefect.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, lease, pipeline, report, tables
-from lacrima.pipeline import RunContext
+from lacrima import intake, lease, report, steps, tables
+from lacrima.results import Comparison, RunOutputs, SiteAnalysis, SitePlan
+from lacrima.steps import RunContext
+from lacrima.storage import open_storage
+from lacrima.study import load_sites, load_study
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 8, 30])
 # Seconds. Generous: a site's intake at 1,000 participants takes seconds; these catch a hung
@@ -53,50 +57,44 @@ def _quiet_thread_timeout_notice() -> None:
 
 
 @task(name="plan-run", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def plan_run(ctx: RunContext) -> list[pipeline.SitePlan]:
-    return [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
+def plan_run(ctx: RunContext) -> list[SitePlan]:
+    return [steps.plan_site(ctx.storage, s) for s in ctx.sites]
 
 
 @task(name="ingest-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
 def ingest_sites(ctx: RunContext, sites) -> list[intake.IntakeResult]:
     # One Great Expectations run for the group's new drops (its cost is per call, not per
     # row); reading and storing stay per site. Groups run in parallel.
-    return intake.ingest_sites(ctx.storage, sites, ctx.study, ctx.key)
+    return intake.ingest_sites(ctx.storage, sites, ctx.study, ctx.pseudonym_key)
 
 
 @task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
 def site_keys(ctx: RunContext) -> dict:
-    return pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
-
-
-@task(name="reuse-unchanged-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT,
-      **IO_RETRIES)
-def reusable_analyses(ctx: RunContext, keys) -> dict[str, pipeline.SiteAnalysis]:
-    # Unchanged sites' estimates in three reads, from what the latest report was made of.
-    return pipeline.reusable_analyses(ctx.storage, keys)
+    return steps.site_keys(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="analyse-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
-def analyse_sites(ctx: RunContext, sites, keys) -> list[pipeline.SiteAnalysis | None]:
-    # Per site: analysis (computed or reused) and its own page and exports; no rows handed on.
-    return [pipeline.site_step(ctx.storage, s, ctx.study, keys[s.code]) for s in sites]
+def analyse_sites(ctx: RunContext, sites, keys) -> list[SiteAnalysis | None]:
+    # Per site: analysis (computed, or read back) and its own page and exports; no rows
+    # handed on.
+    return [steps.site_step(ctx.storage, s, ctx.study, keys[s.code]) for s in sites]
 
 
 @task(name="compare-sites", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT)
-def compare_sites(ctx: RunContext, analyses) -> pipeline.Comparison:
-    return pipeline.compare_sites(analyses, ctx.study, list(ctx.sites))
+def compare_sites(ctx: RunContext, analyses) -> Comparison:
+    return steps.compare_sites(analyses, ctx.study, list(ctx.sites))
+
+
+@task(name="draw-forest-plots", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT)
+def draw_plots(ctx: RunContext, comparison, families) -> dict[str, str]:
+    return report.forest_plots(comparison, ctx.study, list(ctx.sites), families)
 
 
 @task(name="write-report", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT, **IO_RETRIES)
-def write_report(ctx: RunContext, run_id: str, analyses, comparison) -> report.RunOutputs:
-    prov = pipeline.provenance(run_id, analyses, ctx.study, list(ctx.sites))
+def write_report(ctx: RunContext, run_id: str, analyses, comparison, plots) -> RunOutputs:
+    prov = steps.provenance(run_id, analyses, ctx.study, list(ctx.sites))
     return report.write_outputs(ctx.storage, run_id, analyses, comparison, ctx.study,
-                                list(ctx.sites), prov)
-
-
-@task(name="save-pooled-inputs", cache_policy=NO_CACHE, timeout_seconds=POOL_TIMEOUT, **IO_RETRIES)
-def save_pooled_inputs(ctx: RunContext, analyses) -> str:
-    return pipeline.save_pooled_inputs(ctx.storage, analyses, ctx.study)
+                                list(ctx.sites), prov, plots)
 
 
 @task(name="publish-verdict-table", cache_policy=NO_CACHE, timeout_seconds=120, **IO_RETRIES)
@@ -127,72 +125,53 @@ def default_workers() -> int:
 @flow(name="lacrima-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()),
       log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
-                     run_id: str | None = None, group: int = pipeline.SITE_GROUP,
+                     run_id: str | None = None, group: int = steps.SITE_GROUP,
                      wait: float = 0.0) -> dict:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
-    ``group``: most sites one intake or analysis task takes (see ``pipeline.site_groups``).
+    ``group``: most sites one intake or analysis task takes (see ``steps.site_groups``).
     ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
     after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
     message naming the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
-    ctx = pipeline.prepare_run(storage_location, demo=demo)
-    run_id = run_id or pipeline.new_run_id()
+    ctx = steps.prepare_run(storage_location, demo=demo)
+    run_id = run_id or steps.new_run_id()
     try:
         with lease.hold(ctx.storage, lease.default_owner(run_id), ttl=lease.LEASE_SECONDS,
                         wait=wait) as held:
-            return _pipeline(ctx, run_id, group, held)
+            return _run(ctx, run_id, group, held)
     except lease.LeaseHeld as err:
         get_run_logger().warning("%s", err)
         return {"run_id": run_id, "busy": str(err)}
 
 
-def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
-    """The run itself, under the store's lease."""
-    logger = get_run_logger()
-    clock = pipeline.StageClock()
+def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
+    """The run's steps, under the store's lease: plan, ingest, analyse, compare, report, notify."""
+    clock = steps.StageClock()
     with clock("plan"):
         plans = plan_run(ctx)
     with clock("intake"):
-        todo = [s for s, p in zip(ctx.sites, plans) if p.pending]
-        futures = [ingest_sites.submit(ctx, g) for g in pipeline.site_groups(todo, group)]
-        intakes = []
-        for f in futures:
-            intakes += f.result()
-            pipeline.progress("intake", len(intakes), len(todo))
+        intakes = _by_groups(ingest_sites, ctx, steps.sites_to_ingest(ctx.sites, plans), group,
+                             "intake")
         keys = site_keys(ctx)
-    outputs, analyses, unchanged = None, [], []
-    if not pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
-        unchanged = sorted(keys)
-        logger.info("nothing new since the latest report: no site analysed, no report written")
-    else:
-        # The report's worker process (many sites) starts now, to be ready when needed.
-        report.start_worker(len(keys))
-        try:
-            with clock("analysis"):
-                kept = reusable_analyses(ctx, keys)
-                keyed = [s for s in ctx.sites if s.code in keys and s.code not in kept]
-                futures = [analyse_sites.submit(ctx, g, {s.code: keys[s.code] for s in g})
-                           for g in pipeline.site_groups(keyed, group)]
-                done = 0
-                for f in futures:
-                    got = f.result()
-                    done += len(got)
-                    kept |= {a.site: a for a in got if a is not None}
-                    pipeline.progress("analysis", done, len(keyed))
-                analyses = [kept[s.code] for s in ctx.sites if s.code in kept]
-            with clock("pooling"):
-                comparison = compare_sites(ctx, analyses)
-            with clock("report"):
-                held.check()        # never publish over the run that took the store over
-                saved = save_pooled_inputs.submit(ctx, analyses)    # beside the report
-                outputs = write_report(ctx, run_id, analyses, comparison)
-                saved.result()
-        finally:
-            report.stop_worker()                # one the report did not take (a failure)
-    summary = pipeline.summarise(run_id, plans, intakes, analyses, outputs, unchanged,
-                                 location=ctx.storage.location)
+    analyses, comparison, outputs = [], None, None
+    if steps.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+        with clock("analysis"):
+            reuse, todo = steps.sites_to_analyse(ctx.storage, ctx.sites, keys)
+            # the sites to analyse first, then those read back (~40 ms a site), all in groups
+            analyses = steps.in_site_order(ctx.sites, _by_groups(
+                analyse_sites, ctx, todo + reuse, group, "analysis", keys))
+        with clock("pooling"):
+            comparison = compare_sites(ctx, analyses)
+        with clock("report"):
+            plots = [draw_plots.submit(ctx, comparison, families)
+                     for families in steps.family_groups(ctx.study, default_workers())]
+            held.check()        # never publish over the run that took the store over
+            outputs = write_report(ctx, run_id, analyses, comparison,
+                                   {k: svg for p in plots for k, svg in p.result().items()})
+    summary = steps.summarise(run_id, plans, intakes, analyses, outputs,
+                              [] if outputs else sorted(keys), location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
@@ -202,10 +181,22 @@ def _pipeline(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -
         with clock("notify"):
             notify_drops(ctx, summary["drops"])
     summary["seconds"] = clock.seconds
-    logger.info("run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s",
-                run_id, summary["accepted"], summary["quarantined"],
-                len(summary["sites_recomputed"]), len(summary["sites_reused"]), summary["report"])
+    get_run_logger().info(
+        "run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s", run_id,
+        summary["accepted"], summary["quarantined"], len(summary["sites_recomputed"]),
+        len(summary["sites_reused"]), summary["report"] or "not needed (nothing new)")
     return summary
+
+
+def _by_groups(task_, ctx: RunContext, sites: list, group: int, stage: str, *args) -> list:
+    """``task_`` submitted once per group of ``sites``, results in site order; progress told
+    (``steps.progress``) as groups finish."""
+    futures = [task_.submit(ctx, g, *args) for g in steps.site_groups(sites, group)]
+    out = []
+    for f in futures:
+        out += f.result()
+        steps.progress(stage, len(out), len(sites))
+    return [x for x in out if x is not None]
 
 
 def task_runner(name: str = "thread", dask_address: str | None = None, workers: int = 4):
@@ -242,14 +233,20 @@ def task_runner(name: str = "thread", dask_address: str | None = None, workers: 
     raise ValueError(f"unknown runner {name!r}: expected 'thread', 'process' or 'dask'")
 
 
-def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "thread",
+def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "auto",
                  dask_address: str | None = None, run_id: str | None = None,
                  workers: int | None = None, wait: float = 0.0) -> dict:
     """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
 
-    Returns ``{"run_id", "busy"}`` when another run holds the store past ``wait`` seconds.
+    ``runner="auto"``: chosen by the work (``steps.choose_runner``): threads for a few sites
+    to analyse, processes for many; counted before the flow starts, from listings and
+    ledgers only. Returns ``{"run_id", "busy"}`` when another run holds the store past
+    ``wait`` seconds.
     """
     if workers is None:
         workers = default_workers()
+    if runner in (None, "auto"):
+        runner = steps.choose_runner(steps.expected_analyses(
+            open_storage(storage_location), load_sites(), load_study()))
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
     return flow_(storage_location=storage_location, demo=demo, run_id=run_id, wait=wait)

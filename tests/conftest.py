@@ -107,28 +107,29 @@ def demo_run(tmp_path_factory, study, sites, ingested_demo):
     """
     from types import SimpleNamespace
 
-    from lacrima import pipeline, report
+    from lacrima import report, steps
     from lacrima.storage import LocalStorage
 
     root = tmp_path_factory.mktemp("run") / "store"
     shutil.copytree(ingested_demo.root, root)
     storage = LocalStorage(root)
-    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    analyses = [steps.site_step(storage, s, study) for s in sites]
+    comparison = steps.compare_sites(analyses, study, list(sites))
+    prov = steps.provenance("run-1", analyses, study, list(sites))
     outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, list(sites), prov)
     return SimpleNamespace(storage=storage, analyses=analyses, comparison=comparison,
                            outputs=outputs)
 
 
 @pytest.fixture(scope="session")
-def memory_analyses(study, sites):
-    """The demo's per-site analyses built in memory (synthetic canonical data at the published N).
+def memory_sites(study, sites):
+    """The demo's per-site analyses built in memory (synthetic canonical data at the published
+    N): ``{code: (SiteAnalysis, analysis-ready rows)}``.
 
-    Same steps as ``pipeline.analyse_site_data`` without intake and storage, which report
+    Same steps as ``steps.analyse_site_data`` without intake and storage, which report
     tests do not need (tests/test_pipeline.py covers them): seconds instead of half a minute.
     """
-    return analyses_in_memory(study, sites)
+    return sites_in_memory(study, sites)
 
 
 @pytest.fixture(scope="session")
@@ -146,42 +147,54 @@ def small_plan(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def small_memory_analyses(small_plan):
-    """``memory_analyses`` under the small plan."""
-    return analyses_in_memory(small_plan.study, small_plan.sites)
+def small_memory_sites(small_plan):
+    """``memory_sites`` under the small plan."""
+    return sites_in_memory(small_plan.study, small_plan.sites)
 
 
-def analyses_in_memory(study, sites):
-    from lacrima import analysis, pipeline, scoring, synth
+def sites_in_memory(study, sites):
+    from lacrima import analysis, scoring, synth
+    from lacrima.ipd import site_moments
     from lacrima.privacy import pseudonymise
+    from lacrima.results import SiteAnalysis
     from lacrima.vocabulary import RESULTS_COLUMNS
 
-    analyses = []
+    out = {}
     for s in sites:
         frame = synth.simulate(s, study, s.published_n, seed=study.raw["study"]["seed"])
         frame["participant_id"] = pseudonymise(s.code, frame["participant_id"], b"test-key")
         data, flow = scoring.analysis_ready(frame, study, s.code)
         results = analysis.analyse_site(data, study, s.code).reindex(columns=list(RESULTS_COLUMNS))
-        descr = analysis.describe_site(data, study, s.code)
-        analyses.append(pipeline.SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), data,
-                                              flow, results, descr))
-    return analyses
+        out[s.code] = (SiteAnalysis(s.code, f"key-{s.code}", (f"batch-{s.code}",), flow, results,
+                                    analysis.describe_site(data, study, s.code),
+                                    site_moments(data, study)), data)
+    return out
 
 
-@pytest.fixture
-def report_worker(monkeypatch):
-    """Reports made in this test use a worker process even for 3 sites; a list of
-    ``(offload, had_worker)``: each ``lacrima.offload.Offload`` they made, and whether it had a
-    worker process when made."""
-    from lacrima import offload, report
+@pytest.fixture(scope="session")
+def memory_analyses(memory_sites):
+    """The analyses of ``memory_sites``, in site order."""
+    return [a for a, _ in memory_sites.values()]
 
-    made = []
-    real = offload.Offload.__init__
 
-    def spy(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        made.append((self, self.has_worker))
+@pytest.fixture(scope="session")
+def store_memory(memory_sites):
+    """A function that stores the ``memory_sites`` analyses and rows in a store (as a run's
+    site step would) and returns the store: a report is written from a store."""
+    return storer(memory_sites)
 
-    monkeypatch.setattr(report, "WORKER_FROM_SITES", 1)
-    monkeypatch.setattr(offload.Offload, "__init__", spy)
-    return made
+
+@pytest.fixture(scope="session")
+def small_store_memory(small_memory_sites):
+    """``store_memory`` for ``small_memory_sites``."""
+    return storer(small_memory_sites)
+
+
+def storer(memory_sites):
+    from lacrima import catalog
+
+    def store(storage):
+        for a, data in memory_sites.values():
+            catalog.save_site_analysis(storage, a, data)
+        return storage
+    return store

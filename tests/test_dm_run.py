@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lacrima import intake, pipeline
+from lacrima import catalog, intake, steps
 from flows.cli import app
 from lacrima.status import misplaced
 from lacrima.storage import LocalStorage, write_json
@@ -68,11 +68,11 @@ def test_a_bad_store_is_refused_before_prefect(tmp_path):
 def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_store):
     storage = demo_store            # ingested under DEMO_KEY, which `run --demo` uses
     sites = load_sites()
-    keys = pipeline.site_keys(storage, sites, study)
+    keys = steps.site_keys(storage, sites, study)
     # The latest published report was made from exactly these inputs.
     write_json(storage, "reports/r0/provenance.json", {
-        "comparison_key": pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
-    pipeline.publish_report(storage, "r0", b"{}")
+        "comparison_key": steps.comparison_key({c: k for c, (k, _) in keys.items()}, study)})
+    catalog.publish_report(storage, "r0", {})
     # run from elsewhere, without the Makefile's PREFECT_HOME: Prefect's home is the project's
     got, res = _probe("run", "--demo", "--json", "--storage", storage.location,
                       env={"PREFECT_HOME": None}, cwd=tmp_path)
@@ -115,13 +115,13 @@ def test_progress_records_drive_the_progress_display():
     bar = Progress(console=Console(file=io.StringIO()))
     task = bar.add_task("starting", total=3, completed=0)
     handler = _ProgressHandler(bar, task)
-    logger = logging.getLogger(pipeline.PROGRESS_LOGGER)
+    logger = logging.getLogger(steps.PROGRESS_LOGGER)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        pipeline.progress("intake", 2, 3)
+        steps.progress("intake", 2, 3)
         assert (bar.tasks[0].description, bar.tasks[0].completed) == ("intake", 2)
-        with pipeline.StageClock()("analysis"):
+        with steps.StageClock()("analysis"):
             pass
         assert bar.tasks[0].description == "analysis"
     finally:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lacrima.formula import escape_formula, looks_like_formula
-from lacrima.pipeline import to_csv_bytes
+from lacrima.exports import to_csv_bytes
 
 # No carriage return here: pandas writes one unquoted, which splits the row for a reader.
 CELLS = ["=1+1", "+SUM(A1:A3)", "-2+3", "@cmd", "\t=1", "=", "-", "+", "",

@@ -23,7 +23,7 @@ RUN_ID = "golden"
 
 def consortium_results(work: Path) -> bytes:
     """results.csv of a 125-site consortium (40 participants a site), through the library steps."""
-    from lacrima import intake, pipeline
+    from lacrima import exports, intake, steps
     from lacrima.consortium import make_consortium, write_consortium_drops
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import LocalStorage
@@ -37,10 +37,10 @@ def consortium_results(work: Path) -> bytes:
     for s in sites:
         intake.upload(storage, s, drops[s.code])
     intake.ingest_sites(storage, sites, study, DEMO_KEY)
-    analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
-    comparison = pipeline.compare_sites([a for a in analyses if a], study, sites)
+    analyses = [steps.analyse_site_data(storage, s, study) for s in sites]
+    comparison = steps.compare_sites([a for a in analyses if a], study, sites)
     results = comparison.results.assign(run_id=RUN_ID).reindex(columns=list(RESULTS_COLUMNS))
-    return pipeline.to_csv_bytes(results)
+    return exports.to_csv_bytes(results)
 
 
 def _same(got: bytes, name: str) -> None:

@@ -12,8 +12,9 @@ import re
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline, report
+from lacrima import catalog, intake, report, steps
 from lacrima.privacy import DEMO_KEY
+from lacrima.results import SitePlan
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
@@ -39,18 +40,18 @@ def ingested(demo_store):
 
 def test_plan_counts_pending_drops_from_listings(tmp_path, ingested, sites, small_drops):
     us = next(s for s in sites if s.code == "us")
-    assert pipeline.plan_site(LocalStorage(tmp_path / "empty"), us) == pipeline.SitePlan("us", 0, 0)
-    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 1, 0)    # one drop, ingested
+    assert steps.plan_site(LocalStorage(tmp_path / "empty"), us) == SitePlan("us", 0, 0)
+    assert steps.plan_site(ingested, us) == SitePlan("us", 1, 0)    # one drop, ingested
     intake.upload(ingested, us, small_drops["us"])
-    assert pipeline.plan_site(ingested, us) == pipeline.SitePlan("us", 2, 1)
-    assert pipeline.plan_site(ingested, us).to_frame().to_dict("records") == [
+    assert steps.plan_site(ingested, us) == SitePlan("us", 2, 1)
+    assert steps.plan_site(ingested, us).to_frame().to_dict("records") == [
         {"site": "us", "landed": 2, "pending": 1}]
 
 
 def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
     it = next(s for s in sites if s.code == "it")
-    first = pipeline.analyse_site_data(ingested, it, study)
-    again = pipeline.analyse_site_data(ingested, it, study)
+    first = steps.analyse_site_data(ingested, it, study)
+    again = steps.analyse_site_data(ingested, it, study)
     assert not first.reused and again.reused
     assert again.input_key == first.input_key
     assert ingested.exists(f"results/it/{first.input_key}/flow.json")
@@ -60,51 +61,48 @@ def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
 
 
 def test_a_new_batch_changes_only_its_sites_key(ingested, study, sites, tmp_path):
-    before = {c: k for c, (k, _) in pipeline.site_keys(ingested, sites, study).items()}
+    before = {c: k for c, (k, _) in steps.site_keys(ingested, sites, study).items()}
     il = next(s for s in sites if s.code == "il")
     intake.upload(ingested, il, _second_drop(study, il, tmp_path / "il2"))
     res = intake.ingest_site(ingested, il, study, DEMO_KEY)
     assert res.accepted, [r.to_dict() for r in res.reports]
-    after = pipeline.site_keys(ingested, sites, study)
+    after = steps.site_keys(ingested, sites, study)
     assert after["il"][0] != before["il"] and len(after["il"][1]) == 2
     assert {c: after[c][0] for c in ("us", "it")} == {c: before[c] for c in ("us", "it")}
     # The cross-site key moves with any site's key, and not with the order of the sites.
-    assert pipeline.comparison_key(before, study) != pipeline.comparison_key(
+    assert steps.comparison_key(before, study) != steps.comparison_key(
         {c: k for c, (k, _) in after.items()}, study)
-    assert pipeline.comparison_key(dict(reversed(list(before.items()))), study) == \
-        pipeline.comparison_key(before, study)
+    assert steps.comparison_key(dict(reversed(list(before.items()))), study) == \
+        steps.comparison_key(before, study)
 
 
-def test_unchanged_sites_are_read_back_from_the_pooled_inputs_as_stored(ingested, study, sites):
-    analyses = [pipeline.site_step(ingested, s, study) for s in sites]
-    keys = pipeline.site_keys(ingested, sites, study)
-    assert pipeline.reusable_analyses(ingested, keys) == {}     # no report yet
-    ckey = pipeline.save_pooled_inputs(ingested, analyses, study)
-    assert ckey == pipeline.comparison_key({c: k for c, (k, _) in keys.items()}, study)
-    # What the flow's report step leaves behind: the latest report names the comparison.
-    ingested.write_bytes("reports/r1/provenance.json", json.dumps({"comparison_key": ckey}).encode())
-    pipeline.publish_report(ingested, "r1", b"{}")
-    kept = pipeline.reusable_analyses(ingested, keys)
-    assert sorted(kept) == sorted(a.site for a in analyses)
-    for a in analyses:
-        b = kept[a.site]
-        assert b.reused and b.data is None
+def test_unchanged_sites_are_reused_from_their_stored_entries_as_stored(ingested, study, sites):
+    keys = steps.site_keys(ingested, sites, study)
+    assert steps.sites_to_analyse(ingested, sites, keys) == ([], list(sites))   # none stored
+    analyses = [steps.site_step(ingested, s, study) for s in sites]
+    reuse, todo = steps.sites_to_analyse(ingested, sites, keys)
+    assert reuse == list(sites) and todo == []
+    for a, b in zip(analyses, [steps.site_step(ingested, s, study, keys[s.code]) for s in reuse]):
+        assert b.reused and not a.reused
         assert (b.input_key, b.batches, b.flow) == (a.input_key, a.batches, a.flow)
         for name in ("results", "descriptives", "moments"):   # the same frames, dtypes and all
             pd.testing.assert_frame_equal(getattr(b, name), getattr(a, name))
     # A site whose key changed, or whose own outputs are gone, is analysed again instead.
     changed = dict(keys, us=("0" * 64, keys["us"][1]))
-    assert "us" not in pipeline.reusable_analyses(ingested, changed)
-    it = kept["it"]
-    ingested.local_path(f"results/it/{it.input_key}/outputs-{report.outputs_version()}/files.json").unlink()
-    assert sorted(pipeline.reusable_analyses(ingested, keys)) == ["il", "us"]
+    assert [s.code for s in steps.sites_to_analyse(ingested, sites, changed)[1]] == ["us"]
+    it = next(a for a in analyses if a.site == "it")
+    ingested.local_path(f"results/it/{it.input_key}/outputs-{report.OUTPUTS_VERSION}/files.json"
+                        ).unlink()
+    assert [s.code for s in steps.sites_to_analyse(ingested, sites, keys)[1]] == ["it"]
+    # the decision needs no Prefect and reads no data file: existence checks only
+    assert steps.expected_analyses(ingested, sites, study) == 1
 
 
 def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop(
         ingested, study, sites, demo_drops, tmp_path):
     us = next(s for s in sites if s.code == "us")
-    key, accepted = pipeline.site_input_key(ingested, us, study)
-    assert re.fullmatch("[0-9a-f]{64}", key) and pipeline.site_input_key(ingested, us, study) == (
+    key, accepted = steps.site_input_key(ingested, us, study)
+    assert re.fullmatch("[0-9a-f]{64}", key) and steps.site_input_key(ingested, us, study) == (
         key, accepted)
     assert accepted == tuple(r.sha256 for r in intake.batches(ingested, "us"))
     # The same export sent again under another name brings nothing: same key.
@@ -113,14 +111,14 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     intake.upload(ingested, us, again)
     res = intake.ingest_site(ingested, us, study, DEMO_KEY)
     assert res.skipped_duplicates == res.seen and not res.accepted
-    assert pipeline.site_input_key(ingested, us, study) == (key, accepted)
+    assert steps.site_input_key(ingested, us, study) == (key, accepted)
     # One byte more in the codebook file (a comment), another site file or another plan: new key.
     codebook = tmp_path / "codebook.toml"
     codebook.write_bytes(us.codebook_path.read_bytes() + b"\n# edited\n")
-    moved = {pipeline.site_input_key(ingested, dataclasses.replace(us, codebook_path=codebook),
+    moved = {steps.site_input_key(ingested, dataclasses.replace(us, codebook_path=codebook),
                                      study)[0],
-             pipeline.site_input_key(ingested, dataclasses.replace(us, sha256="0" * 64), study)[0],
-             pipeline.site_input_key(ingested, us, dataclasses.replace(study, sha256="0" * 64))[0]}
+             steps.site_input_key(ingested, dataclasses.replace(us, sha256="0" * 64), study)[0],
+             steps.site_input_key(ingested, us, dataclasses.replace(study, sha256="0" * 64))[0]}
     assert len(moved) == 3 and key not in moved
 
 
@@ -128,25 +126,25 @@ def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(inges
                                                                            study):
     # demo_run: the ingested demo store (no report yet) after one report of the same inputs
     keys = {a.site: a.input_key for a in demo_run.analyses}
-    assert pipeline.needs_report(LocalStorage(ingested_demo.root), keys, study)
+    assert steps.needs_report(LocalStorage(ingested_demo.root), keys, study)
     reported = demo_run.storage
-    assert pipeline.last_comparison_key(reported) == pipeline.comparison_key(keys, study)
-    assert not pipeline.needs_report(reported, keys, study)
-    assert not pipeline.needs_report(reported, {}, study)
+    assert catalog.last_comparison_key(reported) == steps.comparison_key(keys, study)
+    assert not steps.needs_report(reported, keys, study)
+    assert not steps.needs_report(reported, {}, study)
 
 
 def test_run_context_pickles_without_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("LACRIMA_PSEUDONYM_KEY", "test-key-not-secret")
-    ctx = pipeline.prepare_run(str(tmp_path / "store"))
+    ctx = steps.prepare_run(str(tmp_path / "store"))
     blob = pickle.dumps(ctx)
-    assert ctx.key not in blob                 # the secret never travels with a task
+    assert ctx.pseudonym_key not in blob                 # the secret never travels with a task
     back = pickle.loads(blob)
-    assert back.storage.location == ctx.storage.location and back.key == ctx.key
+    assert back.storage.location == ctx.storage.location and back.pseudonym_key == ctx.pseudonym_key
     assert [s.code for s in back.sites] == [s.code for s in ctx.sites]
 
 
 def test_stage_clock_adds_up_repeated_stages():
-    clock = pipeline.StageClock()
+    clock = steps.StageClock()
     for _ in range(2):
         with clock("intake"):
             pass
@@ -195,10 +193,8 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     new = lacrima_pipeline(storage_location=str(store), run_id="r3")
     assert new["accepted"] == 1 and new["sites_recomputed"] == ["it"]
     assert new["sites_reused"] == ["il", "us"] and not new["nothing_new"]
-    # each report left the estimates it was made of together, for the next run to reuse
-    assert {o.key.rsplit("/", 2)[1] for o in storage.list("results/_pooled/")} == {
-        json.loads(storage.read_bytes(f"reports/{r}/provenance.json"))["comparison_key"]
-        for r in ("r1", "r3")}
+    # one reuse path: the per-site entries, no second copy of the estimates
+    assert {o.key.split("/")[1] for o in storage.list("results/")} == {"il", "it", "us"}
     assert new["report"].endswith("reports/r3/report.html")
     res = pd.read_csv(storage.local_path("reports/r3/results.csv"), keep_default_na=False)
     n_it = res.loc[(res["site"] == "it") & (res["analysis"] == "correlation"), "n"].astype(float)
@@ -225,28 +221,31 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (f["sha256"], f["bytes"]), f["name"]
 
 
-def test_site_step_writes_outputs_once_and_hands_on_no_rows(ingested, study, sites):
+def test_site_step_writes_outputs_once_and_keeps_the_rows_in_the_store(ingested, study, sites):
+    from lacrima.scoring import analysis_ready
+    from lacrima.storage import parquet_frame
+
     us = next(s for s in sites if s.code == "us")
-    first = pipeline.site_step(ingested, us, study)
-    assert first.data is None and first.moments is not None and not first.reused
+    first = steps.site_step(ingested, us, study)
+    assert not first.reused
     written = {o.key: o for o in ingested.list("results/us/") if "/outputs-" in o.key}
     assert {k.rsplit("/", 1)[1] for k in written} == {"files.json", "site-us.html", "us.csv", "us.sav"}
-    again = pipeline.site_step(ingested, us, study)
-    assert again.reused and again.data is None
+    again = steps.site_step(ingested, us, study)
+    assert again.reused and again.input_key == first.input_key
     assert {o.key: o for o in ingested.list("results/us/") if "/outputs-" in o.key} == written
-    # The rows stay in the store and come back on demand, identical.
-    full = pipeline.analyse_site_data(ingested, us, study)
-    pd.testing.assert_frame_equal(pipeline.load_site_data(ingested, again), full.data)
+    # The rows stay in the store, under the analysis' key: the analysis-ready rows as Parquet
+    # keeps them.
+    data, _ = analysis_ready(catalog.curated_frame(ingested, "us"), study, "us")
+    pd.testing.assert_frame_equal(catalog.site_data(ingested, "us", again.input_key),
+                                  parquet_frame(catalog.frame_bytes(data)))
 
 
-def test_the_reports_worker_stacks_the_rows_from_the_store_as_the_flow_would(
-        ingested, study, sites, demo_run, report_worker):
-    analyses = [pipeline.site_step(ingested, s, study) for s in sites]     # light: no rows
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance("worker", analyses, study, list(sites))
-    report.write_outputs(ingested, "worker", analyses, comparison, study, list(sites), prov)
-    [(work, had_worker)] = report_worker
-    assert had_worker and work.failed == []
-    # the same rows as a report made in one process from the analyses' own frames
-    assert (ingested.read_bytes("reports/worker/restricted/analysis_ready.parquet")
-            == demo_run.storage.read_bytes("reports/run-1/restricted/analysis_ready.parquet"))
+def test_analysis_ready_parquet_stacks_every_sites_stored_rows(demo_run):
+    from lacrima.storage import parquet_frame
+
+    storage = demo_run.storage
+    stacked = parquet_frame(storage.read_bytes("reports/run-1/restricted/analysis_ready.parquet"))
+    rows = [catalog.site_data(storage, a.site, a.input_key) for a in demo_run.analyses]
+    assert len(stacked) == sum(len(r) for r in rows) > 0
+    assert stacked["participant_id"].tolist() == [p for r in rows
+                                                  for p in r["participant_id"].tolist()]

@@ -169,24 +169,25 @@ def test_mixed_model_matches_statsmodels_mixedlm_interior():
 
 
 @pytest.fixture(params=["small", pytest.param("demo", marks=pytest.mark.slow)])
-def planned_analyses(request):
-    """``(analyses, study)``: the demo's sites in memory under the small plan
+def planned_sites(request):
+    """``(memory_sites, study)``: the demo's sites in memory under the small plan
     (tests/smallplan.py: the mixed models of one family, a tenth of the fits) or the demo's."""
     if request.param == "small":
-        return request.getfixturevalue("small_memory_analyses"), \
+        return request.getfixturevalue("small_memory_sites"), \
             request.getfixturevalue("small_plan").study
-    return request.getfixturevalue("memory_analyses"), request.getfixturevalue("study")
+    return request.getfixturevalue("memory_sites"), request.getfixturevalue("study")
 
 
-def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(planned_analyses):
+def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(planned_sites):
     # What the pooled step does (each site hands on its sums, never its rows) against the
     # stacked data: the same rows and numbers, summed in the same order.
-    from lacrima.ipd import ipd_from_moments, site_moments
+    from lacrima.ipd import ipd_from_moments
 
-    memory_analyses, study = planned_analyses
-    analyses = list(memory_analyses)
-    stacked = pd.concat([a.data for a in analyses], ignore_index=True)
-    per_site = pd.concat([site_moments(a.data, study) for a in analyses], ignore_index=True)
+    memory_sites, study = planned_sites
+
+    analyses = [a for a, _ in memory_sites.values()]
+    stacked = pd.concat([data for _, data in memory_sites.values()], ignore_index=True)
+    per_site = pd.concat([a.moments for a in analyses], ignore_index=True)
     assert set(per_site["site"]) == {a.site for a in analyses}
     from_sums = ipd_from_moments(per_site, study)
     on_rows = ipd_models(stacked, study)
@@ -195,7 +196,7 @@ def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(planned_anal
     # Second implementation of one site's sums: the rows themselves.
     row = per_site[(per_site["site"] == analyses[0].site)].iloc[0]
     fam = study.family(row["family"])
-    d = analyses[0].data
+    d = memory_sites[analyses[0].site][1]
     if fam.get("subset") == "criers":
         d = d[d[study.section("analysis")["criers"]].astype("boolean").fillna(False).astype(bool)]
     pair = d[[row["x"], row["y"]]].apply(pd.to_numeric, errors="coerce").astype(float).dropna()

@@ -2,7 +2,7 @@
 
 Number formatting (``apa``), disclosure control (``disclosure``) and the pure table builders
 (``tables``) load neither the rendering (``report``, Jinja), nor the run machinery
-(``pipeline``), nor Prefect or ``flows``; ``apa`` needs no other lacrima module at all.
+(``steps``), nor Prefect or ``flows``; ``apa`` needs no other lacrima module at all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-NEVER = {"lacrima.report", "lacrima.pipeline", "lacrima.offload", "prefect", "flows", "jinja2"}
+NEVER = {"lacrima.report", "lacrima.steps", "prefect", "flows", "jinja2"}
 
 
 def _modules_after(statement: str) -> set[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline
+from lacrima import intake, steps
 from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import simulate, write_drop
@@ -99,8 +99,8 @@ def test_months_of_drops_give_the_curated_data_of_one_drop(stores, code):
 
 def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, sites):
     monthly, once = stores
-    a = {s.code: pipeline.analyse_site_data(monthly, s, study) for s in sites}
-    b = {s.code: pipeline.analyse_site_data(once, s, study) for s in sites}
+    a = {s.code: steps.analyse_site_data(monthly, s, study) for s in sites}
+    b = {s.code: steps.analyse_site_data(once, s, study) for s in sites}
     for code in a:
         assert a[code].flow == b[code].flow
         num = a[code].results.select_dtypes("number").columns
@@ -125,10 +125,10 @@ def plan(request, study, sites):
 def test_months_of_drops_give_the_pooled_estimates_of_one_drop(stores, plan):
     monthly, once = stores
     study, sites = plan
-    ca = pipeline.compare_sites([pipeline.analyse_site_data(monthly, s, study) for s in sites],
-                                study, list(sites)).results
-    cb = pipeline.compare_sites([pipeline.analyse_site_data(once, s, study) for s in sites],
-                                study, list(sites)).results
+    ca = steps.compare_sites([steps.analyse_site_data(monthly, s, study) for s in sites],
+                             study, list(sites)).results
+    cb = steps.compare_sites([steps.analyse_site_data(once, s, study) for s in sites],
+                             study, list(sites)).results
     assert ca["method"].astype(str).str.startswith("mixedlm").any()
     num = ca.select_dtypes("number").columns
     pd.testing.assert_frame_equal(ca.drop(columns=num), cb.drop(columns=num))

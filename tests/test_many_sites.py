@@ -20,7 +20,7 @@ import pytest
 from scipy import stats
 
 from flows import artifacts
-from lacrima import intake, pipeline, report, tables
+from lacrima import intake, report, steps, tables
 from lacrima.consortium import make_consortium, write_consortium_drops
 from lacrima.plots import site_style
 from lacrima.storage import LocalStorage
@@ -37,9 +37,9 @@ def _run(storage, study, sites, drops, run_id="run-1"):
             intake.upload(storage, s, drops[s.code], uploader="test")
     for s in sites:
         intake.ingest_site(storage, s, study, KEY)
-    analyses = [a for a in (pipeline.analyse_site_data(storage, s, study) for s in sites) if a]
-    comparison = pipeline.compare_sites(analyses, study, list(sites))
-    prov = pipeline.provenance(run_id, analyses, study, list(sites))
+    analyses = [a for a in (steps.analyse_site_data(storage, s, study) for s in sites) if a]
+    comparison = steps.compare_sites(analyses, study, list(sites))
+    prov = steps.provenance(run_id, analyses, study, list(sites))
     outputs = report.write_outputs(storage, run_id, analyses, comparison, study, list(sites), prov)
     html = storage.read_bytes(f"reports/{run_id}/report.html").decode()
     rep = pd.read_csv(io.BytesIO(storage.read_bytes(f"reports/{run_id}/replication.csv")),

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lacrima import intake, pipeline, report
+from lacrima import intake, report, steps
 from lacrima.storage import LocalStorage
 
 KEY = b"test-key"
@@ -171,9 +171,9 @@ def scanned(request, tmp_path_factory):
                 for p in filter(None, drops[s.code]):
                     intake.upload(storage, s, p, uploader="dm")
             intakes = {s.code: intake.ingest_site(storage, s, study, KEY) for s in sites}
-            analyses = [pipeline.analyse_site_data(storage, s, study) for s in sites]
-            comparison = pipeline.compare_sites(analyses, study, list(sites))
-            prov = pipeline.provenance("scan", analyses, study, list(sites))
+            analyses = [steps.analyse_site_data(storage, s, study) for s in sites]
+            comparison = steps.compare_sites(analyses, study, list(sites))
+            prov = steps.provenance("scan", analyses, study, list(sites))
             report.write_outputs(storage, "scan", analyses, comparison, study, list(sites), prov)
     finally:
         root.removeHandler(handler)

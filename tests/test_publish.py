@@ -15,12 +15,13 @@ import json
 import pandas as pd
 import pytest
 
-from lacrima import pipeline, report
+from lacrima import catalog, report, steps
+from lacrima.results import Comparison
 from lacrima.storage import LocalStorage
 
 
 @pytest.fixture(scope="module")
-def inputs(small_plan, small_memory_analyses):
+def inputs(small_plan, small_memory_sites, small_store_memory):
     # The pointer's logic does not depend on the report's size: the small plan's reports
     # (tests/smallplan.py) are whole reports of every kind of section, at a fifth of the cost.
     from lacrima.pooling import pool_estimates
@@ -28,22 +29,24 @@ def inputs(small_plan, small_memory_analyses):
     from lacrima.vocabulary import RESULTS_COLUMNS
 
     study, sites = small_plan.study, list(small_plan.sites)
-    per_site = pd.concat([a.results for a in small_memory_analyses], ignore_index=True)
+    analyses = [a for a, _ in small_memory_sites.values()]
+    per_site = pd.concat([a.results for a in analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    comparison = pipeline.Comparison(results, replication_table(per_site, study, sites))
-    return small_memory_analyses, comparison, study, sites
+    comparison = Comparison(results, replication_table(per_site, study, sites))
+    return analyses, comparison, study, sites, small_store_memory
 
 
 def _write(storage, run_id, inputs, ckey):
-    analyses, comparison, study, sites = inputs
-    prov = pipeline.provenance(run_id, analyses, study, sites)
+    analyses, comparison, study, sites, store_memory = inputs
+    store_memory(storage)
+    prov = steps.provenance(run_id, analyses, study, sites)
     prov["comparison_key"] = ckey       # stands for new inputs since the previous run
     return report.write_outputs(storage, run_id, analyses, comparison, study, sites, prov)
 
 
 def _latest_is_exactly(storage, run_id):
-    pointer = json.loads(storage.read_bytes(pipeline.LATEST_POINTER))
+    pointer = json.loads(storage.read_bytes(catalog.LATEST_POINTER))
     man = storage.read_bytes(f"reports/{run_id}/manifest.json")
     assert pointer["run_id"] == run_id
     assert pointer["manifest_sha256"] == hashlib.sha256(man).hexdigest()
@@ -60,7 +63,7 @@ def test_a_run_killed_mid_report_leaves_the_previous_report_latest_and_the_next_
     storage = LocalStorage(tmp_path)
     _write(storage, "r1", inputs, "K1")
     _latest_is_exactly(storage, "r1")
-    assert pipeline.last_comparison_key(storage) == "K1"
+    assert catalog.last_comparison_key(storage) == "K1"
 
     # Run r2 (new inputs, K2) dies after its results and provenance but before its report.
     def die(*args, **kwargs):
@@ -73,16 +76,16 @@ def test_a_run_killed_mid_report_leaves_the_previous_report_latest_and_the_next_
     assert storage.exists("reports/r2/provenance.json")            # half a run folder
     assert not storage.exists("reports/r2/manifest.json")
     _latest_is_exactly(storage, "r1")                              # never mixed
-    assert pipeline.last_comparison_key(storage) == "K1"
+    assert catalog.last_comparison_key(storage) == "K1"
     # ... so the next run sees inputs newer than the latest report and makes it again.
     inputs_k2 = {"us": "x"}
-    monkeypatch.setattr(pipeline, "comparison_key", lambda keys, study: "K2")
-    assert pipeline.needs_report(storage, inputs_k2, study)
+    monkeypatch.setattr(steps, "comparison_key", lambda keys, study: "K2")
+    assert steps.needs_report(storage, inputs_k2, study)
     monkeypatch.undo()
 
     _write(storage, "r3", inputs, "K2")
     _latest_is_exactly(storage, "r3")
-    assert pipeline.last_comparison_key(storage) == "K2"
+    assert catalog.last_comparison_key(storage) == "K2"
 
 
 def test_the_local_latest_link_is_replaced_atomically_and_relative(tmp_path, inputs):
@@ -100,5 +103,5 @@ def test_no_pointer_means_no_latest_report(tmp_path):
     storage = LocalStorage(tmp_path)
     # A provenance file alone (an older layout, or half a run) is not a published report.
     storage.write_bytes("reports/latest/provenance.json", b'{"comparison_key": "K"}')
-    assert pipeline.latest_run(storage) is None
-    assert pipeline.last_comparison_key(storage) is None
+    assert catalog.latest_run(storage) is None
+    assert catalog.last_comparison_key(storage) is None

@@ -26,7 +26,8 @@ SECTIONS = ("summary", "flow", "descriptives", "invariance", "families", "method
 def report_inputs(study, sites, memory_analyses):
     """The demo's inputs in memory, compared without the IPD models (3-4 s of MixedLM fits;
     tests/test_report_browser.py renders the full comparison and checks the IPD lines)."""
-    from lacrima import pipeline
+    from lacrima import steps
+    from lacrima.results import Comparison
     from lacrima.pooling import pool_estimates
     from lacrima.replication import replication_table
     from lacrima.vocabulary import RESULTS_COLUMNS
@@ -35,18 +36,18 @@ def report_inputs(study, sites, memory_analyses):
     per_site = pd.concat([a.results for a in analyses], ignore_index=True)
     results = pd.concat([per_site, pool_estimates(per_site, study).reindex(
         columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    comparison = pipeline.Comparison(results, replication_table(per_site, study, list(sites)))
-    prov = pipeline.provenance("run-1", analyses, study, list(sites))
+    comparison = Comparison(results, replication_table(per_site, study, list(sites)))
+    prov = steps.provenance("run-1", analyses, study, list(sites))
     return analyses, comparison, study, list(sites), prov
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, report_inputs):
+def run(tmp_path_factory, report_inputs, store_memory):
     analyses, comparison, study, sites, prov = report_inputs
-    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    storage = store_memory(LocalStorage(tmp_path_factory.mktemp("store")))
     # A latest/ folder of copies an older version left: moved aside (never deleted), not linked.
     storage.write_bytes("reports/latest/data/gone.csv", b"old,run\n")
-    frames_before = [a.data.copy() for a in analyses], comparison.results.copy()
+    frames_before = [a.results.copy() for a in analyses], comparison.results.copy()
     outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
     html = storage.read_bytes("reports/run-1/report.html").decode()
     return storage, outputs, html, frames_before
@@ -147,13 +148,12 @@ def test_invariance_csv_and_its_section(run):
     assert section.count("<li>") == 2 and "WAI-SR:" in section and "CTSCM-R:" in section
 
 
-def test_report_names_no_participant_and_no_network_address(run, report_inputs):
+def test_report_names_no_participant_and_no_network_address(run, memory_sites):
     storage, outputs, html, _ = run
-    analyses = report_inputs[0]
     pages = [html] + [storage.read_bytes(f"reports/run-1/{p}").decode()
                       for p in outputs.site_pages.values()]
-    for a in analyses:
-        ids = set(a.data["participant_id"])
+    for _, data in memory_sites.values():
+        ids = set(data["participant_id"])
         assert ids
         for page in pages:
             assert not any(i in page for i in ids)
@@ -247,10 +247,10 @@ def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
 
 
 def test_inputs_are_not_mutated(run, report_inputs):
-    _, _, _, (data_before, results_before) = run
+    _, _, _, (site_before, results_before) = run
     analyses, comparison, *_ = report_inputs
-    for before, a in zip(data_before, analyses):
-        pd.testing.assert_frame_equal(before, a.data)
+    for before, a in zip(site_before, analyses):
+        pd.testing.assert_frame_equal(before, a.results)
     pd.testing.assert_frame_equal(results_before, comparison.results)
 
 
@@ -324,17 +324,6 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
     assert artifacts.report_link("s3://bucket/reports/r1/report.html").startswith("s3://")
     with pytest.raises(ValueError, match="artifact key"):
         artifacts.artifact_key("__")
-
-
-def test_a_worker_process_gives_the_same_report(run, report_inputs, tmp_path, report_worker):
-    analyses, comparison, study, sites, prov = report_inputs
-    storage = LocalStorage(tmp_path / "store")
-    report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
-    [(work, had_worker)] = report_worker
-    assert had_worker and work.failed == []       # a worker; no call failed there and was redone
-    assert work.has_worker is False               # and it was closed
-    for name in ("report.html", "restricted/analysis_ready.parquet"):   # (SPSS files carry a time)
-        assert storage.read_bytes(f"reports/run-1/{name}") == run[0].read_bytes(f"reports/run-1/{name}")
 
 
 def test_heterogeneity_csv_has_one_row_per_pooled_effect_and_the_report_warns(run):

@@ -45,10 +45,10 @@ def chromium_present():
 @pytest.fixture(scope="module")
 def report_inputs(study, sites, memory_analyses):
     """The demo's inputs in memory with the full comparison (IPD models included)."""
-    from lacrima import pipeline
+    from lacrima import steps
 
-    comparison = pipeline.compare_sites(memory_analyses, study, list(sites))
-    prov = pipeline.provenance("run-1", memory_analyses, study, list(sites))
+    comparison = steps.compare_sites(memory_analyses, study, list(sites))
+    prov = steps.provenance("run-1", memory_analyses, study, list(sites))
     return memory_analyses, comparison, study, list(sites), prov
 
 
@@ -95,10 +95,10 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def copied_report(tmp_path_factory, report_inputs):
+def copied_report(tmp_path_factory, report_inputs, store_memory):
     """The demo run written to storage, then its folder copied to a fresh place."""
     analyses, comparison, study, sites, prov = report_inputs
-    storage = LocalStorage(tmp_path_factory.mktemp("store"))
+    storage = store_memory(LocalStorage(tmp_path_factory.mktemp("store")))
     report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
     elsewhere = tmp_path_factory.mktemp("other-machine") / "lacrima-report"
     shutil.copytree(storage.local_path("reports/run-1"), elsewhere)

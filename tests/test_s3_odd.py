@@ -63,7 +63,7 @@ def test_folder_objects_and_empty_segments_are_ignored_with_a_warning(s3, it_dro
     recs = json.loads(res.stdout)
     assert [(r["site"], r["state"]) for r in recs] == [("it", "landed")]
     # What a run does with the landing zone: plan, then ingest.
-    from lacrima.pipeline import plan_site
+    from lacrima.steps import plan_site
 
     assert (plan_site(s3.storage, site).landed, plan_site(s3.storage, site).pending) == (1, 1)
     result = intake.ingest_site(s3.storage, site, study, KEY)

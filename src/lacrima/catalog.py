@@ -13,7 +13,12 @@ Zones and their keys (the same on a local folder and on S3)::
     ledger/_key.json                      fingerprint of the pseudonym key the store is made under
     ledger/_rekey/<stamp>.json            a rekey: intent first, then its audit entry (done)
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
-    results/<site>/<input_key>/           a site's cached analysis; results/_pooled/<key>/
+    results/<site>/<input_key>/           a site's analysis: its rows, estimates, flow
+    results/<site>/<input_key>/outputs-<version>/   its page and exports, once per version
+    reports/<run_id>/                     a run's report folder, manifest.json written last
+    reports/latest.json                   pointer to the latest whole report (written last)
+    reports/latest                        local stores: a link to that folder
+    locks/run.json                        the lease of the run holding the store
 
 Other modules ask this one for keys; none builds them. Ledger files whose name starts with
 ``_`` are not batches.
@@ -34,13 +39,16 @@ import hmac
 import io
 import json
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Mapping
 
 import pandas as pd
 
 from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
+from lacrima.results import SiteAnalysis
+from lacrima.scoring import Flow
 from lacrima.storage import Storage, parquet_frame, read_json, write_json
+from lacrima.study import Site, Study
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
     "accepted", "quarantined", "superseded", "landed", "withdrawn")
@@ -111,8 +119,27 @@ def results_prefix(site: str, input_key: str | None = None) -> str:
     return f"results/{site}/{input_key}" if input_key else f"results/{site}"
 
 
-# The light analyses each comparison was made from: results/_pooled/<comparison_key>/.
-POOLED = "results/_pooled"
+def site_data_key(site: str, input_key: str) -> str:
+    """A site's analysis-ready rows, stored beside its analysis."""
+    return f"{results_prefix(site, input_key)}/data.parquet"
+
+
+def site_outputs_prefix(site: str, input_key: str, version: int) -> str:
+    """A site's page and exports for one input key, made by output format ``version``."""
+    return f"{results_prefix(site, input_key)}/outputs-{version}"
+
+
+def report_prefix(run_id: str) -> str:
+    return f"reports/{run_id}"
+
+
+# The published report: a small pointer written last, after every file of the run folder.
+LATEST_POINTER = "reports/latest.json"
+LATEST_FOLDER = "reports/latest"
+MANIFEST = "manifest.json"
+
+# The lease of the one run that may change the store (lacrima.lease).
+LEASE_KEY = "locks/run.json"
 
 
 # --------------------------------------------------------------------------- ledger
@@ -455,15 +482,36 @@ def check_key(storage: Storage, key: bytes) -> None:
 def _made_under(storage: Storage, rec: BatchRecord, key: bytes) -> bool:
     """Whether a batch from before key fingerprints were kept was pseudonymised under ``key``:
     its raw IDs, pseudonymised under ``key``, are the pseudonyms its curated file holds."""
-    from lacrima.intake import _read_ids
     from lacrima.privacy import pseudonymise
     from lacrima.study import load_site, load_study
 
     if not storage.exists(rec.raw_key):
         return False
-    ids = _read_ids(storage, load_site(rec.site), load_study(), rec.raw_key)
+    ids = raw_ids(storage, load_site(rec.site), load_study(), rec.raw_key)
     held = set(parquet_frame(storage.read_bytes(rec.curated_key))["participant_id"])
     return ids is not None and bool(set(pseudonymise(rec.site, ids, key)) & held)
+
+
+def raw_ids(storage: Storage, site: Site, study: Study, raw_key: str) -> pd.Series | None:
+    """The normalised IDs of a raw drop (not pseudonymised), or None for an unreadable file."""
+    import tempfile
+    from pathlib import Path, PurePosixPath
+
+    # Imported here: reading native files (pyreadstat, openpyxl) is paid only by a rekey
+    # or an old store's key check, never by the commands that only list keys.
+    from lacrima.codebook import load_codebook
+    from lacrima.findings import DropError
+    from lacrima.native import read_drop
+
+    with tempfile.TemporaryDirectory(prefix="lacrima-raw-") as tmp:
+        path = Path(tmp) / f"drop{PurePosixPath(raw_key).suffix or '.bin'}"
+        path.write_bytes(storage.read_bytes(raw_key))
+        try:
+            drop = read_drop(path, site, study)
+        except DropError:
+            return None
+    ids, _ = load_codebook(site).normalise_ids(drop.frame["participant_id"])
+    return ids.dropna()
 
 
 def write_intent(storage: Storage, site: str, intent: dict) -> None:
@@ -497,3 +545,130 @@ def open_rekey(storage: Storage) -> dict | None:
 def open_intents(storage: Storage, site: str) -> list[dict]:
     """Intents written and not marked done: a run died between their steps."""
     return [d for d in _ledger_json(storage, site, "intent") if not d.get("done")]
+
+
+# --------------------------------------------------------------------------- site analyses
+
+_SITE_FRAMES = ("results", "descriptives", "moments")
+
+
+def save_site_analysis(storage: Storage, a: SiteAnalysis, data: pd.DataFrame) -> SiteAnalysis:
+    """Store a site's analysis and its analysis-ready rows under its input key.
+
+    Returns the analysis with its frames as read back from Parquet, so a fresh analysis and
+    a reused one are the same frames (Parquet settles dtypes, e.g. an all-missing text
+    column). ``flow.json`` is written last: its presence means the entry is complete.
+    """
+    prefix = results_prefix(a.site, a.input_key)
+    storage.write_bytes(site_data_key(a.site, a.input_key), frame_bytes(data), if_absent=True)
+    back = {}
+    for name in _SITE_FRAMES:
+        blob = frame_bytes(getattr(a, name))
+        storage.write_bytes(f"{prefix}/{name}.parquet", blob, if_absent=True)
+        back[name] = parquet_frame(blob)
+    flow = {"site": a.flow.site, "received": a.flow.received, "analysed": a.flow.analysed,
+            "excluded": [list(e) for e in a.flow.excluded]}
+    storage.write_bytes(f"{prefix}/flow.json", json.dumps(flow).encode(), if_absent=True)
+    return SiteAnalysis(a.site, a.input_key, a.batches, a.flow, back["results"],
+                        back["descriptives"], back["moments"], a.reused)
+
+
+def load_site_analysis(storage: Storage, site: str, input_key: str,
+                       batches: tuple[str, ...]) -> SiteAnalysis | None:
+    """The stored analysis of ``site`` under ``input_key``, or None when there is none (complete)."""
+    prefix = results_prefix(site, input_key)
+    if not storage.exists(f"{prefix}/flow.json"):
+        return None
+    rec = json.loads(storage.read_bytes(f"{prefix}/flow.json"))
+    flow = Flow(rec["site"], rec["received"], tuple(tuple(e) for e in rec["excluded"]),
+                rec["analysed"])
+    frames = [parquet_frame(storage.read_bytes(f"{prefix}/{name}.parquet"))
+              for name in _SITE_FRAMES]
+    return SiteAnalysis(site, input_key, batches, flow, *frames, reused=True)
+
+
+def site_data(storage: Storage, site: str, input_key: str) -> pd.DataFrame:
+    """A site's analysis-ready rows, as stored with its analysis."""
+    return parquet_frame(storage.read_bytes(site_data_key(site, input_key)))
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict:
+    """A run's file list.
+
+    Parameters
+    ----------
+    run_id : str
+    files : mapping of str to (str, int)
+        Run-relative name -> (SHA-256 hex, size in bytes) of its content.
+
+    Returns
+    -------
+    dict
+        ``{"run_id": ..., "files": [{"name", "bytes", "sha256"}, ...]}`` sorted by name.
+    """
+    return {"run_id": run_id,
+            "files": [{"name": n, "bytes": size, "sha256": sha}
+                      for n, (sha, size) in sorted(files.items())]}
+
+
+def publish_report(storage: Storage, run_id: str, files: Mapping[str, tuple[str, int]]) -> None:
+    """Make ``reports/<run_id>/`` the latest report: its manifest, the pointer, the local link.
+
+    Parameters
+    ----------
+    storage : Storage
+    run_id : str
+        A run whose every file is written.
+    files : mapping of str to (str, int)
+        Run-relative name -> (SHA-256 hex, size) of every file written: the manifest's list.
+
+    Notes
+    -----
+    Order: ``manifest.json`` (create-if-absent), then the pointer ``reports/latest.json``
+    (``run_id``, ``manifest_sha256``, ``published_at``): one small object replaced in one
+    write, so a reader sees the previous report or this one, never a mix; a run killed
+    before it leaves the previous report as latest, and the next run, finding the latest
+    report's inputs differ from its own, makes it again.
+
+    On a local store ``reports/latest`` is also a symbolic link to the run folder, replaced
+    atomically (a new link renamed over the old), for people browsing the folder. A
+    ``reports/latest/`` folder of copies left by an older version is moved aside to
+    ``reports/latest-until-<run_id>/`` (never deleted). S3 has no atomic way to replace a
+    set of objects, so there the pointer alone says which run is latest.
+    """
+    import os
+
+    body = json.dumps(manifest(run_id, files), indent=2).encode()
+    storage.write_bytes(f"{report_prefix(run_id)}/{MANIFEST}", body, if_absent=True)
+    pointer = {"run_id": run_id, "manifest_sha256": hashlib.sha256(body).hexdigest(),
+               "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(LATEST_POINTER, json.dumps(pointer, indent=2, sort_keys=True).encode())
+    link = storage.local_path(LATEST_FOLDER)
+    if link is None:
+        return
+    if link.is_dir() and not link.is_symlink():
+        link.rename(link.with_name(f"latest-until-{run_id}"))
+    tmp = link.with_name(f".latest-{run_id}.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()                    # ours, from a run killed between these two lines
+    os.symlink(run_id, tmp)             # relative: the folder still works where it is copied
+    os.replace(tmp, link)
+
+
+def latest_run(storage: Storage) -> str | None:
+    """The run id of the latest published report (``reports/latest.json``), if any."""
+    if not storage.exists(LATEST_POINTER):
+        return None
+    return json.loads(storage.read_bytes(LATEST_POINTER))["run_id"]
+
+
+def last_comparison_key(storage: Storage) -> str | None:
+    """The comparison key of the latest published report, if any."""
+    run_id = latest_run(storage)
+    if run_id is None:
+        return None
+    prov = json.loads(storage.read_bytes(f"{report_prefix(run_id)}/provenance.json"))
+    return prov.get("comparison_key")

@@ -156,7 +156,7 @@ def site_contact(site) -> dict:
 def quarantine_notice(drop: dict) -> tuple[str, str]:
     """Subject and body of the message a site's contact gets about a quarantined drop.
 
-    ``drop`` is one entry of a run's ``drops`` (``pipeline.drop_outcomes``). The message names
+    ``drop`` is one entry of a run's ``drops`` (``steps.drop_outcomes``). The message names
     the file, its batch, the failed checks and counts, and the report's path; never a
     participant's value (the report itself says which rows and cells).
     """

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from lacrima.formula import escape_formula
 from lacrima.storage import parquet_frame
 from lacrima.study import Site, Study
 
@@ -251,3 +252,14 @@ def read_labels(parquet: bytes) -> Mapping[str, str]:
 
     meta = pq.read_schema(io.BytesIO(parquet)).metadata or {}
     return json.loads(meta.get(b"lacrima.labels", b"{}"))
+
+
+def to_csv_bytes(frame: pd.DataFrame) -> bytes:
+    """CSV at full precision; text cells that a spreadsheet would run as a formula are escaped."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(escape_formula, na_action="ignore")  # lacrima.formula
+    buf = io.StringIO()
+    out.to_csv(buf, index=False, float_format="%.17g")
+    return buf.getvalue().encode()

@@ -539,22 +539,6 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
                              if index.get(obj.key, {}).get("etag") != obj.etag)
 
 
-def _read_ids(storage: Storage, site: Site, study: Study, raw_key: str):
-    """The normalised IDs of a raw drop (not pseudonymised), or None for an unreadable file."""
-    from lacrima.codebook import load_codebook
-    from lacrima.native import read_drop
-
-    with tempfile.TemporaryDirectory(prefix="lacrima-raw-") as tmp:
-        path = Path(tmp) / f"drop{PurePosixPath(raw_key).suffix or '.bin'}"
-        path.write_bytes(storage.read_bytes(raw_key))
-        try:
-            drop = read_drop(path, site, study)
-        except DropError:
-            return None
-    ids, _ = load_codebook(site).normalise_ids(drop.frame["participant_id"])
-    return ids.dropna()
-
-
 def rekey(storage: Storage, sites, study: Study, old_key: bytes, new_key: bytes,
           now: datetime | None = None) -> dict:
     """Re-pseudonymise every stored record under ``new_key``, as one audited operation.
@@ -614,7 +598,7 @@ def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
         mapping = {}
         for r in recs:
             if r.curated_key and storage.exists(r.raw_key):
-                ids = _read_ids(storage, site, study, r.raw_key)
+                ids = catalog.raw_ids(storage, site, study, r.raw_key)
                 if ids is not None:
                     mapping.update(zip(pseudonymise(site.code, ids, old_key),
                                        pseudonymise(site.code, ids, new_key)))

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Iterator
 
+from lacrima.catalog import LEASE_KEY
 from lacrima.storage import Storage
 
-LEASE_KEY = "locks/run.json"
 # Seconds a lease lasts unless renewed; a run renews it every third of that. A crashed run
 # blocks the store for at most this long.
 LEASE_SECONDS = 600.0

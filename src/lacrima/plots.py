@@ -3,8 +3,8 @@
 One figure per effect: each site's estimate and confidence interval, the pooled
 random-effects diamond with its prediction interval, original studies marked. Figures are
 built on :class:`matplotlib.figure.Figure` directly, never through pyplot, so rendering
-keeps no global state and is safe from the flow's worker threads (and from a worker process,
-``lacrima.offload``, where a large report draws them).
+keeps no global state and is safe from the flow's worker threads and processes
+(``report.forest_plots``, drawn by their own tasks).
 """
 
 from __future__ import annotations

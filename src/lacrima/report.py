@@ -3,7 +3,7 @@
 This module renders (Jinja) and writes; the numbers come formatted from ``lacrima.apa``,
 counts hidden by ``lacrima.disclosure``, and tables built by ``lacrima.tables``.
 
-A run writes ``reports/<run_id>/``, then publishes it (``pipeline.publish_report``: the
+A run writes ``reports/<run_id>/``, then publishes it (``catalog.publish_report``: the
 pointer ``reports/latest.json``, and locally the link ``reports/latest``):
 
 - ``report.html``: the comparison report (verdicts, flow, descriptives, one forest plot per
@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Iterable, Mapping
 
@@ -38,16 +37,17 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from lacrima import catalog
 from lacrima.analysis import base_method
 from lacrima.apa import fmt, fmt_ci, fmt_df, fmt_p, is_missing, p_text
 from lacrima.disclosure import (count_cell, fmt_n, group_cells, shareable_descriptives,
                                 shareable_flow)
+from lacrima.exports import spss_bytes, stacked_parquet_bytes, to_csv_bytes
 from lacrima.meta.effects import FROM_SCALE, TO_SCALE
-from lacrima.offload import Offload
-from lacrima.pipeline import Comparison, SiteAnalysis, publish_report, to_csv_bytes
 from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.pooling import pool_details
 from lacrima.privacy import MIN_CELL
+from lacrima.results import Comparison, RunOutputs, SiteAnalysis
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
 from lacrima.tables import (BOUNDED, CONTINGENCY_COUNTS, FIXED_METHOD, SCALE_NAMES,
@@ -65,7 +65,7 @@ from lacrima.tables import BOUNDED as _BOUNDED, covariates_label as _cov_label  
 from lacrima.tables import side_name as _side_name, sites_by_role as _roles  # noqa: E402
 from lacrima.tables import variable_label as _label  # noqa: E402
 
-MANIFEST = "manifest.json"
+MANIFEST = catalog.MANIFEST
 REPORT = "report.html"
 
 # Per-site tests shown beside a pooled effect (lacrima.analysis conventions): the name
@@ -74,22 +74,6 @@ _ROBUST = {"welch": ("Welch t (mean difference)", False),
            "mann_whitney_u": ("Mann-Whitney U (rank-biserial r)", True),
            "pearson_chi2": ("\u03c7\u00b2 (Cram\u00e9r's V)", True),
            "fisher_exact": ("Fisher's exact test (odds ratio)", False)}
-
-
-@dataclass(frozen=True)
-class RunOutputs:
-    """Where a run's outputs went.
-
-    ``files`` are the run-relative names of every file written (the manifest's list);
-    ``site_pages`` maps a site code to its page's run-relative name.
-    """
-
-    run_id: str
-    prefix: str            # storage key prefix of the run's folder
-    report_key: str
-    location: str          # human location of report.html (a path or s3:// URL)
-    files: tuple[str, ...] = ()
-    site_pages: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -200,12 +184,11 @@ def _interval_warnings(detail: pd.Series | None) -> list[str]:
     return out
 
 
-def _families(comparison: Comparison, study: Study, sites: list[Site],
-              styles: dict[str, tuple[str, str]], work: Offload) -> list[dict[str, Any]]:
+def _families(comparison: Comparison, study: Study, sites: list[Site]) -> list[dict[str, Any]]:
     """Every family with its effects: forest plot, per-site table, heterogeneity, replication.
 
-    Plots are submitted to ``work``: an effect's ``svg`` and a family's ``plots`` hold
-    handles until :func:`_with_plots` puts the drawn SVGs in.
+    An effect's ``svg`` and a family's ``plots`` name their plots by key (the effect's
+    anchor, as :func:`forest_plots` draws them) until :func:`_with_plots` puts the SVGs in.
     """
     results = comparison.results
     per_site = results[results["site"] != POOLED]
@@ -216,7 +199,6 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
     pooled = results[results["site"] == POOLED]
     details_by_key = {(r["family"], r["x"], r["y"], r["covariates"], r["model"]): r
                       for _, r in details.iterrows()}
-    originals = {s.code for s in sites_by_role(study, sites)[1]}
     countries = {s.code: s.country for s in sites}
     replication = comparison.replication
     # Each effect's pooled and replication rows, looked up by key rather than filtered
@@ -247,11 +229,6 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
             scale = detail["scale"] if detail is not None else "identity"
             title = effect_label(study, x, y, cov)
             anchor = effect_anchor(fid, x, y, cov)
-            svg = work.submit(forest_svg, grp[["site", "estimate", "ci_low", "ci_high", "n"]], prow,
-                             title if len(title) < 90 else title[:87] + "...",
-                             SCALE_NAMES.get(analysis, "estimate"), styles, originals,
-                             null=1.0 if analysis == "chi_square" else 0.0,
-                             log_scale=analysis == "chi_square", salt=anchor)
             spearman = rows[(rows["analysis"] == "spearman") & (rows["x"] == x) & (rows["y"] == y)]
             ipd = eff_pooled[eff_pooled["analysis"].isin(["ipd_interaction", "mixed_model"])]
             lines = _pooled_lines(detail if prow is not None else None,
@@ -262,7 +239,7 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 rep = rep_by_effect.get((fid, x, y, cov), empty_rep)
             rep_frame = replication_frame(rep, countries)
             effects.append({
-                "anchor": anchor, "title": title, "svg": svg,
+                "anchor": anchor, "title": title, "svg": anchor,
                 "family": fid, "x": x, "y": y, "covariates": cov,
                 "pooled": prow is not None,
                 "table": _html_table(with_test_used(site_effect_table(grp, analysis, spearman),
@@ -270,26 +247,20 @@ def _families(comparison: Comparison, study: Study, sites: list[Site],
                 "lines": lines,
                 "replication": _html_table(rep_frame, first_left=2) if len(rep_frame) else "",
             })
-        extra = _family_extra(fam, rows, study, styles, originals, work)
+        extra = _family_extra(fam, rows, study)
         out.append({"id": fid, "label": fam.get("label", fid), "effects": effects, **extra})
     return out
 
 
-def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study,
-                  styles: dict[str, tuple[str, str]], originals: set[str],
-                  work: Offload) -> dict[str, Any]:
+def _family_extra(fam: Mapping[str, Any], rows: pd.DataFrame, study: Study) -> dict[str, Any]:
     """Unpooled results of a family: robustness tests, regression coefficients."""
     kind = fam.get("kind")
     plots, tables = [], []
     if kind == "regression":
         coef = rows[rows["base"] == "ols_hc3"]
         std = rows[rows["base"] == "ols_hc3_standardized"]
-        for term, grp in std.groupby("x", sort=False):
-            anchor = effect_anchor(fam["id"], str(term), str(fam.get("y", "")), "beta")
-            plots.append(work.submit(
-                forest_svg, grp[["site", "estimate", "ci_low", "ci_high", "n"]], None,
-                f"{variable_label(study, str(term))}: standardised coefficient",
-                "standardised \u03b2", styles, originals, salt=anchor))
+        plots = [effect_anchor(fam["id"], str(term), str(fam.get("y", "")), "beta")
+                 for term in std["x"].unique()]
         if len(coef):
             table = coef[["site", "x", "n", "estimate", "ci_low", "ci_high", "statistic",
                           "p_value"]]
@@ -386,61 +357,86 @@ def report_title(study: Study, sites: Iterable[Site]) -> str:
     return f"{study.raw['study']['name']} ({len(sites)} {word}: {by_role})"
 
 
-# From this many sites a report's forest plots and stacked Parquet file are made by a worker
-# process (lacrima.offload): at 125 sites they take ~1.9 s and a worker starts in ~0.6 s;
-# at 3 sites the plots take ~0.4 s in all.
-WORKER_FROM_SITES = 40
+def forest_plots(comparison: Comparison, study: Study, sites: list[Site],
+                 families: Iterable[str] | None = None) -> dict[str, str]:
+    """Every forest plot of the comparison report, drawn: plot key -> inline SVG.
 
+    Parameters
+    ----------
+    comparison : Comparison
+    study : Study
+    sites : list of Site
+        Every site of the study; those with estimates in ``comparison`` are plotted.
+    families : iterable of str, optional
+        Only these plan families (a task's share); default every family.
 
-def start_worker(n_sites: int) -> bool:
-    """Start the report's worker process ahead, when a report of ``n_sites`` will use one.
+    Returns
+    -------
+    dict
+        One entry per pooled effect (key: its anchor, ``effect_anchor``) and per
+        standardised coefficient of a regression family (key: ``effect_anchor(family, term,
+        y, "beta")``), as :func:`render_report` places them.
 
-    A flow that will write a report calls this before its analyses, so the worker has
-    started (~0.6 s) by the time the report needs it. Returns whether one was started.
+    Notes
+    -----
+    Pure and independent of the rest of the report, so a task runner can draw the plots in
+    parallel with the report's other work (``flows/pipeline.py``); matplotlib is used
+    through ``Figure`` only (``lacrima.plots``), safe in threads and processes.
     """
-    from lacrima import offload
-
-    return n_sites >= WORKER_FROM_SITES and offload.start_worker(warm="lacrima.plots")
-
-
-def stop_worker() -> None:
-    """End a worker :func:`start_worker` started that no report took."""
-    from lacrima import offload
-
-    offload.stop_worker()
-
-
-def report_families(comparison: Comparison, study: Study, sites: list[Site], present: set[str],
-                    work: Offload | None = None) -> tuple[list[dict[str, Any]], Offload]:
-    """The report's family sections, their forest plots submitted to ``work``.
-
-    ``sites``: every site of the study (their order fixes the colours); ``present``: the codes
-    of the analysed ones. Default ``work``: plots drawn in this process when asked for.
-    """
-    work = work or Offload()
+    results = comparison.results
+    per_site = results[results["site"] != POOLED]
+    per_site = per_site.assign(base=per_site["method"].map(base_method))
+    pooled = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")
+                     & (results["method"].astype(str) != FIXED_METHOD)]
+    # the first random-effects row of each effect: the diamond
+    random = {k: g.iloc[0] for k, g in pooled.groupby(["family", "x", "y", "covariates"],
+                                                      sort=False)}
+    present = set(per_site["site"])
     styles = site_style([s.code for s in sites])
-    return _families(comparison, study, [s for s in sites if s.code in present], styles,
-                     work), work
+    originals = {s.code for s in sites_by_role(study, [s for s in sites if s.code in present])[1]}
+    columns = ["site", "estimate", "ci_low", "ci_high", "n"]
+    out = {}
+    wanted = None if families is None else set(families)
+    for fam in study.families:
+        fid = fam["id"]
+        if wanted is not None and fid not in wanted:
+            continue
+        rows = per_site[per_site["family"] == fid]
+        main = rows[rows["base"].isin(POOLED_METHODS.values())]
+        for (x, y, cov), grp in main.groupby(["x", "y", "covariates"], sort=False):
+            analysis = str(grp["analysis"].iloc[0])
+            title, anchor = effect_label(study, x, y, cov), effect_anchor(fid, x, y, cov)
+            out[anchor] = forest_svg(grp[columns], random.get((fid, x, y, cov)),
+                                     title if len(title) < 90 else title[:87] + "...",
+                                     SCALE_NAMES.get(analysis, "estimate"), styles, originals,
+                                     null=1.0 if analysis == "chi_square" else 0.0,
+                                     log_scale=analysis == "chi_square", salt=anchor)
+        if fam.get("kind") == "regression":
+            std = rows[rows["base"] == "ols_hc3_standardized"]
+            for term, grp in std.groupby("x", sort=False):
+                anchor = effect_anchor(fid, str(term), str(fam.get("y", "")), "beta")
+                title = f"{variable_label(study, str(term))}: standardised coefficient"
+                out[anchor] = forest_svg(grp[columns], None, title, "standardised \u03b2",
+                                         styles, originals, salt=anchor)
+    return out
 
 
-def _with_plots(families: list[dict[str, Any]], work: Offload) -> list[dict[str, Any]]:
-    """``families`` with the drawn SVGs in place of their plot handles."""
-    done = work.results()
-    return [{**fam, "plots": [Markup(done[h]) for h in fam.get("plots", ())],
-             "effects": [{**e, "svg": Markup(done[e["svg"]])} for e in fam["effects"]]}
+def _with_plots(families: list[dict[str, Any]], plots: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``families`` with the drawn SVGs in place of their plot keys."""
+    return [{**fam, "plots": [Markup(plots[k]) for k in fam.get("plots", ())],
+             "effects": [{**e, "svg": Markup(plots[e["svg"]])} for e in fam["effects"]]}
             for fam in families]
 
 
 def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
                    study: Study) -> tuple[pd.DataFrame, list[str]]:
-    """``invariance.plan_invariance`` of the run's sites; their rows are read only when
-    the sites are few enough for the fit (``[invariance] max_sites``)."""
-    from lacrima.invariance import plan_invariance
-    from lacrima.pipeline import load_site_data
+    """``invariance.plan_invariance`` of the run's sites; their rows are read from the store
+    only when the sites are few enough for the fit (``[invariance] max_sites``)."""
+    from lacrima.invariance import plan_invariance  # scipy: paid by a report only
 
     few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
-    return plan_invariance(study, {a.site: load_site_data(storage, a) if few else None
-                                   for a in analyses})
+    return plan_invariance(study, {a.site: catalog.site_data(storage, a.site, a.input_key)
+                                   if few else None for a in analyses})
 
 
 INVARIANCE_MODELS = {"configural": "Configural (same factors)",
@@ -492,7 +488,7 @@ def _label_scale(scale: str) -> str:
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
                   sites: list[Site], prov: dict, files: Iterable[str] | None = None,
-                  plotted: tuple[list[dict[str, Any]], Offload] | None = None,
+                  plots: Mapping[str, str] | None = None,
                   invariance: tuple[pd.DataFrame, list[str]] | None = None) -> str:
     """The self-contained comparison report (inline CSS and SVG, no network).
 
@@ -505,13 +501,13 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     sites : list of Site
         Every site of the study (their order fixes each site's colour).
     prov : dict
-        ``pipeline.provenance`` of the run.
+        ``steps.provenance`` of the run.
     files : iterable of str, optional
         Run-relative names of the files written with the report; only these are linked.
         Default: the site pages of the analysed sites.
-    plotted : (families, Offload), optional
-        :func:`report_families` made earlier, its plots drawn meanwhile (``write_outputs``).
-        Default: made and drawn here.
+    plots : mapping of str to str, optional
+        :func:`forest_plots` of the comparison, drawn earlier (in parallel, by the flow).
+        Default: drawn here.
     invariance : (DataFrame, list of str), optional
         ``invariance.plan_invariance`` of the run; the section is left out without it.
 
@@ -560,7 +556,8 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         verdict_p="Holm-adjusted" if rep_cfg.get("verdict_p", "raw") == "holm" else "raw",
         flow_table=_html_table(flow_frame(analyses)),
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
-        families=_with_plots(*(plotted or report_families(comparison, study, sites, present))),
+        families=_with_plots(_families(comparison, study, analysed),
+                             forest_plots(comparison, study, sites) if plots is None else plots),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
@@ -683,51 +680,42 @@ def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
     """A site's own outputs: ``restricted/data/<site>.csv`` and ``.sav`` (row-level data), and
     ``site-<site>.html``.
 
-    ``data`` is the site's analysis-ready frame (``pipeline.load_site_data``).
+    ``data`` is the site's analysis-ready frame (``catalog.site_data``).
     """
-    from lacrima.exports import spss_bytes
-
     files = {f"{RESTRICTED}/data/{site.code}.csv": to_csv_bytes(data),
              f"{RESTRICTED}/data/{site.code}.sav": spss_bytes(data, study, site)}
     files[f"site-{site.code}.html"] = render_site_page(analysis, site, study, list(files)).encode()
     return files
 
 
-@cache
-def outputs_version() -> str:
-    """Hash of the code and templates that write a site's outputs: part of their store key."""
-    from pathlib import Path
+OUTPUTS_VERSION = 1
+"""Version of a site's own outputs (page, exports): part of their store key.
 
-    import lacrima.exports
-
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for path in [Path(__file__), Path(lacrima.exports.__file__),
-                 *sorted((here / "templates").glob("*.j2"))]:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+Bump it by hand when what ``site_files`` writes changes (templates, exports, labels): every
+site's outputs are then made again on the next run; until then they are reused while the
+site's input key is unchanged.
+"""
 
 
-def _site_outputs_prefix(a: SiteAnalysis) -> str:
-    return f"results/{a.site}/{a.input_key}/outputs-{outputs_version()}"
+def site_outputs_ready(storage: Storage, site: str, input_key: str) -> bool:
+    """True when ``site_outputs`` of this site's input key (this version) are all stored."""
+    prefix = catalog.site_outputs_prefix(site, input_key, OUTPUTS_VERSION)
+    return storage.exists(f"{prefix}/files.json")
 
 
-def site_outputs_ready(storage: Storage, analysis: SiteAnalysis) -> bool:
-    """True when ``site_outputs`` of this analysis (input key, code version) are all stored."""
-    return storage.exists(f"{_site_outputs_prefix(analysis)}/files.json")
-
-
-def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site,
-                 study: Study) -> dict[str, tuple[str, str, int]]:
+def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site, study: Study,
+                 data: pd.DataFrame | None = None) -> dict[str, tuple[str, str, int]]:
     """Write a site's own outputs (``site_files``) once per input key; where they are, by name.
 
     Parameters
     ----------
     storage : Storage
     analysis : SiteAnalysis
-        With its ``input_key``; light or not (the rows are read from the store if needed).
     site : Site
     study : Study
+    data : DataFrame, optional
+        The site's analysis-ready rows when the caller has them (a fresh analysis); else
+        they are read from the store, and only if the outputs are not stored yet.
 
     Returns
     -------
@@ -742,18 +730,18 @@ def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site,
     ``files.json`` (name -> SHA-256 and size) is written last: its presence means the set
     is complete.
     """
-    from lacrima.pipeline import load_site_data
-
-    prefix = _site_outputs_prefix(analysis)
+    prefix = catalog.site_outputs_prefix(analysis.site, analysis.input_key, OUTPUTS_VERSION)
     index = f"{prefix}/files.json"
     if storage.exists(index):
         listed = json.loads(storage.read_bytes(index))
     else:
-        files = site_files(analysis, load_site_data(storage, analysis), site, study)
-        for name, data in files.items():
-            storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
-        listed = {name: [hashlib.sha256(data).hexdigest(), len(data)]
-                  for name, data in sorted(files.items())}
+        if data is None:
+            data = catalog.site_data(storage, analysis.site, analysis.input_key)
+        files = site_files(analysis, data, site, study)
+        for name, blob in files.items():
+            storage.write_bytes(f"{prefix}/{name}", blob, if_absent=True)
+        listed = {name: [hashlib.sha256(blob).hexdigest(), len(blob)]
+                  for name, blob in sorted(files.items())}
         storage.write_bytes(index, json.dumps(listed).encode(), if_absent=True)
     return {name: (f"{prefix}/{name}", sha, size) for name, (sha, size) in listed.items()}
 
@@ -762,40 +750,24 @@ def site_outputs(storage: Storage, analysis: SiteAnalysis, site: Site,
 # Writing a run
 # ---------------------------------------------------------------------------
 
-def manifest(run_id: str, files: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
-    """The run's file list.
-
-    Parameters
-    ----------
-    run_id : str
-    files : mapping of str to (str, int)
-        Run-relative name -> (SHA-256 hex, size in bytes) of its content.
-
-    Returns
-    -------
-    dict
-        ``{"run_id": ..., "files": [{"name", "bytes", "sha256"}, ...]}`` sorted by name.
-    """
-    return {"run_id": run_id,
-            "files": [{"name": n, "bytes": size, "sha256": sha}
-                      for n, (sha, size) in sorted(files.items())]}
-
-
 def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
-                  comparison: Comparison, study: Study, sites: list[Site], prov: dict) -> RunOutputs:
+                  comparison: Comparison, study: Study, sites: list[Site], prov: dict,
+                  plots: Mapping[str, str] | None = None) -> RunOutputs:
     """Write every output of a run under ``reports/<run_id>/``, then publish it as the latest.
 
     Parameters
     ----------
     storage : Storage
+        Holds each analysis' entry under its input key (``catalog.save_site_analysis``):
+        the sites' rows are read from there, one site at a time.
     run_id : str
     analyses : list of SiteAnalysis
-        Full or light (``SiteAnalysis.light``): the rows of a light analysis are read from
-        the store one site at a time, so the run never holds every site's rows at once.
     comparison : Comparison
     study : Study
     sites : list of Site
     prov : dict
+    plots : mapping of str to str, optional
+        :func:`forest_plots` of ``comparison``, when drawn already; else drawn here.
 
     Returns
     -------
@@ -805,36 +777,12 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     Notes
     -----
     A site's page and exports come from ``site_outputs`` (written once per input key by the
-    site's task, copied here) or, for an analysis without a key (in memory), are made here.
-    Each file is written to the run folder (create-if-absent: a run never overwrites
-    another's files); ``manifest.json`` last, then the pointer ``reports/latest.json``
-    (``pipeline.publish_report``), so the latest report is always one whole run. From
-    ``WORKER_FROM_SITES`` sites on, a worker process (``lacrima.offload``) stacks the sites'
-    rows and draws the forest plots meanwhile.
+    site's task, copied here). Each file is written to the run folder (create-if-absent: a
+    run never overwrites another's files); then ``catalog.publish_report`` writes the
+    manifest and, last, the pointer ``reports/latest.json``, so the latest report is always
+    one whole run.
     """
-    from lacrima.exports import stacked_parquet_bytes
-    from lacrima.pipeline import load_site_data, stacked_site_data
-
-    with Offload(worker=len(analyses) >= WORKER_FROM_SITES, warm="lacrima.plots") as work:
-        # Queued first, so that a worker starts on it while the plots are being queued. Light
-        # analyses (no rows in hand) go as themselves: the worker reads the rows from the store.
-        if work.has_worker and all(a.data is None for a in analyses):
-            stacked = work.submit(stacked_site_data, storage.location,
-                                  [(a.site, a.input_key) for a in analyses], study)
-        else:
-            stacked = work.submit(stacked_parquet_bytes,
-                                  [load_site_data(storage, a, as_parquet=True) for a in analyses],
-                                  study)
-        plotted = report_families(comparison, study, sites, {a.site for a in analyses}, work)
-        return _write_outputs(storage, run_id, analyses, comparison, study, sites, prov,
-                              plotted, stacked)
-
-
-def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
-                   comparison: Comparison, study: Study, sites: list[Site], prov: dict,
-                   plotted: tuple[list[dict[str, Any]], Offload], stacked: int) -> RunOutputs:
-    from lacrima.pipeline import load_site_data
-
+    prefix = catalog.report_prefix(run_id)
     results = comparison.results.copy()
     results["run_id"] = run_id
     results = results.reindex(columns=list(RESULTS_COLUMNS))
@@ -843,12 +791,12 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     listed: dict[str, tuple[str, int]] = {}
 
     def put(name: str, data: bytes) -> None:
-        storage.write_bytes(f"reports/{run_id}/{name}", data, if_absent=True)
+        storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
         listed[name] = hashlib.sha256(data).hexdigest(), len(data)
 
     def copy(name: str, key: str, sha: str, size: int) -> None:
         # a site's stored output, as put() would write it, without its bytes passing here
-        storage.copy(key, f"reports/{run_id}/{name}", if_absent=True)
+        storage.copy(key, f"{prefix}/{name}", if_absent=True)
         listed[name] = sha, size
 
     put("results.csv", to_csv_bytes(results))
@@ -866,26 +814,22 @@ def _write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     pages = {}
     for a in analyses:
         if a.site not in by_code:
-            put(f"{RESTRICTED}/data/{a.site}.csv", to_csv_bytes(load_site_data(storage, a)))
+            put(f"{RESTRICTED}/data/{a.site}.csv",
+                to_csv_bytes(catalog.site_data(storage, a.site, a.input_key)))
             continue
-        if a.input_key:
-            for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
-                copy(name, key, sha, size)
-        else:
-            for name, data in site_files(a, a.data, by_code[a.site], study).items():
-                put(name, data)
+        for name, (key, sha, size) in site_outputs(storage, a, by_code[a.site], study).items():
+            copy(name, key, sha, size)
         pages[a.site] = f"site-{a.site}.html"
-    parquet = plotted[1].result(stacked)
+    # The stored Parquet files, stacked table by table (never every site's rows as frames).
+    parquet = stacked_parquet_bytes([storage.read_bytes(catalog.site_data_key(a.site, a.input_key))
+                                     for a in analyses], study)
     put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
     # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
     put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
-                              [*listed, REPORT, MANIFEST], plotted, invariance).encode())
-    body = json.dumps(manifest(run_id, listed), indent=2).encode()
-    storage.write_bytes(f"reports/{run_id}/{MANIFEST}", body, if_absent=True)
-    publish_report(storage, run_id, body)               # last: the report is now the latest
-    key = f"reports/{run_id}/{REPORT}"
+                              [*listed, REPORT, MANIFEST], plots, invariance).encode())
+    catalog.publish_report(storage, run_id, listed)     # last: the report is now the latest
+    key = f"{prefix}/{REPORT}"
     local = storage.local_path(key)
-    return RunOutputs(run_id, f"reports/{run_id}", key,
-                      str(local) if local else f"{storage.location}/{key}",
+    return RunOutputs(run_id, prefix, key, str(local) if local else f"{storage.location}/{key}",
                       files=tuple(sorted([*listed, MANIFEST])), site_pages=pages)

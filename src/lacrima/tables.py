@@ -24,7 +24,7 @@ from lacrima.study import Site, Study
 from lacrima.vocabulary import POOLED, POOLED_METHODS, covariate_names
 
 if TYPE_CHECKING:
-    from lacrima.pipeline import Comparison, SiteAnalysis
+    from lacrima.results import Comparison, SiteAnalysis
 
 # How each pooled analysis's estimate is named, and which are bounded by 1 (APA writes
 # them without the leading zero: r, alpha, p); others keep it.
