@@ -1,7 +1,7 @@
 """``make bench`` (``python -m bench``): lacrima timed as a user runs it, against bare statistics.
 
 Every time is the wall time of one command in a process of its own, as typed at a shell:
-``lacrima run`` (default thread runner; the ephemeral Prefect API unless ``PREFECT_API_URL``
+``lacrima run`` (default runner, chosen by the work; the ephemeral Prefect API unless ``PREFECT_API_URL``
 names a server), ``lacrima check``, and the yardstick ``python -m bench.bare``: the plan's
 statistics and REML pooling on the same analysis-ready data in one plain process, start-up
 included (``bench/bare.py``). Peak memory is that of the command's whole process tree,
@@ -422,7 +422,8 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
            f"{meta['cores']} cores, {meta['memory_gb']} GB RAM, Python {meta['python']}. "
            f"Produced by `make bench` (`{meta['argv']}`).", "",
            "Every time is the wall time of one command in its own process, as a user runs it: "
-           f"`lacrima` is `{meta['lacrima']}`, default (thread) runner, {meta['prefect_api']}. "
+           f"`lacrima` is `{meta['lacrima']}`, default runner (chosen by the work: threads "
+           f"for fewer than 40 sites to analyse, processes from 40), {meta['prefect_api']}. "
            "The bare statistics are `python -m bench.bare`: the plan's statistics and REML "
            "pooling on the same analysis-ready data in one plain process, start-up included. "
            f"Median of {meta['repeats']} run(s), full runs on fresh copies of the landed store, "
