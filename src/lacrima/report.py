@@ -58,13 +58,6 @@ from lacrima.tables import (BOUNDED, CONTINGENCY_COUNTS, FIXED_METHOD, SCALE_NAM
                             with_test_used)
 from lacrima.vocabulary import POOLED, POOLED_METHODS, RESULTS_COLUMNS
 
-# The names the run's writing (below) used before these had modules of their own.
-from lacrima.apa import is_missing as _missing  # noqa: E402
-from lacrima.disclosure import count_cell as _count_cell, group_cells as _group_cells  # noqa: E402
-from lacrima.tables import BOUNDED as _BOUNDED, covariates_label as _cov_label  # noqa: E402
-from lacrima.tables import side_name as _side_name, sites_by_role as _roles  # noqa: E402
-from lacrima.tables import variable_label as _label  # noqa: E402
-
 MANIFEST = catalog.MANIFEST
 REPORT = "report.html"
 
@@ -457,10 +450,10 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
                 f"{fmt_ci(f.rmsea_low, f.rmsea_high, 3, False)}",
-                "SRMR": fmt(f.srmr, 3, False), "Δχ² (Δdf)": "" if _missing(f.chi2_diff)
+                "SRMR": fmt(f.srmr, 3, False), "Δχ² (Δdf)": "" if is_missing(f.chi2_diff)
                 else f"{fmt(f.chi2_diff)} ({fmt_df(f.df_diff)})", "Δp": fmt_p(f.p_diff),
                 "ΔCFI": fmt(f.delta_cfi, 3, False), "ΔRMSEA": fmt(f.delta_rmsea, 3, False),
-                "Holds": "" if f.holds is None or _missing(f.holds)
+                "Holds": "" if f.holds is None or is_missing(f.holds)
                 else ("yes" if f.holds else "no"),
             })
         steps = group.set_index("model")
@@ -527,11 +520,11 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         files = [f"site-{c}.html" for c in present]
     styles = site_style([s.code for s in sites])
     analysed = [s for s in sites if s.code in present]
-    rep_sites, origs = _roles(study, analysed)
+    rep_sites, origs = sites_by_role(study, analysed)
     verdicts = verdict_table(comparison, study, analysed)
     head, counts, pairs = replication_summary(comparison.replication)
     rep_cfg = study.section("replication")
-    configured_reps = _roles(study, sites)[0]
+    configured_reps = sites_by_role(study, sites)[0]
     countries = {s.code: s.country for s in sites}
     sections = [("summary", "Verdicts"), ("flow", "Participant flow"),
                 ("descriptives", "Descriptives"),
@@ -545,7 +538,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         site_legend=[(s.code, s.country, s.role, styles[s.code][0]) for s in sites
                      if s.code in present],
         replication_sites=rep_sites, originals=origs, verdicts=verdicts.to_dict("records"),
-        headline=_side_name(head, len(rep_sites), "replication") if head else "",
+        headline=side_name(head, len(rep_sites), "replication") if head else "",
         verdict_columns=[(f"verdict_{o.code}", f"{o.code} ({o.country})") for o in origs]
         + ([(f"verdict_{POOLED}", f"pooled originals (k = {len(origs)})")] if len(origs) > 1 else []),
         has_covariates=bool((verdicts["covariates"] != "").any()),
@@ -568,7 +561,7 @@ def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
     d = a.descriptives
     num = d[d["mean"].notna() | (d["count"].isna() & d["n"].notna())]
     numeric = pd.DataFrame({
-        "Variable": [_label(study, v) for v in num["variable"]],
+        "Variable": [variable_label(study, v) for v in num["variable"]],
         "Subset": num["subset"].astype(str).to_numpy(),
         "n": [fmt_n(v) for v in num["n"]], "M": [fmt(v) for v in num["mean"]],
         "SD": [fmt(v) for v in num["sd"]], "Min": [fmt(v) for v in num["min"]],
@@ -576,7 +569,7 @@ def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
     })
     cat = d[d["count"].notna()]
     categorical = pd.DataFrame({
-        "Variable": [_label(study, v) for v in cat["variable"]],
+        "Variable": [variable_label(study, v) for v in cat["variable"]],
         "Level": cat["level"].astype(str).to_numpy(),
         "n (%)": _categorical_cells(cat),
     })
@@ -590,7 +583,7 @@ def _categorical_cells(cat: pd.DataFrame) -> list[str]:
     for _, idx in pd.Series(range(len(cat))).groupby(keys.to_numpy(), sort=False):
         pos = idx.tolist()
         counts = [float(cat["count"].iloc[i]) for i in pos]
-        shown = _group_cells(counts, lambda j: _count_cell(counts[j],
+        shown = group_cells(counts, lambda j: count_cell(counts[j],
                                                            cat["percent"].iloc[pos[j]]))
         for i, text in zip(pos, shown):
             cells[i] = text
@@ -612,14 +605,14 @@ def _site_analyses(a: SiteAnalysis, study: Study) -> list[dict[str, Any]]:
                  else "Reliability (Cronbach's \u03b1, Feldt interval)")
         table = pd.DataFrame({
             "Analysis": rows["analysis"].astype(str).to_numpy(),
-            "x": [_label(study, v) for v in rows["x"].astype(str)],
-            "y": [_label(study, v) if v else "" for v in rows["y"].fillna("").astype(str)],
-            "Controlling for": [_cov_label(study, c) for c in rows["covariates"]],
+            "x": [variable_label(study, v) for v in rows["x"].astype(str)],
+            "y": [variable_label(study, v) if v else "" for v in rows["y"].fillna("").astype(str)],
+            "Controlling for": [covariates_label(study, c) for c in rows["covariates"]],
             "Method": rows["method"].astype(str).to_numpy(),
             "n": [fmt_n(v) for v in rows["n"]],
-            "Estimate": [fmt(v, leading_zero=an not in _BOUNDED and an != "reliability")
+            "Estimate": [fmt(v, leading_zero=an not in BOUNDED and an != "reliability")
                          for v, an in zip(rows["estimate"], rows["analysis"])],
-            "95% CI": [fmt_ci(lo, hi, leading_zero=an not in _BOUNDED and an != "reliability")
+            "95% CI": [fmt_ci(lo, hi, leading_zero=an not in BOUNDED and an != "reliability")
                        for lo, hi, an in zip(rows["ci_low"], rows["ci_high"], rows["analysis"])],
             "Statistic": [fmt(v) for v in rows["statistic"]],
             "df": [fmt_df(v) for v in rows["df"]],
