@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -27,18 +28,31 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP_SECONDS = 12          # the sweep's interval in the served test (0.2 minutes)
 
 
-def _post(api: str, path: str, body: dict) -> list:
-    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method="POST",
+def _request(api: str, path: str, body: bytes) -> bytes:
+    """POST to the server's REST API, retrying what Prefect's own client retries.
+
+    The server answers 503 when SQLite is busy (a served process and the scheduler write too);
+    ``prefect.client.base.PrefectHttpxAsyncClient`` retries 429, 502 and 503, and so does this.
+    """
+    req = urllib.request.Request(f"{api}{path}", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+    for attempt in range(6):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            if e.code not in (429, 502, 503) or attempt == 5:
+                raise
+            time.sleep(2 ** attempt)
+
+
+def _post(api: str, path: str, body: dict) -> list:
+    return json.loads(_request(api, path, json.dumps(body).encode()))
 
 
 def _pause(api: str, deployment_id: str) -> None:
     """Pause a deployment's schedule; the server deletes its auto-scheduled runs."""
-    req = urllib.request.Request(f"{api}/deployments/{deployment_id}/pause_deployment", data=b"",
-                                 method="POST")
-    urllib.request.urlopen(req, timeout=10).read()
+    _request(api, f"/deployments/{deployment_id}/pause_deployment", b"")
 
 
 def _runs_of_flow(api: str, flow_name: str) -> list:
