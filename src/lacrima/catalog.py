@@ -573,12 +573,18 @@ def save_site_analysis(storage: Storage, a: SiteAnalysis, data: pd.DataFrame) ->
                         back["descriptives"], back["moments"], a.reused)
 
 
+def site_analysis_stored(storage: Storage, site: str, input_key: str) -> bool:
+    """True when the analysis of ``site`` under ``input_key`` is stored whole (its ``flow.json``,
+    written last, exists); an existence check only."""
+    return storage.exists(f"{results_prefix(site, input_key)}/flow.json")
+
+
 def load_site_analysis(storage: Storage, site: str, input_key: str,
                        batches: tuple[str, ...]) -> SiteAnalysis | None:
     """The stored analysis of ``site`` under ``input_key``, or None when there is none (complete)."""
-    prefix = results_prefix(site, input_key)
-    if not storage.exists(f"{prefix}/flow.json"):
+    if not site_analysis_stored(storage, site, input_key):
         return None
+    prefix = results_prefix(site, input_key)
     rec = json.loads(storage.read_bytes(f"{prefix}/flow.json"))
     flow = Flow(rec["site"], rec["received"], tuple(tuple(e) for e in rec["excluded"]),
                 rec["analysed"])

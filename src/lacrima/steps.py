@@ -225,7 +225,7 @@ def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tupl
         if s.code not in keys:
             continue
         input_key = keys[s.code][0]
-        done = (storage.exists(f"{catalog.results_prefix(s.code, input_key)}/flow.json")
+        done = (catalog.site_analysis_stored(storage, s.code, input_key)
                 and site_outputs_ready(storage, s.code, input_key))
         (reuse if done else analyse).append(s)
     return reuse, analyse
