@@ -1,6 +1,7 @@
 """The Dask and process-pool task runners give the same results.csv as Prefect's default thread pool."""
 
 import io
+import os
 
 import pandas as pd
 import pytest
@@ -54,3 +55,38 @@ def test_dask_and_processes_give_the_same_results_csv_as_the_thread_pool(prefect
     assert len(thread) > 100 and {"us", "it", "il", "pooled"} <= set(thread["site"])
     for other in others:
         pd.testing.assert_frame_equal(other, thread, check_exact=False, rtol=EST_RTOL)
+
+
+def test_worker_processes_are_given_this_process_api_not_their_own(monkeypatch):
+    """Without a configured API, the address of the one ephemeral server goes into the
+    environment spawned workers inherit (each worker used to start a server of its own)."""
+    import prefect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import share_api
+
+    class Client:
+        api_url = "http://127.0.0.1:8123/api/"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    started = []
+    monkeypatch.setattr(prefect, "get_client",
+                        lambda **kw: started.append(kw) or Client())
+    # set, then deleted: teardown restores the variable as it was, whatever share_api wrote
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    monkeypatch.delenv("PREFECT_API_URL")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        share_api()
+        assert started == [{"sync_client": True}]
+        assert PREFECT_API_URL.value() is None
+        assert os.environ["PREFECT_API_URL"] == Client.api_url
+        share_api()                         # already shared: no second client
+        assert len(started) == 1
+    monkeypatch.setenv("PREFECT_API_URL", "http://configured:4200/api")
+    share_api()
+    assert len(started) == 1 and os.environ["PREFECT_API_URL"] == "http://configured:4200/api"
