@@ -241,7 +241,8 @@ def share_api() -> None:
     no address: each started its own server (~220 MB and seconds of start-up per worker;
     measured at 250 sites x 1,000 on Dask: three servers in the process tree). Here the
     ephemeral server is started once and its address put in the environment the workers
-    inherit. A configured API is left alone.
+    inherit. A configured API is left alone; workers of a remote Dask cluster (``dask_address``)
+    never see this environment, so :func:`run_pipeline` does not call it for them.
     """
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL
@@ -267,7 +268,7 @@ def run_pipeline(storage_location: str | None = None, demo: bool = False, runner
     if runner in (None, "auto"):
         runner = steps.choose_runner(steps.expected_analyses(
             open_storage(storage_location), load_sites(), load_study()))
-    if runner != "thread":
+    if runner != "thread" and not dask_address:     # a remote cluster cannot reach 127.0.0.1
         share_api()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
     return flow_(storage_location=storage_location, demo=demo, run_id=run_id, wait=wait)

@@ -90,3 +90,23 @@ def test_worker_processes_are_given_this_process_api_not_their_own(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://configured:4200/api")
     share_api()
     assert len(started) == 1 and os.environ["PREFECT_API_URL"] == "http://configured:4200/api"
+
+
+@pytest.mark.parametrize("runner, address, shared", [
+    ("thread", None, False), ("process", None, True), ("dask", None, True),
+    ("dask", "tcp://10.0.0.1:8786", False),     # remote workers never see this environment
+])
+def test_the_api_is_shared_only_with_workers_this_process_spawns(monkeypatch, runner, address,
+                                                                 shared):
+    import flows.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "share_api", lambda: calls.append("shared"))
+
+    class Flow:
+        def __call__(self, **kw):
+            return {"run_id": kw["run_id"]}
+
+    monkeypatch.setattr(pipeline.lacrima_pipeline, "with_options", lambda **kw: Flow())
+    pipeline.run_pipeline(runner=runner, dask_address=address, run_id="r", workers=2)
+    assert calls == (["shared"] if shared else [])
