@@ -53,8 +53,8 @@ def fmt(x, digits: int = 2, leading_zero: bool = True) -> str:
     text = f"{float(x):.{digits}f}"
     if text.startswith("-") and float(text) == 0:
         text = text[1:]          # no "-0.00"
-    if not leading_zero:
-        text = re.sub(r"^(-?)0\.", r"\1.", text)
+    if not leading_zero and text.lstrip("-").startswith("0."):
+        text = text.replace("0.", ".", 1)
     return text.replace("-", MINUS)
 
 
