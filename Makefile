@@ -42,7 +42,7 @@ test-fast: install
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
 
 ## bench: the commands a user types, timed against the bare statistics; writes bench/results.md
-## (not part of test; about half an hour; `make bench BENCH_ARGS=--quick` runs every scenario tiny)
+## (not part of test; about an hour, 35 min of it Dask; `make bench BENCH_ARGS=--quick` runs every scenario tiny)
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
