@@ -7,7 +7,6 @@ without the zero before the decimal point.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,7 @@ out, the run writes the CSVs. Numbers are formatted by ``lacrima.apa``, counts h
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -369,7 +369,8 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
 
 
 def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study, criers: str,
-                         level_count) -> list[tuple[str, dict[str, str]]]:
+                         level_count: Callable[[str, str, str], tuple[float, float]]
+                         ) -> list[tuple[str, dict[str, str]]]:
     """Crying rate, n (%), in each level of a contingency family's row variable that its
     test leaves out (the ``another`` gender group, "reported descriptively");
     ``level_count(site, variable, level)`` gives a descriptives row's (count, percent)."""
@@ -393,7 +394,9 @@ def _rates_by_level_rows(analyses: list[SiteAnalysis], study: Study, criers: str
     return out
 
 
-def _lookups(analyses: list[SiteAnalysis]) -> tuple[dict, dict]:
+def _lookups(analyses: list[SiteAnalysis]
+             ) -> tuple[dict[tuple[str, str], tuple[float, float]],
+                        dict[tuple[str, str, str], tuple[float, float]]]:
     """Two lookups over every site's descriptives: (site, variable) -> (M, SD), from the
     ``all`` subset else the first row; (site, variable, level) -> (count, percent), first row."""
     d = pd.concat([a.descriptives.assign(site=a.site) for a in analyses], ignore_index=True)
