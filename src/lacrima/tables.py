@@ -20,6 +20,7 @@ from lacrima.apa import fmt, fmt_ci, fmt_df, fmt_p, is_missing
 from lacrima.disclosure import count_cell, fmt_n, group_cells
 from lacrima.pooling import heterogeneity
 from lacrima.replication import site_roles
+from lacrima.stats import TwoByTwo
 from lacrima.study import Site, Study
 from lacrima.vocabulary import POOLED, POOLED_METHODS, covariate_names
 
@@ -484,6 +485,7 @@ def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
     names = set(pq.ParquetFile(pa.BufferReader(parquet)).schema_arrow.names)
     cols = sorted({"site"} | {c for f in fams for c in (f["row"], f["column"])} & names)
     data = pq.read_table(pa.BufferReader(parquet), columns=cols).to_pandas()
+    site_codes = sorted(data["site"].dropna().unique())
     rows = []
     for fam in fams:
         if fam["row"] not in data.columns or fam["column"] not in data.columns:
@@ -494,14 +496,12 @@ def contingency_counts(parquet: bytes, study: Study) -> pd.DataFrame:
         counts = pd.DataFrame({"site": data["site"], "level": data[fam["row"]].astype("str"),
                                "event": event})[known].groupby(["site", "level", "event"]).size()
         counts = {key: int(n) for key, n in counts.items()}
-        for site in sorted(data["site"].dropna().unique()):
+        for site in site_codes:
             cells = [(lev, counts.get((site, str(lev), True), 0),
                       counts.get((site, str(lev), False), 0)) for lev in fam["row_levels"]]
-            table = np.array([[c[1], c[2]] for c in cells], dtype=float)
-            total = table.sum()
-            expected = (np.outer(table.sum(axis=1), table.sum(axis=0)) / total
-                        if total else np.full((2, 2), np.nan))
-            min_exp = float(np.nanmin(expected)) if total else np.nan
+            table = TwoByTwo.from_counts([[yes, no] for _, yes, no in cells])
+            # the analysis's rule (lacrima.analysis._contingency); no row known: no test
+            min_exp = float(table.expected().min()) if table.n else np.nan
             for lev, yes, no in cells:
                 rows.append({"family": fam["id"], "site": str(site), "row": fam["row"],
                              "row_level": lev, "column": fam["column"], "n_event": yes,
