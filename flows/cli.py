@@ -677,10 +677,17 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
               sites: Optional[Path] = typer.Option(None, "--sites", help="sites folder"),
               role: str = typer.Option("replication", help="original or replication"),
               country: str = typer.Option("", help="country, e.g. Germany"),
-              language: str = typer.Option("", help="language of labels, e.g. de")):
+              language: str = typer.Option("", help="language of labels: en, it, he or de"),
+              published_n: Optional[int] = typer.Option(None, "--published-n", min=1,
+                                                        help="published (or planned) sample size"),
+              mapping_sheet: Optional[Path] = typer.Option(
+                  None, "--mapping-sheet",
+                  help="also write this sheet (.csv) to pair the fields in a spreadsheet")):
     """Draft sites/CODE/ (site.toml, codebook.toml) from the site's survey tool.
 
-    Then `lacrima sites check` lists what is left to a person (the TODOs)."""
+    Then `lacrima sites check` lists what is left to a person (the TODOs). With
+    --mapping-sheet, fill in its study_variable column and run
+    `lacrima sites apply-mapping FILE.csv`. Exit 0 written, 2 refused."""
     from lacrima.onboarding import OnboardingError, draft_site
     from lacrima.study import sites_root
     given = [(k, v) for k, v in (("redcap", from_redcap), ("qualtrics", from_qualtrics),
@@ -690,11 +697,39 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
     tool, source = given[0]
     try:
         folder, todo = draft_site(code, tool, source, sites or sites_root(), role=role,
-                                  country=country, language=language)
+                                  country=country, language=language, published_n=published_n,
+                                  mapping_sheet=mapping_sheet)
     except OnboardingError as err:
         _fail(str(err))
     typer.echo(str(folder))
+    if mapping_sheet is not None:
+        typer.echo(str(mapping_sheet))
+        console.print("fill in column study_variable where the suggestion is wrong or missing, "
+                      f"then: lacrima sites apply-mapping {mapping_sheet}",
+                      markup=False, highlight=False)
+        return
     console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
+                  markup=False, highlight=False)
+
+
+@sites_app.command("apply-mapping")
+def sites_apply_mapping(sheet: Path = typer.Argument(..., help="the filled-in mapping sheet (.csv)"),
+                        sites: Optional[Path] = typer.Option(None, "--sites", help="sites folder")):
+    """Write sites/CODE/codebook.toml from a mapping sheet `lacrima sites new
+    --mapping-sheet` wrote. One line per problem (file, row, column, value) and nothing
+    written: exit 1; refused (no sheet, a hand-edited codebook): exit 2."""
+    from lacrima.onboarding import MappingError, OnboardingError, apply_mapping
+    from lacrima.study import sites_root
+    try:
+        book, todo = apply_mapping(sheet, sites or sites_root())
+    except MappingError as err:
+        for line in err.lines:
+            typer.echo(line, err=True)
+        _fail(f"{len(err.lines)} problem(s) in {sheet}; nothing written", 1)
+    except OnboardingError as err:
+        _fail(str(err))
+    typer.echo(str(book))
+    console.print(f"codebook written; {todo} TODO(s) left: run `lacrima sites check`",
                   markup=False, highlight=False)
 
 
