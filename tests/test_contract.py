@@ -2,8 +2,8 @@
 
 One test per class of configuration mistake: each is a clear one-line problem from
 ``lacrima sites check`` and a refusal from ``run`` before Prefect is imported. Then a
-German REDCap site onboarded with ``sites new`` plus the mappings left to a person, a
-Qualtrics export made with "Use numeric values", and a windows-1255 SPSS file.
+Qualtrics export made with "Use numeric values", a windows-1255 SPSS file and the drafts of
+a Qualtrics and an SPSS site (the REDCap onboarding: test_onboarding.py).
 """
 
 from __future__ import annotations
@@ -237,124 +237,7 @@ def test_run_refuses_each_class_of_mistake(root, tmp_path, monkeypatch, mistake)
     assert "Traceback" not in refused.output and not (tmp_path / "data").exists()
 
 
-# --------------------------------------------------------------------------- REDCap onboarding
-
-PERSON = {
-    # What the data coordinator fills in after `sites new`: the German field names.
-    "completed_at": 'completed_at = { column = "datum", text = "Ausfülldatum" }',
-    "consent": 'consent = { column = "einwilligung", scale = "einwilligung" }',
-    "in_therapy": 'in_therapy = { column = "in_therapie", scale = "in_therapie" }',
-    "attention_check": 'attention_check = { column = "aufmerksamkeit", scale = "aufmerksamkeit" }',
-    "age": 'age = { column = "alter" }',
-    "gender": 'gender = { column = "geschlecht", scale = "geschlecht" }',
-    "rq_secure": 'rq_secure = { column = "rq_a", scale = "rq_a" }',
-    "rq_fearful": 'rq_fearful = { column = "rq_b", scale = "rq_b" }',
-    "rq_preoccupied": 'rq_preoccupied = { column = "rq_c", scale = "rq_c" }',
-    "rq_dismissing": 'rq_dismissing = { column = "rq_d", scale = "rq_d" }',
-}
-
-
-def _fill_in(folder: Path) -> None:
-    book = folder / "codebook.toml"
-    text = book.read_text(encoding="utf-8")
-    for canonical, line in PERSON.items():
-        text, n = re.subn(rf"^# TODO {canonical} = .*$", line, text, flags=re.M)
-        assert n == 1, canonical
-    text = re.sub(r'(\[scales\.rq_best\].*\nvalues = )\[[^\]]*\]',
-                  r'\1["secure", "fearful", "preoccupied", "dismissing"]', text)
-    text = text.replace('[scales.geschlecht]\nvalues = [1, 2, 3]',
-                        '[scales.geschlecht]\nvalues = ["woman", "man", "another"]')
-    # "Please select 'manchmal'" (code 2): that answer passes, any other fails.
-    text = text.replace('[scales.aufmerksamkeit]\nvalues = [1, 2, 3, 4, 5]',
-                        '[scales.aufmerksamkeit]\nvalues = [false, true, false, false, false]')
-    book.write_text(text, encoding="utf-8")
-    edit(folder / "site.toml", 'published_n = "TODO: published (or planned) sample size"',
-         "published_n = 120")
-
-
-def test_redcap_site_from_dictionary_to_analysis(root, tmp_path, memory_analyses, sites):
-    from lacrima.analysis import analyse_site
-    from lacrima.intake import read_and_validate
-    from lacrima.privacy import DEMO_KEY
-    from lacrima.scoring import apply_exclusions, score
-    from lacrima.study import load_site, load_study
-    from lacrima.synth import write_drop
-
-    runner = CliRunner()
-    made = runner.invoke(app, ["sites", "new", "de", "--from-redcap", str(DICTIONARY),
-                               "--sites", str(root), "--country", "Germany", "--language", "de"])
-    assert made.exit_code == 0, made.output
-    folder = root / "de"
-    book = (folder / "codebook.toml").read_text(encoding="utf-8")
-    # Identifying fields pre-marked from "Identifier?" (and e-mail / phone validation).
-    assert 'identifying_columns = ["name", "email", "telefon"]' in book
-    # Certain mappings: the record ID, and names equal up to separators and leading zeros.
-    assert 'participant_id = { column = "record_id"' in book
-    assert 'wai_01 = { column = "wai_1", scale = "wai_1"' in book
-    # Every other field is listed with its labels and codes: the checkbox choices, free text.
-    assert 'column = "therapieform___2"' in book and 'column = "kommentar"' in book
-    todo = [line for line in lines(root)]
-    assert all(line.startswith("sites/de/") for line in todo), todo
-    assert {line.split(":")[1].strip() for line in todo} >= {f"columns.{c}" for c in PERSON}
-
-    _fill_in(folder)
-    assert lines(root) == []
-
-    study, site = load_study(root), load_site("de", root)
-    assert site.role == "replication"
-    drop = write_drop(site, study, tmp_path / "drop", n=150, seed=11)
-    # What REDCap adds to a real export: survey identifier, timestamps, form status.
-    text = drop.read_text(encoding="utf-8").splitlines()
-    added = "redcap_survey_identifier,fragebogen_timestamp,fragebogen_complete"
-    text = [f"{row},,,2" if k else f"{row},{added}" for k, row in enumerate(text)]
-    drop.write_text("\r\n".join(text) + "\r\n", encoding="utf-8")
-    rep, frame = read_and_validate(drop, site, study, DEMO_KEY, drop.name, "0" * 64, size_mb=0.1)
-    assert rep.valid, [f.message for f in rep.findings]
-    assert not [f for f in rep.findings if f.check == "unexpected_columns"]
-    assert len(frame) == 150 and set(frame["gender"].dropna()) <= {"woman", "man", "another"}
-    analysed, flow = apply_exclusions(score(frame, study), study, "de")
-    results = analyse_site(analysed, study, "de")
-    assert set(results["family"]) >= {"H1", "H2", "H3", "H4", "A1", "A2", "A3", "A4"}
-    assert results["estimate"].notna().mean() > 0.9
-    # The fourth site, a second replication, gets its own verdicts against each original.
-    from lacrima.replication import replication_table
-    from lacrima.vocabulary import RESULTS_COLUMNS
-
-    per_site = pd.concat([*(a.results for a in memory_analyses),
-                          results.reindex(columns=list(RESULTS_COLUMNS))], ignore_index=True)
-    table = replication_table(per_site, study, [*sites, site])
-    mine = table[table["replication_site"] == "de"]
-    assert set(mine["original_site"]) == {"it", "il"}
-    assert len(mine) == len(table[table["replication_site"] == "us"]) > 0
-    verdicts = ["replicated", "not replicated", "inconclusive", "unclassified"]
-    assert mine["verdict"].isin(verdicts).all()
-
-
-def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):
-    from lacrima.native import read_drop
-    from lacrima.study import load_site, load_study
-    from lacrima.synth import write_drop
-
-    CliRunner().invoke(app, ["sites", "new", "de", "--from-redcap", str(DICTIONARY),
-                             "--sites", str(root), "--country", "Germany", "--language", "de"])
-    _fill_in(root / "de")
-    study, site = load_study(root), load_site("de", root)
-    raw = write_drop(site, study, tmp_path / "raw", n=30, seed=5)
-    header, *rows = raw.read_text(encoding="utf-8").splitlines()
-    from lacrima.codebook import load_codebook
-    cb = load_codebook(site)
-    label_of = {s.column: s.text for s in (*cb.columns.values(), *cb.extra_columns) if s.text}
-    labels = tmp_path / "labels.csv"
-    import csv
-    import io
-    names = next(csv.reader([header]))
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow([label_of.get(n, n) for n in names])
-    labels.write_text(buf.getvalue() + "\r\n".join(rows) + "\r\n", encoding="utf-8")
-    a = read_drop(raw, site, study).to_frame()
-    b = read_drop(labels, site, study).to_frame()
-    assert not read_drop(labels, site, study).errors
-    assert a.equals(b)
+# The REDCap onboarding (sites new, the mapping sheet, a German site analysed): test_onboarding.py
 
 
 # --------------------------------------------------------------------------- native variants
@@ -446,9 +329,9 @@ def test_qualtrics_survey_file_draft(root):
     assert cols["participant_id"]["column"] == "ResponseId"
     assert cols["completed_at"]["column"] == "RecordedDate"
     # Matrix statements are one column each, on the matrix's answer scale (Display text, recodes).
-    assert cols["wai_02"] == {"column": "wai_2", "scale": "wai_2", "import_id": "QID14_2",
+    assert cols["wai_02"] == {"column": "wai_2", "scale": "wai", "import_id": "QID14_2",
                               "text": "Inventaire de l'alliance de travail (WAI-SR) - Énoncé 2"}
-    assert book["scales"]["wai_2"]["labels"][0] == "Rarement"
+    assert book["scales"]["wai"]["labels"][0] == "Rarement"     # one scale for the matrix
     # RecodeValues are the codes a "Use numeric values" export holds.
     assert book["scales"]["in_therapy"]["native_codes"] == [1, 0]
     extras = {e["column"]: e for e in book["extra_columns"]}

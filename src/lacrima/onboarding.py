@@ -564,7 +564,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str, *
     scales: dict[str, str] = {}
     for members, values, certain in shared.values():
         groups = [m.group for m in members if m.group]
-        base = _scale_name(max(groups, key=groups.count) if groups else members[0].name)
+        base = _scale_name(max(groups, key=groups.count) if groups
+                           else "yes_no" if members[0].kind == "bool" else members[0].name)
         name, n = base, 2
         while name in scales.values():
             name, n = f"{base}_{n}", n + 1
