@@ -704,8 +704,8 @@ def sites_new(code: str = typer.Argument(..., help="code of the new site (its fo
     typer.echo(str(folder))
     if mapping_sheet is not None:
         typer.echo(str(mapping_sheet))
-        console.print("sheet written: fill in column study_variable where the suggestion is "
-                      "wrong or missing, then", markup=False, highlight=False)
+        console.print("fill in column study_variable where a suggestion is wrong or missing,"
+                      " then:", markup=False, highlight=False)
         typer.echo(f"  lacrima sites apply-mapping {mapping_sheet}", err=True)
         return
     console.print(f"draft written; {todo} TODO(s) left to a person: run `lacrima sites check`",
