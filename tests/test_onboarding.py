@@ -327,3 +327,42 @@ def test_redcap_labels_export_is_read_by_field_labels(root, tmp_path):
     b = read_drop(labels, site, study).to_frame()
     assert not read_drop(labels, site, study).errors
     assert a.equals(b)
+
+
+def test_hebrew_spss_dictionary_through_the_sheet_gives_site_ils_pairing(root, tmp_path):
+    # Site il's own .sav, paired by what sites/il/codebook.toml says: the sheet reaches the
+    # same columns and answer values, and the participant ID pairing sets id_column (an
+    # SPSS file does not say which column it is).
+    il = tomllib.loads((REPO / "sites" / "il" / "codebook.toml").read_text(encoding="utf-8"))
+    sheet = tmp_path / "hb.csv"
+    draft_site("hb", "spss", FIXTURES / "il_windows1255.sav", root, country="Israel",
+               language="he", published_n=100, mapping_sheet=sheet)
+    rows = read_sheet(sheet)
+    fields = {r["native_field"]: r for r in rows if not r["answer_code"]}
+    # Hebrew words of common_labels: consent and gender suggested, their answers valued.
+    assert fields["consent"]["suggested"] == "consent" and fields["gender"]["suggested"] == "gender"
+    answers = {(r["native_field"], r["answer_code"]): r["suggested"] for r in rows
+               if r["answer_code"]}
+    assert [answers[("gender", c)] for c in "123"] == ["woman", "man", "another"]
+    assert answers[("consent", "1")] == "true"
+    pairs = {spec["column"]: canonical for canonical, spec in il["columns"].items()}
+    values = {}
+    for canonical, spec in il["columns"].items():
+        scale = il["scales"].get(spec.get("scale", ""), {})
+        if spec["column"] in ("attn", "rq_best"):
+            for code, value in zip(scale.get("native_codes", scale.get("values", [])),
+                                   scale.get("values", [])):
+                values[(spec["column"], str(code))] = str(value).lower()
+    fill(sheet, pairs, values)
+    apply_mapping(sheet, root)
+    assert [p for p in check_sites(root) if "sites/hb/" in p.file] == []
+    book = book_of(root, "hb")
+    assert book["codebook"]["id_column"] == "id"
+    assert {c: s["column"] for c, s in book["columns"].items()} == {
+        c: s["column"] for c, s in il["columns"].items()}
+    for canonical in ("attention_check", "rq_best", "gender", "consent"):
+        mine = book["scales"][book["columns"][canonical]["scale"]]
+        theirs = il["scales"][il["columns"][canonical]["scale"]]
+        codes = theirs.get("native_codes", theirs["values"])
+        assert dict(zip(mine["native_codes"], mine["values"])) == dict(zip(codes,
+                                                                           theirs["values"]))

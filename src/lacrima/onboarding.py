@@ -542,8 +542,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str, *
              "# Every native field is listed: under [columns] (canonical), in identifying_columns,",
              "# or under [[extra_columns]] (kept out of the analysis, no warning).", "",
              "[codebook]", f"site = {_q(code)}", f"language = {_q(language)}"]
-    id_column = source.id_column or TODO
-    if not source.id_column:
+    id_column = mapping.get("participant_id") or source.id_column or TODO
+    if id_column == TODO:
         todo += 1
         lines.append("# TODO: id_column is the native column of participant_id")
     lines += [f"id_column = {_q(id_column)}", f"identifying_columns = {_list(ident)}"]
@@ -626,7 +626,7 @@ def _cell(value: Any) -> str:
 
 def mapping_sheet_rows(source: Source, variables: dict, language: str) -> list[dict[str, str]]:
     """The rows of a mapping sheet: one per native field, then one per answer of a choice field
-    that stands alone (not in a matrix, whose answers are the items' codes).
+    that stands alone (not an item of a battery, whose answers are the items' codes).
 
     A field row suggests a study variable (or ``identifying``); an answer row suggests the
     answer's study value for the suggested variable when the labels leave no doubt. The
@@ -634,15 +634,20 @@ def mapping_sheet_rows(source: Source, variables: dict, language: str) -> list[d
     or missing.
     """
     suggestions = suggest_mapping(source, variables, language)
+    answer_sets = [repr((f.codes, f.labels)) for f in source.fields if f.kind == "choice"]
     rows = []
     for f in (*source.fields, *source.extras):
         s = suggestions.get(f.name)
         rows.append({"native_field": f.name, "answer_code": "", "native_label": f.label,
                      "suggested": s.target if s else "",
                      "confidence": f"{s.confidence:.2f}" if s else "", "study_variable": ""})
-        if f.kind != "choice" or f.group or (s and s.target == IDENTIFYING):
-            continue
         var = variables.get(s.target) if s else None
+        # Items of a battery (a matrix, or three or more fields with one answer set) take
+        # their codes; a true/false or category question needs its answers' values.
+        battery = f.group or answer_sets.count(repr((f.codes, f.labels))) >= 3
+        if (f.kind != "choice" or (s and s.target == IDENTIFYING)
+                or (battery and not (var and var["type"] in ("bool", "category")))):
+            continue
         values, certain = _scale_values(f, var, language)
         for code, label, value in zip(f.codes, f.labels, values):
             sure = var is not None and certain
@@ -661,11 +666,13 @@ def _companion(sheet: Path) -> Path:
 def write_mapping_sheet(sheet: Path, code: str, source: Source, variables: dict,
                         language: str) -> Path:
     """Write the mapping sheet (CSV, UTF-8 with a byte order mark, as Excel opens it) and the
-    dictionary beside it (``<sheet>.json``) that ``apply_mapping`` reads. Returns the sheet."""
+    dictionary beside it (``<sheet>.json``) that ``apply_mapping`` reads. Returns the sheet.
+
+    ``language`` is the site's, as given (empty: not known yet; English words are used)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SHEET_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(mapping_sheet_rows(source, variables, language))
+    writer.writerows(mapping_sheet_rows(source, variables, language or "en"))
     sheet.write_text(buf.getvalue(), encoding="utf-8-sig", newline="")
     _companion(sheet).write_text(json.dumps(
         {"site": code, "language": language, "source": dataclasses.asdict(source)},
@@ -856,10 +863,11 @@ def apply_mapping(sheet: Path, root: Path) -> tuple[Path, int]:
                               "wrote it); apply-mapping never overwrites a person's codebook")
     variables = {k: dict(v) for k, v in load_study(root).variables.items()}
     mapping, answers, ident, errors = _pairing(sheet, _read_sheet(sheet), source, variables,
-                                               language)
+                                               language or "en")
     if errors:
         raise MappingError(errors)
-    text, todo = render_codebook(code, source, variables, language, mapping=mapping,
+    text, todo = render_codebook(code, source, variables,
+                                 language or TODO + ": language code, e.g. de", mapping=mapping,
                                  answers=answers, identifying=ident,
                                  origin=f"written by `lacrima sites apply-mapping` ({sheet.name})")
     tmp = book.with_name(book.name + ".tmp")
@@ -945,5 +953,5 @@ def draft_site(code: str, tool: str, source_path: Path, root: Path, *, role: str
     (folder / SITE_FILE).write_text(site, encoding="utf-8")
     (folder / "codebook.toml").write_text(book, encoding="utf-8")
     if mapping_sheet is not None:
-        write_mapping_sheet(mapping_sheet, code, source, variables, words)
+        write_mapping_sheet(mapping_sheet, code, source, variables, language)
     return folder, todo
