@@ -8,13 +8,24 @@ an SPSS data file (.sav, its dictionary only) and writes ``sites/<code>/site.tom
   or as an ``[[extra_columns]]`` entry with its label; every choice field becomes a scale
   with its labels and codes;
 - identifying fields are pre-marked: REDCap's "Identifier?" column (and e-mail / phone
-  validation), Qualtrics' recipient, IP and location metadata, and any field whose name
-  looks identifying (``lacrima.native.IDENTIFYING_NAME``);
+  validation) and its ``redcap_survey_identifier``, Qualtrics' recipient, IP and location
+  metadata, any field whose name looks identifying (``lacrima.native.IDENTIFYING_NAME``)
+  and free-text questions asking for a name, e-mail, phone or address;
 - a canonical mapping is filled only where it is certain: the field's name equals the
   variable's name up to case, separators and leading zeros (``wai_1`` is ``wai_01``), or its
   label equals the plan's label; the tool's own ID and completion date columns;
+- choice fields with the same answers and study values share one scale (the twelve
+  WAI-SR items are one ``[scales.wai]``); yes/no labels and the answer labels that give a
+  true/false or category value are words of the site's language, kept as data in
+  ``common_labels.toml`` (en, it, he, de);
 - everything else is a TODO: a commented line under ``[columns]`` per unmapped variable,
   and ``"TODO: ..."`` text where a value is needed. ``lacrima sites check`` lists what is left.
+
+Or the pairing is done in a spreadsheet: ``write_mapping_sheet`` (``sites new
+--mapping-sheet``) lists every native field with its label, a suggested study variable
+and a confidence (``suggest_mapping``), and an empty ``study_variable`` column for a
+person; ``apply_mapping`` (``sites apply-mapping``) writes the codebook from it, or says in
+one line per problem what is wrong (file, row, column, value).
 
 The source file is configuration (a dictionary), never participant data: an SPSS file is
 opened for its dictionary only.
@@ -81,14 +92,14 @@ NOT_PAIRED = "-"
 
 @functools.cache
 def common_labels(language: str) -> dict:
-    """The words of ``data/common_labels.toml`` for ``language`` (English when not listed).
+    """The words of ``common_labels.toml`` for ``language`` (English when not listed).
 
     >>> common_labels("de")["yes_no"]
     ['Ja', 'Nein']
     >>> common_labels("xx")["yes_no"]
     ['Yes', 'No']
     """
-    data = tomllib.loads(files("lacrima").joinpath("data/common_labels.toml")
+    data = tomllib.loads(files("lacrima").joinpath("common_labels.toml")
                          .read_text(encoding="utf-8"))
     return data.get(language) or data["en"]
 
