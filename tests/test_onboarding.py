@@ -180,6 +180,10 @@ def test_redcap_dictionary_becomes_an_accepted_site_through_the_mapping_sheet(ro
     findings = [f for r in result.reports for f in r.findings]
     assert not [f for f in findings if f.severity == "error" or f.check == "unexpected_columns"]
     assert result.records_new == 80
+    # The survey identifier (a name) was removed unread, as the codebook lists it.
+    removed = [f for f in findings if f.check == "identifying_columns"]
+    assert [f.severity for f in removed] == ["info"]
+    assert "redcap_survey_identifier" in removed[0].columns
 
 
 def test_sheet_mistakes_are_one_line_each_and_nothing_is_written(root, tmp_path):
