@@ -40,6 +40,7 @@ import functools
 import io
 import json
 import re
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -586,7 +587,8 @@ def render_codebook(code: str, source: Source, variables: dict, language: str, *
             "" if certain else "  # TODO: check values (the canonical value of each label)"))
         todo += 0 if certain else 1
         if len(members) > 1:
-            lines.append(f"# {len(members)} fields: {', '.join(m.name for m in members)}")
+            lines += textwrap.wrap(f"{len(members)} fields: {', '.join(m.name for m in members)}",
+                                   width=96, initial_indent="# ", subsequent_indent="#   ")
         lines += [f"values = {_list(values)}", f"labels = {_list(f.labels)}",
                   f"native_codes = {_list(f.codes)}"]
         if f.missing_codes:
