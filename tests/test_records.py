@@ -55,7 +55,8 @@ def test_italy_resaved_as_csv_is_accepted_with_nothing_new(tmp_path, study, site
     again = _ingest(storage, it, study,
                     write_drop(it, study, tmp_path / "b", n=20, seed=1, format="csv"))
     assert len(first.accepted) == 1 and len(again.accepted) == 1, _only(again).findings
-    rec = intake.batches(storage, "it")[-1]
+    # the second batch by its SHA-256: two batches received in the same second sort by hash
+    rec = next(r for r in intake.batches(storage, "it") if r.sha256 == again.accepted[0])
     assert (rec.records_new, rec.records_held) == (0, 20)
     assert again.records_held == 20 and again.records_new == 0
     pd.testing.assert_frame_equal(intake.curated_frame(storage, "it"), before)

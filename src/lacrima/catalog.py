@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from typing import Mapping
@@ -47,11 +48,13 @@ import pandas as pd
 from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.results import SiteAnalysis
 from lacrima.scoring import Flow
-from lacrima.storage import Storage, parquet_frame, read_json, write_json
+from lacrima.storage import ObjectInfo, Storage, parquet_frame, read_json, write_json
 from lacrima.study import Site, Study
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
     "accepted", "quarantined", "superseded", "landed", "withdrawn")
+
+log = logging.getLogger("lacrima.catalog")
 
 KEY_FILE = "ledger/_key.json"
 _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
@@ -62,6 +65,26 @@ _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
 
 def landing_prefix(site: str | None = None) -> str:
     return f"landing/{site}" if site else "landing"
+
+
+def landing_drops(storage: Storage, site: str) -> list[ObjectInfo]:
+    """The drops of a site: the files directly in ``landing/<site>/``, in key order.
+
+    The one answer to "what will a run read?". A file in a sub-folder
+    (``landing/<site>/sub/x.csv``) or with a hidden name (``.x.csv``) is never read, on any
+    store (a warning names it; ``lacrima status`` lists it with what to do); the store's
+    listing already leaves out what is not a regular file (a symbolic link, device or FIFO
+    in a local folder; an S3 folder marker or a key with an empty or ``..`` segment).
+    """
+    out = []
+    for obj in storage.list(landing_prefix(site)):
+        name = obj.key[len(landing_prefix(site)) + 1:]
+        if "/" in name or name.startswith("."):
+            log.warning("not reading %s: %s", obj.key, "in a sub-folder of the site's folder"
+                        if "/" in name else "a hidden file")
+            continue
+        out.append(obj)
+    return out
 
 
 def landing_key(site: str, sha: str, name: str, replaces: str = "") -> str:

@@ -8,6 +8,7 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -23,10 +24,11 @@ from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAW
                              read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
-from lacrima.storage import Storage, parquet_frame, sha256_bytes, write_json
+from lacrima.storage import NotRegularFile, Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
 from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
+log = logging.getLogger("lacrima.intake")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -260,13 +262,18 @@ def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) ->
     known = set(records)
     index = read_landing_index(storage, site.code)
     pending, skipped, index_changed = [], 0, False
-    landing = storage.list(catalog.landing_prefix(site.code))
+    landing = catalog.landing_drops(storage, site.code)
     for obj in landing:
         seen = index.get(obj.key)
         if seen and seen["etag"] == obj.etag and seen["sha256"] in known:
             skipped += 1                  # unchanged object already processed: not even read
             continue
-        data = storage.read_bytes(obj.key)
+        try:
+            data = storage.read_bytes(obj.key)
+        except NotRegularFile as err:     # replaced by a link since the listing: never read
+            log.warning("not reading %s", err)
+            skipped += 1
+            continue
         sha = sha256_bytes(data)
         index[obj.key] = {"etag": obj.etag, "sha256": sha}
         index_changed = True
@@ -534,7 +541,7 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
     Cheap: one listing compared with the landing index; reads no drop.
     """
     index = read_landing_index(storage, site.code)
-    listing = storage.list(catalog.landing_prefix(site.code))
+    listing = catalog.landing_drops(storage, site.code)
     return len(listing), sum(1 for obj in listing
                              if index.get(obj.key, {}).get("etag") != obj.etag)
 
