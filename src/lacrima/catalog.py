@@ -242,8 +242,14 @@ def write_withdrawal(storage: Storage, site: str, entry: dict) -> None:
 
 
 def withdrawn_received(storage: Storage, site: str) -> int:
-    """People who withdrew consent after the site had sent a record of them."""
-    return sum(1 for w in withdrawals(storage, site) if w.get("held"))
+    """People who withdrew consent and of whom the site has sent a record, before or after
+    the withdrawal: the register names a batch for them (:func:`register_arrivals`), or the
+    withdrawal found one (``held``)."""
+    held = {w["pseudonym"] for w in withdrawals(storage, site) if w.get("held")}
+    if storage.exists(register_key(site)):
+        held |= {p for p, e in read_register(storage, site).items()
+                 if e.state == WITHDRAWN and e.batch}
+    return len(held)
 
 
 def read_landing_index(storage: Storage, site: str) -> dict:
@@ -382,6 +388,19 @@ def register_batch(reg: dict[str, Entry], batch: str, frame: pd.DataFrame,
     return out
 
 
+def register_arrivals(reg: dict[str, Entry], batch: str, pseudonyms) -> dict[str, Entry]:
+    """The register after ``batch`` brought records of people who had withdrawn before any
+    record of them arrived: they stay withdrawn (their answers are not kept), and the register
+    now names the batch, so the participant flow counts them as received, as it counts a
+    person who withdrew after their records arrived."""
+    out = dict(reg)
+    for pid in pseudonyms:
+        e = out.get(pid)
+        if e is not None and e.state == WITHDRAWN and not e.batch:
+            out[pid] = Entry("", batch, WITHDRAWN)
+    return out
+
+
 def current_by_batch(reg: Mapping[str, Entry]) -> dict[str, set[str]]:
     """Batch -> the participants whose current record is the one that batch brought."""
     out: dict[str, set[str]] = {}
@@ -400,7 +419,8 @@ def participants_held(storage: Storage, site: str) -> int:
 
 
 def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
-    """The site's curated data: each participant's current record once, withdrawn people left out.
+    """The site's curated data: each participant's current record once, withdrawn people left
+    out, in pseudonym order.
 
     Reads the accepted batches' curated files and keeps, from each, the rows the register
     says are current in it (a store without a register yet: every row, the first batch
@@ -419,7 +439,11 @@ def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     data = pd.concat(frames, ignore_index=True)
-    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
+    # In pseudonym order: the same records give the same rows in the same order whatever
+    # batches and row orders brought them, so every float sum (and an optimiser's path) over
+    # them, and every output, is byte-identical (issue 24).
+    data = data.drop_duplicates(subset=["participant_id"], keep="first")
+    return data.sort_values("participant_id", kind="stable").reset_index(drop=True)
 
 
 def frame_bytes(frame: pd.DataFrame) -> bytes:

@@ -346,6 +346,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
                replaces=replaced.sha256 if replaced else "",
                identifying_dropped=report.identifying_dropped, key_fingerprint=key_fingerprint)
     if report.valid and frame is not None:
+        reg = catalog.register_arrivals(reg, sha, frame["participant_id"].dropna())
         new = frame[split.new].reset_index(drop=True)
         curated_key = catalog.curated_key(site.code, sha)
         storage.write_bytes(curated_key, catalog.frame_bytes(new), if_absent=True)
