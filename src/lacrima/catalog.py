@@ -711,6 +711,45 @@ def publish_report(storage: Storage, run_id: str, files: Mapping[str, tuple[str,
     os.replace(tmp, link)
 
 
+def unfinished_reports(storage: Storage) -> list[str]:
+    """Run ids of folders under ``reports/`` without their manifest: runs killed while writing
+    their report (:func:`publish_report` writes the manifest after every other file).
+
+    ``reports/latest`` (the local link) and ``reports/latest-until-*`` (copies moved aside by
+    an older version) are not run folders.
+    """
+    runs, whole = set(), set()
+    for obj in storage.list("reports"):
+        parts = obj.key.split("/")
+        if len(parts) < 3 or parts[1] == "latest" or parts[1].startswith("latest-until-"):
+            continue
+        runs.add(parts[1])
+        if parts[2:] == [MANIFEST]:
+            whole.add(parts[1])
+    return sorted(runs - whole)
+
+
+def remove_unfinished_reports(storage: Storage) -> list[str]:
+    """Delete every run folder :func:`unfinished_reports` finds; their run ids.
+
+    Only for the holder of the store's lease (``lacrima.lease.hold`` calls it): no other run
+    can be writing a report then. Such a folder was never published (the pointer names a
+    folder only after its manifest) and the next run makes its report again.
+    """
+    import shutil
+
+    gone = unfinished_reports(storage)
+    for run_id in gone:
+        for obj in storage.list(report_prefix(run_id)):
+            storage.delete(obj.key)
+        folder = storage.local_path(report_prefix(run_id))
+        if folder is not None and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)           # the empty folders a local store leaves
+        log.warning("removed reports/%s: a run was killed while writing it (no manifest); "
+                    "it was never published", run_id)
+    return gone
+
+
 def latest_run(storage: Storage) -> str | None:
     """The run id of the latest published report (``reports/latest.json``), if any."""
     if not storage.exists(LATEST_POINTER):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 import threading
@@ -27,8 +28,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Iterator
 
-from lacrima.catalog import LEASE_KEY
+from lacrima.catalog import LEASE_KEY, remove_unfinished_reports
 from lacrima.storage import Storage
+
+log = logging.getLogger("lacrima.lease")
 
 # Seconds a lease lasts unless renewed; a run renews it every third of that. A crashed run
 # blocks the store for at most this long.
@@ -171,8 +174,15 @@ def hold(storage: Storage, owner: str, ttl: float = LEASE_SECONDS, wait: float =
     Raises :class:`LeaseHeld` on entry as :func:`acquire` does. A renewal that fails on a
     store error is retried at the next tick (the lease has two more ticks before it expires);
     one that finds the lease taken over sets ``lost`` (see :meth:`HeldLease.check`).
+
+    Once the lease is taken, run folders a killed run left without a manifest are removed
+    (``catalog.remove_unfinished_reports``): only the holder can know nobody writes them.
     """
     held = HeldLease(acquire(storage, owner, ttl, wait, poll), threading.Event())
+    try:
+        remove_unfinished_reports(storage)
+    except OSError as err:          # left for the next holder; never a reason not to run
+        log.warning("could not remove an unfinished report folder: %s", err)
     stop = threading.Event()
 
     def keep():
