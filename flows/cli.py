@@ -164,6 +164,8 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
     storage = _open_store(storage_at)
     try:
         key = intake.upload(storage, s, file, uploader=uploader, replaces=replaces)
+    except intake.UploadRefused as err:         # what the run would refuse: nothing copied
+        _fail(f"not uploaded ({err.finding.check}): {err}")
     except LookupError as err:
         _fail(str(err))
     except OSError as err:          # unreadable file, or the store failed after its retries

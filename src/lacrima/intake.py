@@ -514,14 +514,94 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
     return tuple(out)
 
 
+class UploadRefused(ValueError):
+    """A file the run would refuse for its size or type: never put in the landing zone.
+
+    ``finding`` says why (``check`` as the run's report names it, ``expected``, ``found``).
+    """
+
+    def __init__(self, finding: Finding):
+        self.finding = finding
+        super().__init__(finding.message)
+
+
+def max_upload_bytes(study: Study) -> int:
+    """The largest drop a run reads (``[validation] max_file_mb``), in bytes: what an upload
+    that streams (the portal) stops reading at."""
+    return int(float(study.section("validation").get("max_file_mb", 200)) * 1e6)
+
+
+def upload_refusal(site: Site, study: Study, name: str, size: int | None = None,
+                   head: bytes = b"") -> Finding | None:
+    """Why the run would refuse a file before reading its rows, or None: the one check that
+    ``lacrima upload`` and the portal make before a byte is copied.
+
+    Parameters
+    ----------
+    site, study
+    name : str
+        The file's name as sent (its extension says its type).
+    size : int, optional
+        Its size in bytes, when known (a streamed upload checks the type first, then stops
+        reading at :func:`max_upload_bytes`).
+    head : bytes
+        Its first bytes, when known: an encrypted or legacy (.xls) workbook is refused.
+
+    Returns
+    -------
+    Finding or None
+        ``file_too_large``, ``empty_file``, ``unexpected_format`` (an extension the site's
+        codebook does not declare) or ``encrypted_file``, each with what to do.
+    """
+    from lacrima.codebook import load_codebook
+
+    shown = safe_name(name)
+    max_mb = max_upload_bytes(study) / 1e6
+    if size is not None and size / 1e6 > max_mb:
+        return Finding("file_too_large", f"{shown} is {size / 1e6:.0f} MB; drops up to "
+                       f"{max_mb:.0f} MB are read: split the export (by date, say) and send "
+                       "each part", expected=f"at most {max_mb:.0f} MB",
+                       found=f"{size / 1e6:.0f} MB")
+    if size == 0:
+        return Finding("empty_file", f"{shown} is empty (0 bytes): export it again",
+                       expected="a non-empty file", found="0 bytes")
+    codebook = load_codebook(site)
+    if codebook.format_for(shown) is None:
+        accepted = ", ".join(e for f in codebook.formats for e in f.extensions)
+        suffix = PurePosixPath(shown).suffix or "no extension"
+        return Finding("unexpected_format", f"{shown}: site {site.code} sends {accepted} files, "
+                       f"not {suffix}: export it as one of those", expected=accepted,
+                       found=suffix)
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return Finding("encrypted_file", f"{shown} is a password-protected (encrypted) workbook "
+                       "or a legacy .xls file: remove the password and save it as .xlsx",
+                       expected="an unencrypted .xlsx", found="an OLE (encrypted or .xls) file")
+    return None
+
+
 def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
-           replaces: str = "") -> str:
+           replaces: str = "", study: Study | None = None) -> str:
     """Put a file into ``landing/<site>/`` with its checksum and metadata; returns the key.
 
     The landing name carries the content hash, so two different files with the same name never
     overwrite each other. ``replaces`` marks an explicit correction of an earlier batch.
+    ``study``: the plan whose limits apply (default: ``load_study()``).
+
+    Raises
+    ------
+    UploadRefused
+        A file the run would refuse for its size or type (:func:`upload_refusal`), before
+        anything but its first bytes is read, and before anything is copied.
     """
-    data = Path(path).read_bytes()
+    from lacrima.study import load_study
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    refused = upload_refusal(site, study or load_study(), path.name, path.stat().st_size, head)
+    if refused is not None:
+        raise UploadRefused(refused)
+    data = path.read_bytes()
     sha = sha256_bytes(data)
     name = safe_name(Path(path).name)
     if replaces:
