@@ -68,7 +68,8 @@ def hostile(tmp_path, study, sites):
 def test_links_fifos_and_sub_folders_are_never_read(hostile, study, sites, small_plan):
     store, by, it_bytes = hostile
     results = {r.site: r for r in intake.ingest_sites(store, list(sites), study, KEY)}
-    assert (results["us"].seen, len(results["us"].accepted), results["us"].quarantined) == (1, 1, ())
+    us = results["us"]
+    assert (us.seen, len(us.accepted), us.quarantined) == (1, 1, ())
     assert len(results["it"].accepted) == 1
     assert catalog.participants_held(store, "us") == 20      # not 40: the nested file is not read
     # Nothing of /etc/passwd anywhere a run writes; the Italian file only under it/.

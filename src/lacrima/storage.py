@@ -485,7 +485,7 @@ class S3Storage:
         return str(err.response.get("Error", {}).get("Code", ""))
 
     def _listing(self, prefix: str) -> Iterator[tuple[str, dict]]:
-        """``(key relative to the root, listed object)`` of every key under the folder ``prefix``."""
+        """``(key relative to the root, listed object)`` of each key under the folder ``prefix``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         prefix = prefix.strip("/")
