@@ -164,6 +164,8 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
     storage = _open_store(storage_at)
     try:
         key = intake.upload(storage, s, file, uploader=uploader, replaces=replaces)
+    except intake.UploadRefused as err:         # what the run would refuse: nothing copied
+        _fail(f"not uploaded ({err.finding.check}): {err}")
     except LookupError as err:
         _fail(str(err))
     except OSError as err:          # unreadable file, or the store failed after its retries
@@ -181,7 +183,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.table import Table
     from rich.text import Text
 
-    from lacrima.catalog import participants_held
+    from lacrima.catalog import participants_held, unfinished_reports
     from lacrima.status import misplaced, site_status
     from lacrima.study import site_codes
 
@@ -193,6 +195,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         recs = _status_records(store, site)
         wrong = [] if site else misplaced(store, site_codes())
         summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
+        unfinished = [] if site else unfinished_reports(store)
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
     if as_json:
@@ -210,6 +213,10 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
                            f"see `lacrima status --batches`", style="red"))
     for w in wrong:
         out.print(Text(f"wrong place: {w['key']}: {w['problem']}. {w['fix']}", style="yellow"))
+    for run_id in unfinished:
+        out.print(Text(f"unfinished report: reports/{run_id}/ has no manifest (a run was killed "
+                       "while writing it; never published); the next run removes it",
+                       style="yellow"))
     if batches and out.width < 120:          # one line per batch: words wrap, never break
         out.print(Text("Batches", style="bold"))
         for r in recs:

@@ -134,7 +134,9 @@ def test_intake_keeps_the_raw_file_and_quarantines_it_whole(kind, clean, study, 
     path = build(clean, tmp_path / name)
     data = path.read_bytes()
     storage = LocalStorage(tmp_path / "store")
-    intake.upload(storage, load_site(site), path)
+    # Put in the landing zone as `aws s3 cp` or SFTP would: `lacrima upload` refuses some
+    # of these before copying (test_upload_refuses_what_the_run_would_refuse).
+    storage.write_bytes(f"landing/{site}/{name}", data)
     res = intake.ingest_site(storage, load_site(site), study, KEY)
     sha = sha256_bytes(data)
     assert res.quarantined == (sha,) and not res.accepted
@@ -192,10 +194,38 @@ def test_huge_file_is_refused_unread_but_kept(clean, study, tmp_path, monkeypatc
     assert result.exit_code == 2 and "file_too_large" in result.output
     storage = LocalStorage(tmp_path / "store")
     us = load_site("us")
-    intake.upload(storage, us, clean["us"])
+    # `lacrima upload` refuses it before copying (nothing lands, nothing is kept) ...
+    result = CliRunner().invoke(app, ["upload", str(clean["us"]), "--site", "us",
+                                      "--storage", str(tmp_path / "store")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "not uploaded (file_too_large)" in said, said
+    assert "drops up to 0 MB are read" in said and not storage.list("")
+    # ... and a run given it another way (aws s3 cp, SFTP) refuses it unread, keeping it.
+    storage.write_bytes("landing/us/big.csv", clean["us"].read_bytes())
     res = intake.ingest_site(storage, us, small_study, KEY)
     assert res.quarantined
     assert storage.read_bytes(storage.list("raw/us")[0].key) == clean["us"].read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["empty file", "password-protected xlsx",
+                                  "file for the wrong site"])
+def test_upload_refuses_what_the_run_would_refuse(kind, clean, study, tmp_path):
+    # Before: `lacrima upload` copied anything (a 300 MB CSV the run then refused, and kept).
+    site, name, build, _, checks = CASES[kind]
+    path = build(clean, tmp_path / name)
+    storage = LocalStorage(tmp_path / "store")
+    with pytest.raises(intake.UploadRefused) as err:
+        intake.upload(storage, load_site(site), path)
+    assert err.value.finding.check in checks and name in str(err.value)
+    assert not storage.list("")                       # nothing copied
+    result = CliRunner().invoke(app, ["upload", str(path), "--site", site,
+                                      "--storage", str(tmp_path / "store")])
+    assert result.exit_code == 2 and f"not uploaded ({err.value.finding.check})" in result.output
+    assert "Traceback" not in result.output and not storage.list("")
+    # the portal's check, before it reads a streamed file: type from the name, size limit
+    assert intake.upload_refusal(load_site(site), study, name) == (
+        err.value.finding if err.value.finding.check == "unexpected_format" else None)
+    assert intake.max_upload_bytes(study) == 200_000_000
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd.csv", "a/b\\c.csv", "drop (1) – é;#.csv"])

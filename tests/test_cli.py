@@ -151,7 +151,8 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
 
     import pandas as pd
     only_fixed = pd.read_parquet(io.BytesIO(s3.storage.read_bytes(f"curated/us/{fixed}.parquet")))
-    pd.testing.assert_frame_equal(curated, only_fixed)
+    pd.testing.assert_frame_equal(curated, only_fixed.sort_values("participant_id",
+                                                                  ignore_index=True))
     # Nothing was deleted: the first batch's raw and curated copies are still there.
     assert s3.storage.exists(f"raw/us/{first}.csv")
     assert s3.storage.exists(f"curated/us/{first}.parquet")

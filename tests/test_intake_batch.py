@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from lacrima import intake
+from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
@@ -29,7 +30,8 @@ def rounds(tmp_path_factory, study, sites):
         # Same IDs, other answers: an ID clash with whichever of the two is processed first.
         first.append((s, write_drop(s, study, d / "b", n=N, seed=2), False))
         first.append((s, write_drop(s, study, d / "c", n=N, seed=3, id_offset=500, mess=True), False))
-        garbage = d / "garbage.sav"
+        # unreadable, under the site's own extension (`upload` refuses another type)
+        garbage = d / f"garbage{load_codebook(s).formats[0].extensions[0]}"
         garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 900, dtype=np.uint8).tobytes())
         first.append((s, garbage, False))
         second.append((s, write_drop(s, study, d / "d", n=N, seed=4, id_offset=1000), False))

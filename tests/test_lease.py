@@ -3,8 +3,8 @@
 Before the lease, two ``lacrima run`` at once both ingested the same fresh batches and the
 second overwrote the ledger (Italy and Israel then quarantined as clashing with themselves).
 Here: exactly one of several runs racing for a store wins; a second run changes nothing and
-exits 3 naming the holder; a killed run's lease expires and is taken over; on local storage
-and on S3 (moto server).
+exits 3 naming the holder; a killed run's lease expires and is taken over (at once when the
+run was killed on this host, issue 24); on local storage and on S3 (moto server).
 """
 
 from __future__ import annotations
@@ -108,15 +108,49 @@ def test_of_runs_racing_for_a_local_store_exactly_one_wins(tmp_path, expired):
     assert lease.current(store)["token"] == won[0].token
 
 
-def test_a_killed_runs_lease_expires_and_is_taken_over(tmp_path):
-    store = tmp_path / "store"
+def _doomed(store: Path, host: str = "", ttl: float = 600) -> None:
+    """A run in a process of its own that takes the lease and is killed (SIGKILL); ``host``:
+    the host it says it runs on (default: this one)."""
     code = ("import os, signal, sys; sys.path.insert(0, %r)\n"
             "from lacrima import lease; from lacrima.storage import LocalStorage\n"
-            "lease.acquire(LocalStorage(%r), 'doomed run', ttl=2)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n") % (SRC, str(store))
+            "if %r: lease.this_host = lambda: %r\n"
+            "lease.acquire(LocalStorage(%r), 'doomed run', ttl=%r)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n") % (SRC, host, host, str(store), ttl)
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert proc.returncode == -9
-    st = LocalStorage(store)
+
+
+def test_a_run_killed_on_this_host_frees_the_lease_at_once(tmp_path):
+    # Before: the next run waited the whole lease (10 minutes) for a process that was gone.
+    _doomed(tmp_path / "store")
+    st = LocalStorage(tmp_path / "store")
+    assert lease.current(st)["owner"] == "doomed run" and not lease.current(st)["released"]
+    start = time.monotonic()
+    got = lease.acquire(st, "next", ttl=60)
+    assert got.owner == "next" and time.monotonic() - start < 5
+
+
+def test_a_live_holder_on_this_host_keeps_the_lease_until_it_is_gone(tmp_path):
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from lacrima import lease; from lacrima.storage import LocalStorage\n"
+            "lease.acquire(LocalStorage(%r), 'live run', ttl=600); print('held', flush=True)\n"
+            "time.sleep(60)\n") % (SRC, str(tmp_path / "store"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        st = LocalStorage(tmp_path / "store")
+        with pytest.raises(lease.LeaseHeld, match="live run"):
+            lease.acquire(st, "next", ttl=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert lease.acquire(st, "next", ttl=60).owner == "next"
+
+
+def test_a_run_killed_on_another_host_blocks_until_its_lease_expires(tmp_path):
+    _doomed(tmp_path / "store", host="another-host", ttl=2)
+    st = LocalStorage(tmp_path / "store")
+    assert lease.current(st)["host"] == "another-host"
     with pytest.raises(lease.LeaseHeld, match="doomed run"):
         lease.acquire(st, "next", ttl=60)
     got = lease.acquire(st, "next", ttl=60, wait=10, poll=0.2)

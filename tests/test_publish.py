@@ -18,6 +18,7 @@ import pytest
 from lacrima import catalog, report, steps
 from lacrima.results import Comparison
 from lacrima.storage import LocalStorage
+from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,44 @@ def test_a_run_killed_mid_report_leaves_the_previous_report_latest_and_the_next_
     _write(storage, "r3", inputs, "K2")
     _latest_is_exactly(storage, "r3")
     assert catalog.last_comparison_key(storage) == "K2"
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def any_store(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    return request.getfixturevalue("s3").storage
+
+
+def test_a_run_folder_without_manifest_is_named_by_status_and_removed_by_the_next_lease_holder(
+        any_store, inputs, monkeypatch):
+    # Before: a run killed while writing its report left reports/<run>/ without a manifest
+    # for good (restricted data files in it included).
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from lacrima import lease
+
+    storage = any_store
+    _write(storage, "r1", inputs, "K1")
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(report, "render_report",
+                  lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+        _write(storage, "r2", inputs, "K2")
+    assert storage.exists("reports/r2/restricted/analysis_ready.parquet")
+    assert catalog.unfinished_reports(storage) == ["r2"]
+    res = CliRunner().invoke(app, ["status", "--storage", storage.location])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "unfinished report: reports/r2/ has no manifest" in said, said
+    with lease.hold(storage, "next run"):
+        pass
+    assert not storage.list("reports/r2") and catalog.unfinished_reports(storage) == []
+    if storage.local_path("reports/r2") is not None:
+        assert not storage.local_path("reports/r2").exists()
+        _latest_is_exactly(storage, "r1")               # the published report is untouched
+    assert catalog.latest_run(storage) == "r1" and storage.exists("reports/r1/manifest.json")
+    res = CliRunner().invoke(app, ["status", "--storage", storage.location])
+    assert "unfinished report" not in res.output
 
 
 def test_the_local_latest_link_is_replaced_atomically_and_relative(tmp_path, inputs):

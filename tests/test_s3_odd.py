@@ -56,8 +56,10 @@ def test_folder_objects_and_empty_segments_are_ignored_with_a_warning(s3, it_dro
     with caplog.at_level(logging.WARNING, logger="lacrima.storage"):
         listed = [o.key for o in s3.storage.list("landing/it")]
     assert listed == [key]
-    assert sum("folder marker or a key with an empty segment" in r.getMessage()
-               for r in caplog.records) == 2          # landing/ is outside landing/it/
+    said = [r.getMessage() for r in caplog.records if r.name == "lacrima.storage"]
+    assert sum("landing/it/: a folder marker" in m for m in said) == 1
+    assert sum("landing/it//stray.csv: a key with an empty segment" in m for m in said) == 1
+    assert len(said) == 2                           # landing/ is outside landing/it/
     res = lacrima("status", "--json")
     assert res.exit_code == 0, res.output
     recs = json.loads(res.stdout)

@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from typing import Mapping
@@ -47,11 +48,13 @@ import pandas as pd
 from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.results import SiteAnalysis
 from lacrima.scoring import Flow
-from lacrima.storage import Storage, parquet_frame, read_json, write_json
+from lacrima.storage import ObjectInfo, Storage, parquet_frame, read_json, write_json
 from lacrima.study import Site, Study
 
 ACCEPTED, QUARANTINED, SUPERSEDED, LANDED, WITHDRAWN = (
     "accepted", "quarantined", "superseded", "landed", "withdrawn")
+
+log = logging.getLogger("lacrima.catalog")
 
 KEY_FILE = "ledger/_key.json"
 _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
@@ -62,6 +65,26 @@ _KEY_LABEL = b"lacrima pseudonym key fingerprint v1"
 
 def landing_prefix(site: str | None = None) -> str:
     return f"landing/{site}" if site else "landing"
+
+
+def landing_drops(storage: Storage, site: str) -> list[ObjectInfo]:
+    """The drops of a site: the files directly in ``landing/<site>/``, in key order.
+
+    The one answer to "what will a run read?". A file in a sub-folder
+    (``landing/<site>/sub/x.csv``) or with a hidden name (``.x.csv``) is never read, on any
+    store (a warning names it; ``lacrima status`` lists it with what to do); the store's
+    listing already leaves out what is not a regular file (a symbolic link, device or FIFO
+    in a local folder; an S3 folder marker or a key with an empty or ``..`` segment).
+    """
+    out = []
+    for obj in storage.list(landing_prefix(site)):
+        name = obj.key[len(landing_prefix(site)) + 1:]
+        if "/" in name or name.startswith("."):
+            log.warning("not reading %s: %s", obj.key, "in a sub-folder of the site's folder"
+                        if "/" in name else "a hidden file")
+            continue
+        out.append(obj)
+    return out
 
 
 def landing_key(site: str, sha: str, name: str, replaces: str = "") -> str:
@@ -219,8 +242,14 @@ def write_withdrawal(storage: Storage, site: str, entry: dict) -> None:
 
 
 def withdrawn_received(storage: Storage, site: str) -> int:
-    """People who withdrew consent after the site had sent a record of them."""
-    return sum(1 for w in withdrawals(storage, site) if w.get("held"))
+    """People who withdrew consent and of whom the site has sent a record, before or after
+    the withdrawal: the register names a batch for them (:func:`register_arrivals`), or the
+    withdrawal found one (``held``)."""
+    held = {w["pseudonym"] for w in withdrawals(storage, site) if w.get("held")}
+    if storage.exists(register_key(site)):
+        held |= {p for p, e in read_register(storage, site).items()
+                 if e.state == WITHDRAWN and e.batch}
+    return len(held)
 
 
 def read_landing_index(storage: Storage, site: str) -> dict:
@@ -359,6 +388,19 @@ def register_batch(reg: dict[str, Entry], batch: str, frame: pd.DataFrame,
     return out
 
 
+def register_arrivals(reg: dict[str, Entry], batch: str, pseudonyms) -> dict[str, Entry]:
+    """The register after ``batch`` brought records of people who had withdrawn before any
+    record of them arrived: they stay withdrawn (their answers are not kept), and the register
+    now names the batch, so the participant flow counts them as received, as it counts a
+    person who withdrew after their records arrived."""
+    out = dict(reg)
+    for pid in pseudonyms:
+        e = out.get(pid)
+        if e is not None and e.state == WITHDRAWN and not e.batch:
+            out[pid] = Entry("", batch, WITHDRAWN)
+    return out
+
+
 def current_by_batch(reg: Mapping[str, Entry]) -> dict[str, set[str]]:
     """Batch -> the participants whose current record is the one that batch brought."""
     out: dict[str, set[str]] = {}
@@ -377,7 +419,8 @@ def participants_held(storage: Storage, site: str) -> int:
 
 
 def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
-    """The site's curated data: each participant's current record once, withdrawn people left out.
+    """The site's curated data: each participant's current record once, withdrawn people left
+    out, in pseudonym order.
 
     Reads the accepted batches' curated files and keeps, from each, the rows the register
     says are current in it (a store without a register yet: every row, the first batch
@@ -396,7 +439,11 @@ def curated_frame(storage: Storage, site: str) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     data = pd.concat(frames, ignore_index=True)
-    return data.drop_duplicates(subset=["participant_id"], keep="first").reset_index(drop=True)
+    # In pseudonym order: the same records give the same rows in the same order whatever
+    # batches and row orders brought them, so every float sum (and an optimiser's path) over
+    # them, and every output, is byte-identical (issue 24).
+    data = data.drop_duplicates(subset=["participant_id"], keep="first")
+    return data.sort_values("participant_id", kind="stable").reset_index(drop=True)
 
 
 def frame_bytes(frame: pd.DataFrame) -> bytes:
@@ -662,6 +709,45 @@ def publish_report(storage: Storage, run_id: str, files: Mapping[str, tuple[str,
         tmp.unlink()                    # ours, from a run killed between these two lines
     os.symlink(run_id, tmp)             # relative: the folder still works where it is copied
     os.replace(tmp, link)
+
+
+def unfinished_reports(storage: Storage) -> list[str]:
+    """Run ids of folders under ``reports/`` without their manifest: runs killed while writing
+    their report (:func:`publish_report` writes the manifest after every other file).
+
+    ``reports/latest`` (the local link) and ``reports/latest-until-*`` (copies moved aside by
+    an older version) are not run folders.
+    """
+    runs, whole = set(), set()
+    for obj in storage.list("reports"):
+        parts = obj.key.split("/")
+        if len(parts) < 3 or parts[1] == "latest" or parts[1].startswith("latest-until-"):
+            continue
+        runs.add(parts[1])
+        if parts[2:] == [MANIFEST]:
+            whole.add(parts[1])
+    return sorted(runs - whole)
+
+
+def remove_unfinished_reports(storage: Storage) -> list[str]:
+    """Delete every run folder :func:`unfinished_reports` finds; their run ids.
+
+    Only for the holder of the store's lease (``lacrima.lease.hold`` calls it): no other run
+    can be writing a report then. Such a folder was never published (the pointer names a
+    folder only after its manifest) and the next run makes its report again.
+    """
+    import shutil
+
+    gone = unfinished_reports(storage)
+    for run_id in gone:
+        for obj in storage.list(report_prefix(run_id)):
+            storage.delete(obj.key)
+        folder = storage.local_path(report_prefix(run_id))
+        if folder is not None and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)           # the empty folders a local store leaves
+        log.warning("removed reports/%s: a run was killed while writing it (no manifest); "
+                    "it was never published", run_id)
+    return gone
 
 
 def latest_run(storage: Storage) -> str | None:

@@ -8,6 +8,7 @@ says so explicitly (metadata ``replaces``). The pipeline never overwrites or del
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -23,10 +24,11 @@ from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAW
                              read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
-from lacrima.storage import Storage, parquet_frame, sha256_bytes, write_json
+from lacrima.storage import NotRegularFile, Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
 from lacrima.validate import ValidationReport, run_suite_many, validate_drop
 
+log = logging.getLogger("lacrima.intake")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -260,13 +262,18 @@ def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) ->
     known = set(records)
     index = read_landing_index(storage, site.code)
     pending, skipped, index_changed = [], 0, False
-    landing = storage.list(catalog.landing_prefix(site.code))
+    landing = catalog.landing_drops(storage, site.code)
     for obj in landing:
         seen = index.get(obj.key)
         if seen and seen["etag"] == obj.etag and seen["sha256"] in known:
             skipped += 1                  # unchanged object already processed: not even read
             continue
-        data = storage.read_bytes(obj.key)
+        try:
+            data = storage.read_bytes(obj.key)
+        except NotRegularFile as err:     # replaced by a link since the listing: never read
+            log.warning("not reading %s", err)
+            skipped += 1
+            continue
         sha = sha256_bytes(data)
         index[obj.key] = {"etag": obj.etag, "sha256": sha}
         index_changed = True
@@ -339,6 +346,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
                replaces=replaced.sha256 if replaced else "",
                identifying_dropped=report.identifying_dropped, key_fingerprint=key_fingerprint)
     if report.valid and frame is not None:
+        reg = catalog.register_arrivals(reg, sha, frame["participant_id"].dropna())
         new = frame[split.new].reset_index(drop=True)
         curated_key = catalog.curated_key(site.code, sha)
         storage.write_bytes(curated_key, catalog.frame_bytes(new), if_absent=True)
@@ -506,14 +514,94 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
     return tuple(out)
 
 
+class UploadRefused(ValueError):
+    """A file the run would refuse for its size or type: never put in the landing zone.
+
+    ``finding`` says why (``check`` as the run's report names it, ``expected``, ``found``).
+    """
+
+    def __init__(self, finding: Finding):
+        self.finding = finding
+        super().__init__(finding.message)
+
+
+def max_upload_bytes(study: Study) -> int:
+    """The largest drop a run reads (``[validation] max_file_mb``), in bytes: what an upload
+    that streams (the portal) stops reading at."""
+    return int(float(study.section("validation").get("max_file_mb", 200)) * 1e6)
+
+
+def upload_refusal(site: Site, study: Study, name: str, size: int | None = None,
+                   head: bytes = b"") -> Finding | None:
+    """Why the run would refuse a file before reading its rows, or None: the one check that
+    ``lacrima upload`` and the portal make before a byte is copied.
+
+    Parameters
+    ----------
+    site, study
+    name : str
+        The file's name as sent (its extension says its type).
+    size : int, optional
+        Its size in bytes, when known (a streamed upload checks the type first, then stops
+        reading at :func:`max_upload_bytes`).
+    head : bytes
+        Its first bytes, when known: an encrypted or legacy (.xls) workbook is refused.
+
+    Returns
+    -------
+    Finding or None
+        ``file_too_large``, ``empty_file``, ``unexpected_format`` (an extension the site's
+        codebook does not declare) or ``encrypted_file``, each with what to do.
+    """
+    from lacrima.codebook import load_codebook
+
+    shown = safe_name(name)
+    max_mb = max_upload_bytes(study) / 1e6
+    if size is not None and size / 1e6 > max_mb:
+        return Finding("file_too_large", f"{shown} is {size / 1e6:.0f} MB; drops up to "
+                       f"{max_mb:.0f} MB are read: split the export (by date, say) and send "
+                       "each part", expected=f"at most {max_mb:.0f} MB",
+                       found=f"{size / 1e6:.0f} MB")
+    if size == 0:
+        return Finding("empty_file", f"{shown} is empty (0 bytes): export it again",
+                       expected="a non-empty file", found="0 bytes")
+    codebook = load_codebook(site)
+    if codebook.format_for(shown) is None:
+        accepted = ", ".join(e for f in codebook.formats for e in f.extensions)
+        suffix = PurePosixPath(shown).suffix or "no extension"
+        return Finding("unexpected_format", f"{shown}: site {site.code} sends {accepted} files, "
+                       f"not {suffix}: export it as one of those", expected=accepted,
+                       found=suffix)
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return Finding("encrypted_file", f"{shown} is a password-protected (encrypted) workbook "
+                       "or a legacy .xls file: remove the password and save it as .xlsx",
+                       expected="an unencrypted .xlsx", found="an OLE (encrypted or .xls) file")
+    return None
+
+
 def upload(storage: Storage, site: Site, path: Path, uploader: str = "",
-           replaces: str = "") -> str:
+           replaces: str = "", study: Study | None = None) -> str:
     """Put a file into ``landing/<site>/`` with its checksum and metadata; returns the key.
 
     The landing name carries the content hash, so two different files with the same name never
     overwrite each other. ``replaces`` marks an explicit correction of an earlier batch.
+    ``study``: the plan whose limits apply (default: ``load_study()``).
+
+    Raises
+    ------
+    UploadRefused
+        A file the run would refuse for its size or type (:func:`upload_refusal`), before
+        anything but its first bytes is read, and before anything is copied.
     """
-    data = Path(path).read_bytes()
+    from lacrima.study import load_study
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    refused = upload_refusal(site, study or load_study(), path.name, path.stat().st_size, head)
+    if refused is not None:
+        raise UploadRefused(refused)
+    data = path.read_bytes()
     sha = sha256_bytes(data)
     name = safe_name(Path(path).name)
     if replaces:
@@ -534,7 +622,7 @@ def landing_counts(storage: Storage, site: Site) -> tuple[int, int]:
     Cheap: one listing compared with the landing index; reads no drop.
     """
     index = read_landing_index(storage, site.code)
-    listing = storage.list(catalog.landing_prefix(site.code))
+    listing = catalog.landing_drops(storage, site.code)
     return len(listing), sum(1 for obj in listing
                              if index.get(obj.key, {}).get("etag") != obj.etag)
 

@@ -2,7 +2,8 @@
 
 A run holds ``locks/run.json`` (owner, start, expiry) while it works and renews it; a second
 run waits a bounded time or stops with :class:`LeaseHeld`, naming the holder. A run that dies
-stops renewing, so its lease expires and the next run takes it over.
+stops renewing, so its lease expires and the next run takes it over; a run that died on this
+host (same host, boot and pid namespace, process gone) frees it at once.
 
 Both backends give the one primitive needed, a compare-and-swap (``Storage.swap``): locally
 an exclusive create (``os.link``) and, to replace an existing lease, a replace under
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 import threading
@@ -27,8 +29,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Iterator
 
-from lacrima.catalog import LEASE_KEY
+from lacrima.catalog import LEASE_KEY, remove_unfinished_reports
 from lacrima.storage import Storage
+
+log = logging.getLogger("lacrima.lease")
 
 # Seconds a lease lasts unless renewed; a run renews it every third of that. A crashed run
 # blocks the store for at most this long.
@@ -62,6 +66,8 @@ class Lease:
     expires: float
     released: bool = False
     tag: str = ""
+    host: str = ""          # where the holder runs (:func:`this_host`), and its process id
+    pid: int = 0
 
     def body(self) -> bytes:
         record = {k: v for k, v in asdict(self).items() if k != "tag"}
@@ -81,6 +87,36 @@ def default_owner(run_id: str = "") -> str:
         user = "?"
     who = f"{user}@{socket.gethostname()} pid {os.getpid()}"
     return f"{who} run {run_id}" if run_id else who
+
+
+def this_host() -> str:
+    """Names the process ids this process can see: host name, boot id and pid namespace.
+
+    Two holders with the same value see the same processes, so a holder's process id that is
+    gone here is gone (containers sharing a host name but not a pid namespace differ).
+    """
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            parts.append(fh.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return "/".join(parts)
+
+
+def _dead_here(holder: dict) -> bool:
+    """Whether the holder ran on this host (:func:`this_host`) and its process is gone."""
+    pid = holder.get("pid") or 0
+    if not pid or holder.get("host") != this_host() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)             # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:                 # exists, another user's
+        return False
+    return False
 
 
 def current(storage: Storage) -> dict | None:
@@ -113,17 +149,25 @@ def acquire(storage: Storage, owner: str, ttl: float = LEASE_SECONDS, wait: floa
     ------
     LeaseHeld
         A live lease of another run, still there after ``wait`` seconds.
+
+    Notes
+    -----
+    A lease is free when released, expired, or held by a process of this host that is gone
+    (a run killed on this machine frees the store at once; one on another machine blocks
+    it until its lease expires: its process cannot be seen from here).
     """
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait
+    host = this_host()
     while True:
         now = time.time()
-        mine = Lease(owner, token, now, now + ttl)
+        mine = Lease(owner, token, now, now + ttl, host=host, pid=os.getpid())
         got = storage.read_tagged(LEASE_KEY)
         holder = json.loads(got[0]) if got else None
         if holder and holder.get("token") == token:      # our write landed, its answer was lost
             return replace(mine, started=holder["started"], expires=holder["expires"], tag=got[1])
-        if holder is None or holder.get("released") or holder.get("expires", 0) <= now:
+        if (holder is None or holder.get("released") or holder.get("expires", 0) <= now
+                or _dead_here(holder)):
             tag = storage.swap(LEASE_KEY, mine.body(), got[1] if got else None)
             if tag is not None:
                 return replace(mine, tag=tag)
@@ -171,8 +215,15 @@ def hold(storage: Storage, owner: str, ttl: float = LEASE_SECONDS, wait: float =
     Raises :class:`LeaseHeld` on entry as :func:`acquire` does. A renewal that fails on a
     store error is retried at the next tick (the lease has two more ticks before it expires);
     one that finds the lease taken over sets ``lost`` (see :meth:`HeldLease.check`).
+
+    Once the lease is taken, run folders a killed run left without a manifest are removed
+    (``catalog.remove_unfinished_reports``): only the holder can know nobody writes them.
     """
     held = HeldLease(acquire(storage, owner, ttl, wait, poll), threading.Event())
+    try:
+        remove_unfinished_reports(storage)
+    except OSError as err:          # left for the next holder; never a reason not to run
+        log.warning("could not remove an unfinished report folder: %s", err)
     stop = threading.Event()
 
     def keep():

@@ -1,17 +1,31 @@
 """What a data manager asks of the store: per site, what is held, what waits, what went wrong.
 
 ``site_status`` summarises one site from its ledger and landing zone; ``misplaced`` finds
-files a run will never read (``landing/us_export.csv``, ``landing/US/``, hidden files), each
-with what to do about it.
+files a run will never read (``landing/us_export.csv``, ``landing/US/``, sub-folders, hidden
+files, symbolic links), each with what to do about it.
 """
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from lacrima.storage import (BROKEN_LINK, DOT_SEGMENT, EMPTY_SEGMENT, FILE_LINK, FOLDER_LINK,
+                             FOLDER_MARKER, HIDDEN, SPECIAL)
 from lacrima.findings import printable
 
 LANDING = "landing"
+
+
+# What to do about each kind of entry the store's listing leaves out (Storage.unlisted).
+_NOT_FILES = {
+    FILE_LINK: "a symbolic link to a file: never read",
+    FOLDER_LINK: "a symbolic link to a folder: never read, nor anything in it",
+    BROKEN_LINK: "a symbolic link to nothing: never read",
+    SPECIAL: "not a regular file (a device, FIFO or socket): never read",
+    FOLDER_MARKER: "a folder marker (an empty object named like a folder): not a file",
+    EMPTY_SEGMENT: "a key with an empty segment ('//'): never read",
+    DOT_SEGMENT: "a key with a '.' or '..' segment: never read",
+}
 
 
 def misplaced(storage, codes) -> list[dict]:
@@ -27,26 +41,28 @@ def misplaced(storage, codes) -> list[dict]:
     -------
     list of dict
         ``key`` (as stored), ``problem`` and ``fix``, in key order. A drop is read only at
-        ``landing/<site>/<file>``: a file directly in ``landing/``, a folder that is not a
-        site code (``US`` for ``us``), a sub-folder of a site's folder, or a hidden file
-        (name starting with ``.``) is flagged.
-
-    Notes
-    -----
-    A local store's listing leaves dot-names out (the store keeps its own metadata there),
-    so for a local store the landing folder is also walked for hidden files.
+        ``landing/<site>/<file>`` (``catalog.landing_drops``), and only when it is a regular
+        file: a file directly in ``landing/``, a folder that is not a site code (``US`` for
+        ``us``), a sub-folder of a site's folder, a hidden file (name starting with ``.``), a
+        symbolic link, device or FIFO, an S3 folder marker or a key with an empty or ``..``
+        segment is flagged.
     """
     codes = set(codes)
-    keys = [o.key for o in storage.list(LANDING)]
-    root = storage.local_path(LANDING) if hasattr(storage, "local_path") else None
-    if root is not None and root.is_dir():
-        keys += [p.relative_to(root.parent).as_posix() for p in root.rglob(".*") if p.is_file()]
+    entries = {o.key: "" for o in storage.list(LANDING)}
+    entries.update(storage.unlisted(LANDING))
     out = []
-    for key in sorted(set(keys)):
+    for key, what in sorted(entries.items()):
         parts = PurePosixPath(key).parts[1:]          # below landing/
         name = printable(parts[-1]) if parts else ""
         shown = printable(key)
-        if any(p.startswith(".") for p in parts):
+        site = parts[0] if len(parts) > 1 and parts[0] in codes else "CODE"
+        if what == FOLDER_MARKER:
+            problem, fix = _NOT_FILES[what], "nothing to do (delete it to silence this line)"
+        elif what in _NOT_FILES:
+            problem, fix = _NOT_FILES[what], (
+                f"delete it; a drop is the file itself, sent with `lacrima upload FILE "
+                f"--site {site}`")
+        elif what == HIDDEN or any(p.startswith(".") for p in parts):
             problem, fix = "hidden file: not read", (
                 f"delete it if it is not a drop (editors and Finder leave such files); "
                 f"else rename it without the leading dot")

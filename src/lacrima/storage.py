@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,12 @@ class Storage(Protocol):
     is ``write_bytes(key, read_bytes(source), if_absent=...)`` without the bytes passing through
     the caller where the store can avoid it (metadata is not copied). ``metadata`` holds short ASCII
     strings (S3 object metadata). ``list(prefix)`` gives every object under the folder
-    ``prefix`` ("" = all), sorted by key. Failures are ``OSError`` (``StorageError`` on S3).
+    ``prefix`` ("" = all), sorted by key: regular files only (a symbolic link, device or FIFO
+    in a local folder is never listed, opened or copied; reads open with ``O_NOFOLLOW``).
+    ``unlisted(prefix)`` gives what ``list`` leaves out under ``prefix`` and is not the store's
+    own, as ``(key, what)`` pairs (:func:`describe_key`): links, devices, hidden files, S3
+    folder markers and keys with empty or ``..`` segments. Failures are ``OSError``
+    (``StorageError`` on S3).
 
     ``read_tagged(key)`` gives ``(bytes, tag)`` or ``None`` when absent; ``swap(key, data, tag)``
     is a compare-and-swap: it writes only if the object's tag is still ``tag`` (``None``: only
@@ -68,6 +74,7 @@ class Storage(Protocol):
     location: str
 
     def list(self, prefix: str) -> list[ObjectInfo]: ...
+    def unlisted(self, prefix: str) -> list[tuple[str, str]]: ...
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path) -> Path: ...
@@ -99,6 +106,32 @@ def _is_object_key(key: str) -> bool:
     """True for a key a store may hold as a file (see ``_check_key``)."""
     return bool(key) and not key.startswith("/") and all(
         p not in ("", ".", "..") for p in key.split("/"))
+
+
+# What an entry that is not an object is (``describe_key`` and ``LocalStorage.unlisted``).
+FOLDER_MARKER, EMPTY_SEGMENT, DOT_SEGMENT = "folder marker", "empty segment", "dot segment"
+HIDDEN, FILE_LINK, FOLDER_LINK, BROKEN_LINK, SPECIAL = (
+    "hidden file", "link to a file", "link to a folder", "broken link", "special file")
+
+
+def describe_key(key: str) -> str:
+    """What a key no file system could hold as a file is, in a few words ("" for an object key).
+
+    >>> describe_key("landing/it/"), describe_key("landing/it/../us/x.csv")
+    ('folder marker', 'dot segment')
+    """
+    if _is_object_key(key):
+        return ""
+    if not key or key.endswith("/") and _is_object_key(key.rstrip("/")):
+        return FOLDER_MARKER
+    if any(p in (".", "..") for p in key.split("/")):
+        return DOT_SEGMENT
+    return EMPTY_SEGMENT
+
+
+class NotRegularFile(OSError):
+    """A local key that is not a regular file (a symbolic link, device, FIFO, or a path
+    through a linked folder): never opened."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -138,28 +171,96 @@ class LocalStorage:
     def _meta_path(self, key: str) -> Path:
         return self.root / ".meta" / (_check_key(key) + ".json")
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """``(key, lstat)`` of every entry below ``prefix`` that is not a folder, in key order.
+
+        Links are never followed (a linked folder is one entry, not walked); folders whose
+        name starts with a dot are the store's own (``.meta/``, ``.locks/``) and not walked.
+        A ``prefix`` reached through a link gives nothing: what is there is not the store's.
+        """
         prefix = prefix.strip("/")
         base = self._path(prefix) if prefix else self.root
-        if not base.exists():
-            return []
+        if not base.is_dir() or os.path.realpath(base) != str(base):
+            return
+        stack = [base]
+        found = []
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    if not e.name.startswith("."):
+                        stack.append(Path(e.path))
+                    continue
+                found.append((Path(e.path).relative_to(self.root).as_posix(), st))
+        yield from sorted(found)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        # Regular files only (lstat): a link, device or FIFO is no object. Dot-names are ours
+        # (.tmp- files being written) or hidden files, not objects.
+        return [ObjectInfo(key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}")
+                for key, st in self._walk(prefix)
+                if stat.S_ISREG(st.st_mode) and not key.rsplit("/", 1)[-1].startswith(".")]
+
+    def unlisted(self, prefix: str) -> list[tuple[str, str]]:
         out = []
-        for p in sorted(base.rglob("*")):
-            key = p.relative_to(self.root).as_posix()
-            # Dot-names are ours (.meta/, .tmp- files being written), not objects.
-            if p.is_file() and not any(part.startswith(".") for part in key.split("/")):
-                st = p.stat()
-                out.append(ObjectInfo(key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}"))
+        for key, st in self._walk(prefix):
+            if stat.S_ISLNK(st.st_mode):
+                path = self.root / key
+                out.append((key, FOLDER_LINK if path.is_dir() else
+                            FILE_LINK if path.exists() else BROKEN_LINK))
+            elif not stat.S_ISREG(st.st_mode):
+                out.append((key, SPECIAL))
+            elif key.rsplit("/", 1)[-1].startswith("."):
+                out.append((key, HIDDEN))
         return out
 
+    def _open(self, key: str) -> int:
+        """A read-only descriptor of ``key``, a regular file reached through no link.
+
+        ``O_NOFOLLOW`` refuses a link as the last part; the resolved parent, a path through
+        a linked folder that leads out of the store (the store's own ``reports/latest`` link
+        stays inside it; listings never walk a linked folder); ``fstat`` anything but a
+        regular file (``O_NONBLOCK``: a FIFO does not block the open). Raises
+        :class:`NotRegularFile` (an ``OSError``) for any of them.
+        """
+        path = self._path(key)
+        if not self._inside(path):
+            raise NotRegularFile(f"{key}: reached through a link out of the store, not opened")
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as err:
+            if os.path.islink(path):          # ELOOP, or EMLINK on some BSDs
+                raise NotRegularFile(f"{key}: a symbolic link, not opened") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotRegularFile(f"{key}: not a regular file, not read")
+        return fd
+
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path``'s folder, links resolved, is in the store."""
+        return Path(os.path.realpath(path.parent)).is_relative_to(self.root)
+
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        try:
+            return stat.S_ISREG(os.lstat(path).st_mode) and self._inside(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        with os.fdopen(self._open(key), "rb") as fh:
+            return fh.read()
 
     def download(self, key: str, path: Path) -> Path:
-        shutil.copyfile(self._path(key), path)
+        with os.fdopen(self._open(key), "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         return path
 
     def write_bytes(self, key: str, data: bytes, metadata: dict | None = None,
@@ -192,14 +293,15 @@ class LocalStorage:
         # A hard link where the file system allows: objects are never changed in place (every
         # write goes to a new file renamed over its key), so a link is as good as a copy.
         src, target = self._path(source), self._path(key)
+        os.close(self._open(source))        # a regular file, reached through no link
         target.parent.mkdir(parents=True, exist_ok=True)
         if if_absent and target.exists():
             return False
         tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
         try:
-            os.link(src, tmp)
+            os.link(src, tmp, follow_symlinks=False)
         except OSError:             # another file system, or no hard links: a real copy
-            shutil.copyfile(src, tmp)
+            self.download(source, tmp)
             os.chmod(tmp, 0o644)
         if not if_absent:
             os.replace(tmp, target)
@@ -225,7 +327,7 @@ class LocalStorage:
 
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         try:
-            data = self._path(key).read_bytes()
+            data = self.read_bytes(key)
         except FileNotFoundError:
             return None
         return data, sha256_bytes(data)
@@ -254,6 +356,12 @@ class LocalStorage:
             return False
         self._meta_path(key).unlink(missing_ok=True)
         return True
+
+
+# The words a warning or ``lacrima status`` uses for each kind of non-object.
+_WHAT = {FOLDER_MARKER: "a folder marker (an empty object named like a folder)",
+         EMPTY_SEGMENT: "a key with an empty segment ('//')",
+         DOT_SEGMENT: "a key with a '.' or '..' segment"}
 
 
 class StorageError(OSError):
@@ -376,27 +484,37 @@ class S3Storage:
     def _code(err) -> str:
         return str(err.response.get("Error", {}).get("Code", ""))
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def _listing(self, prefix: str) -> Iterator[tuple[str, dict]]:
+        """``(key relative to the root, listed object)`` of each key under the folder ``prefix``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         prefix = prefix.strip("/")
         full = self._key(prefix) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
-        out = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
-                    key = self._rel(obj["Key"])
-                    if not _is_object_key(key):
-                        # A "folder" (what the S3 console makes: ``landing/it/``, zero bytes) or
-                        # a key no file system could hold (``landing/it//x.csv``): not a drop.
-                        log.warning("ignoring s3://%s/%s: a folder marker or a key with an "
-                                    "empty segment, not a file", self.bucket, obj["Key"])
-                        continue
-                    out.append(ObjectInfo(key, obj["Size"], obj["ETag"].strip('"')))
+                    yield self._rel(obj["Key"]), obj
         except (BotoCoreError, ClientError) as err:
             raise self._error("list", full, err) from None
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        for key, obj in self._listing(prefix):
+            what = describe_key(key)
+            if what:
+                # A "folder" (what the S3 console makes: ``landing/it/``, zero bytes) or a key
+                # no file system could hold (``landing/it//x.csv``, ``landing/it/../us/x.csv``):
+                # not a file, never read.
+                log.warning("ignoring s3://%s/%s: %s, not a file", self.bucket, obj["Key"],
+                            _WHAT[what])
+                continue
+            out.append(ObjectInfo(key, obj["Size"], obj["ETag"].strip('"')))
         return sorted(out, key=lambda o: o.key)
+
+    def unlisted(self, prefix: str) -> list[tuple[str, str]]:
+        return sorted((key, describe_key(key)) for key, _ in self._listing(prefix)
+                      if describe_key(key))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True (S3 does not say whether it was there)."""
