@@ -9,6 +9,7 @@ keeps no global state and is safe from the flow's worker threads and processes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import io
@@ -74,6 +75,51 @@ def _finite(*values) -> bool:
     return all(v is not None and pd.notna(v) and np.isfinite(float(v)) for v in values)
 
 
+class ForestCanvas:
+    """One matplotlib Figure and Axes, reused for several forest plots on one kind of x axis.
+
+    Making an Axes and its tick artists is about a third of a plot's cost; the plots of one
+    family share their axis, so ``report.forest_plots`` draws them on one canvas, cleared
+    between plots. A canvas is used by one thread at a time (each task draws its own
+    families on its own canvases).
+
+    Parameters
+    ----------
+    log_scale : bool
+        A log x axis (odds ratios), with plain-number ticks.
+    """
+
+    def __init__(self, log_scale: bool = False):
+        from matplotlib.figure import Figure
+
+        self.log_scale = log_scale
+        self.fig = Figure()
+        self.ax = ax = self.fig.add_axes((0, 0, 1, 1))
+        if log_scale:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            # Plain numbers (0.5, 1, 2, 10), not powers of ten: readers of odds ratios expect them.
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_visible(False)
+        ax.spines[["top", "right", "left"]].set_visible(False)
+        ax.tick_params(axis="x", labelsize=_FONT_PT, length=4)
+
+    def clear(self, size_in: tuple[float, float], axes_rect: tuple[float, float, float, float]):
+        """The figure and axes, emptied of the last plot's artists, at a new size; the axis
+        (scale, ticks, formatters) is kept."""
+        ax = self.ax
+        for artist in [*ax.lines, *ax.patches, *ax.collections, *ax.texts]:
+            artist.remove()
+        self.fig.texts.clear()
+        self.fig.set_size_inches(*size_in)
+        ax.set_position(axes_rect)
+        return self.fig, ax
+
+
+@functools.lru_cache(maxsize=4096)
 def _text_in(text: str, bold: bool = False) -> float:
     """Width of ``text`` in inches at ``_FONT_PT`` in matplotlib's default font (FreeType
     directly: a fraction of a millisecond, where laying out a Text artist costs more)."""
@@ -119,7 +165,8 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
                originals: set[str] | frozenset[str] = frozenset(), null: float = 0.0,
                log_scale: bool = False, salt: str = "", *,
                xlim: tuple[float, float] | None = None, metric: str = "Estimate",
-               bounded: bool = False, show_title: bool = False) -> str:
+               bounded: bool = False, show_title: bool = False,
+               canvas: ForestCanvas | None = None) -> str:
     """A forest plot as an SVG string (text kept as text, no external references).
 
     Parameters
@@ -156,6 +203,9 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
         The estimate cannot exceed 1 (r): written without the leading zero (APA).
     show_title : bool
         Draw ``title`` above the plot (a plot without a heading beside it).
+    canvas : ForestCanvas, optional
+        Draw on this canvas (of the same ``log_scale``), cleared first: the plots of one
+        family drawn on one canvas cost a third less. Default: a canvas of its own.
 
     Returns
     -------
@@ -173,9 +223,14 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     (the table beside the plot names them).
     """
     import matplotlib
-    from matplotlib.figure import Figure
     from matplotlib.markers import MarkerStyle
     from matplotlib.transforms import blended_transform_factory
+
+    if canvas is None:
+        canvas = ForestCanvas(log_scale)
+    elif canvas.log_scale != log_scale:
+        raise ValueError(f"a canvas with log_scale={canvas.log_scale} cannot draw a plot "
+                         f"with log_scale={log_scale}")
 
     rows = site_rows.reset_index(drop=True)
     k = len(rows)
@@ -242,10 +297,9 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
     rows_h = _ROW_IN + k * site_h + (_ROW_IN * 0.4 + 2 * _ROW_IN if has_pooled else 0.0)
     notes_h = len(notes) * _ROW_IN
     fig_h = _PAD_IN + title_h + rows_h + _AXIS_IN + notes_h + _PAD_IN
-    fig = Figure(figsize=(fig_w, fig_h))
     plot_x0 = _PAD_IN + left_w
-    ax = fig.add_axes((plot_x0 / fig_w, (_PAD_IN + notes_h + _AXIS_IN) / fig_h,
-                       _PLOT_IN / fig_w, rows_h / fig_h))
+    fig, ax = canvas.clear((fig_w, fig_h), (plot_x0 / fig_w, (_PAD_IN + notes_h + _AXIS_IN) / fig_h,
+                                            _PLOT_IN / fig_w, rows_h / fig_h))
     # y in inches below the top of the rows: row centres
     y_header = -_ROW_IN / 2
     ys = -(_ROW_IN + (np.arange(k) + 0.5) * site_h)
@@ -291,19 +345,8 @@ def forest_svg(site_rows: pd.DataFrame, pooled: pd.Series | Mapping | None, titl
         xlim = axis_limits([*zip(lows, highs), *zip(estimates, estimates),
                             *([(lo, hi), (pooled.get("pi_low"), pooled.get("pi_high"))]
                               if has_pooled else [])], null, log_scale)
-    if log_scale:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        # Plain numbers (0.5, 1, 2, 10), not powers of ten: readers of odds ratios expect them.
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(*xlim)
-    ax.yaxis.set_visible(False)
-    ax.spines[["top", "right", "left"]].set_visible(False)
     ax.spines["bottom"].set_bounds(*xlim)
-    ax.tick_params(axis="x", labelsize=_FONT_PT, length=4)
     ax.set_xlabel(xlabel, fontsize=_FONT_PT)
     # The text columns: x in figure inches, y in the rows' inches.
     to_fig = blended_transform_factory(fig.dpi_scale_trans, ax.transData)

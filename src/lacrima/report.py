@@ -44,7 +44,7 @@ from lacrima.disclosure import (count_cell, fmt_n, group_cells, shareable_descri
                                 shareable_flow)
 from lacrima.exports import spss_bytes, stacked_parquet_bytes, to_csv_bytes
 from lacrima.meta.effects import FROM_SCALE, TO_SCALE
-from lacrima.plots import ORIGINAL_MARK, axis_limits, forest_svg, site_style
+from lacrima.plots import ORIGINAL_MARK, ForestCanvas, axis_limits, forest_svg, site_style
 from lacrima.pooling import POOLED_ANALYSES, pool_details, site_weights
 from lacrima.privacy import MIN_CELL
 from lacrima.results import Comparison, RunOutputs, SiteAnalysis
@@ -448,11 +448,12 @@ def forest_plots(comparison: Comparison, study: Study, sites: list[Site],
                  *zip(site_rows["estimate"], site_rows["estimate"]),
                  *([(diamond["ci_low"], diamond["ci_high"]),
                     (diamond["pi_low"], diamond["pi_high"])] if diamond is not None else [])])
+        canvases = {log: ForestCanvas(log) for log in by_axis}
         for anchor, site_rows, diamond, kw in plots:
             log = kw.get("log_scale", False)
             xlim = axis_limits(by_axis[log], 1.0 if log else 0.0, log)
             out[anchor] = forest_svg(site_rows, diamond, styles=styles, originals=originals,
-                                     salt=anchor, xlim=xlim, **kw)
+                                     salt=anchor, xlim=xlim, canvas=canvases[log], **kw)
     return out
 
 
