@@ -243,7 +243,34 @@ def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
             assert f'<section id="{section}"' in page
         analyses_part = page[page.index('<section id="analyses"'):]
         assert analyses_part.count("<tr>") - analyses_part.count("<thead>") == len(a.results)
-        assert f'href="restricted/data/{a.site}.sav"' in page and 'href="report.html"' in page
+        assert 'href="report.html"' in page
+        # the site's row-level exports are named, as text: the page does not link into restricted/
+        assert f"<code>restricted/data/{a.site}.sav</code>" in page
+        assert "href=\"restricted/" not in page
+
+
+def test_the_shareable_folder_has_no_dead_link(run):
+    """Issue 23 point 6: share the run folder without restricted/ and every link still opens."""
+    storage, outputs, html, _ = run
+    shared = {f for f in outputs.files if not f.startswith(f"{report.RESTRICTED}/")}
+    pages = {"report.html": html} | {
+        name: storage.read_bytes(f"reports/run-1/{name}").decode()
+        for name in outputs.site_pages.values()}
+    assert len(pages) == 4
+    for name, page in pages.items():
+        links = re.findall(r'(?:href|src)\s*=\s*"([^"#][^"]*)"', page)
+        assert links, name
+        assert [h for h in links if "restricted" in h] == [], name
+        assert set(links) <= shared, (name, set(links) - shared)
+    # where the row-level files are: the restricted README lists each one
+    readme = storage.read_bytes("reports/run-1/restricted/README.txt").decode()
+    inside = [f[len("restricted/"):] for f in outputs.files if f.startswith("restricted/")]
+    assert len(inside) >= 10 and "do not share" in readme
+    for f in inside:
+        if f != "README.txt":
+            assert f"  {f}\n" in readme, f
+    assert "  data/us.sav" in readme.split("Exact counts")[0]       # under row-level data
+    assert "  participant_flow.csv" in readme.split("Exact counts")[1]
 
 
 def test_inputs_are_not_mutated(run, report_inputs):

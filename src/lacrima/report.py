@@ -348,7 +348,9 @@ def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any
             "created_at": prov.get("created_at", ""), "min_cell": MIN_CELL,
             "site_pages": [(s.code, s.country, f"site-{s.code}.html") for s in sites
                            if f"site-{s.code}.html" in files],
-            "downloads": sorted(f for f in files if not f.endswith(".html"))}
+            "downloads": sorted(f for f in files if not f.endswith(".html")
+                                and not f.startswith(f"{RESTRICTED}/")),
+            "restricted": RESTRICTED}
 
 
 def report_title(study: Study, sites: Iterable[Site]) -> str:
@@ -694,13 +696,14 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
     site : Site
     study : Study
     downloads : iterable of str
-        Run-relative names of the site's own exports (``data/<site>.csv``, ...) to link.
+        Run-relative names of the site's own exports (``restricted/data/<site>.csv``, ...):
+        named as text, never linked (a shared folder has no ``restricted/``).
 
     Returns
     -------
     str
         HTML document with sections ``flow``, ``descriptives``, ``analyses``; it links back
-        to ``report.html`` and to the site's own exports.
+        to ``report.html``.
 
     Notes
     -----
@@ -714,19 +717,44 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
         input_key=analysis.input_key[:12], n_batches=len(analysis.batches),
         flow_table=_html_table(flow_frame([analysis])),
         numeric_table=numeric, categorical_table=categorical,
-        families=_site_analyses(analysis, study), own_downloads=list(downloads))
+        families=_site_analyses(analysis, study), own_files=list(downloads),
+        restricted=RESTRICTED)
 
 
 RESTRICTED = "restricted"
 """Sub-folder of a run folder for what may not be shared: row-level data and exact counts."""
 
-RESTRICTED_README = f"""Restricted outputs of a lacrima run: do not share.
+def restricted_readme(run_id: str, names: Iterable[str]) -> bytes:
+    """``restricted/README.txt``: what the folder holds, file by file, and why it stays behind.
 
-This folder holds row-level data (data/<site>.csv and .sav, analysis_ready.parquet) and
-exact counts (participant_flow.csv, descriptives.csv with counts 1-{MIN_CELL - 1} shown).
-Everything outside this folder may be shared: there, counts 1-{MIN_CELL - 1} show as <{MIN_CELL}
-(and (s) where a hidden count could be worked out from a total), as in report.html.
-""".encode()
+    Parameters
+    ----------
+    run_id : str
+    names : iterable of str
+        Run-relative names of the run's files; those under ``restricted/`` are listed.
+
+    Returns
+    -------
+    bytes
+        UTF-8 text. The shareable pages name these files as text and never link to them,
+        so a folder shared without ``restricted/`` has no dead link.
+    """
+    inside = sorted(n[len(RESTRICTED) + 1:] for n in names if n.startswith(f"{RESTRICTED}/"))
+    rows = [n for n in inside if n.startswith("data/") or n.endswith(".parquet")]
+    counts = [n for n in inside if n not in rows and n != "README.txt"]
+    lines = [f"Restricted outputs of lacrima run {run_id}: do not share.", "",
+             "Row-level data (one row per participant, pseudonymised IDs), in this folder:",
+             *[f"  {n}" for n in rows], "",
+             f"Exact counts (counts 1-{MIN_CELL - 1} not suppressed), in this folder:",
+             *[f"  {n}" for n in counts], "",
+             "Everything outside this folder may be shared: there, counts "
+             f"1-{MIN_CELL - 1} show as <{MIN_CELL}",
+             "(and (s) where a hidden count could be worked out from a total), as in "
+             "report.html.",
+             "report.html and the site pages name these files but do not link to them: share "
+             "the run",
+             "folder without this one and no link in it is dead."]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
@@ -742,7 +770,7 @@ def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
     return files
 
 
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2
 """Version of a site's own outputs (page, exports): part of their store key.
 
 Bump it by hand when what ``site_files`` writes changes (templates, exports, labels): every
@@ -858,7 +886,6 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
     put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
     put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
-    put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
     put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
     put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
     invariance = run_invariance(storage, analyses, study)
@@ -880,6 +907,7 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
     # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
     put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
+    put(f"{RESTRICTED}/README.txt", restricted_readme(run_id, [*listed, f"{RESTRICTED}/README.txt"]))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plots, invariance).encode())
     catalog.publish_report(storage, run_id, listed)     # last: the report is now the latest
