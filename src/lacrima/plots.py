@@ -94,6 +94,7 @@ class ForestCanvas:
 
         self.log_scale = log_scale
         self.fig = Figure()
+        self.fig.patch.set_visible(False)      # transparent: the page's own background shows
         self.ax = ax = self.fig.add_axes((0, 0, 1, 1))
         if log_scale:
             from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
