@@ -155,8 +155,9 @@ def measure_levels(data: pd.DataFrame, study: Study) -> dict[str, str]:
     >>> from lacrima.study import load_study
     >>> frame = pd.DataFrame({"gender": ["woman"], "after_happy": [3], "age": [30],
     ...                       "change": [3.2], "site": ["us"]})
-    >>> measure_levels(frame, load_study())
-    {'gender': 'nominal', 'after_happy': 'ordinal', 'age': 'scale', 'change': 'scale', 'site': 'nominal'}
+    >>> levels = measure_levels(frame, load_study())
+    >>> levels["gender"], levels["after_happy"], levels["age"], levels["change"], levels["site"]
+    ('nominal', 'ordinal', 'scale', 'scale', 'nominal')
     """
     out = {}
     for col in data.columns:

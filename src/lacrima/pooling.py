@@ -356,5 +356,6 @@ def site_weights(site_results: pd.DataFrame, study: Study, pooled: pd.DataFrame)
         if t2 is None or not np.isfinite(t2):
             continue
         w = 1.0 / (eff.vi + t2)
-        rows += [{**key, "site": s, "weight": float(p)} for s, p in zip(eff.sites, 100 * w / w.sum())]
+        rows += [{**key, "site": s, "weight": float(p)}
+                 for s, p in zip(eff.sites, 100 * w / w.sum())]
     return pd.DataFrame(rows, columns=[*EFFECT_KEY, "site", "weight"])

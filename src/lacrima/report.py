@@ -907,7 +907,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
     # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
     put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
-    put(f"{RESTRICTED}/README.txt", restricted_readme(run_id, [*listed, f"{RESTRICTED}/README.txt"]))
+    readme = f"{RESTRICTED}/README.txt"
+    put(readme, restricted_readme(run_id, [*listed, readme]))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plots, invariance).encode())
     catalog.publish_report(storage, run_id, listed)     # last: the report is now the latest
