@@ -102,6 +102,28 @@ def test_sav_booleans_are_one_and_zero_with_labels(savs):
     assert meta.variable_value_labels["attention_check"] == {1.0: "true", 0.0: "false"}
 
 
+def test_sav_measure_levels_follow_the_plans_variable_types(site_data, savs, study):
+    """Read back by pyreadstat (ReadStat, as SPSS reads the dictionary): no level is unknown."""
+    expected_by_type = {"bool": "nominal", "category": "nominal", "string": "nominal",
+                        "likert": "ordinal", "integer": "scale", "date": "scale"}
+    for code, (frame, meta) in savs.items():
+        levels = meta.variable_measure
+        assert set(levels) == set(frame.columns)
+        assert "unknown" not in levels.values()
+        seen = set()
+        for col in frame.columns:
+            kind = study.variables.get(col, {}).get("type")
+            if kind is not None:
+                assert levels[col] == expected_by_type[kind], (code, col, kind)
+                seen.add(kind)
+        assert seen == set(expected_by_type)          # every type of the plan is exercised
+        # scores: a mean or sum of items is scale; a true/false score nominal
+        assert levels["change"] == levels["alliance"] == levels["attachment_anxiety"] == "scale"
+        assert levels["insecure"] == "nominal" and levels["site"] == "nominal"
+        assert (levels["after_happy"], levels["gender"], levels["age"]) == \
+            ("ordinal", "nominal", "scale")
+
+
 def test_export_does_not_change_its_input(site_data, study, sites):
     data = site_data["il"].data
     before = data.copy()

@@ -11,7 +11,7 @@ import pytest
 
 from lacrima import vocabulary as voc
 from lacrima.meta import fisher_z, random_effects
-from lacrima.pooling import pool_details, pool_estimates
+from lacrima.pooling import pool_details, pool_estimates, site_weights
 
 CASES = json.loads((Path(__file__).parent / "reference" / "meta_reference.json").read_text())["cases"]
 Z975 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
@@ -246,3 +246,26 @@ def test_role_names_come_from_the_plan(study, sites):
     k_original = sum(r == "original" for r in roles.values())
     assert heterogeneity(rows, study, roles)["role_k_original"].iloc[0] == k_original
     assert heterogeneity(rows, swapped, roles)["role_k_original"].iloc[0] == len(roles) - k_original
+
+
+# metafor 4.x:
+#   d <- escalc("ZCOR", ri = c(0.187, 0.162, 0.34), ni = c(109, 749, 55))
+#   weights(rma(yi, vi, data = d, method = "REML", test = "knha"))
+#   weights(rma(yi = c(0.4, 0.6, 0.5), vi = c(0.2, 0.25, 0.3)^2, method = "REML", test = "knha"))
+WEIGHTS_R = {"H2": [11.74252338952457, 82.49614115944649, 5.76133545102894],
+             "A2": [47.9744136460554, 30.7036247334755, 21.3219616204691]}
+TOL_WEIGHT = 1e-6          # percent; tau2 is REML-converged to well below this effect
+
+
+def test_site_weights_match_metafor(study):
+    rows = _site_rows()
+    w = site_weights(rows, study, pool_estimates(rows, study))
+    for family, expected in WEIGHTS_R.items():
+        mine = w[w["family"] == family].sort_values("site")
+        assert mine["site"].tolist() == ["il", "it", "us"]
+        assert mine["weight"].to_numpy() == pytest.approx(expected, abs=TOL_WEIGHT)
+    # every pooled effect's weights sum to 100; A1's site without an estimate has none
+    assert w.groupby(["family", "x", "y", "covariates"])["weight"].sum().to_numpy() == \
+        pytest.approx(100.0)
+    assert set(w.loc[w["family"] == "A1", "site"]) == {"il", "it"}
+    assert "H3" not in set(w["family"])          # k = 1: not pooled, no weights

@@ -243,7 +243,34 @@ def test_site_pages_are_linked_and_hold_every_site_result(run, report_inputs):
             assert f'<section id="{section}"' in page
         analyses_part = page[page.index('<section id="analyses"'):]
         assert analyses_part.count("<tr>") - analyses_part.count("<thead>") == len(a.results)
-        assert f'href="restricted/data/{a.site}.sav"' in page and 'href="report.html"' in page
+        assert 'href="report.html"' in page
+        # the site's row-level exports are named, as text: the page does not link into restricted/
+        assert f"<code>restricted/data/{a.site}.sav</code>" in page
+        assert "href=\"restricted/" not in page
+
+
+def test_the_shareable_folder_has_no_dead_link(run):
+    """Issue 23 point 6: share the run folder without restricted/ and every link still opens."""
+    storage, outputs, html, _ = run
+    shared = {f for f in outputs.files if not f.startswith(f"{report.RESTRICTED}/")}
+    pages = {"report.html": html} | {
+        name: storage.read_bytes(f"reports/run-1/{name}").decode()
+        for name in outputs.site_pages.values()}
+    assert len(pages) == 4
+    for name, page in pages.items():
+        links = re.findall(r'(?:href|src)\s*=\s*"([^"#][^"]*)"', page)
+        assert links, name
+        assert [h for h in links if "restricted" in h] == [], name
+        assert set(links) <= shared, (name, set(links) - shared)
+    # where the row-level files are: the restricted README lists each one
+    readme = storage.read_bytes("reports/run-1/restricted/README.txt").decode()
+    inside = [f[len("restricted/"):] for f in outputs.files if f.startswith("restricted/")]
+    assert len(inside) >= 10 and "do not share" in readme
+    for f in inside:
+        if f != "README.txt":
+            assert f"  {f}\n" in readme, f
+    assert "  data/us.sav" in readme.split("Exact counts")[0]       # under row-level data
+    assert "  participant_flow.csv" in readme.split("Exact counts")[1]
 
 
 def test_inputs_are_not_mutated(run, report_inputs):
@@ -377,3 +404,58 @@ def test_artifact_text_examples_run():
 
     result = doctest.testmod(artifacts, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def _effect_svgs(html: str) -> dict[tuple[str, str], str]:
+    """(family, anchor) -> the forest plot SVG of each effect section."""
+    out = {}
+    for block in re.split(r'(?=<div class="effect")', html)[1:]:
+        m = re.match(r'<div class="effect" id="([^"]*)" data-family="([^"]*)"', block)
+        svg = re.search(r'<figure class="forest">(<svg.*?</svg>)', block, re.S)
+        out[(m.group(2), m.group(1))] = (svg.group(1), block)
+    return out
+
+
+def _x_ticks(svg: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The x tick labels and the distances between ticks (SVG units) of one plot."""
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<use [^>]*x="([0-9.]+)".*?<text [^>]*>([^<]*)</text>',
+                       svg, re.S)
+    xs = [float(x) for x, _ in ticks]
+    return tuple(t for _, t in ticks), tuple(round(b - a, 3) for a, b in zip(xs, xs[1:]))
+
+
+def test_forest_plots_share_one_axis_per_family_and_write_estimates_and_weights(run, study):
+    """Issue 23 point 5: a paper's forest plot."""
+    _, _, html, _ = run
+    svgs = _effect_svgs(html)
+    assert len(svgs) == 44
+    by_family: dict[str, set] = {}
+    for (family, _), (svg, _) in svgs.items():
+        by_family.setdefault(family, set()).add(_x_ticks(svg))
+        # the columns: estimate [95% CI] and weight, every site and the pooled rows
+        assert re.search(r">(r|partial r|g|OR) \[95% CI\]</text>", svg)
+        assert svg.count("%</text>") == 3 + 1              # three sites' weights, and 100%
+        assert ">95% PI</text>" in svg and ">Site (n)</text>" in svg
+        assert set(re.findall(r"font-size: ([0-9.]+)px", svg)) == {"12"}   # 12 pt = 16 px
+    # one x axis per family: the same ticks at the same spacing in every plot of the family
+    assert all(len(axes) == 1 for axes in by_family.values()), by_family
+    assert len(by_family) == len(study.section("pooling")["families"])
+
+
+def test_the_diamond_spans_the_interval_the_report_says_to_read(run):
+    """Where the section warns that the random-effects CI is the narrower and says to read the
+    wider one, the plot draws the fixed-effect CI (marked *); elsewhere the random-effects CI."""
+    _, _, html, _ = run
+    warned = 0
+    for (_, anchor), (svg, block) in _effect_svgs(html).items():
+        says_wider = "read the wider one" in block
+        fixed = re.search(r"Fixed effect: ([^<]*?)\.</li>", block).group(1)
+        pooled_row = re.search(r">Pooled \(RE\)(\*?)</text>.*?<text [^>]*>([^<]*)</text>",
+                               svg, re.S)
+        assert (pooled_row.group(1) == "*") == says_wider, anchor
+        assert ("diamond: the fixed-effect CI" in svg) == says_wider, anchor
+        drawn_ci = pooled_row.group(2).split(" ", 1)[1]
+        random_ci = re.search(r"Random effects \([^)]*\): \S+ (\[[^\]]*\])", block).group(1)
+        assert drawn_ci == (fixed.split(" ", 1)[1] if says_wider else random_ci), anchor
+        warned += says_wider
+    assert warned >= 1, "no effect warns in the demo: the check would be blind"

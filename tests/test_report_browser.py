@@ -10,6 +10,7 @@ elsewhere first, as an analyst would copy it to another machine. A net log
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -259,3 +260,189 @@ def test_html_names_no_http_address_at_all(copied_report):
         assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text), page.name
         assert not re.search(r"url\(\s*[\"']?\s*(https?:)?//", text), page.name
         assert "http://" not in text and "https://" not in text, page.name
+
+
+# ---------------------------------------------------------------------------
+# Issue 23: nothing cut off at 1280 and 390 px (Selenium: Debian's chromium + chromedriver)
+# ---------------------------------------------------------------------------
+
+CHROMEDRIVER = os.environ.get("LACRIMA_CHROMEDRIVER", "/usr/bin/chromedriver")
+WIDTHS = (1280, 390)                  # a laptop, a phone (CSS px)
+
+
+@pytest.fixture(scope="module")
+def driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    if not Path(CHROMEDRIVER).exists():
+        pytest.fail(f"{CHROMEDRIVER} missing: run `make system-deps` (Debian chromium-driver)")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--disable-background-networking", "--disable-component-update"):
+        options.add_argument(flag)
+    d = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield d
+    d.quit()
+
+
+def _open(driver, page: Path, width: int) -> None:
+    """``page`` in a viewport exactly ``width`` CSS px wide (device metrics, not the window's
+    outer size, which includes the browser's own frame)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": 900, "deviceScaleFactor": 1,
+                            "mobile": False})
+    driver.get(page.as_uri())
+
+
+# What overflows the viewport outside a scrolling container (a table's div.scroll, a forest
+# plot's figure), and every table not in a scrolling container.
+_LAYOUT = """
+const vw = window.innerWidth;
+const inScroller = e => { for (let p = e.parentElement; p; p = p.parentElement) {
+    const o = getComputedStyle(p).overflowX; if (o === 'auto' || o === 'scroll') return p; }
+  return null; };
+return {
+  innerWidth: vw, scrollWidth: document.documentElement.scrollWidth,
+  overflowing: [...document.querySelectorAll('main *')]
+    .filter(e => e.getBoundingClientRect().right > vw + 0.5 && !inScroller(e))
+    .map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 10),
+  tablesOutsideScroller: [...document.querySelectorAll('table')].filter(t => !inScroller(t)).length,
+  tables: document.querySelectorAll('table').length,
+  scrolling: [...document.querySelectorAll('div.scroll')]
+    .filter(c => c.scrollWidth > c.clientWidth + 1).length,
+};
+"""
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("page", ["report.html", "site-us.html"])
+def test_the_page_is_as_wide_as_the_screen_and_wide_tables_scroll_inside(driver, copied_report,
+                                                                         page, width):
+    _open(driver, copied_report / page, width)
+    layout = driver.execute_script(_LAYOUT)
+    assert layout["innerWidth"] == width
+    assert layout["scrollWidth"] <= layout["innerWidth"], layout       # the page itself
+    assert layout["overflowing"] == [], layout
+    assert layout["tables"] >= 5 and layout["tablesOutsideScroller"] == 0, layout
+    if width == 390:
+        assert layout["scrolling"] >= 1, "no table is wider than a phone: the check is blind"
+    elif page == "report.html":
+        assert layout["scrolling"] == 0, "a table is cut off at 1280 px"
+
+
+def test_a_wide_table_scrolls_inside_its_container_with_its_first_column_kept(driver,
+                                                                              copied_report):
+    _open(driver, copied_report / "report.html", 390)
+    moved = driver.execute_script("""
+      const box = document.getElementById('verdict-table').parentElement;
+      const row = box.querySelector('tbody tr');
+      const first = row.cells[0], later = row.cells[row.cells.length - 1];
+      const before = [first.getBoundingClientRect().left, later.getBoundingClientRect().left];
+      box.scrollLeft = box.scrollWidth;
+      const after = [first.getBoundingClientRect().left, later.getBoundingClientRect().left];
+      return {box: box.className, overflow: getComputedStyle(box).overflowX,
+              wider: box.scrollWidth - box.clientWidth, scrolled: box.scrollLeft,
+              first: after[0] - before[0], later: after[1] - before[1],
+              firstVisible: after[0] >= box.getBoundingClientRect().left - 0.5};
+    """)
+    assert moved["box"] == "scroll" and moved["overflow"] == "auto"
+    assert moved["wider"] > 100 and moved["scrolled"] > 100, moved   # it does scroll
+    # the table moved, its first column (the effect names) did not
+    assert moved["later"] == pytest.approx(-moved["scrolled"], abs=1)
+    assert moved["first"] == pytest.approx(0, abs=0.5) and moved["firstVisible"], moved
+
+
+def test_the_verdict_table_names_each_effects_metric(driver, copied_report, report_inputs):
+    study = report_inputs[2]
+    _open(driver, copied_report / "report.html", 1280)
+    header, rows = driver.execute_script("""
+      const t = document.getElementById('verdict-table');
+      return [[...t.tHead.rows[0].cells].map(c => c.innerText),
+              [...t.tBodies[0].rows].map(r => [r.dataset.family,
+                                               ...[...r.cells].map(c => c.innerText)])];
+    """)
+    col = header.index("Metric")
+    by_family = {}
+    for r in rows:
+        by_family.setdefault(r[0], set()).add(r[1 + col])
+    # the metric follows the family's kind in the plan (lacrima.tables.METRICS), not its name
+    kinds = {"correlation": "r", "partial_correlation": "partial r", "group_comparison": "g",
+             "contingency": "OR"}
+    pooled = set(study.section("pooling")["families"])
+    assert by_family == {f["id"]: {kinds[f["kind"]]} for f in study.families if f["id"] in pooled}
+    note = driver.find_element("id", "verdict-metrics").text
+    for text in ("r: Pearson r, pooled as Fisher z", "g: Hedges' g, pooled as is",
+                 "OR: odds ratio, pooled as log OR"):
+        assert text in note
+
+
+def test_forest_plot_text_is_as_large_as_the_body_text(driver, copied_report):
+    _open(driver, copied_report / "report.html", 1280)
+    sizes = driver.execute_script("""
+      const body = parseFloat(getComputedStyle(document.querySelector('#summary p')).fontSize);
+      const out = [];
+      for (const svg of document.querySelectorAll('figure.forest svg, .plots svg')) {
+        const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+        const texts = [...svg.querySelectorAll('text')];
+        out.push([svg.closest('[id]').id, texts.length,
+                  Math.min(...texts.map(t => parseFloat(getComputedStyle(t).fontSize) * scale))]);
+      }
+      return [body, out];
+    """)
+    body, plots = sizes
+    assert body >= 15 and len(plots) == 49
+    for anchor, n_texts, smallest in plots:
+        assert n_texts >= 8, anchor               # labels, estimate [CI] and weight columns
+        assert smallest >= body - 0.01, (anchor, smallest, body)
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory, small_plan, small_memory_sites, small_store_memory):
+    """The small plan's run (every kind of table and plot, a few effects each): the report
+    whose screenshots are in docs/."""
+    from lacrima import steps
+
+    analyses = [a for a, _ in small_memory_sites.values()]
+    study, sites = small_plan.study, list(small_plan.sites)
+    comparison = steps.compare_sites(analyses, study, sites)
+    prov = steps.provenance("run-1", analyses, study, sites)
+    storage = small_store_memory(LocalStorage(tmp_path_factory.mktemp("small-store")))
+    report.write_outputs(storage, "run-1", analyses, comparison, study, sites, prov)
+    return storage.local_path("reports/run-1")
+
+
+def test_screenshots_at_1280_and_390_px(driver, small_report, tmp_path_factory):
+    """Whole-page screenshots of the report and a site page at both widths, nothing cut off.
+
+    ``LACRIMA_SCREENSHOT_DIR=docs pytest -m browser tests/test_report_browser.py -k
+    screenshots`` rewrites docs/report-1280.png, docs/report-390.png, docs/site-1280.png
+    and docs/site-390.png.
+    """
+    out = Path(os.environ.get("LACRIMA_SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
+    for page, stem in (("report.html", "report"), ("site-us.html", "site")):
+        for width in WIDTHS:
+            _open(driver, small_report / page, width)
+            layout = driver.execute_script(_LAYOUT)
+            assert layout["scrollWidth"] <= width and layout["overflowing"] == [], layout
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+            png = base64.b64decode(shot["data"])
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            # the whole page: the PNG is exactly the page's width and height
+            assert int.from_bytes(png[16:20], "big") == width
+            assert int.from_bytes(png[20:24], "big") == height
+            _write_small_png(png, out / f"{stem}-{width}.png")
+
+
+def _write_small_png(png: bytes, path: Path) -> None:
+    """256 colours (octree: the sites' colours stay apart), a third of the bytes for docs/."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                   dither=Image.Dither.NONE).save(path, optimize=True)

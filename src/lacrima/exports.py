@@ -24,6 +24,9 @@ from lacrima.study import Site, Study
 
 # SPSS has no boolean type: true/false are stored as 1/0 with value labels.
 BOOL_CODES = {True: 1, False: 0}
+# SPSS measure level of each plan variable type (sites/study.toml [variables] type).
+MEASURE_LEVELS = {"bool": "nominal", "category": "nominal", "string": "nominal",
+                  "likert": "ordinal", "integer": "scale", "date": "scale"}
 _SPSS_NAME_MAX = 64
 _SPSS_LABEL_MAX = 255
 
@@ -130,6 +133,46 @@ def spss_frame(data: pd.DataFrame, study: Study, site: Site) -> tuple[pd.DataFra
     return frame, column_labels, value_labels
 
 
+def measure_levels(data: pd.DataFrame, study: Study) -> dict[str, str]:
+    """SPSS measure level (``nominal``, ``ordinal``, ``scale``) of every column of ``data``.
+
+    Parameters
+    ----------
+    data : DataFrame
+        A site's analysis-ready data.
+    study : Study
+
+    Returns
+    -------
+    dict
+        ``column -> level``: a plan variable by its type (:data:`MEASURE_LEVELS`: bool,
+        category and string nominal, likert ordinal, integer and date scale); a score
+        (a mean or sum of items) scale, unless it is true/false (nominal); any other
+        column (``site``) by its dtype: numbers scale, everything else nominal.
+
+    Examples
+    --------
+    >>> from lacrima.study import load_study
+    >>> frame = pd.DataFrame({"gender": ["woman"], "after_happy": [3], "age": [30],
+    ...                       "change": [3.2], "site": ["us"]})
+    >>> levels = measure_levels(frame, load_study())
+    >>> levels["gender"], levels["after_happy"], levels["age"], levels["change"], levels["site"]
+    ('nominal', 'ordinal', 'scale', 'scale', 'nominal')
+    """
+    out = {}
+    for col in data.columns:
+        kind = study.variables.get(col, {}).get("type")
+        if kind in MEASURE_LEVELS:
+            out[col] = MEASURE_LEVELS[kind]
+        elif pd.api.types.is_bool_dtype(data[col]):
+            out[col] = "nominal"
+        elif pd.api.types.is_numeric_dtype(data[col]):
+            out[col] = "scale"
+        else:
+            out[col] = "nominal"
+    return out
+
+
 def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
     """A site's analysis-ready data as an SPSS ``.sav`` file, with variable and value labels.
 
@@ -148,7 +191,8 @@ def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
     Notes
     -----
     Missing values are SPSS system-missing; no user-missing codes are declared, because
-    the curated data no longer carries the sites' native missing codes.
+    the curated data no longer carries the sites' native missing codes. Measure levels
+    come from the plan's variable types (:func:`measure_levels`).
     """
     import pyreadstat
 
@@ -159,6 +203,7 @@ def spss_bytes(data: pd.DataFrame, study: Study, site: Site) -> bytes:
     try:
         pyreadstat.write_sav(frame, tmp, column_labels=column_labels,
                              variable_value_labels=value_labels,
+                             variable_measure=measure_levels(data, study),
                              file_label=f"{study.raw['study']['name']} - site {site.code}"[:64])
         return Path(tmp).read_bytes()
     finally:

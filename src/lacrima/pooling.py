@@ -20,7 +20,7 @@ from lacrima.meta.rma import FRAME_COLUMNS, METAFOR_TEST, TESTS, moderator_test,
 from lacrima.stats.adjust import adjust_pvalues
 from lacrima.study import Study
 
-__all__ = ["pool_estimates", "pool_details", "heterogeneity", "pooling_settings",
+__all__ = ["pool_estimates", "pool_details", "heterogeneity", "pooling_settings", "site_weights",
            "HETEROGENEITY_COLUMNS", "EFFECT_KEY", "POOLED_ANALYSES"]
 
 EFFECT_KEY = ("family", "analysis", "x", "y", "covariates")
@@ -322,3 +322,40 @@ def heterogeneity(site_results: pd.DataFrame, study: Study,
             "note": res.note,
         })
     return pd.DataFrame(rows, columns=list(HETEROGENEITY_COLUMNS))
+
+
+def site_weights(site_results: pd.DataFrame, study: Study, pooled: pd.DataFrame) -> pd.DataFrame:
+    """Each site's weight in its effect's random-effects estimate, in percent.
+
+    Parameters
+    ----------
+    site_results : DataFrame
+        Per-site tidy rows, as for :func:`pool_estimates`.
+    study : Study
+    pooled : DataFrame
+        :func:`pool_estimates` of the same rows (its random-effects rows give tau2).
+
+    Returns
+    -------
+    DataFrame
+        ``EFFECT_KEY`` + ``site``, ``weight``: one row per site of each pooled effect,
+        the weights of an effect summing to 100.
+
+    Notes
+    -----
+    :math:`w_i = 1/(v_i + \\hat\\tau^2)` on the pooling scale, as a percentage of their
+    sum: metafor's ``weights(rma(yi, vi, method, test))`` (tests/test_pooling.py).
+    """
+    random = pooled[(pooled["site"] == voc.POOLED) & (pooled["method"].astype(str) != "FE")]
+    tau2 = dict(zip(zip(random["family"], random["x"], random["y"],
+                        random["covariates"].fillna("").astype(str)), random["tau2"]))
+    rows = []
+    for eff in _effect_inputs(site_results, study):
+        key = dict(zip(EFFECT_KEY, eff.key))
+        t2 = tau2.get((key["family"], key["x"], key["y"], key["covariates"]))
+        if t2 is None or not np.isfinite(t2):
+            continue
+        w = 1.0 / (eff.vi + t2)
+        rows += [{**key, "site": s, "weight": float(p)}
+                 for s, p in zip(eff.sites, 100 * w / w.sum())]
+    return pd.DataFrame(rows, columns=[*EFFECT_KEY, "site", "weight"])

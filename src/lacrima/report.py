@@ -44,15 +44,16 @@ from lacrima.disclosure import (count_cell, fmt_n, group_cells, shareable_descri
                                 shareable_flow)
 from lacrima.exports import spss_bytes, stacked_parquet_bytes, to_csv_bytes
 from lacrima.meta.effects import FROM_SCALE, TO_SCALE
-from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
-from lacrima.pooling import pool_details
+from lacrima.plots import ORIGINAL_MARK, ForestCanvas, axis_limits, forest_svg, site_style
+from lacrima.pooling import POOLED_ANALYSES, pool_details, site_weights
 from lacrima.privacy import MIN_CELL
 from lacrima.results import Comparison, RunOutputs, SiteAnalysis
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
-from lacrima.tables import (BOUNDED, CONTINGENCY_COUNTS, FIXED_METHOD, SCALE_NAMES,
+from lacrima.tables import (BOUNDED, CONTINGENCY_COUNTS, FIXED_METHOD, METRICS, SCALE_NAMES,
                             contingency_counts, covariates_label, descriptives_frame,
                             effect_anchor, effect_label, flow_frame, heterogeneity_frame,
+                            metric_notes,
                             replication_frame, replication_summary, side_name,
                             site_effect_table, sites_by_role, variable_label, verdict_table,
                             with_test_used)
@@ -83,7 +84,9 @@ def _env() -> jinja2.Environment:
 
 
 def _html_table(frame: pd.DataFrame, first_left: int = 1, caption: str = "") -> Markup:
-    """An HTML table; cell text is escaped, the first ``first_left`` columns align left."""
+    """An HTML table in its scrolling container (``div.scroll``: a table wider than the
+    screen scrolls inside it, its first column sticky); cell text is escaped, the first
+    ``first_left`` columns align left."""
     esc = jinja2.utils.markupsafe.escape
     head = "".join(f'<th{" class=l" if i < first_left else ""}>{esc(c)}</th>'
                    for i, c in enumerate(frame.columns))
@@ -97,8 +100,8 @@ def _html_table(frame: pd.DataFrame, first_left: int = 1, caption: str = "") -> 
                         f'{esc("" if _missing_cell(v) else v)}</td>' for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return Markup(f"<table>{cap}<thead><tr>{head}</tr></thead>"
-                  f"<tbody>{''.join(body)}</tbody></table>")
+    return Markup(f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+                  f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _missing_cell(v) -> bool:
@@ -165,9 +168,8 @@ def _interval_warnings(detail: pd.Series | None) -> list[str]:
     if detail is None or not detail.get("k") or detail["k"] < 2:
         return []
     out = []
-    width_re = detail["ci_high"] - detail["ci_low"]
-    width_fe = detail["fe_ci_high"] - detail["fe_ci_low"] if "fe_ci_high" in detail else np.nan
-    if np.isfinite(width_fe) and width_re < width_fe:
+    if "fe_ci_high" in detail and _reads_fixed_ci(detail["ci_low"], detail["ci_high"],
+                                                  detail["fe_ci_low"], detail["fe_ci_high"]):
         out.append("Warning: the random-effects CI is narrower than the fixed-effect CI "
                    "(untruncated Knapp-Hartung with few sites); read the wider one.")
     if detail["k"] <= 3:
@@ -175,6 +177,15 @@ def _interval_warnings(detail: pd.Series | None) -> list[str]:
                    "prediction interval) is uninformative: it cannot distinguish no "
                    "heterogeneity from a lot.")
     return out
+
+
+def _reads_fixed_ci(re_low: float, re_high: float, fe_low: float, fe_high: float) -> bool:
+    """True when the report tells the reader to use the fixed-effect CI: the random-effects
+    CI is the narrower (untruncated Knapp-Hartung with few sites, tau2 near 0). The limits
+    are on the pooling scale, where both intervals are symmetric; the warning beside the
+    effect and its forest plot's diamond both follow this one rule."""
+    width_re, width_fe = re_high - re_low, fe_high - fe_low
+    return bool(np.isfinite(width_fe) and np.isfinite(width_re) and width_re < width_fe)
 
 
 def _families(comparison: Comparison, study: Study, sites: list[Site]) -> list[dict[str, Any]]:
@@ -337,7 +348,9 @@ def _common(study: Study, sites: list[Site], run_id: str, prov: Mapping[str, Any
             "created_at": prov.get("created_at", ""), "min_cell": MIN_CELL,
             "site_pages": [(s.code, s.country, f"site-{s.code}.html") for s in sites
                            if f"site-{s.code}.html" in files],
-            "downloads": sorted(f for f in files if not f.endswith(".html"))}
+            "downloads": sorted(f for f in files if not f.endswith(".html")
+                                and not f.startswith(f"{RESTRICTED}/")),
+            "restricted": RESTRICTED}
 
 
 def report_title(study: Study, sites: Iterable[Site]) -> str:
@@ -372,45 +385,94 @@ def forest_plots(comparison: Comparison, study: Study, sites: list[Site],
 
     Notes
     -----
+    The plots of one family share one x axis (:func:`lacrima.plots.axis_limits`). Each
+    pooled effect's diamond spans the interval the report tells the reader to use: the
+    random-effects CI, or the fixed-effect CI where that is wider (:func:`_reads_fixed_ci`).
     Pure and independent of the rest of the report, so a task runner can draw the plots in
     parallel with the report's other work (``flows/pipeline.py``); matplotlib is used
     through ``Figure`` only (``lacrima.plots``), safe in threads and processes.
     """
     results = comparison.results
+    wanted = None if families is None else set(families)
+    if wanted is not None:
+        results = results[results["family"].isin(wanted)]
     per_site = results[results["site"] != POOLED]
     per_site = per_site.assign(base=per_site["method"].map(base_method))
-    pooled = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")
-                     & (results["method"].astype(str) != FIXED_METHOD)]
-    # the first random-effects row of each effect: the diamond
-    random = {k: g.iloc[0] for k, g in pooled.groupby(["family", "x", "y", "covariates"],
-                                                      sort=False)}
+    pooled = results[(results["site"] == POOLED) & (results["analysis"] == "meta_analysis")]
+    key_cols = ["family", "x", "y", "covariates"]
+    # the first random-effects row of each effect (the diamond) and its fixed-effect twin
+    fe_mask = pooled["method"].astype(str) == FIXED_METHOD
+    random = {k: g.iloc[0] for k, g in pooled[~fe_mask].groupby(key_cols, sort=False)}
+    fixed = {k: g.iloc[0] for k, g in pooled[fe_mask].groupby(key_cols, sort=False)}
+    weights = site_weights(per_site, study, pooled)
+    weight_of = dict(zip(zip(*(weights[c] for c in key_cols), weights["site"]),
+                         weights["weight"]))
     present = set(per_site["site"])
     styles = site_style([s.code for s in sites])
     originals = {s.code for s in sites_by_role(study, [s for s in sites if s.code in present])[1]}
     columns = ["site", "estimate", "ci_low", "ci_high", "n"]
     out = {}
-    wanted = None if families is None else set(families)
     for fam in study.families:
         fid = fam["id"]
         if wanted is not None and fid not in wanted:
             continue
         rows = per_site[per_site["family"] == fid]
         main = rows[rows["base"].isin(POOLED_METHODS.values())]
+        plots = []          # (anchor, site rows, pooled, forest_svg keywords), then drawn
         for (x, y, cov), grp in main.groupby(["x", "y", "covariates"], sort=False):
             analysis = str(grp["analysis"].iloc[0])
-            title, anchor = effect_label(study, x, y, cov), effect_anchor(fid, x, y, cov)
-            out[anchor] = forest_svg(grp[columns], random.get((fid, x, y, cov)),
-                                     title if len(title) < 90 else title[:87] + "...",
-                                     SCALE_NAMES.get(analysis, "estimate"), styles, originals,
-                                     null=1.0 if analysis == "chi_square" else 0.0,
-                                     log_scale=analysis == "chi_square", salt=anchor)
+            site_rows = grp[columns].assign(
+                weight=[weight_of.get((fid, x, y, cov, s), np.nan) for s in grp["site"]])
+            plots.append((effect_anchor(fid, x, y, cov), site_rows,
+                          _diamond(random.get((fid, x, y, cov)), fixed.get((fid, x, y, cov)),
+                                   analysis),
+                          {"title": effect_label(study, x, y, cov),
+                           "xlabel": SCALE_NAMES.get(analysis, "estimate")
+                           + (" (log scale)" if analysis == "chi_square" else ""),
+                           "metric": METRICS.get(analysis, "Estimate"),
+                           "bounded": analysis in BOUNDED,
+                           "null": 1.0 if analysis == "chi_square" else 0.0,
+                           "log_scale": analysis == "chi_square"}))
         if fam.get("kind") == "regression":
             std = rows[rows["base"] == "ols_hc3_standardized"]
             for term, grp in std.groupby("x", sort=False):
-                anchor = effect_anchor(fid, str(term), str(fam.get("y", "")), "beta")
-                title = f"{variable_label(study, str(term))}: standardised coefficient"
-                out[anchor] = forest_svg(grp[columns], None, title, "standardised \u03b2",
-                                         styles, originals, salt=anchor)
+                plots.append((effect_anchor(fid, str(term), str(fam.get("y", "")), "beta"),
+                              grp[columns], None,
+                              {"title": f"{variable_label(study, str(term))}: standardised "
+                                        "coefficient",
+                               "xlabel": "standardised \u03b2", "metric": "\u03b2",
+                               "show_title": True}))
+        # one axis per family (and per kind of scale, should a family mix them)
+        by_axis: dict[bool, list] = {}
+        for _, site_rows, diamond, kw in plots:
+            by_axis.setdefault(kw.get("log_scale", False), []).extend(
+                [*zip(site_rows["ci_low"], site_rows["ci_high"]),
+                 *zip(site_rows["estimate"], site_rows["estimate"]),
+                 *([(diamond["ci_low"], diamond["ci_high"]),
+                    (diamond["pi_low"], diamond["pi_high"])] if diamond is not None else [])])
+        canvases = {log: ForestCanvas(log) for log in by_axis}
+        for anchor, site_rows, diamond, kw in plots:
+            log = kw.get("log_scale", False)
+            xlim = axis_limits(by_axis[log], 1.0 if log else 0.0, log)
+            out[anchor] = forest_svg(site_rows, diamond, styles=styles, originals=originals,
+                                     salt=anchor, xlim=xlim, canvas=canvases[log], **kw)
+    return out
+
+
+def _diamond(re_row: pd.Series | None, fe_row: pd.Series | None,
+             analysis: str) -> dict[str, Any] | None:
+    """What a forest plot draws for a pooled effect: the random-effects estimate, the
+    interval the report tells the reader to use, and the prediction interval."""
+    if re_row is None:
+        return None
+    out = {c: re_row[c] for c in ("estimate", "ci_low", "ci_high", "pi_low", "pi_high")}
+    out["label"] = "Pooled (RE)"
+    if fe_row is not None:
+        to = TO_SCALE.get(POOLED_ANALYSES.get(analysis, ("", "identity"))[1], _identity)
+        if _reads_fixed_ci(*(float(to(float(r[c]))) for r in (re_row, fe_row)
+                             for c in ("ci_low", "ci_high"))):
+            out.update(ci_low=fe_row["ci_low"], ci_high=fe_row["ci_high"],
+                       note="diamond: the fixed-effect CI, wider than the Hartung-Knapp CI")
     return out
 
 
@@ -551,6 +613,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         descriptives_table=_html_table(descriptives_frame(analyses, study)),
         families=_with_plots(_families(comparison, study, analysed),
                              forest_plots(comparison, study, sites) if plots is None else plots),
+        metric_notes=metric_notes(verdicts["metric"]) if len(verdicts) else [],
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
@@ -633,13 +696,14 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
     site : Site
     study : Study
     downloads : iterable of str
-        Run-relative names of the site's own exports (``data/<site>.csv``, ...) to link.
+        Run-relative names of the site's own exports (``restricted/data/<site>.csv``, ...):
+        named as text, never linked (a shared folder has no ``restricted/``).
 
     Returns
     -------
     str
         HTML document with sections ``flow``, ``descriptives``, ``analyses``; it links back
-        to ``report.html`` and to the site's own exports.
+        to ``report.html``.
 
     Notes
     -----
@@ -653,19 +717,44 @@ def render_site_page(analysis: SiteAnalysis, site: Site, study: Study,
         input_key=analysis.input_key[:12], n_batches=len(analysis.batches),
         flow_table=_html_table(flow_frame([analysis])),
         numeric_table=numeric, categorical_table=categorical,
-        families=_site_analyses(analysis, study), own_downloads=list(downloads))
+        families=_site_analyses(analysis, study), own_files=list(downloads),
+        restricted=RESTRICTED)
 
 
 RESTRICTED = "restricted"
 """Sub-folder of a run folder for what may not be shared: row-level data and exact counts."""
 
-RESTRICTED_README = f"""Restricted outputs of a lacrima run: do not share.
+def restricted_readme(run_id: str, names: Iterable[str]) -> bytes:
+    """``restricted/README.txt``: what the folder holds, file by file, and why it stays behind.
 
-This folder holds row-level data (data/<site>.csv and .sav, analysis_ready.parquet) and
-exact counts (participant_flow.csv, descriptives.csv with counts 1-{MIN_CELL - 1} shown).
-Everything outside this folder may be shared: there, counts 1-{MIN_CELL - 1} show as <{MIN_CELL}
-(and (s) where a hidden count could be worked out from a total), as in report.html.
-""".encode()
+    Parameters
+    ----------
+    run_id : str
+    names : iterable of str
+        Run-relative names of the run's files; those under ``restricted/`` are listed.
+
+    Returns
+    -------
+    bytes
+        UTF-8 text. The shareable pages name these files as text and never link to them,
+        so a folder shared without ``restricted/`` has no dead link.
+    """
+    inside = sorted(n[len(RESTRICTED) + 1:] for n in names if n.startswith(f"{RESTRICTED}/"))
+    rows = [n for n in inside if n.startswith("data/") or n.endswith(".parquet")]
+    counts = [n for n in inside if n not in rows and n != "README.txt"]
+    lines = [f"Restricted outputs of lacrima run {run_id}: do not share.", "",
+             "Row-level data (one row per participant, pseudonymised IDs), in this folder:",
+             *[f"  {n}" for n in rows], "",
+             f"Exact counts (counts 1-{MIN_CELL - 1} not suppressed), in this folder:",
+             *[f"  {n}" for n in counts], "",
+             "Everything outside this folder may be shared: there, counts "
+             f"1-{MIN_CELL - 1} show as <{MIN_CELL}",
+             "(and (s) where a hidden count could be worked out from a total), as in "
+             "report.html.",
+             "report.html and the site pages name these files but do not link to them: share "
+             "the run",
+             "folder without this one and no link in it is dead."]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
@@ -681,7 +770,7 @@ def site_files(analysis: SiteAnalysis, data: pd.DataFrame, site: Site,
     return files
 
 
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2
 """Version of a site's own outputs (page, exports): part of their store key.
 
 Bump it by hand when what ``site_files`` writes changes (templates, exports, labels): every
@@ -797,7 +886,6 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put("heterogeneity.csv", to_csv_bytes(heterogeneity_frame(comparison, study, sites)))
     put("participant_flow.csv", to_csv_bytes(shareable_flow(flow)))
     put("descriptives.csv", to_csv_bytes(shareable_descriptives(descr)))
-    put(f"{RESTRICTED}/README.txt", RESTRICTED_README)
     put(f"{RESTRICTED}/participant_flow.csv", to_csv_bytes(flow))
     put(f"{RESTRICTED}/descriptives.csv", to_csv_bytes(descr))
     invariance = run_invariance(storage, analyses, study)
@@ -819,6 +907,8 @@ def write_outputs(storage: Storage, run_id: str, analyses: list[SiteAnalysis],
     put(f"{RESTRICTED}/analysis_ready.parquet", parquet)
     # Exact cell counts (1-4 not suppressed): restricted, beside the row-level data.
     put(CONTINGENCY_COUNTS, to_csv_bytes(contingency_counts(parquet, study)))
+    readme = f"{RESTRICTED}/README.txt"
+    put(readme, restricted_readme(run_id, [*listed, readme]))
     put(REPORT, render_report(run_id, analyses, comparison, study, sites, prov,
                               [*listed, REPORT, MANIFEST], plots, invariance).encode())
     catalog.publish_report(storage, run_id, listed)     # last: the report is now the latest

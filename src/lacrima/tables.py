@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from lacrima.analysis import base_method
 from lacrima.apa import fmt, fmt_ci, fmt_df, fmt_p, is_missing
 from lacrima.disclosure import count_cell, fmt_n, group_cells
-from lacrima.pooling import heterogeneity
+from lacrima.pooling import POOLED_ANALYSES, heterogeneity
 from lacrima.replication import site_roles
 from lacrima.stats import TwoByTwo
 from lacrima.study import Site, Study
@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 # them without the leading zero: r, alpha, p); others keep it.
 SCALE_NAMES = {"correlation": "Pearson r", "partial_correlation": "partial r",
                "t_test": "Hedges' g", "chi_square": "odds ratio"}
+# The short name of each pooled estimate (forest plot columns, the verdict table's metric).
+METRICS = {"correlation": "r", "partial_correlation": "partial r", "t_test": "g",
+           "chi_square": "OR"}
+# How an estimate on each pooling scale (lacrima.pooling.POOLED_ANALYSES) was pooled, in words.
+_POOLED_AS = {"fisher_z": "pooled as Fisher z, back-transformed",
+              "log": "pooled as log {metric}, back-transformed", "identity": "pooled as is"}
 BOUNDED = {"correlation", "partial_correlation", "spearman"}
 # ``method`` of a pooled row's fixed-effect twin (lacrima.pooling).
 FIXED_METHOD = "FE"
@@ -137,9 +143,11 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
     -------
     DataFrame
         Columns ``family, x, y, covariates, anchor, label, x_label, y_label, cov_label,
-        scale, k, pooled, i2, replication``, one ``verdict_<original code>`` per original
+        scale, metric, k, pooled, i2, replication``, one ``verdict_<original code>`` per original
         site and, with two or more originals, ``verdict_pooled`` (against the pooled
-        originals). ``pooled`` is the formatted random-effects estimate with its interval;
+        originals). ``scale`` names the estimate (``SCALE_NAMES``), ``metric`` is its short
+        name (``METRICS``: r, partial r, g, OR; :func:`metric_notes` says how each was
+        pooled). ``pooled`` is the formatted random-effects estimate with its interval;
         ``replication`` and the verdicts are those of the headline replication side
         (:func:`headline_side`: the replication site, or the pooled replication sites when
         there are several); verdicts are blank for effects outside ``[replication]
@@ -183,6 +191,7 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
                "x_label": variable_label(study, r["x"]), "y_label": variable_label(study, r["y"]),
                "cov_label": covariates_label(study, r["covariates"]),
                "scale": SCALE_NAMES.get(analysis, "estimate"),
+               "metric": METRICS.get(analysis, "estimate"),
                "k": int(r["k"]) if pd.notna(r["k"]) else 0,
                "pooled": f"{fmt(r['estimate'], leading_zero=lz)} "
                          f"{fmt_ci(r['ci_low'], r['ci_high'], leading_zero=lz)}",
@@ -192,9 +201,28 @@ def verdict_table(comparison: Comparison, study: Study, sites: Iterable[Site]) -
             row[f"verdict_{o}"] = verdicts.get((key, o), "")
         rows.append(row)
     columns = ["family", "x", "y", "covariates", "anchor", "label", "x_label", "y_label",
-               "cov_label", "scale", "k", "pooled", "i2",
+               "cov_label", "scale", "metric", "k", "pooled", "i2",
                "replication", *[f"verdict_{o}" for o in columns_o]]
     return pd.DataFrame(rows, columns=columns)
+
+
+def metric_notes(metrics: Iterable[str]) -> list[str]:
+    """What each metric of a verdict table is and how it was pooled, in the table's order.
+
+    Examples
+    --------
+    >>> metric_notes(["r", "g", "r"])
+    ['r: Pearson r, pooled as Fisher z, back-transformed', "g: Hedges' g, pooled as is"]
+    """
+    out = []
+    for metric in dict.fromkeys(metrics):
+        analysis = next((a for a, m in METRICS.items() if m == metric), None)
+        if analysis is None:
+            continue
+        scale = POOLED_ANALYSES[analysis][1]
+        out.append(f"{metric}: {SCALE_NAMES[analysis]}, "
+                   + _POOLED_AS[scale].format(metric=metric))
+    return out
 
 
 def _analysis_of(per_site: pd.DataFrame, pooled_row: pd.Series) -> str:
