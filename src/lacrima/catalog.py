@@ -163,6 +163,9 @@ def token_key(token_hash: str) -> str:
     return f"{PEOPLE}/tokens/{token_hash}.json"
 
 
+SESSION_SECRET = f"{PEOPLE}/session-secret.json"
+
+
 def audit_key(at: str, nonce: str) -> str:
     """One audit entry: its day's folder, then the time and a random suffix (created once)."""
     return f"{AUDIT}/{at[:10]}/{at.replace(':', '')}-{nonce}.json"
@@ -229,6 +232,11 @@ def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
     """Every batch in the ledger (of one site, or all), oldest first."""
     recs = [BatchRecord.from_dict(d) for d in _ledger_json(storage, site) if "sha256" in d]
     return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
+
+
+def storage_has_batch(storage: Storage, site: str, sha: str) -> bool:
+    """Whether the ledger holds batch ``sha`` of ``site`` (one existence check)."""
+    return storage.exists(ledger_key(site, sha))
 
 
 def write_batch(storage: Storage, rec: BatchRecord) -> None:

@@ -283,6 +283,14 @@ def token_person(storage: Storage, token: str) -> Person | None:
     return person if person.active else None
 
 
+def session_secret(storage: Storage) -> str:
+    """The key that signs the portal's session cookies: made once per store, kept in it, so
+    every portal process over the store (and a restart) honours the same sessions."""
+    write_json(storage, catalog.SESSION_SECRET, {"secret": secrets.token_urlsafe(48)},
+               if_absent=True)
+    return read_json(storage, catalog.SESSION_SECRET)["secret"]
+
+
 # --------------------------------------------------------------------------- audit
 
 
