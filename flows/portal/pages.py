@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 from pathlib import Path
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
@@ -326,7 +325,3 @@ def audit(request: Request, person: Person = Depends(guard("audit"))):
     p = core.portal(request)
     return page(request, "audit.html.j2", person, entries=people.audit_log(p.storage, limit=500))
 
-
-def batch_url(public_url: str, site: str, batch: str) -> str:
-    """The page of a batch in the portal at ``public_url``."""
-    return f"{public_url.rstrip('/')}/sites/{quote(site)}/batches/{quote(batch[:12])}"
