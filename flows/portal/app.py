@@ -98,6 +98,7 @@ class Portal:
     signer: URLSafeTimedSerializer
     limiter: Limiter = field(default_factory=Limiter)
     max_bytes: int = 0          # the largest file taken (the plan's max_file_mb)
+    key: bytes | None = None    # the pseudonym key for withdrawals (None: as a run finds it)
 
     @property
     def secure(self) -> bool:
@@ -284,11 +285,12 @@ def warm_up(p: Portal) -> float:
 
 def create_app(storage_location: str | None = None, public_url: str = "", demo: bool = False,
                warm: bool = True, limiter: Limiter | None = None,
-               max_bytes: int | None = None) -> FastAPI:
+               max_bytes: int | None = None, key: bytes | None = None) -> FastAPI:
     """The portal over the store at ``storage_location`` (else LACRIMA_STORAGE, else ./data).
 
     ``warm``: check a synthetic drop at start-up (Great Expectations imported once per
-    process). ``demo``: withdrawals use the public demo key (a demo store).
+    process). ``demo``: withdrawals use the public demo key (a demo store); ``key``: the
+    pseudonym key they use (default: ``LACRIMA_PSEUDONYM_KEY`` or ``_FILE``, read when used).
     """
     import os
 
@@ -302,7 +304,7 @@ def create_app(storage_location: str | None = None, public_url: str = "", demo: 
     secret = os.environ.get("LACRIMA_PORTAL_SECRET") or people.session_secret(storage)
     p = Portal(storage, study, {s.code: s for s in load_sites()},
                public_url.rstrip("/"), demo, URLSafeTimedSerializer(secret, salt="session"),
-               limiter or Limiter(), max_bytes or plan_max_bytes(study))
+               limiter or Limiter(), max_bytes or plan_max_bytes(study), key)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -271,7 +271,8 @@ def _withdraw(p: core.Portal, site: str, pid: str, reason: str) -> dict:
     try:
         with lease.hold(p.storage, f"{lease.default_owner()} portal withdraw"):
             return intake.withdraw(p.storage, p.sites[site], p.study,
-                                   pseudonym_key(demo=p.demo), pid, reason=reason)
+                                   p.key or pseudonym_key(demo=p.demo), pid,
+                                   reason=reason)
     except lease.LeaseHeld:
         raise Refused(409, "a run is working on the store: nothing was recorded; try again in "
                       "a few minutes") from None
