@@ -374,7 +374,8 @@ def serving(application: FastAPI, host: str = "127.0.0.1"):
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
+                                           access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120       # a warm start checks a drop first

@@ -55,7 +55,9 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
         _fail(str(err))
     typer.echo(f"portal for {application.state.portal.storage.location} at "
                f"{public_url or f'http://{host}:{port}'} (Ctrl-C stops it)", err=True)
-    uvicorn.run(application, host=host, port=port, proxy_headers=True, log_level="warning")
+    # No access log: it would hold addresses and invite links (the audit log says who did what).
+    uvicorn.run(application, host=host, port=port, proxy_headers=True, log_level="warning",
+                access_log=False)
 
 
 def invite_link(public_url: str, token: str) -> str:

@@ -25,16 +25,9 @@ from lacrima.people import Person
 
 router = APIRouter(include_in_schema=False)
 
-# What a page says after a redirect: fixed messages by id, never text from the request.
-DONE = {
-    "sent": "File sent. It waits in the landing zone for the next run, which checks it again "
-            "and takes its records in.",
-    "corrected": "Correction sent. The next run replaces the batch it corrects.",
-    "duplicate": "This exact file was sent before: nothing new was stored.",
-    "withdrawn": "Withdrawal recorded. Every later output leaves this person out.",
-    "withdrawn_unheld": "Withdrawal recorded. The site had sent no record of this person yet; "
-                        "a later file that holds them will not bring them in.",
-}
+# What a page says after a redirect: a fixed message id (its text is in site.html.j2), never
+# text from the request.
+DONE = ("sent", "corrected", "duplicate", "withdrawn", "withdrawn_unheld")
 
 
 async def form_fields(request: Request) -> dict:
@@ -148,7 +141,7 @@ def site_home(request: Request, site: str, done: str = "",
     rows = _rows(p, site)
     summary = site_status(site, rows, catalog.participants_held(p.storage, site))
     return page(request, "site.html.j2", person, site=site, rows=list(reversed(rows)),
-                summary=summary, done=DONE.get(done, ""))
+                summary=summary, done=done if done in DONE else "")
 
 
 @router.get("/sites/{site}/upload")

@@ -168,7 +168,7 @@ SESSION_SECRET = f"{PEOPLE}/session-secret.json"
 
 def audit_key(at: str, nonce: str) -> str:
     """One audit entry: its day's folder, then the time and a random suffix (created once)."""
-    return f"{AUDIT}/{at[:10]}/{at.replace(':', '')}-{nonce}.json"
+    return f"{AUDIT}/{at[:10]}/{at.replace(':', '').replace('+', 'Z')}-{nonce}.json"
 
 
 # --------------------------------------------------------------------------- ledger

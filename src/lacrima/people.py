@@ -301,11 +301,13 @@ def record(storage: Storage, who: str, action: str, site: str = "", batch: str =
     ``detail`` is for ids and counts (``p-1a2b as site``, ``3 rows``), never for a
     participant's ID, a reason typed by a person or an e-mail address.
     """
-    entry = {"at": _now(now), "who": who, "action": action, "site": site, "batch": batch,
+    instant = now or datetime.now(timezone.utc)
+    entry = {"at": _now(instant), "who": who, "action": action, "site": site, "batch": batch,
              "detail": detail}
-    while not write_json(storage, catalog.audit_key(entry["at"], secrets.token_hex(4)), entry,
-                         if_absent=True):
-        pass                        # 32 random bits taken in the same second: draw again
+    # The key sorts by the microsecond (the log's order), then 32 random bits; taken: draw again.
+    while not write_json(storage, catalog.audit_key(instant.isoformat(timespec="microseconds"),
+                                                    secrets.token_hex(4)), entry, if_absent=True):
+        pass
     return entry
 
 
