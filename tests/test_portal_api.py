@@ -400,3 +400,24 @@ def test_20_concurrent_uploads_from_5_sites_each_land_and_count_once(tmp_path, m
         assert a.json()["sha256"] in by_site[code]
     again = intake.ingest_sites(store, sites, load_study(root), DEMO_KEY)
     assert sum(len(r.accepted) + len(r.quarantined) for r in again) == 0
+
+
+def test_a_correction_through_the_page_is_lacrima_upload_replaces(app, store, drops):
+    client = signed_in(app, store, "corrects@example.org", "us")
+    csrf = client.cookies["lacrima_csrf"]
+    batch = next(r for r in catalog.batches(store, "us") if r.state == catalog.ACCEPTED)
+    form = client.get(f"/sites/us/upload?replaces={batch.sha256}").text
+    assert f'value="{batch.sha256}" selected' in form
+    data = drops["clean"].read_bytes() + b"\n"
+    r = client.post("/sites/us/drops", data={"csrf": csrf, "replaces": batch.sha256},
+                    files={"file": ("fixed.csv", data)}, follow_redirects=False)
+    assert r.status_code == 303 and "done=corrected" in r.headers["location"]
+    sha = intake.sha256_bytes(data)
+    (key,) = [o.key for o in store.list("landing/us") if o.key.rsplit("/", 1)[-1].startswith(
+        f"{sha[:12]}-replaces-{batch.sha256[:12]}")]
+    assert store.metadata(key)["replaces"] == batch.sha256
+    entry = people.audit_log(store, "us", limit=1)[0]
+    assert (entry["action"], entry["batch"]) == ("correct", sha)
+    r = client.post("/sites/us/drops", data={"csrf": csrf, "replaces": "0" * 12},
+                    files={"file": ("fixed2.csv", data + b"\n")})
+    assert r.status_code == 409 and "0 matches" in r.text
