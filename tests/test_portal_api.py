@@ -421,3 +421,28 @@ def test_a_correction_through_the_page_is_lacrima_upload_replaces(app, store, dr
     r = client.post("/sites/us/drops", data={"csrf": csrf, "replaces": "0" * 12},
                     files={"file": ("fixed2.csv", data + b"\n")})
     assert r.status_code == 409 and "0 matches" in r.text
+
+
+def test_an_id_of_the_wrong_shape_is_told_before_the_confirmation(app, store, monkeypatch):
+    """The page asks the library (``intake.participant_ids``, what ``withdraw`` asks) at the
+    first step. No demo site declares an ``id_pattern``, so the refusal is the library's
+    own message for a pattern it is given here."""
+    def pattern(site, pid):
+        raise ValueError(f"the participant ID given is not of the shape R_\\w+ of site {site.code}")
+    client = signed_in(app, store, "shape@example.org", "us")
+    blank = client.post("/sites/us/withdraw", data={"csrf": client.cookies["lacrima_csrf"],
+                                                    "step": "1", "participant_id": "   "})
+    assert blank.status_code == 400 and "Give the participant" in blank.text
+    monkeypatch.setattr(intake, "participant_ids", pattern)
+    r = client.post("/sites/us/withdraw", data={"csrf": client.cookies["lacrima_csrf"],
+                                                "step": "1", "participant_id": "12 34"})
+    assert r.status_code == 400 and "not of the shape" in r.text
+    assert 'name="participant_id_again"' not in r.text
+
+
+def test_a_store_that_fails_is_503_without_a_traceback(app, store, tokens, monkeypatch):
+    def broken(*a, **k):
+        raise OSError("endpoint unreachable")
+    monkeypatch.setattr(type(store), "list", broken)
+    r = TestClient(app).get("/api/v1/sites/us/status", headers=bearer(tokens["us"]))
+    assert r.status_code == 503 and "cannot be reached" in r.json()["detail"]

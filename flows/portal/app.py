@@ -342,6 +342,12 @@ def create_app(storage_location: str | None = None, public_url: str = "", demo: 
             "title": "Not possible", "message": exc.message, "lang": "en", "person": None,
             "csrf": csrf_token(request)}, status_code=exc.status)
 
+    @app.exception_handler(OSError)
+    async def store_failed(request: Request, exc: OSError):
+        # The store failed after its retries (S3 down, a full disk): one sentence, no traceback.
+        return await refused(request, Refused(503, "the study's store cannot be reached just "
+                                              "now: nothing was changed; try again later"))
+
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         return {"ok": True}

@@ -234,6 +234,11 @@ async def withdraw(request: Request, site: str, person: Person = Depends(guard("
         if not pid:
             return page(request, "withdraw.html.j2", person, status=400, site=site, step=1,
                         error="Give the participant's ID as your site knows it.")
+        try:
+            intake.participant_ids(p.sites[site], pid)       # its shape, before confirming
+        except ValueError as err:
+            return page(request, "withdraw.html.j2", person, status=400, site=site, step=1,
+                        error=f"{str(err)[0].upper()}{str(err)[1:]}: nothing was recorded.")
         # The confirmation asks for the ID again and carries only a keyed hash of the first
         # one: a participant's ID is never written back into a page.
         return page(request, "withdraw.html.j2", person, site=site, step=2, reason=reason,

@@ -668,14 +668,8 @@ def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant
     ValueError
         A blank ID, or one that does not fit the codebook's ``id_pattern``.
     """
-    from lacrima.codebook import load_codebook
-
     catalog.check_key(storage, key)
-    codebook = load_codebook(site)
-    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
-    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
-        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
-                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    ids = participant_ids(site, participant_id)
     pseudonym = pseudonymise(site.code, ids, key).iloc[0]
     reg = catalog.read_register(storage, site.code, study.variables)
     old = reg.get(pseudonym)
@@ -796,3 +790,21 @@ def already_sent(storage: Storage, site: str, sha: str) -> str:
         return catalog.ledger_key(site, sha)
     return next((o.key for o in storage.list(catalog.landing_prefix(site))
                  if o.key.rsplit("/", 1)[-1].startswith(f"{sha[:12]}-")), "")
+
+
+def participant_ids(site: Site, participant_id: str) -> pd.Series:
+    """One ID as the site knows it, normalised by the codebook (a one-row Series).
+
+    Raises
+    ------
+    ValueError
+        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+    """
+    from lacrima.codebook import load_codebook
+
+    codebook = load_codebook(site)
+    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
+    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
+        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
+                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    return ids
