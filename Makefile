@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast bench lock expectations clean system-deps
+.PHONY: install demo test test-fast bench lock expectations clean system-deps portal
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,20 @@ install: $(VENV)/.installed
 ## demo: synthetic drops for every site into the local landing zone, then one pipeline run
 demo: install
 	$(VENV)/bin/lacrima demo
+
+## portal: the site portal on the demo store (./data, made by `lacrima demo` when missing), with
+## a one-time sign-in link for a demo data manager of each site and for a coordinator
+PORTAL_PORT ?= 8000
+portal: install
+	test -f data/reports/latest.json || $(VENV)/bin/lacrima demo
+	@echo "Sign-in links (each works once, for 7 days):"
+	@for s in $$($(PY) -c "from lacrima.study import site_codes; print(*site_codes())"); do \
+	  printf '  data manager of %s: ' $$s; \
+	  $(VENV)/bin/lacrima portal invite demo.$$s@example.org --site $$s --storage data \
+	    --public-url http://127.0.0.1:$(PORTAL_PORT); done
+	@printf '  coordinator: '; $(VENV)/bin/lacrima portal invite demo.coordinator@example.org \
+	  --role coordinator --storage data --public-url http://127.0.0.1:$(PORTAL_PORT)
+	$(VENV)/bin/lacrima portal serve --storage data --demo --port $(PORTAL_PORT)
 
 ## system-deps: Debian packages the tests use (headless Chromium for the report test)
 system-deps:

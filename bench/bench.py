@@ -15,7 +15,10 @@ Scenarios, all in one run (``--scenarios`` picks some, ``--quick`` makes them ti
   nothing new; one new drop at one site, then ``lacrima run``;
 - ``check``: ``lacrima check`` of the US site's drop at its published N (124 rows);
 - ``cumulative``: 24 monthly cumulative exports of one 1,000-participant site (intake);
-- ``dask``: ``lacrima run --runner dask`` at sites x 1,000 for each size of ``--dask-sites``.
+- ``dask``: ``lacrima run --runner dask`` at sites x 1,000 for each size of ``--dask-sites``;
+- ``portal``: ``lacrima portal serve`` (warm, as started by a user): its API's check of the
+  same 124-row drop against ``lacrima check`` of it in this run, and 20 concurrent uploads
+  (distinct drops of the three sites, each with its site's token), p95 of their answers.
 
 Each command but the Dask ones runs ``--repeats`` times (the full runs on fresh copies of
 the landed store) and the tables show the median. The targets of issue 15 are ratios
@@ -41,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_KEY = "bench-key-not-secret"
-SCENARIOS = ("3x", "125x120", "check", "cumulative", "dask")
+SCENARIOS = ("3x", "125x120", "check", "cumulative", "dask", "portal")
 # Sizes of a full benchmark and of --quick (every scenario at a tiny size, for development).
 FULL = {"mid_sites": 125, "mid_n": 120, "dask_sites": "100,250,1000", "dask_n": 1000,
         "repeats": 3, "months": 24, "export_n": 1000}
@@ -255,6 +258,88 @@ def check_runs(work: Path, repeats: int) -> dict:
             "runs": [asdict(timed(cmd, user_env(work))) for _ in range(repeats)]}
 
 
+def portal_runs(work: Path, repeats: int, uploads: int = 20) -> dict:
+    """The portal as a site uses it: a warm API check of the 124-row US drop (after one
+    untimed check) against ``lacrima check`` of the same file, and ``uploads`` concurrent
+    uploads of distinct drops from the three sites (wall time of each answer)."""
+    import asyncio
+    import socket
+    import urllib.request
+
+    import httpx
+
+    from lacrima import people
+    from lacrima.storage import LocalStorage
+    from lacrima.study import load_site, load_sites, load_study
+    from lacrima.synth import write_drop
+
+    base = _fresh(work / "portal")
+    study, site = load_study(), load_site(CHECK_SITE)
+    drop = write_drop(site, study, base / "check" / CHECK_SITE)
+    sites = load_sites()
+    drops = [(s.code, write_drop(s, study, base / f"up{k}" / s.code, n=60, seed=k + 1))
+             for k in range(uploads) for s in [sites[k % len(sites)]]]
+    store = LocalStorage(base / "store")
+    tokens = {s.code: people.new_token(store, s.code, note="bench")[1] for s in sites}
+    cli = [asdict(timed([*lacrima_command(), "check", str(drop), "--site", CHECK_SITE],
+                        user_env(work))) for _ in range(repeats)]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([*lacrima_command(), "portal", "serve", "--storage", str(store.root),
+                               "--port", str(port)], env=user_env(work), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started = time.perf_counter()
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.perf_counter() - started > 300:
+                    raise RuntimeError(f"the portal did not start: {server.stderr.read()[-2000:]}")
+                time.sleep(0.2)
+        start_seconds = time.perf_counter() - started
+
+        def check() -> float:
+            t = time.perf_counter()
+            r = httpx.post(f"{url}/api/v1/sites/{CHECK_SITE}/check", timeout=120,
+                           headers={"Authorization": f"Bearer {tokens[CHECK_SITE]}"},
+                           files={"file": (drop.name, drop.read_bytes())})
+            if r.status_code != 200:
+                raise RuntimeError(f"API check answered {r.status_code}: {r.text[:500]}")
+            return round(time.perf_counter() - t, 3)
+
+        check()                 # untimed: the first request of a process
+        api = [check() for _ in range(max(repeats, 5))]
+
+        async def one(client, code, path):
+            t = time.perf_counter()
+            r = await client.post(f"/api/v1/sites/{code}/drops", files={
+                "file": (path.name, path.read_bytes())},
+                headers={"Authorization": f"Bearer {tokens[code]}"})
+            if r.status_code != 201:
+                raise RuntimeError(f"upload answered {r.status_code}: {r.text[:500]}")
+            return round(time.perf_counter() - t, 3)
+
+        async def all_uploads():
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                return await asyncio.gather(*(one(client, c, p) for c, p in drops))
+
+        up = asyncio.run(all_uploads())
+    finally:
+        server.terminate()
+        server.wait(30)
+    landed = len(store.list("landing"))
+    if landed != uploads:
+        raise RuntimeError(f"{uploads} uploads answered 201 but {landed} files landed")
+    ordered = sorted(up)
+    return {"site": CHECK_SITE, "rows": site.published_n, "start_seconds": round(start_seconds, 1),
+            "cli_check": cli, "api_check": api, "uploads": up,
+            "uploads_p95": ordered[max(0, -(-95 * len(ordered) // 100) - 1)]}
+
+
 def dask_runs(work: Path, ladder: list[int], n: int) -> list[dict]:
     """``lacrima run --runner dask`` once at each number of sites of ``ladder``, ``n`` a site."""
     from lacrima.consortium import make_consortium, write_consortium_drops
@@ -370,6 +455,16 @@ def evaluate_targets(m: dict) -> list[Target]:
         c = median_seconds(m["check"]["runs"])
         out.append(Target(f"`lacrima check` of a {m['check']['rows']}-row drop at most 3 s",
                           f"{c:.2f} s", c <= 3.0))
+    if m.get("portal"):
+        p = m["portal"]
+        api, cli = statistics.median(p["api_check"]), median_seconds(p["cli_check"])
+        out += [Target(f"portal: a warm API check of the {p['rows']}-row drop at most 1 s and "
+                       "at most 0.2x `lacrima check` of it",
+                       f"{api:.2f} s / {cli:.2f} s = {api / cli:.2f}x",
+                       api <= 1.0 and api / cli <= 0.2),
+                Target(f"portal: {len(p['uploads'])} concurrent uploads, p95 under 2 s",
+                       f"p95 {p['uploads_p95']:.2f} s (slowest {max(p['uploads']):.2f} s)",
+                       p["uploads_p95"] < 2.0)]
     if m.get("dask"):
         biggest = max(m["dask"], key=lambda d: d["sites"] * d["n_per_site"])
         peak = max(d["run"]["peak_rss_mb"] for d in m["dask"])
@@ -409,9 +504,9 @@ def linear_fit(points: list[tuple[int, float]], tolerance: float = 0.10) -> tupl
 
 def _row(scenario: str, command: str, runs: list[dict]) -> str:
     every = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-    peak = max(r["peak_rss_mb"] for r in runs)
-    return (f"| {scenario} | {command} | {median_seconds(runs):.2f} | {every} | "
-            f"{peak:,.0f} |")
+    peaks = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb") is not None]
+    peak = f"{max(peaks):,.0f}" if peaks else "-"      # an answer of a server: no process of its own
+    return f"| {scenario} | {command} | {median_seconds(runs):.2f} | {every} | {peak} |"
 
 
 def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
@@ -451,6 +546,14 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
     if m.get("check"):
         out.append(_row(f"{m['check']['rows']} rows ({m['check']['site']})", "`lacrima check`",
                         m["check"]["runs"]))
+    if m.get("portal"):
+        p = m["portal"]
+        out.append(_row(f"{p['rows']} rows ({p['site']})", "`lacrima check`, same run",
+                        p["cli_check"]))
+        out.append(_row(f"{p['rows']} rows ({p['site']})", "portal API check, warm",
+                        [{"seconds": s, "peak_rss_mb": None} for s in p["api_check"]]))
+        out.append(_row(f"{len(p['uploads'])} concurrent", "portal API uploads, each answer",
+                        [{"seconds": s, "peak_rss_mb": None} for s in p["uploads"]]))
     for d in m.get("dask", []):
         out.append(_row(f"{d['sites']:,} x {d['n_per_site']:,}", "`lacrima run --runner dask`",
                         [d["run"]]))
@@ -554,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
              "125x120": ("consortium", lambda: consortium_runs(
                  args.work, size["mid_sites"], size["mid_n"], size["repeats"])),
              "check": ("check", lambda: check_runs(args.work, size["repeats"])),
+             "portal": ("portal", lambda: portal_runs(args.work, size["repeats"])),
              "cumulative": ("cumulative", lambda: cumulative_exports(
                  args.work, size["months"], size["export_n"])),
              "dask": ("dask", lambda: dask_runs(

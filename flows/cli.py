@@ -113,25 +113,16 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
           report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
     """Validate a drop locally without uploading it."""
     from lacrima.dropreport import print_report, render_html
-    from lacrima.intake import local_name, read_and_validate, safe_name
-    from lacrima.privacy import DEMO_KEY
-    from lacrima.storage import sha256_bytes
+    from lacrima.intake import check_file
     from lacrima.study import load_study
 
     s = _site(site)
     if not file.is_file():
         _fail(f"{file}: no such file")
     try:
-        data = file.read_bytes()
+        rep, readable = check_file(file, s, load_study())
     except OSError as err:
         _fail(f"{file}: cannot read ({err.strerror})")
-    name = safe_name(file.name)
-    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        path = Path(tmp) / local_name(name)
-        path.write_bytes(data)
-        # Only the shape of IDs matters for a local check; the key never leaves this process.
-        rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
-                                       size_mb=len(data) / 1e6)
     print_report(rep, Console(highlight=False))
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
@@ -141,8 +132,8 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         except OSError as err:
             _fail(f"{report}: cannot write the report ({err.strerror})")
         console.print(f"report written to {report}", markup=False)
-    if frame is None:
-        # read_and_validate gives no frame exactly when the file could not be read at all
+    if not readable:
+        # check_file says unreadable exactly when the file could not be read at all
         # (wrong type, too large, damaged, binary, bad encoding...): exit 2, not 1.
         raise typer.Exit(2)
     raise typer.Exit(0 if rep.valid else 1)
@@ -759,6 +750,11 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
     except ValueError as err:
         _fail(str(err))
     typer.echo(json.dumps(site_policy(bucket, prefix, site), indent=2))
+
+
+from flows.portal.cli import app as portal_app  # noqa: E402  (after _fail, which it uses)
+
+app.add_typer(portal_app, name="portal")
 
 
 def main():

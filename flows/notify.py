@@ -12,6 +12,9 @@ Environment
 ``LACRIMA_SMTP_MODE``       ``starttls`` (default), ``ssl`` or ``insecure`` (a local relay)
 ``LACRIMA_SMTP_USER`` / ``LACRIMA_SMTP_PASSWORD``  login, when the server needs one
 ``LACRIMA_OPERATOR_WEBHOOK`` / ``LACRIMA_OPERATOR_EMAIL``  who hears of a failed run
+``LACRIMA_PUBLIC_URL``      the site portal's address (``lacrima portal serve --public-url``):
+                            a quarantine notice links to the batch's page there, not to a
+                            path on the server
 
 A notification that cannot be delivered is logged and never fails the run.
 """
@@ -80,8 +83,20 @@ def send(contact: dict, subject: str, body: str) -> int:
     return sent
 
 
+def portal_link(site: str, batch: str, public_url: str | None = None) -> str | None:
+    """The batch's page in the site portal at ``public_url`` (else ``LACRIMA_PUBLIC_URL``);
+    None when no portal address is set."""
+    url = (public_url if public_url is not None else os.environ.get("LACRIMA_PUBLIC_URL", ""))
+    if not url.strip():
+        return None
+    return f"{url.strip().rstrip('/')}/sites/{quote(site)}/batches/{quote(batch[:12])}"
+
+
 def notify_quarantines(drops: list[dict], sites) -> int:
-    """Tell each site's contact about its quarantined drops of this run; returns messages sent."""
+    """Tell each site's contact about its quarantined drops of this run; returns messages sent.
+
+    With a portal address (``LACRIMA_PUBLIC_URL``) the message links to the batch's page in
+    the portal, which the site can open, instead of the report's path in the store."""
     by_code = {s.code: s for s in sites}
     sent = 0
     for drop in drops:
@@ -89,8 +104,9 @@ def notify_quarantines(drops: list[dict], sites) -> int:
         if drop["outcome"] != "quarantined" or site is None:
             continue
         contact = site_contact(site)
+        link = portal_link(drop["site"], drop["batch"])
         if contact:
-            sent += send(contact, *quarantine_notice(drop))
+            sent += send(contact, *quarantine_notice({**drop, "report": link} if link else drop))
     return sent
 
 

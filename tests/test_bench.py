@@ -151,3 +151,28 @@ def test_a_command_is_timed_with_its_summary_and_a_failure_says_what_it_printed(
     with pytest.raises(RuntimeError, match=r"exited 3:\nno such store"):
         timed([sys.executable, "-c", "import sys; print('no such store', file=sys.stderr); "
                "sys.exit(3)"], dict(os.environ))
+
+
+def _portal(api=(0.4, 0.5, 0.6), cli=(9.0, 10.0, 11.0), uploads=(0.3,) * 19 + (2.5,)):
+    return {"portal": {"site": "us", "rows": 124, "start_seconds": 12.0,
+                       "cli_check": [{"seconds": s, "peak_rss_mb": 300.0} for s in cli],
+                       "api_check": list(api), "uploads": list(uploads),
+                       "uploads_p95": sorted(uploads)[18]}}
+
+
+def test_portal_targets_are_judged_within_one_run():
+    from bench.bench import evaluate_targets, to_markdown
+
+    check, uploads = evaluate_targets(_portal())
+    assert (check.measured, check.met) == ("0.50 s / 10.00 s = 0.05x", True)
+    assert (uploads.measured, uploads.met) == ("p95 0.30 s (slowest 2.50 s)", True)
+    slow, _ = evaluate_targets(_portal(api=(1.1, 1.2, 1.3), cli=(20.0,)))    # over 1 s
+    assert slow.met is False
+    ratio, _ = evaluate_targets(_portal(api=(0.6,), cli=(2.0,)))              # 0.3x
+    assert ratio.met is False
+    _, late = evaluate_targets(_portal(uploads=(0.3,) * 18 + (2.1, 2.5)))      # p95 2.1 s
+    assert late.met is False
+    page = to_markdown({"date": "d", "commit": "c", "host_cpu": "x", "cores": 2,
+                        "memory_gb": 1, "python": "3.11", "argv": "a", "lacrima": "l",
+                        "prefect_api": "p", "repeats": 3, "quick": False}, _portal(), [])
+    assert "| 124 rows (us) | portal API check, warm | 0.50 | 0.40, 0.50, 0.60 | - |" in page

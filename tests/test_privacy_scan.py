@@ -7,6 +7,9 @@ log record at DEBUG and stdout/stderr captured. Then every object under curated/
 ledger/, and every quarantine report (report.json, report.html), is decoded to text (parquet via
 pandas) and searched for each of those values. The quarantined original files are, of course,
 kept as sent and are not searched; the scanner is shown to find the values in the raw drops.
+The site portal is then used over a copy of that store (every page of each site, checks and
+sends of the same drops, a withdrawal by raw ID, the coordinator's pages): its pages, API
+answers, accounts and audit log are searched too.
 
 The fast tier runs it under the small plan (tests/smallplan.py: every kind of analysis, table
 and section, fewer effects): which values could leak depends on the kinds of output, not on
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import re
 from types import SimpleNamespace
@@ -242,3 +246,102 @@ def test_quarantined_originals_are_kept_as_sent(scanned):
         (sha,) = scanned.intakes[code].quarantined
         kept = scanned.storage.read_bytes(f"quarantine/{code}/{sha}/{messy.name}")
         assert kept == messy.read_bytes()
+
+
+# --------------------------------------------------------------------------- the portal
+
+PORTAL_EMAILS = ("dm.{code}@portal.example.org", "coordinator@portal.example.org")
+
+
+@pytest.fixture(scope="module")
+def portal_seen(scanned, tmp_path_factory):
+    """The portal over a copy of the scanned store, used as people would: each site's data
+    manager opens every page of their site (quarantined batches' cards included), checks and
+    sends a messy drop through the pages and the API, and withdraws a person by their raw ID;
+    a coordinator opens every coordinator page. Returns every page and API answer as text,
+    with the store's accounts and audit log."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from flows.portal.app import create_app
+    from lacrima import catalog, people
+
+    root = tmp_path_factory.mktemp("privacy-portal") / "store"
+    shutil.copytree(scanned.storage.root, root, symlinks=True)
+    storage = LocalStorage(root)
+    app = create_app(str(root), warm=False, key=KEY)
+    texts: dict[str, str] = {}
+
+    def session(email, site, role="site"):
+        _, link = people.invite(storage, email, site, role=role)
+        client = TestClient(app)
+        texts[f"invite {email}"] = client.get(f"/invite/{link}").text
+        client.post(f"/invite/{link}", data={"csrf": client.cookies["lacrima_csrf"],
+                                             "password": "p" * 12, "password2": "p" * 12})
+        return client
+
+    ids = sorted(_identifying("us", scanned.drops["us"][0])["id"])
+    for s in scanned.sites:
+        client = session(PORTAL_EMAILS[0].format(code=s.code), s.code)
+        csrf = client.cookies["lacrima_csrf"]
+        token = people.new_token(storage, s.code)[1]
+        clean, messy = scanned.drops[s.code]
+        for path in filter(None, (messy, clean)):
+            files = {"file": (path.name, path.read_bytes())}
+            texts[f"check page {path}"] = client.post(
+                f"/sites/{s.code}/check", data={"csrf": csrf}, files=files).text
+            texts[f"check api {path}"] = client.post(
+                f"/api/v1/sites/{s.code}/check", files=files,
+                headers={"Authorization": f"Bearer {token}"}).text
+        texts[f"send {s.code}"] = client.post(
+            f"/sites/{s.code}/drops", data={"csrf": csrf},
+            files={"file": (clean.name, clean.read_bytes() + b"\n")}).text
+        if s.code == "us":
+            step2 = client.post("/sites/us/withdraw", data={
+                "csrf": csrf, "step": "1", "participant_id": ids[0], "reason": "asked"})
+            check = step2.text.split('name="check" value="')[1].split('"')[0]
+            texts["withdraw us"] = client.post("/sites/us/withdraw", data={
+                "csrf": csrf, "step": "2", "check": check, "participant_id_again": ids[0],
+                "confirm": "yes"}).text
+        pages = [f"/sites/{s.code}", f"/sites/{s.code}/upload", f"/sites/{s.code}/withdraw"]
+        pages += [f"/sites/{s.code}/batches/{r.sha256[:12]}"
+                  for r in catalog.batches(storage, s.code)]
+        for path in pages:
+            texts[path] = client.get(path).text
+        texts[f"status {s.code}"] = client.get(
+            f"/api/v1/sites/{s.code}/status", headers={"Authorization": f"Bearer {token}"}).text
+    coordinator = session(PORTAL_EMAILS[1], "", role="coordinator")
+    for path in ("/coordinator", "/audit", "/reports/scan"):
+        texts[path] = coordinator.get(path).text
+    stored = {o.key: _text(storage, o.key) for zone in ("people", "audit")
+              for o in storage.list(zone)}
+    return SimpleNamespace(texts=texts, stored=stored, withdrawn=ids[0])
+
+
+def test_the_portal_scan_covers_pages_accounts_and_audit(portal_seen):
+    texts, stored = portal_seen.texts, portal_seen.stored
+    assert any("finding error" in t for k, t in texts.items() if k.startswith("check page"))
+    assert "Withdrawal recorded" in texts["withdraw us"]
+    assert any(k.startswith("people/accounts/") for k in stored)
+    actions = {json.loads(t)["action"] for k, t in stored.items() if k.startswith("audit/")}
+    assert {"invite", "set_password", "send", "withdraw", "token"} <= actions
+
+
+@pytest.mark.parametrize("kind", ["id", "name", "email", "other", "ip", "coordinate"])
+def test_no_identifying_value_in_the_portals_pages_accounts_or_audit(scanned, portal_seen, kind):
+    pattern = _pattern(scanned.values[kind])
+    leaks = {}
+    for where, text in {**portal_seen.texts, **portal_seen.stored}.items():
+        hits = sorted({m.group(0) for m in pattern.finditer(text)})
+        if hits:
+            leaks[where] = hits[:3]
+    assert not leaks, f"{kind} values found: {leaks}"
+
+
+def test_the_portal_users_email_addresses_stay_in_their_accounts(portal_seen):
+    emails = [e.format(code=c) for e in PORTAL_EMAILS for c in ("us", "it", "il")]
+    for where, text in {**portal_seen.texts, **portal_seen.stored}.items():
+        if where.startswith("people/accounts/"):
+            continue
+        assert not [e for e in emails if e in text], where

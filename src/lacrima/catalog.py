@@ -19,6 +19,10 @@ Zones and their keys (the same on a local folder and on S3)::
     reports/latest.json                   pointer to the latest whole report (written last)
     reports/latest                        local stores: a link to that folder
     locks/run.json                        the lease of the run holding the store
+    people/accounts/<email-sha256>.json   a portal account (argon2id password hash, role, site)
+    people/invites/<token-sha256>.json    a one-time invite link (used once, expires)
+    people/tokens/<token-sha256>.json     a site's API token (only its SHA-256 is kept)
+    audit/<YYYY-MM-DD>/<stamp>-<rand>.json  one audit entry each, created once, never replaced
 
 Other modules ask this one for keys; none builds them. Ledger files whose name starts with
 ``_`` are not batches.
@@ -164,6 +168,31 @@ MANIFEST = "manifest.json"
 # The lease of the one run that may change the store (lacrima.lease).
 LEASE_KEY = "locks/run.json"
 
+# The portal's people (lacrima.people): never inside a report folder. Objects are named by
+# a hash (of the e-mail, of the token), so a key names no person and a token's key is no token.
+PEOPLE = "people"
+AUDIT = "audit"
+
+
+def account_key(email_hash: str) -> str:
+    return f"{PEOPLE}/accounts/{email_hash}.json"
+
+
+def invite_key(token_hash: str) -> str:
+    return f"{PEOPLE}/invites/{token_hash}.json"
+
+
+def token_key(token_hash: str) -> str:
+    return f"{PEOPLE}/tokens/{token_hash}.json"
+
+
+SESSION_SECRET = f"{PEOPLE}/session-secret.json"
+
+
+def audit_key(at: str, nonce: str) -> str:
+    """One audit entry: its day's folder, then the time and a random suffix (created once)."""
+    return f"{AUDIT}/{at[:10]}/{at.replace(':', '').replace('+', 'Z')}-{nonce}.json"
+
 
 # --------------------------------------------------------------------------- ledger
 
@@ -226,6 +255,11 @@ def batches(storage: Storage, site: str | None = None) -> list[BatchRecord]:
     """Every batch in the ledger (of one site, or all), oldest first."""
     recs = [BatchRecord.from_dict(d) for d in _ledger_json(storage, site) if "sha256" in d]
     return sorted(recs, key=lambda r: (r.site, r.received_at, r.sha256))
+
+
+def storage_has_batch(storage: Storage, site: str, sha: str) -> bool:
+    """Whether the ledger holds batch ``sha`` of ``site`` (one existence check)."""
+    return storage.exists(ledger_key(site, sha))
 
 
 def write_batch(storage: Storage, rec: BatchRecord) -> None:

@@ -756,14 +756,8 @@ def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant
     ValueError
         A blank ID, or one that does not fit the codebook's ``id_pattern``.
     """
-    from lacrima.codebook import load_codebook
-
     catalog.check_key(storage, key)
-    codebook = load_codebook(site)
-    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
-    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
-        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
-                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    ids = participant_ids(site, participant_id)
     pseudonym = pseudonymise(site.code, ids, key).iloc[0]
     reg = catalog.read_register(storage, site.code, study.variables)
     old = reg.get(pseudonym)
@@ -843,3 +837,62 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
                 for cached in storage.list(prefix):
                     storage.delete(cached.key)
     return done
+
+
+def check_file(path: Path, site: Site, study: Study, name: str = "") -> tuple[ValidationReport, bool]:
+    """Validate a drop without storing anything: what ``lacrima check`` and the portal's
+    check do. Returns the report and whether the file could be read at all.
+
+    ``name``: the name the data manager gave the file (default: the path's); findings name it.
+    Only the shape of IDs matters for a check, so the public demo key pseudonymises them
+    (the real key never needs to be where a check runs).
+    """
+    from lacrima.privacy import DEMO_KEY
+
+    data = Path(path).read_bytes()
+    name = safe_name(name or Path(path).name)
+    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
+        local = Path(tmp) / local_name(name)
+        local.write_bytes(data)
+        report, frame = read_and_validate(local, site, study, DEMO_KEY, name, sha256_bytes(data),
+                                          size_mb=len(data) / 1e6)
+    return report, frame is not None
+
+
+def readable_type(site: Site, name: str) -> bool:
+    """Whether one of the site's declared formats reads a file called ``name`` (by extension)."""
+    from lacrima.codebook import load_codebook
+
+    return load_codebook(site).format_for(Path(local_name(name))) is not None
+
+
+def max_bytes(study: Study) -> int:
+    """The largest drop read (``[validation] max_file_mb`` of the plan), in bytes."""
+    return int(float(study.section("validation").get("max_file_mb", 200)) * 1e6)
+
+
+def already_sent(storage: Storage, site: str, sha: str) -> str:
+    """The batch or landing key that already holds these bytes for ``site`` ("" if none):
+    the same file sent twice is processed once, so a second send stores nothing."""
+    if catalog.storage_has_batch(storage, site, sha):
+        return catalog.ledger_key(site, sha)
+    return next((o.key for o in storage.list(catalog.landing_prefix(site))
+                 if o.key.rsplit("/", 1)[-1].startswith(f"{sha[:12]}-")), "")
+
+
+def participant_ids(site: Site, participant_id: str) -> pd.Series:
+    """One ID as the site knows it, normalised by the codebook (a one-row Series).
+
+    Raises
+    ------
+    ValueError
+        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+    """
+    from lacrima.codebook import load_codebook
+
+    codebook = load_codebook(site)
+    ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
+    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
+        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
+                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    return ids
