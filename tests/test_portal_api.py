@@ -151,6 +151,18 @@ def test_a_file_type_the_site_does_not_read_is_415(app, tokens):
     assert r.status_code == 415
 
 
+def test_what_lacrima_upload_refuses_the_portal_refuses_too(app, store, tokens):
+    # An encrypted (or legacy .xls) workbook under an .xlsx name: the type is one the site
+    # sends, but `lacrima upload` refuses it before copying (intake.upload_refusal), and so
+    # does the portal, through the same call; nothing lands.
+    client = TestClient(app)
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600)
+    r = client.post("/api/v1/sites/it/drops", headers=bearer(tokens["it"]),
+                    files={"file": ("export.xlsx", ole)})
+    assert r.status_code == 415 and "password" in r.json()["detail"], r.text
+    assert not [o for o in store.list("landing/it/") if o.size == len(ole)]
+
+
 def test_past_the_size_limit_is_413_while_streaming(app, store, tokens):
     """A chunked body (no Content-Length), fed to the application chunk by chunk: refused
     once the limit (2 MB here) is passed, the rest never asked for."""

@@ -28,10 +28,9 @@ async def received(request: Request, site: str, folder: Path) -> core.Upload:
     up = await core.read_upload(request, p.max_bytes, folder)
     if up.path is None:
         raise Refused(400, "no file: send it in the multipart field 'file'")
-    if not intake.readable_type(p.sites[site], up.name):
-        from lacrima.codebook import load_codebook
-        sends = ", ".join(e for f in load_codebook(p.sites[site]).formats for e in f.extensions)
-        raise Refused(415, f"site {site} sends {sends} files, not {intake.safe_name(up.name)!r}")
+    refused = intake.upload_refusal(p.sites[site], p.study, up.name)
+    if refused:
+        raise Refused(415, refused.message)
     return up
 
 
@@ -53,7 +52,12 @@ def send_upload(p: core.Portal, site: str, up: core.Upload, person: Person,
     named = up.path.with_name(intake.local_name(up.name))
     up.path.rename(named)
     up.path = named
-    key = intake.upload(p.storage, p.sites[site], named, uploader=person.id, replaces=replaces)
+    try:
+        key = intake.upload(p.storage, p.sites[site], named, uploader=person.id,
+                            replaces=replaces, study=p.study)
+    except intake.UploadRefused as err:      # the same check as `lacrima upload`: size, type
+        raise Refused(413 if err.finding.check == "file_too_large" else 415,
+                      err.finding.message) from None
     people.record(p.storage, person.id, "correct" if replaces else "send", site=site,
                   batch=sha, detail=f"replaces {replaces[:12]}" if replaces else "")
     return {"sha256": sha, "key": key, "status": "landed"}, True

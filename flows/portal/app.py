@@ -297,7 +297,7 @@ def create_app(storage_location: str | None = None, public_url: str = "", demo: 
     from lacrima.storage import open_storage
     from lacrima.study import load_sites, load_study
 
-    from lacrima.intake import max_bytes as plan_max_bytes
+    from lacrima.intake import max_upload_bytes as plan_max_bytes
 
     storage = open_storage(storage_location)
     study = load_study()

@@ -167,9 +167,9 @@ async def check(request: Request, site: str, person: Person = Depends(guard("che
         require_csrf(request, up.fields)
         if up.path is None:
             raise Refused(400, "choose a file first")
-        if not intake.readable_type(p.sites[site], up.name):
-            report, message = None, (f"{intake.safe_name(up.name)}: site {site} sends "
-                                     f"{_formats(p, site)} files.")
+        refused = intake.upload_refusal(p.sites[site], p.study, up.name)
+        if refused:
+            report, message = None, refused.message
         else:
             report, _ = await run_in_threadpool(api.check_upload, p, site, up)
             message = ""
@@ -192,9 +192,9 @@ async def send(request: Request, site: str, person: Person = Depends(guard("send
             raise Refused(403, f"corrections of site {site} are not yours to send")
         if up.path is None:
             raise Refused(400, "choose a file first")
-        if not intake.readable_type(p.sites[site], up.name):
-            raise Refused(415, f"{intake.safe_name(up.name)}: site {site} sends "
-                          f"{_formats(p, site)} files")
+        refused = intake.upload_refusal(p.sites[site], p.study, up.name)
+        if refused:
+            raise Refused(415, refused.message)
         try:
             out, new = await run_in_threadpool(api.send_upload, p, site, up, person, replaces)
         except LookupError as err:

@@ -859,18 +859,6 @@ def check_file(path: Path, site: Site, study: Study, name: str = "") -> tuple[Va
     return report, frame is not None
 
 
-def readable_type(site: Site, name: str) -> bool:
-    """Whether one of the site's declared formats reads a file called ``name`` (by extension)."""
-    from lacrima.codebook import load_codebook
-
-    return load_codebook(site).format_for(Path(local_name(name))) is not None
-
-
-def max_bytes(study: Study) -> int:
-    """The largest drop read (``[validation] max_file_mb`` of the plan), in bytes."""
-    return int(float(study.section("validation").get("max_file_mb", 200)) * 1e6)
-
-
 def already_sent(storage: Storage, site: str, sha: str) -> str:
     """The batch or landing key that already holds these bytes for ``site`` ("" if none):
     the same file sent twice is processed once, so a second send stores nothing."""
