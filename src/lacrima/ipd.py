@@ -309,6 +309,12 @@ def _descend(crit, x: np.ndarray, lower: np.ndarray, max_iter: int = 200) -> tup
     f, g = float(f[0]), g[0]
     d = len(x)
     for _ in range(max_iter):
+        if d == 3 and x[0] <= 0 and g[0] > 0 and x[1] != 0:
+            # l11 = 0: theta and its mirror (0, -l21, l22) are the same Psi, and the
+            # mirror's gradient in l11 (2 G12 l21) has the other sign: step inward from it.
+            x = x * np.array([1.0, -1.0, 1.0])
+            f, g = crit(x[None], gradient=True)
+            f, g = float(f[0]), g[0]
         free = ~((x <= lower) & (g > 0))
         if not free.any():
             break

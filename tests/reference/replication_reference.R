@@ -61,8 +61,9 @@ for (i in seq_len(nrow(st))) {
 # Knapp-Hartung ad hoc standard error (never below the Wald one); a pooled side enters the
 # assessment with its estimate and se^2 in place of atanh(r) and 1/(n - 3 - g).
 pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
-  # metafor's default control (REML threshold 1e-5): lacrima.meta.rma takes its steps
-  fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc")
+  # REML to the maximiser (lacrima's rule): control = list(threshold = 1e-12, maxiter = 1000)
+  fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc",
+                            control = list(threshold = 1e-12, maxiter = 1000))
   fo <- fit(orig_r, orig_n); fr <- fit(rep_r, rep_n)
   side <- function(f) list(estimate = as.numeric(f$b), se = f$se, p = f$pval)
   pair <- function(zo, vo, zr, vr, r_r) {
@@ -80,7 +81,7 @@ pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
     pair(atanh(orig_r[i]), 1 / (orig_n[i] - 3 - g), zr, vr, tanh(zr)))
   list(
     input = list(orig_r = orig_r, orig_n = orig_n, rep_r = rep_r, rep_n = rep_n, g = g),
-    call = paste0("rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'adhoc') per role; ",
+    call = paste0("rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'adhoc', control = list(threshold = 1e-12, maxiter = 1000)) per role; ",
                   "PI tanh(zo +/- qnorm(.975) sqrt(vo + vr)); p_difference 2 pnorm(-|zo - zr| / sqrt(vo + vr)); ",
                   "r33 sign(zo) pwr.r.test(n = 1/vo + 3, power = 1/3)$r; ",
                   "p_small_telescope pnorm((atanh(r_r) - atanh(r33)) / sqrt(vr)), mirrored when r33 < 0"),
