@@ -47,6 +47,7 @@ from lacrima.meta.effects import FROM_SCALE, TO_SCALE
 from lacrima.plots import ORIGINAL_MARK, forest_svg, site_style
 from lacrima.pooling import pool_details
 from lacrima.privacy import MIN_CELL
+from lacrima.replication import small_k_note
 from lacrima.results import Comparison, RunOutputs, SiteAnalysis
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
@@ -523,6 +524,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     rep_sites, origs = sites_by_role(study, analysed)
     verdicts = verdict_table(comparison, study, analysed)
     head, counts, pairs = replication_summary(comparison.replication)
+    headline_ok = bool(head) and bool(origs)
     rep_cfg = study.section("replication")
     configured_reps = sites_by_role(study, sites)[0]
     countries = {s.code: s.country for s in sites}
@@ -552,6 +554,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         families=_with_plots(_families(comparison, study, analysed),
                              forest_plots(comparison, study, sites) if plots is None else plots),
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
+        small_k_note=small_k_note(comparison.replication, study) if headline_ok else "",
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
         invariance=None if invariance is None else invariance_section(*invariance))
