@@ -301,7 +301,8 @@ def _descend(crit, x: np.ndarray, lower: np.ndarray, max_iter: int = 200) -> tup
     taken in absolute value), the steepest descent and, where the Hessian has negative
     curvature, both senses of that eigenvector, each at 40 halving lengths, clipped to the
     bounds; the lowest point wins. A parameter at its bound of 0 whose gradient pushes it
-    there stays fixed. So a stationary point that is not a minimum (a zero diagonal of theta
+    there stays fixed, except l11 = 0, where theta is mirrored to ``(0, -l21, l22)`` (the
+    same Psi, whose gradient in l11 has the other sign). So a stationary point that is not a minimum (a zero diagonal of theta
     where the criterion falls on moving inward: there its gradient is exactly 0) is left,
     and at a minimum the step converges quadratically to the rounding of the criterion.
     """
