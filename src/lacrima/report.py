@@ -436,6 +436,7 @@ def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
 INVARIANCE_MODELS = {"configural": "Configural (same factors)",
                      "metric": "Metric (equal loadings)",
                      "scalar": "Scalar (equal loadings and intercepts)",
+                     "partial_metric": "Partial metric (loadings freed)",
                      "partial_scalar": "Partial scalar"}
 
 
@@ -459,18 +460,27 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
             })
         steps = group.set_index("model")
         label = _label_scale(scale)
-        if not steps.loc["metric", "holds"]:
-            text = "loadings differ across sites (metric invariance fails): the factors " \
-                   "do not mean the same everywhere; compare correlations with care"
+        metric = group[group["model"].isin(["metric", "partial_metric"])].iloc[-1]
+        partial = "" if metric["model"] == "metric" else (
+            "partial metric invariance once the loading of "
+            + metric["freed"].replace("@", " at ").replace(";", ", ") + " is free; ")
+        if not metric["holds"]:
+            text = "loadings differ across sites (metric invariance fails" \
+                   + (", also with the loadings freed above" if partial else "") \
+                   + "): the factors do not mean the same everywhere; compare correlations " \
+                   "with care"
         elif steps.loc["scalar", "holds"]:
-            text = "scalar invariance holds: loadings and intercepts are equal across sites"
+            text = partial + ("scalar invariance holds: loadings and intercepts are equal "
+                              "across sites" if not partial else "the intercepts are equal")
         elif group["model"].iloc[-1] == "partial_scalar" and bool(group["holds"].iloc[-1]):
-            freed = group["freed"].iloc[-1].replace("@", " at ").replace(";", ", ")
-            text = f"partial scalar invariance once {freed} is free (its intercept differs " \
-                   "there): correlations are comparable, mean differences on that item are not"
+            freed = ", ".join(v.replace("@", " at ") for v in group["freed"].iloc[-1].split(";")
+                              if not v.endswith("(loading)"))
+            text = partial + f"partial scalar invariance once {freed} is free (its " \
+                   "intercept differs there): correlations are comparable, mean differences " \
+                   "on that item are not"
         else:
-            text = "loadings are equal (metric invariance) but intercepts differ beyond " \
-                   "what freeing a few allows: correlations are comparable, means are not"
+            text = partial + "loadings are equal (metric invariance) but intercepts differ " \
+                   "beyond what freeing a few allows: correlations are comparable, means are not"
         conclusions.append(f"{label}: {text}.")
     return {"table": _html_table(pd.DataFrame(rows), first_left=2) if rows else None,
             "conclusions": conclusions, "notes": notes}
