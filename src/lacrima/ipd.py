@@ -334,9 +334,16 @@ def _descend(crit, x: np.ndarray, lower: np.ndarray, max_iter: int = 200) -> tup
             dirs += [v[:, 0], -v[:, 0]]
         steps = np.zeros((len(dirs), d))
         steps[:, free] = dirs
-        cand = x + (_LENGTHS[None, :, None] * steps[:, None, :]).reshape(-1, d)
-        cand = np.maximum(cand, lower)
-        fc = crit(cand)
+        # Near a minimum (positive curvature) the full Newton step is taken when it descends;
+        # otherwise every direction at every length, in one batch.
+        newton = np.maximum(x + steps[0], lower)[None]
+        fn = crit(newton) if w[0] > 0 else np.array([np.inf])
+        if fn[0] < f:
+            cand, fc = newton, fn
+        else:
+            cand = x + (_LENGTHS[None, :, None] * steps[:, None, :]).reshape(-1, d)
+            cand = np.maximum(cand, lower)
+            fc = crit(cand)
         i = int(np.argmin(fc))
         if not fc[i] < f:
             break
