@@ -167,3 +167,42 @@ def test_a_scale_that_cannot_be_fitted_is_a_note_not_a_failed_run(study):
     assert fits.empty
     assert notes == ["change: not fitted (site it: the covariance of the 16 items is singular "
                      "(an item without variance, or collinear items))."]
+
+
+@pytest.fixture(scope="module")
+def metric_fits():
+    # invariance_data_metric.csv: wai_08's loading planted at il (its deviations doubled),
+    # wai_04's intercept as in invariance_data.csv (invariance_data.py)
+    data = pd.read_csv(REFERENCE / "invariance_data_metric.csv")
+    return to_frame(invariance("alliance", WAI, data)).set_index("model")
+
+
+@pytest.mark.parametrize("model", ["configural", "metric", "partial_metric", "partial_scalar"])
+def test_partial_metric_invariance_matches_lavaan(metric_fits, lavaan, model):
+    # invariance_lavaan.R, "alliance_partial_metric": the partial metric model with per-group
+    # loading labels (l_wai_08_il free at il, every other loading equal), the partial scalar
+    # model keeping it free and freeing wai_04's intercept at il (syntax in the JSON).
+    ours, ref = metric_fits.loc[model], lavaan["alliance_partial_metric"][model]
+    assert ours["npar"] == ref["npar"] and ours["df"] == ref["df"]
+    for col, key in (("chi2", "chisq"), ("cfi", "cfi"), ("rmsea", "rmsea"),
+                     ("rmsea_low", "rmsea.ci.lower"), ("rmsea_high", "rmsea.ci.upper"),
+                     ("srmr", "srmr")):
+        assert ours[col] == pytest.approx(ref[key], abs=FIT_TOL), (col, ref["call"])
+    if "chi2_diff" in ref:
+        assert ours["chi2_diff"] == pytest.approx(ref["chi2_diff"], abs=FIT_TOL)
+        assert ours["df_diff"] == ref["df_diff"]
+        assert ours["p_diff"] == pytest.approx(ref["p_diff"], abs=P_TOL)
+    if "freed" in ref:
+        assert ours["freed"] == ref["freed"]
+
+
+def test_partial_metric_frees_the_planted_loading_by_its_score_first(metric_fits):
+    # The metric step fails; freeing the loading with the largest score statistic (screen = 1:
+    # no refits to choose among) is the planted one, and then the step holds.
+    assert not metric_fits.loc["metric", "holds"] and metric_fits.loc["partial_metric", "holds"]
+    data = pd.read_csv(REFERENCE / "invariance_data_metric.csv")
+    one = to_frame(invariance("alliance", WAI, data, screen=1)).set_index("model")
+    assert one.loc["partial_metric", "freed"] == "wai_08@il"
+    # the scalar step is tested against the partial metric model, the loading kept free
+    assert metric_fits.loc["scalar", "compared_with"] == "partial_metric"
+    assert metric_fits.loc["scalar", "freed"] == "wai_08@il (loading)"

@@ -208,14 +208,23 @@ def test_models_from_per_site_sums_equal_the_models_on_stacked_rows(planned_site
 
 _REF_DIR = Path(__file__).parent / "reference"
 LME4 = json.loads((_REF_DIR / "ipd_reference.json").read_text())["cases"]
-# lme4's and lacrima's optima differ by ~1e-11 in the REML criterion (rounding of a criterion
-# of several hundred), which moves the slope's CI by up to 3e-7 where it is flat.
+# lme4's best (three optimizers, eight more starts, a bobyqa polish; ipd_reference.R) and
+# lacrima's optimum agree in the REML criterion to ~1e-11 absolute (1e-13 relative), lacrima's
+# never higher. Where the criterion is flat (singular fits, two sites) a change of 1e-12 in it
+# moves theta by ~1e-5, so the slope's CI limits and p agree to 2e-5 relative (lme4's best
+# is the higher criterion there, so the difference is lme4's stopping point, not lacrima's).
 TOL_LME4 = 1e-6
-# A sample of the cases (each fit takes about a second): demo pairs at the plan's seed and
-# held-out seed 7, variances on the boundary, five sites, two sites.
+TOL_LME4_FLAT = 2e-5
+# A sample of the cases: demo pairs at the plan's seed and held-out seed 7, variances on the
+# boundary, five sites, two sites, near-singular ones, and the held-out subsets where the
+# optimiser before issue 23 stopped short of lme4's optimum (by 0.036, 0.13 and 2e-4).
 LME4_CASES = ["demo_H1_after_sad_change", "demo_H2_therapist_support_alliance",
               "demo_H4_attachment_avoidance_understood_better", "seed7_H1_after_relaxed_change",
-              "flat_3sites", "flat_slope_3sites", "varied_5sites", "k2_flat", "k2_varied"]
+              "flat_3sites", "flat_slope_3sites", "varied_5sites", "k2_flat", "k2_varied",
+              "near_singular_k3", "near_singular_k2",
+              "heldout_k2_il_us_H1_after_happy_change",
+              "heldout_k2_il_us_H3_felt_vulnerable_alliance",
+              "heldout_k2_il_it_half_H4_attachment_anxiety_understood_better"]
 
 
 @pytest.fixture(scope="module")
@@ -229,19 +238,43 @@ def test_mixed_model_matches_lme4(name, lme4_rows):
     data = lme4_rows.loc[lme4_rows["case"] == name, ["x", "y", "site"]]
     res = mixed_slope(data)
     assert res["method"].startswith("mixedlm_reml") and "intercept_only" not in res["method"]
-    for key in ("estimate", "ci_low", "ci_high", "p_value", "tau2"):
-        assert res[key] == pytest.approx(ref[key], abs=TOL_LME4), key
-    # z = slope / SE is 3-15 here; the flat criterion leaves lme4's SE (not ours: our
-    # criterion is the lower) uncertain at ~1e-6 relative, so z agrees to 1e-5 relative
-    assert res["statistic"] == pytest.approx(ref["statistic"], rel=10 * TOL_LME4)
-    # never worse than lme4's best of four optimisers (rounding of the criterion allowed)
+    for key in ("estimate", "ci_low", "ci_high", "p_value"):
+        assert res[key] == pytest.approx(ref[key], rel=TOL_LME4_FLAT, abs=1e-12), key
+    # tau2 relative to the residual variance (a variance at 0 is ~1e-17 in lme4, 0 here)
+    assert res["tau2"] == pytest.approx(ref["tau2"], rel=TOL_LME4_FLAT, abs=TOL_LME4 * ref["sigma2"])
+    assert res["statistic"] == pytest.approx(ref["statistic"], rel=TOL_LME4_FLAT)
+    # the global optimum: never above lme4's best of all its optimizers and starts, and equal
+    # to it to 1e-6 relative (here to ~1e-13)
     moments = _site_moments(_sums(data))
     theta, converged = _reml_fit(moments, 2)
     assert converged
-    assert _reml_criterion(theta, *moments) <= ref["reml_criterion"] + 1e-9
-    # the boundary label follows lme4's isSingular()
+    crit = _reml_criterion(theta, *moments)
+    assert crit <= ref["reml_criterion"] + 1e-9
+    assert crit == pytest.approx(ref["reml_criterion"], rel=TOL_LME4)
+    # the singular-fit label is lme4's isSingular(fit, tol = 1e-4) on the fitted theta, and a
+    # singular fit with both variances positive is not called "estimated as 0"
     on_boundary = "boundary" in res["method"] or "singular" in res["method"]
     assert on_boundary == ref["singular"]
+    ref_theta = np.array(ref["theta"])
+    if ref["singular"] and min(ref["tau2_intercept"], ref["tau2"]) > 1e-6 * ref["sigma2"]:
+        assert "covariance singular" in res["method"] and "estimated as 0" not in res["method"]
+    assert (theta[[0, 2]] < 1e-4).any() == (ref_theta[[0, 2]] < 1e-4).any()
+
+
+def test_the_old_optimiser_missed_the_held_out_optima(lme4_rows):
+    # The held-out cases are the ones the reference is for: lme4's best lies 2e-4 to 0.13 below
+    # where the optimiser before issue 23 stopped (its criterion, recorded when the cases were
+    # made: 309.29109, 380.78997, 257.90017), and lacrima now reaches lme4's best.
+    stopped = {"heldout_k2_il_us_H1_after_happy_change": 309.29109,
+               "heldout_k2_il_us_H3_felt_vulnerable_alliance": 380.78997,
+               "heldout_k2_il_it_half_H4_attachment_anxiety_understood_better": 257.90017}
+    for name, old in stopped.items():
+        ref = LME4[name]["slope"]
+        assert ref["reml_criterion"] < old - 1e-4
+        data = lme4_rows.loc[lme4_rows["case"] == name, ["x", "y", "site"]]
+        moments = _site_moments(_sums(data))
+        theta, _ = _reml_fit(moments, 2)
+        assert _reml_criterion(theta, *moments) == pytest.approx(ref["reml_criterion"], abs=1e-9)
 
 
 def test_intercept_only_model_matches_lme4(lme4_rows):

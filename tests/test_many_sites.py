@@ -120,22 +120,26 @@ def test_pooled_replication_side_is_the_pooled_estimate_of_the_replication_sites
     per_site = comparison.results[comparison.results["site"] != POOLED]
     reps = per_site[per_site["site"].isin(["us001", "us002", "us004"])]
     details = pool_details(reps, study)
-    details = details[details["model"] == "random"].fillna({"covariates": ""})
+    # k = 3 replication sites: pooled by fixed effect under the plan's pooled_side = "auto"
+    # (sites/README.md, "Pooling few replications"): the inverse-variance estimate, z test.
+    assert study.section("replication").get("pooled_side", "auto") == "auto"
+    details = details[details["model"] == "fixed"].fillna({"covariates": ""})
     mine = rep[(rep["replication_site"] == POOLED) & (rep["original_site"] == POOLED)]
     merged = mine.merge(details, left_on=["effect", "x", "y", "covariates"],
                         right_on=["family", "x", "y", "covariates"])
     assert len(merged) == len(mine) == _replicated_effects(study)
+    assert (merged["k_replication"] == 3).all()
     assert np.allclose(merged["r_replication"], np.tanh(merged["estimate"]), atol=1e-12, rtol=0)
-    # The p of the Hartung-Knapp t test on k - 1 = 2 df with the ad hoc se: the larger of
-    # the Hartung-Knapp and the Wald se, 1 / sqrt(sum 1 / (v_i + tau2)).
+    # The p of the z test with the inverse-variance se, 1 / sqrt(sum 1 / v_i).
     rows = reps[reps["method"].isin(["pearson", "pearson_partial"])].fillna({"covariates": ""})
     for _, m in merged.iterrows():
         sub = rows[(rows["family"] == m["effect"]) & (rows["x"] == m["x"])
                    & (rows["y"] == m["y"]) & (rows["covariates"] == m["covariates"])]
         g = len([c for c in m["covariates"].split("+") if c])
         vi = 1 / (sub["n"].astype(float) - 3 - g)
-        se = max(m["se"], np.sqrt(1 / np.sum(1 / (vi + m["tau2"]))))
-        assert m["p_replication"] == pytest.approx(2 * stats.t.sf(abs(m["estimate"]) / se, 2),
+        se = np.sqrt(1 / np.sum(1 / vi))
+        assert m["se"] == pytest.approx(se, rel=1e-12)
+        assert m["p_replication"] == pytest.approx(2 * stats.norm.sf(abs(m["estimate"]) / se),
                                                    abs=1e-12)
 
 

@@ -198,11 +198,11 @@ def test_heterogeneity_matches_metafor(name, study):
     tight = case.get("tight")  # metafor refitted with control = list(threshold = 1e-12, ...)
     for col in HETERO_COLUMNS:
         want = case[col]
-        # An interior tau2 is iterated to 1e-10; metafor's default threshold 1e-5 stops ~1e-6
+        # REML is the converged maximiser; metafor's default threshold 1e-5 stops ~1e-6
         # short, so the tau2-dependent columns are compared with metafor's tight refit
         # (tight["call"]) to 1e-8, and with its default output only to 2e-5 (loose: that is
-        # metafor's stopping rule, not an error). At the boundary and everything else (FE, Q,
-        # Q-profile limits, the moderator test), metafor's default output to 1e-8.
+        # metafor's stopping rule, not an error). Everything else (FE, Q, Q-profile limits,
+        # the moderator test, itself fitted at the tight threshold), to 1e-8.
         tol = 1e-8
         if col in _TAU2_DEPENDENT and case["tau2"] > 0:
             assert row[col] == pytest.approx(tight[col], abs=1e-8, rel=1e-8), col

@@ -271,11 +271,13 @@ def _many_sites(case, family="H1", x="after_relaxed", cov=""):
                                                ("agreeing", "H1", ""),
                                                ("partial", "A1", "alliance+attachment_anxiety")])
 def test_pooled_sides_match_metafor(study, name, family, cov):
-    # tests/reference/replication_reference.R: each role pooled with
-    # rma(yi = atanh(r), vi = 1/(n - 3 - g), method = "REML", test = "adhoc"): REML and
-    # Hartung-Knapp as [pooling] says, the se never below the Wald one ("agreeing": two
-    # originals .30 and .31, whose untruncated Hartung-Knapp se is 0.005, not 0.071).
+    # tests/reference/replication_reference.R: with [replication] pooled_side = "re" each role
+    # pooled with rma(yi = atanh(r), vi = 1/(n - 3 - g), method = "REML", test = "adhoc",
+    # control = list(threshold = 1e-12, maxiter = 1000)): REML and Hartung-Knapp as [pooling]
+    # says, the se never below the Wald one ("agreeing": two originals .30 and .31, whose
+    # untruncated Hartung-Knapp se is 0.005, not 0.071).
     case = REFERENCE["pooled"][name]
+    study = _with_pooled_side(study, "re")
     rows, sites = _many_sites(case, family, cov=cov)
     table = replication_table(rows, study, sites)
     # 3 x 2 site pairs, the pooled replications against each original, and against the
@@ -303,6 +305,69 @@ def test_pooled_sides_match_metafor(study, name, family, cov):
     mine = table[table["replication_site"] == "r2"].reset_index(drop=True)
     pd.testing.assert_frame_equal(one[one["original_site"] != voc.POOLED].reset_index(drop=True),
                                   mine)
+
+
+def _with_pooled_side(study, how):
+    return dataclasses.replace(study, raw={**study.raw, "replication": {
+        **study.raw["replication"], "pooled_side": how}})
+
+
+@pytest.mark.parametrize("name, family, cov, how", [
+    ("correlation", "H1", "", "auto"), ("correlation", "H1", "", "fe"),
+    ("partial", "A1", "alliance+attachment_anxiety", "auto")])
+def test_few_sites_pool_by_fixed_effect(study, name, family, cov, how):
+    # pooled_side = "auto" (the plan's default) with 3 replications and 2 originals, or "fe":
+    # each role pooled with rma(yi = atanh(r), vi = 1/(n - 3 - g), method = "FE")
+    # (replication_reference.R, "pooled_fe").
+    assert study.section("replication")["pooled_side"] == "auto"
+    case = REFERENCE["pooled_fe"][name]
+    rows, sites = _many_sites(case, family, cov=cov)
+    table = replication_table(rows, _with_pooled_side(study, how), sites)
+    vs = table[table["replication_site"] == voc.POOLED].reset_index(drop=True)
+    pooled_rep, po = case["pooled_replication"], case["pooled_original"]
+    assert vs["r_replication"].iloc[0] == pytest.approx(np.tanh(pooled_rep["estimate"]), abs=TOL_POOLED)
+    assert vs["p_replication"].iloc[0] == pytest.approx(pooled_rep["p"], abs=TOL_POOLED)
+    assert vs["r_original"].iloc[2] == pytest.approx(np.tanh(po["estimate"]), abs=TOL_POOLED)
+    expected = case["pooled_replication_vs_original"] + [case["pooled_replication_vs_pooled_original"]]
+    for (_, got), want in zip(vs.iterrows(), expected):
+        for col in ("pi_low", "pi_high", "p_difference", "r33", "p_small_telescope"):
+            assert got[col] == pytest.approx(want[col], abs=TOL_POOLED), (name, col)
+
+
+def test_two_replication_sites_give_the_fixed_effect_verdicts(study):
+    # The issue's case: a second replication site joined. Under the Hartung-Knapp t on 1 df
+    # (critical value 12.7) no pooled replication could be significant, so no effect could be
+    # "replicated"; pooled by fixed effect (the default for k <= 3) the pooled side is as
+    # significant as the two sites together are. Reference: rma(..., method = "FE") per role.
+    case = REFERENCE["pooled_fe"]["two_replications"]
+    rows, sites = _many_sites(case)
+    table = replication_table(rows, study, sites)
+    pooled = table[table["replication_site"] == voc.POOLED].reset_index(drop=True)
+    assert list(pooled["k_replication"]) == [2, 2, 2] and list(pooled["k_original"]) == [1, 1, 2]
+    assert pooled["p_replication"].iloc[0] == pytest.approx(case["pooled_replication"]["p"],
+                                                            abs=TOL_POOLED)
+    # the verdict is the plan's rule on those numbers: .26 vs .35/.28/.33, same direction,
+    # p = 1.7e-5, inside every prediction interval
+    want = [assess_replication("H1", "after_relaxed", "change", "", o, voc.POOLED,
+                               row["r_original"], row["n_original"], row["r_replication"],
+                               row["n_replication"], row["p_replication"],
+                               study.section("replication"), p_original=row["p_original"],
+                               p_replication_holm=row["p_replication_holm"],
+                               var_original=None if o != voc.POOLED else case["pooled_original"]["se"] ** 2,
+                               var_replication=case["pooled_replication"]["se"] ** 2,
+                               k_original=row["k_original"], k_replication=2).verdict
+            for o, (_, row) in zip(pooled["original_site"], pooled.iterrows())]
+    assert list(pooled["verdict"]) == want == ["replicated"] * 3
+    # the same plan with random effects on both sides: the collapse the issue describes
+    re = replication_table(rows, _with_pooled_side(study, "re"), sites)
+    re_pooled = re[re["replication_site"] == voc.POOLED]
+    assert (re_pooled["p_replication"] > 0.05).all() and "replicated" not in set(re_pooled["verdict"])
+    # and the report's sentence next to the verdicts says so
+    from lacrima.replication import small_k_note
+    note = small_k_note(table, study)
+    assert "pooled replication side pools k = 2 sites by fixed effect" in note
+    assert "pooled original side pools k = 2 sites by fixed effect" in note
+    assert "t on 1 df" in small_k_note(re, _with_pooled_side(study, "re"))
 
 
 def test_site_order_does_not_change_the_table(study):

@@ -406,6 +406,35 @@ def test_artifact_text_examples_run():
     assert result.attempted >= 2 and result.failed == 0
 
 
+def test_two_replication_sites_state_the_small_k_pooling_next_to_the_verdicts(report_inputs):
+    # Issue 23: Israel joins as a second replication site (the US is the other, Italy the
+    # original). The pooled replication side has k = 2: the report says how it is pooled
+    # (fixed effect by the plan's default pooled_side = "auto") right below the verdict counts,
+    # and the verdicts against Italy are the replication table's under that model.
+    from lacrima.replication import replication_table
+    from lacrima.results import Comparison
+
+    analyses, comparison, study, sites, prov = report_inputs
+    two = [dataclasses.replace(s, role="replication") if s.code == "il" else s for s in sites]
+    per_site = comparison.results[comparison.results["site"] != POOLED]
+    rep = replication_table(per_site, study, two)
+    pooled = rep[rep["replication_site"] == POOLED]
+    assert len(pooled) and (pooled["k_replication"] == 2).all()
+    html = report.render_report("run-2", analyses, Comparison(comparison.results, rep), study,
+                                two, prov)
+    summary = html[html.index('<section id="summary">'):html.index('id="verdict-table"')]
+    note = re.search(r'<p class="note" id="small-k">([^<]*)', summary)
+    assert note and "pooled replication side pools k = 2 sites by fixed effect" in note.group(1)
+    assert "no df" in note.group(1)
+    table = tables.verdict_table(Comparison(comparison.results, rep), study, two)
+    for _, r in pooled.fillna({"covariates": ""}).iterrows():
+        row = table[(table["family"] == r["effect"]) & (table["x"] == r["x"])
+                    & (table["y"] == r["y"]) & (table["covariates"] == r["covariates"])]
+        assert row[f"verdict_{r['original_site']}"].tolist() == [r["verdict"]]
+    # not the collapse of the Hartung-Knapp t on 1 df: some pooled replication is significant
+    assert (pooled["p_replication"] < 0.05).any()
+
+
 def _effect_svgs(html: str) -> dict[tuple[str, str], str]:
     """(family, anchor) -> the forest plot SVG of each effect section."""
     out = {}

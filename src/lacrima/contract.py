@@ -220,6 +220,10 @@ class Replication(_Model):
     sceptical_level: Union[Literal["golden", "liberal", "controlled"],
                            Annotated[float, Field(gt=0, lt=1)]]
     verdict_p: Literal["raw", "holm"] = "raw"
+    # How a side that pools several sites of one role is pooled (lacrima.replication):
+    # "re" the [pooling] random-effects model, "fe" fixed effect, "auto" fixed effect for
+    # at most replication.SMALL_K sites and random effects above.
+    pooled_side: Literal["re", "fe", "auto"] = "auto"
     families: Names
     verdicts: Annotated[list[Verdict], Field(min_length=1)]
 

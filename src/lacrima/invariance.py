@@ -5,8 +5,8 @@ pooled correlations mean the same in English, Italian and Hebrew? Each scale is 
 a multi-group confirmatory factor model by maximum likelihood with a mean structure, in
 three nested steps (Meredith 1993; Vandenberg & Lance 2000): configural (same pattern),
 metric (equal loadings), scalar (equal loadings and intercepts). When the scalar step
-fails, intercepts are freed one (item, site) at a time (partial invariance, Byrne,
-Shavelson & Muthen 1989).
+fails, loadings (metric step) and then intercepts (scalar step) are freed one (item, site)
+at a time (partial invariance, Byrne, Shavelson & Muthen 1989).
 
 semopy (the maintained SEM library on PyPI) parses each group's model and builds its
 matrices and the derivatives of the implied covariance; semopy 2.3 fits groups only
@@ -94,7 +94,8 @@ class _Joint:
     """
 
     def __init__(self, factors: Mapping[str, Sequence[str]], data: Mapping[str, np.ndarray],
-                 step: str, freed: Sequence[tuple[str, str]] = ()):
+                 step: str, freed: Sequence[tuple[str, str]] = (),
+                 freed_loadings: Sequence[tuple[str, str]] = ()):
         import semopy  # imported here: a heavy import only a report that asks for CFA pays
 
         self.groups = list(data)
@@ -129,8 +130,11 @@ class _Joint:
             cov = np.cov(xs, rowvar=False, bias=True)
             logdet_s = np.linalg.slogdet(cov)[1]
             active = [name for name, p in model.parameters.items() if p.active]
-            # Unlabelled parameters (residuals, factor (co)variances) belong to one group.
-            cov_slots = [slot(name if not name.startswith("_") else f"{group}:{name}",
+            # Unlabelled parameters (residuals, factor (co)variances) belong to one group, and
+            # so does a shared loading freed at this site (partial metric invariance).
+            own = {f"l_{v}" for v, g in freed_loadings if g == group}
+            cov_slots = [slot(f"{group}:{name}" if name.startswith("_")
+                              else f"{name}@{group}" if name in own else name,
                               float(model.parameters[name].start)) for name in active]
             nu_slots = []
             for j, v in enumerate(observed):
@@ -155,6 +159,7 @@ class _Joint:
                 "alpha_slots": np.array(alpha_slots), "pattern": pattern,
             })
         self.names = names
+        self.index = index
         self.start = np.array(starts, dtype=float)
         self.n = n_total
         self.p = len(self.items)
@@ -173,26 +178,54 @@ class _Joint:
         W = Sigma^-1 - Sigma^-1 (S + d d') Sigma^-1."""
         total, grad = 0.0, np.zeros_like(theta)
         for part in self.parts:
-            sigma, alpha, mu = self._pieces(part, theta)
-            sign, logdet = np.linalg.slogdet(sigma)
-            if sign <= 0:
+            f, g = self._part_objective(part, theta)
+            if not np.isfinite(f):
                 return np.inf, grad
-            inv = np.linalg.inv(sigma)
-            d = part["mean"] - mu
-            inv_d = inv @ d
-            f = logdet + np.sum(part["cov"] * inv) - part["logdet_s"] - self.p + d @ inv_d
-            total += part["w"] * f
-            w = inv - inv @ (part["cov"] + np.outer(d, d)) @ inv
-            lam, psi = part["model"].mx_lambda, part["model"].mx_psi
-            g_lam = 2 * w @ lam @ psi - 2 * np.outer(inv_d, alpha)
-            g_mats = np.concatenate([g_lam.ravel(), (lam.T @ w @ lam).ravel(), w.ravel()])
-            np.add.at(grad, part["cov_slots"], part["w"] * (part["pattern"] @ g_mats))
-            np.add.at(grad, part["nu_slots"], part["w"] * -2 * inv_d)
-            lam_t = lam.T @ inv_d
-            for k, s in enumerate(part["alpha_slots"]):
-                if s >= 0:
-                    grad[s] += part["w"] * -2 * lam_t[k]
+            total += f
+            grad += g
         return float(total), grad
+
+    def _part_objective(self, part: dict, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """One group's weighted term of F and its gradient over all of theta."""
+        grad = np.zeros_like(theta)
+        sigma, alpha, mu = self._pieces(part, theta)
+        sign, logdet = np.linalg.slogdet(sigma)
+        if sign <= 0:
+            return np.inf, grad
+        inv = np.linalg.inv(sigma)
+        d = part["mean"] - mu
+        inv_d = inv @ d
+        f = logdet + np.sum(part["cov"] * inv) - part["logdet_s"] - self.p + d @ inv_d
+        w = inv - inv @ (part["cov"] + np.outer(d, d)) @ inv
+        lam, psi = part["model"].mx_lambda, part["model"].mx_psi
+        g_lam = 2 * w @ lam @ psi - 2 * np.outer(inv_d, alpha)
+        g_mats = np.concatenate([g_lam.ravel(), (lam.T @ w @ lam).ravel(), w.ravel()])
+        np.add.at(grad, part["cov_slots"], part["w"] * (part["pattern"] @ g_mats))
+        np.add.at(grad, part["nu_slots"], part["w"] * -2 * inv_d)
+        lam_t = lam.T @ inv_d
+        for k, s in enumerate(part["alpha_slots"]):
+            if s >= 0:
+                grad[s] += part["w"] * -2 * lam_t[k]
+        return float(part["w"] * f), grad
+
+    def loading_scores(self, theta: np.ndarray) -> dict[tuple[str, str], float]:
+        """Chi-square drop from freeing each shared loading at each site, other parameters
+        held: ``N g^2 / (2 h)`` with g and h the first and second derivative of that site's
+        term of F in the loading (the score / modification-index form, as for intercepts;
+        h from a difference of the analytic gradient)."""
+        out = {}
+        for part in self.parts:
+            _, g = self._part_objective(part, theta)
+            for name, slot in self.index.items():
+                if not name.startswith("l_") or "@" in name or slot not in part["cov_slots"]:
+                    continue
+                step = 1e-6 * max(1.0, abs(theta[slot]))
+                moved = theta.copy()
+                moved[slot] += step
+                h = (self._part_objective(part, moved)[1][slot] - g[slot]) / step
+                if h > 0:
+                    out[(name[2:], part["group"])] = float(self.n * g[slot] ** 2 / (2 * h))
+        return out
 
     def fit(self, start: Mapping[str, float] | None = None) -> np.ndarray:
         """ML estimates; ``start`` (estimates of a neighbouring model, by name) warm-starts
@@ -275,7 +308,8 @@ def rmsea_ci(chi2: float, df: int, n: int, groups: int, level: float = RMSEA_LEV
 
 def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str, np.ndarray],
              step: str, freed: Sequence[tuple[str, str]] = (),
-             start: Mapping[str, float] | None = None) -> tuple[Fit, dict[str, float]]:
+             start: Mapping[str, float] | None = None,
+             freed_loadings: Sequence[tuple[str, str]] = ()) -> tuple[Fit, dict[str, float]]:
     """Fit one invariance step of one scale.
 
     Parameters
@@ -291,6 +325,9 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
         Intercepts left free at that site in the scalar step (partial invariance).
     start : mapping, optional
         Estimates of a neighbouring model by parameter name (warm start).
+    freed_loadings : sequence of (item, site)
+        Loadings left free at that site in the metric and scalar steps (partial metric
+        invariance).
 
     Returns
     -------
@@ -302,7 +339,7 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
     """
     if step not in STEPS:
         raise ValueError(f"invariance step {step!r} is not one of {STEPS}")
-    joint = _Joint(factors, data, step, freed)
+    joint = _Joint(factors, data, step, freed, freed_loadings)
     theta = joint.fit(start)
     chi2 = joint.n * joint.objective(theta)[0]
     groups = len(data)
@@ -312,11 +349,16 @@ def fit_step(scale: str, factors: Mapping[str, Sequence[str]], data: Mapping[str
     denom = max(chi2 - df, chi2_b - df_b, 0.0)
     cfi = 1.0 if denom == 0 else 1 - max(chi2 - df, 0.0) / denom
     rmsea, low, high = rmsea_ci(chi2, df, joint.n, groups)
-    name = step if not freed else "partial_scalar"
+    name = ("partial_scalar" if freed else "partial_metric" if freed_loadings and step == "metric"
+            else step)
+    labels = [f"{v}@{g}" for v, g in freed]
+    if step == "scalar":
+        labels = [f"{v}@{g} (loading)" for v, g in freed_loadings] + labels
     fit = Fit(scale=scale, model=name, groups=groups, n=joint.n, npar=len(theta),
                chi2=float(chi2), df=int(df), p=float(stats.chi2.sf(chi2, df)), cfi=float(cfi),
                rmsea=rmsea, rmsea_low=low, rmsea_high=high, srmr=joint.srmr(theta),
-               freed=";".join(f"{v}@{g}" for v, g in freed))
+               freed=";".join(labels if step == "scalar" else
+                              [f"{v}@{g}" for v, g in freed_loadings]))
     return fit, dict(zip(joint.names, theta.tolist()))
 
 
@@ -365,16 +407,19 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
     Returns
     -------
     list of Fit
-        configural, metric (vs configural), scalar (vs metric) and, when the scalar step
-        fails, one ``partial_scalar`` row per freed intercept (each vs metric).
+        configural, metric (vs configural) and, when the metric step fails, one
+        ``partial_metric`` row per freed loading (each vs configural); scalar (vs the last
+        metric row, the freed loadings kept free) and, when the scalar step fails, one
+        ``partial_scalar`` row per freed intercept (each vs that metric row).
 
     Notes
     -----
-    Partial invariance by sequential freeing: the ``screen`` (item, site) intercepts with
-    the largest score statistics (``_Joint.intercept_scores``, the modification index with
-    the other parameters held) are each freed and refitted, and the one whose freeing
-    lowers chi-square most is kept (Sorbom 1989), until the step holds or ``max_freed``
-    are free. Freeing is per site, so the row names the site whose item differs; lavaan's
+    Partial invariance by sequential freeing, loadings first (partial metric), then
+    intercepts (partial scalar): the ``screen`` (item, site) loadings or intercepts with
+    the largest score statistics (``_Joint.loading_scores``, ``_Joint.intercept_scores``:
+    the modification index with the other parameters held) are each freed and refitted,
+    and the one whose freeing lowers chi-square most is kept (Sorbom 1989), until the step
+    holds or ``max_freed`` are free. Freeing is per site, so the row names the site whose item differs; lavaan's
     ``lavTestScore`` on the reference data points at the same intercept.
     """
     items = [v for vs in factors.values() for v in vs]
@@ -390,16 +435,33 @@ def invariance(scale: str, factors: Mapping[str, Sequence[str]], frame: pd.DataF
         configural, _ = fit_step(scale, factors, data, "configural")
         metric_fit, metric_est = fit_step(scale, factors, data, "metric")
         metric = compare(metric_fit, configural, *rule)
-        scalar_fit, estimates = fit_step(scale, factors, data, "scalar", start=metric_est)
+        out = [configural, metric]
+        loadings: list[tuple[str, str]] = []
+        while not metric.holds and len(loadings) < max_freed:
+            joint = _Joint(factors, data, "metric", freed_loadings=loadings)
+            scores = joint.loading_scores(np.array([metric_est[n] for n in joint.names]))
+            ranked = sorted((c for c in scores if c not in loadings), key=lambda c: -scores[c])
+            candidates = ranked[:screen]
+            if not candidates:
+                break
+            fits = [fit_step(scale, factors, data, "metric", start=metric_est,
+                             freed_loadings=[*loadings, c]) for c in candidates]
+            best = int(np.argmin([f.chi2 for f, _ in fits]))
+            loadings.append(candidates[best])
+            metric = compare(fits[best][0], configural, *rule)
+            metric_est = fits[best][1]
+            out.append(metric)
+        scalar_fit, estimates = fit_step(scale, factors, data, "scalar", start=metric_est,
+                                         freed_loadings=loadings)
         current = compare(scalar_fit, metric, *rule)
-        out = [configural, metric, current]
+        out.append(current)
         freed: list[tuple[str, str]] = []
         while not current.holds and len(freed) < max_freed:
-            joint = _Joint(factors, data, "scalar", freed)
+            joint = _Joint(factors, data, "scalar", freed, loadings)
             scores = joint.intercept_scores(np.array([estimates[n] for n in joint.names]))
             ranked = sorted((c for c in scores if c not in freed), key=lambda c: -scores[c])
             candidates = ranked[:screen]
-            fits = [fit_step(scale, factors, data, "scalar", [*freed, c], estimates)
+            fits = [fit_step(scale, factors, data, "scalar", [*freed, c], estimates, loadings)
                     for c in candidates]
             best = int(np.argmin([f.chi2 for f, _ in fits]))
             freed.append(candidates[best])

@@ -143,27 +143,35 @@ def _psi(theta: np.ndarray) -> np.ndarray:
     """Random-effects covariance relative to the residual variance, from theta.
 
     theta is lme4's: the lower Cholesky factor packed by columns (``l11`` or
-    ``l11, l21, l22``), so ``Psi = L L'``.
+    ``l11, l21, l22``), so ``Psi = L L'``. ``theta`` may carry leading batch axes.
     """
-    if len(theta) == 1:
-        return np.array([[theta[0] ** 2]])
-    l11, l21, l22 = theta
-    return np.array([[l11 * l11, l11 * l21], [l11 * l21, l21 * l21 + l22 * l22]])
+    return _chol(theta) @ np.swapaxes(_chol(theta), -1, -2)
+
+
+def _chol(theta: np.ndarray) -> np.ndarray:
+    """The lower factor L of theta (``... x q x q``)."""
+    theta = np.asarray(theta, dtype=float)
+    q = 1 if theta.shape[-1] == 1 else 2
+    low = np.zeros(theta.shape[:-1] + (q, q))
+    rows, cols = np.tril_indices(q)
+    low[..., rows, cols] = theta
+    return low
 
 
 def _inv_logdet(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse and log-determinant of a stack of 1 x 1 or 2 x 2 matrices, in closed form.
 
     ``numpy.linalg`` on stacks of tiny matrices costs more in call overhead than in
-    arithmetic; the likelihood is evaluated thousands of times per fit.
+    arithmetic; the likelihood is evaluated many times per fit.
     """
     if a.shape[-1] == 1:
-        return 1.0 / a, np.log(a[..., 0, 0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 1.0 / a, np.log(a[..., 0, 0])
     det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
     inv = np.empty_like(a)
-    inv[..., 0, 0], inv[..., 1, 1] = a[..., 1, 1] / det, a[..., 0, 0] / det
-    inv[..., 0, 1], inv[..., 1, 0] = -a[..., 0, 1] / det, -a[..., 1, 0] / det
     with np.errstate(invalid="ignore", divide="ignore"):
+        inv[..., 0, 0], inv[..., 1, 1] = a[..., 1, 1] / det, a[..., 0, 0] / det
+        inv[..., 0, 1], inv[..., 1, 0] = -a[..., 0, 1] / det, -a[..., 1, 0] / det
         return inv, np.log(det)
 
 
@@ -177,38 +185,70 @@ def _gls_parts(theta: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndar
     inverting ``Psi`` itself, as statsmodels does, loses all precision). The last item is
     summed over sites (``log|L|^2`` in lme4's notation).
     """
-    psi = _psi(theta)
-    q = len(psi)
-    inner = np.eye(q) + xtx[:, :q, :q] @ psi
-    inner_inv, logdet = _inv_logdet(inner)
-    if not np.all(np.isfinite(logdet)):
+    fe, qf, xvx, logdet, _ = _parts(np.asarray(theta, dtype=float)[None], xtx, xty, yty)
+    if not np.isfinite(logdet[0]):
         raise np.linalg.LinAlgError("I + Z'Z Psi is singular")
-    m = psi @ inner_inv
-    xz_m = xtx[:, :, :q] @ m
-    xvx = (xtx - xz_m @ xtx[:, :q, :]).sum(axis=0)
-    xvy = (xty - (xz_m @ xty[:, :q, None])[..., 0]).sum(axis=0)
-    yvy = float((yty - (xty[:, None, :q] @ m @ xty[:, :q, None])[:, 0, 0]).sum())
-    fe = _inv_logdet(xvx)[0] @ xvy
-    return fe, yvy - fe @ xvy, xvx, float(logdet.sum())
+    return fe[0], float(qf[0]), xvx[0], float(logdet[0])
+
+
+def _parts(thetas: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray):
+    """:func:`_gls_parts` for a batch of thetas (``N x len(theta)``), and what the gradient needs.
+
+    Arrays are ``N x k x ...`` (N thetas, k sites); returns ``fe`` (N x 2), ``qf`` (N),
+    ``xvx`` (N x 2 x 2), ``logdet`` (N) and ``(B, psi)`` with ``B_j = (I + Z_j'Z_j Psi)^-1``.
+    """
+    psi = _psi(thetas)[:, None]                       # N x 1 x q x q
+    q = psi.shape[-1]
+    zz, zx, zy = xtx[:, :q, :q], xtx[:, :q, :], xty[:, :q]
+    inner = np.eye(q) + zz @ psi                       # N x k x q x q
+    b, logdet = _inv_logdet(inner)
+    m = psi @ b
+    xz_m = np.swapaxes(zx, -1, -2) @ m                 # N x k x 2 x q
+    xvx = (xtx - xz_m @ zx).sum(axis=1)
+    xvy = (xty - (xz_m @ zy[..., None])[..., 0]).sum(axis=1)
+    yvy = (yty - (zy[:, None, :] @ m @ zy[..., None])[..., 0, 0]).sum(axis=1)
+    h = _inv_logdet(xvx)[0]
+    fe = (h @ xvy[..., None])[..., 0]
+    qf = yvy - np.sum(fe * xvy, axis=-1)
+    return fe, qf, xvx, logdet.sum(axis=1), (b, psi, h)
+
+
+def _crit_batch(thetas: np.ndarray, xtx, xty, yty, n: float, gradient: bool = False):
+    """lme4's REML criterion (``REMLcrit``, -2 restricted log-likelihood) at each theta.
+
+    Profiled over the fixed effects and the residual variance, as lme4 does (Bates et al.
+    2015, eq. 42): ``log|I + Z'Z Psi| + log|X'V^-1 X| + (n - p)(1 + log(2 pi r'V^-1 r / (n - p)))``
+    summed over sites, so the value can be compared with lme4's own number; ``inf`` where
+    it is not finite. With ``gradient``, also its gradient in theta (N x len(theta)):
+    with ``B_j = (I + A_j Psi)^-1``, ``A_j = Z_j'Z_j``, ``C_j = B_j Z_j'X_j``,
+    ``u_j = B_j Z_j'(y_j - X_j beta)``, the criterion's differential is ``tr(G dPsi)`` with
+    ``G = sum_j [B_j A_j - C_j (X'V^-1 X)^-1 C_j' - (n - p) u_j u_j' / r'V^-1 r]``, and
+    ``dPsi = dL L' + L dL'`` gives ``(G + G') L`` for the factor's entries.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        fe, qf, xvx, logdet, (b, psi, h) = _parts(thetas, xtx, xty, yty)
+        det_x = xvx[:, 0, 0] * xvx[:, 1, 1] - xvx[:, 0, 1] * xvx[:, 1, 0]
+        dof = n - xtx.shape[1]
+        crit = logdet + np.log(det_x) + dof * (1 + np.log(2 * np.pi * qf / dof))
+        ok = np.isfinite(crit) & (qf > 0) & (det_x > 0)
+        crit = np.where(ok, crit, np.inf)
+        if not gradient:
+            return crit
+        q = psi.shape[-1]
+        zz, zx, zy = xtx[:, :q, :q], xtx[:, :q, :], xty[:, :q]
+        c = b @ zx                                                # N x k x q x 2
+        u = (b @ (zy - (zx @ fe[:, None, :, None])[..., 0])[..., None])[..., 0]  # N x k x q
+        g = (b @ zz - c @ h[:, None] @ np.swapaxes(c, -1, -2)
+             - (dof / qf)[:, None, None, None] * (u[..., :, None] * u[..., None, :])).sum(axis=1)
+        grad_l = (g + np.swapaxes(g, -1, -2)) @ _chol(thetas)
+        rows, cols = np.tril_indices(q)
+        return crit, np.where(ok[:, None], grad_l[:, rows, cols], np.nan)
 
 
 def _reml_criterion(theta: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: np.ndarray,
                     n: float) -> float:
-    """lme4's REML criterion (``REMLcrit``, -2 restricted log-likelihood) at ``theta``.
-
-    Profiled over the fixed effects and the residual variance, as lme4 does (Bates et al.
-    2015, eq. 42): ``log|I + Z'Z Psi| + log|X'V^-1 X| + (n - p)(1 + log(2 pi r'V^-1 r / (n - p)))``
-    summed over sites, so the value can be compared with lme4's own number.
-    """
-    try:
-        _, qf, xvx, logdet_l = _gls_parts(theta, xtx, xty, yty)
-    except np.linalg.LinAlgError:
-        return np.inf
-    det_x = xvx[0, 0] * xvx[1, 1] - xvx[0, 1] * xvx[1, 0]
-    if not (qf > 0 and det_x > 0):
-        return np.inf
-    dof = n - xtx.shape[1]
-    return float(logdet_l + np.log(det_x) + dof * (1 + np.log(2 * np.pi * qf / dof)))
+    """lme4's REML criterion at one theta (see :func:`_crit_batch`)."""
+    return float(_crit_batch(np.asarray(theta, dtype=float)[None], xtx, xty, yty, n)[0])
 
 
 def _theta_bounds(q: int) -> list[tuple[float | None, float | None]]:
@@ -220,86 +260,138 @@ def _theta_bounds(q: int) -> list[tuple[float | None, float | None]]:
 # lme4's convergence check (``lmerControl(check.conv.grad = .makeCC("warning", tol = 2e-3))``):
 # the largest absolute gradient of the REML criterion over the free parameters.
 GRAD_TOL = 2e-3
-# lme4's isSingular(): a diagonal element of theta below this is on the boundary.
+# lme4's isSingular(fit, tol = 1e-4): a diagonal element of theta below this is on the boundary.
 SINGULAR_TOL = 1e-4
-# A boundary point (a diagonal of theta at exactly 0) is preferred to an interior one whose
-# REML criterion is lower by less than this: rounding noise of a criterion of a few hundred.
-BOUNDARY_TOL = 1e-9
+# A local minimum whose criterion is within this of the best one is the same optimum
+# (rounding of a criterion of a few hundred); the best is kept.
+SAME_OPTIMUM = 1e-9
 
 
-def _minimize(crit, x0: np.ndarray, bounds: list) -> tuple[np.ndarray, float]:
-    """L-BFGS-B with tight tolerances, then a bounded Nelder-Mead polish; the better end.
+def _starts(q: int, xtx: np.ndarray) -> np.ndarray:
+    """Starting thetas: lme4's (``Psi = I``), then a grid of interior points and of points
+    on each face of the boundary (``l11 = 0``, ``l22 = 0``), the slope's scale set by the
+    spread of x (a relative SD of the slope ``s / sd(x)``)."""
+    sizes = np.array([0.02, 0.2, 2.0])
+    if q == 1:
+        return np.concatenate([[1.0], sizes, [0.0]])[:, None]
+    n = xtx[:, 0, 0].sum()
+    mean_x = xtx[:, 0, 1].sum() / n
+    sd_x = np.sqrt(max(xtx[:, 1, 1].sum() / n - mean_x ** 2, 1e-12))
+    out = [(1.0, 0.0, 1.0)]
+    for a in sizes:
+        for s in sizes / sd_x:
+            for r in (-0.9, 0.0, 0.9):
+                out.append((a, r * s, s * np.sqrt(1 - r * r)))   # interior
+            out += [(a, s, 0.0), (a, -s, 0.0)]                  # slope = multiple of intercept
+        out.append((a, 0.0, 0.0))                               # no slope variance
+    for s in sizes / sd_x:
+        out.append((0.0, 0.0, s))                               # no intercept variance
+    out.append((0.0, 0.0, 0.0))
+    return np.array(out)
 
-    The polish starts from a small simplex (steps of 1e-4) around the L-BFGS-B end point:
-    the finite-difference gradient leaves theta about 1e-6 from the optimum, which moves
-    the slope's CI by up to 1e-6 when the criterion is flat (fits near the boundary).
+
+_LENGTHS = 2.0 ** -np.arange(0, 40)
+
+
+def _descend(crit, x: np.ndarray, lower: np.ndarray, max_iter: int = 200) -> tuple[np.ndarray, float]:
+    """Projected Newton descent of ``crit`` (batched criterion and gradient) from ``x``.
+
+    Each step tries, in one batched evaluation, the Newton direction on the free
+    parameters (the Hessian from differences of the analytic gradient, its eigenvalues
+    taken in absolute value), the steepest descent and, where the Hessian has negative
+    curvature, both senses of that eigenvector, each at 40 halving lengths, clipped to the
+    bounds; the lowest point wins. A parameter at its bound of 0 whose gradient pushes it
+    there stays fixed, except l11 = 0, where theta is mirrored to ``(0, -l21, l22)`` (the
+    same Psi, whose gradient in l11 has the other sign). So a stationary point that is not a minimum (a zero diagonal of theta
+    where the criterion falls on moving inward: there its gradient is exactly 0) is left,
+    and at a minimum the step converges quadratically to the rounding of the criterion.
     """
-    res = optimize.minimize(crit, x0, method="L-BFGS-B", bounds=bounds,
-                            options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 5000})
-    x = res.x
-    simplex = np.vstack([x, x + 1e-4 * np.eye(len(x))])
-    pol = optimize.minimize(crit, x, method="Nelder-Mead", bounds=bounds,
-                            options={"xatol": 1e-10, "fatol": 1e-11, "maxfev": 2000,
-                                     "initial_simplex": simplex})
-    return (pol.x, float(pol.fun)) if pol.fun < res.fun else (res.x, float(res.fun))
-
-
-def _gradient_ok(crit, theta: np.ndarray, bounds: list) -> bool:
-    """lme4's gradient check: every free parameter's |gradient| below ``GRAD_TOL``, and a
-    parameter at its bound of 0 pushed there (its gradient not negative beyond it)."""
-    h = 1e-6
-    for i, (low, _) in enumerate(bounds):
-        up, down = theta.copy(), theta.copy()
-        up[i] += h
-        at_bound = low is not None and theta[i] - h < low
-        down[i] = theta[i] if at_bound else theta[i] - h
-        g = (crit(up) - crit(down)) / (up[i] - down[i])
-        if (g < -GRAD_TOL) if at_bound else (abs(g) > GRAD_TOL):
-            return False
-    return True
+    f, g = crit(x[None], gradient=True)
+    f, g = float(f[0]), g[0]
+    d = len(x)
+    for _ in range(max_iter):
+        if d == 3 and x[0] <= 0 and g[0] > 0 and x[1] != 0:
+            # l11 = 0: theta and its mirror (0, -l21, l22) are the same Psi, and the
+            # mirror's gradient in l11 (2 G12 l21) has the other sign: step inward from it.
+            x = x * np.array([1.0, -1.0, 1.0])
+            f, g = crit(x[None], gradient=True)
+            f, g = float(f[0]), g[0]
+        free = ~((x <= lower) & (g > 0))
+        if not free.any():
+            break
+        h = 1e-6 * np.maximum(1.0, np.abs(x))
+        _, gh = crit(x + np.diag(h), gradient=True)
+        hess = (gh - g) / h[:, None]
+        hess = 0.5 * (hess + hess.T)
+        w, v = np.linalg.eigh(hess[np.ix_(free, free)])
+        gf = g[free]
+        floor = 1e-10 * max(1.0, float(np.abs(w).max()))
+        dirs = [-(v @ ((v.T @ gf) / np.maximum(np.abs(w), floor)))]
+        gn = float(np.linalg.norm(gf))
+        if gn > 0:
+            dirs.append(-gf / gn)
+        if w[0] < 0:
+            dirs += [v[:, 0], -v[:, 0]]
+        steps = np.zeros((len(dirs), d))
+        steps[:, free] = dirs
+        # Near a minimum (positive curvature) the full Newton step is taken when it descends;
+        # otherwise every direction at every length, in one batch.
+        newton = np.maximum(x + steps[0], lower)[None]
+        fn = crit(newton) if w[0] > 0 else np.array([np.inf])
+        if fn[0] < f:
+            cand, fc = newton, fn
+        else:
+            cand = x + (_LENGTHS[None, :, None] * steps[:, None, :]).reshape(-1, d)
+            cand = np.maximum(cand, lower)
+            fc = crit(cand)
+        i = int(np.argmin(fc))
+        if not fc[i] < f:
+            break
+        moved = float(np.max(np.abs(cand[i] - x)))
+        x = cand[i]
+        f, g = crit(x[None], gradient=True)
+        f, g = float(f[0]), g[0]
+        if moved < 1e-13:
+            break
+    return x, f
 
 
 def _reml_fit(moments: tuple, q: int) -> tuple[np.ndarray, bool]:
-    """REML optimum of theta, the relative Cholesky factor of ``Psi`` (q = 2: ``~x``; q = 1: ``~1``).
+    """Global REML optimum of theta, the relative Cholesky factor of ``Psi`` (q = 2: ``~x``;
+    q = 1: ``~1``).
 
     Parametrised and bounded as lme4's theta (diagonal >= 0), so an optimum on the boundary
-    is reached exactly rather than approached. L-BFGS-B with tight tolerances from lme4's
-    start (``Psi = I``), a small ``Psi`` and one with a zero last diagonal; the best end
-    point is polished by bounded Nelder-Mead, and each diagonal element below ``1e-3`` is
-    tried at exactly 0 with the rest re-optimised. The lowest REML criterion wins. Returns
-    theta and whether it passes lme4's gradient check.
+    is reached exactly rather than approached. The criterion, profiled over the fixed
+    effects and the residual variance (so theta is all there is to optimise), is evaluated
+    at every start of :func:`_starts` at once, interior and boundary ones; :func:`_descend`
+    then runs from lme4's start and from the best three others, and the lowest end wins. A
+    last check confirms that no start had a lower criterion than that optimum (a descent
+    is run from any that had). Returns theta and whether it passes lme4's gradient check.
     """
-    crit = lambda t: _reml_criterion(t, *moments)  # noqa: E731
-    bounds = _theta_bounds(q)
-    diag = [i for i, b in enumerate(bounds) if b[0] == 0.0]
-    eye = np.eye(q)[np.tril_indices(q)]
-    starts = [eye, 0.1 * eye, np.where(np.arange(len(eye)) == diag[-1], 0.0, eye)]
-    ends = [optimize.minimize(crit, x0, method="L-BFGS-B", bounds=bounds,
-                              options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 5000})
-            for x0 in starts]
-    ends = [e for e in ends if np.isfinite(e.fun)]
-    if not ends:
-        raise np.linalg.LinAlgError("the REML likelihood is not finite at any start")
-    best_x, best_f = _minimize(crit, min(ends, key=lambda e: e.fun).x, bounds)
-    # An optimum on the boundary: the near-zero diagonal at exactly 0, the rest re-optimised.
-    for i in diag:
-        if best_x[i] >= 1e-3:
-            continue
-        free = [j for j in range(len(best_x)) if j != i]
-        trial = best_x.copy()
-        trial[i] = 0.0
-        if free:
-            def sub(t, free=free, trial=trial):
-                full = trial.copy()
-                full[free] = t
-                return crit(full)
+    xtx, xty, yty, n = moments
+    lower = np.array([0.0 if b[0] == 0.0 else -np.inf for b in _theta_bounds(q)])
 
-            x, _ = _minimize(sub, trial[free], [bounds[j] for j in free])
-            trial[free] = x
-        f = crit(trial)
-        if f <= best_f + BOUNDARY_TOL:
-            best_x, best_f = trial, f
-    return best_x, _gradient_ok(crit, best_x, bounds)
+    def crit(thetas, gradient=False):
+        return _crit_batch(thetas, xtx, xty, yty, n, gradient=gradient)
+
+    starts = _starts(q, xtx)
+    crit0 = crit(starts)
+    if not np.any(np.isfinite(crit0)):
+        raise np.linalg.LinAlgError("the REML likelihood is not finite at any start")
+    order = [i for i in np.argsort(crit0, kind="stable") if np.isfinite(crit0[i])]
+    first = ([0] if np.isfinite(crit0[0]) else []) + [i for i in order if i != 0][:3]
+    ends = [_descend(crit, starts[i], lower) for i in first]
+    best_x, best_f = min(ends, key=lambda e: e[1])
+    # The final check: no start lies below the optimum found.
+    for i in np.flatnonzero(crit0 < best_f - SAME_OPTIMUM):
+        x, f = _descend(crit, starts[i], lower)
+        if f < best_f:
+            best_x, best_f = x, f
+    _, g = crit(best_x[None], gradient=True)
+    g = g[0]
+    at_bound = best_x <= lower
+    converged = bool(np.all(np.where(at_bound, g > -GRAD_TOL, np.abs(g) < GRAD_TOL)))
+    return best_x, converged
 
 
 def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:

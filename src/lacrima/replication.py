@@ -28,6 +28,7 @@ from lacrima.stats.adjust import adjust_pvalues
 from lacrima.study import ROLES, Site, Study
 
 __all__ = [
+    "pooled_side_model", "pooled_side_words", "small_k_note", "SMALL_K",
     "replication_table", "assess_replication", "ReplicationAssessment", "patil_interval",
     "difference_p", "r33", "small_telescope_p", "sceptical_p", "CONDITIONS", "VERDICT_P",
 ]
@@ -478,10 +479,40 @@ class _Side:
     var: float | None        # Fisher-z variance of a pooled side; None: 1/(n - 3 - g)
 
 
-def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: float) -> _Side:
+# A side pooling at most this many sites is "few" ([replication] pooled_side = "auto": fixed
+# effect). With k = 2 or 3 the Hartung-Knapp interval uses t on 1 or 2 df (critical values
+# 12.7 and 4.3) and tau2 is barely estimable, so no pooled replication could be significant;
+# see sites/README.md ("Pooling few replications") for the literature.
+SMALL_K = 3
+POOLED_SIDE = ("re", "fe", "auto")
+
+
+def pooled_side_model(cfg: Mapping[str, Any], k: int) -> str:
+    """``"fe"`` or ``"re"``: how a side pooling ``k`` sites is pooled (``[replication] pooled_side``)."""
+    how = str(cfg.get("pooled_side", "auto"))
+    if how not in POOLED_SIDE:
+        raise ValueError(f"sites/study.toml [replication] pooled_side = {how!r}: must be one of "
+                         f"{POOLED_SIDE}")
+    return ("fe" if k <= SMALL_K else "re") if how == "auto" else how
+
+
+def pooled_side_words(cfg: Mapping[str, Any], k: int, method: str, test: str) -> str:
+    """The model of a side pooling ``k`` sites in words, with its test's df."""
+    if pooled_side_model(cfg, k) == "fe":
+        return "fixed effect (inverse-variance weights, z test: no df)"
+    if test == "z":
+        return f"random effects ({method} tau2, z test: no df)"
+    return (f"random effects ({method} tau2, Hartung-Knapp ad hoc SE, t on {k - 1} df: "
+            f"critical value {stats.t.ppf(0.975, k - 1):.2f})")
+
+
+def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: float,
+                 model: str) -> _Side:
     """The sites of one role pooled as ``lacrima.pooling`` pools a correlation.
 
-    Under ``[pooling] ci = "knha"`` a pooled side takes ``knha_adhoc``: Knapp and
+    ``model`` (:func:`pooled_side_model`) ``"fe"``: the fixed-effect (inverse-variance)
+    estimate with its z test, metafor's ``rma(yi, vi, method = "FE")``. ``"re"``: the
+    ``[pooling]`` random-effects model; under ``ci = "knha"`` with ``knha_adhoc``: Knapp and
     Hartung's (2003) ad hoc standard error, never below the random-effects Wald one
     (metafor's ``test = "adhoc"``), with the t test on k - 1 df. The untruncated Hartung-Knapp standard
     error shrinks towards 0 when two or three sites agree more closely than their sampling
@@ -492,9 +523,31 @@ def _pooled_side(sides: list[_Side], g: int, method: str, test: str, level: floa
     yi, vi = fisher_z(np.array([s.r for s in sides]), np.array([s.n for s in sides]), g)
     res = random_effects(yi, vi, method=method, test="knha_adhoc" if test == "knha" else test,
                          level=level)
-    return _Side(voc.POOLED, len(sides), float(np.tanh(res.estimate)),
-                 float(sum(s.n for s in sides)), float(res.p_value), float("nan"),
-                 float(res.se) ** 2)
+    est, se, p = ((res.fe_estimate, res.fe_se, res.fe_p_value) if model == "fe"
+                  else (res.estimate, res.se, res.p_value))
+    return _Side(voc.POOLED, len(sides), float(np.tanh(est)),
+                 float(sum(s.n for s in sides)), float(p), float("nan"), float(se) ** 2)
+
+
+def small_k_note(replication: pd.DataFrame, study: Study) -> str:
+    """What the report says next to the verdicts when a side pools at most ``SMALL_K`` sites.
+
+    One sentence per role whose pooled side has 2 to ``SMALL_K`` sites in ``replication``
+    (:func:`replication_table`): k, the model and its df; empty when none has.
+    """
+    cfg = study.section("replication")
+    method, test = pooling_settings(study)
+    out = []
+    for role, col, site_col in (("replication", "k_replication", "replication_site"),
+                                ("original", "k_original", "original_site")):
+        if replication.empty:
+            break
+        ks = sorted({int(k) for k in replication.loc[replication[site_col] == voc.POOLED, col]
+                     if 2 <= k <= SMALL_K})
+        for k in ks:
+            out.append(f"The pooled {role} side pools k = {k} sites by "
+                       f"{pooled_side_words(cfg, k, method, test)}.")
+    return " ".join(out)
 
 
 def site_roles(study: Study, sites: Sequence[Site]) -> tuple[list[str], list[str]]:
@@ -552,7 +605,7 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
           ``original_significant`` (``p_original < alpha``); ``r_replication``,
           ``n_replication``, ``p_replication`` (raw) and ``p_replication_holm``
           (Holm within the family, per replication side). A pooled side has the
-          back-transformed random-effects estimate, the total n and the pooled test's p.
+          back-transformed pooled estimate (``pooled_side``), the total n and the pooled test's p.
         - ``pi_low``, ``pi_high``, ``in_pi``: Patil-Peng-Leek interval at ``pi_level``
           (variance 1/(n-3-g) of a site, the squared standard error of a pooled side)
           and whether the replication r is inside.
@@ -575,12 +628,14 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
     Notes
     -----
     A site's raw p is its row's ``p_value``; when missing it is recomputed from r with the
-    t test on n - 2 - g df. Pooled sides are pooled as ``lacrima.pooling`` pools
-    correlations (Fisher z with variance 1/(n - 3 - g), ``[pooling] method`` and
-    ``ci``, e.g. REML with the Hartung-Knapp test on k - 1 df), the Hartung-Knapp
-    standard error in its ad hoc form (never below the Wald one; ``ci = "knha_adhoc"``,
-    metafor ``rma(..., test = "adhoc")``, see :func:`_pooled_side`); their ``p_replication_holm``
-    adjusts the pooled p values of the family's effects together.
+    t test on n - 2 - g df. Pooled sides are pooled on Fisher z with variance
+    1/(n - 3 - g) by ``[replication] pooled_side`` (:func:`pooled_side_model`; default
+    ``"auto"``: fixed effect, metafor ``rma(..., method = "FE")``, for a side of at most
+    ``SMALL_K`` sites; random effects above, as ``lacrima.pooling`` pools (``[pooling]
+    method`` and ``ci``, e.g. REML with the Hartung-Knapp test on k - 1 df), the
+    Hartung-Knapp standard error in its ad hoc form (never below the Wald one;
+    ``ci = "knha_adhoc"``, metafor ``rma(..., test = "adhoc")``, see :func:`_pooled_side`));
+    their ``p_replication_holm`` adjusts the pooled p values of the family's effects together.
     """
     cfg = study.section("replication")
     verdict_p_choice(cfg)
@@ -614,9 +669,11 @@ def replication_table(site_results: pd.DataFrame, study: Study, sites: Sequence[
         orig_sides = [by_site[c] for c in originals if c in by_site]
         if not rep_sides or not orig_sides:
             continue
-        pooled_rep = (_pooled_side(rep_sides, g, method, test, study.level)
+        pooled_rep = (_pooled_side(rep_sides, g, method, test, study.level,
+                                   pooled_side_model(cfg, len(rep_sides)))
                       if len(rep_sides) > 1 else None)
-        pooled_orig = (_pooled_side(orig_sides, g, method, test, study.level)
+        pooled_orig = (_pooled_side(orig_sides, g, method, test, study.level,
+                                    pooled_side_model(cfg, len(orig_sides)))
                        if len(orig_sides) > 1 else None)
         effects.append([(family, x, y, cov), rep_sides, orig_sides, pooled_rep, pooled_orig])
 

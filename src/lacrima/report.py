@@ -47,6 +47,7 @@ from lacrima.meta.effects import FROM_SCALE, TO_SCALE
 from lacrima.plots import ORIGINAL_MARK, ForestCanvas, axis_limits, forest_svg, site_style
 from lacrima.pooling import POOLED_ANALYSES, pool_details, site_weights
 from lacrima.privacy import MIN_CELL
+from lacrima.replication import small_k_note
 from lacrima.results import Comparison, RunOutputs, SiteAnalysis
 from lacrima.storage import Storage
 from lacrima.study import Site, Study
@@ -497,6 +498,7 @@ def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
 INVARIANCE_MODELS = {"configural": "Configural (same factors)",
                      "metric": "Metric (equal loadings)",
                      "scalar": "Scalar (equal loadings and intercepts)",
+                     "partial_metric": "Partial metric (loadings freed)",
                      "partial_scalar": "Partial scalar"}
 
 
@@ -520,18 +522,27 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
             })
         steps = group.set_index("model")
         label = _label_scale(scale)
-        if not steps.loc["metric", "holds"]:
-            text = "loadings differ across sites (metric invariance fails): the factors " \
-                   "do not mean the same everywhere; compare correlations with care"
+        metric = group[group["model"].isin(["metric", "partial_metric"])].iloc[-1]
+        partial = "" if metric["model"] == "metric" else (
+            "partial metric invariance once the loading of "
+            + metric["freed"].replace("@", " at ").replace(";", ", ") + " is free; ")
+        if not metric["holds"]:
+            text = "loadings differ across sites (metric invariance fails" \
+                   + (", also with the loadings freed above" if partial else "") \
+                   + "): the factors do not mean the same everywhere; compare correlations " \
+                   "with care"
         elif steps.loc["scalar", "holds"]:
-            text = "scalar invariance holds: loadings and intercepts are equal across sites"
+            text = partial + ("scalar invariance holds: loadings and intercepts are equal "
+                              "across sites" if not partial else "the intercepts are equal")
         elif group["model"].iloc[-1] == "partial_scalar" and bool(group["holds"].iloc[-1]):
-            freed = group["freed"].iloc[-1].replace("@", " at ").replace(";", ", ")
-            text = f"partial scalar invariance once {freed} is free (its intercept differs " \
-                   "there): correlations are comparable, mean differences on that item are not"
+            freed = ", ".join(v.replace("@", " at ") for v in group["freed"].iloc[-1].split(";")
+                              if not v.endswith("(loading)"))
+            text = partial + f"partial scalar invariance once {freed} is free (its " \
+                   "intercept differs there): correlations are comparable, mean differences " \
+                   "on that item are not"
         else:
-            text = "loadings are equal (metric invariance) but intercepts differ beyond " \
-                   "what freeing a few allows: correlations are comparable, means are not"
+            text = partial + "loadings are equal (metric invariance) but intercepts differ " \
+                   "beyond what freeing a few allows: correlations are comparable, means are not"
         conclusions.append(f"{label}: {text}.")
     return {"table": _html_table(pd.DataFrame(rows), first_left=2) if rows else None,
             "conclusions": conclusions, "notes": notes}
@@ -585,6 +596,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
     rep_sites, origs = sites_by_role(study, analysed)
     verdicts = verdict_table(comparison, study, analysed)
     head, counts, pairs = replication_summary(comparison.replication)
+    headline_ok = bool(head) and bool(origs)
     rep_cfg = study.section("replication")
     configured_reps = sites_by_role(study, sites)[0]
     countries = {s.code: s.country for s in sites}
@@ -615,6 +627,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
                              forest_plots(comparison, study, sites) if plots is None else plots),
         metric_notes=metric_notes(verdicts["metric"]) if len(verdicts) else [],
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
+        small_k_note=small_k_note(comparison.replication, study) if headline_ok else "",
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
         invariance=None if invariance is None else invariance_section(*invariance))

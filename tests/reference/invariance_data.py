@@ -23,3 +23,13 @@ frames = [simulate(load_site(code), planted, n, 2026)[["site", *items]]
           for code, n in (("us", 124), ("it", 106), ("il", 100))]
 pd.concat(frames, ignore_index=True).to_csv(
     Path(__file__).with_name("invariance_data.csv"), index=False, lineterminator="\n")
+
+# invariance_data_metric.csv: the same rows with a non-invariant *loading* planted at il:
+# wai_08's deviations from il's mean doubled (its loading and residual SD at il twice the
+# others'), for partial metric invariance (invariance_lavaan.R, "wai_partial_metric").
+d = pd.read_csv(Path(__file__).with_name("invariance_data.csv"))
+d["wai_08"] = d["wai_08"].astype(float)
+il = d["site"] == "il"
+d.loc[il, "wai_08"] = d.loc[il, "wai_08"].mean() + 2.0 * (d.loc[il, "wai_08"] - d.loc[il, "wai_08"].mean())
+d.to_csv(Path(__file__).with_name("invariance_data_metric.csv"), index=False, lineterminator="\n",
+         float_format="%.17g")

@@ -85,4 +85,29 @@ for (scale in c("alliance", "change")) {
   }
   out[[scale]] <- res
 }
+# Partial metric invariance (invariance_data_metric.csv: wai_08's loading planted at il, and
+# wai_04's intercept as above). Per-group labels free one loading at one site: the loadings
+# equal across groups by label except wai_08 at il (group 1); configural and metric as above.
+# The partial scalar model keeps that loading free and frees wai_04's intercept at il.
+d <- read.csv("invariance_data_metric.csv")
+lab <- function(v, free_at_il) if (free_at_il) sprintf("c(l_%s_il, l_%s, l_%s)*%s", v, v, v, v) else
+  sprintf("c(l_%s, l_%s, l_%s)*%s", v, v, v, v)
+fac <- function(name, items) paste0(name, " =~ ", items[1], " + ",
+  paste(sapply(items[-1], function(v) lab(v, v == "wai_08")), collapse = " + "))
+wai_pm <- paste(fac("task", c("wai_01", "wai_02", "wai_10", "wai_12")),
+                fac("bond", c("wai_03", "wai_05", "wai_07", "wai_09")),
+                fac("goal", c("wai_04", "wai_06", "wai_08", "wai_11")), sep = "\n")
+wai_ps <- paste(wai_pm, paste(intercepts, collapse = "\n"),
+                "task ~ c(0, NA, NA)*1\nbond ~ c(0, NA, NA)*1\ngoal ~ c(0, NA, NA)*1", sep = "\n")
+conf <- run("configural", "wai", wai, character(0))
+met <- run("metric", "wai", wai, c("loadings"))
+pm <- run("partial_metric", "wai_pm", wai_pm, character(0))
+pm$out$freed <- "wai_08@il"
+ps <- run("partial_scalar", "wai_ps", wai_ps, character(0))
+ps$out$freed <- "wai_08@il (loading);wai_04@il"
+out$alliance_partial_metric <- list(
+  data = "invariance_data_metric.csv",
+  syntax_partial_metric = wai_pm, syntax_partial_scalar = wai_ps,
+  configural = conf$out, metric = c(met$out, lrt(met, conf)),
+  partial_metric = c(pm$out, lrt(pm, conf)), partial_scalar = c(ps$out, lrt(ps, pm)))
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE), "invariance_lavaan.json")

@@ -8,7 +8,12 @@ The rows are frozen here so that the tests do not depend on lacrima's simulator:
   N, the plan's seed, the criers-only subsets as the plan says), plus the same pairs at two
   other seeds (``seed<k>_...``, data no lacrima default run uses);
 - ``flat_*``: identical true slopes and intercepts (the variances on the boundary);
-- ``k2_*``: two sites only.
+- ``k2_*``: two sites only;
+- ``heldout_*``: subsets of the demo's sites (synthetic, at the plan's seed or seed 1 at half
+  the published N) where the optimiser before issue 23 stopped short of lme4's REML optimum
+  (by 0.036, 0.13 and 2e-4 in the criterion; the true optima are singular with a positive
+  intercept variance, which it had labelled "variance on the boundary (estimated as 0)"),
+  and ``near_singular_*``: planted data whose optimum is just inside the boundary.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from lacrima.ipd import _criers_mask, _pairs
 from lacrima.study import load_sites, load_study
 
 
-def _demo_cases(seed: int, prefix: str) -> list[pd.DataFrame]:
+def _demo_cases(seed: int, prefix: str, codes=None, scale: float = 1.0,
+                pairs=None) -> list[pd.DataFrame]:
     study = load_study()
     frames = []
     for s in load_sites():
-        raw = synth.simulate(s, study, s.published_n, seed=seed)
+        if codes is not None and s.code not in codes:
+            continue
+        raw = synth.simulate(s, study, max(20, int(s.published_n * scale)), seed=seed)
         data, _ = scoring.analysis_ready(raw, study, s.code)
         data["site"] = s.code
         frames.append(data)
@@ -33,6 +41,8 @@ def _demo_cases(seed: int, prefix: str) -> list[pd.DataFrame]:
     criers = _criers_mask(stacked, study.section("analysis").get("criers", "cried_in_therapy"))
     out = []
     for family, x, y, only_criers in _pairs(study):
+        if pairs is not None and (family, x, y) not in pairs:
+            continue
         rows = stacked[criers] if only_criers else stacked
         part = pd.DataFrame({"x": pd.to_numeric(rows[x]).astype(float),
                              "y": pd.to_numeric(rows[y]).astype(float),
@@ -63,7 +73,15 @@ def main() -> None:
         _planted("varied_5sites", [0.2, 0.5, 0.4, 0.1, 0.6], [1.0, 1.4, 0.7, 1.1, 0.9], 80, 8),
         _planted("k2_flat", [0.3, 0.3], [1.0, 1.0], 120, 9),
         _planted("k2_varied", [0.1, 0.6], [1.0, 1.8], 120, 10),
+        _planted("near_singular_k3", [0.40, 0.42, 0.41], [1.0, 1.3, 1.15], 90, 12),
+        _planted("near_singular_k2", [0.30, 0.33], [1.0, 1.25], 110, 13),
     ]
+    seed = study.raw["study"]["seed"]
+    cases += _demo_cases(seed, "heldout_k2_il_us", codes=("il", "us"),
+                         pairs={("H1", "after_happy", "change"),
+                                ("H3", "felt_vulnerable", "alliance")})
+    cases += _demo_cases(1, "heldout_k2_il_it_half", codes=("il", "it"), scale=0.5,
+                         pairs={("H4", "attachment_anxiety", "understood_better")})
     pd.concat(cases, ignore_index=True).to_csv("ipd_cases.csv", index=False, float_format="%.17g")
 
 

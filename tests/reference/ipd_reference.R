@@ -4,9 +4,10 @@
 # Reads ipd_cases.csv (written by ipd_cases.py), writes ipd_reference.json. The tests read the
 # JSON; they never run R. R 4.2 with lme4 from Debian bookworm (apt-get install r-cran-lme4).
 #
-# Every case is fitted three times and the fit with the lowest REML criterion is the reference
-# (lme4's default optimizer may stop short of the optimum; lacrima must never be worse than
-# lme4's best):
+# Every case is fitted with three optimizers and from eight more starts of theta (bobyqa, see
+# `starts` below: interior and near-boundary points), and the fit with the lowest REML criterion
+# is the reference (lme4's default optimizer may stop short of the optimum, or at a local one;
+# lacrima must reach lme4's best of all of them):
 #   lmer(y ~ x + (x | site), data = d, REML = TRUE)                                       # default
 #   lmer(y ~ x + (x | site), data = d, REML = TRUE, control = lmerControl(optimizer = "bobyqa",
 #        optCtrl = list(rhoend = 1e-12, maxfun = 1e5)))
@@ -40,9 +41,20 @@ controls <- list(
                                            maxfun = 1e5))
 )
 
+# Starts of theta beyond lme4's own (Psi = I): interior points of several sizes and
+# correlations and points near each face of the boundary, each run with bobyqa to rhoend 1e-12.
+starts <- list(
+  slope = list(c(0.1, 0, 0.1), c(0.5, 0.3, 0.2), c(0.5, -0.3, 0.2), c(0.05, 0.05, 0.01),
+               c(0.05, -0.05, 0.01), c(2, 0.5, 0.5), c(0.01, 0.2, 0.05), c(0.3, 0, 1e-3)),
+  intercept_only = list(0.01, 0.1, 3))
+
 summarise <- function(formula, d) {
   fits <- lapply(controls, function(ctl) suppressMessages(suppressWarnings(
     lmer(formula, data = d, REML = TRUE, control = ctl))))
+  for (t0 in starts[[if (length(all.vars(formula)) == 3 && grepl("x \\|", deparse(formula))) "slope" else "intercept_only"]]) {
+    fits[[paste0("start_", paste(t0, collapse = "_"))]] <- suppressMessages(suppressWarnings(
+      lmer(formula, data = d, REML = TRUE, start = list(theta = t0), control = controls$bobyqa)))
+  }
   crit <- sapply(fits, REMLcrit)
   best <- fits[[which.min(crit)]]
   dev <- lmer(formula, data = d, REML = TRUE, devFunOnly = TRUE)

@@ -60,9 +60,12 @@ for (i in seq_len(nrow(st))) {
 # vi = 1/(n - 3 - g), as lacrima.pooling pools (REML, Hartung-Knapp on k - 1 df) with the
 # Knapp-Hartung ad hoc standard error (never below the Wald one); a pooled side enters the
 # assessment with its estimate and se^2 in place of atanh(r) and 1/(n - 3 - g).
-pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
-  # metafor's default control (REML threshold 1e-5): lacrima.meta.rma takes its steps
-  fit <- function(r, n) rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc")
+# pooled_side = "fe" (and "auto" for k <= 3 sites): rma(yi, vi, method = "FE") per role instead.
+pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g, model = "re") {
+  # REML to the maximiser (lacrima's rule): control = list(threshold = 1e-12, maxiter = 1000)
+  fit <- function(r, n) if (model == "fe") rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "FE") else
+    rma(yi = atanh(r), vi = 1 / (n - 3 - g), method = "REML", test = "adhoc",
+        control = list(threshold = 1e-12, maxiter = 1000))
   fo <- fit(orig_r, orig_n); fr <- fit(rep_r, rep_n)
   side <- function(f) list(estimate = as.numeric(f$b), se = f$se, p = f$pval)
   pair <- function(zo, vo, zr, vr, r_r) {
@@ -80,7 +83,8 @@ pooled_case <- function(name, orig_r, orig_n, rep_r, rep_n, g) {
     pair(atanh(orig_r[i]), 1 / (orig_n[i] - 3 - g), zr, vr, tanh(zr)))
   list(
     input = list(orig_r = orig_r, orig_n = orig_n, rep_r = rep_r, rep_n = rep_n, g = g),
-    call = paste0("rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'adhoc') per role; ",
+    call = paste0(if (model == "fe") "rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'FE') per role; " else
+                  "rma(yi = atanh(r), vi = 1/(n - 3 - g), method = 'REML', test = 'adhoc', control = list(threshold = 1e-12, maxiter = 1000)) per role; ",
                   "PI tanh(zo +/- qnorm(.975) sqrt(vo + vr)); p_difference 2 pnorm(-|zo - zr| / sqrt(vo + vr)); ",
                   "r33 sign(zo) pwr.r.test(n = 1/vo + 3, power = 1/3)$r; ",
                   "p_small_telescope pnorm((atanh(r_r) - atanh(r33)) / sqrt(vr)), mirrored when r33 < 0"),
@@ -97,8 +101,18 @@ pooled <- list(
   partial = pooled_case("partial", c(-0.30, -0.18), c(106, 100), c(-0.05, -0.20, -0.11),
                         c(124, 90, 150), 2))
 
+pooled_fe <- list(
+  correlation = pooled_case("correlation", c(0.35, 0.28), c(106, 100), c(0.30, 0.12, 0.22),
+                            c(124, 90, 150), 0, "fe"),
+  partial = pooled_case("partial", c(-0.30, -0.18), c(106, 100), c(-0.05, -0.20, -0.11),
+                        c(124, 90, 150), 2, "fe"),
+  # two replication sites (the issue: with the Hartung-Knapp t on 1 df none could be significant)
+  two_replications = pooled_case("two_replications", c(0.35, 0.28), c(106, 100), c(0.30, 0.22),
+                                 c(124, 150), 0, "fe"))
+
 out <- list(
   meta = list(R = R.version.string, pwr = as.character(packageVersion("pwr")),
               metafor = as.character(packageVersion("metafor"))),
-  r33 = r33_cases, small_telescope = small_cases, pooled = pooled)
+  r33 = r33_cases, small_telescope = small_cases, pooled = pooled,
+  pooled_fe = pooled_fe)
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE), "replication_reference.json")

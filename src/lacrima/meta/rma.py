@@ -152,25 +152,26 @@ def _reml_loglik(tau2: float, yi: np.ndarray, vi: np.ndarray, x: np.ndarray) -> 
                  - 0.5 * np.sum(w * (yi - x @ b) ** 2))
 
 
-# metafor's rma.uni control defaults (maxiter, threshold) for its REML Fisher scoring.
-METAFOR_MAXITER = 100
-METAFOR_THRESHOLD = 1e-5
+# Fisher scoring runs until tau2 changes by at most this (metafor's ``threshold``; its
+# default 1e-5 can stop up to ~1e-5 short of the maximiser, so every REML reference is
+# metafor refitted with control = list(threshold = 1e-12, maxiter = 1000)).
+REML_THRESHOLD = 1e-12
+REML_MAXITER = 1000
 
 
-def _tau2_reml_metafor(yi: np.ndarray, vi: np.ndarray, x: np.ndarray | None = None,
-                       max_iter: int = METAFOR_MAXITER,
-                       tol: float = METAFOR_THRESHOLD) -> tuple[float, bool]:
-    """metafor's REML: Fisher scoring from the Hedges (HE) estimate, step halving at 0.
+def _tau2_reml(yi: np.ndarray, vi: np.ndarray, x: np.ndarray | None = None,
+               max_iter: int = REML_MAXITER, tol: float = REML_THRESHOLD) -> tuple[float, bool]:
+    """The REML maximiser of tau2: metafor's Fisher scoring, run to convergence.
 
-    Step for step ``rma.uni(method = "REML")`` with its default ``control``: the start
-    ``max(0, HE)``; ``adj = (Y'PPY - tr P) / tr(PP)`` halved while ``tau2 + adj < 0``;
-    stop when the change is at most ``threshold`` (``tol``, 1e-5); the ``ll0check``
-    (tau2 set to 0 when the likelihood at 0 is higher by more than ``eps^0.25``); finally
-    ``max(0, tau2)``. A start at 0 with a negative score stays exactly 0, as in metafor.
-    ``x`` is the design (default: intercept only, the plain random-effects model). With
-    ``P = W - W X A^-1 X' W``, ``A = X'WX``, the traces need only p x p matrices:
-    ``tr P = sum w - tr(A^-1 X'W^2 X)``, ``tr PP = sum w^2 - 2 tr(A^-1 X'W^3 X) +
-    tr((A^-1 X'W^2 X)^2)``, never a k x k matrix.
+    ``rma.uni(method = "REML")``'s iteration (the start ``max(0, HE)``;
+    ``adj = (Y'PPY - tr P) / tr(PP)`` halved while ``tau2 + adj < 0``) until tau2 changes
+    by at most ``tol``; then the boundary is checked: where the restricted likelihood at
+    tau2 = 0 is at least that at the end point (the iteration approaching 0 by halvings),
+    tau2 is exactly 0. So tau2 is the maximiser to ~1e-12, interior or on the boundary,
+    whatever threshold a tool's default stops at. ``x`` is the design (default: intercept
+    only, the plain random-effects model). With ``P = W - W X A^-1 X' W``, ``A = X'WX``,
+    the traces need only p x p matrices: ``tr P = sum w - tr(A^-1 X'W^2 X)``,
+    ``tr PP = sum w^2 - 2 tr(A^-1 X'W^3 X) + tr((A^-1 X'W^2 X)^2)``, never a k x k matrix.
     """
     k = len(yi)
     x = np.ones((k, 1)) if x is None else x
@@ -196,8 +197,7 @@ def _tau2_reml_metafor(yi: np.ndarray, vi: np.ndarray, x: np.ndarray | None = No
         if abs(old - tau2) <= tol:
             converged = True
             break
-    if converged and tau2 > tol and \
-            _reml_loglik(0.0, yi, vi, x) - _reml_loglik(tau2, yi, vi, x) > np.finfo(float).eps ** 0.25:
+    if tau2 > 0 and _reml_loglik(0.0, yi, vi, x) >= _reml_loglik(tau2, yi, vi, x):
         tau2 = 0.0
     return max(0.0, tau2), converged
 
@@ -241,7 +241,7 @@ def moderator_test(yi, vi, moderator, test: str = "knha") -> dict[str, float]:
     if len(labels) != len(y) or len(levels) != 2 or len(y) < 3:
         return out
     x = np.column_stack([np.ones(len(y)), (labels == levels[1]).astype(float)])
-    tau2, _ = _tau2_reml_metafor(y, v, x)
+    tau2, _ = _tau2_reml(y, v, x)
     w = 1.0 / (v + tau2)
     vb = np.linalg.inv(x.T @ (w[:, None] * x))
     b = vb @ (x.T @ (w * y))
@@ -256,42 +256,6 @@ def moderator_test(yi, vi, moderator, test: str = "knha") -> dict[str, float]:
     qm = b[1] ** 2 / (s2 * vb[1, 1])
     return dict(out, qm=float(qm), qm_df=1.0, qm_df2=float(k - p),
                 qm_p=float(stats.f.sf(qm, 1, k - p)), estimate=float(b[1]), tau2=tau2)
-
-
-def _tau2_reml(yi: np.ndarray, vi: np.ndarray, max_iter: int, tol: float) -> tuple[float, bool]:
-    """Fisher scoring on the restricted likelihood to ``tol``, from DL, with step halving at 0.
-
-    At the boundary (the REML score at tau2 = 0 is not positive, so the optimum is 0)
-    metafor's own path is followed instead (:func:`_tau2_reml_metafor`): from a Hedges
-    start at or below 0 it stays at exactly 0, as metafor does; from a positive start it
-    halves its steps towards 0 and stops within metafor's threshold, at metafor's value.
-    tau2, tau and I2 are then metafor's to rounding, where iterating to ``tol`` would stop
-    at ~1e-11 (tau ~3e-6) and exactly 0 would differ from metafor wherever it does not reach 0.
-    """
-    w0 = 1.0 / vi
-    mu0 = np.sum(w0 * yi) / np.sum(w0)
-    if np.sum(w0**2 * (yi - mu0) ** 2) - (np.sum(w0) - np.sum(w0**2) / np.sum(w0)) <= 0:
-        return _tau2_reml_metafor(yi, vi)
-    tau2 = _tau2_dl(yi, vi)
-    for _ in range(max_iter):
-        w = 1.0 / (vi + tau2)
-        sw = np.sum(w)
-        mu = np.sum(w * yi) / sw
-        # With P = W - w w' / sum(w): Py = w (y - mu), tr(P) and tr(PP) in closed form.
-        score = np.sum(w**2 * (yi - mu) ** 2) - (sw - np.sum(w**2) / sw)
-        info = np.sum(w**2) - 2 * np.sum(w**3) / sw + (np.sum(w**2) / sw) ** 2
-        if info <= 0:
-            return tau2, False
-        step = score / info
-        halvings = 0
-        while tau2 + step < 0 and halvings < 60:
-            step /= 2
-            halvings += 1
-        new = max(0.0, tau2 + step)
-        if abs(new - tau2) < tol:
-            return new, True
-        tau2 = new
-    return tau2, False
 
 
 def _tau2_pm(yi: np.ndarray, vi: np.ndarray) -> float:
@@ -313,7 +277,7 @@ def _validate(yi, vi) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: float = 0.95,
-                   max_iter: int = 1000, tol: float = 1e-10) -> RandomEffectsResult:
+                   max_iter: int = REML_MAXITER, tol: float = REML_THRESHOLD) -> RandomEffectsResult:
     """Random-effects meta-analysis with a fixed-effect estimate beside it.
 
     Parameters
@@ -331,8 +295,8 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     level : float, default 0.95
         Level of the confidence, prediction and tau2 intervals.
     max_iter, tol : int, float
-        Iteration limit and convergence tolerance on tau2 for REML (an interior optimum;
-        at the boundary metafor's own path and threshold are followed, see Notes).
+        Iteration limit and convergence threshold on tau2 for REML (metafor's
+        ``control = list(maxiter, threshold)``; see Notes).
 
     Returns
     -------
@@ -349,10 +313,11 @@ def random_effects(yi, vi, method: str = "REML", test: str = "knha", level: floa
     DL: :math:`\\max(0, (Q - (k-1)) / (\\sum w - \\sum w^2 / \\sum w))` with
     :math:`w = 1/v` (DerSimonian & Laird 1986). PM solves
     :math:`\\sum w_i (y_i - \\hat\\mu)^2 = k - 1` (Paule & Mandel 1982). REML uses
-    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005); when the optimum
-    is on the boundary (the REML score at tau2 = 0 is not positive) the iteration is
-    metafor's step for step (Hedges start, step halving, threshold 1e-5, its ``ll0check``),
-    so tau2 is exactly 0 where metafor's is and metafor's value where it stops short.
+    Fisher scoring on the restricted log-likelihood (Viechtbauer 2005), metafor's step for
+    step (Hedges start, step halving at 0) but run to the maximiser (threshold 1e-12),
+    and exactly 0 where the maximiser is on the boundary: metafor's default threshold
+    (1e-5) can stop up to ~1e-5 short in tau2, so the references are metafor refitted with
+    ``control = list(threshold = 1e-12, maxiter = 1000)``.
     The tau2 interval is the Q-profile interval: the tau2 values where the
     generalised Q equals the chi-square(k-1) quantiles (Viechtbauer 2007).
     :math:`I^2 = 100\\,\\hat\\tau^2 / (\\hat\\tau^2 + s^2)` and
