@@ -34,6 +34,9 @@ FIXES = {
     "episode_blank_for_non_criers": "these participants did not cry in therapy: blank their "
                                     "episode answers (or correct the crying answer), and upload "
                                     "the corrected file",
+    "non_participant_rows": "delete these rows in your own tool (totals, notes, repeated "
+                            "headers, anything below the data), so the sheet holds one header "
+                            "row and one row per participant, and upload the corrected file",
     "ids_present": "fill in the missing participant IDs, and upload the corrected file",
     "unique_ids": "give each participant one row (remove repeated rows or fix mistyped IDs), and "
                   "upload the corrected file",

@@ -801,6 +801,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         else:
             position[n] = i
     mapped = {_column_key(spec.column) for spec in codebook.columns.values()}
+    findings += _non_participant_rows(table, codebook, position, name)
     dup_mapped = sorted({d for d in duplicated if d in mapped})
     if dup_mapped:
         findings.append(Finding(
@@ -903,6 +904,94 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     return NativeDrop(frame=frame, row_numbers=tuple(table.row_numbers), findings=tuple(findings),
                       identifying_dropped=tuple(ident_declared + ident_other), n_rows=n,
                       source=path.name, format=fmt.kind)
+
+
+SUMMARY_WORDS = frozenset({
+    "total", "totals", "grand total", "sum", "mean", "average", "avg", "median", "count",
+    "sd", "std", "std dev", "totale", "totali", "somma", "media", "mediana", "dev. st.",
+    "gesamt", "summe", "mittelwert", "durchschnitt", "anzahl",
+    "סה\"כ", "סהכ", "סך הכל", "ממוצע", "חציון",
+})
+"""What a totals or summary row under the data says in its first cells (any case, a trailing
+colon or full stop ignored). Such a word is an answer to no question, so it may be shown."""
+
+
+def _summary_word(cell: Any) -> str:
+    if not isinstance(cell, str):
+        return ""
+    text = normalise_label(cell).rstrip(":. ")
+    return cell.strip() if text in SUMMARY_WORDS else ""
+
+
+def _non_participant_rows(table: _Table, codebook: Codebook, position: dict[str, int],
+                          name: str) -> list[Finding]:
+    """Rows that are not participants, removed from ``table`` and named in one error each kind.
+
+    A repeated header row (a second copy of the column names, or of Qualtrics' question text
+    and ImportId rows), a totals or summary row ("Totale", "Media", "Total" in the ID column,
+    or anywhere on a row without an ID), a note (a row without an ID holding one or two
+    cells) and every row below a blank separator row in a spreadsheet or CSV. Counted as
+    participants, each would enter the data as a person; as errors, the drop is quarantined
+    and the data manager deletes them in their own tool.
+    """
+    id_at = position.get(_column_key(codebook.id_column))
+    texts = {_column_key(s.column): _column_key(s.text)
+             for s in (*codebook.columns.values(), *codebook.extra_columns) if s.text}
+    kinds: dict[str, list[int]] = {}
+    words: list[str] = []
+    keep = []
+    separator = None
+    for k, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
+        previous = table.row_numbers[k - 1] if k else table.fmt.header_rows
+        if (separator is None and table.fmt.kind != "sav" and number > previous + 1):
+            separator = previous + 1
+        filled = [(i, c) for i, c in enumerate(row) if c is not None]
+        as_text = [(i, _column_key(c)) for i, c in filled if isinstance(c, str)]
+        repeats = sum(1 for i, c in as_text if i < len(table.names)
+                      and c in (table.names[i], texts.get(table.names[i])))
+        blank_id = id_at is not None and row[id_at] is None
+        word = _summary_word(row[id_at]) if id_at is not None else ""
+        if not word and blank_id:
+            word = next((w for _, c in filled if (w := _summary_word(c))), "")
+        if filled and (2 * repeats >= len(filled) and repeats >= 2
+                       or any(c.startswith('{"ImportId"') for _, c in as_text)):
+            kind = "header"
+        elif word:
+            kind = "summary"
+            if word not in words:
+                words.append(word)
+        elif separator is not None:
+            kind = "separator"
+        elif blank_id and len(filled) <= 2 and len(table.names) > 4:
+            kind = "note"
+        else:
+            keep.append(k)
+            continue
+        kinds.setdefault(kind, []).append(number)
+    if not kinds:
+        return []
+    table.rows[:] = [table.rows[k] for k in keep]
+    table.row_numbers[:] = [table.row_numbers[k] for k in keep]
+    shown = ", ".join(repr(w) for w in words[:3])
+    looks = {
+        "header": ("a repeated header row (the column names again)", "a repeated header"),
+        "summary": (f"a totals or summary row ({shown})", "a totals or summary row"),
+        "separator": (f"below the blank row {separator}, where the data end (notes or a second "
+                      "table?)", "rows below a blank row"),
+        "note": ("a note: no participant ID and only one or two cells filled", "a note"),
+    }
+    id_name = codebook.id_column
+    out = []
+    for kind, rows in kinds.items():
+        what, found = looks[kind]
+        n = len(rows)
+        out.append(Finding(
+            check="non_participant_rows", columns=(id_name,), rows=tuple(rows),
+            message=(f"{n} row(s) of {name} are not participants: "
+                     f"{'they look like' if n > 1 else 'it looks like'} {what}"),
+            expected="one row per participant under one header row, nothing below the data",
+            found=f"{n} row(s) that look like {found}"))
+    return out
 
 
 def _names(names: Iterable[str], limit: int = 8) -> str:

@@ -1,0 +1,123 @@
+"""Issue 22: findings that tell the truth, tried with the broken drops a data manager makes.
+
+Each test breaks a clean synthetic drop by hand (a totals row under the data, a typo in an
+answer, a file sent under the wrong site ...) and reads what the data manager reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import openpyxl
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from lacrima.intake import read_and_validate
+from lacrima.privacy import DEMO_KEY
+from lacrima.study import load_site
+from lacrima.synth import write_drop
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def clean(study, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("truth")
+    return {site: write_drop(load_site(site), study, folder / f"{site}{ext}", n=N, seed=3)
+            for site, ext in (("us", ".csv"), ("it", ".xlsx"), ("il", ".sav"))}
+
+
+def _report(path, study, site):
+    rep, _ = read_and_validate(path, load_site(site), study, DEMO_KEY, path.name, "0" * 64)
+    return rep
+
+
+def _edit_csv(src, dst, fn):
+    rows = list(csv.reader(io.StringIO(src.read_bytes().decode("utf-8-sig"), newline="")))
+    fn(rows, rows[0].index)
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)
+    dst.write_bytes(buf.getvalue().encode("utf-8-sig"))
+    return dst
+
+
+def _edit_xlsx(src, dst, fn):
+    wb = openpyxl.load_workbook(src)
+    ws = wb["Dati"]
+    fn(ws, [c.value for c in ws[1]])
+    wb.save(dst)
+    return dst
+
+
+def _check(path, tmp_path, site, *args):
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["check", str(path), "--site", site, "--report", str(out),
+                                   *args], env={"COLUMNS": "80"})
+    assert "Traceback" not in res.output
+    return res, json.loads(out.read_text())
+
+
+# --------------------------------------------------------------- rows that are not people
+
+
+def test_italian_workbook_with_a_totals_row_is_refused(clean, study, tmp_path):
+    def totals(ws, names):
+        last = ws.max_row
+        row = ["Totale"] + [None] * (len(names) - 1)
+        for j, name in enumerate(names):
+            if name and name.startswith("Prima:"):
+                row[j] = f"=SUM({openpyxl.utils.get_column_letter(j + 1)}2:" \
+                         f"{openpyxl.utils.get_column_letter(j + 1)}{last})"
+        ws.append(row)
+    path = _edit_xlsx(clean["it"], tmp_path / "dati.xlsx", totals)
+    res, rep = _check(path, tmp_path, "it")
+    assert res.exit_code == 1 and not rep["valid"]
+    (f,) = [f for f in rep["findings"] if f["check"] == "non_participant_rows"]
+    assert f["rows"] == [N + 2] and f["severity"] == "error"
+    assert "'Totale'" in f["message"] and "totals" in f["message"]
+    # the totals row is not also counted as a participant with odd values
+    assert rep["n_rows"] == N
+    assert not [g for g in rep["findings"] if g["check"] in ("id_pattern", "formula_cells")]
+
+
+def test_repeated_header_and_rows_below_a_blank_row(clean, study, tmp_path):
+    def edit(rows, col):
+        rows.insert(10, list(rows[0]))                       # names again, spreadsheet row 11
+        rows.append([""] * len(rows[0]))                     # a blank separator
+        note = [""] * len(rows[0])
+        note[col("Q4")] = "answers of the second wave below"  # free text: never shown
+        rows.append(note)
+    path = _edit_csv(clean["us"], tmp_path / "us.csv", edit)
+    rep = _report(path, study, "us")
+    found = {f.found.split("look like ")[1]: f for f in rep.errors
+             if f.check == "non_participant_rows"}
+    assert found["a repeated header"].rows == (11,)
+    assert found["rows below a blank row"].rows == (len(list(csv.reader(io.StringIO(
+        path.read_bytes().decode("utf-8-sig"))))),)
+    assert "second wave" not in json.dumps(rep.to_dict())
+    assert rep.n_rows == N
+
+
+def test_a_note_without_an_id_is_not_a_participant(clean, study, tmp_path):
+    def edit(ws, names):
+        ws.append(["Dati raccolti a Genova"])   # free text in the ID column: hidden
+        ws.append([None, None, "nota del terapeuta"])
+    path = _edit_xlsx(clean["it"], tmp_path / "nota.xlsx", edit)
+    rep = _report(path, study, "it")
+    kinds = {f.found for f in rep.errors}
+    assert "2 row(s) that look like a note" not in kinds   # "Dati ..." has an ID-like cell
+    rows = sorted(r for f in rep.errors if f.check in ("non_participant_rows", "id_pattern")
+                  for r in f.rows)
+    assert rows == [N + 2, N + 3]
+    assert "Genova" not in json.dumps(rep.to_dict()) and "terapeuta" not in json.dumps(rep.to_dict())
+
+
+@pytest.mark.parametrize("site", ["us", "it", "il"])
+def test_shipped_sites_ids_fit_their_pattern(clean, study, site):
+    from lacrima.codebook import load_codebook
+    assert load_codebook(load_site(site)).id_pattern
+    rep = _report(clean[site], study, site)
+    assert not [f for f in rep.findings if f.check in ("id_pattern", "non_participant_rows")]
