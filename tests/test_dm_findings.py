@@ -62,7 +62,7 @@ def test_finding_names_the_file_native_column_value_and_fix(clean_us, study, tmp
     assert f["fix"] and f["fix"] != f["message"]
     assert "drop.csv" not in json.dumps(rep) and rep["file"] == "US_export_March.csv"
     html = render_html(_report(path, study))
-    assert "Q14_3 [wai_03]" in html and "1 unexpected value(s): 7" in html and f["fix"] in html
+    assert "Q14_3 [wai_03]" in html and "1 answer(s) not on the scale: 7" in html and f["fix"] in html
 
 
 def test_free_text_in_a_label_column_is_not_echoed(clean_us, study, tmp_path):

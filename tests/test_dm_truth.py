@@ -121,3 +121,69 @@ def test_shipped_sites_ids_fit_their_pattern(clean, study, site):
     assert load_codebook(load_site(site)).id_pattern
     rep = _report(clean[site], study, site)
     assert not [f for f in rep.findings if f.check in ("id_pattern", "non_participant_rows")]
+
+
+# --------------------------------------------------------------- what a finding says
+
+PYTHON_WORDS = ("False", "True", "None", "nan", "NaN", "dtype", "NaT", "<NA>", "Int64")
+
+
+def _no_python_words(rep: dict):
+    for f in rep["findings"]:
+        text = " ".join(str(f[k]) for k in ("message", "expected", "found", "fix"))
+        for word in PYTHON_WORDS:
+            assert not __import__("re").search(rf"\b{word}\b", text), (word, text)
+
+
+def test_a_misspelt_answer_is_shown_with_did_you_mean(clean, study, tmp_path):
+    def edit(rows, col):
+        rows[4][col("Q14_2")] = "Allways"
+        rows[6][col("Q14_2")] = "Mario Rossi mrossi@ex.it"     # a person's words: hidden
+        rows[7][col("Q4")] = "Womenx"
+    path = _edit_csv(clean["us"], tmp_path / "typo.csv", edit)
+    res, rep = _check(path, tmp_path, "us")
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())
+    assert "'Allways' (did you mean 'Always'?)" in text
+    assert "'Womenx' (did you mean 'Woman'?)" in text
+    assert "Mario" not in res.output and "mrossi" not in json.dumps(rep)
+    (wai,) = [f for f in rep["findings"] if f["columns"] == ["Q14_2"]]
+    assert wai["rows"] == [5, 7] and "not shown" in wai["found"]
+    (gender,) = [f for f in rep["findings"] if f["columns"] == ["Q4"]]
+    # the fix fits a typo: correct the answer, not "re-export with choice text"
+    assert "'Womenx' to 'Woman'" in gender["fix"] and "choice text" not in gender["fix"]
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    _no_python_words(rep)
+
+
+def test_label_columns_list_labels_and_a_blank_id_is_a_missing_id(clean, study, tmp_path):
+    def edit(rows, col):
+        rows[4][col("Q14_3")] = "7"
+        rows[5][col("ResponseId")] = ""
+    path = _edit_csv(clean["us"], tmp_path / "seven.csv", edit)
+    res, rep = _check(path, tmp_path, "us")
+    (rng,) = [f for f in rep["findings"] if f["check"] == "value_range"]
+    assert "Seldom" in rng["expected"] and "Always" in rng["expected"]
+    assert "1.0" not in rng["expected"] + rng["message"] and " 5" not in rng["expected"]
+    assert "Always" in rng["fix"]
+    (ids,) = [f for f in rep["findings"] if f["check"] == "ids_present"]
+    assert "missing participant ID" in ids["found"] and ids["rows"] == [6]
+    assert "unexpected" not in ids["found"] + ids["message"]
+    _no_python_words(rep)
+
+
+def test_no_python_words_for_a_non_crier_with_episode_answers(clean, study, tmp_path):
+    from lacrima.codebook import load_codebook
+    book = load_codebook(load_site("us"))
+    cried, episode = book.native_name("cried_in_therapy"), book.native_name("after_sad")
+
+    def edit(rows, col):
+        for r in rows[3:]:
+            if r[col(cried)] == "No":
+                r[col(episode)] = "Moderately"
+                break
+    path = _edit_csv(clean["us"], tmp_path / "episode.csv", edit)
+    res, rep = _check(path, tmp_path, "us")
+    (f,) = [f for f in rep["findings"] if f["check"] == "episode_blank_for_non_criers"]
+    assert f"{cried} [cried_in_therapy] is 'No'" in f["expected"]
+    _no_python_words(rep)

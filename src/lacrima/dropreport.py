@@ -64,7 +64,7 @@ def headline(report: ValidationReport) -> str:
         return (f"{name} ({report.site}): valid, {report.n_rows} rows, "
                 f"{len(problems(report))} warning(s)")
     return (f"{name} ({report.site}): INVALID, {report.n_rows} rows, "
-            f"{len(report.errors)} error(s) to fix before it can be accepted")
+            f"{len(report.errors)} error(s) to fix before it is accepted")
 
 
 def rich_table(report: ValidationReport):

@@ -1050,7 +1050,7 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
                 issues.add("unknown_labels", rownum, _label_shown(cell))
                 return None
     if number is None:
-        issues.add("non_numeric", rownum, "text" if isinstance(cell, str) else type(cell).__name__)
+        issues.add("non_numeric", rownum, "text" if isinstance(cell, str) else _kind_of(cell))
         return None
     if fmt.values == "codes" and scale is not None:
         try:
@@ -1096,12 +1096,23 @@ def _convert_date(cell: Any, fmt: FileFormat, today: dt.date, rownum: int, issue
             issues.add("bad_dates", rownum, "text in another date format")
             return None
     else:
-        what = "a number, not a date" if _is_number(cell) else type(cell).__name__
+        what = "a number, not a date" if _is_number(cell) else _kind_of(cell)
         issues.add("bad_dates", rownum, what)
         return None
     if value.date() > today:
         issues.add("future_dates", rownum, "dates after today")
     return value
+
+
+def _kind_of(cell: Any) -> str:
+    """What a cell holds, in a spreadsheet's words (never a Python type name)."""
+    if isinstance(cell, bool):
+        return "a TRUE/FALSE cell"
+    if isinstance(cell, (dt.datetime, dt.date, pd.Timestamp)):
+        return "a date"
+    if isinstance(cell, dt.time):
+        return "a time"
+    return "a value of another kind"
 
 
 def _fmt_number(x: float) -> str:
@@ -1122,22 +1133,76 @@ def _vocabulary(codebook: Codebook) -> frozenset[str]:
                      for w in _WORD.findall(normalise_label(label)))
 
 
-def _shown_labels(found: list[str], vocabulary: frozenset[str]) -> tuple[list[str], int]:
+def _shown_labels(found: list[str], vocabulary: frozenset[str],
+                  scale: Scale | None = None) -> tuple[list[str], int]:
     """Unknown labels that may be echoed, and how many may not.
 
     A cell of a label column can hold anything a person typed ("Mario Rossi mrossi@ex.it"
-    in a gender column). Only text made of the codebook's own answer words ("Spesso?",
-    "maschio.") and numeric codes ("code 4") is shown; anything else is "a value", and the
-    row numbers say where to look.
+    in a gender column). Only numeric codes ("code 4"), text made of the codebook's own
+    answer words ("Spesso?", "maschio.") and a near miss of one allowed answer (``near_label``:
+    "Allways", shown with "did you mean 'Always'?") are shown; anything else is "a value",
+    and the row numbers say where to look.
     """
     shown, hidden = [], 0
     for text in found:
         words = _WORD.findall(normalise_label(text))
-        if text.startswith("code ") or (words and len(text) <= 40 and set(words) <= vocabulary):
-            shown.append(text if text.startswith("code ") else repr(text))
+        near = near_label(text, scale.labels) if scale is not None else ""
+        if text.startswith("code "):
+            shown.append(text)
+        elif near:
+            shown.append(f"{text!r} (did you mean {near!r}?)")
+        elif words and len(text) <= 40 and set(words) <= vocabulary:
+            shown.append(repr(text))
         else:
             hidden += 1
     return shown, hidden
+
+
+def _plain(text: str) -> str:
+    """Case folded, accents removed: "Sì" and "si" compare equal."""
+    decomposed = unicodedata.normalize("NFKD", normalise_label(text))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _edits(a: str, b: str) -> int:
+    """Letters to insert, delete or replace to turn ``a`` into ``b`` (``difflib``'s alignment)."""
+    import difflib
+
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    return sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in ops if op != "equal")
+
+
+def near_label(text: str, labels) -> str:
+    """The one allowed answer ``text`` is a misspelling of, else "".
+
+    Case and accents are free; beyond them one letter for an answer of up to four letters and
+    two for a longer one. Text further from every answer, or as near to two of them, could be
+    a person's words and is not matched (the caller then hides it).
+
+    Examples
+    --------
+    >>> near_label("Allways", ["Seldom", "Sometimes", "Always"])
+    'Always'
+    >>> near_label("si", ["Sì", "No"]), near_label("Womenx", ["Woman", "Man"])
+    ('Sì', 'Woman')
+    >>> near_label("Ann", ["Woman", "Man"]), near_label("Mario Rossi", ["Maschio", "Femmina"])
+    ('', '')
+    """
+    plain = _plain(text)
+    if not plain or len(plain) > 40:
+        return ""
+    scored = []
+    for label in dict.fromkeys(str(x) for x in labels):
+        target = _plain(label)
+        if not target or target.isdigit():
+            continue
+        limit = 1 if len(target) <= 4 else 2
+        if abs(len(target) - len(plain)) <= limit and (d := _edits(plain, target)) <= limit:
+            scored.append((d, label))
+    scored.sort()
+    if not scored or len(scored) > 1 and scored[1][0] == scored[0][0]:
+        return ""
+    return scored[0][1]
 
 
 def _human_date(fmt: str) -> str:
@@ -1157,12 +1222,22 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
         if check == "formula_cells":
             out.append(_formula_finding(column, rows, name))
         elif check == "unknown_labels":
-            expected = ", ".join(scale.labels) if scale else "a value from the codebook"
-            shown, hidden = _shown_labels(found, vocabulary)
-            what = ", ".join(shown[:5] + ([f"{hidden} other value(s) not shown (they may be "
-                                           "free text)"] if hidden else []))
-            how = ("re-export with choice text (the answer labels), not numeric codes, or "
-                   "correct these cells" if fmt.values == "labels" else "correct these cells")
+            expected = ", ".join(dict.fromkeys(scale.labels)) if scale else "a value from the codebook"
+            shown, hidden = _shown_labels(found, vocabulary, scale)
+            what = ", ".join(shown[:5] + ([f"{hidden} other value(s), not shown: they may be "
+                                           "a person's words (see the rows)"] if hidden else []))
+            near = [(t, m) for t in found if scale is not None and not t.startswith("code ")
+                    and (m := near_label(t, scale.labels))]
+            codes = bool(found) and all(t.startswith("code ") for t in found)
+            if codes and fmt.values == "labels":
+                how = "re-export with choice text (the answer labels), not numeric codes"
+            elif near:
+                how = "correct the misspelt answers (" + ", ".join(
+                    f"{t!r} to {m!r}" for t, m in near[:3]) + ")" + (
+                    "" if len(near) == len(found) else
+                    " and the other cells to one of the allowed answers")
+            else:
+                how = "correct these cells to one of the allowed answers"
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
                 message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
@@ -1170,7 +1245,7 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
                          + _codes_hint(found, fmt)),
                 expected=f"one of: {expected}",
                 found=f"{len(found)} unknown answer(s): {what}",
-                fix=(f"{how} to one of the allowed answers, then upload the corrected file "
+                fix=(f"{how} in your own tool, then upload the corrected file "
                      f"(`lacrima upload FILE --site {site}`)" if site else ""),
             ))
         elif check == "unknown_codes":

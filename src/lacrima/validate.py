@@ -464,12 +464,54 @@ def _offending(frame: pd.DataFrame | None, variable: str, positions, limit: int 
     return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
 
 
+def _labels_style(codebook) -> bool:
+    """True when the site's files hold answer labels (the data manager never sees the codes)."""
+    formats = getattr(codebook, "formats", ())
+    return bool(formats) and formats[0].values == "labels"
+
+
+def _answer(codebook, variable: str, value) -> str:
+    """A canonical value as the site's file writes it: its label in a label column."""
+    scale = codebook.scale_of(variable) if hasattr(codebook, "scale_of") else None
+    if scale is not None and scale.has_value(value):
+        return repr(scale.label_of(value))
+    return {True: "'Yes'", False: "'No'"}.get(value, repr(str(value))) if isinstance(
+        value, bool) else repr(str(value))
+
+
+def _wording(rule: _Rule, study: Study, codebook) -> tuple[str, str]:
+    """What a rule expects and the advice, in the site's terms: native columns, answer labels
+    in a label column (never the numeric codes behind them), whole numbers as whole numbers."""
+    kwargs = dict(rule.kwargs)
+    scale = codebook.scale_of(rule.variable) if hasattr(codebook, "scale_of") else None
+    criers = study.section("analysis")["criers"]
+    non_crier = (f"when {column_label(_native(codebook, criers), criers)} is "
+                 f"{_answer(codebook, criers, False)}")
+    if rule.check == "ids_present":
+        return "a participant ID on every row", ""
+    if rule.check == "unique_ids":
+        return "each participant ID on one row only", ""
+    if rule.check == "episode_blank_for_non_criers":
+        return f"blank {non_crier} (episode items are asked of criers only)", ""
+    if rule.check == "value_range" and rule.condition:
+        return f"{_fmt(kwargs['min_value'])} {non_crier}", ""
+    if scale is not None and _labels_style(codebook):
+        labels = ", ".join(dict.fromkeys(scale.labels))
+        return (f"one of the answers: {labels}",
+                f"correct these cells to one of the answers ({labels}) in your own tool, and "
+                "upload the corrected file")
+    if rule.check == "value_range":
+        return f"whole numbers from {_fmt(kwargs['min_value'])} to {_fmt(kwargs['max_value'])}", ""
+    return "one of " + ", ".join(map(str, kwargs.get("value_set", ()))), ""
+
+
 def _findings(failed: dict, study: Study, row_numbers, codebook,
               frame: pd.DataFrame | None = None) -> list[Finding]:
     """The findings of one drop from its failed (check, expected, variable) -> rows or message.
 
     Coded and numeric checks (``_SHOWN_VALUES``) name the offending values; the other checks
-    (IDs, episode items for non-criers) name rows only.
+    (IDs, episode items for non-criers) name rows only. The wording is the site's
+    (``_wording``); the rule's own ``expected`` is the suite's key, not shown.
     """
     findings = []
     for rule in _rules(study):
@@ -484,12 +526,24 @@ def _findings(failed: dict, study: Study, row_numbers, codebook,
             continue
         rows = tuple(int(row_numbers[i]) for i in sorted(got) if i < len(row_numbers))
         values = _offending(frame, rule.variable, got) if rule.check in _SHOWN_VALUES else ""
-        findings.append(Finding(
-            check=rule.check,
-            message=(f"{len(rows) or len(got)} row(s) of column {label} fail: {rule.expected}"
-                     + (f"; found {values}" if values else "")),
-            columns=(native,), rows=rows, expected=rule.expected,
-            found=f"{len(got)} unexpected value(s)" + (f": {values}" if values else "")))
+        expected, fix = _wording(rule, study, codebook)
+        k = len(rows) or len(got)
+        if rule.check == "ids_present":
+            message = f"{k} row(s) have no participant ID in column {native}"
+            found = f"missing participant ID on {k} row(s)"
+        elif rule.check == "unique_ids":
+            message = f"{k} row(s) share their participant ID (column {native}) with another row"
+            found = f"{k} row(s) with a repeated participant ID"
+        elif fix:       # a label column: the answers, not the codes behind them
+            message = (f"{k} row(s) of column {label} hold an answer that is not on its scale"
+                       + (f": {values}" if values else ""))
+            found = f"{len(got)} answer(s) not on the scale" + (f": {values}" if values else "")
+        else:
+            message = (f"{k} row(s) of column {label} fail: {expected}"
+                       + (f"; found {values}" if values else ""))
+            found = f"{len(got)} value(s) that do not fit" + (f": {values}" if values else "")
+        findings.append(Finding(check=rule.check, message=message, columns=(native,), rows=rows,
+                                expected=expected, found=found, fix=fix))
     return findings
 
 
