@@ -568,6 +568,10 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
              purge_raw: bool = typer.Option(False, "--purge-raw",
                                             help="also replace every raw file holding the person "
                                                  "by a redacted copy and delete the original"),
+             not_yet_received: bool = typer.Option(
+                 False, "--not-yet-received",
+                 help="the site has not sent this person's record yet: record the withdrawal "
+                      "anyway (else an ID the store never held is refused, exit 1)"),
              storage: Optional[str] = typer.Option(None, help="storage root "
                                                    "(default: LACRIMA_STORAGE or ./data)")):
     """Record a participant's withdrawal of consent: every later output leaves them out.
@@ -585,7 +589,10 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
     with _exclusive(store, "withdraw"):
         try:
             entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
-                                    reason=reason, purge_raw=purge_raw)
+                                    reason=reason, purge_raw=purge_raw,
+                                    not_yet_received=not_yet_received)
+        except intake.UnknownParticipant as err:
+            _fail(str(err), 1)
         except (MissingKeyError, KeyCustodyError, ValueError) as err:
             _fail(str(err))
         except OSError as err:

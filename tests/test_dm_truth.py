@@ -187,3 +187,39 @@ def test_no_python_words_for_a_non_crier_with_episode_answers(clean, study, tmp_
     (f,) = [f for f in rep["findings"] if f["check"] == "episode_blank_for_non_criers"]
     assert f"{cried} [cried_in_therapy] is 'No'" in f["expected"]
     _no_python_words(rep)
+
+
+# --------------------------------------------------------------- withdrawal of an unknown ID
+
+
+def test_withdrawing_an_id_the_store_never_held_is_refused(study, tmp_path):
+    from lacrima import catalog, intake
+    from lacrima.storage import LocalStorage
+    from lacrima.synth import simulate
+
+    us = load_site("us")
+    root = tmp_path / "store"
+    storage = LocalStorage(root)
+    intake.upload(storage, us, write_drop(us, study, tmp_path / "a.csv", n=12, seed=1))
+    intake.ingest_site(storage, us, study, b"test-key-not-secret")
+    held = simulate(us, study, 12, 1)["participant_id"].tolist()
+
+    def withdraw(*args):
+        res = CliRunner().invoke(app, ["withdraw", *args, "--site", "us", "--storage", str(root)],
+                                 env={"COLUMNS": "200"})
+        assert "Traceback" not in res.output
+        return res
+
+    res = withdraw("R_DOESNOTEXIST00")            # one letter short of a Qualtrics ID
+    assert res.exit_code == 1 and "R_[0-9A-Za-z]{15}" in res.output
+    res = withdraw("R_DOESNOTEXIST000")
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())          # one message, wrapped at the terminal's width
+    assert text.count("error:") == 1 and "12 record(s) held" in text
+    assert "--not-yet-received" in text and "00017 = 17" in text
+    assert not any(pid in res.output for pid in held)          # no other ID is revealed
+    assert not catalog.withdrawals(storage, "us")
+    res = withdraw("R_DOESNOTEXIST000", "--not-yet-received")
+    assert res.exit_code == 0 and len(catalog.withdrawals(storage, "us")) == 1
+    res = withdraw(f"  {held[3]} ")                             # a held ID, spaces trimmed
+    assert res.exit_code == 0 and len(catalog.withdrawals(storage, "us")) == 2

@@ -638,8 +638,19 @@ def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
             "writes": writes, "deletes": deletes, "deletes_before": deletes_before}
 
 
+class UnknownParticipant(ValueError):
+    """A withdrawal of an ID the site's register has never held (a typo, or not sent yet)."""
+
+
+def id_rule(codebook) -> str:
+    """How a site's IDs are normalised before they are compared, in a data manager's words."""
+    rule = "IDs compared without surrounding spaces, digits as numbers (00017 = 17)"
+    return rule + (f", fitting {codebook.id_pattern}" if codebook.id_pattern else "")
+
+
 def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant_id: str,
-             reason: str = "", purge_raw: bool = False, now: datetime | None = None) -> dict:
+             reason: str = "", purge_raw: bool = False, now: datetime | None = None,
+             not_yet_received: bool = False) -> dict:
     """Record that a participant withdrew consent; optionally purge them from raw.
 
     The withdrawal is a ledger entry by pseudonym (never the ID), written first; the
@@ -663,22 +674,40 @@ def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant
         The ledger entry: ``pseudonym``, ``site``, ``at``, ``held`` (whether the site had
         a record of them), ``purged`` (files replaced).
 
+    not_yet_received : bool
+        The site has not sent the person's record yet: record the withdrawal all the same
+        (a later export holding them will not bring them in). Without it, an ID the
+        register has never held is refused (a typo must not be recorded as a withdrawal).
+
     Raises
     ------
+    UnknownParticipant
+        The register has never held the ID and ``not_yet_received`` is not set. The message
+        names no other ID: only how many records the site holds and how IDs are normalised.
+        Also an ID that does not fit the codebook's ``id_pattern`` (whatever
+        ``not_yet_received`` says).
     ValueError
-        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+        A blank ID.
     """
     from lacrima.codebook import load_codebook
 
     catalog.check_key(storage, key)
     codebook = load_codebook(site)
     ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
-    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
-        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
-                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    if ids.isna().iloc[0] or not str(ids.iloc[0]):
+        raise ValueError(f"the participant ID given is blank (site {site.code})")
+    if bad:
+        raise UnknownParticipant(f"the participant ID does not fit the IDs of site {site.code} "
+                                 f"({id_rule(codebook)}): check the ID")
     pseudonym = pseudonymise(site.code, ids, key).iloc[0]
     reg = catalog.read_register(storage, site.code, study.variables)
     old = reg.get(pseudonym)
+    if old is None and not not_yet_received:
+        held = sum(1 for e in reg.values() if e.state == ACCEPTED)
+        raise UnknownParticipant(
+            f"site {site.code} holds no record of this ID ({held} record(s) held; "
+            f"{id_rule(codebook)}): check the ID, or add --not-yet-received if the site has "
+            "not sent their record yet")
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     entry = {"pseudonym": pseudonym, "site": site.code, "at": stamp, "reason": reason,
              "held": bool(old and old.batch), "purged": []}
