@@ -223,3 +223,67 @@ def test_withdrawing_an_id_the_store_never_held_is_refused(study, tmp_path):
     assert res.exit_code == 0 and len(catalog.withdrawals(storage, "us")) == 1
     res = withdraw(f"  {held[3]} ")                             # a held ID, spaces trimmed
     assert res.exit_code == 0 and len(catalog.withdrawals(storage, "us")) == 2
+
+
+# --------------------------------------------------------------- truthful summaries
+
+
+def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(study, tmp_path):
+    from flows.cli import drop_line
+    from lacrima import intake, steps
+    from lacrima.storage import LocalStorage
+
+    us = load_site("us")
+    key = b"test-key-not-secret"
+    root = tmp_path / "store"
+    storage = LocalStorage(root)
+    a = write_drop(us, study, tmp_path / "a.csv", n=12, seed=1)
+    intake.upload(storage, us, a)
+    intake.ingest_site(storage, us, study, key)
+    (first,) = intake.batches(storage, "us")
+
+    def one_changed(rows, col):
+        rows[5][col("Q14_3")] = "Always" if rows[5][col("Q14_3")] != "Always" else "Seldom"
+    fixed = _edit_csv(a, tmp_path / "a_fixed.csv", one_changed)
+    # sent without --replaces: an id_clash, quarantined
+    intake.upload(storage, us, fixed)
+    (res,) = [intake.ingest_site(storage, us, study, key)]
+    (clash,) = res.quarantined
+    # a typo'd file with new people, quarantined, then the same people sent right
+    b = write_drop(us, study, tmp_path / "b.csv", n=5, seed=2, id_offset=100)
+    typo = _edit_csv(b, tmp_path / "b_typo.csv",
+                     lambda rows, col: rows[3].__setitem__(col("Q14_2"), "Allways"))
+    intake.upload(storage, us, typo)
+    (typo_batch,) = intake.ingest_site(storage, us, study, key).quarantined
+    intake.upload(storage, us, b)
+    res = intake.ingest_site(storage, us, study, key)
+    (line,) = [drop_line(d) for d in steps.drop_outcomes([res])]
+    assert "5 new, 0 changed, 0 unchanged" in line
+    recs = {r.sha256: r for r in intake.batches(storage, "us")}
+    assert recs[typo_batch].fixed_by == res.accepted[0]
+    assert not recs[clash].fixed_by          # its changed record is still the old one
+    # the correction of one record: 1 changed, 11 unchanged, none new
+    intake.upload(storage, us, fixed, replaces=first.sha256[:12])
+    res = intake.ingest_site(storage, us, study, key)
+    (d,) = steps.drop_outcomes([res])
+    assert d["outcome"] == "accepted", d
+    assert (d["new"], d["changed"], d["already_held"], d["withdrawn"]) == (0, 1, 11, 0)
+    assert "0 new, 1 changed, 11 unchanged" in drop_line(d)
+
+    # status: the fixed batch is no open problem; its report reads as `check` printed it
+    def lacrima(*args):
+        r = CliRunner().invoke(app, [*args, "--storage", str(root)], env={"COLUMNS": "80"})
+        assert "Traceback" not in r.output
+        return r
+    status = lacrima("status", "--site", "us")
+    text = " ".join(status.output.split())
+    # the clash batch, sent again with --replaces, is now the accepted correction itself
+    assert {r.sha256: r.state for r in intake.batches(storage, "us")}[clash] == "accepted"
+    assert "says why" not in text                  # no open problem: the typo'd file is fixed
+    assert text.count("fixed by") == 1 and "b_typo.csv" in text
+    shown = lacrima("status", "--site", "us", "--report", typo_batch[:12])
+    assert shown.exit_code == 1
+    out = " ".join(shown.output.split())
+    assert "'Allways' (did you mean 'Always'?)" in out and "Fixed by batch" in out
+    shown = lacrima("status", "--report", "nosuchbatch")
+    assert shown.exit_code == 2 and "no batch" in shown.output

@@ -56,7 +56,7 @@ class IntakeResult:
     quarantined: tuple[str, ...] = ()
     skipped_duplicates: int = 0
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
-    records_new: int = 0       # records the accepted drops brought (new or corrected)
+    records_new: int = 0       # records the accepted drops brought that the site never held
     records_held: int = 0      # records they held that the site already had, unchanged
 
     @property
@@ -65,10 +65,12 @@ class IntakeResult:
 
     @property
     def record_counts(self) -> dict[str, dict]:
-        """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
+        """Batch -> its records ``new``, ``already_held`` (unchanged), ``changed`` and
+        ``withdrawn`` (None: not read)."""
         return {r.sha256: {"new": r.extra.get("records_new"),
                            "already_held": r.extra.get("records_held"),
-                           "changed": r.extra.get("records_changed")} for r in self.reports}
+                           "changed": r.extra.get("records_changed"),
+                           "withdrawn": r.extra.get("records_withdrawn")} for r in self.reports}
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -243,11 +245,41 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
             if report.valid:
                 new += report.extra.get("records_new", 0)
                 held += report.extra.get("records_held", 0)
+        if accepted:
+            mark_fixed(storage, scan.site.code, reg)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
                                     tuple(quarantined), scan.skipped, tuple(reports), new, held))
     return results
+
+
+def mark_fixed(storage: Storage, site: str, reg: dict) -> list[str]:
+    """Mark each open quarantined batch of ``site`` whose records the register now holds in
+    an accepted batch as fixed by that batch (``fixed_by``); the batches marked.
+
+    A quarantined drop keeps the pseudonyms it held (``catalog.quarantine_records_key``); it is
+    fixed when every one of them is held, accepted or withdrawn, by a batch received after
+    it. An
+    unreadable drop held none, and stays open.
+    """
+    marked = []
+    recs = batches(storage, site)
+    received = {r.sha256: r.received_at for r in recs}
+    for rec in recs:
+        key = catalog.quarantine_records_key(site, rec.sha256)
+        if rec.state != QUARANTINED or rec.fixed_by or not storage.exists(key):
+            continue
+        held = [reg.get(p) for p in json.loads(storage.read_bytes(key))]
+        # held by a batch received after it: a record an older batch still holds unchanged
+        # (the other side of an id_clash) is not fixed until a correction replaces it
+        if not held or any(e is None or e.state not in (ACCEPTED, WITHDRAWN)
+                           or received.get(e.batch, "") < rec.received_at for e in held):
+            continue
+        by = max({e.batch for e in held}, key=[e.batch for e in held].count)
+        catalog.write_batch(storage, replace(rec, fixed_by=by))
+        marked.append(rec.sha256)
+    return marked
 
 
 def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) -> _SiteScan:
@@ -329,9 +361,11 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
     if extra:
         report = replace(report, findings=report.findings + extra)
     if split is not None:
-        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
-                                        "records_held": split.held,
-                                        "records_changed": len(split.changed)})
+        counts = split.counts()
+        report = replace(report, extra={**report.extra, "records_new": counts["new"],
+                                        "records_held": counts["unchanged"],
+                                        "records_changed": counts["changed"],
+                                        "records_withdrawn": counts["withdrawn"]})
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -359,6 +393,9 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             catalog.write_batch(storage, batch)
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
+        if frame is not None:
+            held = sorted(set(frame["participant_id"].dropna().astype(str)))
+            write_json(storage, catalog.quarantine_records_key(site.code, sha), held)
         reason = "; ".join(sorted({f.check for f in report.errors}))
         catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
                                                  quarantine_key=qkey, **rec))
@@ -421,6 +458,16 @@ class RecordSplit:
     held: int                          # rows the site holds already, unchanged
     withdrawn: int                     # rows of people who withdrew consent: left out
     changed: tuple[tuple[int, str], ...]   # (row position, holding batch) of changed records
+    corrected: int = 0                 # of ``new``: held by the replaced batch, answers changed
+    kept: int = 0                      # of ``new``: held by the replaced batch, unchanged
+
+    def counts(self) -> dict[str, int]:
+        """What the drop does to the site's records, as its summary says it: ``new`` (never
+        held), ``changed`` (a correction's changed records), ``unchanged`` (held already,
+        the same answers) and ``withdrawn`` (people who withdrew consent: left out)."""
+        return {"new": sum(self.new) - self.corrected - self.kept,
+                "changed": self.corrected + len(self.changed),
+                "unchanged": self.held + self.kept, "withdrawn": self.withdrawn}
 
 
 def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
@@ -432,13 +479,16 @@ def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
     itself (a drop processed again after a crash). Its cost is the drop's rows, each one
     dictionary look-up: the site's earlier batches are not read.
     """
-    new, held, withdrawn, changed = [], 0, 0, []
+    new, held, withdrawn, changed, corrected, kept = [], 0, 0, [], 0, 0
     for i, (pid, fp) in enumerate(zip(frame["participant_id"],
                                       catalog.fingerprints(frame, variables))):
         e = None if pd.isna(pid) else reg.get(pid)
         if e is None or e.state == SUPERSEDED or e.batch in (batch, replaces):
             new.append(e is None or e.state != WITHDRAWN)
             withdrawn += e is not None and e.state == WITHDRAWN
+            if e is not None and e.state == ACCEPTED and replaces and e.batch == replaces:
+                kept += e.fingerprint == fp
+                corrected += e.fingerprint != fp
             continue
         new.append(False)
         if e.state == WITHDRAWN:
@@ -447,7 +497,7 @@ def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
             held += 1
         else:
             changed.append((i, e.batch))
-    return RecordSplit(new, held, withdrawn, tuple(changed))
+    return RecordSplit(new, held, withdrawn, tuple(changed), corrected, kept)
 
 
 # Changed records described one by one in a quarantine report; the rest in one finding.

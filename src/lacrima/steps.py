@@ -472,8 +472,8 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
     list of dict
         ``site``, ``file`` (its own name), ``batch`` (SHA-256), ``outcome`` (``accepted`` or
         ``quarantined``), ``rows``, ``errors`` / ``warnings`` (counts), ``checks`` (the
-        failed checks), ``new`` / ``already_held`` / ``changed`` (record counts when intake
-        gives them, else None) and ``report`` (the quarantine report's path, or None). No
+        failed checks), ``new`` / ``already_held`` (unchanged) / ``changed`` / ``withdrawn``
+        (record counts when intake gives them, else None) and ``report`` (the quarantine report's path, or None). No
         participant value: names of checks and counts only.
     """
     out = []
@@ -492,7 +492,7 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
                 "warnings": sum(1 for f in rep.findings if f.severity == "warning"),
                 "checks": sorted({f.check for f in rep.errors}),
                 "new": counts.get("new"), "already_held": counts.get("already_held"),
-                "changed": counts.get("changed"),
+                "changed": counts.get("changed"), "withdrawn": counts.get("withdrawn"),
                 "report": (f"{location.rstrip('/')}/{prefix}" if location else prefix) if bad
                 else None,
             })

@@ -263,6 +263,20 @@ class ValidationReport:
     def to_frame(self) -> pd.DataFrame:
         return findings_frame(self.findings)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ValidationReport":
+        """The report ``to_dict`` wrote (a quarantine folder's ``report.json``)."""
+        findings = tuple(Finding(check=f["check"], message=f["message"],
+                                 columns=tuple(f.get("columns", ())),
+                                 rows=tuple(f.get("rows", ())), expected=f.get("expected", ""),
+                                 found=f.get("found", ""), severity=f.get("severity", "error"),
+                                 fix=f.get("fix", "")) for f in d.get("findings", ()))
+        return cls(site=d["site"], file_name=d["file"], sha256=d["sha256"],
+                   n_rows=int(d.get("n_rows", 0)), findings=findings,
+                   identifying_dropped=tuple(d.get("identifying_columns_dropped", ())),
+                   plan_sha256=d.get("plan_sha256", ""),
+                   codebook_sha256=d.get("codebook_sha256", ""))
+
 
 def _native(codebook, canonical: str) -> str:
     try:
