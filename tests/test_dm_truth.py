@@ -287,3 +287,32 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     assert "'Allways' (did you mean 'Always'?)" in out and "Fixed by batch" in out
     shown = lacrima("status", "--report", "nosuchbatch")
     assert shown.exit_code == 2 and "no batch" in shown.output
+
+
+# --------------------------------------------------------------- what a site's key covers
+
+
+def test_a_sites_input_key_ignores_its_contact_and_language(tmp_path):
+    import shutil
+
+    from lacrima.steps import site_input_key
+    from lacrima.storage import LocalStorage
+    from lacrima.study import load_study
+
+    root = tmp_path / "sites"
+    shutil.copytree(load_site("it").folder.parent, root)
+    storage = LocalStorage(tmp_path / "store")
+
+    def key():
+        return site_input_key(storage, load_site("it", root), load_study(root))[0]
+    before = key()
+    toml = root / "it" / "site.toml"
+    toml.write_text(toml.read_text().replace('language = "it"', 'language = "en"')
+                    + '\n[site.contact]\nemail = ["dm@example.org"]\n')
+    assert key() == before
+    toml.write_text(toml.read_text().replace('role = "original"', 'role = "replication"'))
+    assert key() != before                      # the role is on the site's page
+    book = root / "it" / "codebook.toml"
+    changed = key()
+    book.write_text(book.read_text() + "\n# a comment changes the codebook's bytes\n")
+    assert key() != changed

@@ -40,7 +40,8 @@ from lacrima.vocabulary import RESULTS_COLUMNS
 
 
 def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tuple[str, ...]]:
-    """Content key of a site's analysis: changes iff its accepted data, codebook, site file or plan do.
+    """Content key of a site's analysis: changes iff its accepted data, codebook, plan or the
+    site file's fields its results show (``Site.results_sha256``) do.
 
     Parameters
     ----------
@@ -55,7 +56,8 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
     Notes
     -----
-    key = SHA-256(register hash | codebook file hash | site file hash | plan hash), where the
+    key = SHA-256(register hash | codebook file hash | ``Site.results_sha256`` | plan hash)
+    (a site's contact, language or published N change no result), where the
     register (``catalog.register_digest``) says which record of which batch is each
     participant's current one: it changes with new or corrected records, a withdrawal or a
     rekey, and not with a re-export that brought nothing new. A store without a register
@@ -71,7 +73,7 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
     h = hashlib.sha256()
     # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
     for part in ((register,) if register else accepted) + (
-            sha256_file(site.codebook_path), site.sha256, study.sha256):
+            sha256_file(site.codebook_path), site.results_sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
