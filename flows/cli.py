@@ -110,8 +110,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
 @app.command()
 def check(file: Path = typer.Argument(..., help="the drop to validate"),
           site: str = typer.Option(..., help="site code"),
-          report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
-    """Validate a drop locally without uploading it."""
+          report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)"),
+          verbose: bool = typer.Option(False, "--verbose", help="also say what intake does as "
+                                       "designed (identifying columns removed unread)")):
+    """Validate a drop locally without uploading it (a clean file is one line)."""
     from lacrima.dropreport import print_report, render_html
     from lacrima.intake import local_name, read_and_validate, safe_name
     from lacrima.privacy import DEMO_KEY
@@ -132,7 +134,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         # Only the shape of IDs matters for a local check; the key never leaves this process.
         rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
                                        size_mb=len(data) / 1e6)
-    print_report(rep, Console(highlight=False))
+    print_report(rep, Console(highlight=False), verbose)
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)

@@ -316,3 +316,13 @@ def test_a_sites_input_key_ignores_its_contact_and_language(tmp_path):
     changed = key()
     book.write_text(book.read_text() + "\n# a comment changes the codebook's bytes\n")
     assert key() != changed
+
+
+def test_a_clean_qualtrics_file_is_one_line(clean, tmp_path):
+    res, rep = _check(clean["us"], tmp_path, "us")
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 0 and lines[0].startswith("us.csv (us): valid")
+    assert lines[1].startswith("report written to")       # (--report; the path may wrap)
+    assert [f["check"] for f in rep["findings"]] == ["identifying_columns"]   # in the JSON
+    res, _ = _check(clean["us"], tmp_path, "us", "--verbose")
+    assert "identifying column(s)" in " ".join(res.output.split())

@@ -56,10 +56,8 @@ def problems(report: ValidationReport) -> list:
 def headline(report: ValidationReport) -> str:
     """One line: the file, its site, the verdict and the count of rows."""
     name = printable(report.file_name)
-    notes = [f for f in report.findings if f.severity == "info"]
-    note = "; " + "; ".join(f.message for f in notes) if notes else ""
     if report.valid and not problems(report):
-        return f"{name} ({report.site}): valid: no problems found, {report.n_rows} rows{note}"
+        return f"{name} ({report.site}): valid: no problems found, {report.n_rows} rows"
     if report.valid:
         return (f"{name} ({report.site}): valid, {report.n_rows} rows, "
                 f"{len(problems(report))} warning(s)")
@@ -84,18 +82,25 @@ def rich_table(report: ValidationReport):
     return table
 
 
-def rich_list(report: ValidationReport):
+def notes(report: ValidationReport):
+    """What intake did as designed (``info``: identifying columns removed), one Text each."""
+    from rich.text import Text
+
+    return [Text(f.message, style="dim") for f in report.findings if f.severity == "info"]
+
+
+def rich_list(report: ValidationReport, verbose: bool = False):
     """The findings as one block each (narrow terminals): words wrap, never break.
 
     Errors come first; each block is a two-column grid, so a wrapped value stays indented
-    under its own label.
+    under its own label. The ``info`` notes only when ``verbose``.
     """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     parts = [Text(headline(report), style="bold")]
-    parts += [Text(f.message, style="dim") for f in report.findings if f.severity == "info"]
+    parts += notes(report) if verbose else []
     for f in sorted(problems(report), key=lambda f: f.severity != "error"):
         style = "red" if f.severity == "error" else "yellow"
         grid = Table.grid(padding=(0, 1))
@@ -113,16 +118,24 @@ def rich_list(report: ValidationReport):
     return Group(*parts)
 
 
-def print_report(report: ValidationReport, console) -> None:
-    """Print the report on ``console``: a list when narrower than ``WIDE``, else a table."""
+def print_report(report: ValidationReport, console, verbose: bool = False) -> None:
+    """Print the report on ``console``: a list when narrower than ``WIDE``, else a table.
+
+    A clean file is one line. What intake did as designed (identifying columns the codebook
+    lists, removed unread) is printed only when ``verbose``; the JSON always holds it.
+    """
     from rich.text import Text
 
     if not problems(report):
         console.print(Text(headline(report), style="green"))
+        for note in notes(report) if verbose else []:
+            console.print(note)
     elif console.width < WIDE:
-        console.print(rich_list(report))
+        console.print(rich_list(report, verbose))
     else:
         console.print(rich_table(report))
+        for note in notes(report) if verbose else []:
+            console.print(note)
 
 
 def site_contact(site) -> dict:
