@@ -262,6 +262,19 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     recs = {r.sha256: r for r in intake.batches(storage, "us")}
     assert recs[typo_batch].fixed_by == res.accepted[0]
     assert not recs[clash].fixed_by          # its changed record is still the old one
+    # a cumulative export (a's people again, unchanged, and 3 new) with a typo in a new row
+    e = write_drop(us, study, tmp_path / "e.csv", n=3, seed=4, id_offset=200)
+    tail = list(csv.reader(io.StringIO(e.read_bytes().decode("utf-8-sig"), newline="")))[3:]
+    cumulative = _edit_csv(a, tmp_path / "cumulative.csv", lambda rows, col: rows.extend(tail))
+    bad = _edit_csv(cumulative, tmp_path / "cumulative_typo.csv",
+                    lambda rows, col: rows[-1].__setitem__(col("Q14_2"), "Allways"))
+    intake.upload(storage, us, bad)
+    (bad_batch,) = intake.ingest_site(storage, us, study, key).quarantined
+    intake.upload(storage, us, cumulative)
+    res = intake.ingest_site(storage, us, study, key)
+    assert "3 new, 0 changed, 12 unchanged" in drop_line(steps.drop_outcomes([res])[0])
+    recs = {r.sha256: r for r in intake.batches(storage, "us")}
+    assert recs[bad_batch].fixed_by == res.accepted[0] and not recs[clash].fixed_by
     # the correction of one record: 1 changed, 11 unchanged, none new
     intake.upload(storage, us, fixed, replaces=first.sha256[:12])
     res = intake.ingest_site(storage, us, study, key)
@@ -280,7 +293,7 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     # the clash batch, sent again with --replaces, is now the accepted correction itself
     assert {r.sha256: r.state for r in intake.batches(storage, "us")}[clash] == "accepted"
     assert "says why" not in text                  # no open problem: the typo'd file is fixed
-    assert text.count("fixed by") == 1 and "b_typo.csv" in text
+    assert text.count("fixed by") == 2 and "b_typo.csv" in text
     shown = lacrima("status", "--site", "us", "--report", typo_batch[:12])
     assert shown.exit_code == 1
     out = " ".join(shown.output.split())
@@ -326,3 +339,29 @@ def test_a_clean_qualtrics_file_is_one_line(clean, tmp_path):
     assert [f["check"] for f in rep["findings"]] == ["identifying_columns"]   # in the JSON
     res, _ = _check(clean["us"], tmp_path, "us", "--verbose")
     assert "identifying column(s)" in " ".join(res.output.split())
+
+
+# --------------------------------------------------------------- the wrong site
+
+
+@pytest.mark.parametrize("sent, checked", [("us", "it"), ("il", "us"), ("it", "il")])
+def test_a_file_of_another_site_is_named_as_such(clean, tmp_path, sent, checked):
+    res, rep = _check(clean[sent], tmp_path, checked)
+    assert res.exit_code == 1
+    (f,) = [f for f in rep["findings"] if f["check"] == "missing_columns"]
+    assert f"looks like an export of site {sent}" in f["message"]
+    assert f"--site {sent}" in f["fix"]
+    # that is the one thing said: no ID flagged on every row, no completion, no odd rows
+    assert {g["check"] for g in rep["findings"]} <= {"missing_columns", "unexpected_format"}
+    assert f"looks like an export of site {sent}" in " ".join(res.output.split())
+
+
+def test_a_file_missing_a_few_columns_is_not_another_sites(clean, tmp_path):
+    def drop(rows, col):
+        at = col("Q14_3")
+        for r in rows:
+            del r[at]
+    path = _edit_csv(clean["us"], tmp_path / "short.csv", drop)
+    res, rep = _check(path, tmp_path, "us")
+    (f,) = [f for f in rep["findings"] if f["check"] == "missing_columns"]
+    assert f["columns"] == ["Q14_3"] and "looks like" not in f["message"]

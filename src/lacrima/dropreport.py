@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-from lacrima.findings import format_rows, printable
+from lacrima.findings import format_columns, format_rows, printable
 from lacrima.validate import ValidationReport
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("lacrima", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.globals["rows"] = format_rows
+    env.globals["columns"] = format_columns
     env.globals["rows_note"] = rows_note
     return env
 
@@ -76,7 +77,7 @@ def rich_table(report: ValidationReport):
         table.add_column(col, overflow="fold", no_wrap=col in ("severity", "check"))
     for f in problems(report):
         # Text(), not str: cell text from a drop is never read as rich markup
-        table.add_row(*(Text(v) for v in (f.severity, f.check, ", ".join(f.columns),
+        table.add_row(*(Text(v) for v in (f.severity, f.check, format_columns(f.columns),
                                           format_rows(f.rows), f.message, f.expected, f.found,
                                           f.fix)))
     return table
@@ -107,7 +108,7 @@ def rich_list(report: ValidationReport, verbose: bool = False):
         grid.add_column(style="dim", no_wrap=True, justify="right")
         grid.add_column(overflow="fold")
         grid.add_row(Text(f.severity.upper(), style=f"bold {style}"), Text(f.check, style="bold"))
-        for label, value in (("column", ", ".join(f.columns)), ("rows", format_rows(f.rows)),
+        for label, value in (("column", format_columns(f.columns)), ("rows", format_rows(f.rows)),
                              ("problem", f.message), ("expected", f.expected),
                              ("found", f.found), ("what to do", f.fix)):
             if value:

@@ -168,6 +168,13 @@ def findings_frame(findings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
 
 
+def format_columns(columns, limit: int = 12) -> str:
+    """'Q1, Q2, Q3 (+59 more)' for a long column list (the finding's JSON lists them all)."""
+    columns = list(columns)
+    head = ", ".join(str(c) for c in columns[:limit])
+    return head + (f" (+{len(columns) - limit} more)" if len(columns) > limit else "")
+
+
 def format_rows(rows, limit: int = 20) -> str:
     """'3, 7, 12 (+40 more)' for a long row list."""
     rows = list(rows)

@@ -258,23 +258,22 @@ def mark_fixed(storage: Storage, site: str, reg: dict) -> list[str]:
     """Mark each open quarantined batch of ``site`` whose records the register now holds in
     an accepted batch as fixed by that batch (``fixed_by``); the batches marked.
 
-    A quarantined drop keeps the pseudonyms it held (``catalog.quarantine_records_key``); it is
-    fixed when every one of them is held, accepted or withdrawn, by a batch received after
-    it. An
-    unreadable drop held none, and stays open.
+    A quarantined drop keeps the pseudonyms of the records it would have brought (new or
+    changed) with the batch holding each then (``catalog.quarantine_records_key``); it is
+    fixed when every one of them is held, accepted or withdrawn, by another batch. An
+    unreadable drop, or one that brought nothing, stays open.
     """
     marked = []
-    recs = batches(storage, site)
-    received = {r.sha256: r.received_at for r in recs}
-    for rec in recs:
+    for rec in batches(storage, site):
         key = catalog.quarantine_records_key(site, rec.sha256)
         if rec.state != QUARANTINED or rec.fixed_by or not storage.exists(key):
             continue
-        held = [reg.get(p) for p in json.loads(storage.read_bytes(key))]
-        # held by a batch received after it: a record an older batch still holds unchanged
-        # (the other side of an id_clash) is not fixed until a correction replaces it
+        people = json.loads(storage.read_bytes(key))
+        held = [reg.get(p) for p in people]
+        # held by another batch than when it was quarantined: a record the old batch still
+        # holds (the other side of an id_clash) is not fixed until a correction replaces it
         if not held or any(e is None or e.state not in (ACCEPTED, WITHDRAWN)
-                           or received.get(e.batch, "") < rec.received_at for e in held):
+                           or e.batch == people[p] for p, e in zip(people, held)):
             continue
         by = max({e.batch for e in held}, key=[e.batch for e in held].count)
         catalog.write_batch(storage, replace(rec, fixed_by=by))
@@ -393,9 +392,16 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             catalog.write_batch(storage, batch)
     else:
         qkey = _quarantine(storage, site.code, sha, data, name, report)
-        if frame is not None:
-            held = sorted(set(frame["participant_id"].dropna().astype(str)))
-            write_json(storage, catalog.quarantine_records_key(site.code, sha), held)
+        if split is not None:
+            # The people whose records it would have brought (new or changed; not those held
+            # unchanged), with the batch holding each now ("" when none): it is fixed once
+            # other batches hold them all.
+            ids = frame["participant_id"]
+            changed = {i for i, _ in split.changed}
+            people = {str(ids.iloc[i]): (reg[ids.iloc[i]].batch if ids.iloc[i] in reg else "")
+                      for i in range(len(frame)) if pd.notna(ids.iloc[i])
+                      and (split.new[i] or i in changed)}
+            write_json(storage, catalog.quarantine_records_key(site.code, sha), people)
         reason = "; ".join(sorted({f.check for f in report.errors}))
         catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
                                                  quarantine_key=qkey, **rec))

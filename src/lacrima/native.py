@@ -134,6 +134,9 @@ class NativeDrop:
         File name of the drop.
     format : str
         Format kind the file was read as.
+    looks_like : str
+        The code of another site whose codebook the header fits, when most of this site's
+        columns are missing (``looks_like``); its one finding says so, and no value is checked.
     """
 
     frame: pd.DataFrame = field(repr=False)
@@ -143,6 +146,7 @@ class NativeDrop:
     n_rows: int
     source: str = ""
     format: str = ""
+    looks_like: str = ""
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -884,7 +888,25 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today,
                                          canonical=var, vocabulary=vocabulary,
                                          site=site.code))
-    if missing:
+    other = (looks_like(table.names, site)
+             if 2 * len(missing) > len(codebook.columns) else "")
+    if other:
+        # Another site's export: that is the one thing to say (its columns are all "missing",
+        # its header rows and metadata all odd here).
+        findings = [f for f in findings if f.check == "unexpected_format"]
+        total = len(codebook.columns)
+        absent = (f"none of the {total}" if len(missing) == total else
+                  f"{len(missing)} of the {total}")
+        findings.insert(0, Finding(
+            check="missing_columns", columns=tuple(missing),
+            message=(f"{absent} columns of site {codebook.site} are missing from {name}: it "
+                     f"looks like an export of site {other}"),
+            expected=f"the columns of the codebook of site {codebook.site}",
+            found=f"the columns of the codebook of site {other}",
+            fix=(f"if the file is from site {other}, check and upload it with --site {other}; "
+                 f"else send the export of site {codebook.site}"),
+        ))
+    elif missing:
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
             message=(f"{len(missing)} expected column(s) are missing from {name} (site "
@@ -903,7 +925,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     frame = pd.DataFrame(columns)
     return NativeDrop(frame=frame, row_numbers=tuple(table.row_numbers), findings=tuple(findings),
                       identifying_dropped=tuple(ident_declared + ident_other), n_rows=n,
-                      source=path.name, format=fmt.kind)
+                      source=path.name, format=fmt.kind, looks_like=other)
 
 
 SUMMARY_WORDS = frozenset({
@@ -992,6 +1014,30 @@ def _non_participant_rows(table: _Table, codebook: Codebook, position: dict[str,
             expected="one row per participant under one header row, nothing below the data",
             found=f"{n} row(s) that look like {found}"))
     return out
+
+
+def looks_like(names: Iterable[str], site: Site) -> str:
+    """The code of another site whose codebook the header fits, else "".
+
+    A site fits when the header holds at least four in five of its codebook's columns
+    (identifying columns aside); the best fit wins. Column names only: no cell is read.
+    """
+    from lacrima.study import load_sites
+
+    header = {_column_key(n) for n in names if n}
+    best, share = "", 0.8
+    for other in load_sites(site.folder.parent):
+        if other.code == site.code:
+            continue
+        try:
+            book = load_codebook(other)
+        except (ValueError, OSError):
+            continue
+        wanted = {_column_key(spec.column) for spec in book.columns.values()}
+        fit = len(wanted & header) / len(wanted) if wanted else 0.0
+        if fit >= share:
+            best, share = other.code, fit
+    return best
 
 
 def _names(names: Iterable[str], limit: int = 8) -> str:

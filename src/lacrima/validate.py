@@ -636,12 +636,18 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
     """
     findings = list(drop.findings)
     frame = drop.frame
-    if len(frame):
-        findings += (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
-                     else list(suite))
+    other_site = getattr(drop, "looks_like", "")     # another site's export: nothing to check
+    if len(frame) and not other_site:
+        found = (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
+                 else list(suite))
+        id_column = getattr(codebook, "id_column", None)
+        if any(f.check == "missing_columns" and id_column in f.columns for f in findings):
+            # no ID column at all: said once, not as a missing ID on every row
+            found = [f for f in found if f.check != "ids_present"]
+        findings += found
         compare = [c for c in study.variables if c not in ("participant_id",)]
         findings += id_clashes(frame, accepted, drop.row_numbers, codebook, compare)
-    findings += completion(frame, study, codebook)
+    findings += [] if other_site else completion(frame, study, codebook)
     return ValidationReport(site=site, file_name=file_name, sha256=sha256, n_rows=len(frame),
                             findings=tuple(findings),
                             identifying_dropped=tuple(drop.identifying_dropped),
