@@ -134,9 +134,9 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         # Only the shape of IDs matters for a local check; the key never leaves this process.
         rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
                                        size_mb=len(data) / 1e6)
-    print_report(rep, Console(highlight=False), verbose)
+    print_report(rep, Console(highlight=False), verbose, s.language)
     if report:
-        text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
+        text = render_html(rep, s.language) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)
         try:
             report.write_text(text)
@@ -270,7 +270,8 @@ def _print_batch_report(store, site: Optional[str], ref: str) -> None:
         out.print(Text(f"{rec.original_name} ({rec.site}, batch {rec.sha256[:12]}): {rec.state}, "
                        f"{rec.rows} rows; only a quarantined batch keeps its report"))
         return
-    print_report(rep, out)
+    from lacrima.study import load_site
+    print_report(rep, out, lang=load_site(rec.site).language)
     if rec.fixed_by:
         out.print(f"Fixed by batch {rec.fixed_by[:12]}, which holds its records.",
                   markup=False)

@@ -90,7 +90,7 @@ def notify_quarantines(drops: list[dict], sites) -> int:
             continue
         contact = site_contact(site)
         if contact:
-            sent += send(contact, *quarantine_notice(drop))
+            sent += send(contact, *quarantine_notice(drop, site.language))
     return sent
 
 

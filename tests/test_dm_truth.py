@@ -92,10 +92,10 @@ def test_repeated_header_and_rows_below_a_blank_row(clean, study, tmp_path):
         rows.append(note)
     path = _edit_csv(clean["us"], tmp_path / "us.csv", edit)
     rep = _report(path, study, "us")
-    found = {f.found.split("look like ")[1]: f for f in rep.errors
+    found = {f.found.split(" ", 1)[1]: f for f in rep.errors
              if f.check == "non_participant_rows"}
-    assert found["a repeated header"].rows == (11,)
-    assert found["rows below a blank row"].rows == (len(list(csv.reader(io.StringIO(
+    assert found["row(s) that look like a repeated header"].rows == (11,)
+    assert found["row(s) below a blank row"].rows == (len(list(csv.reader(io.StringIO(
         path.read_bytes().decode("utf-8-sig"))))),)
     assert "second wave" not in json.dumps(rep.to_dict())
     assert rep.n_rows == N
@@ -151,7 +151,7 @@ def test_a_misspelt_answer_is_shown_with_did_you_mean(clean, study, tmp_path):
     assert wai["rows"] == [5, 7] and "not shown" in wai["found"]
     (gender,) = [f for f in rep["findings"] if f["columns"] == ["Q4"]]
     # the fix fits a typo: correct the answer, not "re-export with choice text"
-    assert "'Womenx' to 'Woman'" in gender["fix"] and "choice text" not in gender["fix"]
+    assert "'Womenx' → 'Woman'" in gender["fix"] and "choice text" not in gender["fix"]
     assert max(len(line) for line in res.output.splitlines()) <= 80
     _no_python_words(rep)
 
@@ -353,7 +353,8 @@ def test_a_file_of_another_site_is_named_as_such(clean, tmp_path, sent, checked)
     assert f"--site {sent}" in f["fix"]
     # that is the one thing said: no ID flagged on every row, no completion, no odd rows
     assert {g["check"] for g in rep["findings"]} <= {"missing_columns", "unexpected_format"}
-    assert f"looks like an export of site {sent}" in " ".join(res.output.split())
+    # the terminal speaks the language of the site checked against; the command is the same
+    assert f"--site {sent}" in " ".join(res.output.split())
 
 
 def test_a_file_missing_a_few_columns_is_not_another_sites(clean, tmp_path):

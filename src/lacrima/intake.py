@@ -22,6 +22,7 @@ from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAW
                              BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
                              read_landing_index)
 from lacrima.findings import DropError, Finding
+from lacrima.i18n import msg
 from lacrima.privacy import pseudonymise
 from lacrima.storage import Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
@@ -84,13 +85,14 @@ def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
 
 
 def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
-                report: ValidationReport) -> str:
+                report: ValidationReport, lang: str = "") -> str:
+    """Keep a quarantined drop with its report (JSON in English; HTML in the site's language)."""
     from lacrima.dropreport import render_html
 
     prefix = catalog.quarantine_prefix(site, sha)
     storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
     write_json(storage, f"{prefix}/report.json", report.to_dict())
-    storage.write_bytes(f"{prefix}/report.html", render_html(report).encode())
+    storage.write_bytes(f"{prefix}/report.html", render_html(report, lang).encode())
     return prefix
 
 
@@ -130,11 +132,15 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
     if bad:
         rows = tuple(int(drop.row_numbers[i]) for i in bad)
         native = codebook.native_name("participant_id")
-        findings += (Finding("id_pattern", f"{len(rows)} participant ID(s) in column {native!r} "
-                             f"of {name} do not fit the site's ID pattern",
+        findings += (Finding("id_pattern",
+                             msg("{n} participant ID(s) in column {column} of {file} do not fit "
+                                 "the site's ID pattern", n=len(rows), column=repr(native),
+                                 file=name),
                              columns=(native,), rows=rows,
-                             expected=f"IDs matching {codebook.id_pattern}",
-                             found=f"{len(rows)} ID(s) of another shape"),)
+                             expected=msg("IDs matching {pattern}", pattern=codebook.id_pattern),
+                             found=msg("{n} ID(s) of another shape", n=len(rows)),
+                             fix=msg("correct these IDs (or delete rows that are not "
+                                     "participants), and upload the corrected file")),)
     ids.index = frame.index
     frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
     frame["site"] = site.code
@@ -391,7 +397,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             catalog.write_register(storage, site.code, reg)
             catalog.write_batch(storage, batch)
     else:
-        qkey = _quarantine(storage, site.code, sha, data, name, report)
+        qkey = _quarantine(storage, site.code, sha, data, name, report, site.language)
         if split is not None:
             # The people whose records it would have brought (new or changed; not those held
             # unchanged), with the batch holding each now ("" when none): it is fixed once

@@ -34,6 +34,7 @@ import pandas as pd
 from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
 from lacrima.findings import DropError, Finding, column_label, findings_frame
 from lacrima.formula import looks_like_formula
+from lacrima.i18n import Msg, msg
 from lacrima.study import Site, Study
 
 IDENTIFYING_NAME = re.compile(
@@ -895,24 +896,28 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         # its header rows and metadata all odd here).
         findings = [f for f in findings if f.check == "unexpected_format"]
         total = len(codebook.columns)
-        absent = (f"none of the {total}" if len(missing) == total else
-                  f"{len(missing)} of the {total}")
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
-            message=(f"{absent} columns of site {codebook.site} are missing from {name}: it "
-                     f"looks like an export of site {other}"),
-            expected=f"the columns of the codebook of site {codebook.site}",
-            found=f"the columns of the codebook of site {other}",
-            fix=(f"if the file is from site {other}, check and upload it with --site {other}; "
-                 f"else send the export of site {codebook.site}"),
+            message=(msg("none of the {total} columns of site {site} are in {file}: it looks "
+                         "like an export of site {other}", total=total, site=codebook.site,
+                         file=name, other=other) if len(missing) == total else
+                     msg("{n} of the {total} columns of site {site} are missing from {file}: "
+                         "it looks like an export of site {other}", n=len(missing),
+                         total=total, site=codebook.site, file=name, other=other)),
+            expected=msg("the columns of the codebook of site {site}", site=codebook.site),
+            found=msg("the columns of the codebook of site {site}", site=other),
+            fix=msg("if the file is from site {other}, check and upload it with --site "
+                    "{other}; else send the export of site {site}", other=other,
+                    site=codebook.site),
         ))
     elif missing:
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
-            message=(f"{len(missing)} expected column(s) are missing from {name} (site "
-                     f"{codebook.site!r}): {_names(missing)}"),
-            expected=f"columns {_names(missing)} as named in the codebook",
-            found=f"{len(table.names)} column(s), none with these names",
+            message=msg("{n} expected column(s) are missing from {file} (site {site}): "
+                        "{columns}", n=len(missing), file=name, site=codebook.site,
+                        columns=_names(missing)),
+            expected=msg("columns {columns} as named in the codebook", columns=_names(missing)),
+            found=msg("{n} column(s), none with these names", n=len(table.names)),
         ))
     if decimal_cols:
         other = "," if fmt.decimal == "." else "."
@@ -996,11 +1001,15 @@ def _non_participant_rows(table: _Table, codebook: Codebook, position: dict[str,
     table.row_numbers[:] = [table.row_numbers[k] for k in keep]
     shown = ", ".join(repr(w) for w in words[:3])
     looks = {
-        "header": ("a repeated header row (the column names again)", "a repeated header"),
-        "summary": (f"a totals or summary row ({shown})", "a totals or summary row"),
-        "separator": (f"below the blank row {separator}, where the data end (notes or a second "
-                      "table?)", "rows below a blank row"),
-        "note": ("a note: no participant ID and only one or two cells filled", "a note"),
+        "header": (msg("a repeated header row (the column names again)"),
+                   msg("{n} row(s) that look like a repeated header")),
+        "summary": (msg("a totals or summary row ({words})", words=shown),
+                    msg("{n} row(s) that look like a totals or summary row")),
+        "separator": (msg("rows below the blank row {row}, where the data end (notes or a "
+                          "second table?)", row=separator),
+                      msg("{n} row(s) below a blank row")),
+        "note": (msg("a note: no participant ID and only one or two cells filled"),
+                 msg("{n} row(s) that look like a note")),
     }
     id_name = codebook.id_column
     out = []
@@ -1009,10 +1018,10 @@ def _non_participant_rows(table: _Table, codebook: Codebook, position: dict[str,
         n = len(rows)
         out.append(Finding(
             check="non_participant_rows", columns=(id_name,), rows=tuple(rows),
-            message=(f"{n} row(s) of {name} are not participants: "
-                     f"{'they look like' if n > 1 else 'it looks like'} {what}"),
-            expected="one row per participant under one header row, nothing below the data",
-            found=f"{n} row(s) that look like {found}"))
+            message=msg("{n} row(s) of {file} are not participants: {what}", n=n, file=name,
+                        what=what),
+            expected=msg("one row per participant under one header row, nothing below the data"),
+            found=Msg(found.msgid, (("n", n),))))
     return out
 
 
@@ -1196,12 +1205,22 @@ def _shown_labels(found: list[str], vocabulary: frozenset[str],
         if text.startswith("code "):
             shown.append(text)
         elif near:
-            shown.append(f"{text!r} (did you mean {near!r}?)")
+            shown.append(msg("{value} (did you mean {label}?)", value=repr(text),
+                             label=repr(near)))
         elif words and len(text) <= 40 and set(words) <= vocabulary:
             shown.append(repr(text))
         else:
             hidden += 1
     return shown, hidden
+
+
+def _joined(items) -> Msg | str:
+    """Items (texts or messages) as one comma-separated message, each rendered in turn."""
+    items = list(items)
+    if not any(isinstance(i, Msg) for i in items):
+        return ", ".join(map(str, items))
+    return Msg(", ".join(f"{{v{k}}}" for k in range(len(items))),
+               tuple((f"v{k}", i) for k, i in enumerate(items)))
 
 
 def _plain(text: str) -> str:
@@ -1268,45 +1287,57 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
         if check == "formula_cells":
             out.append(_formula_finding(column, rows, name))
         elif check == "unknown_labels":
-            expected = ", ".join(dict.fromkeys(scale.labels)) if scale else "a value from the codebook"
+            expected = ", ".join(dict.fromkeys(scale.labels)) if scale else ""
             shown, hidden = _shown_labels(found, vocabulary, scale)
-            what = ", ".join(shown[:5] + ([f"{hidden} other value(s), not shown: they may be "
-                                           "a person's words (see the rows)"] if hidden else []))
+            what = _joined(shown[:5])
+            if hidden:
+                what = msg("{shown}, {hidden} other value(s), not shown: they may be a "
+                           "person's words (see the rows)", shown=what, hidden=hidden) if what \
+                    else msg("{hidden} value(s), not shown: they may be a person's words (see "
+                             "the rows)", hidden=hidden)
             near = [(t, m) for t in found if scale is not None and not t.startswith("code ")
                     and (m := near_label(t, scale.labels))]
             codes = bool(found) and all(t.startswith("code ") for t in found)
+            upload = f"`lacrima upload FILE --site {site}`"
             if codes and fmt.values == "labels":
-                how = "re-export with choice text (the answer labels), not numeric codes"
+                how = msg("re-export with choice text (the answer labels), not numeric codes, "
+                          "then upload the corrected file ({upload})", upload=upload)
             elif near:
-                how = "correct the misspelt answers (" + ", ".join(
-                    f"{t!r} to {m!r}" for t, m in near[:3]) + ")" + (
-                    "" if len(near) == len(found) else
-                    " and the other cells to one of the allowed answers")
+                pairs = ", ".join(f"{t!r} → {m!r}" for t, m in near[:3])
+                how = (msg("correct the misspelt answers ({pairs}) in your own tool, then "
+                           "upload the corrected file ({upload})", pairs=pairs, upload=upload)
+                       if len(near) == len(found) else
+                       msg("correct the misspelt answers ({pairs}) and the other cells to one "
+                           "of the allowed answers in your own tool, then upload the corrected "
+                           "file ({upload})", pairs=pairs, upload=upload))
             else:
-                how = "correct these cells to one of the allowed answers"
+                how = msg("correct these cells to one of the allowed answers in your own tool, "
+                          "then upload the corrected file ({upload})", upload=upload)
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
-                         f"codebook: {what}; they were read as missing"
-                         + _codes_hint(found, fmt)),
-                expected=f"one of: {expected}",
-                found=f"{len(found)} unknown answer(s): {what}",
-                fix=(f"{how} in your own tool, then upload the corrected file "
-                     f"(`lacrima upload FILE --site {site}`)" if site else ""),
+                message=msg("{n} cell(s) in column {column} of {file} hold answers not in the "
+                            "codebook: {what}; they were read as missing{hint}", n=k,
+                            column=label, file=name, what=what, hint=_codes_hint(found, fmt)),
+                expected=(msg("one of: {labels}", labels=expected) if scale else
+                          msg("a value from the codebook")),
+                found=msg("{n} unknown answer(s): {what}", n=len(found), what=what),
+                fix=how if site else "",
             ))
         elif check == "unknown_codes":
             allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
                                 if isinstance(c, (int, float)) and not isinstance(c, bool))
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {label} of {name} hold codes not in the "
-                         f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
-                         "read as missing"),
-                expected=f"one of the codes: {allowed}",
-                found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
-                fix=(f"correct these cells to one of the codes {allowed} in the site's tool, "
-                     f"then upload the corrected file (`lacrima upload FILE --site {site}`)"
-                     if site else ""),
+                message=msg("{n} cell(s) in column {column} of {file} hold codes not in the "
+                            "codebook's scale {scale}: {codes}; they were read as missing",
+                            n=k, column=label, file=name, scale=repr(scale.name),
+                            codes=", ".join(found[:5])),
+                expected=msg("one of the codes: {codes}", codes=allowed),
+                found=msg("{n} unknown code(s): {codes}", n=len(found),
+                          codes=", ".join(found[:5])),
+                fix=(msg("correct these cells to one of the codes {codes} in your own tool, then "
+                         "upload the corrected file ({upload})", codes=allowed,
+                         upload=f"`lacrima upload FILE --site {site}`") if site else ""),
             ))
         elif check == "non_numeric":
             out.append(Finding(

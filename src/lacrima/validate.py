@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lacrima.findings import Finding, column_label, findings_frame
+from lacrima.i18n import msg
 from lacrima.scoring import score
 from lacrima.study import Study
 
@@ -493,30 +494,34 @@ def _answer(codebook, variable: str, value) -> str:
         value, bool) else repr(str(value))
 
 
-def _wording(rule: _Rule, study: Study, codebook) -> tuple[str, str]:
+def _wording(rule: _Rule, study: Study, codebook) -> tuple:
     """What a rule expects and the advice, in the site's terms: native columns, answer labels
-    in a label column (never the numeric codes behind them), whole numbers as whole numbers."""
+    in a label column (never the numeric codes behind them), whole numbers as whole numbers.
+    Message ids (``lacrima.i18n.msg``), rendered in the site's language where shown."""
     kwargs = dict(rule.kwargs)
     scale = codebook.scale_of(rule.variable) if hasattr(codebook, "scale_of") else None
     criers = study.section("analysis")["criers"]
-    non_crier = (f"when {column_label(_native(codebook, criers), criers)} is "
-                 f"{_answer(codebook, criers, False)}")
+    crier_column = column_label(_native(codebook, criers), criers)
+    no = _answer(codebook, criers, False)
     if rule.check == "ids_present":
-        return "a participant ID on every row", ""
+        return msg("a participant ID on every row"), ""
     if rule.check == "unique_ids":
-        return "each participant ID on one row only", ""
+        return msg("each participant ID on one row only"), ""
     if rule.check == "episode_blank_for_non_criers":
-        return f"blank {non_crier} (episode items are asked of criers only)", ""
+        return msg("blank when {column} is {no} (episode items are asked of criers only)",
+                   column=crier_column, no=no), ""
     if rule.check == "value_range" and rule.condition:
-        return f"{_fmt(kwargs['min_value'])} {non_crier}", ""
+        return msg("{value} when {column} is {no}", value=_fmt(kwargs["min_value"]),
+                   column=crier_column, no=no), ""
     if scale is not None and _labels_style(codebook):
         labels = ", ".join(dict.fromkeys(scale.labels))
-        return (f"one of the answers: {labels}",
-                f"correct these cells to one of the answers ({labels}) in your own tool, and "
-                "upload the corrected file")
+        return (msg("one of the answers: {labels}", labels=labels),
+                msg("correct these cells to one of the answers ({labels}) in your own tool, "
+                    "and upload the corrected file", labels=labels))
     if rule.check == "value_range":
-        return f"whole numbers from {_fmt(kwargs['min_value'])} to {_fmt(kwargs['max_value'])}", ""
-    return "one of " + ", ".join(map(str, kwargs.get("value_set", ()))), ""
+        return msg("whole numbers from {low} to {high}", low=_fmt(kwargs["min_value"]),
+                   high=_fmt(kwargs["max_value"])), ""
+    return msg("one of {values}", values=", ".join(map(str, kwargs.get("value_set", ())))), ""
 
 
 def _findings(failed: dict, study: Study, row_numbers, codebook,
@@ -543,19 +548,27 @@ def _findings(failed: dict, study: Study, row_numbers, codebook,
         expected, fix = _wording(rule, study, codebook)
         k = len(rows) or len(got)
         if rule.check == "ids_present":
-            message = f"{k} row(s) have no participant ID in column {native}"
-            found = f"missing participant ID on {k} row(s)"
+            message = msg("{n} row(s) have no participant ID in column {column}", n=k,
+                          column=native)
+            found = msg("missing participant ID on {n} row(s)", n=k)
         elif rule.check == "unique_ids":
-            message = f"{k} row(s) share their participant ID (column {native}) with another row"
-            found = f"{k} row(s) with a repeated participant ID"
+            message = msg("{n} row(s) share their participant ID (column {column}) with "
+                          "another row", n=k, column=native)
+            found = msg("{n} row(s) with a repeated participant ID", n=k)
         elif fix:       # a label column: the answers, not the codes behind them
-            message = (f"{k} row(s) of column {label} hold an answer that is not on its scale"
-                       + (f": {values}" if values else ""))
-            found = f"{len(got)} answer(s) not on the scale" + (f": {values}" if values else "")
+            message = (msg("{n} row(s) of column {column} hold an answer that is not on its "
+                           "scale: {values}", n=k, column=label, values=values) if values else
+                       msg("{n} row(s) of column {column} hold an answer that is not on its "
+                           "scale", n=k, column=label))
+            found = (msg("{n} answer(s) not on the scale: {values}", n=len(got), values=values)
+                     if values else msg("{n} answer(s) not on the scale", n=len(got)))
         else:
-            message = (f"{k} row(s) of column {label} fail: {expected}"
-                       + (f"; found {values}" if values else ""))
-            found = f"{len(got)} value(s) that do not fit" + (f": {values}" if values else "")
+            message = (msg("{n} row(s) of column {column} fail: {expected}; found {values}",
+                           n=k, column=label, expected=expected, values=values) if values else
+                       msg("{n} row(s) of column {column} fail: {expected}", n=k, column=label,
+                           expected=expected))
+            found = (msg("{n} value(s) that do not fit: {values}", n=len(got), values=values)
+                     if values else msg("{n} value(s) that do not fit", n=len(got)))
         findings.append(Finding(check=rule.check, message=message, columns=(native,), rows=rows,
                                 expected=expected, found=found, fix=fix))
     return findings
@@ -604,10 +617,11 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",
-                    f"only {ok.mean():.0%} of rows have a scorable alliance and change score",
+                    msg("only {share} of rows have a scorable alliance and change score",
+                        share=f"{ok.mean():.0%}"),
                     columns=tuple(_native(codebook, c) for c in ("wai_01", "ctsc_01")),
-                    expected=f"at least {share_min:.0%} of rows scorable",
-                    found=f"{int(ok.sum())} of {len(ok)} rows scorable")]
+                    expected=msg("at least {share} of rows scorable", share=f"{share_min:.0%}"),
+                    found=msg("{n} of {total} rows scorable", n=int(ok.sum()), total=len(ok)))]
 
 
 def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha256: str,
