@@ -64,7 +64,7 @@ def render_html(report: ValidationReport, lang: str | None = None) -> str:
     lang = _language(lang)
     return _env().get_template("validation.html.j2").render(
         r=report, lang=lang, dir=direction(lang), _=translator(lang).gettext,
-        local=lambda f: f.localized(lang),
+        local=lambda f: f.localized(lang, isolate=True),
         severity=lambda s: translator(lang).gettext(SEVERITY.get(s, s)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -142,17 +143,27 @@ class Finding:
         if not self.fix:
             object.__setattr__(self, "fix", FIXES.get(self.check, ""))
 
-    def localized(self, language: str | None = None) -> dict[str, str]:
+    def localized(self, language: str | None = None, isolate: bool = False) -> dict[str, str]:
         """``message``, ``expected``, ``found`` and ``fix`` in ``language`` (English fallback).
 
         Texts made from a message id are rendered from it; a constant text (a check's
-        general advice) is looked up as it is; anything else stays as written.
+        general advice) is looked up as it is; anything else stays as written. ``isolate``
+        (HTML): in a right-to-left language each value is a Unicode bidi isolate.
         """
-        from lacrima.i18n import translator
+        from lacrima.i18n import RTL, language as _language, translator
 
         tr = translator(language)
         texts = dict(self.texts)
-        return {name: printable(texts[name].render(tr)) if name in texts
+        if isolate and _language(language) in RTL:
+            def leaf(v):
+                # an isolate: right to left for a Hebrew answer, else left to right (a
+                # column name, or a list of numbers that must not be reversed)
+                text = printable(v)
+                rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+                return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+        else:
+            leaf = printable
+        return {name: texts[name].render(tr, leaf) if name in texts
                 else (tr.gettext(value) if value else "")
                 for name in ("message", "expected", "found", "fix")
                 for value in (getattr(self, name),)}

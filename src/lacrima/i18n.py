@@ -24,7 +24,9 @@ LANGUAGES = ("en", "it", "he", "de")
 """Languages with a catalog; English is the messages' own language (no catalog)."""
 
 RTL = frozenset({"he"})
-"""Languages written right to left (HTML ``dir="rtl"``)."""
+"""Languages written right to left (HTML ``dir="rtl"``). In their texts each value (a column
+or file name, a count, an answer) is wrapped in Unicode's first-strong isolate (U+2068 ...
+U+2069), so "'Q14_3' [wai_03]" keeps its own order inside a Hebrew sentence."""
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DOMAIN = "lacrima"
@@ -49,10 +51,12 @@ class Msg:
     msgid: str
     params: tuple = ()
 
-    def render(self, tr: gettext.NullTranslations | None = None) -> str:
-        """The text in ``tr``'s language (English without one)."""
+    def render(self, tr: gettext.NullTranslations | None = None, leaf=None) -> str:
+        """The text in ``tr``'s language (English without one); ``leaf`` is applied to each
+        value that is not a message (to clean it, or to isolate it in right-to-left text)."""
         text = tr.gettext(self.msgid) if tr is not None else self.msgid
-        values = {k: (v.render(tr) if isinstance(v, Msg) else v) for k, v in self.params}
+        values = {k: (v.render(tr, leaf) if isinstance(v, Msg) else
+                      leaf(v) if leaf is not None else v) for k, v in self.params}
         try:
             return text.format(**values)
         except (KeyError, IndexError, ValueError):   # a broken translation: the English

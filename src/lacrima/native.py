@@ -835,24 +835,29 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         findings.append(Finding(
             # As designed (the codebook lists them): information, not a problem to act on.
             check="identifying_columns", severity="info", columns=tuple(ident_declared),
-            message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
-                     f"codebook were removed unread at intake: {_names(ident_declared)}"),
-            expected="identifying columns never enter curated data", found="columns removed",
+            message=msg("{n} identifying column(s) of {file} listed in the codebook were "
+                        "removed unread at intake: {columns}", n=len(ident_declared), file=name,
+                        columns=_names(ident_declared)),
+            expected=msg("identifying columns never enter curated data"),
+            found=msg("columns removed"),
         ))
     if ident_other:
         findings.append(Finding(
             check="identifying_columns", severity="warning", columns=tuple(ident_other),
-            message=(f"{len(ident_other)} column(s) of {name} look identifying and are not in the "
-                     f"codebook; they were removed unread at intake: {_names(ident_other)}"),
-            expected="no identifying columns beyond those the codebook lists",
-            found="unexpected identifying column names",
+            message=msg("{n} column(s) of {file} look identifying and are not in the "
+                        "codebook; they were removed unread at intake: {columns}",
+                        n=len(ident_other), file=name, columns=_names(ident_other)),
+            expected=msg("no identifying columns beyond those the codebook lists"),
+            found=msg("unexpected identifying column names"),
         ))
     if unexpected:
         findings.append(Finding(
             check="unexpected_columns", severity="warning", columns=tuple(unexpected),
-            message=(f"{len(unexpected)} column(s) of {name} are not in the codebook of site "
-                     f"{codebook.site!r} and were ignored: {_names(unexpected)}"),
-            expected="only the codebook's columns", found=f"{len(unexpected)} extra column(s)",
+            message=msg("{n} column(s) of {file} are not in the codebook of site {site} and "
+                        "were ignored: {columns}", n=len(unexpected), file=name,
+                        site=codebook.site, columns=_names(unexpected)),
+            expected=msg("only the codebook's columns"),
+            found=msg("{n} extra column(s)", n=len(unexpected)),
         ))
     # Ignored columns are not read: nothing in them reaches curated data, so they are not
     # checked for formulas either (a free-text answer "- felt heard" is not a formula problem).
