@@ -1208,7 +1208,7 @@ def _shown_labels(found: list[str], vocabulary: frozenset[str],
         words = _WORD.findall(normalise_label(text))
         near = near_label(text, scale.labels) if scale is not None else ""
         if text.startswith("code "):
-            shown.append(text)
+            shown.append(msg("code {code}", code=text[5:]))
         elif near:
             shown.append(msg("{value} (did you mean {label}?)", value=repr(text),
                              label=repr(near)))
