@@ -110,8 +110,10 @@ def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one
 @app.command()
 def check(file: Path = typer.Argument(..., help="the drop to validate"),
           site: str = typer.Option(..., help="site code"),
-          report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
-    """Validate a drop locally without uploading it."""
+          report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)"),
+          verbose: bool = typer.Option(False, "--verbose", help="also say what intake does as "
+                                       "designed (identifying columns removed unread)")):
+    """Validate a drop locally without uploading it (a clean file is one line)."""
     from lacrima.dropreport import print_report, render_html
     from lacrima.intake import check_file
     from lacrima.study import load_study
@@ -123,9 +125,9 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         rep, readable = check_file(file, s, load_study())
     except OSError as err:
         _fail(f"{file}: cannot read ({err.strerror})")
-    print_report(rep, Console(highlight=False))
+    print_report(rep, Console(highlight=False), verbose, s.language)
     if report:
-        text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
+        text = render_html(rep, s.language) if report.suffix.lower() in (".html", ".htm") else \
             json.dumps(rep.to_dict(), indent=2)
         try:
             report.write_text(text)
@@ -168,9 +170,14 @@ def upload(file: Path = typer.Argument(..., help="the drop to upload"),
 def status(site: Optional[str] = typer.Option(None, help="only this site"),
            storage: Optional[str] = typer.Option(None, help="storage root (default: LACRIMA_STORAGE or ./data)"),
            batches: bool = typer.Option(False, "--batches", help="also list every batch"),
-           as_json: bool = typer.Option(False, "--json", help="print every batch as JSON")):
+           as_json: bool = typer.Option(False, "--json", help="print every batch as JSON"),
+           report: Optional[str] = typer.Option(None, "--report", metavar="BATCH",
+                                                help="print the findings of one batch (SHA-256 "
+                                                     "prefix or file name), as `check` does")):
     """Per site: batches, participants held, last drop, files waiting, quarantined files with
-    their reason, and files in the wrong place with what to do."""
+    their reason (or the batch that fixed them), and files in the wrong place with what to do.
+
+    With --report BATCH: that batch's findings (exit 0 accepted, 1 quarantined)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -181,6 +188,9 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     if site:
         _site(site)
     store = _reachable(_open_store(storage))
+    if report:
+        _print_batch_report(store, site, report)
+        return
     codes = [site] if site else list(site_codes())
     try:
         recs = _status_records(store, site)
@@ -201,7 +211,11 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         out.print(Text(line))
         for q in s["quarantined"]:
             out.print(Text(f"    quarantined: {q['file']} (batch {q['batch']}): {q['reason']}; "
-                           f"see `lacrima status --batches`", style="red"))
+                           f"`lacrima status --site {s['site']} --report {q['batch']}` says why",
+                           style="red"))
+        for q in s["fixed"]:
+            out.print(Text(f"    fixed by {q['fixed_by']}: {q['file']} (batch {q['batch']}, "
+                           f"was quarantined for {q['reason']})", style="dim"))
     for w in wrong:
         out.print(Text(f"wrong place: {w['key']}: {w['problem']}. {w['fix']}", style="yellow"))
     for run_id in unfinished:
@@ -227,6 +241,39 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
                 r["original_name"], r.get("reason") or
                 (f"superseded by {r['superseded_by'][:12]}" if r.get("superseded_by") else ""))))
         out.print(table)
+
+
+def _print_batch_report(store, site: Optional[str], ref: str) -> None:
+    """`lacrima status --report BATCH`: the batch's findings as `lacrima check` prints them."""
+    from lacrima.dropreport import print_report
+    from lacrima.status import batch_report
+    from lacrima.study import site_codes
+
+    found = []
+    for code in [site] if site else site_codes():
+        try:
+            found.append(batch_report(store, code, ref))
+        except LookupError as err:
+            error = err
+    if not found:
+        _fail(str(error) if site else f"batch {ref!r}: no batch of any site matches (give a "
+              "SHA-256 prefix of 8+ characters or the file's name; see `lacrima status "
+              "--batches`)")
+    if len(found) > 1:
+        _fail(f"batch {ref!r} matches batches of {len(found)} sites: add --site")
+    rec, rep = found[0]
+    out = Console(highlight=False)
+    if rep is None:
+        from rich.text import Text
+        out.print(Text(f"{rec.original_name} ({rec.site}, batch {rec.sha256[:12]}): {rec.state}, "
+                       f"{rec.rows} rows; only a quarantined batch keeps its report"))
+        return
+    from lacrima.study import load_site
+    print_report(rep, out, lang=load_site(rec.site).language)
+    if rec.fixed_by:
+        out.print(f"Fixed by batch {rec.fixed_by[:12]}, which holds its records.",
+                  markup=False)
+    raise typer.Exit(1)
 
 
 def _open_store(location: Optional[str]):
@@ -471,8 +518,9 @@ def drop_line(d: dict) -> str:
     from lacrima.findings import printable
 
     counts = ", ".join(f"{d[k]} {label}" for k, label in
-                       (("new", "new"), ("already_held", "already held"), ("changed", "changed"))
-                       if d.get(k) is not None)
+                       (("new", "new"), ("changed", "changed"), ("already_held", "unchanged"),
+                        ("withdrawn", "withdrawn (left out)"))
+                       if d.get(k) is not None and (d[k] or k != "withdrawn"))
     head = f"{d['site']}  {printable(d['file'])}  {d['outcome']}"
     if d["outcome"] == "quarantined":
         return (f"{head}: {d['errors']} error(s) ({', '.join(d['checks'])}); "
@@ -566,6 +614,10 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
              purge_raw: bool = typer.Option(False, "--purge-raw",
                                             help="also replace every raw file holding the person "
                                                  "by a redacted copy and delete the original"),
+             not_yet_received: bool = typer.Option(
+                 False, "--not-yet-received",
+                 help="the site has not sent this person's record yet: record the withdrawal "
+                      "anyway (else an ID the store never held is refused, exit 1)"),
              storage: Optional[str] = typer.Option(None, help="storage root "
                                                    "(default: LACRIMA_STORAGE or ./data)")):
     """Record a participant's withdrawal of consent: every later output leaves them out.
@@ -583,7 +635,10 @@ def withdraw(participant_id: str = typer.Argument(..., help="the ID as the site 
     with _exclusive(store, "withdraw"):
         try:
             entry = intake.withdraw(store, s, load_study(), pseudonym_key(), participant_id,
-                                    reason=reason, purge_raw=purge_raw)
+                                    reason=reason, purge_raw=purge_raw,
+                                    not_yet_received=not_yet_received)
+        except intake.UnknownParticipant as err:
+            _fail(str(err), 1)
         except (MissingKeyError, KeyCustodyError, ValueError) as err:
             _fail(str(err))
         except OSError as err:

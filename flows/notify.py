@@ -106,7 +106,8 @@ def notify_quarantines(drops: list[dict], sites) -> int:
         contact = site_contact(site)
         link = portal_link(drop["site"], drop["batch"])
         if contact:
-            sent += send(contact, *quarantine_notice({**drop, "report": link} if link else drop))
+            sent += send(contact, *quarantine_notice({**drop, "report": link} if link else drop,
+                                                     site.language))
     return sent
 
 

@@ -231,6 +231,7 @@ def test_a_quarantined_drop_notifies_the_sites_contact(tmp_path, sites_with_cont
     assert notify_quarantines(drops, load_sites(root)) == 2
     (hook,) = webhook[1]
     assert "marzo.xlsx" in hook["subject"] and "unknown_labels" in hook["text"]
+    assert "quarantena" in hook["subject"]            # the site's language (issue 22)
     assert "data/quarantine/it/3f9c2a/report.html" in hook["text"]
     (mail,) = smtp
     assert mail.rcpt_tos == ["dm@it.example"]

@@ -76,7 +76,7 @@ def test_suite_reports_rows_and_native_columns(study):
     assert findings["episode_blank_for_non_criers:N_after_sad"].rows == (12,)
     # the offending number of a numeric column is shown; text (it may be anything a person
     # typed) never is
-    assert findings["value_range:N_wai_01"].found == "1 unexpected value(s): 6"
+    assert findings["value_range:N_wai_01"].found == "1 value(s) that do not fit: 6"
     assert not any("robot" in f.message + f.found for f in findings.values())
 
 
@@ -85,19 +85,20 @@ def test_findings_keep_their_wording_and_counts(study):
     frame.loc[1, "cry_sessions"] = 2                # a non-crier with crying sessions
     findings = {f.check + ":" + f.columns[0]: f for f in
                 run_suite(frame, study, row_numbers=[11, 12, 13, 14], codebook=_Codebook())}
-    # wording as before the long-format suite (GX stores range bounds as floats)
+    # whole numbers as whole numbers, the site's words, no Python words (issue 22)
     wai = findings["value_range:N_wai_01"]
-    assert (wai.expected, wai.found) == ("values between 1.0 and 5.0", "1 unexpected value(s): 6")
+    assert (wai.expected, wai.found) == ("whole numbers from 1 to 5", "1 value(s) that do not fit: 6")
     # the native column, the study's name in brackets, the offending value
-    assert wai.message == ("1 row(s) of column N_wai_01 [wai_01] fail: values between 1.0 and "
-                           "5.0; found 6")
-    assert findings["unique_ids:N_participant_id"].found == "2 unexpected value(s)"
+    assert wai.message == ("1 row(s) of column N_wai_01 [wai_01] fail: whole numbers from 1 "
+                           "to 5; found 6")
+    assert findings["unique_ids:N_participant_id"].found == "2 row(s) with a repeated participant ID"
     assert findings["allowed_codes:N_gender"].expected == "one of woman, man, another"
     assert findings["episode_blank_for_non_criers:N_after_sad"].expected == (
-        "blank when cried_in_therapy is False (episode items are asked of criers only)")
+        "blank when N_cried_in_therapy [cried_in_therapy] is 'No' (episode items are asked of "
+        "criers only)")
     sessions = findings["value_range:N_cry_sessions"]
     assert sessions.rows == (12,)
-    assert sessions.expected == "values between 0.0 and 0.0 when cried_in_therapy == False"
+    assert sessions.expected == "0 when N_cried_in_therapy [cried_in_therapy] is 'No'"
     assert set(findings) == {"value_range:N_wai_01", "allowed_codes:N_gender",
                              "unique_ids:N_participant_id", "value_range:N_cry_sessions",
                              "episode_blank_for_non_criers:N_after_sad"}

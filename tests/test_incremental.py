@@ -112,14 +112,17 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     res = intake.ingest_site(ingested, us, study, DEMO_KEY)
     assert res.skipped_duplicates == res.seen and not res.accepted
     assert steps.site_input_key(ingested, us, study) == (key, accepted)
-    # One byte more in the codebook file (a comment), another site file or another plan: new key.
+    # One byte more in the codebook file (a comment), another role on the site file (shown on
+    # the site's page) or another plan: new key. The site file's contact or language: not.
     codebook = tmp_path / "codebook.toml"
     codebook.write_bytes(us.codebook_path.read_bytes() + b"\n# edited\n")
     moved = {steps.site_input_key(ingested, dataclasses.replace(us, codebook_path=codebook),
                                      study)[0],
-             steps.site_input_key(ingested, dataclasses.replace(us, sha256="0" * 64), study)[0],
+             steps.site_input_key(ingested, dataclasses.replace(us, role="other"), study)[0],
              steps.site_input_key(ingested, us, dataclasses.replace(study, sha256="0" * 64))[0]}
     assert len(moved) == 3 and key not in moved
+    assert steps.site_input_key(ingested, dataclasses.replace(us, sha256="0" * 64,
+                                                              language="he"), study)[0] == key
 
 
 def test_no_report_is_needed_when_the_latest_was_made_from_the_same_inputs(ingested_demo, demo_run,

@@ -153,8 +153,9 @@ def test_an_id_not_fitting_the_codebooks_pattern_is_an_error(tmp_path, study, si
     root = tmp_path / "sites"
     shutil.copytree(_site(sites, "it").codebook_path.parents[1], root)
     book = root / "it" / "codebook.toml"
-    book.write_text(book.read_text().replace('id_column = "ID"',
-                                             'id_column = "ID"\nid_pattern = "IT-\\\\d{4}"', 1))
+    # the shipped pattern (IT-\\d{4,}) made stricter: four digits exactly
+    book.write_text(book.read_text().replace('id_pattern = "IT-\\\\d{4,}"',
+                                             'id_pattern = "IT-\\\\d{4}"', 1))
     it = load_site("it", root)
     path = write_drop(it, study, tmp_path / "a", n=12, seed=1, format="csv")
     header, rows = _rows(path, 1, "cp1252", ";")

@@ -111,6 +111,11 @@ def quarantine_prefix(site: str, sha: str) -> str:
     return f"quarantine/{site}/{sha}"
 
 
+def quarantine_records_key(site: str, sha: str) -> str:
+    """The pseudonyms a quarantined drop held (never IDs): to see when a later batch fixes it."""
+    return f"{quarantine_prefix(site, sha)}/records.json"
+
+
 def ledger_prefix(site: str | None = None) -> str:
     return f"ledger/{site}" if site else "ledger"
 
@@ -204,6 +209,7 @@ class BatchRecord:
     ``records_new``: records the batch brought (new, or corrected); ``records_held``: records
     it held that the site already had, unchanged (-1: written before records were counted).
     ``key_fingerprint``: :func:`key_fingerprint` of the pseudonym key it was made under.
+    ``fixed_by``: of a quarantined batch, the later batch that holds all of its records.
     """
 
     site: str
@@ -224,6 +230,7 @@ class BatchRecord:
     records_new: int = -1
     records_held: int = 0
     key_fingerprint: str = ""
+    fixed_by: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import pandas as pd
+
+from lacrima.i18n import N_, Msg
 
 FINDING_COLUMNS = ("check", "severity", "message", "columns", "rows", "expected", "found", "fix")
 
@@ -16,36 +19,39 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u
 # What a data manager does about each kind of finding when the check gives no more precise
 # advice. Every fix ends in the same step: upload the corrected file (a new batch).
 FIXES = {
-    "missing_columns": "re-export the file with every column of the codebook, named as the "
-                       "codebook names them, and upload it",
-    "duplicate_columns": "remove or rename the repeated column in the export, and upload it",
-    "unknown_labels": "correct these cells to one of the allowed answers (or re-export with "
-                      "choice text, not numeric codes), and upload the corrected file",
-    "non_numeric": "correct these cells to whole numbers, or leave them blank, and upload the "
-                   "corrected file",
-    "bad_dates": "correct these dates to the expected format, and upload the corrected file",
-    "future_dates": "correct these dates (a typo in the year?), and upload the corrected file",
-    "formula_cells": "replace the formulas with their values (copy, paste as values), and upload "
-                     "the corrected file",
-    "value_range": "correct the values in these rows, or blank them if unknown, and upload the "
-                   "corrected file",
-    "allowed_codes": "correct these cells to one of the allowed values, and upload the "
-                     "corrected file",
-    "episode_blank_for_non_criers": "these participants did not cry in therapy: blank their "
-                                    "episode answers (or correct the crying answer), and upload "
-                                    "the corrected file",
-    "ids_present": "fill in the missing participant IDs, and upload the corrected file",
-    "unique_ids": "give each participant one row (remove repeated rows or fix mistyped IDs), and "
-                  "upload the corrected file",
-    "completion": "check that the alliance and change items were exported, and upload a "
-                  "complete file",
-    "id_clash": "if these records were corrected on purpose, upload the file as a correction of "
-                "the batch that holds them (`lacrima upload FILE --site SITE --replaces BATCH`; "
-                "`lacrima status` lists batches); else fix the IDs",
-    "identifying_columns": "nothing to do for this drop; leave identifying columns out of future "
-                           "exports",
-    "unexpected_columns": "nothing to do if the columns are meant to be there; tell the "
-                          "coordinator if one of them should be read",
+    "missing_columns": N_("re-export the file with every column of the codebook, named as the "
+                          "codebook names them, and upload it"),
+    "duplicate_columns": N_("remove or rename the repeated column in the export, and upload it"),
+    "unknown_labels": N_("correct these cells to one of the allowed answers (or re-export with "
+                         "choice text, not numeric codes), and upload the corrected file"),
+    "non_numeric": N_("correct these cells to whole numbers, or leave them blank, and upload the "
+                      "corrected file"),
+    "bad_dates": N_("correct these dates to the expected format, and upload the corrected file"),
+    "future_dates": N_("correct these dates (a typo in the year?), and upload the corrected file"),
+    "formula_cells": N_("replace the formulas with their values (copy, paste as values), and upload "
+                        "the corrected file"),
+    "value_range": N_("correct the values in these rows, or blank them if unknown, and upload the "
+                      "corrected file"),
+    "allowed_codes": N_("correct these cells to one of the allowed values, and upload the "
+                        "corrected file"),
+    "episode_blank_for_non_criers": N_("these participants did not cry in therapy: blank their "
+                                       "episode answers (or correct the crying answer), and upload "
+                                       "the corrected file"),
+    "non_participant_rows": N_("delete these rows in your own tool (totals, notes, repeated "
+                               "headers, anything below the data), so the sheet holds one header "
+                               "row and one row per participant, and upload the corrected file"),
+    "ids_present": N_("fill in the missing participant IDs, and upload the corrected file"),
+    "unique_ids": N_("give each participant one row (remove repeated rows or fix mistyped IDs), and "
+                     "upload the corrected file"),
+    "completion": N_("check that the alliance and change items were exported, and upload a "
+                     "complete file"),
+    "id_clash": N_("if these records were corrected on purpose, upload the file as a correction of "
+                   "the batch that holds them (`lacrima upload FILE --site SITE --replaces BATCH`; "
+                   "`lacrima status` lists batches); else fix the IDs"),
+    "identifying_columns": N_("nothing to do for this drop; leave identifying columns out of future "
+                              "exports"),
+    "unexpected_columns": N_("nothing to do if the columns are meant to be there; tell the "
+                             "coordinator if one of them should be read"),
 }
 
 
@@ -123,20 +129,54 @@ class Finding:
     found: str = ""
     severity: str = "error"
     fix: str = ""
+    texts: tuple = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
+        texts = dict(self.texts)
         for name in ("message", "expected", "found", "fix"):
-            object.__setattr__(self, name, printable(getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, Msg):           # a message id: kept to render it translated
+                texts[name] = value
+            object.__setattr__(self, name, printable(value))
+        object.__setattr__(self, "texts", tuple(sorted(texts.items())))
         object.__setattr__(self, "columns", tuple(printable(c) for c in self.columns))
         if not self.fix:
             object.__setattr__(self, "fix", FIXES.get(self.check, ""))
 
+    def localized(self, language: str | None = None, isolate: bool = False) -> dict[str, str]:
+        """``message``, ``expected``, ``found`` and ``fix`` in ``language`` (English fallback).
+
+        Texts made from a message id are rendered from it; a constant text (a check's
+        general advice) is looked up as it is; anything else stays as written. ``isolate``
+        (HTML): in a right-to-left language each value is a Unicode bidi isolate.
+        """
+        from lacrima.i18n import RTL, language as _language, translator
+
+        tr = translator(language)
+        texts = dict(self.texts)
+        if isolate and _language(language) in RTL:
+            def leaf(v):
+                # an isolate: right to left for a Hebrew answer, else left to right (a
+                # column name, or a list of numbers that must not be reversed)
+                text = printable(v)
+                rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+                return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+        else:
+            leaf = printable
+        return {name: texts[name].render(tr, leaf) if name in texts
+                else (tr.gettext(value) if value else "")
+                for name in ("message", "expected", "found", "fix")
+                for value in (getattr(self, name),)}
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "check": self.check, "severity": self.severity, "message": self.message,
             "columns": list(self.columns), "rows": list(self.rows),
             "expected": self.expected, "found": self.found, "fix": self.fix,
         }
+        if "message" in dict(self.texts):
+            out["message_id"] = dict(self.texts)["message"].msgid
+        return out
 
 
 @dataclass(frozen=True)
@@ -163,6 +203,13 @@ def findings_frame(findings) -> pd.DataFrame:
         d["rows"] = format_rows(f.rows)
         rows.append(d)
     return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
+
+
+def format_columns(columns, limit: int = 12) -> str:
+    """'Q1, Q2, Q3 (+59 more)' for a long column list (the finding's JSON lists them all)."""
+    columns = list(columns)
+    head = ", ".join(str(c) for c in columns[:limit])
+    return head + (f" (+{len(columns) - limit} more)" if len(columns) > limit else "")
 
 
 def format_rows(rows, limit: int = 20) -> str:

@@ -23,6 +23,7 @@ from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAW
                              BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
                              read_landing_index)
 from lacrima.findings import DropError, Finding
+from lacrima.i18n import msg
 from lacrima.privacy import pseudonymise
 from lacrima.storage import NotRegularFile, Storage, parquet_frame, sha256_bytes, write_json
 from lacrima.study import Site, Study
@@ -58,7 +59,7 @@ class IntakeResult:
     quarantined: tuple[str, ...] = ()
     skipped_duplicates: int = 0
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
-    records_new: int = 0       # records the accepted drops brought (new or corrected)
+    records_new: int = 0       # records the accepted drops brought that the site never held
     records_held: int = 0      # records they held that the site already had, unchanged
 
     @property
@@ -67,10 +68,12 @@ class IntakeResult:
 
     @property
     def record_counts(self) -> dict[str, dict]:
-        """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
+        """Batch -> its records ``new``, ``already_held`` (unchanged), ``changed`` and
+        ``withdrawn`` (None: not read)."""
         return {r.sha256: {"new": r.extra.get("records_new"),
                            "already_held": r.extra.get("records_held"),
-                           "changed": r.extra.get("records_changed")} for r in self.reports}
+                           "changed": r.extra.get("records_changed"),
+                           "withdrawn": r.extra.get("records_withdrawn")} for r in self.reports}
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -84,13 +87,14 @@ def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
 
 
 def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
-                report: ValidationReport) -> str:
+                report: ValidationReport, lang: str = "") -> str:
+    """Keep a quarantined drop with its report (JSON in English; HTML in the site's language)."""
     from lacrima.dropreport import render_html
 
     prefix = catalog.quarantine_prefix(site, sha)
     storage.write_bytes(f"{prefix}/{name}", data, if_absent=True)
     write_json(storage, f"{prefix}/report.json", report.to_dict())
-    storage.write_bytes(f"{prefix}/report.html", render_html(report).encode())
+    storage.write_bytes(f"{prefix}/report.html", render_html(report, lang).encode())
     return prefix
 
 
@@ -130,11 +134,15 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
     if bad:
         rows = tuple(int(drop.row_numbers[i]) for i in bad)
         native = codebook.native_name("participant_id")
-        findings += (Finding("id_pattern", f"{len(rows)} participant ID(s) in column {native!r} "
-                             f"of {name} do not fit the site's ID pattern",
+        findings += (Finding("id_pattern",
+                             msg("{n} participant ID(s) in column {column} of {file} do not fit "
+                                 "the site's ID pattern", n=len(rows), column=repr(native),
+                                 file=name),
                              columns=(native,), rows=rows,
-                             expected=f"IDs matching {codebook.id_pattern}",
-                             found=f"{len(rows)} ID(s) of another shape"),)
+                             expected=msg("IDs matching {pattern}", pattern=codebook.id_pattern),
+                             found=msg("{n} ID(s) of another shape", n=len(rows)),
+                             fix=msg("correct these IDs (or delete rows that are not "
+                                     "participants), and upload the corrected file")),)
     ids.index = frame.index
     frame["participant_id"] = ids.where(ids.isna(), pseudonymise(site.code, ids.fillna(""), key))
     frame["site"] = site.code
@@ -245,11 +253,40 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
             if report.valid:
                 new += report.extra.get("records_new", 0)
                 held += report.extra.get("records_held", 0)
+        if accepted:
+            mark_fixed(storage, scan.site.code, reg)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
                                     tuple(quarantined), scan.skipped, tuple(reports), new, held))
     return results
+
+
+def mark_fixed(storage: Storage, site: str, reg: dict) -> list[str]:
+    """Mark each open quarantined batch of ``site`` whose records the register now holds in
+    an accepted batch as fixed by that batch (``fixed_by``); the batches marked.
+
+    A quarantined drop keeps the pseudonyms of the records it would have brought (new or
+    changed) with the batch holding each then (``catalog.quarantine_records_key``); it is
+    fixed when every one of them is held, accepted or withdrawn, by another batch. An
+    unreadable drop, or one that brought nothing, stays open.
+    """
+    marked = []
+    for rec in batches(storage, site):
+        key = catalog.quarantine_records_key(site, rec.sha256)
+        if rec.state != QUARANTINED or rec.fixed_by or not storage.exists(key):
+            continue
+        people = json.loads(storage.read_bytes(key))
+        held = [reg.get(p) for p in people]
+        # held by another batch than when it was quarantined: a record the old batch still
+        # holds (the other side of an id_clash) is not fixed until a correction replaces it
+        if not held or any(e is None or e.state not in (ACCEPTED, WITHDRAWN)
+                           or e.batch == people[p] for p, e in zip(people, held)):
+            continue
+        by = max({e.batch for e in held}, key=[e.batch for e in held].count)
+        catalog.write_batch(storage, replace(rec, fixed_by=by))
+        marked.append(rec.sha256)
+    return marked
 
 
 def _scan(storage: Storage, site: Site, study: Study, key: bytes, stamp: str) -> _SiteScan:
@@ -336,9 +373,11 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
     if extra:
         report = replace(report, findings=report.findings + extra)
     if split is not None:
-        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
-                                        "records_held": split.held,
-                                        "records_changed": len(split.changed)})
+        counts = split.counts()
+        report = replace(report, extra={**report.extra, "records_new": counts["new"],
+                                        "records_held": counts["unchanged"],
+                                        "records_changed": counts["changed"],
+                                        "records_withdrawn": counts["withdrawn"]})
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -366,7 +405,17 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
             catalog.write_register(storage, site.code, reg)
             catalog.write_batch(storage, batch)
     else:
-        qkey = _quarantine(storage, site.code, sha, data, name, report)
+        qkey = _quarantine(storage, site.code, sha, data, name, report, site.language)
+        if split is not None:
+            # The people whose records it would have brought (new or changed; not those held
+            # unchanged), with the batch holding each now ("" when none): it is fixed once
+            # other batches hold them all.
+            ids = frame["participant_id"]
+            changed = {i for i, _ in split.changed}
+            people = {str(ids.iloc[i]): (reg[ids.iloc[i]].batch if ids.iloc[i] in reg else "")
+                      for i in range(len(frame)) if pd.notna(ids.iloc[i])
+                      and (split.new[i] or i in changed)}
+            write_json(storage, catalog.quarantine_records_key(site.code, sha), people)
         reason = "; ".join(sorted({f.check for f in report.errors}))
         catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
                                                  quarantine_key=qkey, **rec))
@@ -429,6 +478,16 @@ class RecordSplit:
     held: int                          # rows the site holds already, unchanged
     withdrawn: int                     # rows of people who withdrew consent: left out
     changed: tuple[tuple[int, str], ...]   # (row position, holding batch) of changed records
+    corrected: int = 0                 # of ``new``: held by the replaced batch, answers changed
+    kept: int = 0                      # of ``new``: held by the replaced batch, unchanged
+
+    def counts(self) -> dict[str, int]:
+        """What the drop does to the site's records, as its summary says it: ``new`` (never
+        held), ``changed`` (a correction's changed records), ``unchanged`` (held already,
+        the same answers) and ``withdrawn`` (people who withdrew consent: left out)."""
+        return {"new": sum(self.new) - self.corrected - self.kept,
+                "changed": self.corrected + len(self.changed),
+                "unchanged": self.held + self.kept, "withdrawn": self.withdrawn}
 
 
 def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
@@ -440,13 +499,16 @@ def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
     itself (a drop processed again after a crash). Its cost is the drop's rows, each one
     dictionary look-up: the site's earlier batches are not read.
     """
-    new, held, withdrawn, changed = [], 0, 0, []
+    new, held, withdrawn, changed, corrected, kept = [], 0, 0, [], 0, 0
     for i, (pid, fp) in enumerate(zip(frame["participant_id"],
                                       catalog.fingerprints(frame, variables))):
         e = None if pd.isna(pid) else reg.get(pid)
         if e is None or e.state == SUPERSEDED or e.batch in (batch, replaces):
             new.append(e is None or e.state != WITHDRAWN)
             withdrawn += e is not None and e.state == WITHDRAWN
+            if e is not None and e.state == ACCEPTED and replaces and e.batch == replaces:
+                kept += e.fingerprint == fp
+                corrected += e.fingerprint != fp
             continue
         new.append(False)
         if e.state == WITHDRAWN:
@@ -455,7 +517,7 @@ def split_records(frame: pd.DataFrame, reg: dict, variables, batch: str,
             held += 1
         else:
             changed.append((i, e.batch))
-    return RecordSplit(new, held, withdrawn, tuple(changed))
+    return RecordSplit(new, held, withdrawn, tuple(changed), corrected, kept)
 
 
 # Changed records described one by one in a quarantine report; the rest in one finding.
@@ -726,8 +788,19 @@ def _plan_rekey(storage, sites, study, old_key, new_key, now) -> dict:
             "writes": writes, "deletes": deletes, "deletes_before": deletes_before}
 
 
+class UnknownParticipant(ValueError):
+    """A withdrawal of an ID the site's register has never held (a typo, or not sent yet)."""
+
+
+def id_rule(codebook) -> str:
+    """How a site's IDs are normalised before they are compared, in a data manager's words."""
+    rule = "IDs compared without surrounding spaces, digits as numbers (00017 = 17)"
+    return rule + (f", fitting {codebook.id_pattern}" if codebook.id_pattern else "")
+
+
 def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant_id: str,
-             reason: str = "", purge_raw: bool = False, now: datetime | None = None) -> dict:
+             reason: str = "", purge_raw: bool = False, now: datetime | None = None,
+             not_yet_received: bool = False) -> dict:
     """Record that a participant withdrew consent; optionally purge them from raw.
 
     The withdrawal is a ledger entry by pseudonym (never the ID), written first; the
@@ -751,16 +824,35 @@ def withdraw(storage: Storage, site: Site, study: Study, key: bytes, participant
         The ledger entry: ``pseudonym``, ``site``, ``at``, ``held`` (whether the site had
         a record of them), ``purged`` (files replaced).
 
+    not_yet_received : bool
+        The site has not sent the person's record yet: record the withdrawal all the same
+        (a later export holding them will not bring them in). Without it, an ID the
+        register has never held is refused (a typo must not be recorded as a withdrawal).
+
     Raises
     ------
+    UnknownParticipant
+        The register has never held the ID and ``not_yet_received`` is not set. The message
+        names no other ID: only how many records the site holds and how IDs are normalised.
+        Also an ID that does not fit the codebook's ``id_pattern`` (whatever
+        ``not_yet_received`` says).
     ValueError
-        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+        A blank ID.
     """
+    from lacrima.codebook import load_codebook
+
     catalog.check_key(storage, key)
+    codebook = load_codebook(site)
     ids = participant_ids(site, participant_id)
     pseudonym = pseudonymise(site.code, ids, key).iloc[0]
     reg = catalog.read_register(storage, site.code, study.variables)
     old = reg.get(pseudonym)
+    if old is None and not not_yet_received:
+        held = sum(1 for e in reg.values() if e.state == ACCEPTED)
+        raise UnknownParticipant(
+            f"site {site.code} holds no record of this ID ({held} record(s) held; "
+            f"{id_rule(codebook)}): check the ID, or add --not-yet-received if the site has "
+            "not sent their record yet")
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     entry = {"pseudonym": pseudonym, "site": site.code, "at": stamp, "reason": reason,
              "held": bool(old and old.batch), "purged": []}
@@ -874,13 +966,18 @@ def participant_ids(site: Site, participant_id: str) -> pd.Series:
     Raises
     ------
     ValueError
-        A blank ID, or one that does not fit the codebook's ``id_pattern``.
+        A blank ID.
+    UnknownParticipant
+        An ID that does not fit the codebook's ``id_pattern`` (named by the rule, not by
+        any other ID).
     """
     from lacrima.codebook import load_codebook
 
     codebook = load_codebook(site)
     ids, bad = codebook.normalise_ids(pd.Series([participant_id], dtype="str"))
-    if ids.isna().iloc[0] or not str(ids.iloc[0]) or bad:
-        raise ValueError(f"the participant ID given is {'blank' if not bad else 'not of the shape'}"
-                         f"{'' if not bad else ' ' + codebook.id_pattern} of site {site.code}")
+    if ids.isna().iloc[0] or not str(ids.iloc[0]):
+        raise ValueError(f"the participant ID given is blank (site {site.code})")
+    if bad:
+        raise UnknownParticipant(f"the participant ID does not fit the IDs of site {site.code} "
+                                 f"({id_rule(codebook)}): check the ID")
     return ids

@@ -34,6 +34,7 @@ import pandas as pd
 from lacrima.codebook import Codebook, FileFormat, Scale, load_codebook, normalise_label
 from lacrima.findings import DropError, Finding, column_label, findings_frame
 from lacrima.formula import looks_like_formula
+from lacrima.i18n import Msg, msg
 from lacrima.study import Site, Study
 
 IDENTIFYING_NAME = re.compile(
@@ -134,6 +135,9 @@ class NativeDrop:
         File name of the drop.
     format : str
         Format kind the file was read as.
+    looks_like : str
+        The code of another site whose codebook the header fits, when most of this site's
+        columns are missing (``looks_like``); its one finding says so, and no value is checked.
     """
 
     frame: pd.DataFrame = field(repr=False)
@@ -143,6 +147,7 @@ class NativeDrop:
     n_rows: int
     source: str = ""
     format: str = ""
+    looks_like: str = ""
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -801,6 +806,7 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         else:
             position[n] = i
     mapped = {_column_key(spec.column) for spec in codebook.columns.values()}
+    findings += _non_participant_rows(table, codebook, position, name)
     dup_mapped = sorted({d for d in duplicated if d in mapped})
     if dup_mapped:
         findings.append(Finding(
@@ -829,24 +835,29 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         findings.append(Finding(
             # As designed (the codebook lists them): information, not a problem to act on.
             check="identifying_columns", severity="info", columns=tuple(ident_declared),
-            message=(f"{len(ident_declared)} identifying column(s) of {name} listed in the "
-                     f"codebook were removed unread at intake: {_names(ident_declared)}"),
-            expected="identifying columns never enter curated data", found="columns removed",
+            message=msg("{n} identifying column(s) of {file} listed in the codebook were "
+                        "removed unread at intake: {columns}", n=len(ident_declared), file=name,
+                        columns=_names(ident_declared)),
+            expected=msg("identifying columns never enter curated data"),
+            found=msg("columns removed"),
         ))
     if ident_other:
         findings.append(Finding(
             check="identifying_columns", severity="warning", columns=tuple(ident_other),
-            message=(f"{len(ident_other)} column(s) of {name} look identifying and are not in the "
-                     f"codebook; they were removed unread at intake: {_names(ident_other)}"),
-            expected="no identifying columns beyond those the codebook lists",
-            found="unexpected identifying column names",
+            message=msg("{n} column(s) of {file} look identifying and are not in the "
+                        "codebook; they were removed unread at intake: {columns}",
+                        n=len(ident_other), file=name, columns=_names(ident_other)),
+            expected=msg("no identifying columns beyond those the codebook lists"),
+            found=msg("unexpected identifying column names"),
         ))
     if unexpected:
         findings.append(Finding(
             check="unexpected_columns", severity="warning", columns=tuple(unexpected),
-            message=(f"{len(unexpected)} column(s) of {name} are not in the codebook of site "
-                     f"{codebook.site!r} and were ignored: {_names(unexpected)}"),
-            expected="only the codebook's columns", found=f"{len(unexpected)} extra column(s)",
+            message=msg("{n} column(s) of {file} are not in the codebook of site {site} and "
+                        "were ignored: {columns}", n=len(unexpected), file=name,
+                        site=codebook.site, columns=_names(unexpected)),
+            expected=msg("only the codebook's columns"),
+            found=msg("{n} extra column(s)", n=len(unexpected)),
         ))
     # Ignored columns are not read: nothing in them reaches curated data, so they are not
     # checked for formulas either (a free-text answer "- felt heard" is not a formula problem).
@@ -883,13 +894,35 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
         findings.extend(_column_findings(issues, spec.column, name, scale, fmt, today,
                                          canonical=var, vocabulary=vocabulary,
                                          site=site.code))
-    if missing:
+    other = (looks_like(table.names, site)
+             if 2 * len(missing) > len(codebook.columns) else "")
+    if other:
+        # Another site's export: that is the one thing to say (its columns are all "missing",
+        # its header rows and metadata all odd here).
+        findings = [f for f in findings if f.check == "unexpected_format"]
+        total = len(codebook.columns)
         findings.insert(0, Finding(
             check="missing_columns", columns=tuple(missing),
-            message=(f"{len(missing)} expected column(s) are missing from {name} (site "
-                     f"{codebook.site!r}): {_names(missing)}"),
-            expected=f"columns {_names(missing)} as named in the codebook",
-            found=f"{len(table.names)} column(s), none with these names",
+            message=(msg("none of the {total} columns of site {site} are in {file}: it looks "
+                         "like an export of site {other}", total=total, site=codebook.site,
+                         file=name, other=other) if len(missing) == total else
+                     msg("{n} of the {total} columns of site {site} are missing from {file}: "
+                         "it looks like an export of site {other}", n=len(missing),
+                         total=total, site=codebook.site, file=name, other=other)),
+            expected=msg("the columns of the codebook of site {site}", site=codebook.site),
+            found=msg("the columns of the codebook of site {site}", site=other),
+            fix=msg("if the file is from site {other}, check and upload it with --site "
+                    "{other}; else send the export of site {site}", other=other,
+                    site=codebook.site),
+        ))
+    elif missing:
+        findings.insert(0, Finding(
+            check="missing_columns", columns=tuple(missing),
+            message=msg("{n} expected column(s) are missing from {file} (site {site}): "
+                        "{columns}", n=len(missing), file=name, site=codebook.site,
+                        columns=_names(missing)),
+            expected=msg("columns {columns} as named in the codebook", columns=_names(missing)),
+            found=msg("{n} column(s), none with these names", n=len(table.names)),
         ))
     if decimal_cols:
         other = "," if fmt.decimal == "." else "."
@@ -902,7 +935,123 @@ def _map(table: _Table, codebook: Codebook, study: Study, site: Site, path: Path
     frame = pd.DataFrame(columns)
     return NativeDrop(frame=frame, row_numbers=tuple(table.row_numbers), findings=tuple(findings),
                       identifying_dropped=tuple(ident_declared + ident_other), n_rows=n,
-                      source=path.name, format=fmt.kind)
+                      source=path.name, format=fmt.kind, looks_like=other)
+
+
+SUMMARY_WORDS = frozenset({
+    "total", "totals", "grand total", "sum", "mean", "average", "avg", "median", "count",
+    "sd", "std", "std dev", "totale", "totali", "somma", "media", "mediana", "dev. st.",
+    "gesamt", "summe", "mittelwert", "durchschnitt", "anzahl",
+    "סה\"כ", "סהכ", "סך הכל", "ממוצע", "חציון",
+})
+"""What a totals or summary row under the data says in its first cells (any case, a trailing
+colon or full stop ignored). Such a word is an answer to no question, so it may be shown."""
+
+
+def _summary_word(cell: Any) -> str:
+    if not isinstance(cell, str):
+        return ""
+    text = normalise_label(cell).rstrip(":. ")
+    return cell.strip() if text in SUMMARY_WORDS else ""
+
+
+def _non_participant_rows(table: _Table, codebook: Codebook, position: dict[str, int],
+                          name: str) -> list[Finding]:
+    """Rows that are not participants, removed from ``table`` and named in one error each kind.
+
+    A repeated header row (a second copy of the column names, or of Qualtrics' question text
+    and ImportId rows), a totals or summary row ("Totale", "Media", "Total" in the ID column,
+    or anywhere on a row without an ID), a note (a row without an ID holding one or two
+    cells) and every row below a blank separator row in a spreadsheet or CSV. Counted as
+    participants, each would enter the data as a person; as errors, the drop is quarantined
+    and the data manager deletes them in their own tool.
+    """
+    id_at = position.get(_column_key(codebook.id_column))
+    texts = {_column_key(s.column): _column_key(s.text)
+             for s in (*codebook.columns.values(), *codebook.extra_columns) if s.text}
+    kinds: dict[str, list[int]] = {}
+    words: list[str] = []
+    keep = []
+    separator = None
+    for k, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
+        previous = table.row_numbers[k - 1] if k else table.fmt.header_rows
+        if (separator is None and table.fmt.kind != "sav" and number > previous + 1):
+            separator = previous + 1
+        filled = [(i, c) for i, c in enumerate(row) if c is not None]
+        as_text = [(i, _column_key(c)) for i, c in filled if isinstance(c, str)]
+        repeats = sum(1 for i, c in as_text if i < len(table.names)
+                      and c in (table.names[i], texts.get(table.names[i])))
+        blank_id = id_at is not None and row[id_at] is None
+        word = _summary_word(row[id_at]) if id_at is not None else ""
+        if not word and blank_id:
+            word = next((w for _, c in filled if (w := _summary_word(c))), "")
+        if filled and (2 * repeats >= len(filled) and repeats >= 2
+                       or any(c.startswith('{"ImportId"') for _, c in as_text)):
+            kind = "header"
+        elif word:
+            kind = "summary"
+            if word not in words:
+                words.append(word)
+        elif separator is not None:
+            kind = "separator"
+        elif blank_id and len(filled) <= 2 and len(table.names) > 4:
+            kind = "note"
+        else:
+            keep.append(k)
+            continue
+        kinds.setdefault(kind, []).append(number)
+    if not kinds:
+        return []
+    table.rows[:] = [table.rows[k] for k in keep]
+    table.row_numbers[:] = [table.row_numbers[k] for k in keep]
+    shown = ", ".join(repr(w) for w in words[:3])
+    looks = {
+        "header": (msg("a repeated header row (the column names again)"),
+                   msg("{n} row(s) that look like a repeated header")),
+        "summary": (msg("a totals or summary row ({words})", words=shown),
+                    msg("{n} row(s) that look like a totals or summary row")),
+        "separator": (msg("rows below the blank row {row}, where the data end (notes or a "
+                          "second table?)", row=separator),
+                      msg("{n} row(s) below a blank row")),
+        "note": (msg("a note: no participant ID and only one or two cells filled"),
+                 msg("{n} row(s) that look like a note")),
+    }
+    id_name = codebook.id_column
+    out = []
+    for kind, rows in kinds.items():
+        what, found = looks[kind]
+        n = len(rows)
+        out.append(Finding(
+            check="non_participant_rows", columns=(id_name,), rows=tuple(rows),
+            message=msg("{n} row(s) of {file} are not participants: {what}", n=n, file=name,
+                        what=what),
+            expected=msg("one row per participant under one header row, nothing below the data"),
+            found=Msg(found.msgid, (("n", n),))))
+    return out
+
+
+def looks_like(names: Iterable[str], site: Site) -> str:
+    """The code of another site whose codebook the header fits, else "".
+
+    A site fits when the header holds at least four in five of its codebook's columns
+    (identifying columns aside); the best fit wins. Column names only: no cell is read.
+    """
+    from lacrima.study import load_sites
+
+    header = {_column_key(n) for n in names if n}
+    best, share = "", 0.8
+    for other in load_sites(site.folder.parent):
+        if other.code == site.code:
+            continue
+        try:
+            book = load_codebook(other)
+        except (ValueError, OSError):
+            continue
+        wanted = {_column_key(spec.column) for spec in book.columns.values()}
+        fit = len(wanted & header) / len(wanted) if wanted else 0.0
+        if fit >= share:
+            best, share = other.code, fit
+    return best
 
 
 def _names(names: Iterable[str], limit: int = 8) -> str:
@@ -961,7 +1110,7 @@ def _convert(cell: Any, vtype: str, scale: Scale | None, fmt: FileFormat, codes:
                 issues.add("unknown_labels", rownum, _label_shown(cell))
                 return None
     if number is None:
-        issues.add("non_numeric", rownum, "text" if isinstance(cell, str) else type(cell).__name__)
+        issues.add("non_numeric", rownum, "text" if isinstance(cell, str) else _kind_of(cell))
         return None
     if fmt.values == "codes" and scale is not None:
         try:
@@ -1007,12 +1156,23 @@ def _convert_date(cell: Any, fmt: FileFormat, today: dt.date, rownum: int, issue
             issues.add("bad_dates", rownum, "text in another date format")
             return None
     else:
-        what = "a number, not a date" if _is_number(cell) else type(cell).__name__
+        what = "a number, not a date" if _is_number(cell) else _kind_of(cell)
         issues.add("bad_dates", rownum, what)
         return None
     if value.date() > today:
         issues.add("future_dates", rownum, "dates after today")
     return value
+
+
+def _kind_of(cell: Any) -> str:
+    """What a cell holds, in a spreadsheet's words (never a Python type name)."""
+    if isinstance(cell, bool):
+        return "a TRUE/FALSE cell"
+    if isinstance(cell, (dt.datetime, dt.date, pd.Timestamp)):
+        return "a date"
+    if isinstance(cell, dt.time):
+        return "a time"
+    return "a value of another kind"
 
 
 def _fmt_number(x: float) -> str:
@@ -1033,22 +1193,86 @@ def _vocabulary(codebook: Codebook) -> frozenset[str]:
                      for w in _WORD.findall(normalise_label(label)))
 
 
-def _shown_labels(found: list[str], vocabulary: frozenset[str]) -> tuple[list[str], int]:
+def _shown_labels(found: list[str], vocabulary: frozenset[str],
+                  scale: Scale | None = None) -> tuple[list[str], int]:
     """Unknown labels that may be echoed, and how many may not.
 
     A cell of a label column can hold anything a person typed ("Mario Rossi mrossi@ex.it"
-    in a gender column). Only text made of the codebook's own answer words ("Spesso?",
-    "maschio.") and numeric codes ("code 4") is shown; anything else is "a value", and the
-    row numbers say where to look.
+    in a gender column). Only numeric codes ("code 4"), text made of the codebook's own
+    answer words ("Spesso?", "maschio.") and a near miss of one allowed answer (``near_label``:
+    "Allways", shown with "did you mean 'Always'?") are shown; anything else is "a value",
+    and the row numbers say where to look.
     """
     shown, hidden = [], 0
     for text in found:
         words = _WORD.findall(normalise_label(text))
-        if text.startswith("code ") or (words and len(text) <= 40 and set(words) <= vocabulary):
-            shown.append(text if text.startswith("code ") else repr(text))
+        near = near_label(text, scale.labels) if scale is not None else ""
+        if text.startswith("code "):
+            shown.append(msg("code {code}", code=text[5:]))
+        elif near:
+            shown.append(msg("{value} (did you mean {label}?)", value=repr(text),
+                             label=repr(near)))
+        elif words and len(text) <= 40 and set(words) <= vocabulary:
+            shown.append(repr(text))
         else:
             hidden += 1
     return shown, hidden
+
+
+def _joined(items) -> Msg | str:
+    """Items (texts or messages) as one comma-separated message, each rendered in turn."""
+    items = list(items)
+    if not any(isinstance(i, Msg) for i in items):
+        return ", ".join(map(str, items))
+    return Msg(", ".join(f"{{v{k}}}" for k in range(len(items))),
+               tuple((f"v{k}", i) for k, i in enumerate(items)))
+
+
+def _plain(text: str) -> str:
+    """Case folded, accents removed: "Sì" and "si" compare equal."""
+    decomposed = unicodedata.normalize("NFKD", normalise_label(text))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _edits(a: str, b: str) -> int:
+    """Letters to insert, delete or replace to turn ``a`` into ``b`` (``difflib``'s alignment)."""
+    import difflib
+
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    return sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in ops if op != "equal")
+
+
+def near_label(text: str, labels) -> str:
+    """The one allowed answer ``text`` is a misspelling of, else "".
+
+    Case and accents are free; beyond them one letter for an answer of up to four letters and
+    two for a longer one. Text further from every answer, or as near to two of them, could be
+    a person's words and is not matched (the caller then hides it).
+
+    Examples
+    --------
+    >>> near_label("Allways", ["Seldom", "Sometimes", "Always"])
+    'Always'
+    >>> near_label("si", ["Sì", "No"]), near_label("Womenx", ["Woman", "Man"])
+    ('Sì', 'Woman')
+    >>> near_label("Ann", ["Woman", "Man"]), near_label("Mario Rossi", ["Maschio", "Femmina"])
+    ('', '')
+    """
+    plain = _plain(text)
+    if not plain or len(plain) > 40:
+        return ""
+    scored = []
+    for label in dict.fromkeys(str(x) for x in labels):
+        target = _plain(label)
+        if not target or target.isdigit():
+            continue
+        limit = 1 if len(target) <= 4 else 2
+        if abs(len(target) - len(plain)) <= limit and (d := _edits(plain, target)) <= limit:
+            scored.append((d, label))
+    scored.sort()
+    if not scored or len(scored) > 1 and scored[1][0] == scored[0][0]:
+        return ""
+    return scored[0][1]
 
 
 def _human_date(fmt: str) -> str:
@@ -1068,35 +1292,57 @@ def _column_findings(issues: _Issues, column: str, name: str, scale: Scale | Non
         if check == "formula_cells":
             out.append(_formula_finding(column, rows, name))
         elif check == "unknown_labels":
-            expected = ", ".join(scale.labels) if scale else "a value from the codebook"
-            shown, hidden = _shown_labels(found, vocabulary)
-            what = ", ".join(shown[:5] + ([f"{hidden} other value(s) not shown (they may be "
-                                           "free text)"] if hidden else []))
-            how = ("re-export with choice text (the answer labels), not numeric codes, or "
-                   "correct these cells" if fmt.values == "labels" else "correct these cells")
+            expected = ", ".join(dict.fromkeys(scale.labels)) if scale else ""
+            shown, hidden = _shown_labels(found, vocabulary, scale)
+            what = _joined(shown[:5])
+            if hidden:
+                what = msg("{shown}, {hidden} other value(s), not shown: they may be a "
+                           "person's words (see the rows)", shown=what, hidden=hidden) if what \
+                    else msg("{hidden} value(s), not shown: they may be a person's words (see "
+                             "the rows)", hidden=hidden)
+            near = [(t, m) for t in found if scale is not None and not t.startswith("code ")
+                    and (m := near_label(t, scale.labels))]
+            codes = bool(found) and all(t.startswith("code ") for t in found)
+            upload = f"`lacrima upload FILE --site {site}`"
+            if codes and fmt.values == "labels":
+                how = msg("re-export with choice text (the answer labels), not numeric codes, "
+                          "then upload the corrected file ({upload})", upload=upload)
+            elif near:
+                pairs = ", ".join(f"{t!r} → {m!r}" for t, m in near[:3])
+                how = (msg("correct the misspelt answers ({pairs}) in your own tool, then "
+                           "upload the corrected file ({upload})", pairs=pairs, upload=upload)
+                       if len(near) == len(found) else
+                       msg("correct the misspelt answers ({pairs}) and the other cells to one "
+                           "of the allowed answers in your own tool, then upload the corrected "
+                           "file ({upload})", pairs=pairs, upload=upload))
+            else:
+                how = msg("correct these cells to one of the allowed answers in your own tool, "
+                          "then upload the corrected file ({upload})", upload=upload)
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {label} of {name} hold answers not in the "
-                         f"codebook: {what}; they were read as missing"
-                         + _codes_hint(found, fmt)),
-                expected=f"one of: {expected}",
-                found=f"{len(found)} unknown answer(s): {what}",
-                fix=(f"{how} to one of the allowed answers, then upload the corrected file "
-                     f"(`lacrima upload FILE --site {site}`)" if site else ""),
+                message=msg("{n} cell(s) in column {column} of {file} hold answers not in the "
+                            "codebook: {what}; they were read as missing{hint}", n=k,
+                            column=label, file=name, what=what, hint=_codes_hint(found, fmt)),
+                expected=(msg("one of: {labels}", labels=expected) if scale else
+                          msg("a value from the codebook")),
+                found=msg("{n} unknown answer(s): {what}", n=len(found), what=what),
+                fix=how if site else "",
             ))
         elif check == "unknown_codes":
             allowed = ", ".join(_fmt_number(float(c)) for c in scale.native_codes
                                 if isinstance(c, (int, float)) and not isinstance(c, bool))
             out.append(Finding(
                 check=check, columns=(column,), rows=tuple(rows),
-                message=(f"{k} cell(s) in column {label} of {name} hold codes not in the "
-                         f"codebook's scale {scale.name!r}: {', '.join(found[:5])}; they were "
-                         "read as missing"),
-                expected=f"one of the codes: {allowed}",
-                found=f"{len(found)} unknown code(s): {', '.join(found[:5])}",
-                fix=(f"correct these cells to one of the codes {allowed} in the site's tool, "
-                     f"then upload the corrected file (`lacrima upload FILE --site {site}`)"
-                     if site else ""),
+                message=msg("{n} cell(s) in column {column} of {file} hold codes not in the "
+                            "codebook's scale {scale}: {codes}; they were read as missing",
+                            n=k, column=label, file=name, scale=repr(scale.name),
+                            codes=", ".join(found[:5])),
+                expected=msg("one of the codes: {codes}", codes=allowed),
+                found=msg("{n} unknown code(s): {codes}", n=len(found),
+                          codes=", ".join(found[:5])),
+                fix=(msg("correct these cells to one of the codes {codes} in your own tool, then "
+                         "upload the corrected file ({upload})", codes=allowed,
+                         upload=f"`lacrima upload FILE --site {site}`") if site else ""),
             ))
         elif check == "non_numeric":
             out.append(Finding(

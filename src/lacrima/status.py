@@ -93,7 +93,9 @@ def site_status(code: str, records: list[dict], participants: int | None) -> dic
     dict
         ``site``, ``batches`` (accepted, not superseded), ``participants`` (held, as given),
         ``last_drop`` (when the latest batch was received), ``pending`` (files landed that no
-        run has processed), ``quarantined`` (list of ``{file, batch, reason}``).
+        run has processed), ``quarantined`` (open problems: list of ``{file, batch, reason}``),
+        ``fixed`` (quarantined batches a later batch holds the records of: ``{file, batch,
+        reason, fixed_by}``).
     """
     mine = [r for r in records if r["site"] == code]
     received = [r["received_at"] for r in mine if r.get("received_at")]
@@ -105,5 +107,42 @@ def site_status(code: str, records: list[dict], participants: int | None) -> dic
         "pending": sum(1 for r in mine if r["state"] == "landed"),
         "quarantined": [{"file": r["original_name"], "batch": r["sha256"][:12],
                          "reason": r.get("reason", "")}
-                        for r in mine if r["state"] == "quarantined"],
+                        for r in mine if r["state"] == "quarantined" and not r.get("fixed_by")],
+        "fixed": [{"file": r["original_name"], "batch": r["sha256"][:12],
+                   "reason": r.get("reason", ""), "fixed_by": r["fixed_by"][:12]}
+                  for r in mine if r["state"] == "quarantined" and r.get("fixed_by")],
     }
+
+
+def batch_report(storage, site: str, ref: str):
+    """The findings of one batch of ``site`` as ``lacrima check`` gave them, and its ledger entry.
+
+    Parameters
+    ----------
+    storage : Storage
+    site : str
+    ref : str
+        The batch: a SHA-256 prefix (8+ characters) or the file's name (``resolve_batch``).
+
+    Returns
+    -------
+    tuple
+        ``(record, report)``: the batch's ledger entry and its ``ValidationReport`` read back
+        from the quarantine folder, or None when the batch was accepted (its findings were
+        warnings at most, and no report is kept).
+
+    Raises
+    ------
+    LookupError
+        When ``ref`` names no single batch of the site.
+    """
+    from lacrima import catalog
+    from lacrima.intake import resolve_batch
+    from lacrima.storage import read_json
+    from lacrima.validate import ValidationReport
+
+    rec = resolve_batch(storage, site, ref)
+    key = f"{rec.quarantine_key or catalog.quarantine_prefix(site, rec.sha256)}/report.json"
+    if rec.state != "quarantined" or not storage.exists(key):
+        return rec, None
+    return rec, ValidationReport.from_dict(read_json(storage, key))

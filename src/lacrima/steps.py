@@ -40,7 +40,8 @@ from lacrima.vocabulary import RESULTS_COLUMNS
 
 
 def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tuple[str, ...]]:
-    """Content key of a site's analysis: changes iff its accepted data, codebook, site file or plan do.
+    """Content key of a site's analysis: changes iff its accepted data, codebook, plan or the
+    site file's fields its results show (``Site.results_sha256``) do.
 
     Parameters
     ----------
@@ -55,7 +56,8 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
 
     Notes
     -----
-    key = SHA-256(register hash | codebook file hash | site file hash | plan hash), where the
+    key = SHA-256(register hash | codebook file hash | ``Site.results_sha256`` | plan hash)
+    (a site's contact, language or published N change no result), where the
     register (``catalog.register_digest``) says which record of which batch is each
     participant's current one: it changes with new or corrected records, a withdrawal or a
     rekey, and not with a re-export that brought nothing new. A store without a register
@@ -71,7 +73,7 @@ def site_input_key(storage: Storage, site: Site, study: Study) -> tuple[str, tup
     h = hashlib.sha256()
     # The codebook's file hash is what Codebook.sha256 holds; hashing the file skips parsing it.
     for part in ((register,) if register else accepted) + (
-            sha256_file(site.codebook_path), site.sha256, study.sha256):
+            sha256_file(site.codebook_path), site.results_sha256, study.sha256):
         h.update(part.encode())
     return h.hexdigest(), accepted
 
@@ -472,8 +474,8 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
     list of dict
         ``site``, ``file`` (its own name), ``batch`` (SHA-256), ``outcome`` (``accepted`` or
         ``quarantined``), ``rows``, ``errors`` / ``warnings`` (counts), ``checks`` (the
-        failed checks), ``new`` / ``already_held`` / ``changed`` (record counts when intake
-        gives them, else None) and ``report`` (the quarantine report's path, or None). No
+        failed checks), ``new`` / ``already_held`` (unchanged) / ``changed`` / ``withdrawn``
+        (record counts when intake gives them, else None) and ``report`` (the quarantine report's path, or None). No
         participant value: names of checks and counts only.
     """
     out = []
@@ -492,7 +494,7 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
                 "warnings": sum(1 for f in rep.findings if f.severity == "warning"),
                 "checks": sorted({f.check for f in rep.errors}),
                 "new": counts.get("new"), "already_held": counts.get("already_held"),
-                "changed": counts.get("changed"),
+                "changed": counts.get("changed"), "withdrawn": counts.get("withdrawn"),
                 "report": (f"{location.rstrip('/')}/{prefix}" if location else prefix) if bad
                 else None,
             })

@@ -8,6 +8,7 @@ replication rule, synthetic model). Each ``sites/<code>/`` folder holding a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -136,6 +137,15 @@ class Site:
     codebook_path: Path
     sha256: str
     raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def results_sha256(self) -> str:
+        """SHA-256 of what of the site file a site's analysis and its page depend on: code,
+        role, country and reference. Not the contact, the language (messages to the site),
+        the published N or the synthetic model: editing them recomputes nothing."""
+        shown = {"code": self.code, "role": self.role, "country": self.country,
+                 "reference": self.reference}
+        return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
     def synthetic(self, study: Study) -> Mapping[str, Any]:
         """The synthetic model for this site: the study's defaults with this site's overrides."""

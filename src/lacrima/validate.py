@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lacrima.findings import Finding, column_label, findings_frame
+from lacrima.i18n import msg
 from lacrima.scoring import score
 from lacrima.study import Study
 
@@ -263,6 +264,20 @@ class ValidationReport:
     def to_frame(self) -> pd.DataFrame:
         return findings_frame(self.findings)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ValidationReport":
+        """The report ``to_dict`` wrote (a quarantine folder's ``report.json``)."""
+        findings = tuple(Finding(check=f["check"], message=f["message"],
+                                 columns=tuple(f.get("columns", ())),
+                                 rows=tuple(f.get("rows", ())), expected=f.get("expected", ""),
+                                 found=f.get("found", ""), severity=f.get("severity", "error"),
+                                 fix=f.get("fix", "")) for f in d.get("findings", ()))
+        return cls(site=d["site"], file_name=d["file"], sha256=d["sha256"],
+                   n_rows=int(d.get("n_rows", 0)), findings=findings,
+                   identifying_dropped=tuple(d.get("identifying_columns_dropped", ())),
+                   plan_sha256=d.get("plan_sha256", ""),
+                   codebook_sha256=d.get("codebook_sha256", ""))
+
 
 def _native(codebook, canonical: str) -> str:
     try:
@@ -464,12 +479,58 @@ def _offending(frame: pd.DataFrame | None, variable: str, positions, limit: int 
     return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
 
 
+def _labels_style(codebook) -> bool:
+    """True when the site's files hold answer labels (the data manager never sees the codes)."""
+    formats = getattr(codebook, "formats", ())
+    return bool(formats) and formats[0].values == "labels"
+
+
+def _answer(codebook, variable: str, value) -> str:
+    """A canonical value as the site's file writes it: its label in a label column."""
+    scale = codebook.scale_of(variable) if hasattr(codebook, "scale_of") else None
+    if scale is not None and scale.has_value(value):
+        return repr(scale.label_of(value))
+    return {True: "'Yes'", False: "'No'"}.get(value, repr(str(value))) if isinstance(
+        value, bool) else repr(str(value))
+
+
+def _wording(rule: _Rule, study: Study, codebook) -> tuple:
+    """What a rule expects and the advice, in the site's terms: native columns, answer labels
+    in a label column (never the numeric codes behind them), whole numbers as whole numbers.
+    Message ids (``lacrima.i18n.msg``), rendered in the site's language where shown."""
+    kwargs = dict(rule.kwargs)
+    scale = codebook.scale_of(rule.variable) if hasattr(codebook, "scale_of") else None
+    criers = study.section("analysis")["criers"]
+    crier_column = column_label(_native(codebook, criers), criers)
+    no = _answer(codebook, criers, False)
+    if rule.check == "ids_present":
+        return msg("a participant ID on every row"), ""
+    if rule.check == "unique_ids":
+        return msg("each participant ID on one row only"), ""
+    if rule.check == "episode_blank_for_non_criers":
+        return msg("blank when {column} is {no} (episode items are asked of criers only)",
+                   column=crier_column, no=no), ""
+    if rule.check == "value_range" and rule.condition:
+        return msg("{value} when {column} is {no}", value=_fmt(kwargs["min_value"]),
+                   column=crier_column, no=no), ""
+    if scale is not None and _labels_style(codebook):
+        labels = ", ".join(dict.fromkeys(scale.labels))
+        return (msg("one of the answers: {labels}", labels=labels),
+                msg("correct these cells to one of the answers ({labels}) in your own tool, "
+                    "and upload the corrected file", labels=labels))
+    if rule.check == "value_range":
+        return msg("whole numbers from {low} to {high}", low=_fmt(kwargs["min_value"]),
+                   high=_fmt(kwargs["max_value"])), ""
+    return msg("one of {values}", values=", ".join(map(str, kwargs.get("value_set", ())))), ""
+
+
 def _findings(failed: dict, study: Study, row_numbers, codebook,
               frame: pd.DataFrame | None = None) -> list[Finding]:
     """The findings of one drop from its failed (check, expected, variable) -> rows or message.
 
     Coded and numeric checks (``_SHOWN_VALUES``) name the offending values; the other checks
-    (IDs, episode items for non-criers) name rows only.
+    (IDs, episode items for non-criers) name rows only. The wording is the site's
+    (``_wording``); the rule's own ``expected`` is the suite's key, not shown.
     """
     findings = []
     for rule in _rules(study):
@@ -484,12 +545,32 @@ def _findings(failed: dict, study: Study, row_numbers, codebook,
             continue
         rows = tuple(int(row_numbers[i]) for i in sorted(got) if i < len(row_numbers))
         values = _offending(frame, rule.variable, got) if rule.check in _SHOWN_VALUES else ""
-        findings.append(Finding(
-            check=rule.check,
-            message=(f"{len(rows) or len(got)} row(s) of column {label} fail: {rule.expected}"
-                     + (f"; found {values}" if values else "")),
-            columns=(native,), rows=rows, expected=rule.expected,
-            found=f"{len(got)} unexpected value(s)" + (f": {values}" if values else "")))
+        expected, fix = _wording(rule, study, codebook)
+        k = len(rows) or len(got)
+        if rule.check == "ids_present":
+            message = msg("{n} row(s) have no participant ID in column {column}", n=k,
+                          column=native)
+            found = msg("missing participant ID on {n} row(s)", n=k)
+        elif rule.check == "unique_ids":
+            message = msg("{n} row(s) share their participant ID (column {column}) with "
+                          "another row", n=k, column=native)
+            found = msg("{n} row(s) with a repeated participant ID", n=k)
+        elif fix:       # a label column: the answers, not the codes behind them
+            message = (msg("{n} row(s) of column {column} hold an answer that is not on its "
+                           "scale: {values}", n=k, column=label, values=values) if values else
+                       msg("{n} row(s) of column {column} hold an answer that is not on its "
+                           "scale", n=k, column=label))
+            found = (msg("{n} answer(s) not on the scale: {values}", n=len(got), values=values)
+                     if values else msg("{n} answer(s) not on the scale", n=len(got)))
+        else:
+            message = (msg("{n} row(s) of column {column} fail: {expected}; found {values}",
+                           n=k, column=label, expected=expected, values=values) if values else
+                       msg("{n} row(s) of column {column} fail: {expected}", n=k, column=label,
+                           expected=expected))
+            found = (msg("{n} value(s) that do not fit: {values}", n=len(got), values=values)
+                     if values else msg("{n} value(s) that do not fit", n=len(got)))
+        findings.append(Finding(check=rule.check, message=message, columns=(native,), rows=rows,
+                                expected=expected, found=found, fix=fix))
     return findings
 
 
@@ -536,10 +617,11 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",
-                    f"only {ok.mean():.0%} of rows have a scorable alliance and change score",
+                    msg("only {share} of rows have a scorable alliance and change score",
+                        share=f"{ok.mean():.0%}"),
                     columns=tuple(_native(codebook, c) for c in ("wai_01", "ctsc_01")),
-                    expected=f"at least {share_min:.0%} of rows scorable",
-                    found=f"{int(ok.sum())} of {len(ok)} rows scorable")]
+                    expected=msg("at least {share} of rows scorable", share=f"{share_min:.0%}"),
+                    found=msg("{n} of {total} rows scorable", n=int(ok.sum()), total=len(ok)))]
 
 
 def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha256: str,
@@ -568,12 +650,18 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
     """
     findings = list(drop.findings)
     frame = drop.frame
-    if len(frame):
-        findings += (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
-                     else list(suite))
+    other_site = getattr(drop, "looks_like", "")     # another site's export: nothing to check
+    if len(frame) and not other_site:
+        found = (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
+                 else list(suite))
+        id_column = getattr(codebook, "id_column", None)
+        if any(f.check == "missing_columns" and id_column in f.columns for f in findings):
+            # no ID column at all: said once, not as a missing ID on every row
+            found = [f for f in found if f.check != "ids_present"]
+        findings += found
         compare = [c for c in study.variables if c not in ("participant_id",)]
         findings += id_clashes(frame, accepted, drop.row_numbers, codebook, compare)
-    findings += completion(frame, study, codebook)
+    findings += [] if other_site else completion(frame, study, codebook)
     return ValidationReport(site=site, file_name=file_name, sha256=sha256, n_rows=len(frame),
                             findings=tuple(findings),
                             identifying_dropped=tuple(drop.identifying_dropped),

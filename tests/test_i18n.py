@@ -1,0 +1,121 @@
+"""Issue 22 item 8: findings, the quarantine report and the notification in the site's language.
+
+The catalogs are gettext .po files (Babel); every message id the code marks (``msg(...)``,
+``N_(...)``, ``_("...")`` in templates) has a translation in every language, with the same
+placeholders, and translating changes no check's outcome or JSON.
+"""
+
+from __future__ import annotations
+
+import html as html_module
+import json
+import re
+import string
+from pathlib import Path
+
+import openpyxl
+import pytest
+from babel.messages.extract import extract
+from babel.messages.pofile import read_po
+
+from lacrima import i18n
+from lacrima.dropreport import quarantine_notice, render_html
+from lacrima.intake import read_and_validate
+from lacrima.privacy import DEMO_KEY
+from lacrima.study import load_site
+from lacrima.synth import write_drop
+
+SRC = Path(i18n.__file__).parent
+
+
+def _code_ids() -> set[str]:
+    ids = set()
+    for path in SRC.rglob("*.py"):
+        with open(path, "rb") as fh:
+            ids |= {m[1] for m in extract("python", fh, keywords=i18n.KEYWORDS)}
+    for path in (SRC / "templates").glob("*.j2"):
+        ids |= {m.replace("\\'", "'")
+                for m in re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', path.read_text())}
+    return ids
+
+
+def _fields(text: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+
+
+@pytest.mark.parametrize("lang", [x for x in i18n.LANGUAGES if x != "en"])
+def test_every_message_id_has_a_translation_with_the_same_placeholders(lang):
+    with open(i18n.po_path(lang), "rb") as fh:
+        catalog = read_po(fh, locale=lang)
+    translated = {m.id: m.string for m in catalog if m.id}
+    ids = _code_ids()
+    assert len(ids) > 100
+    assert not sorted(ids - set(translated)), "message ids without a translation"
+    assert not sorted(set(translated) - ids), "translations of ids the code no longer has"
+    for msgid in ids:
+        assert translated[msgid].strip(), msgid
+        assert _fields(translated[msgid]) == _fields(msgid), (msgid, translated[msgid])
+        assert not any(m.fuzzy for m in catalog if m.id == msgid)
+
+
+def test_unknown_languages_fall_back_to_english():
+    assert i18n.translator("fr").gettext("what to do") == "what to do"
+    assert i18n.translator("it_IT").gettext("what to do") == "cosa fare"
+    assert i18n.direction("he") == "rtl" and i18n.direction("de") == "ltr"
+
+
+@pytest.fixture(scope="module")
+def italian_report(study, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("i18n")
+    path = write_drop(load_site("it"), study, folder / "dati.xlsx", n=12, seed=5)
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Dati"]
+    names = [c.value for c in ws[1]]
+    ws.cell(row=3, column=names.index("Genere") + 1, value="Doona")     # a typo of "Donna"
+    ws.append(["Totale"])
+    wb.save(path)
+    rep, _ = read_and_validate(path, load_site("it"), study, DEMO_KEY, path.name, "0" * 64)
+    return rep
+
+
+def test_an_italian_quarantine_report_reads_in_italian(italian_report):
+    html = render_html(italian_report, "it")
+    assert '<html lang="it" dir="ltr">' in html
+    assert "Rapporto di validazione" in html and "Cosa fare" in html
+    text = html_module.unescape(html)
+    assert "una riga di totali o di riepilogo ('Totale')" in text
+    assert "'Doona' (forse 'Donna'?)" in text
+    assert "non sono partecipanti" in html and "What to do" not in html
+    # the JSON is the same whatever the language: English texts, stable check names
+    data = json.dumps(italian_report.to_dict())
+    assert "non_participant_rows" in data and "not participants" in data
+    assert "partecipanti" not in data
+
+
+def test_a_hebrew_report_is_right_to_left(italian_report):
+    html = render_html(italian_report, "he")
+    assert '<html lang="he" dir="rtl">' in html and "מה לעשות" in html
+    english = render_html(italian_report, "en")
+    assert '<html lang="en" dir="ltr">' in english and "What to do" in english
+
+
+def test_the_terminal_report_and_the_notice_follow_the_language(italian_report):
+    from rich.console import Console
+
+    from lacrima.dropreport import print_report
+    console = Console(width=80, record=True, color_system=None)
+    print_report(italian_report, console, lang="de")
+    text = console.export_text()
+    assert "UNGÜLTIG" in text and "was tun" in text and "non_participant_rows" in text
+    drop = {"file": "dati.xlsx", "site": "it", "batch": "a" * 64, "rows": 12, "errors": 2,
+            "checks": ["non_participant_rows", "unknown_labels"], "report": "r.html"}
+    subject, body = quarantine_notice(drop, "it")
+    assert "quarantena" in subject and "lacrima upload FILE --site it" in body
+    assert quarantine_notice(drop)[0] == "lacrima: dati.xlsx from site it was quarantined"
+
+
+def test_translations_change_no_outcome(italian_report):
+    for lang in i18n.LANGUAGES:
+        local = [f.localized(lang) for f in italian_report.findings]
+        assert len(local) == len(italian_report.findings)
+        assert all(t["message"] for t in local)
