@@ -33,15 +33,6 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _storage():
-    """The configured store, or a clean usage error (a bad LACRIMA_STORAGE value)."""
-    from lacrima.storage import open_storage
-    try:
-        return open_storage()
-    except ValueError as err:
-        _fail(str(err))
-
-
 def _reachable(storage):
     """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
     try:
@@ -242,7 +233,7 @@ def _open_store(location: Optional[str]):
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
-    from lacrima.intake import LANDED, batches, read_landing_index
+    from lacrima.catalog import LANDED, batches, read_landing_index
     from lacrima.storage import sha256_bytes
     from lacrima.study import site_codes
 

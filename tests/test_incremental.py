@@ -104,7 +104,7 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     key, accepted = steps.site_input_key(ingested, us, study)
     assert re.fullmatch("[0-9a-f]{64}", key) and steps.site_input_key(ingested, us, study) == (
         key, accepted)
-    assert accepted == tuple(r.sha256 for r in intake.batches(ingested, "us"))
+    assert accepted == tuple(r.sha256 for r in catalog.batches(ingested, "us"))
     # The same export sent again under another name brings nothing: same key.
     again = tmp_path / "again.csv"
     again.write_bytes(demo_drops["us"].read_bytes())

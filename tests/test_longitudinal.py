@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lacrima import intake, steps
+from lacrima import catalog, intake, steps
 from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import simulate, write_drop
@@ -74,7 +74,7 @@ def stores(tmp_path_factory, study, sites):
         for code, path, corrects in items:
             intake.upload(monthly, by[code], path, replaces=first_us if corrects else "")
         intake.ingest_sites(monthly, list(sites), study, KEY)
-        first_us = first_us or intake.batches(monthly, "us")[0].sha256
+        first_us = first_us or catalog.batches(monthly, "us")[0].sha256
         if m == 2:
             intake.withdraw(monthly, by["us"], study, KEY, withdrawn, reason="test")
     once = LocalStorage(tmp / "once")
@@ -92,9 +92,9 @@ def _sorted(frame):
 @pytest.mark.parametrize("code", ["us", "it", "il"])
 def test_months_of_drops_give_the_curated_data_of_one_drop(stores, code):
     monthly, once = stores
-    assert not [r for r in intake.batches(monthly, code) if r.state == "quarantined"]
-    pd.testing.assert_frame_equal(_sorted(intake.curated_frame(monthly, code)),
-                                  _sorted(intake.curated_frame(once, code)))
+    assert not [r for r in catalog.batches(monthly, code) if r.state == "quarantined"]
+    pd.testing.assert_frame_equal(_sorted(catalog.curated_frame(monthly, code)),
+                                  _sorted(catalog.curated_frame(once, code)))
 
 
 def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, sites):

@@ -44,7 +44,6 @@ from typing import Mapping
 
 import pandas as pd
 
-from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.results import SiteAnalysis
 from lacrima.scoring import Flow
 from lacrima.storage import Storage, parquet_frame, read_json, write_json

@@ -17,9 +17,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from lacrima import catalog
-# Re-exported: the ledger and the keys live in the catalog; callers used to find them here.
-from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAWN,  # noqa: F401
-                             BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
+from lacrima.catalog import (ACCEPTED, QUARANTINED, SUPERSEDED, WITHDRAWN, BatchRecord, batches,
                              read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.privacy import pseudonymise
