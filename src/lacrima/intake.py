@@ -470,12 +470,15 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
         key = catalog.ledger_key(frame["site"].iloc[0], batch)
         old = parquet_frame(storage.read_bytes(json.loads(storage.read_bytes(key))["curated_key"]))
         held_rows[batch] = old.set_index("participant_id", drop=False)
+    # Both sides of every shown record in one pass each: per record, a pass costs ~60 ms.
+    pids = frame["participant_id"].iloc[[i for i, _ in shown]]
+    new_text = catalog.canonical_records(frame.iloc[[i for i, _ in shown]], variables)
+    held_text = catalog.canonical_records(pd.concat(
+        [held_rows[b].loc[[pid]].iloc[:1] for pid, (_, b) in zip(pids, shown)],
+        ignore_index=True), variables)
     out = []
-    for i, batch in shown:
-        pid = frame["participant_id"].iloc[i]
-        ours = json.loads(catalog.canonical_records(frame.iloc[[i]], variables)[0])
-        theirs = json.loads(catalog.canonical_records(
-            held_rows[batch].loc[[pid]].reset_index(drop=True), variables)[0])
+    for (i, batch), ours, theirs in zip(shown, map(json.loads, new_text),
+                                        map(json.loads, held_text)):
         diff = [k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b]
 
         def show(values, k):
