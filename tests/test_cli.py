@@ -102,6 +102,7 @@ def test_check_usage_errors_exit_2_with_a_message(drops, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+@pytest.mark.process
 def test_check_as_a_real_process_prints_no_traceback(drops):
     """The installed entry point, not only the in-process runner: stderr stays clean."""
     proc = subprocess.run([sys.executable, "-m", "flows", "check",

@@ -42,6 +42,7 @@ def _child(store, site: str, kill_at: str) -> int:
                           capture_output=True, timeout=600).returncode
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kill_at", ["write_batch", "write_register", "write_landing_index"])
 def test_a_sigkill_mid_intake_then_a_rerun_equals_one_clean_run(tmp_path, study, sites, kill_at):
     us = next(s for s in sites if s.code == "us")

@@ -108,6 +108,7 @@ def test_of_runs_racing_for_a_local_store_exactly_one_wins(tmp_path, expired):
     assert lease.current(store)["token"] == won[0].token
 
 
+@pytest.mark.process
 def test_a_killed_runs_lease_expires_and_is_taken_over(tmp_path):
     store = tmp_path / "store"
     code = ("import os, signal, sys; sys.path.insert(0, %r)\n"
