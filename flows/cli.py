@@ -173,8 +173,9 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.text import Text
 
     from lacrima.catalog import participants_held
+    from lacrima.runplan import plan
     from lacrima.status import misplaced, site_status
-    from lacrima.study import site_codes
+    from lacrima.study import load_sites, load_study, site_codes
 
     if site:
         _site(site)
@@ -184,8 +185,12 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         recs = _status_records(store, site)
         wrong = [] if site else misplaced(store, site_codes())
         summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
+        # What the next run would do (the run plan), for the whole store only
+        todo = None if site or as_json else plan(store, load_sites(), load_study())
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
+    except (ValueError, KeyError) as err:      # a broken site folder: `lacrima sites check`
+        _fail(f"cannot plan the next run: {err}")
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
         return
@@ -201,6 +206,8 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
                            f"see `lacrima status --batches`", style="red"))
     for w in wrong:
         out.print(Text(f"wrong place: {w['key']}: {w['problem']}. {w['fix']}", style="yellow"))
+    if todo is not None:
+        out.print(Text(f"next run: {todo.describe()}"))
     if batches and out.width < 120:          # one line per batch: words wrap, never break
         out.print(Text("Batches", style="bold"))
         for r in recs:
@@ -295,10 +302,12 @@ def _preflight(storage: Optional[str], demo: bool):
     """Key, store, plan and sites, checked before anything starts Prefect (one line, exit 2).
 
     The key and the store come first and need no pandas, so a missing key is told at once.
-    Returns the run context the plan step needs.
+    The store is opened and the key checked against it here, once. Returns the run context.
     """
     _check_config()
+    from lacrima.catalog import KeyCustodyError
     from lacrima.privacy import MissingKeyError, pseudonym_key
+    from lacrima.steps import prepare_run
     from lacrima.storage import open_storage
 
     try:
@@ -309,34 +318,23 @@ def _preflight(storage: Optional[str], demo: bool):
         _fail(str(err))
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
-    from lacrima.catalog import KeyCustodyError
-    from lacrima.steps import prepare_run
     try:
-        return prepare_run(storage, demo=demo)      # refuses a key that does not fit the store
+        return prepare_run(store, demo=demo)      # refuses a key that does not fit the store
     except KeyCustodyError as err:
         _fail(str(err))
     except (ValueError, KeyError, OSError) as err:   # site files, an unreadable plan
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
 
 
-def _plan(ctx, run_id: str) -> Optional[dict]:
-    """The plan step, without Prefect: the run's summary when nothing changed since the latest
-    report (no new drop, same inputs), else None (the flow has work to do)."""
-    from lacrima import steps as pipeline
+def _plan(ctx, runner: str):
+    """The run plan (``lacrima.runplan.plan``) before Prefect starts; exit 2 when the store
+    cannot be read."""
+    from lacrima.runplan import plan
 
     try:
-        plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
-        if any(p.pending for p in plans):
-            return None
-        keys = pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
-        if pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
-            return None
+        return plan(ctx.storage, ctx.sites, ctx.study, runner)
     except OSError as err:          # the store failed after its retries
         _fail(f"cannot read the store {ctx.storage.location}: {err}")
-    summary = pipeline.summarise(run_id, plans, [], [], None, sorted(keys),
-                                 location=ctx.storage.location)
-    summary["seconds"] = {}
-    return summary
 
 
 BUSY = 3       # exit code: another run holds the store's lease
@@ -367,14 +365,19 @@ def _run(storage: Optional[str], demo: bool, runner: str = "auto",
 
     run_id = new_run_id()
     log_file = _quiet_prefect(verbose, run_id)
-    quick = _plan(ctx, run_id)
-    if quick is not None:
-        return quick
+    todo = _plan(ctx, runner)
+    if todo.nothing_new:            # answered without starting Prefect
+        from lacrima.steps import summarise
+
+        summary = summarise(run_id, todo.drops, [], [], None, sorted(todo.keys),
+                            location=ctx.storage.location)
+        summary["seconds"] = {}
+        return summary
     from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
-            summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
+            summary = run_pipeline(storage_location=storage, demo=demo, runner=todo.runner,
                                    dask_address=dask_address, run_id=run_id, wait=wait)
         except LeaseLost as err:
             _fail(str(err), BUSY)

@@ -5,11 +5,11 @@ Each task is a few lines around one ``lacrima`` call and works on a group of sit
 Site tasks hand on each site's estimates and IPD sums, not its rows (those stay in the store).
 Retries with backoff go on I/O tasks only (listing, intake, report); every task has a timeout.
 
-Incremental: a site with no new landing object is not ingested; a site whose content key
-(register, codebook, site file, plan) has a complete stored entry is read back, not analysed
-(``steps.sites_to_analyse``); when no key changed at all since the latest report, nothing is
-analysed and no report is written (``steps.needs_report``). Every decision is a plain
-function in ``lacrima.steps``, tested without Prefect.
+The flow body executes a run plan (``lacrima.runplan.plan``, made under the store's lease):
+the sites it names are ingested; a site whose content key (register, codebook, site file,
+plan) has a complete stored entry is read back, not analysed; when no key changed since the
+latest report, nothing is analysed and no report is written. Every decision is in the plan,
+tested without Prefect.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
 from lacrima import intake, lease, report, steps, tables
-from lacrima.results import Comparison, RunOutputs, SiteAnalysis, SitePlan
+from lacrima.results import Comparison, RunOutputs, SiteAnalysis
+from lacrima.runplan import RunPlan, plan
 from lacrima.steps import RunContext
 from lacrima.storage import open_storage
 from lacrima.study import load_sites, load_study
@@ -57,8 +58,8 @@ def _quiet_thread_timeout_notice() -> None:
 
 
 @task(name="plan-run", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def plan_run(ctx: RunContext) -> list[SitePlan]:
-    return [steps.plan_site(ctx.storage, s) for s in ctx.sites]
+def plan_run(ctx: RunContext) -> RunPlan:
+    return plan(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="ingest-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
@@ -66,11 +67,6 @@ def ingest_sites(ctx: RunContext, sites) -> list[intake.IntakeResult]:
     # One Great Expectations run for the group's new drops (its cost is per call, not per
     # row); reading and storing stay per site. Groups run in parallel.
     return intake.ingest_sites(ctx.storage, sites, ctx.study, ctx.pseudonym_key)
-
-
-@task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def site_keys(ctx: RunContext) -> dict:
-    return steps.site_keys(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="analyse-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
@@ -147,21 +143,28 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
 
 
 def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
-    """The run's steps, under the store's lease: plan, ingest, analyse, compare, report, notify."""
+    """The plan made under the store's lease, executed: ingest, analyse, compare, report, notify.
+
+    Ingesting changes the store, so the analysis follows a plan made after it (planned
+    again, never patched); every decision is in ``lacrima.runplan.plan``.
+    """
     clock = steps.StageClock()
     with clock("plan"):
-        plans = plan_run(ctx)
-    with clock("intake"):
-        intakes = _by_groups(ingest_sites, ctx, steps.sites_to_ingest(ctx.sites, plans), group,
-                             "intake")
-        keys = site_keys(ctx)
+        first = todo = plan_run(ctx)
+    intakes = []
+    if first.ingest:
+        with clock("intake"):
+            intakes = _by_groups(ingest_sites, ctx, first.sites(ctx.sites, first.ingest), group,
+                                 "intake")
+        with clock("plan"):
+            todo = plan_run(ctx)
     analyses, comparison, outputs = [], None, None
-    if steps.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+    if todo.report:
         with clock("analysis"):
-            reuse, todo = steps.sites_to_analyse(ctx.storage, ctx.sites, keys)
             # the sites to analyse first, then those read back (~40 ms a site), all in groups
             analyses = steps.in_site_order(ctx.sites, _by_groups(
-                analyse_sites, ctx, todo + reuse, group, "analysis", keys))
+                analyse_sites, ctx, todo.sites(ctx.sites, todo.analyse)
+                + todo.sites(ctx.sites, todo.reuse), group, "analysis", todo.keys))
         with clock("pooling"):
             comparison = compare_sites(ctx, analyses)
         with clock("report"):
@@ -170,8 +173,8 @@ def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dic
             held.check()        # never publish over the run that took the store over
             outputs = write_report(ctx, run_id, analyses, comparison,
                                    {k: svg for p in plots for k, svg in p.result().items()})
-    summary = steps.summarise(run_id, plans, intakes, analyses, outputs,
-                              [] if outputs else sorted(keys), location=ctx.storage.location)
+    summary = steps.summarise(run_id, first.drops, intakes, analyses, outputs,
+                              [] if outputs else sorted(todo.keys), location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
@@ -258,16 +261,15 @@ def run_pipeline(storage_location: str | None = None, demo: bool = False, runner
                  workers: int | None = None, wait: float = 0.0) -> dict:
     """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
 
-    ``runner="auto"``: chosen by the work (``steps.choose_runner``): threads for a few sites
-    to analyse, processes for many; counted before the flow starts, from listings and
+    ``runner="auto"``: the run plan's (``lacrima.runplan.plan``): threads for a few sites
+    to analyse, processes for many; planned before the flow starts, from listings and
     ledgers only. Returns ``{"run_id", "busy"}`` when another run holds the store past
     ``wait`` seconds.
     """
     if workers is None:
         workers = default_workers()
-    if runner in (None, "auto"):
-        runner = steps.choose_runner(steps.expected_analyses(
-            open_storage(storage_location), load_sites(), load_study()))
+    if runner in (None, "auto"):     # `lacrima run` passes the runner its plan chose
+        runner = plan(open_storage(storage_location), load_sites(), load_study()).runner
     if runner != "thread" and not dask_address:     # a remote cluster cannot reach 127.0.0.1
         share_api()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from lacrima import catalog, intake, report, steps
+from lacrima.runplan import plan
 from lacrima.privacy import DEMO_KEY
 from lacrima.results import SitePlan
 from lacrima.storage import LocalStorage
@@ -94,8 +95,10 @@ def test_unchanged_sites_are_reused_from_their_stored_entries_as_stored(ingested
     ingested.local_path(f"results/it/{it.input_key}/outputs-{report.OUTPUTS_VERSION}/files.json"
                         ).unlink()
     assert [s.code for s in steps.sites_to_analyse(ingested, sites, keys)[1]] == ["it"]
-    # the decision needs no Prefect and reads no data file: existence checks only
-    assert steps.expected_analyses(ingested, sites, study) == 1
+    # the run plan's decision needs no Prefect and reads no data file: existence checks only
+    todo = plan(ingested, sites, study)
+    assert (todo.analyse, todo.reuse, todo.report, todo.runner) == (
+        ("it",), tuple(s.code for s in sites if s.code != "it"), True, "thread")
 
 
 def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop(

@@ -9,8 +9,9 @@
     write_outputs(ctx.storage, new_run_id(), analyses, comparison, ctx.study, list(ctx.sites),
                   provenance(...))
 
-Decisions (which sites to ingest, which to analyse, whether a report is needed, which task
-runner) are each one function here, so the flow body only reads as its steps.
+The pieces of a run's decisions (which sites to analyse, whether a report is needed, which
+task runner) are each one function here; ``lacrima.runplan.plan`` is the one caller that
+puts them together, so the flow body only reads as its steps.
 """
 
 from __future__ import annotations
@@ -193,11 +194,6 @@ def site_step(storage: Storage, site: Site, study: Study,
     return analysis
 
 
-def sites_to_ingest(sites, plans: list[SitePlan]) -> list[Site]:
-    """The sites with a landing object no run has processed yet (``SitePlan.pending``)."""
-    return [s for s, p in zip(sites, plans) if p.pending]
-
-
 def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tuple[str, ...]]]
                      ) -> tuple[list[Site], list[Site]]:
     """Split the sites with data into those whose stored results stand and those to analyse.
@@ -269,15 +265,6 @@ def choose_runner(n_to_analyse: int, requested: str | None = None) -> str:
     if requested and requested != "auto":
         return requested
     return "process" if n_to_analyse >= PROCESSES_FROM_SITES else "thread"
-
-
-def expected_analyses(storage: Storage, sites, study: Study) -> int:
-    """How many sites a run will analyse, before it ingests: those with a pending drop and
-    those whose stored results do not stand (:func:`sites_to_analyse`)."""
-    pending = {p.site for p in (plan_site(storage, s) for s in sites) if p.pending}
-    keys = site_keys(storage, sites, study)
-    todo = {s.code for s in sites_to_analyse(storage, sites, keys)[1]}
-    return len(pending | todo)
 
 
 # Sites per task, at most: an intake task validates its group's drops in one GX run (~0.1 s
@@ -448,12 +435,14 @@ def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
                       tuple(load_site(c, Path(root)) for c in codes), pseudonym_key(demo=demo), demo)
 
 
-def prepare_run(storage_location: str | None = None, demo: bool = False,
+def prepare_run(storage_location: str | Storage | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
-    """Open the store, read the plan and the sites, get the pseudonym key and check it fits
-    the store (``catalog.KeyCustodyError`` otherwise)."""
+    """Open the store (or take the one given), read the plan and the sites, get the
+    pseudonym key and check it fits the store (``catalog.KeyCustodyError`` otherwise)."""
     sites = (tuple(load_site(c) for c in site_codes) if site_codes else load_sites())
-    storage, secret = open_storage(storage_location), pseudonym_key(demo=demo)
+    storage = (open_storage(storage_location) if storage_location is None
+               or isinstance(storage_location, str) else storage_location)
+    secret = pseudonym_key(demo=demo)
     catalog.check_key(storage, secret)  # another key, or demo and real data: refuse before a drop
     return RunContext(storage, load_study(), sites, secret, demo)
 
