@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -358,7 +359,7 @@ def _exclusive(store, what: str):
 
 
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",
-         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0):
     """Check, plan, and only when there is work, run the flow with a progress display."""
     ctx = _preflight(storage, demo)
     from lacrima.steps import new_run_id
@@ -369,10 +370,8 @@ def _run(storage: Optional[str], demo: bool, runner: str = "auto",
     if todo.nothing_new:            # answered without starting Prefect
         from lacrima.steps import summarise
 
-        summary = summarise(run_id, todo.drops, [], [], None, sorted(todo.keys),
-                            location=ctx.storage.location)
-        summary["seconds"] = {}
-        return summary
+        return summarise(run_id, todo.drops, [], [], None, sorted(todo.keys),
+                         location=ctx.storage.location)
     from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
@@ -384,10 +383,9 @@ def _run(storage: Optional[str], demo: bool, runner: str = "auto",
         except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
             logging.getLogger("lacrima").exception("run %s failed", run_id)
             _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
-    if summary.get("busy"):         # another run holds the store: it changed nothing here
-        _fail(summary["busy"], BUSY)
-    summary["log"] = str(log_file)
-    return summary
+    if summary.busy:                # another run holds the store: it changed nothing here
+        _fail(summary.busy, BUSY)
+    return replace(summary, log=str(log_file))
 
 
 class _ProgressHandler(logging.Handler):
@@ -497,22 +495,22 @@ def _check_custody(location: Optional[str], demo: bool):
     return store, key
 
 
-def _print_summary(summary: dict, as_json: bool):
+def _print_summary(summary, as_json: bool):
+    """A run's ``RunSummary`` on the terminal, or as one JSON line."""
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(summary.to_dict()))
         return
-    if summary.get("nothing_new"):
+    if summary.nothing_new:
         console.print("nothing new since the latest report: no report written", markup=False)
-    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
-               "already held)" if summary.get("records_new") is not None else "")
-    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
-                  f"{summary['quarantined']} quarantined, "
-                  f"{summary['skipped_duplicates']} already processed", markup=False)
-    for d in summary.get("drops", []):
+    console.print(f"run {summary.run_id}: {summary.accepted} accepted ({summary.records_new} "
+                  f"new records, {summary.records_held} already held), "
+                  f"{summary.quarantined} quarantined, "
+                  f"{summary.skipped_duplicates} already processed", markup=False)
+    for d in summary.drops:
         console.print("  " + drop_line(d), markup=False, highlight=False, soft_wrap=True)
-    if summary.get("log"):
-        console.print(f"log: {summary['log']}", markup=False, highlight=False, soft_wrap=True)
-    typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
+    if summary.log:
+        console.print(f"log: {summary.log}", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(f"report: {summary.report}" if summary.report else "no report written")
 
 
 @app.command()

@@ -38,9 +38,9 @@ def landing_sweep(storage_location: str | None = None, demo: bool = False) -> di
         get_run_logger().info("no new drops: nothing to do")
         return {"pending": 0, "started": False}
     summary = lacrima_pipeline(storage_location=storage_location, demo=demo)
-    if summary.get("busy"):     # another run holds the store: the next sweep looks again
-        return {"pending": pending, "started": False, "busy": summary["busy"]}
-    return {"pending": pending, "started": True, "run": summary}
+    if summary.busy:            # another run holds the store: the next sweep looks again
+        return {"pending": pending, "started": False, "busy": summary.busy}
+    return {"pending": pending, "started": True, "run": summary.to_dict()}
 
 
 def build_deployments(cron: str = NIGHTLY_CRON, sweep_minutes: float = SWEEP_MINUTES,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -24,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
 from lacrima import intake, lease, report, steps, tables
-from lacrima.results import Comparison, RunOutputs, SiteAnalysis
+from lacrima.results import Comparison, RunOutputs, RunSummary, SiteAnalysis
 from lacrima.runplan import RunPlan, plan
 from lacrima.steps import RunContext
 from lacrima.storage import open_storage
@@ -122,13 +123,13 @@ def default_workers() -> int:
       log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None, group: int = steps.SITE_GROUP,
-                     wait: float = 0.0) -> dict:
+                     wait: float = 0.0) -> RunSummary:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
     ``group``: most sites one intake or analysis task takes (see ``steps.site_groups``).
     ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
-    after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
-    message naming the holder (a completed flow run: a busy store is not a failure).
+    after that the run stops having changed nothing and returns a summary whose ``busy``
+    names the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
     ctx = steps.prepare_run(storage_location, demo=demo)
@@ -139,10 +140,10 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
             return _run(ctx, run_id, group, held)
     except lease.LeaseHeld as err:
         get_run_logger().warning("%s", err)
-        return {"run_id": run_id, "busy": str(err)}
+        return RunSummary(run_id, busy=str(err))
 
 
-def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
+def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> RunSummary:
     """The plan made under the store's lease, executed: ingest, analyse, compare, report, notify.
 
     Ingesting changes the store, so the analysis follows a plan made after it (planned
@@ -180,14 +181,14 @@ def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dic
             publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
-    if summary["quarantined"]:
+    if summary.quarantined:
         with clock("notify"):
-            notify_drops(ctx, summary["drops"])
-    summary["seconds"] = clock.seconds
+            notify_drops(ctx, list(summary.drops))
+    summary = replace(summary, seconds=clock.seconds)
     get_run_logger().info(
         "run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s", run_id,
-        summary["accepted"], summary["quarantined"], len(summary["sites_recomputed"]),
-        len(summary["sites_reused"]), summary["report"] or "not needed (nothing new)")
+        summary.accepted, summary.quarantined, len(summary.sites_recomputed),
+        len(summary.sites_reused), summary.report or "not needed (nothing new)")
     return summary
 
 
@@ -258,12 +259,12 @@ def share_api() -> None:
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "auto",
                  dask_address: str | None = None, run_id: str | None = None,
-                 workers: int | None = None, wait: float = 0.0) -> dict:
+                 workers: int | None = None, wait: float = 0.0) -> RunSummary:
     """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
 
     ``runner="auto"``: the run plan's (``lacrima.runplan.plan``): threads for a few sites
     to analyse, processes for many; planned before the flow starts, from listings and
-    ledgers only. Returns ``{"run_id", "busy"}`` when another run holds the store past
+    ledgers only. The summary's ``busy`` is set when another run holds the store past
     ``wait`` seconds.
     """
     if workers is None:

@@ -158,7 +158,7 @@ def memory_sites(study, sites):
     """The demo's per-site analyses built in memory (synthetic canonical data at the published
     N): ``{code: (SiteAnalysis, analysis-ready rows)}``.
 
-    Same steps as ``steps.analyse_site_data`` without intake and storage, which report
+    Same steps as ``steps.site_step`` without intake and storage, which report
     tests do not need (tests/test_pipeline.py covers them): seconds instead of half a minute.
     """
     return sites_in_memory(study, sites)

@@ -166,9 +166,9 @@ def test_a_run_takes_over_after_the_holder_lets_go_and_releases_when_done(
     st, holder = busy_demo_store
     threading.Timer(0.5, lease.release, (st, holder)).start()
     summary = run_pipeline(storage_location=st.location, demo=True, wait=30)
-    assert summary["accepted"] == 3 and summary["report"]
+    assert summary.accepted == 3 and summary.report
     record = lease.current(st)
-    assert record["released"] and f"run {summary['run_id']}" in record["owner"]
+    assert record["released"] and f"run {summary.run_id}" in record["owner"]
     assert json.loads(st.read_bytes(lease.LEASE_KEY)) == record
 
 

@@ -99,8 +99,8 @@ def test_months_of_drops_give_the_curated_data_of_one_drop(stores, code):
 
 def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, sites):
     monthly, once = stores
-    a = {s.code: steps.analyse_site_data(monthly, s, study) for s in sites}
-    b = {s.code: steps.analyse_site_data(once, s, study) for s in sites}
+    a = {s.code: steps.site_step(monthly, s, study, outputs=False) for s in sites}
+    b = {s.code: steps.site_step(once, s, study, outputs=False) for s in sites}
     for code in a:
         assert a[code].flow == b[code].flow
         num = a[code].results.select_dtypes("number").columns
@@ -125,9 +125,9 @@ def plan(request, study, sites):
 def test_months_of_drops_give_the_pooled_estimates_of_one_drop(stores, plan):
     monthly, once = stores
     study, sites = plan
-    ca = steps.compare_sites([steps.analyse_site_data(monthly, s, study) for s in sites],
+    ca = steps.compare_sites([steps.site_step(monthly, s, study, outputs=False) for s in sites],
                              study, list(sites)).results
-    cb = steps.compare_sites([steps.analyse_site_data(once, s, study) for s in sites],
+    cb = steps.compare_sites([steps.site_step(once, s, study, outputs=False) for s in sites],
                              study, list(sites)).results
     assert ca["method"].astype(str).str.startswith("mixedlm").any()
     num = ca.select_dtypes("number").columns

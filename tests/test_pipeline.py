@@ -107,11 +107,11 @@ def test_flow_runs_end_to_end_under_prefect(prefect_harness, tmp_path, sites, de
     storage = LocalStorage(tmp_path / "store")
     _land_all(storage, sites, demo_drops)
     summary = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r1")
-    assert summary["accepted"] == 3 and summary["quarantined"] == 0
-    assert sorted(summary["sites_analysed"]) == ["il", "it", "us"]
-    assert summary["report"].endswith("reports/r1/report.html")
+    assert summary.accepted == 3 and summary.quarantined == 0
+    assert sorted(summary.sites_analysed) == ["il", "it", "us"]
+    assert summary.report.endswith("reports/r1/report.html")
     again = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r2")
-    assert again["skipped_duplicates"] == 3 and again["accepted"] == 0
+    assert again.skipped_duplicates == 3 and again.accepted == 0
 
 
 def test_pooled_rows_and_replication_cover_every_effect_of_the_plan(completed_run, study):

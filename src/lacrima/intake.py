@@ -56,6 +56,7 @@ class IntakeResult:
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
     records_new: int = 0       # records the accepted drops brought (new or corrected)
     records_held: int = 0      # records they held that the site already had, unchanged
+    counts: tuple[RecordCounts | None, ...] = field(default=(), repr=False)  # per report
 
     @property
     def changed(self) -> bool:
@@ -64,9 +65,19 @@ class IntakeResult:
     @property
     def record_counts(self) -> dict[str, dict]:
         """Batch -> its records ``new``, ``already_held`` and ``changed`` (None: not read)."""
-        return {r.sha256: {"new": r.extra.get("records_new"),
-                           "already_held": r.extra.get("records_held"),
-                           "changed": r.extra.get("records_changed")} for r in self.reports}
+        return {r.sha256: {"new": c and c.new, "already_held": c and c.already_held,
+                           "changed": c and c.changed}
+                for r, c in zip(self.reports, self.counts or [None] * len(self.reports))}
+
+
+@dataclass(frozen=True)
+class RecordCounts:
+    """A read drop's records against the site's register: new (or corrected), already held
+    unchanged, and changed (ID clashes unless the drop is a correction)."""
+
+    new: int
+    already_held: int
+    changed: int
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -91,15 +102,17 @@ def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
 
 
 def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
-                      accepted: pd.DataFrame | None = None, size_mb: float = 0.0):
+                      size_mb: float = 0.0):
     """Read a native drop and validate it. Returns (report, canonical frame or None).
 
-    Never raises for bad data: an unreadable file becomes a report with one finding.
+    Never raises for bad data: an unreadable file becomes a report with one finding. The
+    drop's records are checked against the site's register by intake (:func:`split_records`,
+    :func:`clash_findings`), not here.
     """
     report, drop, codebook = _read(path, site, study, key, name, sha, size_mb)
     if drop is None:
         return report, None
-    return validate_drop(drop, study, codebook, site.code, name, sha, accepted=accepted), drop.frame
+    return validate_drop(drop, study, codebook, site.code, name, sha), drop.frame
 
 
 def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
@@ -232,19 +245,21 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     results = []
     fingerprint = catalog.key_fingerprint(key)
     for scan in scans:
-        accepted, quarantined, reports, new, held = [], [], [], 0, 0
+        accepted, quarantined, reports, counts = [], [], [], []
         reg = catalog.read_register(storage, scan.site.code, study.variables)
         for p in scan.pending:
-            report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
+            report, reg, count = _process(storage, study, p, stamp, suites.get(id(p)), reg,
+                                          fingerprint)
             reports.append(report)
+            counts.append(count)
             (accepted if report.valid else quarantined).append(p.sha)
-            if report.valid:
-                new += report.extra.get("records_new", 0)
-                held += report.extra.get("records_held", 0)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
+        taken = [c for r, c in zip(reports, counts) if r.valid and c is not None]
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
-                                    tuple(quarantined), scan.skipped, tuple(reports), new, held))
+                                    tuple(quarantined), scan.skipped, tuple(reports),
+                                    sum(c.new for c in taken), sum(c.already_held for c in taken),
+                                    tuple(counts)))
     return results
 
 
@@ -304,10 +319,12 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
 
 
 def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
-             reg: dict, key_fingerprint: str) -> tuple[ValidationReport, dict]:
+             reg: dict, key_fingerprint: str
+             ) -> tuple[ValidationReport, dict, RecordCounts | None]:
     """Validate one read drop, split its records against the site's register, then curate
     or quarantine it and write its ledger entry. ``suite``: its findings from the group's
-    batched GX run. Returns the report and the register after this drop."""
+    batched GX run. Returns the report, the register after this drop and the drop's record
+    counts (None when it could not be read)."""
     site, sha, meta, name, data = p.site, p.sha, p.meta, p.name, p.data
     replaced, extra = None, ()
     if meta.get("replaces"):
@@ -326,10 +343,8 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
-    if split is not None:
-        report = replace(report, extra={**report.extra, "records_new": sum(split.new),
-                                        "records_held": split.held,
-                                        "records_changed": len(split.changed)})
+    counts = (None if split is None else
+              RecordCounts(sum(split.new), split.held, len(split.changed)))
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -360,7 +375,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         reason = "; ".join(sorted({f.check for f in report.errors}))
         catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
                                                  quarantine_key=qkey, **rec))
-    return report, reg
+    return report, reg, counts
 
 
 def _apply_correction(storage: Storage, site: str, intent: dict, study: Study, reg: dict) -> dict:

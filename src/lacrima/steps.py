@@ -32,7 +32,7 @@ import pandas as pd
 from lacrima import catalog
 from lacrima.catalog import ACCEPTED, batches, curated_frame
 from lacrima.intake import landing_counts
-from lacrima.results import Comparison, SiteAnalysis, SitePlan
+from lacrima.results import Comparison, RunSummary, SiteAnalysis, SitePlan
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.privacy import pseudonym_key
 from lacrima.storage import Storage, open_storage
@@ -121,23 +121,6 @@ def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tup
     return out
 
 
-def analyse_site_data(storage: Storage, site: Site, study: Study,
-                      keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
-    """A site's analysis, read back under its input key or computed and stored; ``None``
-    when the site has no accepted data yet.
-
-    Results are kept under ``results/<site>/<input_key>/`` (``catalog.save_site_analysis``)
-    and reused while the site's register, codebook, site file and plan are unchanged (the key
-    is a SHA-256 of those, never of pickled frames). ``keyed`` is the site's
-    ``site_input_key`` when the caller has it already.
-    """
-    input_key, accepted = keyed or site_input_key(storage, site, study)
-    if not accepted:
-        return None
-    stored = catalog.load_site_analysis(storage, site.code, input_key, accepted)
-    return stored if stored is not None else _analyse(storage, site, study, input_key, accepted)[0]
-
-
 def _analyse(storage: Storage, site: Site, study: Study, input_key: str,
              accepted: tuple[str, ...]) -> tuple[SiteAnalysis, pd.DataFrame]:
     """Score, exclude and analyse the site's curated records; store the analysis and rows."""
@@ -173,16 +156,22 @@ def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
 
 
 def site_step(storage: Storage, site: Site, study: Study,
-              keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
-    """One site's whole share of a run: its analysis (computed or reused) and its own outputs.
+              keyed: tuple[str, tuple[str, ...]] | None = None,
+              outputs: bool = True) -> SiteAnalysis | None:
+    """One site's whole share of a run: its analysis (computed or reused) and its own outputs;
+    ``None`` when the site has no accepted data yet. The one entry point of a site's analysis.
+
+    Results are kept under ``results/<site>/<input_key>/`` (``catalog.save_site_analysis``)
+    and reused while the site's register, codebook, site file and plan are unchanged (the key
+    is a SHA-256 of those, never of pickled frames). ``keyed`` is the site's
+    ``site_input_key`` when the caller has it already.
 
     The site's page and exports (``report.site_outputs``) are written here, once per input
     key, so they are made in parallel across sites and only when the site changed; a fresh
     analysis hands them the rows it was computed from, a reused one reads them from the store
-    only if its outputs are missing.
+    only if its outputs are missing. ``outputs=False`` leaves them out (a notebook or a test
+    that wants the analysis only).
     """
-    from lacrima.report import site_outputs     # rendering: see sites_to_analyse
-
     input_key, accepted = keyed or site_input_key(storage, site, study)
     if not accepted:
         return None
@@ -190,7 +179,10 @@ def site_step(storage: Storage, site: Site, study: Study,
     data = None
     if analysis is None:
         analysis, data = _analyse(storage, site, study, input_key, accepted)
-    site_outputs(storage, analysis, site, study, data)
+    if outputs:
+        from lacrima.report import site_outputs     # rendering: see sites_to_analyse
+
+        site_outputs(storage, analysis, site, study, data)
     return analysis
 
 
@@ -488,30 +480,33 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
     return out
 
 
-def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,
-              unchanged: list[str] = (), location: str = "") -> dict:
-    """The one-line JSON summary of a run (``lacrima run --json``).
+def summarise(run_id: str, plans: tuple[SitePlan, ...], intakes, analyses: list[SiteAnalysis],
+              outputs, unchanged: list[str] = (), location: str = "",
+              seconds: Mapping[str, float] | None = None) -> RunSummary:
+    """What a run did, as the frozen :class:`~lacrima.results.RunSummary`.
 
-    ``plans`` cover every site; ``intakes`` only the sites that had pending drops (the others'
-    landing objects all count as already processed). ``unchanged`` names sites whose results
-    stand without being loaded, because nothing at all changed since the latest report.
+    ``plans`` cover every site (``RunPlan.drops``); ``intakes`` only the sites that had
+    pending drops (the others' landing objects all count as already processed).
+    ``unchanged`` names sites whose results stand without being loaded, because nothing at
+    all changed since the latest report.
     """
     ingested = {i.site for i in intakes}
     reused = [a.site for a in analyses if a.reused] + list(unchanged)
-    return {
-        "run_id": run_id,
-        "drops_seen": sum(p.landed for p in plans),
-        "accepted": sum(len(i.accepted) for i in intakes),
-        "quarantined": sum(len(i.quarantined) for i in intakes),
-        "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
-                               + sum(p.landed for p in plans if p.site not in ingested)),
+    return RunSummary(
+        run_id=run_id,
+        drops_seen=sum(p.landed for p in plans),
+        accepted=sum(len(i.accepted) for i in intakes),
+        quarantined=sum(len(i.quarantined) for i in intakes),
+        skipped_duplicates=(sum(i.skipped_duplicates for i in intakes)
+                            + sum(p.landed for p in plans if p.site not in ingested)),
         # records, not files: what the accepted drops brought, and what they held already
-        "records_new": sum(getattr(i, "records_new", 0) for i in intakes),
-        "records_held": sum(getattr(i, "records_held", 0) for i in intakes),
-        "sites_analysed": [a.site for a in analyses],
-        "sites_recomputed": [a.site for a in analyses if not a.reused],
-        "sites_reused": sorted(reused),
-        "report": outputs.location if outputs else None,
-        "nothing_new": outputs is None and bool(reused),
-        "drops": drop_outcomes(intakes, location),
-    }
+        records_new=sum(i.records_new for i in intakes),
+        records_held=sum(i.records_held for i in intakes),
+        sites_analysed=tuple(a.site for a in analyses),
+        sites_recomputed=tuple(a.site for a in analyses if not a.reused),
+        sites_reused=tuple(sorted(reused)),
+        report=outputs.location if outputs else None,
+        nothing_new=outputs is None and bool(reused),
+        drops=tuple(drop_outcomes(intakes, location)),
+        seconds=dict(seconds or {}),
+    )

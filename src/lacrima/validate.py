@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -241,7 +241,6 @@ class ValidationReport:
     identifying_dropped: tuple[str, ...] = ()
     plan_sha256: str = ""
     codebook_sha256: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def valid(self) -> bool:
@@ -493,35 +492,6 @@ def _findings(failed: dict, study: Study, row_numbers, codebook,
     return findings
 
 
-def id_clashes(frame: pd.DataFrame, accepted: pd.DataFrame, row_numbers, codebook,
-               compare: list[str]) -> list[Finding]:
-    """IDs already accepted for this site whose answers differ: a data error (section 5).
-
-    The same ID with identical answers is a re-sent record and is not an error.
-    ``frame`` and ``accepted`` carry pseudonymised IDs, so no raw ID is compared or shown.
-    """
-    if accepted is None or accepted.empty:
-        return []
-    cols = [c for c in compare if c in frame.columns and c in accepted.columns]
-    merged = frame.reset_index(drop=True).reset_index().merge(
-        accepted[["participant_id", *cols]], on="participant_id", suffixes=("", "__acc"))
-    if merged.empty:
-        return []
-    differ = pd.Series(False, index=merged.index)
-    for c in cols:
-        a, b = merged[c].astype(str), merged[f"{c}__acc"].astype(str)
-        differ |= a != b
-    bad = merged.loc[differ, "index"].tolist()
-    if not bad:
-        return []
-    rows = tuple(int(row_numbers[i]) for i in bad)
-    return [Finding("id_clash", f"{len(rows)} participant ID(s) were already accepted for this site "
-                    "with different answers; send a correction with `lacrima upload --replaces BATCH`",
-                    columns=(_native(codebook, "participant_id"),), rows=rows,
-                    expected="new IDs, or identical answers for a re-sent record",
-                    found=f"{len(rows)} clashing ID(s)")]
-
-
 def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     """Completion threshold: enough rows with every ``[validation] completion_scores`` scorable."""
     if frame.empty:
@@ -543,21 +513,18 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
 
 
 def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha256: str,
-                  accepted: pd.DataFrame | None = None, suite=None) -> ValidationReport:
+                  suite=None) -> ValidationReport:
     """Every check of protocol section 8 on one read drop (a ``lacrima.native.NativeDrop``).
 
     Parameters
     ----------
     drop : NativeDrop
-        The read drop; ``drop.frame`` must already carry pseudonymised IDs when ``accepted``
-        is given.
+        The read drop.
     study : Study
     codebook : Codebook
         The site's codebook (native column names in findings).
     site, file_name, sha256 : str
         Shown in the report.
-    accepted : pandas.DataFrame, optional
-        The site's accepted rows, for ID clashes.
     suite : sequence of Finding, optional
         The suite's findings for this drop when already computed in a batched run
         (``run_suite_many``, as intake does); else the suite runs here.
@@ -571,8 +538,6 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
     if len(frame):
         findings += (run_suite(frame, study, drop.row_numbers, codebook) if suite is None
                      else list(suite))
-        compare = [c for c in study.variables if c not in ("participant_id",)]
-        findings += id_clashes(frame, accepted, drop.row_numbers, codebook, compare)
     findings += completion(frame, study, codebook)
     return ValidationReport(site=site, file_name=file_name, sha256=sha256, n_rows=len(frame),
                             findings=tuple(findings),
