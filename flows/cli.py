@@ -306,9 +306,7 @@ def _preflight(storage: Optional[str], demo: bool):
     The store is opened and the key checked against it here, once. Returns the run context.
     """
     _check_config()
-    from lacrima.catalog import KeyCustodyError
     from lacrima.privacy import MissingKeyError, pseudonym_key
-    from lacrima.steps import prepare_run
     from lacrima.storage import open_storage
 
     try:
@@ -319,6 +317,8 @@ def _preflight(storage: Optional[str], demo: bool):
         _fail(str(err))
     except (ValueError, OSError) as err:          # a bad storage URL, an unreachable store
         _fail(f"store {storage or os.environ.get('LACRIMA_STORAGE') or './data'}: {err}")
+    from lacrima.catalog import KeyCustodyError
+    from lacrima.steps import prepare_run
     try:
         return prepare_run(store, demo=demo)      # refuses a key that does not fit the store
     except KeyCustodyError as err:
