@@ -37,7 +37,7 @@ FIXES = {
     "ids_present": "fill in the missing participant IDs, and upload the corrected file",
     "unique_ids": "give each participant one row (remove repeated rows or fix mistyped IDs), and "
                   "upload the corrected file",
-    "completion": "check that the alliance and change items were exported, and upload a "
+    "completion": "check that the items of every completion score were exported, and upload a "
                   "complete file",
     "id_clash": "if these records were corrected on purpose, upload the file as a correction of "
                 "the batch that holds them (`lacrima upload FILE --site SITE --replaces BATCH`; "

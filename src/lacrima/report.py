@@ -438,14 +438,14 @@ INVARIANCE_MODELS = {"configural": "Configural (same factors)",
                      "partial_scalar": "Partial scalar"}
 
 
-def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+def invariance_section(fits: pd.DataFrame, notes: list[str], study: Study) -> dict[str, Any]:
     """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
     rows, conclusions = [], []
     for scale, group in fits.groupby("scale", sort=False):
         for f in group.itertuples(index=False):
             freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
             rows.append({
-                "Scale": _label_scale(scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                "Scale": _label_scale(study, scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
                 + (f" ({freed} free)" if freed else ""),
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
@@ -457,7 +457,7 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
                 else ("yes" if f.holds else "no"),
             })
         steps = group.set_index("model")
-        label = _label_scale(scale)
+        label = _label_scale(study, scale)
         if not steps.loc["metric", "holds"]:
             text = "loadings differ across sites (metric invariance fails): the factors " \
                    "do not mean the same everywhere; compare correlations with care"
@@ -475,8 +475,9 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
             "conclusions": conclusions, "notes": notes}
 
 
-def _label_scale(scale: str) -> str:
-    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+def _label_scale(study: Study, scale: str) -> str:
+    """A scale's name in the report: ``[invariance] labels``, else its score name."""
+    return str(study.section("invariance").get("labels", {}).get(scale, scale))
 
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
@@ -554,7 +555,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         verdict_rules=_verdict_rules(study), replication_cfg=study.section("replication"),
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
-        invariance=None if invariance is None else invariance_section(*invariance))
+        invariance=None if invariance is None else invariance_section(*invariance, study))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:

@@ -506,8 +506,10 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",
-                    f"only {ok.mean():.0%} of rows have a scorable alliance and change score",
-                    columns=tuple(_native(codebook, c) for c in ("wai_01", "ctsc_01")),
+                    f"only {ok.mean():.0%} of rows have every completion score scorable "
+                    f"({', '.join(names)})",
+                    columns=tuple(_native(codebook, study.scores[c]["items"][0]) for c in names
+                                  if study.scores.get(c, {}).get("items")),
                     expected=f"at least {share_min:.0%} of rows scorable",
                     found=f"{int(ok.sum())} of {len(ok)} rows scorable")]
 
