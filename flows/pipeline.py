@@ -113,8 +113,8 @@ def notify_drops(ctx: RunContext, drops: list[dict]) -> int:
 def default_workers() -> int:
     """Threads or worker processes by default: one per core, at least 2, at most 4.
 
-    Per-site work is mostly pandas under the GIL: on 2 cores, 4 threads took 49 s for the
-    125 x 120 analyses that 2 threads did in 36 s and one in 33 s (profiled 2026-11-22).
+    Per-site work is mostly pandas under the GIL: more threads than cores only slow it down
+    (``bench/notes.md``).
     """
     return max(2, min(4, os.cpu_count() or 2))
 
@@ -242,8 +242,8 @@ def share_api() -> None:
 
     Without ``PREFECT_API_URL``, Prefect starts an ephemeral API server in the process that
     first needs one, and a spawned worker process (process pool, local Dask cluster) inherits
-    no address: each started its own server (~220 MB and seconds of start-up per worker;
-    measured at 250 sites x 1,000 on Dask: three servers in the process tree). Here the
+    no address: each started its own server (memory and seconds of start-up per worker,
+    ``bench/notes.md``). Here the
     ephemeral server is started once and its address put in the environment the workers
     inherit. A configured API is left alone; workers of a remote Dask cluster (``dask_address``)
     never see this environment, so :func:`run_pipeline` does not call it for them.

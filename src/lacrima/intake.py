@@ -222,11 +222,7 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     sees an earlier one's records), completion, and curated or quarantined with its ledger
     entry. All the group's pending
     drops are held in memory between the steps: callers pass groups of sites, not all.
-
-    Measured on the 2-core dev machine, 3 sites x 7 new drops of 120 rows, warm: intake took
-    6.3-7.8 s with one GX run per drop (validation 3.9-4.4 s of it), 3.9-4.6 s with
-    ``ingest_site`` per site (one GX run per site) and 3.5-4.3 s with ``ingest_sites`` over
-    the three (one GX run, 0.4-0.7 s).
+    What one GX run for the group saves: ``bench/notes.md``.
     """
     sites = list(sites)
     codes = [s.code for s in sites]
@@ -485,7 +481,7 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
         key = catalog.ledger_key(frame["site"].iloc[0], batch)
         old = parquet_frame(storage.read_bytes(json.loads(storage.read_bytes(key))["curated_key"]))
         held_rows[batch] = old.set_index("participant_id", drop=False)
-    # Both sides of every shown record in one pass each: per record, a pass costs ~60 ms.
+    # Both sides of every shown record in one pass each, not a pass per record (bench/notes.md).
     pids = frame["participant_id"].iloc[[i for i, _ in shown]]
     new_text = catalog.canonical_records(frame.iloc[[i for i, _ in shown]], variables)
     held_text = catalog.canonical_records(pd.concat(

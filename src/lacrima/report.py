@@ -161,7 +161,7 @@ def _on_scale(fixed: pd.Series, scale: str, column: str) -> float:
 
 
 def _interval_warnings(detail: pd.Series | None) -> list[str]:
-    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    """Plain warnings about a pooled effect's intervals (small-k pooling)."""
     if detail is None or not detail.get("k") or detail["k"] < 2:
         return []
     out = []

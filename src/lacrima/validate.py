@@ -7,17 +7,12 @@ drop (IDs clashing with accepted batches) or the scores (completion) are plain p
 The suite runs on the drop in long format (one row per participant x checked variable, see
 ``long_frame``), so that each rule shared by many variables (every 1-5 Likert range, every
 episode item blank for non-criers) is one expectation instead of one per variable. Great
-Expectations' cost is per expectation and per metric, not per row: for a drop of 120 rows the
-11 expectations on ~7,500 long rows take about 0.1 s against 1.1-1.3 s for the 77 per-variable
-ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
-unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
-per call, so several drops are validated in one run (``run_suite_many``).
-
-Importing Great Expectations is the floor of ``lacrima check``: measured on the shared 2-core
-machine under load (2026-11-29, CPU seconds of one check of a 124-row drop), the import took
-6.2-6.7 of 8.5-8.7 s (73-77 %; it pulls scipy.stats, sqlalchemy and altair in), everything
-before it (typer, pandas, reading the drop) 1.2-1.3 s, the suite itself 0.5 s. It is therefore
+Expectations' cost is per expectation and per metric, not per row, so the suite runs on the
+long form (``run_suite`` maps each unexpected long row back to its variable and spreadsheet
+row). What remains is GX's fixed cost per call, so several drops are validated in one run
+(``run_suite_many``). Importing Great Expectations is most of ``lacrima check``'s time, so it is
 imported only when a readable drop reaches the suite, and its context is built once a process.
+The measurements behind these choices: ``bench/notes.md``.
 """
 
 from __future__ import annotations
@@ -342,12 +337,8 @@ def run_suite_many(frames, study: Study, row_numbers_list, codebooks,
 
     The suite runs twice at most per stacked run: pass/fail for every expectation
     (``BOOLEAN_ONLY``), then the failed ones alone with ``COMPLETE`` for their unexpected
-    rows. Only the GX calls hold ``_GX_LOCK``.
-
-    Measured on the 2-core dev machine, 20 synthetic drops of 120 rows (5 with an error):
-    2.9-3.0 s one by one (~0.15 s a drop) and 0.46-0.52 s stacked in one run (x6), with
-    equal findings. Of the stacked run, ~0.1 s is building the 20 long frames (per-drop
-    work both ways), the rest Great Expectations on ~150,000 long rows.
+    rows. Only the GX calls hold ``_GX_LOCK``. Stacking is about six times faster than
+    one run per drop, with equal findings (``bench/notes.md``).
     """
     frames, row_numbers_list, codebooks = list(frames), list(row_numbers_list), list(codebooks)
     if not (len(frames) == len(row_numbers_list) == len(codebooks)):
