@@ -105,7 +105,7 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
           report: Optional[Path] = typer.Option(None, help="write the report here (.html or .json)")):
     """Validate a drop locally without uploading it."""
     from lacrima.dropreport import print_report, render_html
-    from lacrima.intake import local_name, read_and_validate, safe_name
+    from lacrima.intake import read_and_validate, safe_name
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import sha256_bytes
     from lacrima.study import load_study
@@ -117,13 +117,9 @@ def check(file: Path = typer.Argument(..., help="the drop to validate"),
         data = file.read_bytes()
     except OSError as err:
         _fail(f"{file}: cannot read ({err.strerror})")
-    name = safe_name(file.name)
-    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        path = Path(tmp) / local_name(name)
-        path.write_bytes(data)
-        # Only the shape of IDs matters for a local check; the key never leaves this process.
-        rep, frame = read_and_validate(path, s, load_study(), DEMO_KEY, name, sha256_bytes(data),
-                                       size_mb=len(data) / 1e6)
+    # Only the shape of IDs matters for a local check; the key never leaves this process.
+    rep, frame = read_and_validate(file, s, load_study(), DEMO_KEY, safe_name(file.name),
+                                   sha256_bytes(data), size_mb=len(data) / 1e6)
     print_report(rep, Console(highlight=False))
     if report:
         text = render_html(rep) if report.suffix.lower() in (".html", ".htm") else \
@@ -241,7 +237,7 @@ def _open_store(location: Optional[str]):
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
-    from lacrima.catalog import LANDED, batches, read_landing_index
+    from lacrima.catalog import LANDED, batches, landing_prefix, read_landing_index
     from lacrima.storage import sha256_bytes
     from lacrima.study import site_codes
 
@@ -249,8 +245,7 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
     codes = set(site_codes())
-    prefix = f"landing/{site}" if site else "landing"
-    for obj in storage.list(prefix):
+    for obj in storage.list(landing_prefix(site)):
         parts = obj.key.split("/")
         # Only landing/<site>/<file> is read by a run; the rest is `misplaced`, not waiting.
         if len(parts) != 3 or parts[1] not in codes or parts[2].startswith("."):

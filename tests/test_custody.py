@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from lacrima import catalog, intake
 from flows.cli import app
 from lacrima.privacy import DEMO_KEY, MissingKeyError, pseudonym_key
+from lacrima.results import RunSummary
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
@@ -112,8 +113,7 @@ def test_the_demo_writes_to_data_not_to_the_configured_store(tmp_path, monkeypat
     monkeypatch.setenv("LACRIMA_STORAGE", str(tmp_path / "real"))
     seen = {}
     monkeypatch.setattr(cli, "_run", lambda storage, demo, *a: seen.update(storage=storage) or
-                        {"run_id": "r", "accepted": 0, "quarantined": 0, "skipped_duplicates": 0,
-                         "report": None})
+                        RunSummary("r"))
     assert lacrima("demo").exit_code == 0
     assert seen["storage"] == "data" and (tmp_path / "data" / "landing").is_dir()
     assert not (tmp_path / "real").exists()

@@ -57,3 +57,14 @@ def test_the_participants_table_follows_the_plan(study, memory_analyses):
     rows = list(descriptives_frame(memory_analyses, other)["Characteristic"])
     assert "Months in current therapy, M (SD)" in rows
     assert not [r for r in rows if r.startswith(("Age", "Gender"))]
+
+
+# Zones of the store: a key or prefix starting with one of these is built by lacrima.catalog.
+ZONE_KEY = re.compile(r"^(landing|raw|curated|quarantine|ledger|register|results|reports)/")
+
+
+def test_every_storage_key_is_built_by_the_catalog():
+    roots = [SRC, SRC.parents[1] / "flows"]
+    found = [f"{p.name}:{line}: {word!r}" for root in roots for p in sorted(root.rglob("*.py"))
+             if p.name != "catalog.py" for line, word in _code_words(p) if ZONE_KEY.search(word)]
+    assert not found, "\n".join(found)

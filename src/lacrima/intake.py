@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -109,18 +108,18 @@ def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: st
     drop's records are checked against the site's register by intake (:func:`split_records`,
     :func:`clash_findings`), not here.
     """
-    report, drop, codebook = _read(path, site, study, key, name, sha, size_mb)
+    report, drop, codebook = _read(Path(path).read_bytes(), site, study, key, name, sha, size_mb)
     if drop is None:
         return report, None
     return validate_drop(drop, study, codebook, site.code, name, sha), drop.frame
 
 
-def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
+def _read(data: bytes, site: Site, study: Study, key: bytes, name: str, sha: str,
           size_mb: float = 0.0):
     """Read a native drop and pseudonymise its IDs: (None, drop, codebook), or, when the file
     cannot be read, (report with its findings, None, codebook). Never raises for bad data."""
     from lacrima.codebook import load_codebook
-    from lacrima.native import read_drop
+    from lacrima.native import read_drop_bytes
 
     codebook = load_codebook(site)
     max_mb = float(study.section("validation").get("max_file_mb", 200))
@@ -129,7 +128,7 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
                     expected=f"at most {max_mb:.0f} MB", found=f"{size_mb:.0f} MB")
         return ValidationReport(site.code, name, sha, 0, (f,)), None, codebook
     try:
-        drop = read_drop(path, site, study)
+        drop = read_drop_bytes(data, local_name(name), site, study)
     except DropError as err:
         findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
         return ValidationReport(site.code, name, sha, 0, tuple(findings)), None, codebook
@@ -306,11 +305,7 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     storage.write_bytes(raw_key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
-    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
-        path = Path(tmp) / local_name(name)
-        path.write_bytes(data)
-        unreadable, drop, codebook = _read(path, site, study, key, name, sha,
-                                           size_mb=len(data) / 1e6)
+    unreadable, drop, codebook = _read(data, site, study, key, name, sha, size_mb=len(data) / 1e6)
     return _Pending(site, landing_key, data, sha, meta, name, raw_key, codebook, unreadable, drop)
 
 
@@ -719,7 +714,7 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
     what was replaced, for the ledger entry.
     """
     from lacrima.codebook import load_codebook
-    from lacrima.native import read_drop
+    from lacrima.native import read_drop_bytes
     from lacrima.redact import redact
 
     codebook = load_codebook(site)
@@ -729,13 +724,10 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
         if not storage.exists(rec.raw_key):
             continue
         data = storage.read_bytes(rec.raw_key)
-        with tempfile.TemporaryDirectory(prefix="lacrima-purge-") as tmp:
-            path = Path(tmp) / f"drop{PurePosixPath(rec.raw_key).suffix}"
-            path.write_bytes(data)
-            try:
-                drop = read_drop(path, site, study)
-            except DropError:
-                continue
+        try:
+            drop = read_drop_bytes(data, f"drop{PurePosixPath(rec.raw_key).suffix}", site, study)
+        except DropError:
+            continue
         ids, _ = codebook.normalise_ids(drop.frame["participant_id"])
         rows = {int(drop.row_numbers[i]) for i, v in enumerate(ids) if v == normalised_id}
         if not rows:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from lacrima.catalog import landing_prefix
 from lacrima.findings import printable
 
-LANDING = "landing"
+LANDING = landing_prefix()
 
 
 def misplaced(storage, codes) -> list[dict]:

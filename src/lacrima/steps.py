@@ -465,7 +465,7 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
             bad = rep.sha256 in quarantined
             # A quarantined drop's records were not taken: no counts to report for it.
             counts = {} if rep.sha256 in quarantined else counts_of.get(rep.sha256, {})
-            prefix = f"quarantine/{result.site}/{rep.sha256}/report.html"
+            prefix = f"{catalog.quarantine_prefix(result.site, rep.sha256)}/report.html"
             out.append({
                 "site": result.site, "file": rep.file_name, "batch": rep.sha256,
                 "outcome": "quarantined" if bad else "accepted", "rows": rep.n_rows,
