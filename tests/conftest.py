@@ -150,7 +150,10 @@ def demo_run(tmp_path_factory, study, sites, ingested_demo):
         return SimpleNamespace(storage=storage, analyses=analyses, comparison=comparison,
                                outputs=outputs)
 
-    return once_per_session(tmp_path_factory, "run", build)
+    made = once_per_session(tmp_path_factory, "run", build)
+    before = _listing(made.storage.root)
+    yield made
+    assert _listing(made.storage.root) == before, "a test wrote to the shared run's store"
 
 
 @pytest.fixture(scope="session")
