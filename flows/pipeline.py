@@ -24,9 +24,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, lease, report, steps, tables
+from lacrima import intake, lease, report, runplan, steps, tables
 from lacrima.results import Comparison, RunOutputs, RunSummary, SiteAnalysis
-from lacrima.runplan import RunPlan, plan
+from lacrima.runplan import RunPlan
 from lacrima.steps import RunContext
 from lacrima.storage import open_storage
 from lacrima.study import load_sites, load_study
@@ -60,7 +60,7 @@ def _quiet_thread_timeout_notice() -> None:
 
 @task(name="plan-run", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
 def plan_run(ctx: RunContext) -> RunPlan:
-    return plan(ctx.storage, ctx.sites, ctx.study)
+    return runplan.plan(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="ingest-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
@@ -270,7 +270,7 @@ def run_pipeline(storage_location: str | None = None, demo: bool = False, runner
     if workers is None:
         workers = default_workers()
     if runner in (None, "auto"):     # `lacrima run` passes the runner its plan chose
-        runner = plan(open_storage(storage_location), load_sites(), load_study()).runner
+        runner = runplan.plan(open_storage(storage_location), load_sites(), load_study()).runner
     if runner != "thread" and not dask_address:     # a remote cluster cannot reach 127.0.0.1
         share_api()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))
