@@ -354,9 +354,11 @@ def _exclusive(store, what: str):
 
 
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",
-         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0):
-    """Check, plan, and only when there is work, run the flow with a progress display."""
-    ctx = _preflight(storage, demo)
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0,
+         ctx=None):
+    """Check (unless the command did: ``ctx``), plan, and only when there is work, run the
+    flow with a progress display."""
+    ctx = ctx or _preflight(storage, demo)
     from lacrima.steps import new_run_id
 
     run_id = new_run_id()
@@ -470,26 +472,6 @@ def drop_line(d: dict) -> str:
         f", {d['warnings']} warning(s)" if d.get("warnings") else "")
 
 
-def _check_custody(location: Optional[str], demo: bool):
-    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
-
-    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
-    the demo key and a real key meeting in one store. Returns (store, key).
-    """
-    from lacrima.catalog import KeyCustodyError, check_key
-    from lacrima.privacy import MissingKeyError, pseudonym_key
-    from lacrima.storage import open_storage
-
-    try:
-        store, key = open_storage(location), pseudonym_key(demo=demo)
-        check_key(store, key)
-    except (ValueError, MissingKeyError, KeyCustodyError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot read the store's key record: {err}")
-    return store, key
-
-
 def _print_summary(summary, as_json: bool):
     """A run's ``RunSummary`` on the terminal, or as one JSON line."""
     if as_json:
@@ -531,21 +513,18 @@ def demo(storage: Optional[str] = typer.Option(None, help="storage root (default
     Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
     real store), and refuses a store holding batches made under a real key.
     """
-    _check_config()
+    storage = storage or "data"
+    ctx = _preflight(storage, True)     # refuses a store holding batches made under a real key
     from lacrima import intake
-    from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    storage = storage or "data"
-    store, _ = _check_custody(storage, True)
-    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
-        for s in load_sites():
-            path = write_drop(s, study, Path(tmp) / s.code)
-            key = intake.upload(store, s, path, uploader="demo")
+        for s in ctx.sites:
+            path = write_drop(s, ctx.study, Path(tmp) / s.code)
+            key = intake.upload(ctx.storage, s, path, uploader="demo")
             # soft_wrap: a storage key is never broken over two lines
             console.print(f"synthetic drop for {s.code}: {key}", markup=False, soft_wrap=True)
-    _print_summary(_run(storage, True), as_json)
+    _print_summary(_run(storage, True, "auto", None, False, 0.0, ctx), as_json)
 
 
 @app.command()
