@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from s3util import run_aws
 from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
-from lacrima import intake
+from lacrima import catalog, intake
 from flows.cli import app
 
 KEY = b"test-key"
@@ -102,6 +102,7 @@ def test_check_usage_errors_exit_2_with_a_message(drops, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+@pytest.mark.process
 def test_check_as_a_real_process_prints_no_traceback(drops):
     """The installed entry point, not only the in-process runner: stderr stays clean."""
     proc = subprocess.run([sys.executable, "-m", "flows", "check",
@@ -146,7 +147,7 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
     states = {r["sha256"]: r for r in _status("--site", "us")}
     assert states[first]["state"] == "superseded" and states[first]["superseded_by"] == fixed
     assert states[fixed]["state"] == "accepted" and states[fixed]["replaces"] == first
-    curated = intake.curated_frame(s3.storage, "us")
+    curated = catalog.curated_frame(s3.storage, "us")
     import io
 
     import pandas as pd

@@ -165,7 +165,7 @@ def _on_scale(fixed: pd.Series, scale: str, column: str) -> float:
 
 
 def _interval_warnings(detail: pd.Series | None) -> list[str]:
-    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    """Plain warnings about a pooled effect's intervals (small-k pooling)."""
     if detail is None or not detail.get("k") or detail["k"] < 2:
         return []
     out = []
@@ -502,14 +502,14 @@ INVARIANCE_MODELS = {"configural": "Configural (same factors)",
                      "partial_scalar": "Partial scalar"}
 
 
-def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+def invariance_section(fits: pd.DataFrame, notes: list[str], study: Study) -> dict[str, Any]:
     """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
     rows, conclusions = [], []
     for scale, group in fits.groupby("scale", sort=False):
         for f in group.itertuples(index=False):
             freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
             rows.append({
-                "Scale": _label_scale(scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                "Scale": _label_scale(study, scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
                 + (f" ({freed} free)" if freed else ""),
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
@@ -521,7 +521,7 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
                 else ("yes" if f.holds else "no"),
             })
         steps = group.set_index("model")
-        label = _label_scale(scale)
+        label = _label_scale(study, scale)
         metric = group[group["model"].isin(["metric", "partial_metric"])].iloc[-1]
         partial = "" if metric["model"] == "metric" else (
             "partial metric invariance once the loading of "
@@ -548,8 +548,9 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
             "conclusions": conclusions, "notes": notes}
 
 
-def _label_scale(scale: str) -> str:
-    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+def _label_scale(study: Study, scale: str) -> str:
+    """A scale's name in the report: ``[invariance] labels``, else its score name."""
+    return str(study.section("invariance").get("labels", {}).get(scale, scale))
 
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
@@ -630,7 +631,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         small_k_note=small_k_note(comparison.replication, study) if headline_ok else "",
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
-        invariance=None if invariance is None else invariance_section(*invariance))
+        invariance=None if invariance is None else invariance_section(*invariance, study))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:
