@@ -30,7 +30,9 @@ def _fail(message: str, code: int = 2):
     from rich.markup import escape
 
     # Messages quote file names and column lists: '[...]' in them is text, not markup.
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+    # soft_wrap: the terminal wraps the line, so a file path copied from it stays whole
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -80,7 +80,8 @@ def stores(tmp_path_factory, study, sites):
         intake.ingest_sites(monthly, list(sites), study, KEY)
         first_us = first_us or catalog.batches(monthly, "us")[0].sha256
         if m == 0:
-            intake.withdraw(monthly, by["it"], study, KEY, early, reason="test")
+            intake.withdraw(monthly, by["it"], study, KEY, early, reason="test",
+                            not_yet_received=True)
         if m == 2:
             intake.withdraw(monthly, by["us"], study, KEY, withdrawn, reason="test")
     once = LocalStorage(tmp / "once")

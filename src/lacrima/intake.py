@@ -946,11 +946,8 @@ def check_file(path: Path, site: Site, study: Study, name: str = "") -> tuple[Va
 
     data = Path(path).read_bytes()
     name = safe_name(name or Path(path).name)
-    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        local = Path(tmp) / local_name(name)
-        local.write_bytes(data)
-        report, frame = read_and_validate(local, site, study, DEMO_KEY, name, sha256_bytes(data),
-                                          size_mb=len(data) / 1e6)
+    report, frame = read_and_validate(path, site, study, DEMO_KEY, name, sha256_bytes(data),
+                                      size_mb=len(data) / 1e6)
     return report, frame is not None
 
 
