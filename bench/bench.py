@@ -1,8 +1,8 @@
-"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against an independent floor.
+"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against a lean floor.
 
 Every time is the wall time of one command in a process of its own, as typed at a shell:
-``lacrima run`` (default runner, chosen by the work; the ephemeral Prefect API unless ``PREFECT_API_URL``
-names a server), ``lacrima check``, and the yardsticks:
+``lacrima run`` (default runner, chosen by the work; the ephemeral Prefect API unless
+``PREFECT_API_URL`` names a server), ``lacrima check``, and the yardsticks:
 
 - the **floor**, ``../shared/bench/floor.py`` (beside the repository; ``--floor`` names another):
   the plan's core per-site statistics and REML pooling written with numpy/scipy/statsmodels
@@ -61,7 +61,7 @@ QUICK = {"mid_sites": 10, "mid_n": 30, "dask_sites": "4,8", "dask_n": 30,
 CHECK_SITE = "us"       # its published N is the 124-row drop of the check target
 GB3_MB = 3072
 FLOOR = REPO.parent / "shared" / "bench" / "floor.py"
-"""The independent floor: ``../shared/bench/floor.py`` relative to the repository root (as in CI)."""
+"""The independent floor: ``../shared/bench/floor.py`` from the repository root (as in CI)."""
 IMPORT_GX = (sys.executable, "-c", "import great_expectations")
 
 

@@ -368,6 +368,30 @@ def _exclusive(store, what: str):
         yield
 
 
+def _start_api():
+    """Have the Prefect API ready while the flow's modules load; returns a wait for it.
+
+    In a thread, ``prefect.get_client`` makes Prefect's own choice: a configured
+    ``PREFECT_API_URL`` is used as is (nothing started), otherwise Prefect's one ephemeral
+    server of this process starts (a process-wide singleton: the flow, and ``share_api`` for
+    worker processes, get that same server). Its start-up (a process of its own, seconds)
+    then overlaps the import of the flow, the statistics and Prefect in this one. A failure
+    here is left to the flow's own first call, which tries again and reports it.
+    """
+    import threading
+
+    def start():
+        try:
+            from prefect import get_client
+            get_client(sync_client=True)
+        except Exception:       # noqa: BLE001 - the flow's first call reports it
+            logging.getLogger("lacrima").debug("early Prefect API start failed", exc_info=True)
+
+    thread = threading.Thread(target=start, name="prefect-api", daemon=True)
+    thread.start()
+    return thread.join
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
     """Check, plan, and only when there is work, run the flow with a progress display."""
@@ -379,10 +403,12 @@ def _run(storage: Optional[str], demo: bool, runner: str = "auto",
     quick = _plan(ctx, run_id)
     if quick is not None:
         return quick
+    api_ready = _start_api()
     from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
+            api_ready()         # never two servers: the flow starts once the one is up
             summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
                                    dask_address=dask_address, run_id=run_id, wait=wait)
         except LeaseLost as err:

@@ -191,3 +191,46 @@ def test_status_and_upload_on_an_unreachable_store_exit_2_without_a_traceback(s3
     monkeypatch.setenv("LACRIMA_STORAGE", "s3://")
     res = lacrima("status")
     assert res.exit_code == 2 and "s3://bucket/prefix" in res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# the Prefect API of a run: a configured one as is, else one ephemeral server
+# ----------------------------------------------------------------------------------------------
+
+_EARLY_API = """
+import sys
+from flows.cli import _start_api
+_start_api()()
+started = "prefect.server.api.server" in sys.modules
+if started:
+    from prefect import get_client
+    from prefect.server.api.server import SubprocessASGIServer
+    servers = [s for s in SubprocessASGIServer._instances.values() if s.running]
+    # the flow's own client reaches that same server: no second one is started
+    print(len(servers), str(get_client(sync_client=True).api_url).rstrip("/") == servers[0].api_url)
+    for s in servers:
+        s.stop()
+else:
+    print("none")
+"""
+
+
+def _early_api(tmp_path, **env):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | env
+    proc = subprocess.run([sys.executable, "-c", _EARLY_API], capture_output=True, text=True,
+                          timeout=300, env=env | {"PREFECT_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_a_configured_prefect_api_is_used_as_is_and_no_server_is_started(tmp_path):
+    # lacrima run starts the API while the flow's modules load (flows.cli._start_api); with
+    # PREFECT_API_URL set it starts nothing (nothing listens there: nothing is contacted)
+    assert _early_api(tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api") == "none"
+
+
+@pytest.mark.prefect
+def test_without_a_configured_api_one_ephemeral_server_is_started_and_used(tmp_path):
+    assert _early_api(tmp_path) == "1 True"
