@@ -646,8 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where results.md and results.json go "
                                              "(default: bench/)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "work")
-    ap.add_argument("--floor", type=Path, help=f"the independent floor script (default: "
-                                               f"../shared/bench/floor.py from the repository)")
+    ap.add_argument("--floor", type=Path, help="the independent floor script (default: "
+                                               "../shared/bench/floor.py from the repository)")
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     args = ap.parse_args(argv)
     size = {k: getattr(args, k) if getattr(args, k, None) is not None else v
