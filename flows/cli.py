@@ -375,21 +375,29 @@ def _start_api():
     ``PREFECT_API_URL`` is used as is (nothing started), otherwise Prefect's one ephemeral
     server of this process starts (a process-wide singleton: the flow, and ``share_api`` for
     worker processes, get that same server). Its start-up (a process of its own, seconds)
-    then overlaps the import of the flow, the statistics and Prefect in this one. A failure
-    here is left to the flow's own first call, which tries again and reports it.
+    then overlaps the import of the flow, the statistics and Prefect in this one. The wait
+    raises what the start raised (a server that did not come up): the run fails then, as
+    it would have at the flow's first call, and never starts a second server.
     """
     import threading
+
+    failed: list[BaseException] = []
 
     def start():
         try:
             from prefect import get_client
             get_client(sync_client=True)
-        except Exception:       # noqa: BLE001 - the flow's first call reports it
-            logging.getLogger("lacrima").debug("early Prefect API start failed", exc_info=True)
+        except Exception as err:       # noqa: BLE001 - raised by the wait, in the run
+            failed.append(err)
 
     thread = threading.Thread(target=start, name="prefect-api", daemon=True)
     thread.start()
-    return thread.join
+
+    def wait():
+        thread.join()
+        if failed:
+            raise failed[0]
+    return wait
 
 
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",

@@ -201,17 +201,20 @@ _EARLY_API = """
 import sys
 from flows.cli import _start_api
 _start_api()()
-started = "prefect.server.api.server" in sys.modules
-if started:
-    from prefect import get_client
-    from prefect.server.api.server import SubprocessASGIServer
-    servers = [s for s in SubprocessASGIServer._instances.values() if s.running]
-    # the flow's own client reaches that same server: no second one is started
-    print(len(servers), str(get_client(sync_client=True).api_url).rstrip("/") == servers[0].api_url)
-    for s in servers:
-        s.stop()
-else:
+if "prefect.server.api.server" not in sys.modules:
     print("none")
+    sys.exit()
+from prefect import get_client
+from prefect.server.api.server import SubprocessASGIServer
+servers = [s for s in SubprocessASGIServer._instances.values() if s.running]
+try:
+    # the flow's own client reaches that same server: no second one is started
+    same = bool(servers) and str(get_client(sync_client=True).api_url).rstrip("/") == \\
+        servers[0].api_url
+    print(len(servers), same)
+finally:
+    for s in list(SubprocessASGIServer._instances.values()):
+        s.stop()
 """
 
 
@@ -219,10 +222,16 @@ def _early_api(tmp_path, **env):
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | env
-    proc = subprocess.run([sys.executable, "-c", _EARLY_API], capture_output=True, text=True,
-                          timeout=300, env=env | {"PREFECT_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout.strip().splitlines()[-1]
+    env |= {"PREFECT_HOME": str(tmp_path / "home"),
+            # as `lacrima run` sets it (flows.cli._quiet_prefect): a busy machine is slow
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    # files, not pipes: a server left behind must not hold the test's pipe open
+    with out.open("w") as o, err.open("w") as e:
+        code = subprocess.run([sys.executable, "-c", _EARLY_API], stdout=o, stderr=e,
+                              timeout=300, env=env).returncode
+    assert code == 0, err.read_text()[-2000:]
+    return out.read_text().strip().splitlines()[-1]
 
 
 def test_a_configured_prefect_api_is_used_as_is_and_no_server_is_started(tmp_path):
