@@ -381,6 +381,12 @@ def _start_api():
     """
     import threading
 
+    from prefect.settings import PREFECT_API_URL
+    if not PREFECT_API_URL.value():
+        # The module Prefect's client starts its ephemeral server from (it loads the whole
+        # server API), imported here first: in the thread it would only contend for the GIL
+        # with the imports below, and the server's process would start after both.
+        import prefect.server.api.server  # noqa: F401
     failed: list[BaseException] = []
 
     def start():
