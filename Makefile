@@ -58,7 +58,8 @@ FAST := not prefect and not s3 and not browser and not dask and not slow and not
 test-fast: install
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
 
-## bench: the commands a user types, timed against the bare statistics; writes bench/results.md
+## bench: the commands a user types, timed against the independent floor (../shared/bench/floor.py)
+## and lacrima's own kernels (bench.bare); writes bench/results.md
 ## (not part of test; about an hour, 35 min of it Dask; `make bench BENCH_ARGS=--quick` runs every scenario tiny)
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)

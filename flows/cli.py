@@ -404,6 +404,44 @@ def _exclusive(store, what: str):
         yield
 
 
+def _start_api():
+    """Have the Prefect API ready while the flow's modules load; returns a wait for it.
+
+    In a thread, ``prefect.get_client`` makes Prefect's own choice: a configured
+    ``PREFECT_API_URL`` is used as is (nothing started), otherwise Prefect's one ephemeral
+    server of this process starts (a process-wide singleton: the flow, and ``share_api`` for
+    worker processes, get that same server). Its start-up (a process of its own, seconds)
+    then overlaps the import of the flow, the statistics and Prefect in this one. The wait
+    raises what the start raised (a server that did not come up): the run fails then, as
+    it would have at the flow's first call, and never starts a second server.
+    """
+    import threading
+
+    from prefect.settings import PREFECT_API_URL
+    if not PREFECT_API_URL.value():
+        # The module Prefect's client starts its ephemeral server from (it loads the whole
+        # server API), imported here first: in the thread it would only contend for the GIL
+        # with the imports below, and the server's process would start after both.
+        import prefect.server.api.server  # noqa: F401
+    failed: list[BaseException] = []
+
+    def start():
+        try:
+            from prefect import get_client
+            get_client(sync_client=True)
+        except Exception as err:       # noqa: BLE001 - raised by the wait, in the run
+            failed.append(err)
+
+    thread = threading.Thread(target=start, name="prefect-api", daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        if failed:
+            raise failed[0]
+    return wait
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",
          dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0,
          ctx=None):
@@ -420,10 +458,12 @@ def _run(storage: Optional[str], demo: bool, runner: str = "auto",
 
         return summarise(run_id, todo.drops, [], [], None, sorted(todo.keys),
                          location=ctx.storage.location)
+    api_ready = _start_api()
     from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
+            api_ready()         # never two servers: the flow starts once the one is up
             summary = run_pipeline(storage_location=storage, demo=demo, runner=todo.runner,
                                    dask_address=dask_address, run_id=run_id, wait=wait)
         except LeaseLost as err:

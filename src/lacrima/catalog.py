@@ -15,6 +15,7 @@ Zones and their keys (the same on a local folder and on S3)::
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
     results/<site>/<input_key>/           a site's analysis: its rows, estimates, flow
     results/<site>/<input_key>/outputs-<version>/   its page and exports, once per version
+    invariance/<digest>.json              the invariance fits of one set of inputs
     reports/<run_id>/                     a run's report folder, manifest.json written last
     reports/latest.json                   pointer to the latest whole report (written last)
     reports/latest                        local stores: a link to that folder
@@ -159,6 +160,12 @@ def site_data_key(site: str, input_key: str) -> str:
 def site_outputs_prefix(site: str, input_key: str, version: int) -> str:
     """A site's page and exports for one input key, made by output format ``version``."""
     return f"{results_prefix(site, input_key)}/outputs-{version}"
+
+
+def invariance_key(digest: str) -> str:
+    """The invariance fits made from the inputs whose digest is ``digest``
+    (``invariance.inputs_digest``: settings, items, each site's item values)."""
+    return f"invariance/{digest}.json"
 
 
 def report_prefix(run_id: str) -> str:

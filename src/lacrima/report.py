@@ -486,13 +486,27 @@ def _with_plots(families: list[dict[str, Any]], plots: Mapping[str, str]) -> lis
 
 def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
                    study: Study) -> tuple[pd.DataFrame, list[str]]:
-    """``invariance.plan_invariance`` of the run's sites; their rows are read from the store
-    only when the sites are few enough for the fit (``[invariance] max_sites``)."""
-    from lacrima.invariance import plan_invariance  # scipy: paid by a report only
+    """``invariance.plan_invariance`` of the run's sites, fitted only when its inputs changed.
+
+    The sites' rows are read from the store only when the sites are few enough for the fit
+    (``[invariance] max_sites``). The fits are stored under the digest of what they read
+    (``invariance.inputs_digest``, ``catalog.invariance_key``) and read back while that is
+    unchanged: a change of the plan elsewhere, or of a site's other answers, refits nothing.
+    """
+    from lacrima import invariance  # scipy: paid by a report only
 
     few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
-    return plan_invariance(study, {a.site: catalog.site_data(storage, a.site, a.input_key)
-                                   if few else None for a in analyses})
+    data = {a.site: catalog.site_data(storage, a.site, a.input_key) if few else None
+            for a in analyses}
+    digest = invariance.inputs_digest(study, data) if few else None
+    if digest is None:
+        return invariance.plan_invariance(study, data)
+    key = catalog.invariance_key(digest)
+    if storage.exists(key):
+        return invariance.fits_from_bytes(storage.read_bytes(key))
+    fits, notes = invariance.plan_invariance(study, data)
+    storage.write_bytes(key, invariance.fits_bytes(fits, notes), if_absent=True)
+    return fits, notes
 
 
 INVARIANCE_MODELS = {"configural": "Configural (same factors)",
