@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from lacrima import catalog
+from test_dm_findings import _edit
 from lacrima.intake import read_and_validate
 from lacrima.privacy import DEMO_KEY
 from lacrima.study import load_site
@@ -36,13 +37,7 @@ def _report(path, study, site):
     return rep
 
 
-def _edit_csv(src, dst, fn):
-    rows = list(csv.reader(io.StringIO(src.read_bytes().decode("utf-8-sig"), newline="")))
-    fn(rows, rows[0].index)
-    buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="\r\n").writerows(rows)
-    dst.write_bytes(buf.getvalue().encode("utf-8-sig"))
-    return dst
+_edit_csv = _edit          # a Qualtrics CSV edited as a data manager's spreadsheet would
 
 
 def _edit_xlsx(src, dst, fn):

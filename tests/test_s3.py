@@ -292,7 +292,8 @@ def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, dro
     res2 = intake.ingest_site(st, it, study, KEY)
     assert (res2.seen, res2.skipped_duplicates, res2.accepted, res2.quarantined) == (2, 2, (), ())
     assert len(catalog.batches(st, "it")) == 1
-    assert len(st.list("quarantine/it")) == 3        # the file, report.json, report.html
+    # the file, report.json, report.html and records.json (the pseudonyms it held: "fixed by")
+    assert len(st.list("quarantine/it")) == 4
     _assert_never_overwrites_or_deletes(s3.proxy.requests)
 
 
