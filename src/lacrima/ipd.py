@@ -477,8 +477,9 @@ def mixed_slope(data: pd.DataFrame, level: float = 0.95) -> dict[str, Any]:
     ``lme4::lmer(y ~ x + (x | site), REML = TRUE)``: the same profiled REML criterion
     (``REMLcrit``; Bates, Maechler, Bolker & Walker 2015, JSS 67(1)), the same
     parameter theta (relative Cholesky factor, diagonal bounded below by 0), computed from
-    per-site sums of squares and cross-products via Woodbury: one evaluation costs
-    microseconds at any number of sites. The optimum is lme4's or better (see
+    per-site sums of squares and cross-products via Woodbury, never from the rows: at 125
+    sites one evaluation costs ~0.15 ms, a line search's 160 thetas ~2 ms
+    (:func:`_crit_values`), a fit ~60 ms. The optimum is lme4's or better (see
     :func:`_reml_fit`); tests/reference/ipd_reference.R holds the lme4 calls and values.
     The slope's variance is lme4's ``vcov``, :math:`\hat\sigma^2 (X'V^{-1}X)^{-1}` with
     :math:`\hat\sigma^2 = r'V^{-1}r / (n - 2)`; interval and test are Wald (normal),
