@@ -1,7 +1,8 @@
 """Restructuring changes no number: results.csv byte for byte, on the demo and on 125 sites.
 
-The reference files under ``tests/reference/golden/`` were written by this module (last: the
-merge of issues 23 and 24, on the BLAS kernel named in ``blas_kernel.txt``);
+The reference files under ``tests/reference/golden/`` were written by this module (last: issue
+26's closed-form REML criterion in the mixed models' line searches, on the BLAS kernel named
+in ``blas_kernel.txt``);
 a change that alters any estimate, any row or the CSV format fails here, and the difference is
 shown line by line. A deliberate change of a number rewrites the references in its own commit
 (``LACRIMA_WRITE_GOLDEN=1 pytest tests/test_golden.py``), saying why.

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from lacrima import vocabulary as voc
-from lacrima.ipd import (_gls_parts, _reml_criterion, _reml_fit, _site_moments, _sums,
-                         interaction_test, ipd_models, mixed_slope)
+from lacrima.ipd import (_crit_values, _gls_parts, _reml_criterion, _reml_fit, _site_moments,
+                         _sums, interaction_test, ipd_models, mixed_slope)
 
 SLOPE_TOL = 0.1  # planted slope, n = 600: its SE is about 0.04
 
@@ -304,3 +304,24 @@ def test_boundary_label_is_relative_to_the_residual_variance():
     assert tiny["tau2"] < 0.01  # the old absolute rule would have called this "boundary"
     assert big["method"] == tiny["method"] == "mixedlm_reml"
     assert tiny["estimate"] == pytest.approx(big["estimate"] / 1000, rel=1e-5)
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_closed_form_criterion_is_the_matrix_one(q):
+    # _crit_values (elementwise 2 x 2 algebra over N thetas x k sites, what the starts and
+    # line searches use) against _gls_parts (stacked matrix products): the same REMLcrit,
+    # inside, on the boundary (a zero diagonal of theta) and at Psi = 0, to the rounding of
+    # a criterion of a few hundred.
+    rng = np.random.default_rng(26)
+    data = _pair([0.1, 0.5, 0.3, -0.2, 0.9], n=40, seed=26)
+    moments = _site_moments(_sums(data))
+    thetas = np.abs(rng.normal(size=(60, 3))) * rng.choice([0.0, 0.05, 1.0, 4.0], size=(60, 3))
+    thetas[:, 1] = rng.normal(size=60) * rng.choice([0.0, 1.0], size=60)
+    thetas = np.vstack([thetas, np.zeros(3)])[:, :3 if q == 2 else 1]
+    got = _crit_values(thetas, *moments)
+    n = moments[3]
+    for theta, value in zip(thetas, got):
+        _, qf, xvx, logdet = _gls_parts(theta, *moments[:3])
+        want = logdet + np.log(np.linalg.det(xvx)) + (n - 2) * (1 + np.log(2 * np.pi * qf / (n - 2)))
+        assert value == pytest.approx(want, rel=1e-12, abs=0)
+        assert value == pytest.approx(_reml_criterion(theta, *moments), rel=1e-12, abs=0)
