@@ -17,6 +17,7 @@ import openpyxl
 import pytest
 from babel.messages.extract import extract
 from babel.messages.pofile import read_po
+from jinja2.ext import babel_extract
 
 from lacrima import i18n
 from lacrima.dropreport import quarantine_notice, render_html
@@ -26,17 +27,32 @@ from lacrima.study import load_site
 from lacrima.synth import write_drop
 
 SRC = Path(i18n.__file__).parent
+PORTAL = SRC.parents[1] / "flows" / "portal"
+TEMPLATES = (SRC / "templates", PORTAL / "templates")
 
 
 def _code_ids() -> set[str]:
+    """Every message id of the library and the portal: ``msg``/``N_`` in Python (Babel's
+    Python extractor), ``_("...")`` in the library's and the portal's templates (Jinja2's
+    Babel extractor, which parses the templates as Jinja does)."""
     ids = set()
-    for path in SRC.rglob("*.py"):
+    for path in [*SRC.rglob("*.py"), *PORTAL.glob("*.py")]:
         with open(path, "rb") as fh:
             ids |= {m[1] for m in extract("python", fh, keywords=i18n.KEYWORDS)}
-    for path in (SRC / "templates").glob("*.j2"):
-        ids |= {m.replace("\\'", "'")
-                for m in re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', path.read_text())}
+    for folder in TEMPLATES:
+        for path in folder.glob("*.j2"):
+            with open(path, "rb") as fh:
+                found = list(extract(babel_extract, fh, keywords={"_": None},
+                                     options={"extensions": "jinja2.ext.i18n"}))
+            assert found or "_(" not in path.read_text(), path
+            ids |= {m[1] for m in found}
     return ids
+
+
+def test_the_extractor_sees_the_portal_pages():
+    ids = _code_ids()
+    assert {"Check and send a file", "What to do", "on this page: Check, then Send",
+            "site {site} is not yours to open", "waiting for the next run"} <= ids
 
 
 def _fields(text: str) -> set[str]:

@@ -65,6 +65,20 @@ class Msg:
     def __str__(self) -> str:
         return self.render()
 
+    def to_dict(self) -> dict:
+        """``{"id": msgid, "params": {...}}`` (a parameter that is a message: the same shape)
+        for a report's JSON; ``Msg.from_dict`` reads it back."""
+        return {"id": self.msgid, "params": {
+            k: v.to_dict() if isinstance(v, Msg) else
+            v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+            for k, v in self.params}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Msg":
+        return cls(str(d["id"]), tuple(sorted(
+            (k, cls.from_dict(v) if isinstance(v, dict) else v)
+            for k, v in (d.get("params") or {}).items())))
+
 
 def msg(msgid: str, **params) -> Msg:
     """A message id with its parameters (see ``Msg``).
