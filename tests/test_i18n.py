@@ -135,3 +135,21 @@ def test_translations_change_no_outcome(italian_report):
         local = [f.localized(lang) for f in italian_report.findings]
         assert len(local) == len(italian_report.findings)
         assert all(t["message"] for t in local)
+
+
+def test_a_fix_is_rendered_for_where_it_is_read(italian_report):
+    """The JSON and the terminal name the command; the portal ends the same fix in the page's
+    action. A stored report (``to_dict``) keeps the message ids, so it renders the same."""
+    from lacrima.findings import Finding
+
+    errors = [f for f in italian_report.findings if f.severity == "error"]
+    assert any("lacrima upload FILE --site it" in f.fix for f in errors)
+    for f in errors:
+        for lang in i18n.LANGUAGES:
+            portal = f.localized(lang, channel="portal")["fix"]
+            assert portal and "lacrima " not in portal and "--site" not in portal, (lang, portal)
+            again = Finding.from_dict(json.loads(json.dumps(f.to_dict())))
+            assert again.localized(lang, channel="portal") == f.localized(lang, channel="portal")
+            assert again.localized(lang) == f.localized(lang)
+    shown = [f.localized("it", channel="portal")["fix"] for f in errors]
+    assert any("in questa pagina: Controlla, poi Invia" in t for t in shown)
