@@ -398,7 +398,7 @@ def page(request: Request, template: str, person: Person | None, status: int = 2
     from lacrima.dropreport import SEVERITY
     return TEMPLATES.TemplateResponse(request, template, {
         "person": person, "csrf": csrf_token(request), "lang": lang,
-        "dir": i18n.direction(lang), "_": tr.gettext,
+        "dir": i18n.direction(lang), "_": tr.gettext, "iso": i18n.isolator(lang),
         "local": lambda f: f.localized(lang, isolate=True, channel="portal"),
         "severity": lambda s: tr.gettext(SEVERITY.get(s, s)), **context},
         status_code=status)

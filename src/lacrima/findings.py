@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -173,9 +172,10 @@ class Finding:
         ``channel``: where the fix is read (``CHANNELS``): ``portal`` ends it in the page's
         action instead of a command (see ``PORTAL_FIXES``).
         """
-        from lacrima.i18n import RTL, language as _language, translator
+        from lacrima.i18n import RTL, isolator, language as _language, translator
 
         tr = translator(language)
+        isolated = isolator(language)
         texts = dict(self.texts)
         fix = self.fix
         if channel == "portal":
@@ -189,11 +189,7 @@ class Finding:
                 fix = PORTAL_FIXES.get(self.check, "")
         if isolate and _language(language) in RTL:
             def leaf(v):
-                # an isolate: right to left for a Hebrew answer, else left to right (a
-                # column name, or a list of numbers that must not be reversed)
-                text = printable(v)
-                rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
-                return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+                return isolated(printable(v))
         else:
             leaf = printable
         return {name: texts[name].render(tr, leaf) if name in texts

@@ -106,6 +106,23 @@ def direction(code: str | None) -> str:
     return "rtl" if language(code) in RTL else "ltr"
 
 
+def isolator(code: str | None):
+    """A function that makes a value safe to place inside a sentence of ``code``'s language:
+    in a right-to-left language, the value as a Unicode bidi isolate (right to left for a
+    Hebrew answer, else left to right: a column or file name, a list of numbers, which must
+    not be reordered); elsewhere, the value as text."""
+    import unicodedata
+
+    def leaf(v) -> str:
+        text = str(v)
+        if not text:
+            return text
+        rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+        return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+
+    return leaf if language(code) in RTL else str
+
+
 def po_path(lang: str) -> Path:
     return LOCALE_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
 
