@@ -128,6 +128,11 @@ def test_the_terminal_report_and_the_notice_follow_the_language(italian_report):
     subject, body = quarantine_notice(drop, "it")
     assert "quarantena" in subject and "lacrima upload FILE --site it" in body
     assert quarantine_notice(drop)[0] == "lacrima: dati.xlsx from site it was quarantined"
+    # linked to the batch's page in the portal, the notice ends in that page's step
+    _, linked = quarantine_notice({**drop, "report": "https://portal.example.org/sites/it/"
+                                   "batches/aaaaaaaaaaaa"}, "it")
+    assert "lacrima upload" not in linked and "in quella pagina" in linked
+    assert "https://portal.example.org/sites/it/batches/aaaaaaaaaaaa" in linked
 
 
 def test_translations_change_no_outcome(italian_report):
