@@ -46,16 +46,20 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; }
 
-## test: the whole test suite and the docstrings' examples (CI runs this)
+## test: the whole test suite and the docstrings' examples (CI runs this), on two workers:
+## a file's tests run on one worker; each worker has its own PREFECT_HOME (tests/conftest.py)
+## and every server, browser and cluster listens on a port the OS picks
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
-## test-fast: the edit-test loop: no Prefect server, moto S3 server, browser or Dask cluster
-FAST := not prefect and not s3 and not browser and not dask and not slow
+## test-fast: the edit-test loop: no Prefect server, moto S3 server, browser, Dask cluster or
+## child process (each imports Great Expectations, pandas or Prefect anew: seconds apiece)
+FAST := not prefect and not s3 and not browser and not dask and not slow and not process
 test-fast: install
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
 
-## bench: the commands a user types, timed against the bare statistics; writes bench/results.md
+## bench: the commands a user types, timed against the independent floor (../shared/bench/floor.py)
+## and lacrima's own kernels (bench.bare); writes bench/results.md
 ## (not part of test; about an hour, 35 min of it Dask; `make bench BENCH_ARGS=--quick` runs every scenario tiny)
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)

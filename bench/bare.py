@@ -1,11 +1,14 @@
-"""The bare statistics: the plan's statistics and REML pooling in one plain process.
+"""lacrima's own kernels: the plan's statistics and REML pooling in one plain process.
 
 ``python -m bench.bare READY --sites ROOT`` reads every site's analysis-ready data
 (``READY/<site>.parquet``, written by :func:`write_ready`) and computes what a run's
 results.csv holds: each site's estimates and descriptives, the pooled estimates (the plan's
 estimator, REML), the IPD models and the replication table, with nothing else: no store,
 no validation, no Prefect, no report. The benchmark times this command, start-up included,
-as the yardstick of ``lacrima run`` on the same data.
+on the same data as ``lacrima run``: the ratio is the platform's overhead over its own
+kernels, a line of its own. The yardstick of the targets is the independent floor
+(``../shared/bench/floor.py``), which uses no lacrima code: a slow kernel slows this
+command too, never the floor.
 """
 
 from __future__ import annotations

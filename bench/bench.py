@@ -1,19 +1,28 @@
-"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against bare statistics.
+"""``make bench`` (``python -m bench``): lacrima timed as a user runs it, against a lean floor.
 
 Every time is the wall time of one command in a process of its own, as typed at a shell:
-``lacrima run`` (default runner, chosen by the work; the ephemeral Prefect API unless ``PREFECT_API_URL``
-names a server), ``lacrima check``, and the yardstick ``python -m bench.bare``: the plan's
-statistics and REML pooling on the same analysis-ready data in one plain process, start-up
-included (``bench/bare.py``). Peak memory is that of the command's whole process tree,
-sampled every 0.1 s.
+``lacrima run`` (default runner, chosen by the work; the ephemeral Prefect API unless
+``PREFECT_API_URL`` names a server), ``lacrima check``, and the yardsticks:
+
+- the **floor**, ``../shared/bench/floor.py`` (beside the repository; ``--floor`` names another):
+  the plan's core per-site statistics and REML pooling written with numpy/scipy/statsmodels
+  only, no lacrima code, run on the analysis-ready CSVs of the run just timed
+  (``reports/<run>/restricted/data/<site>.csv``). Nothing of it is copied here; when it is
+  absent the bench says so and the targets against it are not judged;
+- ``python -m bench.bare``: the same statistics through lacrima's own kernels
+  (``bench/bare.py``), the second, labelled line: lacrima's overhead over its own kernels;
+- ``python -c "import great_expectations"`` for ``lacrima check``.
+
+Peak memory is that of the command's whole process tree, sampled every 0.1 s.
 
 Scenarios, all in one run (``--scenarios`` picks some, ``--quick`` makes them tiny):
 
-- ``3x``: the three real sites at their published N: ``lacrima run``, drop to report;
+- ``3x``: the three real sites at their published N: ``lacrima run``, drop to report; the floor;
 - ``125x120``: a synthetic consortium (``--mid-sites`` x ``--mid-n``): ``lacrima run``,
-  drop to report; the bare statistics on the data it analysed; ``lacrima run`` again with
-  nothing new; one new drop at one site, then ``lacrima run``;
-- ``check``: ``lacrima check`` of the US site's drop at its published N (124 rows);
+  drop to report; the floor and the bare statistics on the data it analysed; ``lacrima run``
+  again with nothing new; one new drop at one site, then ``lacrima run``;
+- ``check``: ``lacrima check`` of the US site's drop at its published N (124 rows), and the
+  import of Great Expectations;
 - ``cumulative``: 24 monthly cumulative exports of one 1,000-participant site (intake);
 - ``dask``: ``lacrima run --runner dask`` at sites x 1,000 for each size of ``--dask-sites``;
 - ``portal``: ``lacrima portal serve`` (warm, as started by a user): its API's check of the
@@ -21,8 +30,10 @@ Scenarios, all in one run (``--scenarios`` picks some, ``--quick`` makes them ti
   (distinct drops of the three sites, each with its site's token), p95 of their answers.
 
 Each command but the Dask ones runs ``--repeats`` times (the full runs on fresh copies of
-the landed store) and the tables show the median. The targets of issue 15 are ratios
-within this one run (:func:`evaluate_targets`). Writes ``results.json`` and ``results.md``.
+the landed store; each yardstick right after the command it measures) and the tables show the
+median. The targets of issue 26 are ratios within this one run (:func:`evaluate_targets`).
+Writes ``results.json`` and ``results.md``; the stage times of the previous ``results.json``
+in the same folder are carried over as "before".
 """
 
 from __future__ import annotations
@@ -51,7 +62,10 @@ FULL = {"mid_sites": 125, "mid_n": 120, "dask_sites": "100,250,1000", "dask_n": 
 QUICK = {"mid_sites": 10, "mid_n": 30, "dask_sites": "4,8", "dask_n": 30,
          "repeats": 1, "months": 3, "export_n": 100}
 CHECK_SITE = "us"       # its published N is the 124-row drop of the check target
-GB4_MB = 4096
+GB3_MB = 3072
+FLOOR = REPO.parent / "shared" / "bench" / "floor.py"
+"""The independent floor: ``../shared/bench/floor.py`` from the repository root (as in CI)."""
+IMPORT_GX = (sys.executable, "-c", "import great_expectations")
 
 
 # --------------------------------------------------------------------------- one command
@@ -152,6 +166,24 @@ def _run(store: Path, *options: str) -> list[str]:
     return [*lacrima_command(), "run", "--json", "--storage", str(store), *options]
 
 
+def run_data(t: Timed) -> Path:
+    """The analysis-ready CSVs of the run ``t`` timed: ``reports/<run>/restricted/data/``."""
+    return Path(t.summary["report"]).parent / "restricted" / "data"
+
+
+def floor_runs(floor: Path | None, t: Timed, env: dict) -> dict | None:
+    """The floor on the data of the run ``t``, as a whole process; None without a floor."""
+    if floor is None:
+        return None
+    return asdict(timed([sys.executable, str(floor), str(run_data(t))], env))
+
+
+def find_floor(path: Path | None = None) -> Path | None:
+    """The floor script (``path``, else ``FLOOR``), or None when it is absent."""
+    path = path or FLOOR
+    return path if path.is_file() else None
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -175,11 +207,11 @@ def _copy(landed: Path, store: Path) -> Path:
     return store
 
 
-def real_sites(work: Path, repeats: int) -> dict:
-    """``lacrima run`` of the three real sites at their published N, drop to report.
+def real_sites(work: Path, repeats: int, floor: Path | None = None) -> dict:
+    """``lacrima run`` of the three real sites at their published N, drop to report; the floor.
 
     One untimed run first: it creates the Prefect home's database, once, as a user's
-    first run does.
+    first run does. The floor runs right after each full run, on that run's data.
     """
     from lacrima.consortium import write_consortium_drops
     from lacrima.study import load_sites, sites_root
@@ -190,21 +222,23 @@ def real_sites(work: Path, repeats: int) -> dict:
     _land(base / "landed", sites, write_consortium_drops(root, base / "drops"))
     env = user_env(work, root)
     timed(_run(_copy(base / "landed", base / "warm-up")), env, True)
-    runs = []
+    runs, floors = [], []
     for i in range(repeats):
         t = timed(_run(_copy(base / "landed", base / f"store-{i}")), env, True)
         _expect(t.summary.get("accepted") == len(sites), "3x: not every drop accepted", t)
-        runs.append(t)
+        runs.append(asdict(t))
+        floors.append(floor_runs(floor, t, env))
     return {"sites": len(sites), "n_per_site": round(statistics.mean(s.published_n for s in sites)),
-            "full": [asdict(t) for t in runs]}
+            "full": runs, "floor": [f for f in floors if f is not None]}
 
 
-def consortium_runs(work: Path, k: int, n: int, repeats: int) -> dict:
-    """A consortium of ``k`` x ``n``: full run, bare statistics, nothing new, one new drop.
+def consortium_runs(work: Path, k: int, n: int, repeats: int,
+                    floor: Path | None = None) -> dict:
+    """A consortium of ``k`` x ``n``: full run, floor, bare statistics, nothing new, one new drop.
 
     Per repeat, on a fresh copy of the landed store: ``lacrima run`` (drop to report), the
-    bare statistics on the analysis-ready data of that run, ``lacrima run`` again (nothing
-    new), then a second drop of the first site and ``lacrima run``.
+    floor and the bare statistics on the analysis-ready data of that run, ``lacrima run``
+    again (nothing new), then a second drop of the first site and ``lacrima run``.
     """
     from bench.bare import write_ready
     from lacrima.consortium import make_consortium, write_consortium_drops
@@ -225,7 +259,7 @@ def consortium_runs(work: Path, k: int, n: int, repeats: int) -> dict:
     env = user_env(work, root)
     bare = [sys.executable, "-m", "bench.bare", str(base / "ready"), "--sites", str(root)]
     out = {"sites": k, "n_per_site": n, "text_formats": text, "new_drop_site": one.code,
-           "full": [], "bare": [], "nothing_new": [], "one_new_drop": []}
+           "full": [], "floor": [], "bare": [], "nothing_new": [], "one_new_drop": []}
     for i in range(repeats):
         store = _copy(base / "landed", base / f"store-{i}")
         full = timed(_run(store), env, True)
@@ -233,6 +267,8 @@ def consortium_runs(work: Path, k: int, n: int, repeats: int) -> dict:
         if i == 0:
             write_ready(LocalStorage(store), study, sites, base / "ready")
         # right after the full run, so both see the machine in the same state
+        if floor is not None:
+            out["floor"].append(floor_runs(floor, full, env))
         out["bare"].append(asdict(timed(bare, env)))
         same = timed(_run(store), env, True)
         _expect(bool(same.summary.get("nothing_new")), f"{k}x{n}: the rerun found work", same)
@@ -247,15 +283,19 @@ def consortium_runs(work: Path, k: int, n: int, repeats: int) -> dict:
 
 
 def check_runs(work: Path, repeats: int) -> dict:
-    """``lacrima check`` of the US site's synthetic drop at its published N."""
+    """``lacrima check`` of the US site's synthetic drop at its published N, each time followed
+    by ``python -c "import great_expectations"`` (its yardstick)."""
     from lacrima.study import load_site, load_study
     from lacrima.synth import write_drop
 
     site = load_site(CHECK_SITE)
     drop = write_drop(site, load_study(), _fresh(work / "check") / CHECK_SITE)
     cmd = [*lacrima_command(), "check", str(drop), "--site", CHECK_SITE]
-    return {"site": CHECK_SITE, "rows": site.published_n,
-            "runs": [asdict(timed(cmd, user_env(work))) for _ in range(repeats)]}
+    runs, gx = [], []
+    for _ in range(repeats):
+        runs.append(asdict(timed(cmd, user_env(work))))
+        gx.append(asdict(timed(list(IMPORT_GX), user_env(work))))
+    return {"site": CHECK_SITE, "rows": site.published_n, "runs": runs, "import_gx": gx}
 
 
 def portal_runs(work: Path, repeats: int, uploads: int = 20) -> dict:
@@ -419,7 +459,7 @@ def cumulative_exports(work: Path, months: int = 24, n: int = 1000, growth: int 
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 15: what was measured, and met (True/False) or not judged (None)."""
+    """One target of issue 26: what was measured, and met (True/False) or not judged (None)."""
 
     name: str
     measured: str
@@ -431,30 +471,45 @@ def median_seconds(runs: list[dict]) -> float:
     return statistics.median(r["seconds"] for r in runs)
 
 
-def evaluate_targets(m: dict) -> list[Target]:
-    """The targets of issue 15 from one run's measurements (``results.json``'s form).
+NO_FLOOR = "not measured: the floor (../shared/bench/floor.py) is absent"
 
-    Scenarios missing from ``m`` are left out; linearity needs three Dask sizes.
+
+def _ratio(name: str, runs: list[dict], base: list[dict], goal: float) -> Target:
+    """``runs`` over ``base`` (medians), met when at most ``goal``; not judged without ``base``."""
+    if not base:
+        return Target(name, NO_FLOOR, None)
+    a, b = median_seconds(runs), median_seconds(base)
+    return Target(name, f"{a:.1f} s / {b:.1f} s = {a / b:.2f}x", a / b <= goal)
+
+
+def evaluate_targets(m: dict) -> list[Target]:
+    """The targets of issue 26 from one run's measurements (``results.json``'s form).
+
+    Scenarios missing from ``m`` are left out; linearity needs three Dask sizes. The overhead
+    over lacrima's own kernels (``bench.bare``) is shown as a line of its own, not judged.
     """
     out = []
     mid, three = m.get("consortium"), m.get("3x")
     if mid:
         size = f"{mid['sites']} x {mid['n_per_site']}"
-        full, bare = median_seconds(mid["full"]), median_seconds(mid["bare"])
-        same = median_seconds(mid["nothing_new"])
-        out += [Target(f"{size}: `lacrima run`, drop to report, at most 3x the bare statistics",
-                       f"{full:.1f} s / {bare:.1f} s = {full / bare:.2f}x", full / bare <= 3),
-                Target(f"{size}: `lacrima run` with nothing new at most 5% of the full run",
-                       f"{same:.2f} s = {100 * same / full:.1f}%", same / full <= 0.05)]
-        if three:
-            new, real = median_seconds(mid["one_new_drop"]), median_seconds(three["full"])
-            out.append(Target(f"one new drop at one of {mid['sites']} sites at most 1.0x a full "
-                              "run of the three real sites",
-                              f"{new:.1f} s / {real:.1f} s = {new / real:.2f}x", new / real <= 1.0))
+        out.append(_ratio(f"{size}: `lacrima run`, drop to report, at most 3x the floor",
+                          mid["full"], mid.get("floor", []), 3))
+    if three:
+        out.append(_ratio(f"three real sites: `lacrima run`, drop to report, at most 6x the floor",
+                          three["full"], three.get("floor", []), 6))
+    if mid:
+        full = median_seconds(mid["full"])
+        new, same = median_seconds(mid["one_new_drop"]), median_seconds(mid["nothing_new"])
+        out += [Target(f"one new drop at one of {mid['sites']} sites at most 0.2x the full run "
+                       f"of the same {mid['sites']}",
+                       f"{new:.1f} s / {full:.1f} s = {new / full:.2f}x", new / full <= 0.2),
+                Target(f"{size}: `lacrima run` with nothing new at most 2% of the full run",
+                       f"{same:.2f} s = {100 * same / full:.1f}%", same / full <= 0.02)]
     if m.get("check"):
-        c = median_seconds(m["check"]["runs"])
-        out.append(Target(f"`lacrima check` of a {m['check']['rows']}-row drop at most 3 s",
-                          f"{c:.2f} s", c <= 3.0))
+        c = m["check"]
+        out.append(_ratio(f"`lacrima check` of a {c['rows']}-row drop at most 1.3x "
+                          "`python -c \"import great_expectations\"`",
+                          c["runs"], c.get("import_gx", []), 1.3))
     if m.get("portal"):
         p = m["portal"]
         api, cli = statistics.median(p["api_check"]), median_seconds(p["cli_check"])
@@ -469,7 +524,7 @@ def evaluate_targets(m: dict) -> list[Target]:
         biggest = max(m["dask"], key=lambda d: d["sites"] * d["n_per_site"])
         peak = max(d["run"]["peak_rss_mb"] for d in m["dask"])
         out.append(Target(f"Dask, {biggest['sites']:,} x {biggest['n_per_site']:,}: peak memory "
-                          "of the process tree under 4 GB", f"{peak:,.0f} MB", peak < GB4_MB))
+                          "of the process tree under 3 GB", f"{peak:,.0f} MB", peak < GB3_MB))
         points = sorted((d["sites"], d["run"]["seconds"]) for d in m["dask"])
         out.append(Target("Dask: time linear in sites (seconds = a + b x sites, largest miss "
                           "of the line at most 10%)", *linear_fit(points)) if len(points) >= 3
@@ -477,9 +532,14 @@ def evaluate_targets(m: dict) -> list[Target]:
     if m.get("cumulative"):
         c = m["cumulative"]
         out.append(Target(f"a site's monthly cumulative exports: export {c['months']} at most "
-                          "2x the first",
+                          "1.2x the first",
                           f"{c['last']:.2f} s / {c['first']:.2f} s = {c['ratio']:.2f}x",
-                          c["ratio"] <= 2))
+                          c["ratio"] <= 1.2))
+    if mid and mid.get("bare"):
+        full, bare = median_seconds(mid["full"]), median_seconds(mid["bare"])
+        out.append(Target(f"{size}: overhead over lacrima's own kernels (`lacrima run` / "
+                          "`python -m bench.bare`; shown, not a target)",
+                          f"{full:.1f} s / {bare:.1f} s = {full / bare:.2f}x", None))
     return out
 
 
@@ -509,9 +569,40 @@ def _row(scenario: str, command: str, runs: list[dict]) -> str:
     return f"| {scenario} | {command} | {median_seconds(runs):.2f} | {every} | {peak} |"
 
 
-def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
-    """``bench/results.md``: the targets, then every command timed, then notes."""
+STAGES = ("plan", "intake", "analysis", "pooling", "report", "artifacts")
+
+
+def run_stages(m: dict) -> dict[str, dict]:
+    """Seconds per stage (``lacrima run --json``) of the median full run of each scenario."""
+    out = {}
+    for key, label in (("3x", "three real sites"), ("consortium", None)):
+        scenario = m.get(key)
+        if not scenario or not scenario.get("full"):
+            continue
+        runs = sorted(scenario["full"], key=lambda r: r["seconds"])
+        median_run = runs[(len(runs) - 1) // 2]
+        label = label or f"{scenario['sites']} x {scenario['n_per_site']}"
+        out[label] = {"seconds": median_run["seconds"],
+                      "stages": median_run["summary"].get("seconds") or {}}
+    return out
+
+
+def _stage_rows(when: str, stages: dict[str, dict]) -> list[str]:
+    rows = []
+    for label, run in stages.items():
+        cells = [f"{run['stages'][k]:.1f}" if k in run["stages"] else "" for k in STAGES]
+        rows.append(f"| {label} | {when} | {run['seconds']:.1f} | {' | '.join(cells)} |")
+    return rows
+
+
+def to_markdown(meta: dict, m: dict, targets: list[Target], before: dict | None = None) -> str:
+    """``bench/results.md``: the targets, then every command timed, the stages, then notes.
+
+    ``before``: ``{"date", "commit", "stages"}`` of the previous results (their stage times
+    are shown beside this run's).
+    """
     met = {True: "yes", False: "**no**", None: "n/a"}
+    floor = meta.get("floor")
     out = ["# lacrima benchmark", "",
            f"Measured {meta['date']} at commit {meta['commit']} on {meta['host_cpu']}, "
            f"{meta['cores']} cores, {meta['memory_gb']} GB RAM, Python {meta['python']}. "
@@ -519,33 +610,49 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
            "Every time is the wall time of one command in its own process, as a user runs it: "
            f"`lacrima` is `{meta['lacrima']}`, default runner (chosen by the work: threads "
            f"for fewer than 40 sites to analyse, processes from 40), {meta['prefect_api']}. "
-           "The bare statistics are `python -m bench.bare`: the plan's statistics and REML "
-           "pooling on the same analysis-ready data in one plain process, start-up included. "
+           "The floor is an independent lean implementation of the plan's core per-site "
+           "statistics and REML pooling (numpy, scipy, statsmodels; no lacrima code), "
+           + (f"`{floor}`, " if floor else "**absent on this machine**, ")
+           + "run on the analysis-ready CSVs of the run just timed "
+           "(`reports/<run>/restricted/data/<site>.csv`). `python -m bench.bare` computes the "
+           "same statistics through lacrima's own kernels: the ratio to it is lacrima's overhead "
+           "over its own kernels, shown but not a target. "
            f"Median of {meta['repeats']} run(s), full runs on fresh copies of the landed store, "
-           "after one untimed run (the Prefect home's database is made once, as on a user's "
-           "first run); peak memory is that of the command's whole process tree.", ""]
+           "each yardstick right after the command it measures, after one untimed run (the "
+           "Prefect home's database is made once, as on a user's first run); peak memory is "
+           "that of the command's whole process tree.", ""]
     if meta.get("quick"):
         out += ["**Quick mode** (`--quick`): every scenario at a tiny size, to show the "
                 "benchmark works; the targets are not judged at their sizes here.", ""]
-    out += ["## Targets (issue 15)", "", "| target | measured | met |", "|---|---|---|"]
+    if not floor:
+        out += [f"**The floor is absent** ({NO_FLOOR.split(': ', 1)[1]}): the targets against "
+                "it are not judged.", ""]
+    out += ["## Targets (issue 26)", "", "| target | measured | met |", "|---|---|---|"]
     out += [f"| {t.name} | {t.measured} | {met[t.met]} |" for t in targets]
     out += ["", "## Commands", "",
             "| scenario | command | median (s) | runs (s) | peak memory (MB) |",
             "|---|---|---|---|---|"]
     if m.get("3x"):
-        out.append(_row(f"3 real sites (mean N {m['3x']['n_per_site']})",
-                        "`lacrima run`, drop to report", m["3x"]["full"]))
+        three = f"3 real sites (mean N {m['3x']['n_per_site']})"
+        out.append(_row(three, "`lacrima run`, drop to report", m["3x"]["full"]))
+        if m["3x"].get("floor"):
+            out.append(_row(three, "floor", m["3x"]["floor"]))
     if m.get("consortium"):
         c = m["consortium"]
         size = f"{c['sites']} x {c['n_per_site']}"
-        out += [_row(size, "`lacrima run`, drop to report", c["full"]),
-                _row(size, "`python -m bench.bare`, bare statistics", c["bare"]),
+        out.append(_row(size, "`lacrima run`, drop to report", c["full"]))
+        if c.get("floor"):
+            out.append(_row(size, "floor", c["floor"]))
+        out += [_row(size, "`python -m bench.bare`, lacrima's own kernels", c["bare"]),
                 _row(size, "`lacrima run`, nothing new", c["nothing_new"]),
                 _row(size, f"`lacrima run`, one new drop (site {c['new_drop_site']})",
                      c["one_new_drop"])]
     if m.get("check"):
-        out.append(_row(f"{m['check']['rows']} rows ({m['check']['site']})", "`lacrima check`",
-                        m["check"]["runs"]))
+        rows = f"{m['check']['rows']} rows ({m['check']['site']})"
+        out.append(_row(rows, "`lacrima check`", m["check"]["runs"]))
+        if m["check"].get("import_gx"):
+            out.append(_row(rows, '`python -c "import great_expectations"`',
+                            m["check"]["import_gx"]))
     if m.get("portal"):
         p = m["portal"]
         out.append(_row(f"{p['rows']} rows ({p['site']})", "`lacrima check`, same run",
@@ -557,6 +664,18 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
     for d in m.get("dask", []):
         out.append(_row(f"{d['sites']:,} x {d['n_per_site']:,}", "`lacrima run --runner dask`",
                         [d["run"]]))
+    stages = run_stages(m)
+    if stages:
+        out += ["", "## Stages of the full runs", "",
+                "Seconds per stage of the median full run (`lacrima run --json`); the rest of "
+                "the wall time is process start, imports, configuration checks and the Prefect "
+                "API.", "",
+                "| scenario | run | wall (s) | " + " | ".join(STAGES) + " |",
+                "|---|---|---|" + "---|" * len(STAGES)]
+        if before and before.get("stages"):
+            out += _stage_rows(f"before ({before['date'][:10]}, {before['commit']})",
+                               before["stages"])
+        out += _stage_rows(f"this run ({meta['date'][:10]}, {meta['commit']})", stages)
     if m.get("cumulative"):
         c = m["cumulative"]
         out += ["", "## Cumulative exports", "",
@@ -566,20 +685,24 @@ def to_markdown(meta: dict, m: dict, targets: list[Target]) -> str:
                 + f". The last brought {c['records_new']} new records and {c['records_held']:,} "
                 "already held."]
     notes = list(meta.get("notes", []))
-    if m.get("consortium"):
-        c = m["consortium"]
-        median_run = sorted(c["full"], key=lambda r: r["seconds"])[(len(c["full"]) - 1) // 2]
-        stages = median_run["summary"].get("seconds") or {}
-        if stages:
-            notes.append(f"Stages of the median {c['sites']} x {c['n_per_site']} full run "
-                         "(`lacrima run --json`, seconds): "
-                         + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ".")
     if m.get("consortium", {}).get("text_formats"):
         notes.append("At 100 sites and more, sites that also send CSV (Italy's clones) sent "
                      "CSV, not xlsx.")
     if notes:
         out += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(out) + "\n"
+
+
+def previous_results(path: Path) -> dict | None:
+    """Date, commit and stage times of an earlier ``results.json`` (the "before"), if readable."""
+    try:
+        old = json.loads(path.read_text())
+        meta, m = old["machine"], old["measurements"]
+        if meta.get("quick"):
+            return None
+        return {"date": meta["date"], "commit": meta["commit"], "stages": run_stages(m)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _commit() -> str:
@@ -626,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where results.md and results.json go "
                                              "(default: bench/)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "work")
+    ap.add_argument("--floor", type=Path, help="the independent floor script (default: "
+                                               "../shared/bench/floor.py from the repository)")
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     args = ap.parse_args(argv)
     size = {k: getattr(args, k) if getattr(args, k, None) is not None else v
@@ -638,24 +763,32 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")
     api = os.environ.get("PREFECT_API_URL")
+    floor = find_floor(args.floor)
+    if floor is None:
+        print(f"bench: the independent floor is absent (looked for {args.floor or FLOOR}): "
+              "lacrima is timed, the targets against the floor are not judged",
+              file=sys.stderr, flush=True)
     meta = machine() | {
         "argv": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "lacrima": " ".join(lacrima_command()),
         "prefect_api": f"the Prefect server at {api}" if api else "the ephemeral Prefect API",
-        "repeats": size["repeats"], "quick": args.quick, "notes": list(args.note)}
+        "repeats": size["repeats"], "quick": args.quick, "notes": list(args.note),
+        "floor": str(floor) if floor else None}
+    before = previous_results(out_dir / "results.json")
     m: dict = {}
 
     def save():
         targets = evaluate_targets(m)
         (out_dir / "results.json").write_text(json.dumps(
-            {"machine": meta, "measurements": m, "targets": [asdict(t) for t in targets]},
+            {"machine": meta, "measurements": m, "targets": [asdict(t) for t in targets],
+             "before": before},
             indent=2) + "\n")
-        (out_dir / "results.md").write_text(to_markdown(meta, m, targets))
+        (out_dir / "results.md").write_text(to_markdown(meta, m, targets, before))
 
     # scenario -> (its key in the measurements, how to measure it)
-    steps = {"3x": ("3x", lambda: real_sites(args.work, size["repeats"])),
+    steps = {"3x": ("3x", lambda: real_sites(args.work, size["repeats"], floor)),
              "125x120": ("consortium", lambda: consortium_runs(
-                 args.work, size["mid_sites"], size["mid_n"], size["repeats"])),
+                 args.work, size["mid_sites"], size["mid_n"], size["repeats"], floor)),
              "check": ("check", lambda: check_runs(args.work, size["repeats"])),
              "portal": ("portal", lambda: portal_runs(args.work, size["repeats"])),
              "cumulative": ("cumulative", lambda: cumulative_exports(

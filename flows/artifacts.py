@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
 
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lacrima.results import RunSummary
 from lacrima.study import Study
 from lacrima.tables import effect_label, replication_summary
 
@@ -75,13 +75,13 @@ def verdict_markdown(replication: pd.DataFrame, study: Study | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def run_markdown(summary: Mapping[str, Any], replication_md: str) -> str:
+def run_markdown(summary: RunSummary, replication_md: str) -> str:
     """The Prefect UI's run summary: the run's counts, then the verdict Markdown.
 
     Parameters
     ----------
-    summary : mapping
-        ``pipeline.summarise`` of the run (run_id, accepted, quarantined, report ...).
+    summary : RunSummary
+        ``steps.summarise`` of the run.
     replication_md : str
         :func:`verdict_markdown` of the run's replication table.
 
@@ -89,13 +89,12 @@ def run_markdown(summary: Mapping[str, Any], replication_md: str) -> str:
     -------
     str
     """
-    head = [f"# lacrima run {summary.get('run_id', '')}", "",
-            f"- drops accepted: {summary.get('accepted', 0)}, quarantined: "
-            f"{summary.get('quarantined', 0)}, skipped as duplicates: "
-            f"{summary.get('skipped_duplicates', 0)}",
-            f"- sites analysed: {', '.join(summary.get('sites_analysed', [])) or 'none'}"]
-    if summary.get("report"):
-        head.append(f"- report: `{summary['report']}`")
+    head = [f"# lacrima run {summary.run_id}", "",
+            f"- drops accepted: {summary.accepted}, quarantined: {summary.quarantined}, "
+            f"skipped as duplicates: {summary.skipped_duplicates}",
+            f"- sites analysed: {', '.join(summary.sites_analysed) or 'none'}"]
+    if summary.report:
+        head.append(f"- report: `{summary.report}`")
     return "\n".join(head) + "\n\n" + replication_md
 
 
@@ -127,16 +126,16 @@ REPORT_KEY = artifact_key("lacrima-report")
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE, timeout_seconds=120,
       retries=3, retry_delay_seconds=[2, 8, 30])
-def publish_artifacts(summary: dict, replication_md: str, report_location: str) -> dict:
+def publish_artifacts(summary: RunSummary, replication_md: str, report_location: str) -> dict:
     """Create the markdown artifact (run counts and verdicts) and the link artifact (report).
 
     Returns the two artifact ids as strings, keyed ``markdown`` and ``link``.
     """
     md_id = create_markdown_artifact(
         markdown=run_markdown(summary, replication_md), key=VERDICTS_KEY,
-        description=f"Replication verdicts of run {summary.get('run_id', '')}")
+        description=f"Replication verdicts of run {summary.run_id}")
     link_id = create_link_artifact(
         link=report_link(report_location), key=REPORT_KEY,
-        link_text=f"Comparison report, run {summary.get('run_id', '')}",
+        link_text=f"Comparison report, run {summary.run_id}",
         description="Self-contained HTML report (open the folder it is in)")
     return {"markdown": str(md_id), "link": str(link_id)}

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,17 +30,10 @@ def _fail(message: str, code: int = 2):
     from rich.markup import escape
 
     # Messages quote file names and column lists: '[...]' in them is text, not markup.
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+    # soft_wrap: the terminal wraps the line, so a file path copied from it stays whole
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(code)
-
-
-def _storage():
-    """The configured store, or a clean usage error (a bad LACRIMA_STORAGE value)."""
-    from lacrima.storage import open_storage
-    try:
-        return open_storage()
-    except ValueError as err:
-        _fail(str(err))
 
 
 def _reachable(storage):
@@ -182,8 +176,9 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
     from rich.text import Text
 
     from lacrima.catalog import participants_held, unfinished_reports
+    from lacrima.runplan import plan
     from lacrima.status import misplaced, site_status
-    from lacrima.study import site_codes
+    from lacrima.study import load_sites, load_study, site_codes
 
     if site:
         _site(site)
@@ -197,8 +192,12 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         wrong = [] if site else misplaced(store, site_codes())
         summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
         unfinished = [] if site else unfinished_reports(store)
+        # What the next run would do (the run plan), for the whole store only
+        todo = None if site or as_json else plan(store, load_sites(), load_study())
     except OSError as err:          # the store failed after its retries
         _fail(f"status of {store.location} failed: {err}")
+    except (ValueError, KeyError) as err:      # a broken site folder: `lacrima sites check`
+        _fail(f"cannot plan the next run: {err}")
     if as_json:
         typer.echo(json.dumps(recs, indent=2))
         return
@@ -222,6 +221,8 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         out.print(Text(f"unfinished report: reports/{run_id}/ has no manifest (a run was killed "
                        "while writing it; never published); the next run removes it",
                        style="yellow"))
+    if todo is not None:
+        out.print(Text(f"next run: {todo.describe()}"))
     if batches and out.width < 120:          # one line per batch: words wrap, never break
         out.print(Text("Batches", style="bold"))
         for r in recs:
@@ -287,7 +288,7 @@ def _open_store(location: Optional[str]):
 
 def _status_records(storage, site: Optional[str]) -> list[dict]:
     """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
-    from lacrima.intake import LANDED, batches, read_landing_index
+    from lacrima.catalog import LANDED, batches, landing_prefix, read_landing_index
     from lacrima.storage import sha256_bytes
     from lacrima.study import site_codes
 
@@ -295,8 +296,7 @@ def _status_records(storage, site: Optional[str]) -> list[dict]:
     known = {r["sha256"] for r in recs}
     indexes: dict[str, dict] = {}
     codes = set(site_codes())
-    prefix = f"landing/{site}" if site else "landing"
-    for obj in storage.list(prefix):
+    for obj in storage.list(landing_prefix(site)):
         parts = obj.key.split("/")
         # Only landing/<site>/<file> is read by a run; the rest is `misplaced`, not waiting.
         if len(parts) != 3 or parts[1] not in codes or parts[2].startswith("."):
@@ -349,7 +349,7 @@ def _preflight(storage: Optional[str], demo: bool):
     """Key, store, plan and sites, checked before anything starts Prefect (one line, exit 2).
 
     The key and the store come first and need no pandas, so a missing key is told at once.
-    Returns the run context the plan step needs.
+    The store is opened and the key checked against it here, once. Returns the run context.
     """
     _check_config()
     from lacrima.privacy import MissingKeyError, pseudonym_key
@@ -366,31 +366,22 @@ def _preflight(storage: Optional[str], demo: bool):
     from lacrima.catalog import KeyCustodyError
     from lacrima.steps import prepare_run
     try:
-        return prepare_run(storage, demo=demo)      # refuses a key that does not fit the store
+        return prepare_run(store, demo=demo)      # refuses a key that does not fit the store
     except KeyCustodyError as err:
         _fail(str(err))
     except (ValueError, KeyError, OSError) as err:   # site files, an unreadable plan
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
 
 
-def _plan(ctx, run_id: str) -> Optional[dict]:
-    """The plan step, without Prefect: the run's summary when nothing changed since the latest
-    report (no new drop, same inputs), else None (the flow has work to do)."""
-    from lacrima import steps as pipeline
+def _plan(ctx, runner: str):
+    """The run plan (``lacrima.runplan.plan``) before Prefect starts; exit 2 when the store
+    cannot be read."""
+    from lacrima.runplan import plan
 
     try:
-        plans = [pipeline.plan_site(ctx.storage, s) for s in ctx.sites]
-        if any(p.pending for p in plans):
-            return None
-        keys = pipeline.site_keys(ctx.storage, ctx.sites, ctx.study)
-        if pipeline.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
-            return None
+        return plan(ctx.storage, ctx.sites, ctx.study, runner)
     except OSError as err:          # the store failed after its retries
         _fail(f"cannot read the store {ctx.storage.location}: {err}")
-    summary = pipeline.summarise(run_id, plans, [], [], None, sorted(keys),
-                                 location=ctx.storage.location)
-    summary["seconds"] = {}
-    return summary
 
 
 BUSY = 3       # exit code: another run holds the store's lease
@@ -413,32 +404,76 @@ def _exclusive(store, what: str):
         yield
 
 
+def _start_api():
+    """Have the Prefect API ready while the flow's modules load; returns a wait for it.
+
+    In a thread, ``prefect.get_client`` makes Prefect's own choice: a configured
+    ``PREFECT_API_URL`` is used as is (nothing started), otherwise Prefect's one ephemeral
+    server of this process starts (a process-wide singleton: the flow, and ``share_api`` for
+    worker processes, get that same server). Its start-up (a process of its own, seconds)
+    then overlaps the import of the flow, the statistics and Prefect in this one. The wait
+    raises what the start raised (a server that did not come up): the run fails then, as
+    it would have at the flow's first call, and never starts a second server.
+    """
+    import threading
+
+    from prefect.settings import PREFECT_API_URL
+    if not PREFECT_API_URL.value():
+        # The module Prefect's client starts its ephemeral server from (it loads the whole
+        # server API), imported here first: in the thread it would only contend for the GIL
+        # with the imports below, and the server's process would start after both.
+        import prefect.server.api.server  # noqa: F401
+    failed: list[BaseException] = []
+
+    def start():
+        try:
+            from prefect import get_client
+            get_client(sync_client=True)
+        except Exception as err:       # noqa: BLE001 - raised by the wait, in the run
+            failed.append(err)
+
+    thread = threading.Thread(target=start, name="prefect-api", daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        if failed:
+            raise failed[0]
+    return wait
+
+
 def _run(storage: Optional[str], demo: bool, runner: str = "auto",
-         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0) -> dict:
-    """Check, plan, and only when there is work, run the flow with a progress display."""
-    ctx = _preflight(storage, demo)
+         dask_address: Optional[str] = None, verbose: bool = False, wait: float = 0.0,
+         ctx=None):
+    """Check (unless the command did: ``ctx``), plan, and only when there is work, run the
+    flow with a progress display."""
+    ctx = ctx or _preflight(storage, demo)
     from lacrima.steps import new_run_id
 
     run_id = new_run_id()
     log_file = _quiet_prefect(verbose, run_id)
-    quick = _plan(ctx, run_id)
-    if quick is not None:
-        return quick
+    todo = _plan(ctx, runner)
+    if todo.nothing_new:            # answered without starting Prefect
+        from lacrima.steps import summarise
+
+        return summarise(run_id, todo.drops, [], [], None, sorted(todo.keys),
+                         location=ctx.storage.location)
+    api_ready = _start_api()
     from lacrima.lease import LeaseLost
     with _progress(len(ctx.sites), verbose):
         try:
             from flows.pipeline import run_pipeline
-            summary = run_pipeline(storage_location=storage, demo=demo, runner=runner,
+            api_ready()         # never two servers: the flow starts once the one is up
+            summary = run_pipeline(storage_location=storage, demo=demo, runner=todo.runner,
                                    dask_address=dask_address, run_id=run_id, wait=wait)
         except LeaseLost as err:
             _fail(str(err), BUSY)
         except Exception as err:        # noqa: BLE001 - one line and the log, never a traceback
             logging.getLogger("lacrima").exception("run %s failed", run_id)
             _fail(f"run {run_id} failed: {err} (details in {log_file})", 1)
-    if summary.get("busy"):         # another run holds the store: it changed nothing here
-        _fail(summary["busy"], BUSY)
-    summary["log"] = str(log_file)
-    return summary
+    if summary.busy:                # another run holds the store: it changed nothing here
+        _fail(summary.busy, BUSY)
+    return replace(summary, log=str(log_file))
 
 
 class _ProgressHandler(logging.Handler):
@@ -529,42 +564,22 @@ def drop_line(d: dict) -> str:
         f", {d['warnings']} warning(s)" if d.get("warnings") else "")
 
 
-def _check_custody(location: Optional[str], demo: bool):
-    """Refuse, before any drop is read or Prefect starts, a key that does not fit the store.
-
-    Exit 2 with one line: no key, a blank or short key, another key than the store's, or
-    the demo key and a real key meeting in one store. Returns (store, key).
-    """
-    from lacrima.catalog import KeyCustodyError, check_key
-    from lacrima.privacy import MissingKeyError, pseudonym_key
-    from lacrima.storage import open_storage
-
-    try:
-        store, key = open_storage(location), pseudonym_key(demo=demo)
-        check_key(store, key)
-    except (ValueError, MissingKeyError, KeyCustodyError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot read the store's key record: {err}")
-    return store, key
-
-
-def _print_summary(summary: dict, as_json: bool):
+def _print_summary(summary, as_json: bool):
+    """A run's ``RunSummary`` on the terminal, or as one JSON line."""
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(summary.to_dict()))
         return
-    if summary.get("nothing_new"):
+    if summary.nothing_new:
         console.print("nothing new since the latest report: no report written", markup=False)
-    records = (f" ({summary['records_new']} new records, {summary['records_held']} "
-               "already held)" if summary.get("records_new") is not None else "")
-    console.print(f"run {summary['run_id']}: {summary['accepted']} accepted{records}, "
-                  f"{summary['quarantined']} quarantined, "
-                  f"{summary['skipped_duplicates']} already processed", markup=False)
-    for d in summary.get("drops", []):
+    console.print(f"run {summary.run_id}: {summary.accepted} accepted ({summary.records_new} "
+                  f"new records, {summary.records_held} already held), "
+                  f"{summary.quarantined} quarantined, "
+                  f"{summary.skipped_duplicates} already processed", markup=False)
+    for d in summary.drops:
         console.print("  " + drop_line(d), markup=False, highlight=False, soft_wrap=True)
-    if summary.get("log"):
-        console.print(f"log: {summary['log']}", markup=False, highlight=False, soft_wrap=True)
-    typer.echo(f"report: {summary['report']}" if summary["report"] else "no report written")
+    if summary.log:
+        console.print(f"log: {summary.log}", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(f"report: {summary.report}" if summary.report else "no report written")
 
 
 @app.command()
@@ -590,21 +605,18 @@ def demo(storage: Optional[str] = typer.Option(None, help="storage root (default
     Writes to ./data unless --storage says otherwise (never LACRIMA_STORAGE: that names the
     real store), and refuses a store holding batches made under a real key.
     """
-    _check_config()
+    storage = storage or "data"
+    ctx = _preflight(storage, True)     # refuses a store holding batches made under a real key
     from lacrima import intake
-    from lacrima.study import load_sites, load_study
     from lacrima.synth import write_drop
 
-    storage = storage or "data"
-    store, _ = _check_custody(storage, True)
-    study = load_study()
     with tempfile.TemporaryDirectory(prefix="lacrima-demo-") as tmp:
-        for s in load_sites():
-            path = write_drop(s, study, Path(tmp) / s.code)
-            key = intake.upload(store, s, path, uploader="demo")
+        for s in ctx.sites:
+            path = write_drop(s, ctx.study, Path(tmp) / s.code)
+            key = intake.upload(ctx.storage, s, path, uploader="demo")
             # soft_wrap: a storage key is never broken over two lines
             console.print(f"synthetic drop for {s.code}: {key}", markup=False, soft_wrap=True)
-    _print_summary(_run(storage, True), as_json)
+    _print_summary(_run(storage, True, "auto", None, False, 0.0, ctx), as_json)
 
 
 @app.command()

@@ -12,7 +12,6 @@ from prefect import flow, get_run_logger, serve, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import IO_RETRIES, lacrima_pipeline
-from lacrima import steps
 
 NIGHTLY_CRON = "0 2 * * *"
 SWEEP_MINUTES = 5
@@ -20,12 +19,12 @@ SWEEP_MINUTES = 5
 
 @task(name="count-pending-drops", cache_policy=NO_CACHE, timeout_seconds=300, **IO_RETRIES)
 def count_pending(storage_location: str | None) -> int:
+    from lacrima.runplan import plan
     from lacrima.storage import open_storage
-    from lacrima.study import load_sites
+    from lacrima.study import load_sites, load_study
 
-    # Listings only: no data file is read, so no pseudonym key is needed here.
-    storage = open_storage(storage_location)
-    return sum(steps.plan_site(storage, s).pending for s in load_sites())
+    # The run plan: listings and ledgers, no data file, so no pseudonym key is needed here.
+    return plan(open_storage(storage_location), load_sites(), load_study()).pending
 
 
 @flow(name="lacrima-landing-sweep")
@@ -39,9 +38,9 @@ def landing_sweep(storage_location: str | None = None, demo: bool = False) -> di
         get_run_logger().info("no new drops: nothing to do")
         return {"pending": 0, "started": False}
     summary = lacrima_pipeline(storage_location=storage_location, demo=demo)
-    if summary.get("busy"):     # another run holds the store: the next sweep looks again
-        return {"pending": pending, "started": False, "busy": summary["busy"]}
-    return {"pending": pending, "started": True, "run": summary}
+    if summary.busy:            # another run holds the store: the next sweep looks again
+        return {"pending": pending, "started": False, "busy": summary.busy}
+    return {"pending": pending, "started": True, "run": summary.to_dict()}
 
 
 def build_deployments(cron: str = NIGHTLY_CRON, sweep_minutes: float = SWEEP_MINUTES,

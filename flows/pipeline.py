@@ -5,17 +5,18 @@ Each task is a few lines around one ``lacrima`` call and works on a group of sit
 Site tasks hand on each site's estimates and IPD sums, not its rows (those stay in the store).
 Retries with backoff go on I/O tasks only (listing, intake, report); every task has a timeout.
 
-Incremental: a site with no new landing object is not ingested; a site whose content key
-(register, codebook, site file, plan) has a complete stored entry is read back, not analysed
-(``steps.sites_to_analyse``); when no key changed at all since the latest report, nothing is
-analysed and no report is written (``steps.needs_report``). Every decision is a plain
-function in ``lacrima.steps``, tested without Prefect.
+The flow body executes a run plan (``lacrima.runplan.plan``, made under the store's lease):
+the sites it names are ingested; a site whose content key (register, codebook, site file,
+plan) has a complete stored entry is read back, not analysed; when no key changed since the
+latest report, nothing is analysed and no report is written. Every decision is in the plan,
+tested without Prefect.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,8 +24,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import artifact_key, publish_artifacts, verdict_markdown
 from flows.notify import notify_quarantines, notify_run_failure
-from lacrima import intake, lease, report, steps, tables
-from lacrima.results import Comparison, RunOutputs, SiteAnalysis, SitePlan
+from lacrima import intake, lease, report, runplan, steps, tables
+from lacrima.results import Comparison, RunOutputs, RunSummary, SiteAnalysis
+from lacrima.runplan import RunPlan
 from lacrima.steps import RunContext
 from lacrima.storage import open_storage
 from lacrima.study import load_sites, load_study
@@ -57,8 +59,8 @@ def _quiet_thread_timeout_notice() -> None:
 
 
 @task(name="plan-run", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def plan_run(ctx: RunContext) -> list[SitePlan]:
-    return [steps.plan_site(ctx.storage, s) for s in ctx.sites]
+def plan_run(ctx: RunContext) -> RunPlan:
+    return runplan.plan(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="ingest-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
@@ -66,11 +68,6 @@ def ingest_sites(ctx: RunContext, sites) -> list[intake.IntakeResult]:
     # One Great Expectations run for the group's new drops (its cost is per call, not per
     # row); reading and storing stay per site. Groups run in parallel.
     return intake.ingest_sites(ctx.storage, sites, ctx.study, ctx.pseudonym_key)
-
-
-@task(name="site-keys", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT, **IO_RETRIES)
-def site_keys(ctx: RunContext) -> dict:
-    return steps.site_keys(ctx.storage, ctx.sites, ctx.study)
 
 
 @task(name="analyse-sites", cache_policy=NO_CACHE, timeout_seconds=SITE_TIMEOUT)
@@ -116,8 +113,8 @@ def notify_drops(ctx: RunContext, drops: list[dict]) -> int:
 def default_workers() -> int:
     """Threads or worker processes by default: one per core, at least 2, at most 4.
 
-    Per-site work is mostly pandas under the GIL: on 2 cores, 4 threads took 49 s for the
-    125 x 120 analyses that 2 threads did in 36 s and one in 33 s (profiled 2026-11-22).
+    Per-site work is mostly pandas under the GIL: more threads than cores only slow it down
+    (``bench/notes.md``).
     """
     return max(2, min(4, os.cpu_count() or 2))
 
@@ -126,13 +123,13 @@ def default_workers() -> int:
       log_prints=False, on_failure=[notify_run_failure], on_crashed=[notify_run_failure])
 def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
                      run_id: str | None = None, group: int = steps.SITE_GROUP,
-                     wait: float = 0.0) -> dict:
+                     wait: float = 0.0) -> RunSummary:
     """Drops to report for every site of the sites root (``LACRIMA_SITES`` or ``sites/``).
 
     ``group``: most sites one intake or analysis task takes (see ``steps.site_groups``).
     ``wait``: seconds to wait for another run holding the store's lease (``lacrima.lease``);
-    after that the run stops having changed nothing and returns ``{"run_id", "busy"}``, the
-    message naming the holder (a completed flow run: a busy store is not a failure).
+    after that the run stops having changed nothing and returns a summary whose ``busy``
+    names the holder (a completed flow run: a busy store is not a failure).
     """
     _quiet_thread_timeout_notice()
     ctx = steps.prepare_run(storage_location, demo=demo)
@@ -143,25 +140,32 @@ def lacrima_pipeline(storage_location: str | None = None, demo: bool = False,
             return _run(ctx, run_id, group, held)
     except lease.LeaseHeld as err:
         get_run_logger().warning("%s", err)
-        return {"run_id": run_id, "busy": str(err)}
+        return RunSummary(run_id, busy=str(err))
 
 
-def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dict:
-    """The run's steps, under the store's lease: plan, ingest, analyse, compare, report, notify."""
+def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> RunSummary:
+    """The plan made under the store's lease, executed: ingest, analyse, compare, report, notify.
+
+    Ingesting changes the store, so the analysis follows a plan made after it (planned
+    again, never patched); every decision is in ``lacrima.runplan.plan``.
+    """
     clock = steps.StageClock()
     with clock("plan"):
-        plans = plan_run(ctx)
-    with clock("intake"):
-        intakes = _by_groups(ingest_sites, ctx, steps.sites_to_ingest(ctx.sites, plans), group,
-                             "intake")
-        keys = site_keys(ctx)
+        first = todo = plan_run(ctx)
+    intakes = []
+    if first.ingest:
+        with clock("intake"):
+            intakes = _by_groups(ingest_sites, ctx, first.sites(ctx.sites, first.ingest), group,
+                                 "intake")
+        with clock("plan"):
+            todo = plan_run(ctx)
     analyses, comparison, outputs = [], None, None
-    if steps.needs_report(ctx.storage, {c: k for c, (k, _) in keys.items()}, ctx.study):
+    if todo.report:
         with clock("analysis"):
-            reuse, todo = steps.sites_to_analyse(ctx.storage, ctx.sites, keys)
             # the sites to analyse first, then those read back (~40 ms a site), all in groups
             analyses = steps.in_site_order(ctx.sites, _by_groups(
-                analyse_sites, ctx, todo + reuse, group, "analysis", keys))
+                analyse_sites, ctx, todo.sites(ctx.sites, todo.analyse)
+                + todo.sites(ctx.sites, todo.reuse), group, "analysis", todo.keys))
         with clock("pooling"):
             comparison = compare_sites(ctx, analyses)
         with clock("report"):
@@ -170,21 +174,21 @@ def _run(ctx: RunContext, run_id: str, group: int, held: lease.HeldLease) -> dic
             held.check()        # never publish over the run that took the store over
             outputs = write_report(ctx, run_id, analyses, comparison,
                                    {k: svg for p in plots for k, svg in p.result().items()})
-    summary = steps.summarise(run_id, plans, intakes, analyses, outputs,
-                              [] if outputs else sorted(keys), location=ctx.storage.location)
+    summary = steps.summarise(run_id, first.drops, intakes, analyses, outputs,
+                              [] if outputs else sorted(todo.keys), location=ctx.storage.location)
     if outputs is not None:
         with clock("artifacts"):
             publish_artifacts(summary, verdict_markdown(comparison.replication, ctx.study),
                               outputs.location)
             publish_verdict_table(ctx, run_id, comparison)
-    if summary["quarantined"]:
+    if summary.quarantined:
         with clock("notify"):
-            notify_drops(ctx, summary["drops"])
-    summary["seconds"] = clock.seconds
+            notify_drops(ctx, list(summary.drops))
+    summary = replace(summary, seconds=clock.seconds)
     get_run_logger().info(
         "run %s: %d accepted, %d quarantined, %d sites recomputed, %d reused, report %s", run_id,
-        summary["accepted"], summary["quarantined"], len(summary["sites_recomputed"]),
-        len(summary["sites_reused"]), summary["report"] or "not needed (nothing new)")
+        summary.accepted, summary.quarantined, len(summary.sites_recomputed),
+        len(summary.sites_reused), summary.report or "not needed (nothing new)")
     return summary
 
 
@@ -238,8 +242,8 @@ def share_api() -> None:
 
     Without ``PREFECT_API_URL``, Prefect starts an ephemeral API server in the process that
     first needs one, and a spawned worker process (process pool, local Dask cluster) inherits
-    no address: each started its own server (~220 MB and seconds of start-up per worker;
-    measured at 250 sites x 1,000 on Dask: three servers in the process tree). Here the
+    no address: each started its own server (memory and seconds of start-up per worker,
+    ``bench/notes.md``). Here the
     ephemeral server is started once and its address put in the environment the workers
     inherit. A configured API is left alone; workers of a remote Dask cluster (``dask_address``)
     never see this environment, so :func:`run_pipeline` does not call it for them.
@@ -255,19 +259,18 @@ def share_api() -> None:
 
 def run_pipeline(storage_location: str | None = None, demo: bool = False, runner: str = "auto",
                  dask_address: str | None = None, run_id: str | None = None,
-                 workers: int | None = None, wait: float = 0.0) -> dict:
+                 workers: int | None = None, wait: float = 0.0) -> RunSummary:
     """Run the pipeline flow now with the chosen task runner (see :func:`task_runner`).
 
-    ``runner="auto"``: chosen by the work (``steps.choose_runner``): threads for a few sites
-    to analyse, processes for many; counted before the flow starts, from listings and
-    ledgers only. Returns ``{"run_id", "busy"}`` when another run holds the store past
+    ``runner="auto"``: the run plan's (``lacrima.runplan.plan``): threads for a few sites
+    to analyse, processes for many; planned before the flow starts, from listings and
+    ledgers only. The summary's ``busy`` is set when another run holds the store past
     ``wait`` seconds.
     """
     if workers is None:
         workers = default_workers()
-    if runner in (None, "auto"):
-        runner = steps.choose_runner(steps.expected_analyses(
-            open_storage(storage_location), load_sites(), load_study()))
+    if runner in (None, "auto"):     # `lacrima run` passes the runner its plan chose
+        runner = runplan.plan(open_storage(storage_location), load_sites(), load_study()).runner
     if runner != "thread" and not dask_address:     # a remote cluster cannot reach 127.0.0.1
         share_api()
     flow_ = lacrima_pipeline.with_options(task_runner=task_runner(runner, dask_address, workers))

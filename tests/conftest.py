@@ -61,7 +61,8 @@ def demo_drops(tmp_path_factory, study, sites):
 
 @pytest.fixture(scope="session")
 def ingested_demo(tmp_path_factory, study, sites, demo_drops):
-    """The demo drops uploaded and ingested under ``DEMO_KEY``, once for the whole session.
+    """The demo drops uploaded and ingested under ``DEMO_KEY``, once for the whole session
+    (one Great Expectations validation of the three drops, shared by the workers).
 
     Read only: ``root`` is the store's folder, ``intakes`` what ``ingest_sites`` said per site
     (in the order of ``sites``). A test that writes to a store takes a copy (``demo_store``,
@@ -74,14 +75,41 @@ def ingested_demo(tmp_path_factory, study, sites, demo_drops):
     from lacrima.privacy import DEMO_KEY
     from lacrima.storage import LocalStorage
 
-    root = tmp_path_factory.mktemp("ingested") / "store"
-    storage = LocalStorage(root)
-    for s in sites:
-        intake.upload(storage, s, demo_drops[s.code])
-    intakes = intake.ingest_sites(storage, sites, study, DEMO_KEY)
-    before = _listing(root)
-    yield SimpleNamespace(root=root, key=DEMO_KEY, intakes=intakes)
-    assert _listing(root) == before, "a test wrote to the shared ingested store: copy it first"
+    def build(folder):
+        storage = LocalStorage(folder / "store")
+        for s in sites:
+            intake.upload(storage, s, demo_drops[s.code])
+        return SimpleNamespace(root=folder / "store", key=DEMO_KEY,
+                               intakes=intake.ingest_sites(storage, sites, study, DEMO_KEY))
+
+    made = once_per_session(tmp_path_factory, "ingested", build)
+    before = _listing(made.root)
+    yield made
+    assert _listing(made.root) == before, "a test wrote to the shared ingested store: copy it first"
+
+
+def once_per_session(tmp_path_factory, name: str, build):
+    """``build(folder)`` once per test session, shared by every pytest-xdist worker.
+
+    The first worker to ask builds it in a folder all workers see and pickles the value; the
+    others wait on a lock and read the pickle (milliseconds, where building the demo's intake
+    or run costs seconds to tens of seconds per worker). Only for read-only fixtures.
+    """
+    import fcntl
+    import pickle
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent                  # the session's folder, above each worker's own
+    folder, value = base / f"shared-{name}", base / f"shared-{name}.pickle"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)    # released when the file closes
+        if value.exists():
+            return pickle.loads(value.read_bytes())
+        folder.mkdir(exist_ok=True)
+        made = build(folder)
+        value.write_bytes(pickle.dumps(made))
+        return made
 
 
 def _listing(root):
@@ -100,7 +128,8 @@ def demo_store(tmp_path, ingested_demo):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, study, sites, ingested_demo):
-    """A copy of the ingested demo store, analysed and reported as run ``run-1``, once.
+    """A copy of the ingested demo store, analysed and reported as run ``run-1``, once for the
+    whole session (shared by the workers).
 
     Read only, like ``ingested_demo``: ``storage``, ``analyses``, ``comparison`` and
     ``outputs`` (what ``report.write_outputs`` returned).
@@ -110,15 +139,21 @@ def demo_run(tmp_path_factory, study, sites, ingested_demo):
     from lacrima import report, steps
     from lacrima.storage import LocalStorage
 
-    root = tmp_path_factory.mktemp("run") / "store"
-    shutil.copytree(ingested_demo.root, root)
-    storage = LocalStorage(root)
-    analyses = [steps.site_step(storage, s, study) for s in sites]
-    comparison = steps.compare_sites(analyses, study, list(sites))
-    prov = steps.provenance("run-1", analyses, study, list(sites))
-    outputs = report.write_outputs(storage, "run-1", analyses, comparison, study, list(sites), prov)
-    return SimpleNamespace(storage=storage, analyses=analyses, comparison=comparison,
-                           outputs=outputs)
+    def build(folder):
+        shutil.copytree(ingested_demo.root, folder / "store")
+        storage = LocalStorage(folder / "store")
+        analyses = [steps.site_step(storage, s, study) for s in sites]
+        comparison = steps.compare_sites(analyses, study, list(sites))
+        prov = steps.provenance("run-1", analyses, study, list(sites))
+        outputs = report.write_outputs(storage, "run-1", analyses, comparison, study,
+                                       list(sites), prov)
+        return SimpleNamespace(storage=storage, analyses=analyses, comparison=comparison,
+                               outputs=outputs)
+
+    made = once_per_session(tmp_path_factory, "run", build)
+    before = _listing(made.storage.root)
+    yield made
+    assert _listing(made.storage.root) == before, "a test wrote to the shared run's store"
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +161,7 @@ def memory_sites(study, sites):
     """The demo's per-site analyses built in memory (synthetic canonical data at the published
     N): ``{code: (SiteAnalysis, analysis-ready rows)}``.
 
-    Same steps as ``steps.analyse_site_data`` without intake and storage, which report
+    Same steps as ``steps.site_step`` without intake and storage, which report
     tests do not need (tests/test_pipeline.py covers them): seconds instead of half a minute.
     """
     return sites_in_memory(study, sites)

@@ -17,7 +17,7 @@ import openpyxl
 import pytest
 from typer.testing import CliRunner
 
-from lacrima import intake
+from lacrima import catalog, intake
 from flows.cli import app
 from lacrima.storage import LocalStorage, sha256_bytes
 from lacrima.study import load_site
@@ -144,7 +144,7 @@ def test_intake_keeps_the_raw_file_and_quarantines_it_whole(kind, clean, study, 
     assert storage.read_bytes(raw.key) == data
     assert storage.read_bytes(f"quarantine/{site}/{sha}/{intake.safe_name(name)}") == data
     assert not storage.list(f"curated/{site}")
-    (rec,) = intake.batches(storage, site)
+    (rec,) = catalog.batches(storage, site)
     assert rec.state == "quarantined" and set(rec.reason.split("; ")) & checks
 
 

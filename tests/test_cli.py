@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from s3util import run_aws
 from s3util import s3, s3_endpoint  # noqa: F401  (fixtures)
 
-from lacrima import intake
+from lacrima import catalog, intake
 from flows.cli import app
 
 KEY = b"test-key"
@@ -102,6 +102,7 @@ def test_check_usage_errors_exit_2_with_a_message(drops, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+@pytest.mark.process
 def test_check_as_a_real_process_prints_no_traceback(drops):
     """The installed entry point, not only the in-process runner: stderr stays clean."""
     proc = subprocess.run([sys.executable, "-m", "flows", "check",
@@ -146,7 +147,7 @@ def test_correction_needs_replaces_and_then_supersedes_the_batch(s3, drops, stud
     states = {r["sha256"]: r for r in _status("--site", "us")}
     assert states[first]["state"] == "superseded" and states[first]["superseded_by"] == fixed
     assert states[fixed]["state"] == "accepted" and states[fixed]["replaces"] == first
-    curated = intake.curated_frame(s3.storage, "us")
+    curated = catalog.curated_frame(s3.storage, "us")
     import io
 
     import pandas as pd
@@ -192,3 +193,55 @@ def test_status_and_upload_on_an_unreachable_store_exit_2_without_a_traceback(s3
     monkeypatch.setenv("LACRIMA_STORAGE", "s3://")
     res = lacrima("status")
     assert res.exit_code == 2 and "s3://bucket/prefix" in res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# the Prefect API of a run: a configured one as is, else one ephemeral server
+# ----------------------------------------------------------------------------------------------
+
+_EARLY_API = """
+import sys
+from flows.cli import _start_api
+_start_api()()
+if "prefect.server.api.server" not in sys.modules:
+    print("none")
+    sys.exit()
+from prefect import get_client
+from prefect.server.api.server import SubprocessASGIServer
+servers = [s for s in SubprocessASGIServer._instances.values() if s.running]
+try:
+    # the flow's own client reaches that same server: no second one is started
+    same = bool(servers) and str(get_client(sync_client=True).api_url).rstrip("/") == \\
+        servers[0].api_url
+    print(len(servers), same)
+finally:
+    for s in list(SubprocessASGIServer._instances.values()):
+        s.stop()
+"""
+
+
+def _early_api(tmp_path, **env):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | env
+    env |= {"PREFECT_HOME": str(tmp_path / "home"),
+            # as `lacrima run` sets it (flows.cli._quiet_prefect): a busy machine is slow
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    # files, not pipes: a server left behind must not hold the test's pipe open
+    with out.open("w") as o, err.open("w") as e:
+        code = subprocess.run([sys.executable, "-c", _EARLY_API], stdout=o, stderr=e,
+                              timeout=300, env=env).returncode
+    assert code == 0, err.read_text()[-2000:]
+    return out.read_text().strip().splitlines()[-1]
+
+
+def test_a_configured_prefect_api_is_used_as_is_and_no_server_is_started(tmp_path):
+    # lacrima run starts the API while the flow's modules load (flows.cli._start_api); with
+    # PREFECT_API_URL set it starts nothing (nothing listens there: nothing is contacted)
+    assert _early_api(tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api") == "none"
+
+
+@pytest.mark.prefect
+def test_without_a_configured_api_one_ephemeral_server_is_started_and_used(tmp_path):
+    assert _early_api(tmp_path) == "1 True"

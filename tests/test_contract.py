@@ -189,6 +189,7 @@ def test_sites_check_command(root):
     assert "sites/it/site.toml: site.role:" in bad.stdout and "Traceback" not in bad.output
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", [["run", "--demo"], ["demo"], ["serve", "--demo"]])
 def test_pipeline_commands_refuse_a_broken_configuration_before_prefect(root, tmp_path, command):
     edit(root / "study.toml", '\nrule = "below"', '\nrule = "under"')

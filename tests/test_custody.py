@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from lacrima import catalog, intake
 from flows.cli import app
 from lacrima.privacy import DEMO_KEY, MissingKeyError, pseudonym_key
+from lacrima.results import RunSummary
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
 
@@ -57,7 +58,7 @@ def test_a_blank_or_short_key_is_refused(monkeypatch, tmp_path, value):
 
 def test_the_ledger_names_each_batchs_key_never_the_key(real_store):
     storage = LocalStorage(real_store)
-    (rec,) = intake.batches(storage, "it")
+    (rec,) = catalog.batches(storage, "it")
     assert rec.key_fingerprint == catalog.key_fingerprint(KEY)
     assert catalog.store_key(storage)["fingerprint"] == rec.key_fingerprint
     for path in real_store.rglob("*.json"):
@@ -112,8 +113,7 @@ def test_the_demo_writes_to_data_not_to_the_configured_store(tmp_path, monkeypat
     monkeypatch.setenv("LACRIMA_STORAGE", str(tmp_path / "real"))
     seen = {}
     monkeypatch.setattr(cli, "_run", lambda storage, demo, *a: seen.update(storage=storage) or
-                        {"run_id": "r", "accepted": 0, "quarantined": 0, "skipped_duplicates": 0,
-                         "report": None})
+                        RunSummary("r"))
     assert lacrima("demo").exit_code == 0
     assert seen["storage"] == "data" and (tmp_path / "data" / "landing").is_dir()
     assert not (tmp_path / "real").exists()
@@ -131,19 +131,19 @@ def test_rekey_moves_every_record_to_the_new_key_as_one_audited_step(real_store,
 
     shutil.copytree(real_store, tmp_path / "store")
     storage = LocalStorage(tmp_path / "store")
-    before = intake.curated_frame(storage, "it")
+    before = catalog.curated_frame(storage, "it")
     (tmp_path / "new.key").write_text(OTHER.decode() + "\n")
     res = lacrima("rekey", "--new-key-file", tmp_path / "new.key", "--storage", tmp_path / "store",
                   "--json")
     assert res.exit_code == 0, res.output
     entry = json.loads(res.output.strip().splitlines()[-1])
     assert entry["to"] == catalog.key_fingerprint(OTHER) and entry["batches"] == {"it": 1}
-    after = intake.curated_frame(storage, "it")
+    after = catalog.curated_frame(storage, "it")
     # the same answers under other pseudonyms: exactly those the new key gives
     assert not set(after["participant_id"]) & set(before["participant_id"])
     # (curated rows come in pseudonym order: line them up by their answers)
     pd.testing.assert_frame_equal(_answers(after), _answers(before))
-    (rec,) = intake.batches(storage, "it")
+    (rec,) = catalog.batches(storage, "it")
     assert rec.key_fingerprint == entry["to"]
     audit = [json.loads(p.read_text())
              for p in (tmp_path / "store" / "ledger" / "_rekey").glob("*.json")]
@@ -165,7 +165,7 @@ def test_a_store_from_before_key_fingerprints_is_checked_against_its_data(real_s
     shutil.copytree(real_store, tmp_path / "store")
     storage = LocalStorage(tmp_path / "store")
     storage.delete(catalog.KEY_FILE)
-    for rec in intake.batches(storage):      # as the ledger was written before this issue
+    for rec in catalog.batches(storage):      # as the ledger was written before this issue
         catalog.write_batch(storage, rec.__class__(**{**rec.to_dict(), "key_fingerprint": "",
                                                       "identifying_dropped": ()}))
     for key in (DEMO_KEY, OTHER):
@@ -181,7 +181,7 @@ def test_an_interrupted_rekey_blocks_runs_until_it_is_finished(real_store, tmp_p
 
     shutil.copytree(real_store, tmp_path / "store")
     storage = LocalStorage(tmp_path / "store")
-    before = intake.curated_frame(storage, "it")
+    before = catalog.curated_frame(storage, "it")
     real = catalog.mark_rekey_done
 
     def dies(*a, **k):
@@ -197,5 +197,5 @@ def test_an_interrupted_rekey_blocks_runs_until_it_is_finished(real_store, tmp_p
         intake.rekey(storage, sites, study, KEY, b"a-third-key-0123456789")
     intake.rekey(storage, sites, study, KEY, OTHER)
     catalog.check_key(storage, OTHER)
-    after = intake.curated_frame(storage, "it")
+    after = catalog.curated_frame(storage, "it")
     assert len(after) == len(before) and not set(after["participant_id"]) & set(before["participant_id"])

@@ -49,7 +49,7 @@ def test_dask_and_processes_give_the_same_results_csv_as_the_thread_pool(prefect
             intake.upload(storage, s, drops[s.code])
         summary = run_pipeline(storage_location=str(tmp_path / runner), runner=runner,
                                run_id="same", workers=2)
-        assert summary["accepted"] == 3 and sorted(summary["sites_recomputed"]) == ["il", "it", "us"]
+        assert summary.accepted == 3 and sorted(summary.sites_recomputed) == ["il", "it", "us"]
         out[runner] = storage.read_bytes("reports/same/results.csv")
     thread, *others = (pd.read_csv(io.BytesIO(out[r]), keep_default_na=False) for r in runners)
     assert len(thread) > 100 and {"us", "it", "il", "pooled"} <= set(thread["site"])

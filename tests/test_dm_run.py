@@ -52,6 +52,7 @@ def _probe(*args, env=None, cwd=None):
     return json.loads(res.stdout.strip().splitlines()[-1]), res
 
 
+@pytest.mark.process
 def test_missing_key_is_refused_before_anything_heavy_loads(tmp_path):
     env = {k: None for k in ("LACRIMA_PSEUDONYM_KEY", "LACRIMA_PSEUDONYM_KEY_FILE")}   # unset
     got, res = _probe("run", "--storage", str(tmp_path / "store"), env=env)
@@ -60,11 +61,13 @@ def test_missing_key_is_refused_before_anything_heavy_loads(tmp_path):
     assert res.stderr.strip().startswith("error:")
 
 
+@pytest.mark.process
 def test_a_bad_store_is_refused_before_prefect(tmp_path):
     got, res = _probe("run", "--demo", "--storage", "s3://", env={})
     assert got["code"] == 2 and not got["prefect"] and "Traceback" not in res.stderr
 
 
+@pytest.mark.process
 def test_a_run_with_nothing_new_answers_without_prefect(tmp_path, study, demo_store):
     storage = demo_store            # ingested under DEMO_KEY, which `run --demo` uses
     sites = load_sites()

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from lacrima import catalog
 from lacrima.intake import read_and_validate
 from lacrima.privacy import DEMO_KEY
 from lacrima.study import load_site
@@ -240,7 +241,7 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     a = write_drop(us, study, tmp_path / "a.csv", n=12, seed=1)
     intake.upload(storage, us, a)
     intake.ingest_site(storage, us, study, key)
-    (first,) = intake.batches(storage, "us")
+    (first,) = catalog.batches(storage, "us")
 
     def one_changed(rows, col):
         rows[5][col("Q14_3")] = "Always" if rows[5][col("Q14_3")] != "Always" else "Seldom"
@@ -259,7 +260,7 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     res = intake.ingest_site(storage, us, study, key)
     (line,) = [drop_line(d) for d in steps.drop_outcomes([res])]
     assert "5 new, 0 changed, 0 unchanged" in line
-    recs = {r.sha256: r for r in intake.batches(storage, "us")}
+    recs = {r.sha256: r for r in catalog.batches(storage, "us")}
     assert recs[typo_batch].fixed_by == res.accepted[0]
     assert not recs[clash].fixed_by          # its changed record is still the old one
     # a cumulative export (a's people again, unchanged, and 3 new) with a typo in a new row
@@ -273,7 +274,7 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     intake.upload(storage, us, cumulative)
     res = intake.ingest_site(storage, us, study, key)
     assert "3 new, 0 changed, 12 unchanged" in drop_line(steps.drop_outcomes([res])[0])
-    recs = {r.sha256: r for r in intake.batches(storage, "us")}
+    recs = {r.sha256: r for r in catalog.batches(storage, "us")}
     assert recs[bad_batch].fixed_by == res.accepted[0] and not recs[clash].fixed_by
     # the correction of one record: 1 changed, 11 unchanged, none new
     intake.upload(storage, us, fixed, replaces=first.sha256[:12])
@@ -291,7 +292,7 @@ def test_a_correction_counts_new_changed_unchanged_and_status_closes_the_loop(st
     status = lacrima("status", "--site", "us")
     text = " ".join(status.output.split())
     # the clash batch, sent again with --replaces, is now the accepted correction itself
-    assert {r.sha256: r.state for r in intake.batches(storage, "us")}[clash] == "accepted"
+    assert {r.sha256: r.state for r in catalog.batches(storage, "us")}[clash] == "accepted"
     assert "says why" not in text                  # no open problem: the typo'd file is fixed
     assert text.count("fixed by") == 2 and "b_typo.csv" in text
     shown = lacrima("status", "--site", "us", "--report", typo_batch[:12])

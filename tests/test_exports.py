@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def test_parquet_holds_the_stacked_data_types_and_labels(site_data, study, store
     import pyarrow.parquet as pq
     assert pq.ParquetFile(io.BytesIO(blob)).num_row_groups == len(analyses)
     assert set(back["site"]) == set(site_data)
-    labels = exports.read_labels(blob)
+    labels = json.loads(pq.read_schema(io.BytesIO(blob)).metadata[b"lacrima.labels"])
     assert labels["change"] == study.scores["change"]["label"]
     assert labels["participant_id"] == "Participant ID"
 

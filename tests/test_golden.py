@@ -37,7 +37,7 @@ def consortium_results(work: Path) -> bytes:
     for s in sites:
         intake.upload(storage, s, drops[s.code])
     intake.ingest_sites(storage, sites, study, DEMO_KEY)
-    analyses = [steps.analyse_site_data(storage, s, study) for s in sites]
+    analyses = [steps.site_step(storage, s, study, outputs=False) for s in sites]
     comparison = steps.compare_sites([a for a in analyses if a], study, sites)
     results = comparison.results.assign(run_id=RUN_ID).reindex(columns=list(RESULTS_COLUMNS))
     return exports.to_csv_bytes(results)

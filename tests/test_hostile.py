@@ -159,6 +159,7 @@ def clean_peak(it_drop):
     return peak
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["dimension", "deflate"])
 def test_check_refuses_a_bomb_with_exit_2_in_bounded_memory(it_drop, tmp_path, kind, clean_peak):
     bomb = (dimension_bomb(it_drop, tmp_path / "bomb.xlsx") if kind == "dimension" else

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from lacrima import catalog, intake, report, steps
+from lacrima.runplan import plan
 from lacrima.privacy import DEMO_KEY
 from lacrima.results import SitePlan
 from lacrima.storage import LocalStorage
@@ -50,8 +51,8 @@ def test_plan_counts_pending_drops_from_listings(tmp_path, ingested, sites, smal
 
 def test_second_analysis_is_reused_from_the_content_key(ingested, study, sites):
     it = next(s for s in sites if s.code == "it")
-    first = steps.analyse_site_data(ingested, it, study)
-    again = steps.analyse_site_data(ingested, it, study)
+    first = steps.site_step(ingested, it, study, outputs=False)
+    again = steps.site_step(ingested, it, study, outputs=False)
     assert not first.reused and again.reused
     assert again.input_key == first.input_key
     assert ingested.exists(f"results/it/{first.input_key}/flow.json")
@@ -94,8 +95,10 @@ def test_unchanged_sites_are_reused_from_their_stored_entries_as_stored(ingested
     ingested.local_path(f"results/it/{it.input_key}/outputs-{report.OUTPUTS_VERSION}/files.json"
                         ).unlink()
     assert [s.code for s in steps.sites_to_analyse(ingested, sites, keys)[1]] == ["it"]
-    # the decision needs no Prefect and reads no data file: existence checks only
-    assert steps.expected_analyses(ingested, sites, study) == 1
+    # the run plan's decision needs no Prefect and reads no data file: existence checks only
+    todo = plan(ingested, sites, study)
+    assert (todo.analyse, todo.reuse, todo.report, todo.runner) == (
+        ("it",), tuple(s.code for s in sites if s.code != "it"), True, "thread")
 
 
 def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop(
@@ -104,7 +107,7 @@ def test_input_key_moves_with_codebook_site_file_and_plan_but_not_a_re_sent_drop
     key, accepted = steps.site_input_key(ingested, us, study)
     assert re.fullmatch("[0-9a-f]{64}", key) and steps.site_input_key(ingested, us, study) == (
         key, accepted)
-    assert accepted == tuple(r.sha256 for r in intake.batches(ingested, "us"))
+    assert accepted == tuple(r.sha256 for r in catalog.batches(ingested, "us"))
     # The same export sent again under another name brings nothing: same key.
     again = tmp_path / "again.csv"
     again.write_bytes(demo_drops["us"].read_bytes())
@@ -174,8 +177,8 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     # other flow runs in the same harness publish under the same keys: count from here
     before = len(_artifacts("lacrima-verdict-table"))
     first = lacrima_pipeline(storage_location=str(store), run_id="r1")
-    assert sorted(first["sites_recomputed"]) == ["il", "it", "us"] and not first["sites_reused"]
-    assert first["report"].endswith("reports/r1/report.html")
+    assert sorted(first.sites_recomputed) == ["il", "it", "us"] and not first.sites_reused
+    assert first.report.endswith("reports/r1/report.html")
 
     tables = _artifacts("lacrima-verdict-table")
     assert len(tables) == before + 1 and all(t.type == "table" for t in tables)
@@ -184,21 +187,21 @@ def test_flow_reuses_unchanged_sites_and_reruns_the_pool(prefect_harness, tmp_pa
     # Nothing new: no site analysed, no report, no new artifact, says so.
     same = lacrima_pipeline(storage_location=str(store), run_id="r2")
     assert len(_artifacts("lacrima-verdict-table")) == before + 1
-    assert same["nothing_new"] and same["report"] is None
-    assert same["sites_recomputed"] == [] and same["sites_reused"] == ["il", "it", "us"]
-    assert same["skipped_duplicates"] == 3 and same["accepted"] == 0
-    assert "analysis" not in same["seconds"]
+    assert same.nothing_new and same.report is None
+    assert same.sites_recomputed == () and same.sites_reused == ("il", "it", "us")
+    assert same.skipped_duplicates == 3 and same.accepted == 0
+    assert "analysis" not in same.seconds
     assert not storage.list("reports/r2")
 
     # One new drop at Italy: Italy and the pool are recomputed, the others reused.
     it = next(s for s in sites if s.code == "it")
     intake.upload(storage, it, _second_drop(study, it, tmp_path / "it2"))
     new = lacrima_pipeline(storage_location=str(store), run_id="r3")
-    assert new["accepted"] == 1 and new["sites_recomputed"] == ["it"]
-    assert new["sites_reused"] == ["il", "us"] and not new["nothing_new"]
+    assert new.accepted == 1 and new.sites_recomputed == ("it",)
+    assert new.sites_reused == ("il", "us") and not new.nothing_new
     # one reuse path: the per-site entries, no second copy of the estimates
     assert {o.key.split("/")[1] for o in storage.list("results/")} == {"il", "it", "us"}
-    assert new["report"].endswith("reports/r3/report.html")
+    assert new.report.endswith("reports/r3/report.html")
     res = pd.read_csv(storage.local_path("reports/r3/results.csv"), keep_default_na=False)
     n_it = res.loc[(res["site"] == "it") & (res["analysis"] == "correlation"), "n"].astype(float)
     assert n_it.max() > N        # Italy's estimates now use both batches

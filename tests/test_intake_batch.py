@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lacrima import intake
+from lacrima import catalog, intake
 from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
@@ -44,8 +44,8 @@ def _upload(storage, items):
     for site, path, corrects in items:
         ref = ""
         if corrects:
-            ref, = (r.sha256 for r in intake.batches(storage, site.code)
-                    if r.state == intake.ACCEPTED)
+            ref, = (r.sha256 for r in catalog.batches(storage, site.code)
+                    if r.state == catalog.ACCEPTED)
         intake.upload(storage, site, path, uploader="t", replaces=ref)
 
 
@@ -65,8 +65,8 @@ def _state(storage, sites):
     """Everything intake leaves behind, without clocks and local change markers."""
     keys = [o.key for o in storage.list("")]
     ledger = [{k: v for k, v in r.to_dict().items() if k != "processed_at"}
-              for r in intake.batches(storage)]
-    index = {s.code: {k: v["sha256"] for k, v in intake.read_landing_index(storage, s.code).items()}
+              for r in catalog.batches(storage)]
+    index = {s.code: {k: v["sha256"] for k, v in catalog.read_landing_index(storage, s.code).items()}
              for s in sites}
     raw = {k: storage.read_bytes(k) for k in keys if k.startswith("raw/")}
     reports = {k: json.loads(storage.read_bytes(k)) for k in keys
@@ -101,8 +101,8 @@ def test_batched_intake_stores_the_same_things(both, sites):
     for k in curated1:
         pd.testing.assert_frame_equal(curated2[k], curated1[k])
     for s in sites:
-        pd.testing.assert_frame_equal(intake.curated_frame(s2, s.code),
-                                      intake.curated_frame(s1, s.code))
+        pd.testing.assert_frame_equal(catalog.curated_frame(s2, s.code),
+                                      catalog.curated_frame(s1, s.code))
 
 
 def test_the_mix_exercises_clashes_bad_drops_and_corrections(both, sites):
@@ -118,7 +118,7 @@ def test_the_mix_exercises_clashes_bad_drops_and_corrections(both, sites):
     for res in second:
         assert res.skipped_duplicates == 4 and len(res.accepted) == 2
     (s1, _), _ = both
-    assert any(r.state == intake.SUPERSEDED for r in intake.batches(s1))
+    assert any(r.state == catalog.SUPERSEDED for r in catalog.batches(s1))
 
 
 def test_each_site_once(tmp_path, sites, study):

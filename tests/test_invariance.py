@@ -206,3 +206,55 @@ def test_partial_metric_frees_the_planted_loading_by_its_score_first(metric_fits
     # the scalar step is tested against the partial metric model, the loading kept free
     assert metric_fits.loc["scalar", "compared_with"] == "partial_metric"
     assert metric_fits.loc["scalar", "freed"] == "wai_08@il (loading)"
+
+
+def test_the_fit_is_stored_by_its_inputs_and_made_again_only_when_they_change(study, tmp_path,
+                                                                           monkeypatch):
+    # report.run_invariance: fitted once per digest of what the fit reads; a changed item
+    # value, a changed setting or a changed site code fits again; a change to anything the
+    # fit does not read (another column) reads the stored fit back, equal to a fresh one.
+    import dataclasses
+    from types import SimpleNamespace
+
+    from lacrima import catalog, invariance as inv, report
+    from lacrima.storage import LocalStorage
+    from lacrima.study import _freeze, _thaw
+
+    raw = _thaw(study.raw)
+    raw["invariance"]["scales"] = {"change": ["change"]}   # one scale keeps the test short
+    only_change = dataclasses.replace(study, raw=_freeze(raw))
+    storage = LocalStorage(tmp_path / "store")
+    data = pd.read_csv(REFERENCE / "invariance_data.csv")
+    frames = {code: rows.reset_index(drop=True) for code, rows in data.groupby("site")}
+    fitted = []
+    plan = inv.plan_invariance
+    monkeypatch.setattr(inv, "plan_invariance", lambda *a: fitted.append(1) or plan(*a))
+
+    def run(frames, study=only_change, tag="a"):
+        analyses = []
+        for code, frame in frames.items():
+            storage.write_bytes(catalog.site_data_key(code, tag), catalog.frame_bytes(frame))
+            analyses.append(SimpleNamespace(site=code, input_key=tag))
+        return report.run_invariance(storage, analyses, study)
+
+    first = run(frames)
+    assert len(fitted) == 1 and set(first[0]["scale"]) == {"change"}
+    # the same inputs under other site input keys (e.g. the plan changed elsewhere): read back
+    other = {c: f.assign(extra_column=1.0) for c, f in frames.items()}
+    again = run(other, tag="b")
+    assert len(fitted) == 1
+    pd.testing.assert_frame_equal(again[0], first[0])
+    assert again[1] == first[1]
+    assert report.to_csv_bytes(again[0]) == report.to_csv_bytes(first[0])
+    assert len(storage.list("invariance")) == 1
+    # one item value at one site changed: fitted again, from the new data
+    changed = {c: f.copy() for c, f in frames.items()}
+    changed["it"].loc[0, "ctsc_05"] += 1
+    refit = run(changed, tag="c")
+    assert len(fitted) == 2
+    assert (refit[0]["chi2"] != first[0]["chi2"]).any()
+    # a setting of [invariance] changed: fitted again
+    raw["invariance"]["alpha"] = 0.01
+    run(frames, study=dataclasses.replace(study, raw=_freeze(raw)))
+    assert len(fitted) == 3
+    assert len(storage.list("invariance")) == 3

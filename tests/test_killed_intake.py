@@ -42,6 +42,7 @@ def _child(store, site: str, kill_at: str) -> int:
                           capture_output=True, timeout=600).returncode
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kill_at", ["write_batch", "write_register", "write_landing_index"])
 def test_a_sigkill_mid_intake_then_a_rerun_equals_one_clean_run(tmp_path, study, sites, kill_at):
     us = next(s for s in sites if s.code == "us")
@@ -60,10 +61,10 @@ def test_a_sigkill_mid_intake_then_a_rerun_equals_one_clean_run(tmp_path, study,
     again = intake.ingest_site(killed, us, study, KEY.encode())
     done = intake.ingest_site(clean, us, study, KEY.encode())
     assert not again.quarantined and not done.quarantined, [(f.check, f.message[:300]) for r in again.reports for f in r.errors]
-    a, b = intake.curated_frame(killed, "us"), intake.curated_frame(clean, "us")
+    a, b = catalog.curated_frame(killed, "us"), catalog.curated_frame(clean, "us")
     assert len(b) == 45
     pd.testing.assert_frame_equal(a.sort_values("participant_id").reset_index(drop=True),
                                   b.sort_values("participant_id").reset_index(drop=True))
     assert catalog.read_register(killed, "us") == catalog.read_register(clean, "us")
-    assert ([(r.sha256, r.state) for r in intake.batches(killed, "us")]
-            == [(r.sha256, r.state) for r in intake.batches(clean, "us")])
+    assert ([(r.sha256, r.state) for r in catalog.batches(killed, "us")]
+            == [(r.sha256, r.state) for r in catalog.batches(clean, "us")])

@@ -24,12 +24,14 @@ def _modules_after(statement: str) -> set[str]:
 
 @pytest.mark.parametrize("module", ["lacrima.apa", "lacrima.disclosure", "lacrima.tables",
                                     "lacrima.formula"])
+@pytest.mark.process
 def test_a_job_module_imports_alone(module):
     loaded = _modules_after(f"import {module}")
     assert module in loaded
     assert not {m for m in loaded if m in NEVER or m.split(".")[0] in NEVER}
 
 
+@pytest.mark.process
 def test_number_formatting_needs_no_other_lacrima_module():
     loaded = _modules_after("import lacrima.apa")
     assert {m for m in loaded if m.startswith("lacrima.")} == {"lacrima.apa"}

@@ -120,6 +120,7 @@ def _doomed(store: Path, host: str = "", ttl: float = 600) -> None:
     assert proc.returncode == -9
 
 
+@pytest.mark.process
 def test_a_run_killed_on_this_host_frees_the_lease_at_once(tmp_path):
     # Before: the next run waited the whole lease (10 minutes) for a process that was gone.
     _doomed(tmp_path / "store")
@@ -130,6 +131,7 @@ def test_a_run_killed_on_this_host_frees_the_lease_at_once(tmp_path):
     assert got.owner == "next" and time.monotonic() - start < 5
 
 
+@pytest.mark.process
 def test_a_live_holder_on_this_host_keeps_the_lease_until_it_is_gone(tmp_path):
     code = ("import sys, time; sys.path.insert(0, %r)\n"
             "from lacrima import lease; from lacrima.storage import LocalStorage\n"
@@ -147,6 +149,7 @@ def test_a_live_holder_on_this_host_keeps_the_lease_until_it_is_gone(tmp_path):
     assert lease.acquire(st, "next", ttl=60).owner == "next"
 
 
+@pytest.mark.process
 def test_a_run_killed_on_another_host_blocks_until_its_lease_expires(tmp_path):
     _doomed(tmp_path / "store", host="another-host", ttl=2)
     st = LocalStorage(tmp_path / "store")
@@ -199,9 +202,9 @@ def test_a_run_takes_over_after_the_holder_lets_go_and_releases_when_done(
     st, holder = busy_demo_store
     threading.Timer(0.5, lease.release, (st, holder)).start()
     summary = run_pipeline(storage_location=st.location, demo=True, wait=30)
-    assert summary["accepted"] == 3 and summary["report"]
+    assert summary.accepted == 3 and summary.report
     record = lease.current(st)
-    assert record["released"] and f"run {summary['run_id']}" in record["owner"]
+    assert record["released"] and f"run {summary.run_id}" in record["owner"]
     assert json.loads(st.read_bytes(lease.LEASE_KEY)) == record
 
 

@@ -15,7 +15,7 @@ import io
 import pandas as pd
 import pytest
 
-from lacrima import intake, steps
+from lacrima import catalog, intake, steps
 from lacrima.codebook import load_codebook
 from lacrima.storage import LocalStorage
 from lacrima.synth import simulate, write_drop
@@ -78,9 +78,10 @@ def stores(tmp_path_factory, study, sites):
         for code, path, corrects in items:
             intake.upload(monthly, by[code], path, replaces=first_us if corrects else "")
         intake.ingest_sites(monthly, list(sites), study, KEY)
-        first_us = first_us or intake.batches(monthly, "us")[0].sha256
+        first_us = first_us or catalog.batches(monthly, "us")[0].sha256
         if m == 0:
-            intake.withdraw(monthly, by["it"], study, KEY, early, reason="test")
+            intake.withdraw(monthly, by["it"], study, KEY, early, reason="test",
+                            not_yet_received=True)
         if m == 2:
             intake.withdraw(monthly, by["us"], study, KEY, withdrawn, reason="test")
     once = LocalStorage(tmp / "once")
@@ -112,15 +113,15 @@ def _sorted(frame):
 @pytest.mark.parametrize("code", ["us", "it", "il"])
 def test_months_of_drops_give_the_curated_data_of_one_drop(stores, code):
     monthly, once = stores
-    assert not [r for r in intake.batches(monthly, code) if r.state == "quarantined"]
-    pd.testing.assert_frame_equal(_sorted(intake.curated_frame(monthly, code)),
-                                  _sorted(intake.curated_frame(once, code)))
+    assert not [r for r in catalog.batches(monthly, code) if r.state == "quarantined"]
+    pd.testing.assert_frame_equal(_sorted(catalog.curated_frame(monthly, code)),
+                                  _sorted(catalog.curated_frame(once, code)))
 
 
 def test_months_of_drops_give_the_flow_and_estimates_of_one_drop(stores, study, sites):
     monthly, once = stores
-    a = {s.code: steps.analyse_site_data(monthly, s, study) for s in sites}
-    b = {s.code: steps.analyse_site_data(once, s, study) for s in sites}
+    a = {s.code: steps.site_step(monthly, s, study, outputs=False) for s in sites}
+    b = {s.code: steps.site_step(once, s, study, outputs=False) for s in sites}
     for code in a:
         assert a[code].flow == b[code].flow
         # the same records, in pseudonym order whatever brought them: the same numbers
@@ -145,7 +146,7 @@ def plan(request, study, sites):
 def _report(storage, run_id, study, sites) -> dict[str, bytes]:
     from lacrima import report
 
-    analyses = [steps.analyse_site_data(storage, s, study) for s in sites]
+    analyses = [steps.site_step(storage, s, study, outputs=False) for s in sites]
     comparison = steps.compare_sites(analyses, study, list(sites))
     report.write_outputs(storage, run_id, analyses, comparison, study, list(sites),
                          steps.provenance(run_id, analyses, study, list(sites)))
@@ -174,9 +175,9 @@ def test_months_of_drops_give_the_report_tables_of_one_drop_byte_for_byte(stores
 def test_months_of_drops_give_the_pooled_estimates_of_one_drop(stores, plan):
     monthly, once = stores
     study, sites = plan
-    ca = steps.compare_sites([steps.analyse_site_data(monthly, s, study) for s in sites],
+    ca = steps.compare_sites([steps.site_step(monthly, s, study, outputs=False) for s in sites],
                              study, list(sites)).results
-    cb = steps.compare_sites([steps.analyse_site_data(once, s, study) for s in sites],
+    cb = steps.compare_sites([steps.site_step(once, s, study, outputs=False) for s in sites],
                              study, list(sites)).results
     assert ca["method"].astype(str).str.startswith("mixedlm").any()
     # The IPD mixed models are fitted by L-BFGS-B from per-site sums: with rows in another

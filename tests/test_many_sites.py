@@ -37,7 +37,7 @@ def _run(storage, study, sites, drops, run_id="run-1"):
             intake.upload(storage, s, drops[s.code], uploader="test")
     for s in sites:
         intake.ingest_site(storage, s, study, KEY)
-    analyses = [a for a in (steps.analyse_site_data(storage, s, study) for s in sites) if a]
+    analyses = [a for a in (steps.site_step(storage, s, study, outputs=False) for s in sites) if a]
     comparison = steps.compare_sites(analyses, study, list(sites))
     prov = steps.provenance(run_id, analyses, study, list(sites))
     outputs = report.write_outputs(storage, run_id, analyses, comparison, study, list(sites), prov)

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from lacrima import intake
+from lacrima import catalog, intake
 from lacrima.storage import LocalStorage
 from lacrima.vocabulary import RESULTS_COLUMNS
 
@@ -77,7 +77,7 @@ def test_same_file_twice_is_processed_once(demo_store, ingested_demo, study, sit
     intake.upload(storage, us, renamed)
     res = intake.ingest_site(storage, us, study, ingested_demo.key)
     assert res.skipped_duplicates == res.seen and not res.accepted and not res.quarantined
-    assert len([r for r in intake.batches(storage, "us")]) == 1
+    assert len([r for r in catalog.batches(storage, "us")]) == 1
 
 
 def test_messy_drop_is_quarantined_whole_with_a_report(study, sites, tmp_path):
@@ -96,7 +96,7 @@ def test_messy_drop_is_quarantined_whole_with_a_report(study, sites, tmp_path):
     assert not rep["valid"] and all(f["check"] and f["message"] for f in rep["findings"])
     assert any(f["rows"] for f in rep["findings"]) and any(f["columns"] for f in rep["findings"])
     assert not storage.list("curated/it")
-    (rec,) = intake.batches(storage, "it")
+    (rec,) = catalog.batches(storage, "it")
     assert rec.state == "quarantined" and rec.reason
 
 
@@ -107,11 +107,11 @@ def test_flow_runs_end_to_end_under_prefect(prefect_harness, tmp_path, sites, de
     storage = LocalStorage(tmp_path / "store")
     _land_all(storage, sites, demo_drops)
     summary = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r1")
-    assert summary["accepted"] == 3 and summary["quarantined"] == 0
-    assert sorted(summary["sites_analysed"]) == ["il", "it", "us"]
-    assert summary["report"].endswith("reports/r1/report.html")
+    assert summary.accepted == 3 and summary.quarantined == 0
+    assert sorted(summary.sites_analysed) == ["il", "it", "us"]
+    assert summary.report.endswith("reports/r1/report.html")
     again = lacrima_pipeline(storage_location=str(tmp_path / "store"), demo=True, run_id="r2")
-    assert again["skipped_duplicates"] == 3 and again["accepted"] == 0
+    assert again.skipped_duplicates == 3 and again.accepted == 0
 
 
 def test_pooled_rows_and_replication_cover_every_effect_of_the_plan(completed_run, study):

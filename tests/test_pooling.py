@@ -249,11 +249,15 @@ def test_role_names_come_from_the_plan(study, sites):
 
 
 # metafor 4.x:
+#   ctl <- list(threshold = 1e-12, maxiter = 1000)   # converged REML (metafor's default
+#                                                     # threshold stops at tau2 ~ 1e-5 here)
 #   d <- escalc("ZCOR", ri = c(0.187, 0.162, 0.34), ni = c(109, 749, 55))
-#   weights(rma(yi, vi, data = d, method = "REML", test = "knha"))
-#   weights(rma(yi = c(0.4, 0.6, 0.5), vi = c(0.2, 0.25, 0.3)^2, method = "REML", test = "knha"))
-WEIGHTS_R = {"H2": [11.74252338952457, 82.49614115944649, 5.76133545102894],
-             "A2": [47.9744136460554, 30.7036247334755, 21.3219616204691]}
+#   weights(rma(yi, vi, data = d, method = "REML", test = "knha", control = ctl))
+#     (tau2 = 2.4e-13: the maximiser is on the boundary, so the weights are the FE ones)
+#   weights(rma(yi = c(0.4, 0.6, 0.5), vi = c(0.2, 0.25, 0.3)^2, method = "REML", test = "knha",
+#               control = ctl))
+WEIGHTS_R = {"H2": [11.725663718303126, 82.522123891510773, 5.752212390186092],
+             "A2": [47.97441364605544, 30.70362473347548, 21.32196162046909]}
 TOL_WEIGHT = 1e-6          # percent; tau2 is REML-converged to well below this effect
 
 

@@ -23,14 +23,14 @@ def outbox(monkeypatch):
 
 def test_the_notice_links_to_the_batch_page_in_the_portal(outbox, monkeypatch):
     monkeypatch.setenv("LACRIMA_PUBLIC_URL", "https://portal.example.org/")
-    assert notify.notify_quarantines([DROP], [SimpleNamespace(code="it")]) == 1
+    assert notify.notify_quarantines([DROP], [SimpleNamespace(code="it", language="en")]) == 1
     assert "https://portal.example.org/sites/it/batches/3f9c2a000000" in outbox[0]
     assert "data/quarantine" not in outbox[0]
 
 
 def test_without_a_portal_the_notice_names_the_report_path(outbox, monkeypatch):
     monkeypatch.delenv("LACRIMA_PUBLIC_URL", raising=False)
-    notify.notify_quarantines([DROP], [SimpleNamespace(code="it")])
+    notify.notify_quarantines([DROP], [SimpleNamespace(code="it", language="en")])
     assert "data/quarantine/it/3f9c2a/report.html" in outbox[0]
 
 

@@ -175,7 +175,7 @@ def scanned(request, tmp_path_factory):
                 for p in filter(None, drops[s.code]):
                     intake.upload(storage, s, p, uploader="dm")
             intakes = {s.code: intake.ingest_site(storage, s, study, KEY) for s in sites}
-            analyses = [steps.analyse_site_data(storage, s, study) for s in sites]
+            analyses = [steps.site_step(storage, s, study, outputs=False) for s in sites]
             comparison = steps.compare_sites(analyses, study, list(sites))
             prov = steps.provenance("scan", analyses, study, list(sites))
             report.write_outputs(storage, "scan", analyses, comparison, study, list(sites), prov)

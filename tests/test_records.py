@@ -51,15 +51,15 @@ def test_italy_resaved_as_csv_is_accepted_with_nothing_new(tmp_path, study, site
     it = _site(sites, "it")
     storage = LocalStorage(tmp_path / "store")
     first = _ingest(storage, it, study, write_drop(it, study, tmp_path / "a", n=20, seed=1))
-    before = intake.curated_frame(storage, "it")
+    before = catalog.curated_frame(storage, "it")
     again = _ingest(storage, it, study,
                     write_drop(it, study, tmp_path / "b", n=20, seed=1, format="csv"))
     assert len(first.accepted) == 1 and len(again.accepted) == 1, _only(again).findings
     # the second batch by its SHA-256: two batches received in the same second sort by hash
-    rec = next(r for r in intake.batches(storage, "it") if r.sha256 == again.accepted[0])
+    rec = next(r for r in catalog.batches(storage, "it") if r.sha256 == again.accepted[0])
     assert (rec.records_new, rec.records_held) == (0, 20)
     assert again.records_held == 20 and again.records_new == 0
-    pd.testing.assert_frame_equal(intake.curated_frame(storage, "it"), before)
+    pd.testing.assert_frame_equal(catalog.curated_frame(storage, "it"), before)
 
 
 def test_cumulative_then_resorted_exports_add_only_new_records(tmp_path, study, sites):
@@ -78,11 +78,11 @@ def test_cumulative_then_resorted_exports_add_only_new_records(tmp_path, study, 
     res = _ingest(storage, us, study, resorted)
     assert len(res.accepted) == 1, _only(res).findings
     assert (res.records_new, res.records_held) == (0, 30)
-    curated = intake.curated_frame(storage, "us")
+    curated = catalog.curated_frame(storage, "us")
     assert len(curated) == 30 and curated["participant_id"].is_unique
     # each batch stores only the records it brought
     stored = [len(pd.read_parquet(io.BytesIO(storage.read_bytes(r.curated_key))))
-              for r in intake.batches(storage, "us")]
+              for r in catalog.batches(storage, "us")]
     assert sorted(stored) == [0, 10, 20]
 
 
@@ -105,9 +105,9 @@ def test_a_changed_record_is_a_clash_naming_row_column_held_and_new_value(tmp_pa
     assert f.columns == ("age",) or load_codebook(us).native_name("age") in f.columns
     assert held in f.expected and str(int(held) + 1) in f.found
     # what to do names the site and the batch that holds the record
-    first = intake.batches(storage, "us")[0].sha256
+    first = catalog.batches(storage, "us")[0].sha256
     assert f"--site us --replaces {first[:12]}" in f.fix
-    assert len(intake.curated_frame(storage, "us")) == 20
+    assert len(catalog.curated_frame(storage, "us")) == 20
 
 
 def test_fingerprints_see_missing_as_missing_whatever_the_dtype(study):
@@ -141,7 +141,7 @@ def test_spss_ids_sent_as_zero_padded_strings_are_the_same_people(tmp_path, stud
     res = _ingest(storage, il, study, strings)
     assert len(res.accepted) == 1, _only(res).findings
     assert (res.records_new, res.records_held) == (0, 15)
-    assert len(intake.curated_frame(storage, "il")) == 15
+    assert len(catalog.curated_frame(storage, "il")) == 15
 
 
 def test_an_id_not_fitting_the_codebooks_pattern_is_an_error(tmp_path, study, sites):
@@ -178,7 +178,7 @@ def corrected(tmp_path_factory, study, sites):
     c = write_drop(it, study, folder / "c", n=12, seed=2)
     d = write_drop(it, study, folder / "d", n=12, seed=3)
     _ingest(storage, it, study, a)
-    (ra,) = intake.batches(storage, "it")
+    (ra,) = catalog.batches(storage, "it")
     res = _ingest(storage, it, study, c, replaces=ra.sha256[:12])
     assert len(res.accepted) == 1, _only(res).findings
     return folder / "store", ra.sha256, res.accepted[0], d
@@ -200,7 +200,7 @@ def test_a_second_correction_of_a_superseded_batch_is_refused_naming_its_success
     res = intake.ingest_site(storage, it, study, KEY)
     (f,) = [f for f in _only(res).errors if f.check == "replaces"]
     assert c[:12] in f.message
-    assert {r.sha256: r.state for r in intake.batches(storage, "it")}[c] == "accepted"
+    assert {r.sha256: r.state for r in catalog.batches(storage, "it")}[c] == "accepted"
 
 
 def test_a_crash_between_a_corrections_writes_is_finished_by_the_next_run(
@@ -212,7 +212,7 @@ def test_a_crash_between_a_corrections_writes_is_finished_by_the_next_run(
     a = write_drop(it, study, tmp_path / "a", n=12, seed=1)
     c = write_drop(it, study, tmp_path / "c", n=12, seed=2)
     _ingest(storage, it, study, a)
-    (ra,) = intake.batches(storage, "it")
+    (ra,) = catalog.batches(storage, "it")
     intake.upload(storage, it, c, replaces=ra.sha256)
     real, calls = catalog.write_batch, []
 
@@ -226,13 +226,13 @@ def test_a_crash_between_a_corrections_writes_is_finished_by_the_next_run(
         intake.ingest_site(storage, it, study, KEY)
     monkeypatch.setattr(catalog, "write_batch", real)
     # half done: the correction is accepted, the old batch not yet superseded
-    assert {r.state for r in intake.batches(storage, "it")} == {"accepted"}
+    assert {r.state for r in catalog.batches(storage, "it")} == {"accepted"}
     res = intake.ingest_site(storage, it, study, KEY)
-    states = {r.sha256: r.state for r in intake.batches(storage, "it")}
+    states = {r.sha256: r.state for r in catalog.batches(storage, "it")}
     assert states[ra.sha256] == "superseded" and list(states.values()).count("accepted") == 1
     assert not catalog.open_intents(storage, "it")
-    curated = intake.curated_frame(storage, "it")
-    (rc,) = [r for r in intake.batches(storage, "it") if r.state == "accepted"]
+    curated = catalog.curated_frame(storage, "it")
+    (rc,) = [r for r in catalog.batches(storage, "it") if r.state == "accepted"]
     held = pd.read_parquet(io.BytesIO(storage.read_bytes(rc.curated_key)))
     # the corrected values win, each once (curated rows in pseudonym order)
     pd.testing.assert_frame_equal(curated, held.sort_values("participant_id", ignore_index=True))

@@ -330,6 +330,8 @@ def test_a_site_that_joins_recolours_no_one():
 def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_inputs, tmp_path):
     from prefect.client.schemas.actions import ArtifactCreate
 
+    from lacrima.results import RunSummary
+
     sent = {}
     monkeypatch.setattr(artifacts, "create_markdown_artifact",
                         lambda **kw: sent.setdefault("markdown", kw) and "md-id")
@@ -338,8 +340,8 @@ def test_publish_artifacts_sends_verdicts_and_report_link(monkeypatch, report_in
     _, comparison, study, _, _ = report_inputs
     md = artifacts.verdict_markdown(comparison.replication, study)
     location = tmp_path / "reports" / "r1" / "report.html"
-    summary = {"run_id": "r1", "accepted": 3, "quarantined": 0, "skipped_duplicates": 0,
-               "sites_analysed": ["il", "it", "us"], "report": str(location)}
+    summary = RunSummary("r1", accepted=3, sites_analysed=("il", "it", "us"),
+                         report=str(location))
     ids = artifacts.publish_artifacts.fn(summary, md, str(location))
     assert ids == {"markdown": "md-id", "link": "link-id"}
     assert sent["markdown"]["markdown"].endswith(md)

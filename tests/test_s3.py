@@ -222,7 +222,7 @@ def _aws_cp(s3, path, site):
 
 def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops, study, sites,
                                                                       tmp_path):
-    from lacrima import intake
+    from lacrima import catalog, intake
 
     st, us, it = s3.storage, _site(sites, "us"), _site(sites, "it")
     us_key = intake.upload(st, us, drops.us, uploader="dm_us")
@@ -242,7 +242,7 @@ def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops,
         assert st.read_bytes(raw) == path.read_bytes()
         meta = st.metadata(raw)
         assert (meta["site"], meta["original_name"], meta["sha256"]) == (code, path.name, sha)
-        (rec,) = intake.batches(st, code)
+        (rec,) = catalog.batches(st, code)
         assert (rec.state, rec.rows, rec.raw_key) == ("accepted", N, raw)
         assert st.exists(f"curated/{code}/{sha}.parquet")
     assert st.metadata(f"raw/us/{res['us'].accepted[0]}.csv")["uploader"] == "dm_us"
@@ -255,8 +255,8 @@ def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops,
     intake.upload(local, it, drops.it)
     intake.ingest_site(local, it, study, KEY)
     import pandas as pd
-    pd.testing.assert_frame_equal(intake.curated_frame(st, "it"), intake.curated_frame(local, "it"))
-    (a,), (b,) = intake.batches(st, "it"), intake.batches(local, "it")
+    pd.testing.assert_frame_equal(catalog.curated_frame(st, "it"), catalog.curated_frame(local, "it"))
+    (a,), (b,) = catalog.batches(st, "it"), catalog.batches(local, "it")
     same = ("sha256", "state", "original_name", "raw_key", "rows", "curated_key", "reason",
             "identifying_dropped")
     assert {k: getattr(a, k) for k in same} == {k: getattr(b, k) for k in same}
@@ -264,7 +264,7 @@ def test_boto3_and_aws_cli_uploads_are_processed_alike_despite_faults(s3, drops,
 
 def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, drops, study, sites,
                                                                        tmp_path):
-    from lacrima import intake
+    from lacrima import catalog, intake
 
     st, it = s3.storage, _site(sites, "it")
     # A name as Italian Excel users save them: a space and an accented letter. S3 keys take
@@ -282,7 +282,7 @@ def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, dro
     assert not report["valid"] and {f["check"] for f in report["findings"]} >= {"unique_ids"}
     assert st.read_bytes(f"{prefix}/report.html").startswith(b"<!")
     assert not st.list("curated/it")
-    (rec,) = intake.batches(st, "it")
+    (rec,) = catalog.batches(st, "it")
     assert rec.state == "quarantined" and "unique_ids" in rec.reason
 
     # The same bytes again, through lacrima upload under another name: seen, not processed.
@@ -291,7 +291,7 @@ def test_quarantine_keeps_the_file_and_the_same_bytes_are_processed_once(s3, dro
     intake.upload(st, it, again, uploader="dm_it")
     res2 = intake.ingest_site(st, it, study, KEY)
     assert (res2.seen, res2.skipped_duplicates, res2.accepted, res2.quarantined) == (2, 2, (), ())
-    assert len(intake.batches(st, "it")) == 1
+    assert len(catalog.batches(st, "it")) == 1
     assert len(st.list("quarantine/it")) == 3        # the file, report.json, report.html
     _assert_never_overwrites_or_deletes(s3.proxy.requests)
 

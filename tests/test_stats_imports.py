@@ -18,6 +18,7 @@ def _modules_after(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("module", ["lacrima.analysis", "lacrima.stats", "lacrima.pooling"])
 def test_import_does_not_load_statsmodels(module):
     loaded = _modules_after(f"import {module}")
@@ -25,6 +26,7 @@ def test_import_does_not_load_statsmodels(module):
     assert not {m for m in loaded if m.split(".")[0] == "statsmodels"}
 
 
+@pytest.mark.process
 def test_regression_loads_linear_model_not_statsmodels_api():
     loaded = _modules_after(
         "import numpy as np; from lacrima.stats import ols_hc3; "
@@ -47,6 +49,7 @@ def test_lazily_imported_methods_match_statsmodels(method):
         np.testing.assert_allclose(got[finite], np.minimum(p[finite] * 4, 1))
 
 
+@pytest.mark.process
 def test_importing_every_module_loads_neither_prefect_nor_flows():
     # What doctest collection (--doctest-modules over src/lacrima) does. The command line
     # lives in flows/ (the app layer), so every module of the package is imported here.
@@ -79,6 +82,7 @@ def _cli_modules(cwd, *argv: str) -> set[str]:
 
 @pytest.mark.parametrize("argv", [("--help",), ("check", "{drop}", "--site", "us")],
                          ids=["help", "check"])
+@pytest.mark.process
 def test_help_and_check_load_neither_prefect_nor_matplotlib(tmp_path, demo_drops, argv):
     loaded = _cli_modules(tmp_path, *(a.format(drop=demo_drops["us"]) for a in argv))
     assert "flows.cli" in loaded

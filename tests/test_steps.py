@@ -6,13 +6,6 @@ import pandas as pd
 import pytest
 
 from lacrima import report, steps
-from lacrima.results import SitePlan
-
-
-def test_sites_with_pending_drops_are_ingested_and_no_others(sites):
-    plans = [SitePlan(s.code, landed=2, pending=p) for s, p in zip(sites, (0, 1, 0))]
-    assert steps.sites_to_ingest(sites, plans) == [sites[1]]
-    assert steps.sites_to_ingest(sites, [SitePlan(s.code, 0, 0) for s in sites]) == []
 
 
 @pytest.mark.parametrize("n, requested, chosen", [

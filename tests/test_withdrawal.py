@@ -46,15 +46,15 @@ def test_a_withdrawn_person_leaves_every_later_output_and_does_not_come_back(
     assert res.exit_code == 0, res.output
     assert gone not in res.output and "held a record" in " ".join(res.output.split())
     pid = _pseudonym("it", gone)
-    assert pid not in set(intake.curated_frame(storage, "it")["participant_id"])
+    assert pid not in set(catalog.curated_frame(storage, "it")["participant_id"])
     # a cumulative export still holding the person: accepted with its new people only
     cumulative = write_drop(it, study, tmp_path / "b", n=25, seed=1)
     intake.upload(storage, it, cumulative)
     res = intake.ingest_site(storage, it, study, KEY)
     (report,) = res.reports
-    curated = intake.curated_frame(storage, "it")
+    curated = catalog.curated_frame(storage, "it")
     assert pid not in set(curated["participant_id"]) and len(curated) == 14 + res.records_new
-    a_flow = steps.analyse_site_data(storage, it, study).flow
+    a_flow = steps.site_step(storage, it, study, outputs=False).flow
     assert a_flow.excluded[0] == ("withdrew_consent", "Withdrew consent", 1)
     assert a_flow.received == len(curated) + 1
     # the ID is nowhere in the ledger or register; raw is untouched without --purge-raw
@@ -86,10 +86,10 @@ def test_purge_raw_replaces_each_raw_file_by_a_redacted_copy(tmp_path, study, si
     intake.upload(storage, site, first)
     intake.ingest_site(storage, site, study, KEY)
     gone = simulate(site, study, 12, 1)["participant_id"].iloc[4]
-    (before,) = intake.batches(storage, code)
+    (before,) = catalog.batches(storage, code)
     res = lacrima("withdraw", gone, "--site", code, "--purge-raw", "--storage", root)
     assert res.exit_code == 0, res.output
-    (after,) = intake.batches(storage, code)
+    (after,) = catalog.batches(storage, code)
     assert not storage.exists(before.raw_key) and storage.exists(after.raw_key)
     assert after.raw_key != before.raw_key and after.sha256 == before.sha256
     assert not storage.list(f"landing/{code}")          # the landed original is gone too

@@ -15,6 +15,7 @@ Zones and their keys (the same on a local folder and on S3)::
     register/<site>.json                  pseudonym -> (fingerprint, batch, state)
     results/<site>/<input_key>/           a site's analysis: its rows, estimates, flow
     results/<site>/<input_key>/outputs-<version>/   its page and exports, once per version
+    invariance/<digest>.json              the invariance fits of one set of inputs
     reports/<run_id>/                     a run's report folder, manifest.json written last
     reports/latest.json                   pointer to the latest whole report (written last)
     reports/latest                        local stores: a link to that folder
@@ -49,7 +50,6 @@ from typing import Mapping
 
 import pandas as pd
 
-from lacrima.privacy import MIN_KEY_BYTES  # noqa: F401  (the key rules live in privacy)
 from lacrima.results import SiteAnalysis
 from lacrima.scoring import Flow
 from lacrima.storage import ObjectInfo, Storage, parquet_frame, read_json, write_json
@@ -107,8 +107,9 @@ def curated_key(site: str, sha: str, tag: str = "") -> str:
     return f"curated/{site}/{sha}{'-' + tag if tag else ''}.parquet"
 
 
-def quarantine_prefix(site: str, sha: str) -> str:
-    return f"quarantine/{site}/{sha}"
+def quarantine_prefix(site: str, sha: str | None = None) -> str:
+    """A quarantined batch's folder (its file and reports); the site's, without ``sha``."""
+    return f"quarantine/{site}/{sha}" if sha else f"quarantine/{site}"
 
 
 def quarantine_records_key(site: str, sha: str) -> str:
@@ -159,6 +160,12 @@ def site_data_key(site: str, input_key: str) -> str:
 def site_outputs_prefix(site: str, input_key: str, version: int) -> str:
     """A site's page and exports for one input key, made by output format ``version``."""
     return f"{results_prefix(site, input_key)}/outputs-{version}"
+
+
+def invariance_key(digest: str) -> str:
+    """The invariance fits made from the inputs whose digest is ``digest``
+    (``invariance.inputs_digest``: settings, items, each site's item values)."""
+    return f"invariance/{digest}.json"
 
 
 def report_prefix(run_id: str) -> str:
@@ -582,22 +589,19 @@ def _made_under(storage: Storage, rec: BatchRecord, key: bytes) -> bool:
 
 def raw_ids(storage: Storage, site: Site, study: Study, raw_key: str) -> pd.Series | None:
     """The normalised IDs of a raw drop (not pseudonymised), or None for an unreadable file."""
-    import tempfile
-    from pathlib import Path, PurePosixPath
+    from pathlib import PurePosixPath
 
     # Imported here: reading native files (pyreadstat, openpyxl) is paid only by a rekey
     # or an old store's key check, never by the commands that only list keys.
     from lacrima.codebook import load_codebook
     from lacrima.findings import DropError
-    from lacrima.native import read_drop
+    from lacrima.native import read_drop_bytes
 
-    with tempfile.TemporaryDirectory(prefix="lacrima-raw-") as tmp:
-        path = Path(tmp) / f"drop{PurePosixPath(raw_key).suffix or '.bin'}"
-        path.write_bytes(storage.read_bytes(raw_key))
-        try:
-            drop = read_drop(path, site, study)
-        except DropError:
-            return None
+    try:
+        drop = read_drop_bytes(storage.read_bytes(raw_key),
+                               f"drop{PurePosixPath(raw_key).suffix or '.bin'}", site, study)
+    except DropError:
+        return None
     ids, _ = load_codebook(site).normalise_ids(drop.frame["participant_id"])
     return ids.dropna()
 

@@ -244,6 +244,7 @@ class NonInvariance(_Model):
 
 class Invariance(_Model):
     scales: dict[str, Annotated[Names, Field(min_length=1)]]
+    labels: dict[str, str] = {}         # scale -> its name in the report, e.g. the instrument
     alpha: Annotated[float, Field(ge=0, lt=1)] = 0.05
     delta_cfi: Number = -0.01
     delta_rmsea: Number = 0.015
@@ -266,6 +267,13 @@ class Synthetic(_Model):
     items: Optional[ItemModel] = None
     intercepts: Optional[dict[str, Number]] = None
     noninvariance: Optional[Union[NonInvariance, Annotated[dict, Field(max_length=0)]]] = None
+
+
+class Descriptives(_Model):
+    """``[descriptives]``: the participants table's rows besides N, criers and scores."""
+
+    mean_sd: Names = []       # numeric variables shown as M (SD)
+    levels: Names = []        # categorical variables shown as n (%) per level
 
 
 class Validation(_Model):
@@ -291,6 +299,7 @@ class Plan(_Model):
     replication: Replication
     synthetic: Synthetic
     validation: Validation = Validation()
+    descriptives: Descriptives = Descriptives()
 
 
 # --------------------------------------------------------------------------- a site
@@ -639,6 +648,15 @@ def _plan_references(plan: Any, file: str) -> list[Problem]:
                 if not isinstance(scores.get(sub), MeanScore):
                     out.append(Problem(file, f"invariance.scales.{name}", f"{sub!r} is not a "
                                        f"mean score of the plan{did_you_mean(sub, scores)}"))
+    if have("invariance"):
+        for name in plan.invariance.labels:
+            if name not in plan.invariance.scales:
+                out.append(Problem(file, f"invariance.labels.{name}", f"{name!r} is not a scale "
+                                   f"of [invariance] scales{did_you_mean(name, plan.invariance.scales)}"))
+    if have("descriptives", "variables"):
+        for key in ("mean_sd", "levels"):
+            for i, name in enumerate(getattr(plan.descriptives, key)):
+                ref(f"descriptives.{key}[{i}]", name, variables, "variable of the plan")
     if have("validation") and refs_ok:
         for key in ("completion_scores", "zero_for_non_criers"):
             for i, name in enumerate(getattr(plan.validation, key)):

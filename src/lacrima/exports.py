@@ -289,16 +289,6 @@ def _with_labels(schema, columns: list[str], study: Study):
     return schema.with_metadata(meta)
 
 
-def read_labels(parquet: bytes) -> Mapping[str, str]:
-    """The ``column -> label`` map stored by :func:`stacked_parquet_bytes`."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(io.BytesIO(parquet)).metadata or {}
-    return json.loads(meta.get(b"lacrima.labels", b"{}"))
-
-
 def to_csv_bytes(frame: pd.DataFrame) -> bytes:
     """CSV at full precision; text cells that a spreadsheet would run as a formula are escaped."""
     out = frame.copy()

@@ -42,8 +42,8 @@ FIXES = {
     "ids_present": N_("fill in the missing participant IDs, and upload the corrected file"),
     "unique_ids": N_("give each participant one row (remove repeated rows or fix mistyped IDs), and "
                      "upload the corrected file"),
-    "completion": N_("check that the alliance and change items were exported, and upload a "
-                     "complete file"),
+    "completion": N_("check that the items of every completion score were exported, and upload "
+                     "a complete file"),
     "id_clash": N_("if these records were corrected on purpose, upload the file as a correction of "
                    "the batch that holds them (`lacrima upload FILE --site SITE --replaces BATCH`; "
                    "`lacrima status` lists batches); else fix the IDs"),

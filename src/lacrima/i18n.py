@@ -26,7 +26,7 @@ LANGUAGES = ("en", "it", "he", "de")
 RTL = frozenset({"he"})
 """Languages written right to left (HTML ``dir="rtl"``). In their texts each value (a column
 or file name, a count, an answer) is wrapped in Unicode's first-strong isolate (U+2068 ...
-U+2069), so "'Q14_3' [wai_03]" keeps its own order inside a Hebrew sentence."""
+U+2069), so "'Q14_3' [item_03]" keeps its own order inside a Hebrew sentence."""
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DOMAIN = "lacrima"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lacrima.catalog import landing_prefix, quarantine_prefix
+
 POLICY_VERSION = "2012-10-17"
 
 
@@ -47,13 +49,13 @@ def site_policy(bucket: str, prefix: str, site: str) -> dict[str, Any]:
         "Version": POLICY_VERSION,
         "Statement": [
             {"Sid": "UploadDropsToOwnLanding", "Effect": "Allow", "Action": ["s3:PutObject"],
-             "Resource": [f"{objects}landing/{site}/*"]},
+             "Resource": [f"{objects}{landing_prefix(site)}/*"]},
             {"Sid": "ReadOwnQuarantineReports", "Effect": "Allow", "Action": ["s3:GetObject"],
-             "Resource": [f"{objects}quarantine/{site}/*/report.json",
-                          f"{objects}quarantine/{site}/*/report.html"]},
+             "Resource": [f"{objects}{quarantine_prefix(site, '*')}/report.json",
+                          f"{objects}{quarantine_prefix(site, '*')}/report.html"]},
             {"Sid": "ListOwnFolders", "Effect": "Allow", "Action": ["s3:ListBucket"],
              "Resource": [f"arn:aws:s3:::{bucket}"],
-             "Condition": {"StringLike": {"s3:prefix": [f"{root}landing/{site}/*",
-                                                         f"{root}quarantine/{site}/*"]}}},
+             "Condition": {"StringLike": {"s3:prefix": [f"{root}{landing_prefix(site)}/*",
+                                                         f"{root}{quarantine_prefix(site)}/*"]}}},
         ],
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -18,9 +17,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from lacrima import catalog
-# Re-exported: the ledger and the keys live in the catalog; callers used to find them here.
-from lacrima.catalog import (ACCEPTED, LANDED, QUARANTINED, SUPERSEDED, WITHDRAWN,  # noqa: F401
-                             BatchRecord, batches, curated_frame, landing_index_key, ledger_key,
+from lacrima.catalog import (ACCEPTED, QUARANTINED, SUPERSEDED, WITHDRAWN, BatchRecord, batches,
                              read_landing_index)
 from lacrima.findings import DropError, Finding
 from lacrima.i18n import msg
@@ -61,6 +58,7 @@ class IntakeResult:
     reports: tuple[ValidationReport, ...] = field(default=(), repr=False)
     records_new: int = 0       # records the accepted drops brought that the site never held
     records_held: int = 0      # records they held that the site already had, unchanged
+    counts: tuple[RecordCounts | None, ...] = field(default=(), repr=False)  # per report
 
     @property
     def changed(self) -> bool:
@@ -70,10 +68,21 @@ class IntakeResult:
     def record_counts(self) -> dict[str, dict]:
         """Batch -> its records ``new``, ``already_held`` (unchanged), ``changed`` and
         ``withdrawn`` (None: not read)."""
-        return {r.sha256: {"new": r.extra.get("records_new"),
-                           "already_held": r.extra.get("records_held"),
-                           "changed": r.extra.get("records_changed"),
-                           "withdrawn": r.extra.get("records_withdrawn")} for r in self.reports}
+        return {r.sha256: {"new": c and c.new, "already_held": c and c.already_held,
+                           "changed": c and c.changed, "withdrawn": c and c.withdrawn}
+                for r, c in zip(self.reports, self.counts or [None] * len(self.reports))}
+
+
+@dataclass(frozen=True)
+class RecordCounts:
+    """A read drop's records against the site's register, as its summary says it: new (never
+    held), already held unchanged, changed (a correction's changed records, or ID clashes) and
+    withdrawn (people who withdrew consent: left out)."""
+
+    new: int
+    already_held: int
+    changed: int
+    withdrawn: int = 0
 
 
 def resolve_batch(storage: Storage, site: str, ref: str) -> BatchRecord:
@@ -99,23 +108,25 @@ def _quarantine(storage: Storage, site: str, sha: str, data: bytes, name: str,
 
 
 def read_and_validate(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
-                      accepted: pd.DataFrame | None = None, size_mb: float = 0.0):
+                      size_mb: float = 0.0):
     """Read a native drop and validate it. Returns (report, canonical frame or None).
 
-    Never raises for bad data: an unreadable file becomes a report with one finding.
+    Never raises for bad data: an unreadable file becomes a report with one finding. The
+    drop's records are checked against the site's register by intake (:func:`split_records`,
+    :func:`clash_findings`), not here.
     """
-    report, drop, codebook = _read(path, site, study, key, name, sha, size_mb)
+    report, drop, codebook = _read(Path(path).read_bytes(), site, study, key, name, sha, size_mb)
     if drop is None:
         return report, None
-    return validate_drop(drop, study, codebook, site.code, name, sha, accepted=accepted), drop.frame
+    return validate_drop(drop, study, codebook, site.code, name, sha), drop.frame
 
 
-def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
+def _read(data: bytes, site: Site, study: Study, key: bytes, name: str, sha: str,
           size_mb: float = 0.0):
     """Read a native drop and pseudonymise its IDs: (None, drop, codebook), or, when the file
     cannot be read, (report with its findings, None, codebook). Never raises for bad data."""
     from lacrima.codebook import load_codebook
-    from lacrima.native import read_drop
+    from lacrima.native import read_drop_bytes
 
     codebook = load_codebook(site)
     max_mb = float(study.section("validation").get("max_file_mb", 200))
@@ -124,7 +135,7 @@ def _read(path: Path, site: Site, study: Study, key: bytes, name: str, sha: str,
                     expected=f"at most {max_mb:.0f} MB", found=f"{size_mb:.0f} MB")
         return ValidationReport(site.code, name, sha, 0, (f,)), None, codebook
     try:
-        drop = read_drop(path, site, study)
+        drop = read_drop_bytes(data, local_name(name), site, study)
     except DropError as err:
         findings = err.findings or (Finding(err.check, f"{name}: {err.message}"),)
         return ValidationReport(site.code, name, sha, 0, tuple(findings)), None, codebook
@@ -221,11 +232,7 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     sees an earlier one's records), completion, and curated or quarantined with its ledger
     entry. All the group's pending
     drops are held in memory between the steps: callers pass groups of sites, not all.
-
-    Measured on the 2-core dev machine, 3 sites x 7 new drops of 120 rows, warm: intake took
-    6.3-7.8 s with one GX run per drop (validation 3.9-4.4 s of it), 3.9-4.6 s with
-    ``ingest_site`` per site (one GX run per site) and 3.5-4.3 s with ``ingest_sites`` over
-    the three (one GX run, 0.4-0.7 s).
+    What one GX run for the group saves: ``bench/notes.md``.
     """
     sites = list(sites)
     codes = [s.code for s in sites]
@@ -244,21 +251,23 @@ def ingest_sites(storage: Storage, sites, study: Study, key: bytes,
     results = []
     fingerprint = catalog.key_fingerprint(key)
     for scan in scans:
-        accepted, quarantined, reports, new, held = [], [], [], 0, 0
+        accepted, quarantined, reports, counts = [], [], [], []
         reg = catalog.read_register(storage, scan.site.code, study.variables)
         for p in scan.pending:
-            report, reg = _process(storage, study, p, stamp, suites.get(id(p)), reg, fingerprint)
+            report, reg, count = _process(storage, study, p, stamp, suites.get(id(p)), reg,
+                                          fingerprint)
             reports.append(report)
+            counts.append(count)
             (accepted if report.valid else quarantined).append(p.sha)
-            if report.valid:
-                new += report.extra.get("records_new", 0)
-                held += report.extra.get("records_held", 0)
         if accepted:
             mark_fixed(storage, scan.site.code, reg)
         if scan.index_changed:
             catalog.write_landing_index(storage, scan.site.code, scan.index)
+        taken = [c for r, c in zip(reports, counts) if r.valid and c is not None]
         results.append(IntakeResult(scan.site.code, scan.seen, tuple(accepted),
-                                    tuple(quarantined), scan.skipped, tuple(reports), new, held))
+                                    tuple(quarantined), scan.skipped, tuple(reports),
+                                    sum(c.new for c in taken), sum(c.already_held for c in taken),
+                                    tuple(counts)))
     return results
 
 
@@ -341,19 +350,17 @@ def _keep_and_read(storage: Storage, site: Site, study: Study, key: bytes, landi
     storage.write_bytes(raw_key, data, if_absent=True, metadata={
         "site": site.code, "original_name": name, "uploader": meta.get("uploader", ""),
         "sha256": sha, "received_at": stamp})
-    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
-        path = Path(tmp) / local_name(name)
-        path.write_bytes(data)
-        unreadable, drop, codebook = _read(path, site, study, key, name, sha,
-                                           size_mb=len(data) / 1e6)
+    unreadable, drop, codebook = _read(data, site, study, key, name, sha, size_mb=len(data) / 1e6)
     return _Pending(site, landing_key, data, sha, meta, name, raw_key, codebook, unreadable, drop)
 
 
 def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
-             reg: dict, key_fingerprint: str) -> tuple[ValidationReport, dict]:
+             reg: dict, key_fingerprint: str
+             ) -> tuple[ValidationReport, dict, RecordCounts | None]:
     """Validate one read drop, split its records against the site's register, then curate
     or quarantine it and write its ledger entry. ``suite``: its findings from the group's
-    batched GX run. Returns the report and the register after this drop."""
+    batched GX run. Returns the report, the register after this drop and the drop's record
+    counts (None when it could not be read)."""
     site, sha, meta, name, data = p.site, p.sha, p.meta, p.name, p.data
     replaced, extra = None, ()
     if meta.get("replaces"):
@@ -372,12 +379,8 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         extra += clash_findings(storage, split, frame, p.drop.row_numbers, p.codebook, study)
     if extra:
         report = replace(report, findings=report.findings + extra)
-    if split is not None:
-        counts = split.counts()
-        report = replace(report, extra={**report.extra, "records_new": counts["new"],
-                                        "records_held": counts["unchanged"],
-                                        "records_changed": counts["changed"],
-                                        "records_withdrawn": counts["withdrawn"]})
+    c = None if split is None else split.counts()
+    counts = c and RecordCounts(c["new"], c["unchanged"], c["changed"], c["withdrawn"])
     rec = dict(site=site.code, sha256=sha, original_name=name, raw_key=p.raw_key,
                received_at=stamp,
                processed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -419,7 +422,7 @@ def _process(storage: Storage, study: Study, p: _Pending, stamp: str, suite,
         reason = "; ".join(sorted({f.check for f in report.errors}))
         catalog.write_batch(storage, BatchRecord(state=QUARANTINED, reason=reason,
                                                  quarantine_key=qkey, **rec))
-    return report, reg
+    return report, reg, counts
 
 
 def _apply_correction(storage: Storage, site: str, intent: dict, study: Study, reg: dict) -> dict:
@@ -542,12 +545,15 @@ def clash_findings(storage: Storage, split: RecordSplit, frame: pd.DataFrame, ro
         key = catalog.ledger_key(frame["site"].iloc[0], batch)
         old = parquet_frame(storage.read_bytes(json.loads(storage.read_bytes(key))["curated_key"]))
         held_rows[batch] = old.set_index("participant_id", drop=False)
+    # Both sides of every shown record in one pass each, not a pass per record (bench/notes.md).
+    pids = frame["participant_id"].iloc[[i for i, _ in shown]]
+    new_text = catalog.canonical_records(frame.iloc[[i for i, _ in shown]], variables)
+    held_text = catalog.canonical_records(pd.concat(
+        [held_rows[b].loc[[pid]].iloc[:1] for pid, (_, b) in zip(pids, shown)],
+        ignore_index=True), variables)
     out = []
-    for i, batch in shown:
-        pid = frame["participant_id"].iloc[i]
-        ours = json.loads(catalog.canonical_records(frame.iloc[[i]], variables)[0])
-        theirs = json.loads(catalog.canonical_records(
-            held_rows[batch].loc[[pid]].reset_index(drop=True), variables)[0])
+    for (i, batch), ours, theirs in zip(shown, map(json.loads, new_text),
+                                        map(json.loads, held_text)):
         diff = [k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b]
 
         def show(values, k):
@@ -881,7 +887,7 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
     what was replaced, for the ledger entry.
     """
     from lacrima.codebook import load_codebook
-    from lacrima.native import read_drop
+    from lacrima.native import read_drop_bytes
     from lacrima.redact import redact
 
     codebook = load_codebook(site)
@@ -891,13 +897,10 @@ def purge_person(storage: Storage, site: Site, study: Study, key: bytes, normali
         if not storage.exists(rec.raw_key):
             continue
         data = storage.read_bytes(rec.raw_key)
-        with tempfile.TemporaryDirectory(prefix="lacrima-purge-") as tmp:
-            path = Path(tmp) / f"drop{PurePosixPath(rec.raw_key).suffix}"
-            path.write_bytes(data)
-            try:
-                drop = read_drop(path, site, study)
-            except DropError:
-                continue
+        try:
+            drop = read_drop_bytes(data, f"drop{PurePosixPath(rec.raw_key).suffix}", site, study)
+        except DropError:
+            continue
         ids, _ = codebook.normalise_ids(drop.frame["participant_id"])
         rows = {int(drop.row_numbers[i]) for i, v in enumerate(ids) if v == normalised_id}
         if not rows:
@@ -943,11 +946,8 @@ def check_file(path: Path, site: Site, study: Study, name: str = "") -> tuple[Va
 
     data = Path(path).read_bytes()
     name = safe_name(name or Path(path).name)
-    with tempfile.TemporaryDirectory(prefix="lacrima-check-") as tmp:
-        local = Path(tmp) / local_name(name)
-        local.write_bytes(data)
-        report, frame = read_and_validate(local, site, study, DEMO_KEY, name, sha256_bytes(data),
-                                          size_mb=len(data) / 1e6)
+    report, frame = read_and_validate(path, site, study, DEMO_KEY, name, sha256_bytes(data),
+                                      size_mb=len(data) / 1e6)
     return report, frame is not None
 
 

@@ -18,6 +18,8 @@ tests/test_invariance.py against tests/reference/invariance_lavaan.json).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
@@ -68,6 +70,11 @@ class Fit:
 
 
 COLUMNS = tuple(Fit.__dataclass_fields__)
+
+VERSION = 1
+"""Version of the fitting code: part of :func:`inputs_digest`. Bump it by hand when what
+:func:`plan_invariance` returns for the same data changes (estimator, rules, columns): every
+stored fit is then made again on the next report."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -476,6 +483,48 @@ def to_frame(fits: Sequence[Fit]) -> pd.DataFrame:
     return pd.DataFrame([asdict(f) for f in fits], columns=list(COLUMNS))
 
 
+def _scales(study) -> dict[str, dict[str, list[str]]]:
+    """Scale -> factor -> items, from the plan's ``[invariance] scales`` and its scores."""
+    return {scale: {sub: list(study.scores[sub]["items"]) for sub in subscales}
+            for scale, subscales in study.section("invariance").get("scales", {}).items()}
+
+
+def inputs_digest(study, data: Mapping[str, pd.DataFrame]) -> str | None:
+    """SHA-256 of everything :func:`plan_invariance` reads, or None when it fits nothing.
+
+    The ``[invariance]`` settings, each scale's factors and items, :data:`VERSION`, and per
+    site (in ``data``'s order) its code and the values of the scales' items (float64, missing
+    included). Two calls with equal digests return equal fits: the digest keys the stored fit
+    (``catalog.invariance_key``). None when there are no scales or more sites than
+    ``max_sites`` (nothing is fitted then, and the rows are not read).
+    """
+    cfg = study.section("invariance")
+    if not cfg.get("scales") or len(data) > int(cfg.get("max_sites", 12)):
+        return None
+    scales = _scales(study)
+    h = hashlib.sha256(json.dumps({"version": VERSION, "config": cfg, "scales": scales},
+                                  sort_keys=True, default=str).encode())
+    items = sorted({v for factors in scales.values() for vs in factors.values() for v in vs})
+    for code, frame in data.items():
+        values = np.ascontiguousarray(frame[items].to_numpy(dtype="float64"))
+        h.update(f"\0{code}\0{values.shape}\0".encode())
+        h.update(values.tobytes())
+    return h.hexdigest()
+
+
+def fits_bytes(fits: pd.DataFrame, notes: list[str]) -> bytes:
+    """``plan_invariance``'s answer as JSON, every value exact (floats round-trip)."""
+    rows = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+            for r in fits.to_dict("records")]
+    return json.dumps({"fits": rows, "notes": notes}).encode()
+
+
+def fits_from_bytes(blob: bytes) -> tuple[pd.DataFrame, list[str]]:
+    """The inverse of :func:`fits_bytes`: the same frame (``to_frame``'s columns) and notes."""
+    stored = json.loads(blob)
+    return pd.DataFrame(stored["fits"], columns=list(COLUMNS)), list(stored["notes"])
+
+
 def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, list[str]]:
     """Every scale of the plan's ``[invariance]`` across the sites in ``data``.
 
@@ -503,8 +552,7 @@ def plan_invariance(study, data: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFra
         notes.append(f"Not fitted: {len(data)} sites exceed [invariance] max_sites = "
                      f"{cfg.get('max_sites', 12)} (the joint fit grows with the sites).")
         return to_frame(fits), notes
-    for scale, subscales in cfg["scales"].items():
-        factors = {sub: list(study.scores[sub]["items"]) for sub in subscales}
+    for scale, factors in _scales(study).items():
         items = [v for vs in factors.values() for v in vs]
         frames, left_out = [], []
         for code, frame in data.items():

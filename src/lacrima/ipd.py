@@ -531,7 +531,7 @@ def site_moments(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
     Every column is converted to float once and each pair's sums are ``numpy.bincount``
     over site codes: about 1 ms for a site of 120 rows and 18 pairs.
     """
-    criers_col = study.section("analysis").get("criers", "cried_in_therapy")
+    criers_col = study.section("analysis")["criers"]
     if "site" not in frame.columns:
         raise ValueError("stacked data lack column 'site' needed by the IPD models")
     codes, names = pd.factorize(frame["site"].astype(str).to_numpy())

@@ -193,6 +193,22 @@ class _Table:
 # --------------------------------------------------------------------------- public
 
 
+def read_drop_bytes(data: bytes, name: str, site: Site, study: Study, *,
+                    today: dt.date | None = None) -> NativeDrop:
+    """:func:`read_drop` of a drop held as bytes (from the store or an upload), read under
+    ``name``: a safe base name, so that findings name the file the data manager sent.
+
+    The native readers (pyreadstat, openpyxl) take a path: the bytes go to a temporary file,
+    deleted once read. The one place a drop in memory is read.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lacrima-drop-") as tmp:
+        path = Path(tmp) / (Path(name).name or "drop.bin")
+        path.write_bytes(data)
+        return read_drop(path, site, study, today=today)
+
+
 def read_drop(
     path: str | Path, site: Site, study: Study, *, today: dt.date | None = None
 ) -> NativeDrop:

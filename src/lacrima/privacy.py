@@ -35,7 +35,7 @@ def pseudonym_key(demo: bool = False) -> bytes:
     Raises
     ------
     MissingKeyError
-        No key, or a key shorter than ``catalog.MIN_KEY_BYTES`` (an empty key file gives an
+        No key, or a key shorter than ``MIN_KEY_BYTES`` (an empty key file gives an
         HMAC anyone can compute).
     """
     if demo:

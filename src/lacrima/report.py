@@ -165,7 +165,7 @@ def _on_scale(fixed: pd.Series, scale: str, column: str) -> float:
 
 
 def _interval_warnings(detail: pd.Series | None) -> list[str]:
-    """Plain warnings about a pooled effect's intervals (issue 16: small-k pooling)."""
+    """Plain warnings about a pooled effect's intervals (small-k pooling)."""
     if detail is None or not detail.get("k") or detail["k"] < 2:
         return []
     out = []
@@ -486,13 +486,27 @@ def _with_plots(families: list[dict[str, Any]], plots: Mapping[str, str]) -> lis
 
 def run_invariance(storage: Storage, analyses: list[SiteAnalysis],
                    study: Study) -> tuple[pd.DataFrame, list[str]]:
-    """``invariance.plan_invariance`` of the run's sites; their rows are read from the store
-    only when the sites are few enough for the fit (``[invariance] max_sites``)."""
-    from lacrima.invariance import plan_invariance  # scipy: paid by a report only
+    """``invariance.plan_invariance`` of the run's sites, fitted only when its inputs changed.
+
+    The sites' rows are read from the store only when the sites are few enough for the fit
+    (``[invariance] max_sites``). The fits are stored under the digest of what they read
+    (``invariance.inputs_digest``, ``catalog.invariance_key``) and read back while that is
+    unchanged: a change of the plan elsewhere, or of a site's other answers, refits nothing.
+    """
+    from lacrima import invariance  # scipy: paid by a report only
 
     few = len(analyses) <= int(study.section("invariance").get("max_sites", 12))
-    return plan_invariance(study, {a.site: catalog.site_data(storage, a.site, a.input_key)
-                                   if few else None for a in analyses})
+    data = {a.site: catalog.site_data(storage, a.site, a.input_key) if few else None
+            for a in analyses}
+    digest = invariance.inputs_digest(study, data) if few else None
+    if digest is None:
+        return invariance.plan_invariance(study, data)
+    key = catalog.invariance_key(digest)
+    if storage.exists(key):
+        return invariance.fits_from_bytes(storage.read_bytes(key))
+    fits, notes = invariance.plan_invariance(study, data)
+    storage.write_bytes(key, invariance.fits_bytes(fits, notes), if_absent=True)
+    return fits, notes
 
 
 INVARIANCE_MODELS = {"configural": "Configural (same factors)",
@@ -502,14 +516,14 @@ INVARIANCE_MODELS = {"configural": "Configural (same factors)",
                      "partial_scalar": "Partial scalar"}
 
 
-def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
+def invariance_section(fits: pd.DataFrame, notes: list[str], study: Study) -> dict[str, Any]:
     """Table and one conclusion per scale for "Are the scales comparable across sites?"."""
     rows, conclusions = [], []
     for scale, group in fits.groupby("scale", sort=False):
         for f in group.itertuples(index=False):
             freed = f.freed.replace("@", " at ").replace(";", ", ") if f.freed else ""
             rows.append({
-                "Scale": _label_scale(scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
+                "Scale": _label_scale(study, scale), "Model": INVARIANCE_MODELS.get(f.model, f.model)
                 + (f" ({freed} free)" if freed else ""),
                 "χ² (df)": f"{fmt(f.chi2)} ({fmt_df(f.df)})", "p": fmt_p(f.p),
                 "CFI": fmt(f.cfi, 3, False), "RMSEA [90% CI]": f"{fmt(f.rmsea, 3, False)} "
@@ -521,7 +535,7 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
                 else ("yes" if f.holds else "no"),
             })
         steps = group.set_index("model")
-        label = _label_scale(scale)
+        label = _label_scale(study, scale)
         metric = group[group["model"].isin(["metric", "partial_metric"])].iloc[-1]
         partial = "" if metric["model"] == "metric" else (
             "partial metric invariance once the loading of "
@@ -548,8 +562,9 @@ def invariance_section(fits: pd.DataFrame, notes: list[str]) -> dict[str, Any]:
             "conclusions": conclusions, "notes": notes}
 
 
-def _label_scale(scale: str) -> str:
-    return {"alliance": "WAI-SR", "change": "CTSCM-R"}.get(scale, scale)
+def _label_scale(study: Study, scale: str) -> str:
+    """A scale's name in the report: ``[invariance] labels``, else its score name."""
+    return str(study.section("invariance").get("labels", {}).get(scale, scale))
 
 
 def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Comparison, study: Study,
@@ -630,7 +645,7 @@ def render_report(run_id: str, analyses: list[SiteAnalysis], comparison: Compari
         small_k_note=small_k_note(comparison.replication, study) if headline_ok else "",
         pooling_cfg=study.section("pooling"), k_sites=len(analyses),
         provenance=_provenance_tables(prov), original_mark=ORIGINAL_MARK,
-        invariance=None if invariance is None else invariance_section(*invariance))
+        invariance=None if invariance is None else invariance_section(*invariance, study))
 
 
 def _site_descriptives(a: SiteAnalysis, study: Study) -> tuple[Markup, Markup]:

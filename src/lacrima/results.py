@@ -70,3 +70,37 @@ class RunOutputs:
     location: str          # human location of report.html (a path or s3:// URL)
     files: tuple[str, ...] = ()
     site_pages: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did (``steps.summarise``): the line ``lacrima run`` prints, ``--json`` writes
+    (:meth:`to_dict`), the flow returns and the Prefect artifacts quote.
+
+    Counts are of drops (files) except ``records_new`` / ``records_held`` (records);
+    ``drops`` is one object per drop processed (``steps.drop_outcomes``); ``seconds`` the
+    wall-clock seconds per stage; ``busy`` the holder's message when another run held the
+    store and this one changed nothing; ``log`` the run's log file (the command line's).
+    """
+
+    run_id: str
+    drops_seen: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    skipped_duplicates: int = 0
+    records_new: int = 0
+    records_held: int = 0
+    sites_analysed: tuple[str, ...] = ()
+    sites_recomputed: tuple[str, ...] = ()
+    sites_reused: tuple[str, ...] = ()
+    report: str | None = None
+    nothing_new: bool = False
+    drops: tuple[Mapping, ...] = ()
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    busy: str = ""
+    log: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready: tuples as lists, every field by name."""
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping)
+                    else v) for k, v in vars(self).items()}

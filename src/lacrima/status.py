@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from lacrima.catalog import landing_prefix
 from lacrima.storage import (BROKEN_LINK, DOT_SEGMENT, EMPTY_SEGMENT, FILE_LINK, FOLDER_LINK,
                              FOLDER_MARKER, HIDDEN, SPECIAL)
 from lacrima.findings import printable
 
-LANDING = "landing"
+LANDING = landing_prefix()
 
 
 # What to do about each kind of entry the store's listing leaves out (Storage.unlisted).

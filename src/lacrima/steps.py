@@ -9,8 +9,9 @@
     write_outputs(ctx.storage, new_run_id(), analyses, comparison, ctx.study, list(ctx.sites),
                   provenance(...))
 
-Decisions (which sites to ingest, which to analyse, whether a report is needed, which task
-runner) are each one function here, so the flow body only reads as its steps.
+The pieces of a run's decisions (which sites to analyse, whether a report is needed, which
+task runner) are each one function here; ``lacrima.runplan.plan`` is the one caller that
+puts them together, so the flow body only reads as its steps.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pandas as pd
 from lacrima import catalog
 from lacrima.catalog import ACCEPTED, batches, curated_frame
 from lacrima.intake import landing_counts
-from lacrima.results import Comparison, SiteAnalysis, SitePlan
+from lacrima.results import Comparison, RunSummary, SiteAnalysis, SitePlan
 from lacrima.scoring import Flow, analysis_ready
 from lacrima.privacy import pseudonym_key
 from lacrima.storage import Storage, open_storage
@@ -122,23 +123,6 @@ def site_keys(storage: Storage, sites, study: Study) -> dict[str, tuple[str, tup
     return out
 
 
-def analyse_site_data(storage: Storage, site: Site, study: Study,
-                      keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
-    """A site's analysis, read back under its input key or computed and stored; ``None``
-    when the site has no accepted data yet.
-
-    Results are kept under ``results/<site>/<input_key>/`` (``catalog.save_site_analysis``)
-    and reused while the site's register, codebook, site file and plan are unchanged (the key
-    is a SHA-256 of those, never of pickled frames). ``keyed`` is the site's
-    ``site_input_key`` when the caller has it already.
-    """
-    input_key, accepted = keyed or site_input_key(storage, site, study)
-    if not accepted:
-        return None
-    stored = catalog.load_site_analysis(storage, site.code, input_key, accepted)
-    return stored if stored is not None else _analyse(storage, site, study, input_key, accepted)[0]
-
-
 def _analyse(storage: Storage, site: Site, study: Study, input_key: str,
              accepted: tuple[str, ...]) -> tuple[SiteAnalysis, pd.DataFrame]:
     """Score, exclude and analyse the site's curated records; store the analysis and rows."""
@@ -174,16 +158,22 @@ def with_withdrawals(flow: Flow, withdrawn: int) -> Flow:
 
 
 def site_step(storage: Storage, site: Site, study: Study,
-              keyed: tuple[str, tuple[str, ...]] | None = None) -> SiteAnalysis | None:
-    """One site's whole share of a run: its analysis (computed or reused) and its own outputs.
+              keyed: tuple[str, tuple[str, ...]] | None = None,
+              outputs: bool = True) -> SiteAnalysis | None:
+    """One site's whole share of a run: its analysis (computed or reused) and its own outputs;
+    ``None`` when the site has no accepted data yet. The one entry point of a site's analysis.
+
+    Results are kept under ``results/<site>/<input_key>/`` (``catalog.save_site_analysis``)
+    and reused while the site's register, codebook, site file and plan are unchanged (the key
+    is a SHA-256 of those, never of pickled frames). ``keyed`` is the site's
+    ``site_input_key`` when the caller has it already.
 
     The site's page and exports (``report.site_outputs``) are written here, once per input
     key, so they are made in parallel across sites and only when the site changed; a fresh
     analysis hands them the rows it was computed from, a reused one reads them from the store
-    only if its outputs are missing.
+    only if its outputs are missing. ``outputs=False`` leaves them out (a notebook or a test
+    that wants the analysis only).
     """
-    from lacrima.report import site_outputs     # rendering: see sites_to_analyse
-
     input_key, accepted = keyed or site_input_key(storage, site, study)
     if not accepted:
         return None
@@ -191,13 +181,11 @@ def site_step(storage: Storage, site: Site, study: Study,
     data = None
     if analysis is None:
         analysis, data = _analyse(storage, site, study, input_key, accepted)
-    site_outputs(storage, analysis, site, study, data)
+    if outputs:
+        from lacrima.report import site_outputs     # rendering: see sites_to_analyse
+
+        site_outputs(storage, analysis, site, study, data)
     return analysis
-
-
-def sites_to_ingest(sites, plans: list[SitePlan]) -> list[Site]:
-    """The sites with a landing object no run has processed yet (``SitePlan.pending``)."""
-    return [s for s, p in zip(sites, plans) if p.pending]
 
 
 def sites_to_analyse(storage: Storage, sites, keys: Mapping[str, tuple[str, tuple[str, ...]]]
@@ -271,15 +259,6 @@ def choose_runner(n_to_analyse: int, requested: str | None = None) -> str:
     if requested and requested != "auto":
         return requested
     return "process" if n_to_analyse >= PROCESSES_FROM_SITES else "thread"
-
-
-def expected_analyses(storage: Storage, sites, study: Study) -> int:
-    """How many sites a run will analyse, before it ingests: those with a pending drop and
-    those whose stored results do not stand (:func:`sites_to_analyse`)."""
-    pending = {p.site for p in (plan_site(storage, s) for s in sites) if p.pending}
-    keys = site_keys(storage, sites, study)
-    todo = {s.code for s in sites_to_analyse(storage, sites, keys)[1]}
-    return len(pending | todo)
 
 
 # Sites per task, at most: an intake task validates its group's drops in one GX run (~0.1 s
@@ -450,12 +429,14 @@ def _reopen_run(location: str, root: str, codes: tuple[str, ...], demo: bool,
                       tuple(load_site(c, Path(root)) for c in codes), pseudonym_key(demo=demo), demo)
 
 
-def prepare_run(storage_location: str | None = None, demo: bool = False,
+def prepare_run(storage_location: str | Storage | None = None, demo: bool = False,
                 site_codes: list[str] | None = None) -> RunContext:
-    """Open the store, read the plan and the sites, get the pseudonym key and check it fits
-    the store (``catalog.KeyCustodyError`` otherwise)."""
+    """Open the store (or take the one given), read the plan and the sites, get the
+    pseudonym key and check it fits the store (``catalog.KeyCustodyError`` otherwise)."""
     sites = (tuple(load_site(c) for c in site_codes) if site_codes else load_sites())
-    storage, secret = open_storage(storage_location), pseudonym_key(demo=demo)
+    storage = (open_storage(storage_location) if storage_location is None
+               or isinstance(storage_location, str) else storage_location)
+    secret = pseudonym_key(demo=demo)
     catalog.check_key(storage, secret)  # another key, or demo and real data: refuse before a drop
     return RunContext(storage, load_study(), sites, secret, demo)
 
@@ -486,7 +467,7 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
             bad = rep.sha256 in quarantined
             # A quarantined drop's records were not taken: no counts to report for it.
             counts = {} if rep.sha256 in quarantined else counts_of.get(rep.sha256, {})
-            prefix = f"quarantine/{result.site}/{rep.sha256}/report.html"
+            prefix = f"{catalog.quarantine_prefix(result.site, rep.sha256)}/report.html"
             out.append({
                 "site": result.site, "file": rep.file_name, "batch": rep.sha256,
                 "outcome": "quarantined" if bad else "accepted", "rows": rep.n_rows,
@@ -501,30 +482,33 @@ def drop_outcomes(intakes, location: str = "") -> list[dict]:
     return out
 
 
-def summarise(run_id: str, plans: list[SitePlan], intakes, analyses: list[SiteAnalysis], outputs,
-              unchanged: list[str] = (), location: str = "") -> dict:
-    """The one-line JSON summary of a run (``lacrima run --json``).
+def summarise(run_id: str, plans: tuple[SitePlan, ...], intakes, analyses: list[SiteAnalysis],
+              outputs, unchanged: list[str] = (), location: str = "",
+              seconds: Mapping[str, float] | None = None) -> RunSummary:
+    """What a run did, as the frozen :class:`~lacrima.results.RunSummary`.
 
-    ``plans`` cover every site; ``intakes`` only the sites that had pending drops (the others'
-    landing objects all count as already processed). ``unchanged`` names sites whose results
-    stand without being loaded, because nothing at all changed since the latest report.
+    ``plans`` cover every site (``RunPlan.drops``); ``intakes`` only the sites that had
+    pending drops (the others' landing objects all count as already processed).
+    ``unchanged`` names sites whose results stand without being loaded, because nothing at
+    all changed since the latest report.
     """
     ingested = {i.site for i in intakes}
     reused = [a.site for a in analyses if a.reused] + list(unchanged)
-    return {
-        "run_id": run_id,
-        "drops_seen": sum(p.landed for p in plans),
-        "accepted": sum(len(i.accepted) for i in intakes),
-        "quarantined": sum(len(i.quarantined) for i in intakes),
-        "skipped_duplicates": (sum(i.skipped_duplicates for i in intakes)
-                               + sum(p.landed for p in plans if p.site not in ingested)),
+    return RunSummary(
+        run_id=run_id,
+        drops_seen=sum(p.landed for p in plans),
+        accepted=sum(len(i.accepted) for i in intakes),
+        quarantined=sum(len(i.quarantined) for i in intakes),
+        skipped_duplicates=(sum(i.skipped_duplicates for i in intakes)
+                            + sum(p.landed for p in plans if p.site not in ingested)),
         # records, not files: what the accepted drops brought, and what they held already
-        "records_new": sum(getattr(i, "records_new", 0) for i in intakes),
-        "records_held": sum(getattr(i, "records_held", 0) for i in intakes),
-        "sites_analysed": [a.site for a in analyses],
-        "sites_recomputed": [a.site for a in analyses if not a.reused],
-        "sites_reused": sorted(reused),
-        "report": outputs.location if outputs else None,
-        "nothing_new": outputs is None and bool(reused),
-        "drops": drop_outcomes(intakes, location),
-    }
+        records_new=sum(i.records_new for i in intakes),
+        records_held=sum(i.records_held for i in intakes),
+        sites_analysed=tuple(a.site for a in analyses),
+        sites_recomputed=tuple(a.site for a in analyses if not a.reused),
+        sites_reused=tuple(sorted(reused)),
+        report=outputs.location if outputs else None,
+        nothing_new=outputs is None and bool(reused),
+        drops=tuple(drop_outcomes(intakes, location)),
+        seconds=dict(seconds or {}),
+    )

@@ -675,9 +675,3 @@ def read_json(storage: Storage, key: str):
     """The JSON object stored at ``key``."""
     return json.loads(storage.read_bytes(key))
 
-
-def iter_json(storage: Storage, prefix: str) -> Iterator[dict]:
-    """Every ``.json`` object under ``prefix``, in key order."""
-    for obj in storage.list(prefix):
-        if obj.key.endswith(".json"):
-            yield read_json(storage, obj.key)

@@ -119,9 +119,6 @@ class Study:
     def variables_in(self, group: str) -> tuple[str, ...]:
         return tuple(k for k, v in self.variables.items() if v.get("group") == group)
 
-    def score_names(self) -> tuple[str, ...]:
-        return tuple(self.scores)
-
 
 @dataclass(frozen=True)
 class Site:

@@ -331,19 +331,21 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     analyses : list of SiteAnalysis
         Their ``descriptives`` (``DESCRIPTIVE_COLUMNS``) and reliability rows are used.
     study : Study
-        Labels, gender levels, the criers variable, scores and reliability scores.
+        Labels, ``[descriptives]`` (the variables shown as M (SD) and per level), the
+        criers variable, scores and reliability scores.
 
     Returns
     -------
     DataFrame
-        ``Characteristic`` and one column per site: analysed N; age M (SD); n (%) per
-        gender level and of criers (counts 1-4 shown as ``<5`` with the percent hidden);
+        ``Characteristic`` and one column per site: analysed N; M (SD) of each
+        ``[descriptives] mean_sd`` variable; n (%) per level of each ``levels`` variable
+        and of criers (counts 1-4 shown as ``<5`` with the percent hidden);
         M (SD) of every scored scale; Cronbach's alpha [95% CI] per reliability score.
     """
     if not analyses:
         return pd.DataFrame(columns=["Characteristic"])
-    criers = str(study.section("analysis").get("criers", "cried_in_therapy"))
-    gender_levels = list(study.variables.get("gender", {}).get("levels", ()))
+    criers = str(study.section("analysis")["criers"])
+    shown = study.section("descriptives")
     rows: list[tuple[str, dict[str, str]]] = []
 
     def add(label: str, by_site: dict[str, str]) -> None:
@@ -361,16 +363,19 @@ def descriptives_frame(analyses: list[SiteAnalysis], study: Study) -> pd.DataFra
     def level_count(site: str, variable: str, level: str) -> tuple[float, float]:
         return level_of.get((site, variable, level), (np.nan, np.nan))
 
-    add(f"{variable_label(study, 'age')}, M (SD)", {a.site: m_sd(a.site, "age") for a in analyses})
-    # Levels of a variable sum to N: each site's levels are suppressed as one group.
-    gender_cells = {}
-    for a in analyses:
-        pairs = [level_count(a.site, "gender", level) for level in gender_levels]
-        gender_cells[a.site] = group_cells([c for c, _ in pairs],
-                                           lambda i, pairs=pairs: count_cell(*pairs[i]))
-    for i, level in enumerate(gender_levels):
-        add(f"{variable_label(study, 'gender')}: {level}, n (%)",
-            {code: cells[i] for code, cells in gender_cells.items()})
+    for var in shown.get("mean_sd", ()):
+        add(f"{variable_label(study, var)}, M (SD)", {a.site: m_sd(a.site, var) for a in analyses})
+    for var in shown.get("levels", ()):
+        # Levels of a variable sum to N: each site's levels are suppressed as one group.
+        levels = list(study.variables.get(var, {}).get("levels", ()))
+        level_cells = {}
+        for a in analyses:
+            pairs = [level_count(a.site, var, level) for level in levels]
+            level_cells[a.site] = group_cells([c for c, _ in pairs],
+                                              lambda i, pairs=pairs: count_cell(*pairs[i]))
+        for i, level in enumerate(levels):
+            add(f"{variable_label(study, var)}: {level}, n (%)",
+                {code: cells[i] for code, cells in level_cells.items()})
     criers_cells = {}
     for a in analyses:
         pairs = [level_count(a.site, criers, v) for v in ("true", "false")]

@@ -7,24 +7,19 @@ drop (IDs clashing with accepted batches) or the scores (completion) are plain p
 The suite runs on the drop in long format (one row per participant x checked variable, see
 ``long_frame``), so that each rule shared by many variables (every 1-5 Likert range, every
 episode item blank for non-criers) is one expectation instead of one per variable. Great
-Expectations' cost is per expectation and per metric, not per row: for a drop of 120 rows the
-11 expectations on ~7,500 long rows take about 0.1 s against 1.1-1.3 s for the 77 per-variable
-ones on the wide drop (bench, same machine), with the same findings (``run_suite`` maps each
-unexpected long row back to its variable and spreadsheet row). What remains is GX's fixed cost
-per call, so several drops are validated in one run (``run_suite_many``).
-
-Importing Great Expectations is the floor of ``lacrima check``: measured on the shared 2-core
-machine under load (2026-11-29, CPU seconds of one check of a 124-row drop), the import took
-6.2-6.7 of 8.5-8.7 s (73-77 %; it pulls scipy.stats, sqlalchemy and altair in), everything
-before it (typer, pandas, reading the drop) 1.2-1.3 s, the suite itself 0.5 s. It is therefore
+Expectations' cost is per expectation and per metric, not per row, so the suite runs on the
+long form (``run_suite`` maps each unexpected long row back to its variable and spreadsheet
+row). What remains is GX's fixed cost per call, so several drops are validated in one run
+(``run_suite_many``). Importing Great Expectations is most of ``lacrima check``'s time, so it is
 imported only when a readable drop reaches the suite, and its context is built once a process.
+The measurements behind these choices: ``bench/notes.md``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -242,7 +237,6 @@ class ValidationReport:
     identifying_dropped: tuple[str, ...] = ()
     plan_sha256: str = ""
     codebook_sha256: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def valid(self) -> bool:
@@ -358,12 +352,8 @@ def run_suite_many(frames, study: Study, row_numbers_list, codebooks,
 
     The suite runs twice at most per stacked run: pass/fail for every expectation
     (``BOOLEAN_ONLY``), then the failed ones alone with ``COMPLETE`` for their unexpected
-    rows. Only the GX calls hold ``_GX_LOCK``.
-
-    Measured on the 2-core dev machine, 20 synthetic drops of 120 rows (5 with an error):
-    2.9-3.0 s one by one (~0.15 s a drop) and 0.46-0.52 s stacked in one run (x6), with
-    equal findings. Of the stacked run, ~0.1 s is building the 20 long frames (per-drop
-    work both ways), the rest Great Expectations on ~150,000 long rows.
+    rows. Only the GX calls hold ``_GX_LOCK``. Stacking is about six times faster than
+    one run per drop, with equal findings (``bench/notes.md``).
     """
     frames, row_numbers_list, codebooks = list(frames), list(row_numbers_list), list(codebooks)
     if not (len(frames) == len(row_numbers_list) == len(codebooks)):
@@ -574,35 +564,6 @@ def _findings(failed: dict, study: Study, row_numbers, codebook,
     return findings
 
 
-def id_clashes(frame: pd.DataFrame, accepted: pd.DataFrame, row_numbers, codebook,
-               compare: list[str]) -> list[Finding]:
-    """IDs already accepted for this site whose answers differ: a data error (section 5).
-
-    The same ID with identical answers is a re-sent record and is not an error.
-    ``frame`` and ``accepted`` carry pseudonymised IDs, so no raw ID is compared or shown.
-    """
-    if accepted is None or accepted.empty:
-        return []
-    cols = [c for c in compare if c in frame.columns and c in accepted.columns]
-    merged = frame.reset_index(drop=True).reset_index().merge(
-        accepted[["participant_id", *cols]], on="participant_id", suffixes=("", "__acc"))
-    if merged.empty:
-        return []
-    differ = pd.Series(False, index=merged.index)
-    for c in cols:
-        a, b = merged[c].astype(str), merged[f"{c}__acc"].astype(str)
-        differ |= a != b
-    bad = merged.loc[differ, "index"].tolist()
-    if not bad:
-        return []
-    rows = tuple(int(row_numbers[i]) for i in bad)
-    return [Finding("id_clash", f"{len(rows)} participant ID(s) were already accepted for this site "
-                    "with different answers; send a correction with `lacrima upload --replaces BATCH`",
-                    columns=(_native(codebook, "participant_id"),), rows=rows,
-                    expected="new IDs, or identical answers for a re-sent record",
-                    found=f"{len(rows)} clashing ID(s)")]
-
-
 def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     """Completion threshold: enough rows with every ``[validation] completion_scores`` scorable."""
     if frame.empty:
@@ -617,29 +578,27 @@ def completion(frame: pd.DataFrame, study: Study, codebook) -> list[Finding]:
     if ok.mean() >= share_min:
         return []
     return [Finding("completion",
-                    msg("only {share} of rows have a scorable alliance and change score",
-                        share=f"{ok.mean():.0%}"),
-                    columns=tuple(_native(codebook, c) for c in ("wai_01", "ctsc_01")),
+                    msg("only {share} of rows have every completion score scorable ({scores})",
+                        share=f"{ok.mean():.0%}", scores=", ".join(names)),
+                    columns=tuple(_native(codebook, study.scores[c]["items"][0]) for c in names
+                                  if study.scores.get(c, {}).get("items")),
                     expected=msg("at least {share} of rows scorable", share=f"{share_min:.0%}"),
                     found=msg("{n} of {total} rows scorable", n=int(ok.sum()), total=len(ok)))]
 
 
 def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha256: str,
-                  accepted: pd.DataFrame | None = None, suite=None) -> ValidationReport:
+                  suite=None) -> ValidationReport:
     """Every check of protocol section 8 on one read drop (a ``lacrima.native.NativeDrop``).
 
     Parameters
     ----------
     drop : NativeDrop
-        The read drop; ``drop.frame`` must already carry pseudonymised IDs when ``accepted``
-        is given.
+        The read drop.
     study : Study
     codebook : Codebook
         The site's codebook (native column names in findings).
     site, file_name, sha256 : str
         Shown in the report.
-    accepted : pandas.DataFrame, optional
-        The site's accepted rows, for ID clashes.
     suite : sequence of Finding, optional
         The suite's findings for this drop when already computed in a batched run
         (``run_suite_many``, as intake does); else the suite runs here.
@@ -659,8 +618,6 @@ def validate_drop(drop, study: Study, codebook, site: str, file_name: str, sha25
             # no ID column at all: said once, not as a missing ID on every row
             found = [f for f in found if f.check != "ids_present"]
         findings += found
-        compare = [c for c in study.variables if c not in ("participant_id",)]
-        findings += id_clashes(frame, accepted, drop.row_numbers, codebook, compare)
     findings += [] if other_site else completion(frame, study, codebook)
     return ValidationReport(site=site, file_name=file_name, sha256=sha256, n_rows=len(frame),
                             findings=tuple(findings),
