@@ -158,3 +158,23 @@ def test_a_fix_is_rendered_for_where_it_is_read(italian_report):
             assert again.localized(lang) == f.localized(lang)
     shown = [f.localized("it", channel="portal")["fix"] for f in errors]
     assert any("in questa pagina: Controlla, poi Invia" in t for t in shown)
+
+
+def test_every_fix_that_names_a_command_has_a_portal_rendering():
+    """A message id of the library that tells the person to run a command is either a fix
+    whose command is its ``{upload}`` parameter or one that ``PORTAL_FIXES`` renders for the
+    portal; else the portal would tell a data manager to run `lacrima upload ... --site`."""
+    from lacrima.findings import PORTAL_FIXES
+
+    ids = set()
+    for path in SRC.rglob("*.py"):
+        with open(path, "rb") as fh:
+            ids |= {m[1] for m in extract("python", fh, keywords=i18n.KEYWORDS)}
+    commands = {i for i in ids if "lacrima " in i or "--site" in i}
+    # the notice of a quarantined drop chooses its own last line (dropreport.quarantine_notice)
+    commands.discard("Fix the file in your own tool, then upload it: lacrima upload FILE --site "
+                     "{site}")
+    assert commands, "the library names no command: this test has nothing to guard"
+    assert not sorted(commands - set(PORTAL_FIXES)), "fixes naming a command, with no portal text"
+    for portal in (v for k, v in PORTAL_FIXES.items() if k in ids):
+        assert "lacrima " not in portal and "--site" not in portal

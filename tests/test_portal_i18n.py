@@ -99,7 +99,8 @@ def test_an_italian_check_reads_in_italian_and_ends_in_the_pages_action(app, sto
     assert "What to do" not in page and "non_participant_rows" in page   # check names stay
     # nothing was stored by the check; the API answers the same file in English
     token = people.new_token(store, "it")[1]
-    api = TestClient(app).post("/api/v1/sites/it/check", headers={"Authorization": f"Bearer {token}"},
+    api = TestClient(app).post("/api/v1/sites/it/check",
+                               headers={"Authorization": f"Bearer {token}"},
                                files={"file": ("dati.xlsx", broken_it.read_bytes())})
     data = api.json()
     assert api.status_code == 200 and not data["valid"]
@@ -136,7 +137,8 @@ def test_a_hebrew_site_reads_right_to_left(app, store):
     # another site's page is refused in the person's own language
     refused = client.get("/sites/it")
     assert refused.status_code == 403
-    assert msg("site {site} is not yours to open", site="it").render(translator("he")) in refused.text
+    said = msg("site {site} is not yours to open", site="it").render(translator("he"))
+    assert said in refused.text
 
 
 def test_the_sign_in_page_follows_the_browser(app):
