@@ -3,7 +3,9 @@
     PYTHONPATH=src:. .venv/bin/python docs/portal_screenshots.py [OUT_DIR]
 
 Builds a demo store in a temporary folder (a clean drop per site, a broken one for us, a
-report), serves the portal over it and photographs what a data manager and a coordinator see.
+report), serves the portal over it and photographs what a data manager and a coordinator see:
+site us in English, site it in Italian (a workbook with a misspelt answer and a totals row)
+and site il in Hebrew, right to left (a messy export).
 """
 
 from __future__ import annotations
@@ -45,6 +47,32 @@ def store_with_history(folder: Path) -> tuple[LocalStorage, Path]:
     return storage, broken
 
 
+def broken_italian(folder: Path) -> Path:
+    """An Italian workbook with a misspelt answer ("Doona") and a "Totale" row under the data."""
+    import openpyxl
+
+    study, sites = load_study(), load_sites()
+    path = write_drop(next(s for s in sites if s.code == "it"), study, folder / "dati.xlsx",
+                      n=40, seed=5, id_offset=700_000)
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Dati"]
+    names = [c.value for c in ws[1]]
+    ws.cell(row=3, column=names.index("Genere") + 1, value="Doona")
+    ws.append(["Totale"])
+    wb.save(path)
+    return path
+
+
+def check(driver, url, site, path, name):
+    driver.get(f"{url}/sites/{site}/upload")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    driver.find_element(By.ID, "check").click()
+    WebDriverWait(driver, 60).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, ".finding")))
+    time.sleep(1)                   # the page scrolls to the findings
+    driver.save_screenshot(name)
+
+
 def sign_in(driver, url, link):
     driver.delete_all_cookies()
     driver.get(f"{url}/invite/{link}")
@@ -63,19 +91,24 @@ def main(out: Path) -> None:
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     with tempfile.TemporaryDirectory() as tmp:
         storage, broken = store_with_history(Path(tmp))
+        italian = broken_italian(Path(tmp))
+        il = next(s for s in load_sites() if s.code == "il")
+        hebrew = write_drop(il, load_study(), Path(tmp) / "il-broken", n=40, seed=9,
+                            id_offset=700_000, mess=True)
         with serving(create_app(str(storage.root), demo=True, warm=False)) as url:
             for width, height, suffix in ((1280, 1000, ""), (390, 1600, "-390")):
                 driver.set_window_size(width, height)
                 _, link = people.invite(storage, f"dm{width}@example.org", "us")
                 sign_in(driver, url, link)
                 driver.save_screenshot(str(out / f"portal-home{suffix}.png"))
-                driver.get(f"{url}/sites/us/upload")
-                driver.find_element(By.ID, "file").send_keys(str(broken))
-                driver.find_element(By.ID, "check").click()
-                WebDriverWait(driver, 60).until(
-                    ec.visibility_of_element_located((By.CSS_SELECTOR, ".finding")))
-                time.sleep(1)                   # the page scrolls to the findings
-                driver.save_screenshot(str(out / f"portal-check{suffix}.png"))
+                check(driver, url, "us", broken, str(out / f"portal-check{suffix}.png"))
+                _, link = people.invite(storage, f"dm{width}@example.it", "it")
+                sign_in(driver, url, link)
+                check(driver, url, "it", italian, str(out / f"portal-check-it{suffix}.png"))
+                _, link = people.invite(storage, f"dm{width}@example.il", "il")
+                sign_in(driver, url, link)
+                driver.save_screenshot(str(out / f"portal-home-he{suffix}.png"))
+                check(driver, url, "il", hebrew, str(out / f"portal-check-he{suffix}.png"))
                 if width > 1000:
                     _, link = people.invite(storage, "coord@example.org", "", role="coordinator")
                     sign_in(driver, url, link)

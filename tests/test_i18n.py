@@ -17,6 +17,7 @@ import openpyxl
 import pytest
 from babel.messages.extract import extract
 from babel.messages.pofile import read_po
+from jinja2.ext import babel_extract
 
 from lacrima import i18n
 from lacrima.dropreport import quarantine_notice, render_html
@@ -26,17 +27,32 @@ from lacrima.study import load_site
 from lacrima.synth import write_drop
 
 SRC = Path(i18n.__file__).parent
+PORTAL = SRC.parents[1] / "flows" / "portal"
+TEMPLATES = (SRC / "templates", PORTAL / "templates")
 
 
 def _code_ids() -> set[str]:
+    """Every message id of the library and the portal: ``msg``/``N_`` in Python (Babel's
+    Python extractor), ``_("...")`` in the library's and the portal's templates (Jinja2's
+    Babel extractor, which parses the templates as Jinja does)."""
     ids = set()
-    for path in SRC.rglob("*.py"):
+    for path in [*SRC.rglob("*.py"), *PORTAL.glob("*.py")]:
         with open(path, "rb") as fh:
             ids |= {m[1] for m in extract("python", fh, keywords=i18n.KEYWORDS)}
-    for path in (SRC / "templates").glob("*.j2"):
-        ids |= {m.replace("\\'", "'")
-                for m in re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', path.read_text())}
+    for folder in TEMPLATES:
+        for path in folder.glob("*.j2"):
+            with open(path, "rb") as fh:
+                found = list(extract(babel_extract, fh, keywords={"_": None},
+                                     options={"extensions": "jinja2.ext.i18n"}))
+            assert found or "_(" not in path.read_text(), path
+            ids |= {m[1] for m in found}
     return ids
+
+
+def test_the_extractor_sees_the_portal_pages():
+    ids = _code_ids()
+    assert {"Check and send a file", "What to do", "on this page: Check, then Send",
+            "site {site} is not yours to open", "waiting for the next run"} <= ids
 
 
 def _fields(text: str) -> set[str]:
@@ -112,6 +128,11 @@ def test_the_terminal_report_and_the_notice_follow_the_language(italian_report):
     subject, body = quarantine_notice(drop, "it")
     assert "quarantena" in subject and "lacrima upload FILE --site it" in body
     assert quarantine_notice(drop)[0] == "lacrima: dati.xlsx from site it was quarantined"
+    # linked to the batch's page in the portal, the notice ends in that page's step
+    _, linked = quarantine_notice({**drop, "report": "https://portal.example.org/sites/it/"
+                                   "batches/aaaaaaaaaaaa"}, "it")
+    assert "lacrima upload" not in linked and "in quella pagina" in linked
+    assert "https://portal.example.org/sites/it/batches/aaaaaaaaaaaa" in linked
 
 
 def test_translations_change_no_outcome(italian_report):
@@ -119,3 +140,41 @@ def test_translations_change_no_outcome(italian_report):
         local = [f.localized(lang) for f in italian_report.findings]
         assert len(local) == len(italian_report.findings)
         assert all(t["message"] for t in local)
+
+
+def test_a_fix_is_rendered_for_where_it_is_read(italian_report):
+    """The JSON and the terminal name the command; the portal ends the same fix in the page's
+    action. A stored report (``to_dict``) keeps the message ids, so it renders the same."""
+    from lacrima.findings import Finding
+
+    errors = [f for f in italian_report.findings if f.severity == "error"]
+    assert any("lacrima upload FILE --site it" in f.fix for f in errors)
+    for f in errors:
+        for lang in i18n.LANGUAGES:
+            portal = f.localized(lang, channel="portal")["fix"]
+            assert portal and "lacrima " not in portal and "--site" not in portal, (lang, portal)
+            again = Finding.from_dict(json.loads(json.dumps(f.to_dict())))
+            assert again.localized(lang, channel="portal") == f.localized(lang, channel="portal")
+            assert again.localized(lang) == f.localized(lang)
+    shown = [f.localized("it", channel="portal")["fix"] for f in errors]
+    assert any("in questa pagina: Controlla, poi Invia" in t for t in shown)
+
+
+def test_every_fix_that_names_a_command_has_a_portal_rendering():
+    """A message id of the library that tells the person to run a command is either a fix
+    whose command is its ``{upload}`` parameter or one that ``PORTAL_FIXES`` renders for the
+    portal; else the portal would tell a data manager to run `lacrima upload ... --site`."""
+    from lacrima.findings import PORTAL_FIXES
+
+    ids = set()
+    for path in SRC.rglob("*.py"):
+        with open(path, "rb") as fh:
+            ids |= {m[1] for m in extract("python", fh, keywords=i18n.KEYWORDS)}
+    commands = {i for i in ids if "lacrima " in i or "--site" in i}
+    # the notice of a quarantined drop chooses its own last line (dropreport.quarantine_notice)
+    commands.discard("Fix the file in your own tool, then upload it: lacrima upload FILE --site "
+                     "{site}")
+    assert commands, "the library names no command: this test has nothing to guard"
+    assert not sorted(commands - set(PORTAL_FIXES)), "fixes naming a command, with no portal text"
+    for portal in (v for k, v in PORTAL_FIXES.items() if k in ids):
+        assert "lacrima " not in portal and "--site" not in portal

@@ -135,19 +135,51 @@ def test_a_data_manager_checks_sends_sees_accepted_and_withdraws(browser, portal
         "withdraw", "send", "set_password"]
 
 
-def test_another_sites_person_cannot_open_the_pages(browser, portal):
+def test_an_italian_data_manager_reads_the_check_in_italian_and_cannot_open_another_site(
+        browser, portal, study, sites, tmp_path):
+    """Site ``it`` (language = "it" in its site.toml): the check of a broken workbook (a
+    misspelt answer, a totals row) is read in Italian in the page, and ends in the page's
+    action, not a command; every page of site ``us`` is refused, in Italian."""
+    import openpyxl
     from selenium.webdriver.common.by import By
 
+    from lacrima.i18n import msg, translator
+
     store, url = portal
+    it = next(s for s in sites if s.code == "it")
+    broken = write_drop(it, study, tmp_path / "dati.xlsx", n=12, seed=5, id_offset=800_000)
+    wb = openpyxl.load_workbook(broken)
+    ws = wb["Dati"]
+    names = [c.value for c in ws[1]]
+    ws.cell(row=3, column=names.index("Genere") + 1, value="Doona")
+    ws.append(["Totale"])
+    wb.save(broken)
     _, link = people.invite(store, "dm.it@example.org", "it")
     browser.delete_all_cookies()
     browser.get(f"{url}/invite/{link}")
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "it"
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "password2").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "form.card button").click()
     wait_for(browser, ".stats")
+    assert "Controlla e invia un file" in browser.find_element(By.TAG_NAME, "main").text
+
+    browser.get(f"{url}/sites/it/upload")
+    browser.find_element(By.ID, "file").send_keys(str(broken))
+    browser.find_element(By.ID, "check").click()
+    wait_for(browser, ".finding.error")
+    shown = browser.find_element(By.ID, "findings").text
+    assert "una riga di totali o di riepilogo ('Totale')" in shown
+    assert "COSA FARE" in shown.upper() and "in questa pagina: Controlla, poi Invia" in shown
+    assert "lacrima upload" not in shown and "What to do" not in shown
+    assert "il file andrebbe in quarantena" in browser.find_element(By.ID, "send-note").text
+
+    it_ = translator("it")
+    refusals = (msg("site {site} is not yours to open", site="us").render(it_),
+                msg("this is not yours to open").render(it_))
     batch = catalog.batches(store, "us")[0].sha256[:12]
     for path in ("/sites/us", f"/sites/us/batches/{batch}", "/sites/us/upload",
                  "/sites/us/withdraw", "/coordinator", "/audit"):
         browser.get(url + path)
-        assert "not yours to open" in browser.find_element(By.TAG_NAME, "main").text, path
+        main = browser.find_element(By.TAG_NAME, "main").text
+        assert any(r in main for r in refusals), (path, main)

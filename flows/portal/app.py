@@ -18,12 +18,14 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from lacrima import people
+from lacrima import i18n, people
+from lacrima.i18n import N_, Msg, msg
 from lacrima.people import Person
 
 SESSION, CSRF = "lacrima_session", "lacrima_csrf"
@@ -31,15 +33,22 @@ SESSION_SECONDS = 8 * 3600
 # Routes anyone may open: signing in, an invite link, the API's description.
 PUBLIC = frozenset({"/signin", "/invite/{token}", "/docs", "/docs/oauth2-redirect", "/redoc",
                     "/openapi.json", "/healthz"})
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-TEMPLATES.env.autoescape = True
+# The portal's own templates, then the library's (the finding cards, _cards.html.j2, are the
+# quarantine report's: one markup for both).
+TEMPLATES = Jinja2Templates(env=jinja2.Environment(autoescape=True, loader=jinja2.ChoiceLoader([
+    jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    jinja2.PackageLoader("lacrima", "templates")])))
+# A batch's state as a page says it (message ids: translated where shown).
+STATES = {"accepted": N_("accepted"), "quarantined": N_("quarantined"),
+          "superseded": N_("superseded"), "landed": N_("waiting for the next run")}
 
 
 def _template_globals():
     from lacrima.dropreport import rows_note
-    from lacrima.findings import format_rows
+    from lacrima.findings import format_columns, format_rows
 
-    TEMPLATES.env.globals.update(rows_note=rows_note, format_rows=format_rows)
+    TEMPLATES.env.globals.update(rows_note=rows_note, rows=format_rows, columns=format_columns,
+                                 states=STATES)
 
 
 _template_globals()
@@ -48,8 +57,9 @@ _template_globals()
 class Refused(Exception):
     """A request the portal turns down: status and one sentence saying why and what to do."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
+    def __init__(self, status: int, message: str | Msg):
+        super().__init__(str(message))
+        # The API answers in English (``str``); a page says it in its language.
         self.status, self.message = status, message
 
 
@@ -143,10 +153,10 @@ def guard(action: str):
             raise Refused(401, "sign in first" if not request.url.path.startswith("/api/")
                           else "a valid token is needed: Authorization: Bearer TOKEN")
         if not people.allowed(person, site, action):
-            raise Refused(403, "this is not yours to open" if site is None
-                          else f"site {site} is not yours to open")
+            raise Refused(403, msg("this is not yours to open") if site is None
+                          else msg("site {site} is not yours to open", site=site))
         if site is not None and site not in portal(request).sites:
-            raise Refused(404, f"no site {site!r}")
+            raise Refused(404, msg("no site {site}", site=repr(site)))
         return person
     check.lacrima_action = action
     return check
@@ -161,8 +171,8 @@ def require_csrf(request: Request, fields: dict) -> None:
     """A form posted without this browser's CSRF token is refused (403)."""
     sent = fields.get("csrf") or request.headers.get("x-csrf-token", "")
     if not sent or not secrets.compare_digest(str(sent), request.cookies.get(CSRF, "")):
-        raise Refused(403, "this form has expired or did not come from the portal: "
-                      "reload the page and send it again")
+        raise Refused(403, msg("this form has expired or did not come from the portal: "
+                               "reload the page and send it again"))
 
 
 def start_session(response, p: Portal, person: Person) -> None:
@@ -335,18 +345,19 @@ def create_app(storage_location: str | None = None, public_url: str = "", demo: 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused):
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.message}, status_code=exc.status)
+            return JSONResponse({"detail": str(exc.message)}, status_code=exc.status)
         if exc.status == 401:
             return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
-        return TEMPLATES.TemplateResponse(request, "message.html.j2", {
-            "title": "Not possible", "message": exc.message, "lang": "en", "person": None,
-            "csrf": csrf_token(request)}, status_code=exc.status)
+        return page(request, "message.html.j2", None, status=exc.status,
+                    lang=language_of(request, identify(request)), title=msg("Not possible"),
+                    message=exc.message)
 
     @app.exception_handler(OSError)
     async def store_failed(request: Request, exc: OSError):
         # The store failed after its retries (S3 down, a full disk): one sentence, no traceback.
-        return await refused(request, Refused(503, "the study's store cannot be reached just "
-                                              "now: nothing was changed; try again later"))
+        return await refused(request, Refused(503, msg("the study's store cannot be reached "
+                                                  "just now: nothing was changed; try again "
+                                                  "later")))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
@@ -358,14 +369,38 @@ def create_app(storage_location: str | None = None, public_url: str = "", demo: 
     return app
 
 
+def language_of(request: Request, person: Person | None, site: str = "") -> str:
+    """The language a page is shown in (docs/portal.md, "Languages"): a site's person reads
+    every page in the ``language`` of their site's site.toml; a coordinator reads English
+    (the study's working language), on a site's pages too; before signing in, an invite link
+    is in the invited site's language (``site``) and the sign-in page in the first language
+    of the browser's Accept-Language that has a catalog. English is the fallback."""
+    sites = portal(request).sites
+    if person is not None:
+        return i18n.language(sites[person.site].language
+                             if person.role == "site" and person.site in sites else "en")
+    if site in sites:
+        return i18n.language(sites[site].language)
+    for part in request.headers.get("accept-language", "").split(","):
+        code = part.split(";")[0].strip()
+        if code and (i18n.language(code) != "en" or code.lower().startswith("en")):
+            return i18n.language(code)
+    return "en"
+
+
 def page(request: Request, template: str, person: Person | None, status: int = 200,
-         **context) -> HTMLResponse:
-    """A page in the language of the site it is about (``lang``), with the CSRF token."""
-    p = portal(request)
-    site = context.get("site") or (person.site if person and person.role == "site" else "")
-    lang = p.sites[site].language if site in p.sites else "en"
+         lang: str = "", **context) -> HTMLResponse:
+    """A page in its language (``language_of``; ``lang`` to say it), with the CSRF token.
+    A context value that is a message (``Msg``: an error, a title) is rendered in it."""
+    lang = lang or language_of(request, person, context.get("site", ""))
+    tr = i18n.translator(lang)
+    context = {k: v.render(tr) if isinstance(v, Msg) else v for k, v in context.items()}
+    from lacrima.dropreport import SEVERITY
     return TEMPLATES.TemplateResponse(request, template, {
-        "person": person, "csrf": csrf_token(request), "lang": lang, **context},
+        "person": person, "csrf": csrf_token(request), "lang": lang,
+        "dir": i18n.direction(lang), "_": tr.gettext, "iso": i18n.isolator(lang),
+        "local": lambda f: f.localized(lang, isolate=True, channel="portal"),
+        "severity": lambda s: tr.gettext(SEVERITY.get(s, s)), **context},
         status_code=status)
 
 

@@ -21,6 +21,7 @@ from flows.portal import api
 from flows.portal import app as core
 from flows.portal.app import Refused, guard, page, require_csrf
 from lacrima import catalog, intake, people
+from lacrima.i18n import msg
 from lacrima.people import Person
 
 router = APIRouter(include_in_schema=False)
@@ -66,12 +67,13 @@ async def signin(request: Request):
     wait = p.limiter.wait(email, address)
     if wait > 0:
         return page(request, "signin.html.j2", None, status=429, next=fields.get("next", ""),
-                    error=f"Too many attempts. Try again in {max(1, round(wait / 60))} minute(s).")
+                    error=msg("Too many attempts. Try again in {n} minute(s).",
+                              n=max(1, round(wait / 60))))
     person = await run_in_threadpool(people.sign_in, p.storage, email, fields.get("password", ""))
     if person is None:
         p.limiter.failed(email, address)
         return page(request, "signin.html.j2", None, status=401, next=fields.get("next", ""),
-                    error="The e-mail address or the password is wrong.")
+                    error=msg("The e-mail address or the password is wrong."))
     target = fields.get("next", "")
     response = redirect(target if target.startswith("/") and not target.startswith("//")
                         else home_of(person))
@@ -93,7 +95,7 @@ def invite_form(request: Request, token: str):
     try:
         person = people.invite_account(p.storage, token)
     except people.PeopleError as err:
-        return page(request, "message.html.j2", None, status=404, title="Invite link",
+        return page(request, "message.html.j2", None, status=404, title=msg("Invite link"),
                     message=str(err))
     return page(request, "invite.html.j2", None, invited=person, token=token,
                 minimum=people.MIN_PASSWORD, site=person.site)
@@ -106,7 +108,7 @@ async def invite_accept(request: Request, token: str):
     require_csrf(request, fields)
     error = ""
     if fields.get("password", "") != fields.get("password2", ""):
-        error = "The two passwords differ."
+        error = msg("The two passwords differ.")
     else:
         try:
             person = await run_in_threadpool(people.accept_invite, p.storage, token,
@@ -117,7 +119,7 @@ async def invite_accept(request: Request, token: str):
         try:
             invited = people.invite_account(p.storage, token)
         except people.PeopleError as err:
-            return page(request, "message.html.j2", None, status=400, title="Invite link",
+            return page(request, "message.html.j2", None, status=400, title=msg("Invite link"),
                         message=str(err))
         return page(request, "invite.html.j2", None, status=400, invited=invited, token=token,
                     minimum=people.MIN_PASSWORD, error=error, site=invited.site)
@@ -166,14 +168,14 @@ async def check(request: Request, site: str, person: Person = Depends(guard("che
         up = await core.read_upload(request, p.max_bytes, Path(tmp))
         require_csrf(request, up.fields)
         if up.path is None:
-            raise Refused(400, "choose a file first")
+            raise Refused(400, msg("choose a file first"))
         refused = intake.upload_refusal(p.sites[site], p.study, up.name)
         if refused:
             report, message = None, refused.message
         else:
             report, _ = await run_in_threadpool(api.check_upload, p, site, up)
             message = ""
-    context = dict(site=site, report=report.to_dict() if report else None, message=message)
+    context = dict(site=site, report=report, message=message)
     if fragment:
         return page(request, "_check.html.j2", person, **context)
     current = [r for r in _rows(p, site) if r["state"] == catalog.ACCEPTED]
@@ -189,9 +191,9 @@ async def send(request: Request, site: str, person: Person = Depends(guard("send
         require_csrf(request, up.fields)
         replaces = up.fields.get("replaces", "").strip()
         if replaces and not people.allowed(person, site, "correct"):
-            raise Refused(403, f"corrections of site {site} are not yours to send")
+            raise Refused(403, msg("corrections of site {site} are not yours to send", site=site))
         if up.path is None:
-            raise Refused(400, "choose a file first")
+            raise Refused(400, msg("choose a file first"))
         refused = intake.upload_refusal(p.sites[site], p.study, up.name)
         if refused:
             raise Refused(415, refused.message)
@@ -209,12 +211,13 @@ def batch_page(request: Request, site: str, batch: str,
     p = core.portal(request)
     hits = [r for r in _rows(p, site) if len(batch) >= 8 and r["sha256"].startswith(batch)]
     if len(hits) != 1:
-        raise Refused(404, f"no batch {batch[:64]!r} of site {site}")
+        raise Refused(404, msg("no batch {batch} of site {site}", batch=repr(batch[:64]),
+                               site=site))
     rec = hits[0]
     report = None
     key = f"{catalog.quarantine_prefix(site, rec['sha256'])}/report.json"
     if rec["state"] == catalog.QUARANTINED and p.storage.exists(key):
-        report = json.loads(p.storage.read_bytes(key))
+        report = _stored_report(json.loads(p.storage.read_bytes(key)))
     return page(request, "batch.html.j2", person, site=site, rec=rec, report=report)
 
 
@@ -233,7 +236,7 @@ async def withdraw(request: Request, site: str, person: Person = Depends(guard("
         pid = fields.get("participant_id", "").strip()
         if not pid:
             return page(request, "withdraw.html.j2", person, status=400, site=site, step=1,
-                        error="Give the participant's ID as your site knows it.")
+                        error=msg("Give the participant's ID as your site knows it."))
         try:
             intake.participant_ids(p.sites[site], pid)       # its shape, before confirming
         except ValueError as err:
@@ -248,11 +251,23 @@ async def withdraw(request: Request, site: str, person: Person = Depends(guard("
             or fields.get("confirm") != "yes"):
         return page(request, "withdraw.html.j2", person, status=400, site=site, step=2,
                     reason=reason, check=fields.get("check", ""),
-                    error="The ID differs from the one given first, or the box is not ticked: "
-                          "nothing was recorded.")
+                    error=msg("The ID differs from the one given first, or the box is not "
+                              "ticked: nothing was recorded."))
     entry = await run_in_threadpool(_withdraw, p, site, pid, reason)
     people.record(p.storage, person.id, "withdraw", site=site)
     return redirect(f"/sites/{site}?done={'withdrawn' if entry['held'] else 'withdrawn_unheld'}")
+
+
+def _stored_report(data: dict):
+    """A quarantine folder's ``report.json`` as the report it was, its findings with their
+    message ids, so the page shows them in its language as a fresh check does."""
+    from dataclasses import replace
+
+    from lacrima.findings import Finding
+    from lacrima.validate import ValidationReport
+
+    report = ValidationReport.from_dict(data)
+    return replace(report, findings=tuple(Finding.from_dict(f) for f in data["findings"]))
 
 
 def _id_check(p: core.Portal, site: str, pid: str) -> str:
@@ -272,13 +287,13 @@ def _withdraw(p: core.Portal, site: str, pid: str, reason: str) -> dict:
                                    p.key or pseudonym_key(demo=p.demo), pid,
                                    reason=reason)
     except lease.LeaseHeld:
-        raise Refused(409, "a run is working on the store: nothing was recorded; try again in "
-                      "a few minutes") from None
+        raise Refused(409, msg("a run is working on the store: nothing was recorded; try "
+                               "again in a few minutes")) from None
     except ValueError as err:           # a blank ID, or one of another shape
         raise Refused(400, str(err)) from None
     except (MissingKeyError, KeyCustodyError):
-        raise Refused(503, "the portal cannot record withdrawals now (its pseudonym key is not "
-                      "set up): tell the coordinator") from None
+        raise Refused(503, msg("the portal cannot record withdrawals now (its pseudonym key is "
+                               "not set up): tell the coordinator")) from None
 
 
 # --------------------------------------------------------------------------- coordinators

@@ -201,7 +201,8 @@ def quarantine_notice(drop: dict, lang: str | None = None) -> tuple[str, str]:
     site's language ``lang`` (English fallback).
 
     ``drop`` is one entry of a run's ``drops`` (``steps.drop_outcomes``). The message names
-    the file, its batch, the failed checks and counts, and the report's path; never a
+    the file, its batch, the failed checks and counts, and the report's path (or the batch's
+    page in the portal: then the last step is that page's, not a command); never a
     participant's value (the report itself says which rows and cells).
     """
     tr = translator(lang)
@@ -215,6 +216,9 @@ def quarantine_notice(drop: dict, lang: str | None = None) -> tuple[str, str]:
             checks=", ".join(drop["checks"])),
         msg("None of its records were used; the file is kept unchanged."),
         msg("Report (rows, columns and what to do): {report}", report=drop["report"]),
+        # the last step fits where the report is read: the portal's page, or the command
+        msg("Fix the file in your own tool, then check it and send it again on that page.")
+        if str(drop["report"]).startswith(("https://", "http://")) else
         msg("Fix the file in your own tool, then upload it: lacrima upload FILE --site {site}",
             site=drop["site"]),
     ))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -52,6 +51,26 @@ FIXES = {
                               "exports"),
     "unexpected_columns": N_("nothing to do if the columns are meant to be there; tell the "
                              "coordinator if one of them should be read"),
+}
+
+# Where a fix is read decides its last step. A finding's ``fix`` (its JSON, the terminal, the
+# quarantine report file) names the command (`lacrima upload FILE --site SITE`); in the portal
+# the same fix ends in the page's own action. A fix made from a message id with an ``upload``
+# parameter gets PORTAL_UPLOAD as that parameter; a fix id in PORTAL_FIXES is swapped for its
+# portal id (the same parameters); a fix of plain text that names a command is replaced by its
+# check's PORTAL_FIXES entry.
+CHANNELS = ("terminal", "portal")
+PORTAL_UPLOAD = N_("on this page: Check, then Send")
+PORTAL_FIXES = {
+    FIXES["id_clash"]: N_("if these records were corrected on purpose, send the file on this page "
+                          "as a correction of the batch that holds them (choose that batch under "
+                          "'This file corrects'); else fix the IDs"),
+    "id_clash": N_("if the new answers are right, send this file on this page as a correction "
+                   "(choose the batch it corrects under 'This file corrects'); else correct the "
+                   "answers in your own tool and check the file again"),
+    "if the file is from site {other}, check and upload it with --site {other}; else send the "
+    "export of site {site}": N_("if the file is from site {other}, the data manager of site "
+                                "{other} sends it; else send the export of site {site} here"),
 }
 
 
@@ -143,30 +162,40 @@ class Finding:
         if not self.fix:
             object.__setattr__(self, "fix", FIXES.get(self.check, ""))
 
-    def localized(self, language: str | None = None, isolate: bool = False) -> dict[str, str]:
+    def localized(self, language: str | None = None, isolate: bool = False,
+                  channel: str = "terminal") -> dict[str, str]:
         """``message``, ``expected``, ``found`` and ``fix`` in ``language`` (English fallback).
 
         Texts made from a message id are rendered from it; a constant text (a check's
         general advice) is looked up as it is; anything else stays as written. ``isolate``
         (HTML): in a right-to-left language each value is a Unicode bidi isolate.
+        ``channel``: where the fix is read (``CHANNELS``): ``portal`` ends it in the page's
+        action instead of a command (see ``PORTAL_FIXES``).
         """
-        from lacrima.i18n import RTL, language as _language, translator
+        from lacrima.i18n import RTL, isolator, language as _language, translator
 
         tr = translator(language)
+        isolated = isolator(language)
         texts = dict(self.texts)
+        fix = self.fix
+        if channel == "portal":
+            if "fix" in texts:
+                m = texts["fix"]
+                texts["fix"] = Msg(PORTAL_FIXES.get(m.msgid, m.msgid), tuple(
+                    (k, Msg(PORTAL_UPLOAD) if k == "upload" else v) for k, v in m.params))
+            elif fix in PORTAL_FIXES:
+                fix = PORTAL_FIXES[fix]
+            elif "`lacrima " in fix:
+                fix = PORTAL_FIXES.get(self.check, "")
         if isolate and _language(language) in RTL:
             def leaf(v):
-                # an isolate: right to left for a Hebrew answer, else left to right (a
-                # column name, or a list of numbers that must not be reversed)
-                text = printable(v)
-                rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
-                return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+                return isolated(printable(v))
         else:
             leaf = printable
         return {name: texts[name].render(tr, leaf) if name in texts
                 else (tr.gettext(value) if value else "")
                 for name in ("message", "expected", "found", "fix")
-                for value in (getattr(self, name),)}
+                for value in (fix if name == "fix" else getattr(self, name),)}
 
     def to_dict(self) -> dict:
         out = {
@@ -176,7 +205,20 @@ class Finding:
         }
         if "message" in dict(self.texts):
             out["message_id"] = dict(self.texts)["message"].msgid
+        if self.texts:
+            out["texts"] = {name: m.to_dict() for name, m in self.texts}
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        """The finding ``to_dict`` wrote, with its message ids (``texts``) when it has them,
+        so a stored report is shown in a site's language as the fresh one is."""
+        texts = tuple((name, Msg.from_dict(m)) for name, m in (d.get("texts") or {}).items()
+                      if name in ("message", "expected", "found", "fix"))
+        return cls(check=d["check"], message=d.get("message", ""),
+                   columns=tuple(d.get("columns", ())), rows=tuple(d.get("rows", ())),
+                   expected=d.get("expected", ""), found=d.get("found", ""),
+                   severity=d.get("severity", "error"), fix=d.get("fix", ""), texts=texts)
 
 
 @dataclass(frozen=True)

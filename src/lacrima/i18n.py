@@ -65,6 +65,20 @@ class Msg:
     def __str__(self) -> str:
         return self.render()
 
+    def to_dict(self) -> dict:
+        """``{"id": msgid, "params": {...}}`` (a parameter that is a message: the same shape)
+        for a report's JSON; ``Msg.from_dict`` reads it back."""
+        return {"id": self.msgid, "params": {
+            k: v.to_dict() if isinstance(v, Msg) else
+            v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+            for k, v in self.params}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Msg":
+        return cls(str(d["id"]), tuple(sorted(
+            (k, cls.from_dict(v) if isinstance(v, dict) else v)
+            for k, v in (d.get("params") or {}).items())))
+
 
 def msg(msgid: str, **params) -> Msg:
     """A message id with its parameters (see ``Msg``).
@@ -90,6 +104,23 @@ def language(code: str | None) -> str:
 def direction(code: str | None) -> str:
     """``rtl`` for a language written right to left, else ``ltr`` (HTML ``dir``)."""
     return "rtl" if language(code) in RTL else "ltr"
+
+
+def isolator(code: str | None):
+    """A function that makes a value safe to place inside a sentence of ``code``'s language:
+    in a right-to-left language, the value as a Unicode bidi isolate (right to left for a
+    Hebrew answer, else left to right: a column or file name, a list of numbers, which must
+    not be reordered); elsewhere, the value as text."""
+    import unicodedata
+
+    def leaf(v) -> str:
+        text = str(v)
+        if not text:
+            return text
+        rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+        return ("\u2068" if rtl else "\u2066") + text + "\u2069"
+
+    return leaf if language(code) in RTL else str
 
 
 def po_path(lang: str) -> Path:
