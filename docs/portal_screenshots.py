@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from flows.portal.app import create_app, serving
+from flows.portal.server import create_app, serving
 from lacrima import intake, people, report, steps
 from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,39 +20,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from flows.terminal import console, fail as _fail, open_store as _open_store
+from flows.terminal import reachable as _reachable, site as _site
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="lacrima: three-site replication data platform.")
-console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2):
-    from rich.markup import escape
-
-    # Messages quote file names and column lists: '[...]' in them is text, not markup.
-    # soft_wrap: the terminal wraps the line, so a file path copied from it stays whole
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False,
-                  soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _reachable(storage):
-    """``storage`` if it can work at all, else exit 2 with one line (no retries: see check)."""
-    try:
-        storage.check()
-    except OSError as err:
-        _fail(f"store unavailable: {err}")
-    return storage
-
-
-def _site(code: str):
-    from lacrima.study import load_site
-    try:
-        return load_site(code)
-    except KeyError as err:
-        _fail(str(err.args[0]))
-    except ValueError as err:       # a site.toml that breaks the contract (e.g. an unknown role)
-        _fail(str(err))
-
 
 @app.command()
 def synth(site: Optional[str] = typer.Option(None, help="site code, e.g. us (one drop)"),
@@ -177,7 +148,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
 
     from lacrima.catalog import participants_held, unfinished_reports
     from lacrima.runplan import plan
-    from lacrima.status import misplaced, site_status
+    from lacrima.status import misplaced, site_status, status_records
     from lacrima.study import load_sites, load_study, site_codes
 
     if site:
@@ -188,7 +159,7 @@ def status(site: Optional[str] = typer.Option(None, help="only this site"),
         return
     codes = [site] if site else list(site_codes())
     try:
-        recs = _status_records(store, site)
+        recs = status_records(store, site, site_codes())
         wrong = [] if site else misplaced(store, site_codes())
         summaries = [site_status(c, recs, participants_held(store, c)) for c in codes]
         unfinished = [] if site else unfinished_reports(store)
@@ -275,47 +246,6 @@ def _print_batch_report(store, site: Optional[str], ref: str) -> None:
         out.print(f"Fixed by batch {rec.fixed_by[:12]}, which holds its records.",
                   markup=False)
     raise typer.Exit(1)
-
-
-def _open_store(location: Optional[str]):
-    """The store at ``location`` (else LACRIMA_STORAGE, else ./data), or a clean usage error."""
-    from lacrima.storage import open_storage
-    try:
-        return open_storage(location)
-    except ValueError as err:
-        _fail(str(err))
-
-
-def _status_records(storage, site: Optional[str]) -> list[dict]:
-    """Ledger entries, then landing objects no run has processed yet (state ``landed``)."""
-    from lacrima.catalog import LANDED, batches, landing_prefix, read_landing_index
-    from lacrima.storage import sha256_bytes
-    from lacrima.study import site_codes
-
-    recs = [r.to_dict() for r in batches(storage, site)]
-    known = {r["sha256"] for r in recs}
-    indexes: dict[str, dict] = {}
-    codes = set(site_codes())
-    for obj in storage.list(landing_prefix(site)):
-        parts = obj.key.split("/")
-        # Only landing/<site>/<file> is read by a run; the rest is `misplaced`, not waiting.
-        if len(parts) != 3 or parts[1] not in codes or parts[2].startswith("."):
-            continue
-        code = parts[1]
-        if code not in indexes:
-            indexes[code] = read_landing_index(storage, code)
-        seen = indexes[code].get(obj.key)
-        # Objects a run has already hashed are not downloaded again (S3: every byte costs).
-        if seen and seen.get("etag") == obj.etag:
-            sha = seen["sha256"]
-        else:
-            sha = sha256_bytes(storage.read_bytes(obj.key))
-        if sha not in known:
-            known.add(sha)
-            recs.append({"site": code, "sha256": sha, "state": LANDED,
-                         "original_name": obj.key.rsplit("/", 1)[-1], "rows": "",
-                         "received_at": "", "reason": "waiting for the next run"})
-    return recs
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -819,7 +749,7 @@ def sites_iam_policy(site: str = typer.Argument(..., help="site code, e.g. it"),
     typer.echo(json.dumps(site_policy(bucket, prefix, site), indent=2))
 
 
-from flows.portal.cli import app as portal_app  # noqa: E402  (after _fail, which it uses)
+from flows.portal.cli import app as portal_app  # noqa: E402
 
 app.add_typer(portal_app, name="portal")
 

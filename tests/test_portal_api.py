@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from flows.portal.app import PUBLIC, Limiter, create_app, serving
+from flows.portal.app import PUBLIC, Limiter
+from flows.portal.server import create_app, serving
 from lacrima import catalog, intake, people
 from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.portal.app import create_app, serving
+from flows.portal.server import create_app, serving
 from lacrima import catalog, intake, people
 from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage

@@ -13,7 +13,7 @@ import openpyxl
 import pytest
 from fastapi.testclient import TestClient
 
-from flows.portal.app import create_app
+from flows.portal.server import create_app
 from lacrima import catalog, intake, people
 from lacrima.i18n import msg, translator
 from lacrima.privacy import DEMO_KEY

@@ -38,7 +38,7 @@ def test_the_link_opens_the_batch_page(tmp_path, demo_store):
     """The link's path is the portal's batch route (a signed-in coordinator gets the page)."""
     from fastapi.testclient import TestClient
 
-    from flows.portal.app import create_app
+    from flows.portal.server import create_app
     from lacrima import catalog, people
 
     batch = catalog.batches(demo_store, "it")[0].sha256

@@ -264,7 +264,7 @@ def portal_seen(scanned, tmp_path_factory):
 
     from fastapi.testclient import TestClient
 
-    from flows.portal.app import create_app
+    from flows.portal.server import create_app
     from lacrima import catalog, people
 
     root = tmp_path_factory.mktemp("privacy-portal") / "store"

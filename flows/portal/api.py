@@ -88,8 +88,9 @@ async def api_drop(request: Request, site: str, person: Person = Depends(guard("
 
 def status_rows(p: core.Portal, site: str) -> list[dict]:
     """That site's rows of ``lacrima status --json``."""
-    from flows.cli import _status_records
-    return _status_records(p.storage, site)
+    from lacrima.status import status_records
+
+    return status_records(p.storage, site, list(p.sites))
 
 
 @router.get("/sites/{site}/status", summary="The site's part of `lacrima status --json`")

@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.terminal import fail, open_store, site
+
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="The site portal: serve it, invite people, make site tokens.")
 
@@ -22,18 +24,15 @@ PublicUrlOpt = Annotated[str, typer.Option(
 
 
 def _fail(message: str):
-    from flows.cli import _fail as fail
     fail(message)
 
 
 def _store(location):
-    from flows.cli import _open_store
-    return _open_store(location)
+    return open_store(location)
 
 
 def _site_code(code: str) -> str:
-    from flows.cli import _site
-    return _site(code).code
+    return site(code).code
 
 
 @app.command()
@@ -46,7 +45,7 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
     proxy's X-Forwarded-* headers are trusted from FORWARDED_ALLOW_IPS (default 127.0.0.1)."""
     import uvicorn
 
-    from flows.portal.app import create_app
+    from flows.portal.server import create_app
 
     location = storage or os.environ.get("LACRIMA_STORAGE")
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from lacrima.catalog import landing_prefix
+from lacrima.catalog import (LANDED, batches, landing_drops, landing_prefix,
+                             read_landing_index)
 from lacrima.storage import (BROKEN_LINK, DOT_SEGMENT, EMPTY_SEGMENT, FILE_LINK, FOLDER_LINK,
                              FOLDER_MARKER, HIDDEN, SPECIAL)
 from lacrima.findings import printable
@@ -65,8 +66,8 @@ def misplaced(storage, codes) -> list[dict]:
                 f"--site {site}`")
         elif what == HIDDEN or any(p.startswith(".") for p in parts):
             problem, fix = "hidden file: not read", (
-                f"delete it if it is not a drop (editors and Finder leave such files); "
-                f"else rename it without the leading dot")
+                "delete it if it is not a drop (editors and Finder leave such files); "
+                "else rename it without the leading dot")
         elif len(parts) == 1:
             problem, fix = "not in a site's folder: not read", (
                 f"upload it with `lacrima upload {name} --site CODE` (sites: "
@@ -147,3 +148,26 @@ def batch_report(storage, site: str, ref: str):
     if rec.state != "quarantined" or not storage.exists(key):
         return rec, None
     return rec, ValidationReport.from_dict(read_json(storage, key))
+
+
+def status_records(storage, site: str | None, codes) -> list[dict]:
+    """Ledger entries (of ``site``, or of all), then the drops no run has processed yet (state
+    ``landed``): what ``lacrima status --json`` and the portal's status show. ``codes``: the
+    study's sites, whose landing zones are read when ``site`` is None."""
+    from lacrima.storage import sha256_bytes
+
+    recs = [r.to_dict() for r in batches(storage, site)]
+    known = {r["sha256"] for r in recs}
+    for code in [site] if site else codes:
+        index = read_landing_index(storage, code)
+        for obj in landing_drops(storage, code):
+            seen = index.get(obj.key)
+            # Objects a run has already hashed are not downloaded again (S3: every byte costs).
+            sha = (seen["sha256"] if seen and seen.get("etag") == obj.etag
+                   else sha256_bytes(storage.read_bytes(obj.key)))
+            if sha not in known:
+                known.add(sha)
+                recs.append({"site": code, "sha256": sha, "state": LANDED,
+                             "original_name": obj.key.rsplit("/", 1)[-1], "rows": "",
+                             "received_at": "", "reason": "waiting for the next run"})
+    return recs
