@@ -19,8 +19,8 @@ from lacrima.i18n import msg, translator
 from lacrima.privacy import DEMO_KEY
 from lacrima.storage import LocalStorage
 from lacrima.synth import write_drop
+from test_portal_api import signed_in      # a person invited, password set, signed in
 
-PASSWORD = "tears in therapy 2026"
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,6 @@ def store(tmp_path_factory, ingested_demo):
 @pytest.fixture(scope="module")
 def app(store):
     return create_app(str(store.root), demo=True, warm=False)
-
-
-def signed_in(app, store, email, site, role="site") -> TestClient:
-    _, link = people.invite(store, email, site, role=role)
-    client = TestClient(app)
-    client.get(f"/invite/{link}")
-    r = client.post(f"/invite/{link}", data={"csrf": client.cookies["lacrima_csrf"],
-                                             "password": PASSWORD, "password2": PASSWORD},
-                    follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return client
 
 
 @pytest.fixture(scope="module")
