@@ -82,3 +82,26 @@ def test_copy_publishes_the_same_bytes_and_keeps_create_if_absent(tmp_path):
     assert st.read_bytes("reports/r1/site-us.html") == b"page"
     assert [o.key for o in st.list("reports")] == ["reports/latest/site-us.html",
                                                    "reports/r1/site-us.html"]
+
+
+def test_a_file_renamed_away_while_listing_is_not_an_error(tmp_path, monkeypatch):
+    # A write running at the same time renames its temporary file into place between the
+    # folder's listing and the entry's lstat (the portal's concurrent uploads met it: 503).
+    import os
+
+    from lacrima import storage as storage_module
+
+    st = LocalStorage(tmp_path / "store")
+    st.write_bytes("landing/us/a.csv", b"a")
+    st.write_bytes("landing/us/b.csv", b"b")
+    real = os.scandir
+
+    def scandir_then_b_moves(folder):
+        entries = list(real(folder))
+        gone = tmp_path / "store" / "landing" / "us" / "b.csv"
+        if gone.exists():
+            gone.rename(tmp_path / "elsewhere.csv")
+        return iter(entries)
+
+    monkeypatch.setattr(storage_module.os, "scandir", scandir_then_b_moves)
+    assert [o.key for o in st.list("landing/us")] == ["landing/us/a.csv"]

@@ -191,7 +191,10 @@ class LocalStorage:
             except FileNotFoundError:
                 continue
             for e in entries:
-                st = e.stat(follow_symlinks=False)
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:   # gone since the listing: a temporary file renamed
+                    continue                # into place by a write running at the same time
                 if stat.S_ISDIR(st.st_mode):
                     if not e.name.startswith("."):
                         stack.append(Path(e.path))
