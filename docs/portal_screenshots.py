@@ -48,19 +48,11 @@ def store_with_history(folder: Path) -> tuple[LocalStorage, Path]:
 
 
 def broken_italian(folder: Path) -> Path:
-    """An Italian workbook with a misspelt answer ("Doona") and a "Totale" row under the data."""
-    import openpyxl
+    """The Italian data manager's broken workbook of the tests (tests/test_portal_i18n.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_portal_i18n import broken_italian as build
 
-    study, sites = load_study(), load_sites()
-    path = write_drop(next(s for s in sites if s.code == "it"), study, folder / "dati.xlsx",
-                      n=40, seed=5, id_offset=700_000)
-    wb = openpyxl.load_workbook(path)
-    ws = wb["Dati"]
-    names = [c.value for c in ws[1]]
-    ws.cell(row=3, column=names.index("Genere") + 1, value="Doona")
-    ws.append(["Totale"])
-    wb.save(path)
-    return path
+    return build(folder / "dati.xlsx", n=40)
 
 
 def check(driver, url, site, path, name):

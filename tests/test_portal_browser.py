@@ -140,20 +140,13 @@ def test_an_italian_data_manager_reads_the_check_in_italian_and_cannot_open_anot
     """Site ``it`` (language = "it" in its site.toml): the check of a broken workbook (a
     misspelt answer, a totals row) is read in Italian in the page, and ends in the page's
     action, not a command; every page of site ``us`` is refused, in Italian."""
-    import openpyxl
     from selenium.webdriver.common.by import By
 
     from lacrima.i18n import msg, translator
+    from test_portal_i18n import broken_italian
 
     store, url = portal
-    it = next(s for s in sites if s.code == "it")
-    broken = write_drop(it, study, tmp_path / "dati.xlsx", n=12, seed=5, id_offset=800_000)
-    wb = openpyxl.load_workbook(broken)
-    ws = wb["Dati"]
-    names = [c.value for c in ws[1]]
-    ws.cell(row=3, column=names.index("Genere") + 1, value="Doona")
-    ws.append(["Totale"])
-    wb.save(broken)
+    broken = broken_italian(tmp_path / "dati.xlsx", id_offset=800_000)
     _, link = people.invite(store, "dm.it@example.org", "it")
     browser.delete_all_cookies()
     browser.get(f"{url}/invite/{link}")

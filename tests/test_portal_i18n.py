@@ -35,12 +35,13 @@ def app(store):
     return create_app(str(store.root), demo=True, warm=False)
 
 
-@pytest.fixture(scope="module")
-def broken_it(tmp_path_factory, study, sites):
-    """An Italian workbook with a misspelt answer ("Doona") and a totals row under the data."""
-    it = next(s for s in sites if s.code == "it")
-    path = write_drop(it, study, tmp_path_factory.mktemp("it") / "dati.xlsx", n=12, seed=5,
-                      id_offset=700_000)
+def broken_italian(path, n: int = 12, id_offset: int = 700_000):
+    """An Italian workbook at ``path`` with a misspelt answer ("Doona") and a "Totale" row under
+    the data: what the Italian data manager of these tests (and docs/portal.md's screenshots)
+    checks."""
+    from lacrima.study import load_site, load_study
+
+    write_drop(load_site("it"), load_study(), path, n=n, seed=5, id_offset=id_offset)
     wb = openpyxl.load_workbook(path)
     ws = wb["Dati"]
     names = [c.value for c in ws[1]]
@@ -48,6 +49,11 @@ def broken_it(tmp_path_factory, study, sites):
     ws.append(["Totale"])
     wb.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def broken_it(tmp_path_factory):
+    return broken_italian(tmp_path_factory.mktemp("it") / "dati.xlsx")
 
 
 def text(r) -> str:
