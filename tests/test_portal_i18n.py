@@ -104,6 +104,24 @@ def test_an_italian_check_reads_in_italian_and_ends_in_the_pages_action(app, sto
     assert "partecipanti" not in api.text
 
 
+def test_a_file_the_site_does_not_send_is_refused_in_the_pages_language(app, store, tokens_it):
+    # intake.upload_refusal, the check lacrima upload makes: its words in Italian in the page,
+    # in English in the API (whose JSON stays English).
+    client = signed_in(app, store, "type.it@example.org", "it")
+    r = client.post("/sites/it/check", data={"csrf": client.cookies["lacrima_csrf"]},
+                    files={"file": ("dati.pdf", b"%PDF-1.4")}, headers={"X-Fragment": "1"})
+    assert r.status_code == 200
+    assert "il centro it invia file .xlsx" in text(r) and "non .pdf" in text(r)
+    api = TestClient(app).post("/api/v1/sites/it/drops", headers=tokens_it,
+                               files={"file": ("dati.pdf", b"%PDF-1.4")})
+    assert api.status_code == 415 and "site it sends .xlsx" in api.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def tokens_it(store):
+    return {"Authorization": f"Bearer {people.new_token(store, 'it')[1]}"}
+
+
 def test_a_quarantined_batch_page_reads_in_italian(app, store, study, sites, broken_it):
     """The stored report.json keeps each text's message id, so the batch page of a quarantined
     drop is in the site's language as a fresh check is."""

@@ -171,7 +171,7 @@ async def check(request: Request, site: str, person: Person = Depends(guard("che
             raise Refused(400, msg("choose a file first"))
         refused = intake.upload_refusal(p.sites[site], p.study, up.name)
         if refused:
-            report, message = None, refused.message
+            report, message = None, dict(refused.texts)["message"]     # in the page's language
         else:
             report, _ = await run_in_threadpool(api.check_upload, p, site, up)
             message = ""
@@ -196,7 +196,7 @@ async def send(request: Request, site: str, person: Person = Depends(guard("send
             raise Refused(400, msg("choose a file first"))
         refused = intake.upload_refusal(p.sites[site], p.study, up.name)
         if refused:
-            raise Refused(415, refused.message)
+            raise Refused(415, dict(refused.texts)["message"])
         try:
             out, new = await run_in_threadpool(api.send_upload, p, site, up, person, replaces)
         except LookupError as err:

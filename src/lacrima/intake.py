@@ -626,24 +626,31 @@ def upload_refusal(site: Site, study: Study, name: str, size: int | None = None,
     shown = safe_name(name)
     max_mb = max_upload_bytes(study) / 1e6
     if size is not None and size / 1e6 > max_mb:
-        return Finding("file_too_large", f"{shown} is {size / 1e6:.0f} MB; drops up to "
-                       f"{max_mb:.0f} MB are read: split the export (by date, say) and send "
-                       "each part", expected=f"at most {max_mb:.0f} MB",
-                       found=f"{size / 1e6:.0f} MB")
+        mb, top = f"{size / 1e6:.0f}", f"{max_mb:.0f}"
+        return Finding("file_too_large",
+                       msg("{file} is {size} MB; drops up to {max} MB are read: split the "
+                           "export (by date, say) and send each part", file=shown, size=mb,
+                           max=top),
+                       expected=msg("at most {max} MB", max=top), found=f"{mb} MB")
     if size == 0:
-        return Finding("empty_file", f"{shown} is empty (0 bytes): export it again",
-                       expected="a non-empty file", found="0 bytes")
+        return Finding("empty_file", msg("{file} is empty (0 bytes): export it again",
+                                         file=shown),
+                       expected=msg("a non-empty file"), found="0 bytes")
     codebook = load_codebook(site)
     if codebook.format_for(shown) is None:
         accepted = ", ".join(e for f in codebook.formats for e in f.extensions)
-        suffix = PurePosixPath(shown).suffix or "no extension"
-        return Finding("unexpected_format", f"{shown}: site {site.code} sends {accepted} files, "
-                       f"not {suffix}: export it as one of those", expected=accepted,
-                       found=suffix)
+        suffix = PurePosixPath(shown).suffix or "-"
+        return Finding("unexpected_format",
+                       msg("{file}: site {site} sends {formats} files, not {suffix}: export it "
+                           "as one of those", file=shown, site=site.code, formats=accepted,
+                           suffix=suffix),
+                       expected=accepted, found=suffix)
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        return Finding("encrypted_file", f"{shown} is a password-protected (encrypted) workbook "
-                       "or a legacy .xls file: remove the password and save it as .xlsx",
-                       expected="an unencrypted .xlsx", found="an OLE (encrypted or .xls) file")
+        return Finding("encrypted_file",
+                       msg("{file} is a password-protected (encrypted) workbook or a legacy .xls "
+                           "file: remove the password and save it as .xlsx", file=shown),
+                       expected=msg("an unencrypted .xlsx"),
+                       found=msg("an encrypted workbook or an .xls file"))
     return None
 
 
