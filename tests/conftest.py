@@ -16,6 +16,12 @@ import pytest  # noqa: E402
 
 from lacrima.study import load_study  # noqa: E402
 
+# tests/reference/*.py are the scripts that wrote the reference files (run by hand, beside
+# their R scripts): never imported by pytest. Importing invariance_data.py for its doctests
+# rewrote the committed CSVs, on both xdist workers at once (one read the other's half-written
+# file: a KeyError at collection).
+collect_ignore = ["reference"]
+
 # A test that uses one of these fixtures starts the service behind it and gets its marker here,
 # so it cannot slip into the fast tier (`make test-fast`) by forgetting the marker.
 SERVICE_MARKERS = {"prefect_harness": "prefect", "s3_endpoint": "s3"}
