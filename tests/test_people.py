@@ -81,6 +81,29 @@ def test_revoke_ends_sign_in_and_the_open_links(store):
         people.revoke(store, "nobody@example.org")
 
 
+def test_a_revocation_while_the_password_is_being_set_is_not_overwritten(store, monkeypatch):
+    # accept_invite reads the account, then writes it back with the password: a revocation
+    # written in between must win (before: the write put revoked_at back to "").
+    person, token = people.invite(store, "late@example.org", "us", now=T0)
+    real = store.read_tagged
+    raced = []
+
+    def revoke_in_between(key):
+        got = real(key)
+        if key.startswith("people/accounts/") and not raced:
+            raced.append(key)
+            people.revoke(store, "late@example.org", now=T0)
+        return got
+
+    monkeypatch.setattr(store, "read_tagged", revoke_in_between)
+    with pytest.raises(PeopleError, match="changed meanwhile"):
+        people.accept_invite(store, token, "long enough password", now=T0)
+    monkeypatch.undo()
+    assert raced
+    assert people.sign_in(store, "late@example.org", "long enough password") is None
+    assert json.loads(store.read_bytes(raced[0]))["revoked_at"]
+
+
 def test_tokens_are_stored_as_their_hash_and_revocable(store):
     tok, secret = people.new_token(store, "it", note="nightly REDCap", now=T0)
     assert people.token_person(store, secret).id == tok.id

@@ -197,13 +197,26 @@ def accept_invite(storage: Storage, token: str, password: str,
     if storage.swap(catalog.invite_key(_sha(token)), used, tag) is None:
         raise PeopleError("this invite link was used already: sign in")
     key = catalog.account_key(inv["account"])
-    rec = read_json(storage, key)
-    stamp = _now(now)
-    rec.update(password=_hasher().hash(password), epoch=f"{stamp}-{secrets.token_hex(4)}",
-               revoked_at="")
-    write_json(storage, key, rec)
+    stamp, hashed = _now(now), _hasher().hash(password)
+    rec = _swap_account(storage, key, lambda r: r.update(
+        password=hashed, epoch=f"{stamp}-{secrets.token_hex(4)}", revoked_at=""))
     record(storage, person.id, "set_password", site=person.site, now=now)
     return _person(rec)
+
+
+def _swap_account(storage: Storage, key: str, change) -> dict:
+    """Read the record at ``key``, ``change`` it in place and write it back only if nobody
+    wrote it meanwhile (compare-and-swap, as the lease does); a write in between (a revocation
+    while a password is being set) raises instead of being overwritten."""
+    data, tag = storage.read_tagged(key) or (None, None)
+    if data is None:
+        raise PeopleError("the account was removed: ask the coordinator")
+    rec = json.loads(data)
+    change(rec)
+    if storage.swap(key, json.dumps(rec, indent=2, sort_keys=True).encode(), tag) is None:
+        raise PeopleError("the account changed meanwhile (revoked or invited again): "
+                          "ask the coordinator for a new link")
+    return rec
 
 
 def sign_in(storage: Storage, email: str, password: str) -> Person | None:
@@ -241,9 +254,8 @@ def revoke(storage: Storage, who: str, by: str = "cli", now: datetime | None = N
         hits = [key] if storage.exists(key) else []
     if not hits:
         raise PeopleError(f"no account or token {who!r}: see `lacrima portal users`")
-    rec = read_json(storage, hits[0])
-    rec["revoked_at"] = _now(now)
-    write_json(storage, hits[0], rec)
+    stamp = _now(now)
+    rec = _swap_account(storage, hits[0], lambda r: r.update(revoked_at=stamp))
     # Invites of a revoked account are no way back in: its links stop working.
     if rec["kind"] == "account":
         for o in storage.list(f"{catalog.PEOPLE}/invites"):
